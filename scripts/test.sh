@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the whole suite. pytest's exit 5 (no tests collected) is a failure here, not a pass.
+set -uo pipefail
+VENV=${1:-.venv}
+cd "$(dirname "$0")/.."
+export FICUS_CORPUS=${FICUS_CORPUS:-$(cd .. && pwd)/shared/corpus}
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider --timeout=180 --durations=15 tests
+rc=$?
+if [ $rc -eq 5 ]; then echo "test: pytest collected no tests - failing"; exit 1; fi
+exit $rc
