@@ -1,0 +1,355 @@
+"""MLLP listener: accept connections, decode frames, call a handler, write its reply.
+
+No HL7 knowledge lives here: a frame is opaque bytes and the reply is whatever the
+handler returns. The shape follows Google's ``mllpreceiver``: the reply (the ACK) is
+written only after the handler returned, and the handler is where durable storage
+happens, so an ACK is late by construction.
+
+Per connection, frames are handled strictly one at a time and in order; frames that
+arrived pipelined in one read are all answered, in order. One task per connection (the
+one ``asyncio.start_server`` creates) does everything; nothing is spawned per frame.
+
+Nothing here logs payload bytes or message content: only the interface name, the peer
+address, the connection id and exception type names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self
+
+from wrappers.mllp_framing import FrameDecoder, Oversize, frame
+
+logger = logging.getLogger("ficus.mllp")
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The remote end of one accepted connection."""
+
+    host: str
+    port: int
+    connection_id: int
+    """Unique per listener, increasing; ties log lines of one connection together."""
+
+
+class MessageHandler(Protocol):
+    """Called once per received frame, in order, never concurrently per connection.
+
+    Returns the reply payload (unframed; the listener frames it) or None for no reply.
+    The reply is written only after this returns, so store the message durably before
+    returning. Raising closes the connection without a reply: the sender will retry.
+    """
+
+    async def __call__(self, payload: bytes, peer: Peer) -> bytes | None:
+        """Handle one payload exactly as received; return the reply payload or None."""
+        ...
+
+
+OversizeHandler = Callable[[Peer, int], Awaitable[bytes | None]]
+"""Called with (peer, payload size) for a frame over the size limit; returns a reply."""
+
+
+@dataclass(slots=True)
+class ListenerStats:
+    """Counters since the listener was created. Never holds message content."""
+
+    connections_open: int = 0
+    connections_total: int = 0
+    frames_in: int = 0
+    """Frames handed to the handler (oversize frames are counted apart)."""
+    replies_out: int = 0
+    junk_bytes: int = 0
+    """Bytes received outside any frame, dropped."""
+    oversize: int = 0
+    aborted_frames: int = 0
+    """Connections that ended (peer disconnect, idle close) with a partial frame."""
+    restarted_frames: int = 0
+    """Partial frames abandoned because the sender started a new frame inside them."""
+    idle_closed: int = 0
+    handler_errors: int = 0
+
+
+class _HandlerFailed(Exception):
+    """Internal: the handler raised (already logged); close the connection unanswered."""
+
+
+class _Connection:
+    """Per-connection state, read by the idle sweeper and by close()."""
+
+    __slots__ = ("busy", "decoder", "last_active", "peer", "task", "writer")
+
+    def __init__(self, peer: Peer, writer: asyncio.StreamWriter, max_size: int) -> None:
+        self.peer = peer
+        self.writer = writer
+        self.decoder = FrameDecoder(max_size)
+        self.busy = False  # inside a handler or writing a reply: never idle-closed then
+        self.last_active = asyncio.get_running_loop().time()
+        self.task = asyncio.current_task()
+
+
+class MllpListener:
+    """An MLLP server for one interface; use as an async context manager."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        handler: MessageHandler,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        idle_timeout: float | None = 600,
+        on_oversize: OversizeHandler | None = None,
+        read_size: int = 65536,
+    ) -> None:
+        """Configure the listener; nothing is bound until :meth:`start`.
+
+        ``port`` 0 binds an ephemeral port (see :attr:`port`). Oversize frames are
+        answered with ``on_oversize``'s reply, or not answered at all when it is None.
+        ``idle_timeout`` None keeps idle connections open forever.
+        """
+        self.name = name
+        self._host = host
+        self._requested_port = port
+        self._handler = handler
+        self._max_message_bytes = max_message_bytes
+        self._idle_timeout = idle_timeout
+        self._on_oversize = on_oversize
+        self._read_size = read_size
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._connections: dict[int, _Connection] = {}
+        self._next_id = 0
+        self._closing = False
+        self._stats = ListenerStats()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the actual one when constructed with port 0)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError(f"listener {self.name} is not started")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def stats(self) -> ListenerStats:
+        """A snapshot of the counters, including those of live connections."""
+        live = self._connections.values()
+        return dataclasses.replace(
+            self._stats,
+            connections_open=len(self._connections),
+            junk_bytes=self._stats.junk_bytes + sum(c.decoder.junk_bytes for c in live),
+            restarted_frames=self._stats.restarted_frames
+            + sum(c.decoder.restarted_frames for c in live),
+        )
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        if self._server is not None:
+            raise RuntimeError(f"listener {self.name} already started")
+        self._server = await asyncio.start_server(
+            self._on_connect, self._host, self._requested_port
+        )
+        if self._idle_timeout is not None:
+            self._sweeper = asyncio.create_task(self._sweep_idle(self._idle_timeout))
+        logger.info("mllp listener %s on %s:%d", self.name, self._host, self.port)
+
+    async def close(self, drain_timeout: float = 10) -> None:
+        """Stop accepting, let in-flight frames finish and reply, then close everything.
+
+        New connections are refused at once. A connection inside its handler finishes
+        that frame and writes its reply; frames received but not yet started are
+        dropped without a reply (the sender retries them). Connections still busy
+        after ``drain_timeout`` seconds are cancelled.
+        """
+        self._closing = True
+        if self._server is not None:
+            self._server.close()  # before any await: refuse new connections now
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in self._connections.values():
+            if not conn.busy:
+                conn.writer.close()  # wakes its pending read with EOF
+        await self._wait_connections(drain_timeout)
+        if self._server is not None:
+            await self._server.wait_closed()
+        logger.info("mllp listener %s closed", self.name)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _wait_connections(self, drain_timeout: float) -> None:
+        """Wait for connection tasks to end; cancel the ones still busy after the timeout."""
+        tasks = [c.task for c in self._connections.values() if c.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=drain_timeout)
+        if pending:
+            logger.warning(
+                "mllp listener %s: %d connection(s) still busy after %.1fs, cancelling",
+                self.name,
+                len(pending),
+                drain_timeout,
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection from accept to close (the task start_server made)."""
+        conn = self._register(writer)
+        try:
+            if not self._closing:
+                await self._serve(conn, reader)
+        except ConnectionError as exc:
+            logger.info(
+                "mllp %s conn %d: connection error %s",
+                self.name,
+                conn.peer.connection_id,
+                type(exc).__name__,
+            )
+        finally:
+            self._unregister(conn)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def _register(self, writer: asyncio.StreamWriter) -> _Connection:
+        self._next_id += 1
+        peername = writer.get_extra_info("peername") or ("?", 0)
+        peer = Peer(host=str(peername[0]), port=int(peername[1]), connection_id=self._next_id)
+        conn = _Connection(peer, writer, self._max_message_bytes)
+        self._connections[peer.connection_id] = conn
+        self._stats.connections_total += 1
+        logger.debug("mllp %s conn %d open from %s:%d", self.name, self._next_id, *peername[:2])
+        return conn
+
+    def _unregister(self, conn: _Connection) -> None:
+        """Fold the connection's decoder counters into the totals and forget it."""
+        del self._connections[conn.peer.connection_id]
+        decoder = conn.decoder
+        self._stats.junk_bytes += decoder.junk_bytes
+        self._stats.restarted_frames += decoder.restarted_frames
+        if decoder.in_frame:
+            self._stats.aborted_frames += 1
+            logger.info(
+                "mllp %s conn %d from %s closed mid-frame",
+                self.name,
+                conn.peer.connection_id,
+                conn.peer.host,
+            )
+        logger.debug("mllp %s conn %d closed", self.name, conn.peer.connection_id)
+
+    async def _serve(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
+        """Read, decode and answer until EOF, a handler error, or listener close."""
+        loop = asyncio.get_running_loop()
+        decoder = conn.decoder
+        while True:
+            data = await reader.read(self._read_size)
+            if not data or self._closing:
+                return  # on close: received-but-unstarted frames are dropped, unanswered
+            conn.last_active = loop.time()
+            items = decoder.feed(data)
+            if items:
+                conn.busy = True
+                keep_going = await self._answer_all(conn, items)
+                conn.busy = False
+                conn.last_active = loop.time()
+                if not keep_going:
+                    return
+
+    async def _answer_all(self, conn: _Connection, items: list[bytes | Oversize]) -> bool:
+        """Answer decoded items in order; False when the connection must close."""
+        writer = conn.writer
+        for item in items:
+            try:
+                reply = await self._reply_for(conn, item)
+            except _HandlerFailed:
+                return False
+            if reply is not None:
+                writer.write(frame(reply))
+                await writer.drain()
+                self._stats.replies_out += 1
+            if self._closing:
+                return False  # the in-flight frame is answered; the rest are dropped
+        return True
+
+    async def _reply_for(self, conn: _Connection, item: bytes | Oversize) -> bytes | None:
+        """The reply for one item (None: no reply); _HandlerFailed if the handler raised."""
+        if isinstance(item, Oversize):
+            return await self._reply_oversize(conn, item.size)
+        self._stats.frames_in += 1
+        try:
+            return await self._handler(item, conn.peer)
+        # The handler is the caller's code: whatever it raises, this frame is not
+        # stored, so close without an ACK and let the sender retry. Logged, not hidden;
+        # the message (which may carry PHI) and the exception text are deliberately not.
+        except Exception as exc:  # noqa: BLE001
+            self._stats.handler_errors += 1
+            logger.error(
+                "mllp %s conn %d from %s:%d: handler raised %s; closing without reply",
+                self.name,
+                conn.peer.connection_id,
+                conn.peer.host,
+                conn.peer.port,
+                type(exc).__name__,
+            )
+            raise _HandlerFailed from None
+
+    async def _reply_oversize(self, conn: _Connection, size: int) -> bytes | None:
+        self._stats.oversize += 1
+        logger.warning(
+            "mllp %s conn %d from %s: frame of %d bytes over limit %d discarded",
+            self.name,
+            conn.peer.connection_id,
+            conn.peer.host,
+            size,
+            self._max_message_bytes,
+        )
+        if self._on_oversize is None:
+            return None
+        return await self._on_oversize(conn.peer, size)
+
+    async def _sweep_idle(self, idle_timeout: float) -> None:
+        """Close connections with no traffic for ``idle_timeout`` seconds.
+
+        One sweeper per listener instead of a timer per read keeps the per-frame path
+        free of timer churn; the price is closing up to a quarter timeout late.
+        """
+        loop = asyncio.get_running_loop()
+        interval = min(max(idle_timeout / 4, 0.01), 5.0)
+        while True:
+            await asyncio.sleep(interval)
+            deadline = loop.time() - idle_timeout
+            for conn in list(self._connections.values()):
+                if not conn.busy and conn.last_active < deadline:
+                    self._close_idle(conn)
+
+    def _close_idle(self, conn: _Connection) -> None:
+        conn.busy = True  # never counted twice while the close completes
+        self._stats.idle_closed += 1
+        logger.info(
+            "mllp %s conn %d from %s idle, closing",
+            self.name,
+            conn.peer.connection_id,
+            conn.peer.host,
+        )
+        conn.writer.close()
