@@ -1,0 +1,195 @@
+"""The `ficus` command line (see PRODUCT.md for the contract of each command)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from router.client import ApiClient, ApiError
+from router.config import MODES, ConfigError, FicusConfig, load_config
+
+log = logging.getLogger("ficus")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def run_service(cfg: FicusConfig) -> None:
+    """Runs until SIGTERM or Ctrl-C, then stops cleanly."""
+    from router.service import Service
+
+    async with Service(cfg) as svc:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, svc.stopping.set)
+        print(f"ficus: running; API {svc.api_url}, NATS {svc.nats_url}", file=sys.stderr)
+        await svc.wait()
+        print("ficus: stopping (finishing messages in flight)", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    _setup_logging(cfg.log_level)
+    asyncio.run(run_service(cfg))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from router.demo import run_demo
+
+    _setup_logging("WARNING" if not args.verbose else "INFO")
+    asyncio.run(run_demo(duration=args.duration, state_dir=args.state_dir))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    print(f"{args.config}: ok ({len(cfg.interfaces)} interfaces: "
+          f"{', '.join(f'{i.name} [{i.kind}, {i.route}]' for i in cfg.interfaces)})")
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from router.offline import translate_files
+
+    mapping, tz = "hl7v2", "UTC"
+    encoding, fallback = "utf-8", "windows-1252"
+    if args.interface:
+        if not args.config:
+            raise ConfigError("ficus translate", ["--interface needs -c CONFIG"])
+        icfg = load_config(args.config).interface(args.interface)
+        mapping, tz = icfg.mapping, icfg.timezone
+        encoding, fallback = icfg.encoding, icfg.fallback_encoding
+    failed = translate_files(
+        [Path(f) for f in args.files], fmt=args.format, mapping=mapping, interface=args.interface or "offline",
+        timezone=tz, encoding=encoding, fallback=fallback, out=sys.stdout, err=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    return ApiClient(args.api, args.token, args.config)
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.action is None:
+        routes = client.call("GET", "/api/v1/routes")["routes"]
+        for name, route in sorted(routes.items()):
+            extra = " ".join(f"{f}={m}" for f, m in route.get("facilities", {}).items())
+            print(f"{name:24} {route['mode']:8} {extra:20} {route.get('changed_at', '')} "
+                  f"{route.get('actor', '')}: {route.get('reason', '')}")
+        return 0
+    if args.action == "set":
+        body = {"mode": args.mode, "reason": args.reason, "facility": args.facility, "force": args.force}
+        result = client.call("PUT", f"/api/v1/routes/{args.iface}", body)
+        print(f"{args.iface}: now {result['route']['mode']}"
+              + (f" (facilities {result['route']['facilities']})" if result["route"]["facilities"] else ""))
+        return 0
+    history = client.call("GET", f"/api/v1/routes/{args.iface}/history")["history"]
+    for h in history:
+        fac = f" facility {h['facility']}" if h.get("facility") else ""
+        forced = " FORCED" if h.get("forced") else ""
+        print(f"{h['at']} {h['from']} -> {h['to']}{fac}{forced} by {h['actor']}: {h['reason']}")
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.action == "list":
+        query = f"?interface={args.iface}" if args.iface else ""
+        for d in client.call("GET", f"/api/v1/dlq{query}")["dead_letters"]:
+            print(f"{d['id']:>8} {d['at']} {d['interface']} {d['kind']} unit {d['unit']}: {d['reason']}")
+        return 0
+    _print(client.call("GET", f"/api/v1/dlq/{args.id}"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ficus", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def api_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", help="config file (to find the API and its token)")
+        p.add_argument("--api", help="API base URL (default from config, $FICUS_API or http://127.0.0.1:8080)")
+        p.add_argument("--token", help="bearer token (default $FICUS_TOKEN or the config's)")
+
+    p = sub.add_parser("run", help="run the service")
+    p.add_argument("-c", "--config", default="ficus.toml")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run on the example config with simulated legacy systems")
+    p.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    p.add_argument("--state-dir", default=None, help="where the demo keeps its NATS store")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("check", help="validate a config")
+    p.add_argument("-c", "--config", default="ficus.toml")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("translate", help="translate files offline (no NATS)")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--format", choices=["hl7v2"], default="hl7v2")
+    p.add_argument("-c", "--config")
+    p.add_argument("--interface")
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("routes", help="the routing table")
+    api_opts(p)
+    rsub = p.add_subparsers(dest="action")
+    s = rsub.add_parser("set", help="flip an interface")
+    s.add_argument("iface")
+    s.add_argument("mode", choices=MODES)
+    s.add_argument("--reason", required=True)
+    s.add_argument("--facility")
+    s.add_argument("--force", action="store_true", help="flip even when parity is below the gate")
+    api_opts(s)
+    h = rsub.add_parser("history", help="audit trail of an interface's flips")
+    h.add_argument("iface")
+    api_opts(h)
+    p.set_defaults(func=cmd_routes)
+
+    p = sub.add_parser("dlq", help="the dead-letter queue")
+    dsub = p.add_subparsers(dest="action", required=True)
+    d = dsub.add_parser("list")
+    d.add_argument("iface", nargs="?")
+    api_opts(d)
+    d = dsub.add_parser("show")
+    d.add_argument("id")
+    api_opts(d)
+    p.set_defaults(func=cmd_dlq)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.path}: {problem}", file=sys.stderr)
+        return 1
+    except ApiError as exc:
+        print(f"ficus: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The configuration tree: one TOML file, validated once at start-up with pydantic.
+
+Each component receives only its own part. Secrets may be written as `env:NAME`; they
+are resolved here, so a missing variable is a configuration error like any other.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from canonical.translate import check_mapping
+
+Mode = Literal["legacy", "shadow", "modern"]
+MODES: tuple[Mode, ...] = ("legacy", "shadow", "modern")
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `problems` lists every one of them."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_hostport(value: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """`host:port` (or `:port`, or `[::1]:port`) to a tuple; raises ValueError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {value!r}")
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    host = host.strip("[]") or default_host
+    return host, number
+
+
+class EmbeddedNatsConfig(_Model):
+    """The nats-server Ficus starts itself when `nats.url = "embedded"`."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    # JetStream's default flushes to disk every 2 minutes; "always" makes every PubAck durable.
+    sync_interval: str | None = None
+    store_dir: str | None = None
+
+
+class NatsConfig(_Model):
+    """How Ficus reaches NATS, and the retention of what it stores there."""
+
+    url: str = "embedded"
+    embedded: EmbeddedNatsConfig = EmbeddedNatsConfig()
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    replicas: int = Field(default=1, ge=1, le=5)
+    duplicate_window_seconds: float = Field(default=600, gt=0)
+    publish_timeout_seconds: float = Field(default=5, gt=0)
+    raw_max_age_days: float = Field(default=30, gt=0)
+    events_max_age_days: float = Field(default=30, gt=0)
+    dlq_max_age_days: float = Field(default=90, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value == "embedded":
+            return value
+        for part in value.split(","):
+            if not re.match(r"^(nats|tls|ws|wss)://[^\s,]+$", part.strip()):
+                raise ValueError(f"expected 'embedded' or nats:// URLs, got {part!r}")
+        return value
+
+    @property
+    def servers(self) -> list[str]:
+        return [p.strip() for p in self.url.split(",")]
+
+
+class ApiConfig(_Model):
+    """The HTTP API and dashboard."""
+
+    listen: str = "127.0.0.1:8080"
+    tokens: dict[Literal["viewer", "operator"], str] = {}
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_hostport(self.listen)
+
+
+class InterfaceBase(_Model):
+    """What every interface has, whatever its kind."""
+
+    name: str
+    route: Mode = "legacy"
+    description: str = ""
+    timezone: str = "UTC"
+    parity_gate: float = Field(default=0.99, ge=0, le=1)
+    parity_min_samples: int = Field(default=20, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError("interface names are slugs: lowercase letters, digits, - and _")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class MllpInterfaceConfig(InterfaceBase):
+    """An HL7 v2 feed over MLLP: Ficus listens where the legacy engine used to."""
+
+    kind: Literal["hl7-mllp"]
+    format: Literal["hl7v2"] = "hl7v2"
+    listen: str
+    mapping: str = "hl7v2"
+    legacy: str | None = None
+    encoding: str = "utf-8"
+    fallback_encoding: str | None = "windows-1252"
+    on_untranslatable: Literal["AE", "AA"] = "AE"
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    idle_timeout_seconds: float | None = Field(default=600, gt=0)
+    legacy_connections: int = Field(default=2, ge=1, le=64)
+    legacy_connect_timeout_seconds: float = Field(default=5, gt=0)
+    legacy_ack_timeout_seconds: float = Field(default=30, gt=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_hostport(value, default_host="0.0.0.0")
+        return value
+
+    @field_validator("legacy")
+    @classmethod
+    def _legacy(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.startswith("mllp://"):
+                raise ValueError("the legacy destination of an hl7-mllp interface is mllp://host:port")
+            parse_hostport(value.removeprefix("mllp://"))
+        return value
+
+    @field_validator("mapping")
+    @classmethod
+    def _mapping(cls, value: str) -> str:
+        try:
+            check_mapping(value)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(str(exc).strip("'\"")) from exc
+        return value
+
+    @field_validator("encoding", "fallback_encoding")
+    @classmethod
+    def _codec(cls, value: str | None) -> str | None:
+        import codecs
+
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError as exc:
+                raise ValueError(f"unknown encoding {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _legacy_needed(self) -> MllpInterfaceConfig:
+        if self.route in ("legacy", "shadow") and self.legacy is None:
+            raise ValueError(f"route {self.route!r} needs a legacy destination (key 'legacy')")
+        return self
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return parse_hostport(self.listen, default_host="0.0.0.0")
+
+    @property
+    def legacy_host_port(self) -> tuple[str, int] | None:
+        if self.legacy is None:
+            return None
+        return parse_hostport(self.legacy.removeprefix("mllp://"))
+
+
+InterfaceConfig = Annotated[MllpInterfaceConfig, Field(discriminator="kind")]
+
+
+class FicusConfig(_Model):
+    """The whole configuration file."""
+
+    state_dir: str = ".ficus"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    nats: NatsConfig = NatsConfig()
+    api: ApiConfig = ApiConfig()
+    interfaces: list[InterfaceConfig] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> FicusConfig:
+        seen: set[str] = set()
+        listens: dict[tuple[str, int], str] = {}
+        for iface in self.interfaces:
+            if iface.name in seen:
+                raise ValueError(f"interface name {iface.name!r} is used twice")
+            seen.add(iface.name)
+            hp = iface.listen_host_port
+            if hp[1] and hp in listens:
+                raise ValueError(f"{iface.name!r} listens on {iface.listen}, as {listens[hp]!r} does")
+            listens[hp] = iface.name
+        return self
+
+    def interface(self, name: str) -> InterfaceConfig:
+        for iface in self.interfaces:
+            if iface.name == name:
+                return iface
+        raise KeyError(name)
+
+
+def _resolve_env(value: Any, key: str, problems: list[str]) -> Any:
+    """Replaces every `env:NAME` string with the variable's value."""
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, f"{key}.{k}" if key else str(k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            problems.append(f"{key}: environment variable {name} is not set")
+            return ""
+        return os.environ[name]
+    return value
+
+
+def _location(loc: Iterable[int | str], raw: dict[str, Any]) -> str:
+    """A pydantic error location as a key path, naming interfaces by their name."""
+    parts: list[str] = []
+    items = list(loc)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item == "interfaces" and i + 1 < len(items) and isinstance(items[i + 1], int):
+            idx = int(items[i + 1])
+            ifaces = raw.get("interfaces", [])
+            name = ifaces[idx].get("name") if idx < len(ifaces) and isinstance(ifaces[idx], dict) else None
+            parts.append(f"interfaces[{name or idx}]")
+            i += 2
+            # The discriminated union adds the kind as a location step; it says nothing.
+            if i < len(items) and isinstance(items[i], str) and items[i] in ("hl7-mllp",):
+                i += 1
+            continue
+        parts.append(str(item))
+        i += 1
+    return ".".join(parts) or "(top level)"
+
+
+def parse_config(data: dict[str, Any], path: str = "<config>") -> FicusConfig:
+    """Validates an already-read TOML document; raises ConfigError listing every problem."""
+    problems: list[str] = []
+    resolved = _resolve_env(data, "", problems)
+    try:
+        config = FicusConfig.model_validate(resolved)
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_location(err['loc'], resolved)}: {msg}")
+        raise ConfigError(path, problems) from exc
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def load_config(path: str | Path) -> FicusConfig:
+    """Reads and validates a TOML file; raises ConfigError."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(str(p), ["file not found"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), [f"not valid TOML: {exc}"]) from exc
+    return parse_config(data, str(p))

@@ -1,0 +1,122 @@
+"""Dead letters: what could not be translated or delivered, with reason and business context.
+
+A dead letter holds no payload: it points at the raw unit (`raw`), which stays in the raw
+archive, and carries identifiers only (control id, sender, facility, amount). Its id in
+the API is its sequence in the dead-letter stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import nats.errors
+import nats.js.errors
+from pydantic import BaseModel
+
+from router import names
+from router.store import Outgoing, Store
+
+Kind = Literal["rejected", "untranslatable", "undeliverable"]
+
+
+class DeadLetter(BaseModel):
+    """One dead letter as stored (JSON) in `dlq.<interface>`."""
+
+    interface: str
+    kind: Kind
+    reason: str
+    mode: str
+    unit: str
+    raw: str | None = None
+    message_type: str | None = None
+    sender: str | None = None
+    facility: str | None = None
+    amount: str | None = None
+    locator: str | None = None
+    at: str = ""
+    id: int | None = None
+
+    def outgoing(self, raw_msg_id: str) -> Outgoing:
+        """The message to store; one dead letter per raw unit, mode and reason."""
+        key = f"{raw_msg_id}|{self.mode}|{self.kind}|{self.reason}"
+        msg_id = "dlq-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+        body = self.model_dump(exclude={"id"}, exclude_none=True)
+        return Outgoing(
+            names.dlq_subject(self.interface),
+            json.dumps(body).encode(),
+            msg_id,
+            {names.HDR_INTERFACE: self.interface, names.HDR_MODE: self.mode},
+        )
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+async def get(store: Store, seq: int) -> DeadLetter | None:
+    """One dead letter by id, or None."""
+    try:
+        msg = await store.js.get_msg(names.STREAM_DLQ, seq)
+    except nats.js.errors.NotFoundError:
+        return None
+    if msg.data is None:
+        return None
+    letter = DeadLetter.model_validate_json(msg.data)
+    letter.id = seq
+    return letter
+
+
+async def list_letters(
+    store: Store, interface: str | None = None, after: int = 0, limit: int = 100
+) -> list[DeadLetter]:
+    """Dead letters in stream order, optionally of one interface."""
+    subject = names.dlq_subject(interface) if interface else names.SUBJECTS_DLQ
+    return [DeadLetter.model_validate_json(data).model_copy(update={"id": seq})
+            for seq, data, _ in await read_stream(store, names.STREAM_DLQ, subject, after, limit)]
+
+
+async def read_stream(
+    store: Store, stream: str, subject: str, after: int, limit: int
+) -> list[tuple[int, bytes, dict[str, str]]]:
+    """Up to `limit` messages of `subject` with sequence > after: (seq, data, headers)."""
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    try:
+        info = await store.js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        return []
+    if info.state.messages == 0 or after >= info.state.last_seq:
+        return []
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(after + 1, info.state.first_seq),
+        filter_subject=subject,
+        inactive_threshold=10.0,
+    )
+    sub = await store.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
+    out: list[tuple[int, bytes, dict[str, str]]] = []
+    try:
+        while len(out) < limit:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except nats.errors.TimeoutError:
+                break
+            out.append((msg.metadata.sequence.stream, msg.data, dict(msg.headers or {})))
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+def summary(letter: DeadLetter) -> dict[str, Any]:
+    """The API's view of a dead letter."""
+    return letter.model_dump(exclude_none=True)

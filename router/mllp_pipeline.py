@@ -1,0 +1,333 @@
+"""What happens to one HL7 message received on an `hl7-mllp` interface, per route mode.
+
+- legacy: archive the raw bytes, forward them to the legacy engine, hand its ACK back
+  byte for byte. No positive ACK is invented when the legacy engine fails.
+- shadow: as legacy; then, off the sender's path, translate and publish on `shadow.`
+  subjects and record whether the two paths agree (parity).
+- modern: archive, translate, publish on live subjects, and answer AA only after
+  JetStream acknowledged everything. Anything not stored is answered negatively, so the
+  sender keeps the message and sends it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from datetime import UTC, datetime
+
+from canonical.errors import CanonicalError, NotHl7Error, TranslationError, UnsupportedMessageError
+from canonical.hl7v2.ack import AckError, ack_code, build_ack
+from canonical.hl7v2.reader import MshHeader, peek_header
+from canonical.translate import TranslationContext, translate_hl7
+from legacy.mllp_sender import LegacyError, MllpSender
+from router import names
+from router.config import Mode, MllpInterfaceConfig
+from router.dlq import DeadLetter, Kind, money, now_iso
+from router.routes import RouteTable
+from router.stats import InterfaceStats
+from router.store import Outgoing, Store, StoreUnavailable
+from wrappers.mllp_listener import Peer
+
+log = logging.getLogger("ficus.pipeline")
+
+POSITIVE = frozenset({"AA", "CA"})
+# HL7 table 0357 codes used in ERR segments.
+ERR_UNSUPPORTED = "200"
+ERR_INTERNAL = "207"
+ERR_DATA = "102"
+ERR_SEGMENT = "100"
+
+
+class MllpPipeline:
+    """The message handler of one hl7-mllp interface (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: MllpInterfaceConfig,
+        store: Store,
+        routes: RouteTable,
+        legacy: MllpSender | None,
+        stats: InterfaceStats,
+        *,
+        shadow_concurrency: int = 256,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.store = store
+        self.routes = routes
+        self.legacy = legacy
+        self.stats = stats
+        self._raw_subject = names.raw_subject(cfg.name)
+        self._shadow_slots = asyncio.Semaphore(shadow_concurrency)
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+
+    # -- the handler -------------------------------------------------------------------
+
+    async def __call__(self, payload: bytes, peer: Peer) -> bytes | None:
+        stats = self.stats
+        stats.received += 1
+        stats.in_flight += 1
+        stats.last_message_at = time.time()
+        try:
+            try:
+                header: MshHeader | None = peek_header(payload)
+                reject: str | None = None
+            except NotHl7Error as exc:
+                header, reject = None, exc.reason
+            facility = header.sending_facility if header is not None else None
+            mode = self.routes.mode_for(self.name, facility)
+            if mode == "modern":
+                reply = await self._modern(payload, header, reject, peer)
+            else:
+                reply = await self._legacy(payload, header, peer, mode)
+        finally:
+            stats.in_flight -= 1
+        return reply
+
+    async def on_oversize(self, peer: Peer, size: int) -> bytes | None:
+        """A frame over max_message_bytes was discarded: reject it (it cannot be kept)."""
+        reason = f"message of {size} bytes exceeds max_message_bytes {self.cfg.max_message_bytes}"
+        self.stats.received += 1
+        self.stats.error(reason)
+        await self._dead_letter_quietly(None, None, "rejected", reason, "-", f"oversize-{peer.connection_id}-{size}")
+        return self._reply(None, "AR", reason, ERR_SEGMENT)
+
+    # -- modes -------------------------------------------------------------------------
+
+    async def _modern(
+        self, payload: bytes, header: MshHeader | None, reject: str | None, peer: Peer
+    ) -> bytes | None:
+        received = datetime.now(UTC)
+        try:
+            raw_ref, raw_id = await self._archive(payload, header, peer, received)
+        except StoreUnavailable as exc:
+            return self._unavailable(header, exc)
+        if header is None:
+            return await self._rejected(None, reject or "not an HL7 v2 message", raw_ref, raw_id, "live")
+        ctx = TranslationContext(self.name, "live", raw_ref, received, self.cfg.timezone)
+        try:
+            result = translate_hl7(payload, self.cfg.mapping, ctx, encoding=self.cfg.encoding,
+                                   fallback=self.cfg.fallback_encoding)
+        except (NotHl7Error, UnsupportedMessageError) as exc:
+            return await self._rejected(header, exc.reason, raw_ref, raw_id, "live")
+        except TranslationError as exc:
+            return await self._untranslatable(header, exc, raw_ref, raw_id)
+        outgoing = [
+            Outgoing(ev.nats_subject(), ev.to_json(), ev.id, {
+                names.HDR_INTERFACE: self.name, names.HDR_EVENT_TYPE: ev.type,
+                names.HDR_CONTROL_ID: header.control_id, names.HDR_RAW: raw_ref,
+            })
+            for ev in result.events
+        ]
+        try:
+            await self.store.publish(outgoing)
+        except StoreUnavailable as exc:
+            return self._unavailable(header, exc)
+        self.stats.published += len(outgoing)
+        return self._positive(header)
+
+    async def _legacy(
+        self, payload: bytes, header: MshHeader | None, peer: Peer, mode: Mode
+    ) -> bytes | None:
+        received = datetime.now(UTC)
+        raw_ref, raw_id = "", ""
+        try:
+            raw_ref, raw_id = await self._archive(payload, header, peer, received)
+        except StoreUnavailable:
+            # The legacy path must not gain a dependency on Ficus's store: forward anyway.
+            self.stats.archive_errors += 1
+        control_id = header.control_id if header is not None else ""
+        if self.legacy is None:
+            self.stats.error("no legacy destination configured")
+            return self._reply(header, "AR", "no legacy destination configured", ERR_INTERNAL)
+        try:
+            reply = await self.legacy.send(payload, control_id)
+        except LegacyError as exc:
+            self.stats.legacy_errors += 1
+            self.stats.error(f"legacy destination: {exc.reason}")
+            log.warning("%s: legacy delivery of %s failed: %s", self.name, control_id or "-", exc.reason)
+            return self._reply(header, "AR", "legacy destination unavailable; resend later", ERR_INTERNAL,
+                               transient=True)
+        self.stats.legacy_forwarded += 1
+        code = _reply_code(reply)
+        if code in POSITIVE:
+            self.stats.acked += 1
+        else:
+            self.stats.nacked += 1
+        if mode == "shadow" and header is not None:
+            await self._spawn_shadow(payload, header, raw_ref, raw_id, code in POSITIVE, received)
+        return reply
+
+    # -- shadow ------------------------------------------------------------------------
+
+    async def _spawn_shadow(
+        self, payload: bytes, header: MshHeader, raw_ref: str, raw_id: str, legacy_ok: bool,
+        received: datetime,
+    ) -> None:
+        # Waiting for a slot pushes back on the sender only when shadow work piles up.
+        await self._shadow_slots.acquire()
+        self.stats.shadow_backlog += 1
+        task = asyncio.create_task(self._shadow(payload, header, raw_ref, raw_id, legacy_ok, received))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, task: asyncio.Task[None]) -> None:
+        self._shadow_tasks.discard(task)
+        self._shadow_slots.release()
+        self.stats.shadow_backlog -= 1
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: shadow translation crashed: %r", self.name, type(task.exception()).__name__)
+
+    async def _shadow(
+        self, payload: bytes, header: MshHeader, raw_ref: str, raw_id: str, legacy_ok: bool,
+        received: datetime,
+    ) -> None:
+        ctx = TranslationContext(self.name, "shadow", raw_ref, received, self.cfg.timezone)
+        unit = header.control_id or "-"
+        try:
+            result = translate_hl7(payload, self.cfg.mapping, ctx, encoding=self.cfg.encoding,
+                                   fallback=self.cfg.fallback_encoding)
+        except CanonicalError as exc:
+            kind: Kind = "untranslatable" if isinstance(exc, TranslationError) else "rejected"
+            await self._dead_letter_quietly(header, raw_ref, kind, exc.reason, "shadow", raw_id, exc)
+            self.stats.parity.record(legacy_ok=legacy_ok, modern_ok=False, unit=unit, detail=exc.reason)
+            return
+        outgoing = [
+            Outgoing(ev.nats_subject(), ev.to_json(), ev.id, {
+                names.HDR_INTERFACE: self.name, names.HDR_EVENT_TYPE: ev.type,
+                names.HDR_CONTROL_ID: header.control_id, names.HDR_MODE: "shadow",
+            })
+            for ev in result.events
+        ]
+        try:
+            await self.store.publish(outgoing)
+        except StoreUnavailable as exc:
+            self.stats.store_unavailable += 1
+            self.stats.error(f"shadow events not stored: {exc.reason}")
+            return
+        self.stats.shadow_published += len(outgoing)
+        self.stats.parity.record(legacy_ok=legacy_ok, modern_ok=True, unit=unit,
+                                 detail="legacy refused a message Ficus translated")
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Waits for shadow work still running (at shutdown)."""
+        if self._shadow_tasks:
+            await asyncio.wait(set(self._shadow_tasks), timeout=timeout)
+
+    # -- storage -----------------------------------------------------------------------
+
+    async def _archive(
+        self, payload: bytes, header: MshHeader | None, peer: Peer, received: datetime
+    ) -> tuple[str, str]:
+        """Stores the raw unit; returns its reference and its dedupe id."""
+        raw_id = hashlib.sha256(self.name.encode() + b"\0" + payload).hexdigest()[:32]
+        headers = {
+            names.HDR_INTERFACE: self.name,
+            names.HDR_PEER: f"{peer.host}:{peer.port}",
+            names.HDR_RECEIVED: received.isoformat(timespec="milliseconds"),
+        }
+        if header is not None:
+            headers[names.HDR_CONTROL_ID] = header.control_id
+        try:
+            (ack,) = await self.store.publish([Outgoing(self._raw_subject, payload, raw_id, headers)])
+        except StoreUnavailable:
+            self.stats.store_unavailable += 1
+            raise
+        return names.raw_ref(ack.stream, ack.seq), raw_id
+
+    async def _dead_letter(
+        self, header: MshHeader | None, raw_ref: str | None, kind: Kind, reason: str, mode: str,
+        raw_id: str, exc: CanonicalError | None = None,
+    ) -> None:
+        letter = DeadLetter(
+            interface=self.name, kind=kind, reason=reason, mode=mode,
+            unit=(header.control_id if header is not None else "") or "-",
+            raw=raw_ref or None,
+            message_type=f"{header.message_type}^{header.trigger}" if header is not None else None,
+            sender=header.sender if header is not None else None,
+            facility=getattr(exc, "facility", None) or (header.sending_facility if header else None),
+            amount=money(getattr(exc, "amount", None)),
+            locator=getattr(exc, "locator", None),
+            at=now_iso(),
+        )
+        await self.store.publish([letter.outgoing(raw_id)])
+        self.stats.dead_lettered += 1
+        self.stats.error(reason)
+        log.info("%s: dead-lettered %s (%s): %s", self.name, letter.unit, kind, reason)
+
+    async def _dead_letter_quietly(
+        self, header: MshHeader | None, raw_ref: str | None, kind: Kind, reason: str, mode: str,
+        raw_id: str, exc: CanonicalError | None = None,
+    ) -> bool:
+        try:
+            await self._dead_letter(header, raw_ref, kind, reason, mode, raw_id, exc)
+        except StoreUnavailable:
+            self.stats.error(f"dead letter not stored: {reason}")
+            return False
+        return True
+
+    # -- answers -----------------------------------------------------------------------
+
+    async def _rejected(
+        self, header: MshHeader | None, reason: str, raw_ref: str, raw_id: str, mode: str
+    ) -> bytes | None:
+        if not await self._dead_letter_quietly(header, raw_ref, "rejected", reason, mode, raw_id):
+            return self._unavailable(header, StoreUnavailable("dead letter not stored"))
+        return self._reply(header, "AR", reason, ERR_UNSUPPORTED)
+
+    async def _untranslatable(
+        self, header: MshHeader, exc: TranslationError, raw_ref: str, raw_id: str
+    ) -> bytes | None:
+        if not await self._dead_letter_quietly(header, raw_ref, "untranslatable", exc.reason, "live",
+                                               raw_id, exc):
+            return self._unavailable(header, StoreUnavailable("dead letter not stored"))
+        if header.enhanced:
+            # Commit ACK: the message is safely stored (in the dead-letter stream).
+            return self._positive(header)
+        if self.cfg.on_untranslatable == "AA":
+            return self._positive(header)
+        return self._reply(header, "AE", exc.reason, ERR_DATA)
+
+    def _unavailable(self, header: MshHeader | None, exc: StoreUnavailable) -> bytes | None:
+        self.stats.error(f"not stored: {exc.reason}")
+        return self._reply(header, "AR", "message not stored; resend later", ERR_INTERNAL, transient=True)
+
+    def _positive(self, header: MshHeader) -> bytes | None:
+        code = "CA" if header.enhanced else "AA"
+        if not _wanted(header, positive=True):
+            self.stats.acked += 1
+            return None
+        self.stats.acked += 1
+        return build_ack(header, code)
+
+    def _reply(
+        self, header: MshHeader | None, code: str, text: str, err: str, *, transient: bool = False
+    ) -> bytes | None:
+        """A negative answer; in enhanced mode a commit ACK (CE transient, CR rejected)."""
+        self.stats.nacked += 1
+        if header is not None and header.enhanced:
+            code = "CE" if transient else "CR"
+            if not _wanted(header, positive=False):
+                return None
+        return build_ack(header, code, text=text, error=AckError(err, text))
+
+
+def _wanted(header: MshHeader, *, positive: bool) -> bool:
+    """MSH-15 (accept acknowledgement type): AL always, NE never, ER errors, SU successes."""
+    kind = header.accept_ack_type.upper()
+    if kind == "NE":
+        return False
+    if kind == "ER":
+        return not positive
+    if kind == "SU":
+        return positive
+    return True
+
+
+def _reply_code(reply: bytes) -> str:
+    try:
+        return ack_code(reply)[0]
+    except (ValueError, IndexError):
+        return ""

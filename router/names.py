@@ -1,0 +1,60 @@
+"""Every wire name Ficus owns on NATS: streams, subjects, KV buckets, headers.
+
+Call sites use these functions and constants instead of building strings, so a rename
+happens in one place and a test can list what exists.
+"""
+
+from __future__ import annotations
+
+STREAM_RAW = "FICUS_RAW"
+STREAM_CANONICAL = "FICUS_CANONICAL"
+STREAM_SHADOW = "FICUS_SHADOW"
+STREAM_DLQ = "FICUS_DLQ"
+STREAM_AUDIT = "FICUS_AUDIT"
+
+SUBJECTS_RAW = "raw.>"
+SUBJECTS_CANONICAL = "canonical.>"
+SUBJECTS_SHADOW = "shadow.>"
+SUBJECTS_DLQ = "dlq.>"
+SUBJECTS_AUDIT = "ficus.audit.>"
+
+KV_ROUTES = "ficus-routes"
+
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_INTERFACE = "Ficus-Interface"
+HDR_CONTROL_ID = "Ficus-Control-Id"
+HDR_PEER = "Ficus-Peer"
+HDR_RECEIVED = "Ficus-Received"
+HDR_EVENT_TYPE = "Ficus-Event-Type"
+HDR_FACILITY = "Ficus-Facility"
+HDR_MODE = "Ficus-Mode"
+HDR_RAW = "Ficus-Raw"
+
+
+def raw_subject(interface: str) -> str:
+    """Where the raw units of an interface are archived."""
+    return f"raw.{interface}"
+
+
+def dlq_subject(interface: str) -> str:
+    """Where the dead letters of an interface go."""
+    return f"dlq.{interface}"
+
+
+def route_audit_subject(interface: str) -> str:
+    """The audit trail of route flips of an interface."""
+    return f"ficus.audit.routes.{interface}"
+
+
+def raw_ref(stream: str, seq: int) -> str:
+    """The `ficusraw` reference of a stored raw unit."""
+    return f"jetstream://{stream}/{seq}"
+
+
+def parse_raw_ref(ref: str) -> tuple[str, int]:
+    """Inverse of `raw_ref`; raises ValueError on anything else."""
+    prefix = "jetstream://"
+    if not ref.startswith(prefix):
+        raise ValueError(f"not a raw reference: {ref!r}")
+    stream, _, seq = ref[len(prefix) :].partition("/")
+    return stream, int(seq)

@@ -1,0 +1,125 @@
+"""Per-interface counters, parity evidence, and their Prometheus exposition.
+
+Counters are plain attributes bumped on the hot path; the Prometheus collector reads them
+only when scraped, so counting costs an integer add. Labels carry interface names only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+COUNTERS = (
+    ("received", "units received from the legacy sender"),
+    ("acked", "positive acknowledgements sent to the sender"),
+    ("nacked", "negative acknowledgements sent (AE/AR/CE/CR)"),
+    ("published", "canonical events stored on live subjects"),
+    ("shadow_published", "canonical events stored on shadow subjects"),
+    ("dead_lettered", "units stored in the dead-letter stream"),
+    ("errors", "units that failed for any reason"),
+    ("legacy_forwarded", "units delivered to the legacy destination"),
+    ("legacy_errors", "legacy deliveries that failed"),
+    ("archive_errors", "raw units that could not be archived"),
+    ("store_unavailable", "units refused because JetStream did not acknowledge"),
+)
+
+
+@dataclass
+class ParityStats:
+    """Shadow evidence: does the modern path agree with what the legacy path did?"""
+
+    samples: int = 0
+    agree: int = 0
+    disagree: int = 0
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
+
+    @property
+    def ratio(self) -> float | None:
+        return self.agree / self.samples if self.samples else None
+
+    def record(self, *, legacy_ok: bool, modern_ok: bool, unit: str, detail: str) -> None:
+        self.samples += 1
+        if legacy_ok == modern_ok:
+            self.agree += 1
+            return
+        self.disagree += 1
+        self.recent.append({
+            "unit": unit, "legacy_ok": legacy_ok, "modern_ok": modern_ok, "detail": detail,
+            "at": time.time(),
+        })
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "agree": self.agree, "disagree": self.disagree,
+                "ratio": self.ratio, "recent_disagreements": list(self.recent)}
+
+
+@dataclass
+class InterfaceStats:
+    """The counters of one interface."""
+
+    received: int = 0
+    acked: int = 0
+    nacked: int = 0
+    published: int = 0
+    shadow_published: int = 0
+    dead_lettered: int = 0
+    errors: int = 0
+    legacy_forwarded: int = 0
+    legacy_errors: int = 0
+    archive_errors: int = 0
+    store_unavailable: int = 0
+    in_flight: int = 0
+    shadow_backlog: int = 0
+    last_message_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    parity: ParityStats = field(default_factory=ParityStats)
+
+    def error(self, reason: str) -> None:
+        self.errors += 1
+        self.last_error = reason
+        self.last_error_at = time.time()
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("parity")
+        out["parity_ratio"] = self.parity.ratio
+        return out
+
+
+class StatsCollector(Collector):
+    """Exposes every interface's counters as `ficus_<name>_total{interface=...}`."""
+
+    def __init__(self, stats: dict[str, InterfaceStats], extra: dict[str, Any] | None = None) -> None:
+        self.stats = stats
+        self.extra = extra or {}
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc in COUNTERS:
+            fam = CounterMetricFamily(f"ficus_{name}", doc, labels=["interface"])
+            for iface, st in self.stats.items():
+                fam.add_metric([iface], getattr(st, name))
+            yield fam
+        for name, doc in (("in_flight", "units being processed"),
+                          ("shadow_backlog", "shadow translations waiting")):
+            gauge = GaugeMetricFamily(f"ficus_{name}", doc, labels=["interface"])
+            for iface, st in self.stats.items():
+                gauge.add_metric([iface], getattr(st, name))
+            yield gauge
+        parity = GaugeMetricFamily("ficus_parity_ratio", "shadow agreement ratio", labels=["interface"])
+        for iface, st in self.stats.items():
+            if st.parity.ratio is not None:
+                parity.add_metric([iface], st.parity.ratio)
+        yield parity
+        last = GaugeMetricFamily("ficus_last_message_timestamp_seconds", "time of the last unit",
+                                 labels=["interface"])
+        for iface, st in self.stats.items():
+            if st.last_message_at is not None:
+                last.add_metric([iface], st.last_message_at)
+        yield last

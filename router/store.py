@@ -1,0 +1,181 @@
+"""JetStream as Ficus's durable store: connection, streams and buckets, acknowledged publishing.
+
+Every publish carries a `Nats-Msg-Id`, and success means JetStream acknowledged it; any
+other outcome (server down, timeout, no stream) raises `StoreUnavailable`, which callers
+treat as "retry later" and never as success. Re-publishing with the same id after an
+unknown outcome is safe: the stream's duplicate window drops the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    PubAck,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from router import names
+from router.config import NatsConfig
+
+log = logging.getLogger("ficus.store")
+DAY = 86400.0
+
+
+class StoreUnavailable(Exception):
+    """JetStream did not acknowledge: the outcome is unknown, so nothing may be acked upstream."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to store: subject, payload, its dedupe id and extra headers."""
+
+    subject: str
+    payload: bytes
+    msg_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
+    """The streams Ficus owns, from the retention settings of the config."""
+
+    def stream(name: str, subjects: str, days: float, description: str) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            description=description,
+            subjects=[subjects],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=days * DAY,
+            num_replicas=cfg.replicas,
+            duplicate_window=cfg.duplicate_window_seconds,
+        )
+
+    return [
+        stream(names.STREAM_RAW, names.SUBJECTS_RAW, cfg.raw_max_age_days, "raw inbound units"),
+        stream(names.STREAM_CANONICAL, names.SUBJECTS_CANONICAL, cfg.events_max_age_days,
+               "live canonical events"),
+        stream(names.STREAM_SHADOW, names.SUBJECTS_SHADOW, cfg.events_max_age_days,
+               "shadow canonical events"),
+        stream(names.STREAM_DLQ, names.SUBJECTS_DLQ, cfg.dlq_max_age_days, "dead letters"),
+        stream(names.STREAM_AUDIT, names.SUBJECTS_AUDIT, 3650, "route flips and operator actions"),
+    ]
+
+
+async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -> Client:
+    """Connects with settings for a long-lived service: reconnect forever, notice loss fast."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats: %s: %s", type(exc).__name__, exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats: disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats: reconnected")
+
+    return await nats.connect(
+        servers=servers,
+        name=name,
+        user=cfg.user,
+        password=cfg.password,
+        token=cfg.token,
+        connect_timeout=2,
+        # The default (60 attempts, then closed for good) would end an outage with a dead service.
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        ping_interval=5,
+        max_outstanding_pings=2,
+        pending_size=8 * 1024 * 1024,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        allow_reconnect=True,
+    )
+
+
+class Store:
+    """Streams, buckets and acknowledged publishing on one NATS connection."""
+
+    def __init__(self, nc: Client, cfg: NatsConfig) -> None:
+        self.nc = nc
+        self.cfg = cfg
+        self.js: JetStreamContext = nc.jetstream(publish_async_max_pending=4096)
+        self.timeout = cfg.publish_timeout_seconds
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def ensure(self) -> None:
+        """Creates or updates every stream and bucket; safe to call at each start."""
+        for sc in stream_configs(self.cfg):
+            try:
+                await self.js.add_stream(sc)
+            except nats.js.errors.BadRequestError:
+                # Exists with other settings (e.g. retention changed in the config).
+                await self.js.update_stream(sc)
+        await self.kv(names.KV_ROUTES)
+
+    async def kv(self, bucket: str, history: int = 16) -> KeyValue:
+        """A KV bucket, created on first use."""
+        try:
+            return await self.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return await self.js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE,
+                               replicas=self.cfg.replicas)
+            )
+
+    async def publish(self, items: Sequence[Outgoing]) -> list[PubAck]:
+        """Stores all items; returns their acks in order or raises StoreUnavailable."""
+        if not items:
+            return []
+        if not self.nc.is_connected:
+            raise StoreUnavailable("NATS is not connected")
+        futures: list[asyncio.Future[PubAck]] = []
+        try:
+            for item in items:
+                headers = {names.HDR_MSG_ID: item.msg_id, **item.headers}
+                futures.append(
+                    await self.js.publish_async(
+                        item.subject, item.payload, headers=headers, wait_stall=self.timeout
+                    )
+                )
+            return await asyncio.wait_for(asyncio.gather(*futures), self.timeout)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            for fut in futures:
+                fut.cancel()
+            raise StoreUnavailable(f"JetStream did not acknowledge: {type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        """Waits for outstanding publishes, then drains the connection."""
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.js.publish_async_completed(), self.timeout)
+        except TimeoutError:
+            log.warning("nats: closing with publishes still unacknowledged")
+        try:
+            await asyncio.wait_for(self.nc.drain(), self.timeout)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("nats: drain failed (%s); closing", type(exc).__name__)
+            await self.nc.close()
