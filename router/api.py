@@ -7,6 +7,7 @@ configured (allowed only on a loopback listener) the API is open.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import time
@@ -87,7 +88,7 @@ def interface_view(svc: Service, name: str) -> dict[str, Any]:
         "last_message_at": st.last_message_at, "last_error": st.last_error,
         "last_error_at": st.last_error_at,
         "lag": {"shadow_backlog": st.shadow_backlog, "in_flight": st.in_flight},
-        "listener": vars(running.listener.stats) if hasattr(running.listener, "stats") else {},
+        "listener": dataclasses.asdict(running.listener.stats),
     }
 
 
