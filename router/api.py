@@ -57,7 +57,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "uptime_seconds": round(time.time() - request.app[SERVICE].started_at, 1)})
+    uptime = round(time.time() - request.app[SERVICE].started_at, 1)
+    return web.json_response({"status": "ok", "uptime_seconds": uptime})
 
 
 async def readyz(request: web.Request) -> web.Response:

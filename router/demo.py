@@ -10,10 +10,10 @@ import random
 import socket
 import sys
 import tempfile
+import tomllib
 from importlib import resources
 from typing import Any
 
-import tomllib
 from nats.aio.msg import Msg
 
 from legacy.mllp_sender import LegacyError, MllpSender

@@ -92,7 +92,7 @@ class EmbeddedNats:
         if self.running:
             return self.url
         conf = self._write_config()
-        logfile = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115 - handed to the child
+        logfile = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 self.binary, "-c", str(conf), stdout=logfile, stderr=logfile, start_new_session=True

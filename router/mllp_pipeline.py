@@ -17,13 +17,14 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from canonical.translate import TranslationContext, translate_hl7
+
 from canonical.errors import CanonicalError, NotHl7Error, TranslationError, UnsupportedMessageError
 from canonical.hl7v2.ack import AckError, ack_code, build_ack
 from canonical.hl7v2.reader import MshHeader, peek_header
-from canonical.translate import TranslationContext, translate_hl7
 from legacy.mllp_sender import LegacyError, MllpSender
 from router import names
-from router.config import Mode, MllpInterfaceConfig
+from router.config import MllpInterfaceConfig, Mode
 from router.dlq import DeadLetter, Kind, money, now_iso
 from router.routes import RouteTable
 from router.stats import InterfaceStats

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from canonical.translate import TranslationContext, translate_hl7
+
 from canonical.errors import CanonicalError
 from canonical.hl7v2.batch import split_batch
-from canonical.translate import TranslationContext, translate_hl7
 
 
 def translate_files(

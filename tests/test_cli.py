@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -100,34 +99,37 @@ mapping = "hl7v2.adt"
 legacy = "mllp://127.0.0.1:{engine.port}"
 route = "legacy"
 """)
-        proc = subprocess.Popen([sys.executable, "-m", "router.cli", "run", "-c", str(conf)], cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router.cli", "run", "-c", str(conf), cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 30
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
             while True:
                 try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
                     break
                 except OSError:
-                    assert time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow start"
-                    time.sleep(0.1)
+                    assert proc.returncode is None and loop.time() < deadline, "ficus run did not start"
+                    await asyncio.sleep(0.1)
             payload = simulate.adt(77)
             async with MllpTestClient(port) as client:
                 await client.send_raw(b"\x0b" + payload + b"\x1c\r")
-                import asyncio
                 await asyncio.sleep(0.5)  # the message is now waiting on the slow legacy engine
-                os.kill(proc.pid, signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
                 reply = await client.reply(timeout=10)
             assert msa(reply)[0] == "AA", "the message in flight was finished and acknowledged"
             assert engine.received == [payload]
-            assert proc.wait(timeout=20) == 0
-            assert "stopped" in proc.stderr.read()
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+            assert proc.returncode == 0, err.decode()[-2000:]
+            assert "stopped" in err.decode()
             with pytest.raises(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                await asyncio.open_connection("127.0.0.1", port)
         finally:
-            if proc.poll() is None:
+            if proc.returncode is None:
                 proc.kill()
-                proc.wait()
+                await proc.wait()
 
 
 def test_demo_shows_canonical_events(tmp_path: Path) -> None:
