@@ -88,6 +88,7 @@ async def test_forwards_exact_bytes_and_returns_reply_exactly(engine: SimulatedE
         for number, payload in enumerate(payloads, start=1):
             reply = await sender.send(payload, str(number))
             assert reply == build_ack(payload)
+            assert reply == engine.replies[-1]
             assert ack_control_id(reply) == str(number).encode()
         assert engine.received == payloads
         assert engine.connections_accepted == 1

@@ -98,6 +98,15 @@ async def test_port_zero_binds_ephemeral_port(listener: MllpListener) -> None:
     assert listener.port > 0
 
 
+async def test_port_is_zero_when_not_listening(recorder: Recorder) -> None:
+    listener = MllpListener("test", HOST, 0, recorder)
+    assert listener.port == 0
+    await listener.start()
+    assert listener.port > 0
+    await listener.close()
+    assert listener.port == 0
+
+
 async def test_single_frame_answered(listener: MllpListener, recorder: Recorder) -> None:
     client = await Client.connect(listener.port)
     await client.send_raw(frame(msg("1")))
@@ -106,9 +115,7 @@ async def test_single_frame_answered(listener: MllpListener, recorder: Recorder)
     await client.close()
 
 
-async def test_pipelined_frames_in_one_write_answered_in_order(
-    listener: MllpListener, recorder: Recorder
-) -> None:
+async def test_pipelined_frames_in_one_write_answered_in_order(listener: MllpListener, recorder: Recorder) -> None:
     client = await Client.connect(listener.port)
     messages = [msg(str(i)) for i in range(50)]
     await client.send_raw(b"".join(frame(m) for m in messages))
@@ -146,9 +153,7 @@ async def test_oversize_frame_gets_nak_and_connection_keeps_working(recorder: Re
         sizes.append(size)
         return b"NAK:too big"
 
-    async with MllpListener(
-        "test", HOST, 0, recorder, max_message_bytes=100, on_oversize=nak
-    ) as listener:
+    async with MllpListener("test", HOST, 0, recorder, max_message_bytes=100, on_oversize=nak) as listener:
         client = await Client.connect(listener.port)
         await client.send_raw(frame(msg("1")) + frame(b"X" * 101) + frame(msg("2")))
         replies = await client.replies(3)

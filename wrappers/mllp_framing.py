@@ -106,10 +106,7 @@ class FrameDecoder:
             if data[0] == _CR_BYTE:
                 pos = 1
         while pos < end:
-            if self._state == _IDLE:
-                pos = self._seek_start(data, pos)
-            else:
-                pos = self._consume_frame(data, pos, out)
+            pos = self._seek_start(data, pos) if self._state == _IDLE else self._consume_frame(data, pos, out)
         return out
 
     def _seek_start(self, data: bytes, pos: int) -> int:

@@ -134,9 +134,9 @@ class MllpListener:
 
     @property
     def port(self) -> int:
-        """The bound port (the actual one when constructed with port 0)."""
+        """The bound port (the actual one when constructed with port 0); 0 when not listening."""
         if self._server is None or not self._server.sockets:
-            raise RuntimeError(f"listener {self.name} is not started")
+            return 0
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
@@ -148,17 +148,14 @@ class MllpListener:
             self._stats,
             connections_open=len(self._connections),
             junk_bytes=self._stats.junk_bytes + sum(c.decoder.junk_bytes for c in live),
-            restarted_frames=self._stats.restarted_frames
-            + sum(c.decoder.restarted_frames for c in live),
+            restarted_frames=self._stats.restarted_frames + sum(c.decoder.restarted_frames for c in live),
         )
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
         if self._server is not None:
             raise RuntimeError(f"listener {self.name} already started")
-        self._server = await asyncio.start_server(
-            self._on_connect, self._host, self._requested_port
-        )
+        self._server = await asyncio.start_server(self._on_connect, self._host, self._requested_port)
         if self._idle_timeout is not None:
             self._sweeper = asyncio.create_task(self._sweep_idle(self._idle_timeout))
         logger.info("mllp listener %s on %s:%d", self.name, self._host, self.port)
