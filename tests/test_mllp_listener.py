@@ -302,7 +302,7 @@ async def test_close_finishes_in_flight_frame_and_refuses_new_connections() -> N
     await idle.close()
 
 
-async def test_close_cancels_handler_after_drain_timeout() -> None:
+async def test_close_cancels_handler_after_drain_timeout(caplog: pytest.LogCaptureFixture) -> None:
     async def stuck(payload: bytes, peer: Peer) -> bytes | None:
         await asyncio.Event().wait()
         return None
@@ -315,6 +315,7 @@ async def test_close_cancels_handler_after_drain_timeout() -> None:
     await asyncio.wait_for(listener.close(drain_timeout=0.1), 5)
     assert await client.expect_eof() == b""
     await client.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 async def test_many_connections_concurrently(listener: MllpListener) -> None:

@@ -85,7 +85,7 @@ class _HandlerFailed(Exception):
 class _Connection:
     """Per-connection state, read by the idle sweeper and by close()."""
 
-    __slots__ = ("busy", "decoder", "last_active", "peer", "task", "writer")
+    __slots__ = ("busy", "cancelled_by_close", "decoder", "last_active", "peer", "task", "writer")
 
     def __init__(self, peer: Peer, writer: asyncio.StreamWriter, max_size: int) -> None:
         self.peer = peer
@@ -94,6 +94,7 @@ class _Connection:
         self.busy = False  # inside a handler or writing a reply: never idle-closed then
         self.last_active = asyncio.get_running_loop().time()
         self.task = asyncio.current_task()
+        self.cancelled_by_close = False  # close() gave up waiting and cancelled the task
 
 
 class MllpListener:
@@ -173,6 +174,9 @@ class MllpListener:
             self._server.close()  # before any await: refuse new connections now
         if self._sweeper is not None:
             self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         for conn in self._connections.values():
             if not conn.busy:
                 conn.writer.close()  # wakes its pending read with EOF
@@ -199,16 +203,19 @@ class MllpListener:
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=drain_timeout)
-        if pending:
-            logger.warning(
-                "mllp listener %s: %d connection(s) still busy after %.1fs, cancelling",
-                self.name,
-                len(pending),
-                drain_timeout,
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending)
+        if not pending:
+            return
+        logger.warning(
+            "mllp listener %s: %d connection(s) still busy after %.1fs, cancelling",
+            self.name,
+            len(pending),
+            drain_timeout,
+        )
+        for conn in self._connections.values():
+            if conn.task in pending:
+                conn.cancelled_by_close = True
+                conn.task.cancel()
+        await asyncio.wait(pending)
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection from accept to close (the task start_server made)."""
@@ -223,6 +230,11 @@ class MllpListener:
                 conn.peer.connection_id,
                 type(exc).__name__,
             )
+        except asyncio.CancelledError:
+            if not conn.cancelled_by_close:
+                raise
+            # Our own cancel from close(): end the task normally, since on 3.11 asyncio
+            # logs a cancelled start_server connection task as an unhandled error.
         finally:
             self._unregister(conn)
             writer.close()
