@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 SERVICE: web.AppKey[Service] = web.AppKey("service")
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry")
+ROLE: web.RequestKey[str] = web.RequestKey("role")
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,7 +44,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bearer tokens: viewer for reads, operator for changes."""
     tokens = request.app[SERVICE].cfg.api.tokens
     if request.path in OPEN_PATHS or not tokens:
-        request["role"] = "operator" if not tokens else "anonymous"
+        request[ROLE] = "operator" if not tokens else "anonymous"
         return await handler(request)
     header = request.headers.get("Authorization", "")
     given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
@@ -52,7 +53,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(401, "missing or unknown bearer token")
     if request.method not in ("GET", "HEAD") and role != "operator":
         return _error(403, "this needs the operator token")
-    request["role"] = role
+    request[ROLE] = role
     return await handler(request)
 
 
@@ -146,7 +147,7 @@ async def set_route(request: web.Request) -> web.Response:
     refusal = _gate(svc, name, mode, facility)
     if refusal and not force:
         return _error(409, f"flip refused: {refusal}")
-    actor = request.headers.get("X-Ficus-Actor", request["role"])
+    actor = request.headers.get("X-Ficus-Actor", request[ROLE])
     try:
         route = await svc.routes.set(
             name, mode, reason=str(body.get("reason", "")), actor=actor, facility=facility,

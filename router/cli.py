@@ -62,7 +62,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from router.offline import translate_files
 
     mapping, tz = "hl7v2", "UTC"
-    encoding, fallback = "utf-8", "windows-1252"
+    encoding: str = "utf-8"
+    fallback: str | None = "windows-1252"
     if args.interface:
         if not args.config:
             raise ConfigError("ficus translate", ["--interface needs -c CONFIG"])

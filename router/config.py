@@ -13,8 +13,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
 from canonical.translate import check_mapping
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Mode = Literal["legacy", "shadow", "modern"]
 MODES: tuple[Mode, ...] = ("legacy", "shadow", "modern")
@@ -139,7 +148,8 @@ class MllpInterfaceConfig(InterfaceBase):
     format: Literal["hl7v2"] = "hl7v2"
     listen: str
     mapping: str = "hl7v2"
-    legacy: str | None = None
+    # validate_default: a missing destination is checked against the route too.
+    legacy: str | None = Field(default=None, validate_default=True)
     encoding: str = "utf-8"
     fallback_encoding: str | None = "windows-1252"
     on_untranslatable: Literal["AE", "AA"] = "AE"
@@ -157,7 +167,10 @@ class MllpInterfaceConfig(InterfaceBase):
 
     @field_validator("legacy")
     @classmethod
-    def _legacy(cls, value: str | None) -> str | None:
+    def _legacy(cls, value: str | None, info: ValidationInfo) -> str | None:
+        route = info.data.get("route", "legacy")
+        if value is None and route in ("legacy", "shadow"):
+            raise ValueError(f"route {route!r} needs a legacy destination (key 'legacy')")
         if value is not None:
             if not value.startswith("mllp://"):
                 raise ValueError("the legacy destination of an hl7-mllp interface is mllp://host:port")
@@ -184,12 +197,6 @@ class MllpInterfaceConfig(InterfaceBase):
             except LookupError as exc:
                 raise ValueError(f"unknown encoding {value!r}") from exc
         return value
-
-    @model_validator(mode="after")
-    def _legacy_needed(self) -> MllpInterfaceConfig:
-        if self.route in ("legacy", "shadow") and self.legacy is None:
-            raise ValueError(f"route {self.route!r} needs a legacy destination (key 'legacy')")
-        return self
 
     @property
     def listen_host_port(self) -> tuple[str, int]:

@@ -17,11 +17,10 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from canonical.translate import TranslationContext, translate_hl7
-
 from canonical.errors import CanonicalError, NotHl7Error, TranslationError, UnsupportedMessageError
 from canonical.hl7v2.ack import AckError, ack_code, build_ack
 from canonical.hl7v2.reader import MshHeader, peek_header
+from canonical.translate import TranslationContext, translate_hl7
 from legacy.mllp_sender import LegacyError, MllpSender
 from router import names
 from router.config import MllpInterfaceConfig, Mode
@@ -295,13 +294,9 @@ class MllpPipeline:
         self.stats.error(f"not stored: {exc.reason}")
         return self._reply(header, "AR", "message not stored; resend later", ERR_INTERNAL, transient=True)
 
-    def _positive(self, header: MshHeader) -> bytes | None:
-        code = "CA" if header.enhanced else "AA"
-        if not _wanted(header, positive=True):
-            self.stats.acked += 1
-            return None
+    def _positive(self, header: MshHeader) -> bytes:
         self.stats.acked += 1
-        return build_ack(header, code)
+        return build_ack(header, "CA" if header.enhanced else "AA")
 
     def _reply(
         self, header: MshHeader | None, code: str, text: str, err: str, *, transient: bool = False
@@ -310,21 +305,7 @@ class MllpPipeline:
         self.stats.nacked += 1
         if header is not None and header.enhanced:
             code = "CE" if transient else "CR"
-            if not _wanted(header, positive=False):
-                return None
         return build_ack(header, code, text=text, error=AckError(err, text))
-
-
-def _wanted(header: MshHeader, *, positive: bool) -> bool:
-    """MSH-15 (accept acknowledgement type): AL always, NE never, ER errors, SU successes."""
-    kind = header.accept_ack_type.upper()
-    if kind == "NE":
-        return False
-    if kind == "ER":
-        return not positive
-    if kind == "SU":
-        return positive
-    return True
 
 
 def _reply_code(reply: bytes) -> str:

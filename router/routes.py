@@ -233,5 +233,5 @@ def modes(values: Iterable[str]) -> list[Mode]:
     for value in values:
         if value not in allowed:
             raise RouteError(f"mode must be one of {', '.join(allowed)}; got {value!r}")
-        out.append(value)  # type: ignore[arg-type]
+        out.append(value)
     return out

@@ -40,19 +40,20 @@ async def test_every_corpus_message_through_the_listener(
                     reply = await client.exchange(item.raw)
                     code, echoed = msa(reply)
                     where = f"{path.relative_to(corpus)} message {item.index + 1} (line {item.line})"
-                    assert code in ("AA", "AE", "AR"), where
+                    assert code in ("AA", "AE", "AR", "CA", "CE", "CR"), where
                     assert echoed == expected_control_id(item.raw), where
-                    if code != "AA":
-                        assert reply is not None and b"\rERR|" in reply, where
+                    if code not in ("AA", "CA"):
+                        assert reply is not None and any(seg.startswith(b"ERR") for seg in reply.split(b"\r")), where
                     outcomes[code] = outcomes.get(code, 0) + 1
             # Whole files as single frames (batches, garbage): answered, never a crash.
             for path in files:
                 reply = await client.exchange(path.read_bytes())
-                assert msa(reply)[0] in ("AA", "AE", "AR"), path.name
+                assert msa(reply)[0] in ("AA", "AE", "AR", "CA", "CE", "CR"), path.name
         stats = svc.interfaces["corpus"].stats
         assert stats.received == sum(outcomes.values()) + len(files)
         failures = stats.received - stats.acked
-    assert outcomes.get("AA", 0) > 50, outcomes
+    print("corpus outcomes:", outcomes)
+    assert outcomes.get("AA", 0) + outcomes.get("CA", 0) > 50, outcomes
     letters = await stream_count(nats_server.url, names.STREAM_DLQ)
     # Identical dead letters (same bytes, same reason) are stored once.
     assert 0 < letters <= failures

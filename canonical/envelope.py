@@ -1,0 +1,98 @@
+"""The CloudEvents 1.0 envelope around every canonical event.
+
+``id`` is deterministic - a hash of interface, sender, control id, event type and
+position - so the same message translated twice (a re-send, a replay, a restart)
+gives the same ids, and the router can use ``id`` as ``Nats-Msg-Id`` to publish
+each event exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from canonical.context import TranslationContext
+from canonical.events import EventData
+from canonical.subjects import EventType, Mode, subject_for
+
+__all__ = ["CloudEvent", "EventOrigin", "event_id", "make_event", "source_for"]
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+SOURCE_SCHEME = "ficus://"
+
+
+class CloudEvent(BaseModel):
+    """A canonical event: CloudEvents 1.0 attributes plus Ficus extensions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str
+    type: str
+    subject: str
+    time: str
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: EventData
+    ficusinterface: str
+    ficusfacility: str
+    ficusmode: Mode
+    ficusraw: str
+    ficuscorrelation: str
+
+    def nats_subject(self) -> str:
+        """``canonical.<domain>.<entity>.<action>``, prefixed ``shadow.`` in shadow mode."""
+        return subject_for(self.type, self.ficusmode)
+
+    def to_json(self) -> bytes:
+        """Compact JSON bytes (money as strings)."""
+        return self.__pydantic_serializer__.to_json(self)
+
+
+def event_id(interface: str, sender: str, control_id: str, type_name: str, index: int) -> str:
+    """32 hex characters of SHA-256 over the event's origin and position."""
+    key = "\x1f".join((interface, sender, control_id, type_name, str(index)))
+    return sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def source_for(interface: str) -> str:
+    """The CloudEvents ``source`` of an interface: ``ficus://<interface>``."""
+    return SOURCE_SCHEME + interface
+
+
+@dataclass(frozen=True, slots=True)
+class EventOrigin:
+    """Where a message came from: enough to derive ids, correlation and time."""
+
+    ctx: TranslationContext
+    sender: str  # "<MSH-3>^<MSH-4>"
+    control_id: str  # MSH-10
+    facility: str  # "" when the message names none
+    time: str  # ISO 8601 with offset: when it happened
+
+    @property
+    def correlation(self) -> str:
+        """Shared by every event of one message: ``<sender>:<control id>``."""
+        return f"{self.sender}:{self.control_id}"
+
+
+def make_event(etype: EventType, data: EventData, origin: EventOrigin, *, index: int, subject: str) -> CloudEvent:
+    """Wrap ``data`` in an envelope; ``index`` is the event's position in its message."""
+    ctx = origin.ctx
+    return CloudEvent(
+        id=event_id(ctx.interface, origin.sender, origin.control_id, etype.name, index),
+        source=source_for(ctx.interface),
+        type=etype.name,
+        subject=subject,
+        time=origin.time,
+        data=data,
+        ficusinterface=ctx.interface,
+        ficusfacility=origin.facility,
+        ficusmode=ctx.mode,
+        ficusraw=ctx.raw_ref,
+        ficuscorrelation=origin.correlation,
+    )

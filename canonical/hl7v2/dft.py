@@ -1,0 +1,117 @@
+"""DFT^P03 (post detail financial transaction) -> one charge event per FT1.
+
+Posted or credited (decided per FT1):
+
+* FT1-6 ``CD`` or ``CR`` (credit) -> ``org.ficus.revenue.charge.credited.v1``;
+* FT1-6 ``CG`` (charge) -> ``...charge.posted.v1``, unless FT1-10 quantity or
+  FT1-11 amount is negative: a negative charge is a reversal -> ``credited``;
+* any other FT1-6 (PY payment, AJ adjustment, site codes) is not a charge: the
+  message is refused with a reason naming the code rather than guessed at.
+
+Amounts are read from the first subcomponent of FT1-11/FT1-12 (v2.5+ send
+``100&USD``; the second subcomponent is the currency). An FT1 needs a transaction
+code (FT1-7) or a procedure code (FT1-25): many senders leave FT1-7 empty and code
+the charge in FT1-25. PID is required, PV1 optional. A message is translated
+whole or not at all: a TranslationError carries the total of the FT1 amounts
+that could be read, the money held up while it waits in the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from canonical import subjects
+from canonical.context import TranslationContext
+from canonical.envelope import CloudEvent, EventOrigin, make_event
+from canonical.errors import TranslationError
+from canonical.events import ChargeData, CodedValue
+from canonical.hl7v2.common import Identifiers, MessageReader, parse_number
+from canonical.hl7v2.reader import Hl7Message, MshHeader, Segment
+
+__all__ = ["CHARGE_TYPES", "CREDIT_TYPES", "SUPPORTED", "map_dft_p03"]
+
+#: FT1-6 codes (HL7 table 0017 and common practice) read as a charge / a credit.
+CHARGE_TYPES = frozenset(("CG",))
+CREDIT_TYPES = frozenset(("CD", "CR"))
+
+#: (MSH-9.1, MSH-9.2) pairs this mapping handles.
+SUPPORTED = frozenset((("DFT", "P03"),))
+
+
+def map_dft_p03(header: MshHeader, msg: Hl7Message, ctx: TranslationContext) -> list[CloudEvent]:
+    """One charge posted/credited event per FT1 of a DFT^P03."""
+    r = MessageReader(header, msg, ctx)
+    ft1s = msg.segments("FT1")
+    try:
+        if not ft1s:
+            raise r.fail(f"{r.label} has no FT1 segment", "FT1", "100")
+        pid = r.require("PID")
+        ids = r.identifiers(pid, msg.segment("PV1"))
+        origin = r.origin(r.event_time(("MSH", 7)))
+        return [_charge(r, seg, i, ids, origin) for i, seg in enumerate(ft1s, 1)]
+    except TranslationError as exc:
+        raise exc.with_context(amount=_amount_at_risk(ft1s)) from exc
+
+
+def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin: EventOrigin) -> CloudEvent:
+    at = f"FT1[{index}]"
+    quantity = r.decimal(seg.get(10), f"{at}-10", "quantity")
+    amount = r.decimal(seg.get(11), f"{at}-11", "extended amount")
+    credited = _is_credit(r, r.text(seg, 6), quantity, amount, at)
+    charge_code, procedure_code = _code(r, seg, 7), _code(r, seg, 25)
+    if charge_code is None and procedure_code is None:
+        raise r.fail(f"{at} has no transaction code (FT1-7) or procedure code (FT1-25)", f"{at}-7", "101")
+    data = ChargeData(
+        control_id=r.header.control_id,
+        ft1_index=index,
+        transaction_id=r.text(seg, 2),
+        transaction_batch_id=r.text(seg, 3),
+        transaction_type=r.text(seg, 6) or "",
+        service_date=r.timestamp(seg, 4, f"{at}-4"),
+        posting_date=r.timestamp(seg, 5, f"{at}-5"),
+        charge_code=charge_code,
+        procedure_code=procedure_code,
+        quantity=quantity,
+        amount=amount,
+        currency=r.text(seg, 11, sub=2),
+        net_amount=None if amount is None else (-abs(amount) if credited else abs(amount)),
+        unit_amount=r.decimal(seg.get(12), f"{at}-12", "unit amount"),
+        department=r.text(seg, 13),
+        performing_provider_id=r.text(seg, 20),
+        ordering_provider_id=r.text(seg, 21),
+        account_number=ids.account_number,
+        encounter_number=ids.encounter_number,
+        patient_id=ids.patient_id,
+        facility=r.facility,
+    )
+    etype = subjects.CHARGE_CREDITED if credited else subjects.CHARGE_POSTED
+    subject = f"{r.header.control_id}/{at}"
+    return make_event(etype, data, origin, index=index, subject=subject)
+
+
+def _is_credit(r: MessageReader, ttype: str | None, quantity: Decimal | None, amount: Decimal | None, at: str) -> bool:
+    if ttype is None:
+        raise r.fail(f"{at}-6 transaction type is missing", f"{at}-6", "101")
+    if ttype in CREDIT_TYPES:
+        return True
+    if ttype not in CHARGE_TYPES:
+        # A code is not patient data; naming it tells operations what to configure.
+        raise r.fail(f"{at}-6 transaction type {ttype[:8]!r} is not a charge or credit", f"{at}-6", "103")
+    return (quantity is not None and quantity < 0) or (amount is not None and amount < 0)
+
+
+def _code(r: MessageReader, seg: Segment, field: int) -> CodedValue | None:
+    code = r.text(seg, field)
+    if code is None:
+        return None
+    return CodedValue(code=code, text=r.text(seg, field, component=2), system=r.text(seg, field, component=3))
+
+
+def _amount_at_risk(ft1s: list[Segment]) -> Decimal | None:
+    """Sum of the FT1-11 amounts that parse; None when none does."""
+    total: Decimal | None = None
+    for seg in ft1s:
+        amount = parse_number(seg.get(11))
+        if amount is not None:
+            total = amount if total is None else total + amount
+    return total

@@ -1,0 +1,118 @@
+"""The public entry point: raw HL7 v2 bytes -> canonical events.
+
+The router calls :func:`check_mapping` once per interface at configuration time
+and :func:`translate_hl7` for every message. Nothing here does I/O.
+
+Errors (all :class:`~canonical.errors.CanonicalError`, reasons free of patient data):
+
+* :class:`NotHl7Error` - not an HL7 v2 message (no MSH, unusable delimiters, no MSH-9);
+* :class:`UnsupportedMessageError` - a message type/trigger the mapping does not handle;
+* :class:`TranslationError` - a handled message that cannot be translated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from canonical.context import TranslationContext
+from canonical.envelope import CloudEvent
+from canonical.errors import NotHl7Error, TranslationError, UnsupportedMessageError
+from canonical.hl7v2 import adt, dft
+from canonical.hl7v2.common import MapFn
+from canonical.hl7v2.reader import Hl7Message, MshHeader, decode_text, peek_header
+
+__all__ = [
+    "MAPPINGS",
+    "Hl7Mapping",
+    "NotHl7Error",
+    "Translation",
+    "TranslationContext",
+    "TranslationError",
+    "UnsupportedMessageError",
+    "check_mapping",
+    "translate_hl7",
+]
+
+
+@dataclass(frozen=True)
+class Hl7Mapping:
+    """A named mapping: which (MSH-9.1, MSH-9.2) pairs it handles, and how."""
+
+    name: str
+    handlers: Mapping[tuple[str, str], MapFn] = field(repr=False)
+
+    @property
+    def supported(self) -> frozenset[tuple[str, str]]:
+        """The (message type, trigger) pairs handled."""
+        return frozenset(self.handlers)
+
+    def handler_for(self, header: MshHeader) -> MapFn:
+        """The mapping function for a header; UnsupportedMessageError when none."""
+        found = self.handlers.get((header.message_type, header.trigger))
+        if found is not None:
+            return found
+        kind = f"{header.message_type[:8]}^{header.trigger[:8]}"
+        known_type = any(t == header.message_type for t, _ in self.handlers)
+        raise UnsupportedMessageError(
+            f"{kind} is not handled by mapping {self.name}",
+            message_type=header.message_type,
+            trigger=header.trigger,
+            hl7_code="201" if known_type else "200",
+        )
+
+
+_ADT: dict[tuple[str, str], MapFn] = {pair: adt.map_adt for pair in adt.SUPPORTED}
+_DFT: dict[tuple[str, str], MapFn] = {pair: dft.map_dft_p03 for pair in dft.SUPPORTED}
+
+#: Every mapping an interface may name in its ``mapping`` setting.
+MAPPINGS: dict[str, Hl7Mapping] = {
+    "hl7v2.adt": Hl7Mapping("hl7v2.adt", _ADT),
+    "hl7v2.dft_p03": Hl7Mapping("hl7v2.dft_p03", _DFT),
+    "hl7v2": Hl7Mapping("hl7v2", {**_ADT, **_DFT}),
+}
+
+
+@dataclass(frozen=True)
+class Translation:
+    """The result of one message: its header (for the ACK) and its events."""
+
+    header: MshHeader
+    events: list[CloudEvent]
+
+
+def check_mapping(name: str) -> Hl7Mapping:
+    """The mapping called ``name``; ValueError naming the known ones when unknown."""
+    try:
+        return MAPPINGS[name]
+    except KeyError:
+        known = ", ".join(sorted(MAPPINGS))
+        raise ValueError(f"unknown HL7 v2 mapping {name!r} (known: {known})") from None
+
+
+def translate_hl7(
+    raw: bytes,
+    mapping: str,
+    ctx: TranslationContext,
+    *,
+    encoding: str = "utf-8",
+    fallback: str | None = "windows-1252",
+) -> Translation:
+    """Translate one raw HL7 v2 message with the named mapping.
+
+    The type check comes before decoding, so unsupported traffic costs only the
+    MSH read. ``encoding`` is the interface's default when MSH-18 is empty or
+    unknown, ``fallback`` the codec tried when that fails.
+    """
+    header = peek_header(raw)
+    handler = check_mapping(mapping).handler_for(header)
+    if not header.control_id:
+        raise TranslationError(
+            f"{header.message_type}^{header.trigger} has an empty MSH-10 control id",
+            control_id="",
+            locator="MSH-10",
+            hl7_code="101",
+        )
+    text, codec = decode_text(raw, header, encoding, fallback)
+    msg = Hl7Message(text, hex_codec=codec)
+    return Translation(header, handler(header, msg, ctx))
