@@ -8,17 +8,27 @@ each event exactly once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from canonical.context import TranslationContext
-from canonical.events import EventData
+from canonical.events import EVENT_MODELS, ChargeData, EncounterData, EventData
 from canonical.subjects import EventType, Mode, subject_for
 
-__all__ = ["CloudEvent", "EventOrigin", "event_id", "make_event", "source_for"]
+__all__ = [
+    "EVENT_CLASSES",
+    "ChargeEvent",
+    "CloudEvent",
+    "EncounterEvent",
+    "EventOrigin",
+    "event_id",
+    "make_event",
+    "source_for",
+]
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -53,6 +63,24 @@ class CloudEvent(BaseModel):
         return self.__pydantic_serializer__.to_json(self)
 
 
+class ChargeEvent(CloudEvent):
+    """A CloudEvent whose ``data`` is :class:`ChargeData` (charge posted / credited)."""
+
+    data: ChargeData
+
+
+class EncounterEvent(CloudEvent):
+    """A CloudEvent whose ``data`` is :class:`EncounterData` (encounter events)."""
+
+    data: EncounterData
+
+
+#: Type name -> envelope class: for schema export and for reading events back.
+EVENT_CLASSES: dict[str, type[CloudEvent]] = {
+    name: ChargeEvent if model is ChargeData else EncounterEvent for name, model in EVENT_MODELS.items()
+}
+
+
 def event_id(interface: str, sender: str, control_id: str, type_name: str, index: int) -> str:
     """32 hex characters of SHA-256 over the event's origin and position."""
     key = "\x1f".join((interface, sender, control_id, type_name, str(index)))
@@ -73,26 +101,37 @@ class EventOrigin:
     control_id: str  # MSH-10
     facility: str  # "" when the message names none
     time: str  # ISO 8601 with offset: when it happened
+    #: Shared by every event of one message: ``<sender>:<control id>``.
+    correlation: str = field(init=False)
+    source: str = field(init=False)
 
-    @property
-    def correlation(self) -> str:
-        """Shared by every event of one message: ``<sender>:<control id>``."""
-        return f"{self.sender}:{self.control_id}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "correlation", f"{self.sender}:{self.control_id}")
+        object.__setattr__(self, "source", source_for(self.ctx.interface))
 
 
-def make_event(etype: EventType, data: EventData, origin: EventOrigin, *, index: int, subject: str) -> CloudEvent:
-    """Wrap ``data`` in an envelope; ``index`` is the event's position in its message."""
+def make_event(
+    etype: EventType, data: Mapping[str, object], origin: EventOrigin, *, index: int, subject: str
+) -> CloudEvent:
+    """Validate ``data`` (the fields of the type's data model) inside its envelope.
+
+    ``index`` is the event's position in its message. Data comes as a mapping and
+    the whole event is validated in one pydantic call: nested models built inside
+    the validator cost about half of building each model separately.
+    """
     ctx = origin.ctx
-    return CloudEvent(
-        id=event_id(ctx.interface, origin.sender, origin.control_id, etype.name, index),
-        source=source_for(ctx.interface),
-        type=etype.name,
-        subject=subject,
-        time=origin.time,
-        data=data,
-        ficusinterface=ctx.interface,
-        ficusfacility=origin.facility,
-        ficusmode=ctx.mode,
-        ficusraw=ctx.raw_ref,
-        ficuscorrelation=origin.correlation,
+    return EVENT_CLASSES[etype.name].model_validate(
+        {
+            "id": event_id(ctx.interface, origin.sender, origin.control_id, etype.name, index),
+            "source": origin.source,
+            "type": etype.name,
+            "subject": subject,
+            "time": origin.time,
+            "data": data,
+            "ficusinterface": ctx.interface,
+            "ficusfacility": origin.facility,
+            "ficusmode": ctx.mode,
+            "ficusraw": ctx.raw_ref,
+            "ficuscorrelation": origin.correlation,
+        }
     )

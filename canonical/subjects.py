@@ -7,7 +7,7 @@ A type name is ``org.ficus.<domain>.<entity>.<action>.v<N>``; its live subject i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
@@ -50,21 +50,19 @@ class EventType:
     entity: str
     action: str
     version: int
+    #: The CloudEvents ``type``, e.g. ``org.ficus.revenue.charge.posted.v1``.
+    name: str = field(init=False)
+    #: ``canonical.<domain>.<entity>.<action>``.
+    live_subject: str = field(init=False)
+    #: ``shadow.canonical.<domain>.<entity>.<action>``.
+    shadow_subject: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        """The CloudEvents ``type``, e.g. ``org.ficus.revenue.charge.posted.v1``."""
-        return f"{TYPE_PREFIX}.{self.domain}.{self.entity}.{self.action}.v{self.version}"
-
-    @property
-    def live_subject(self) -> str:
-        """``canonical.<domain>.<entity>.<action>``."""
-        return f"{CANONICAL_PREFIX}.{self.domain}.{self.entity}.{self.action}"
-
-    @property
-    def shadow_subject(self) -> str:
-        """``shadow.canonical.<domain>.<entity>.<action>``."""
-        return f"{SHADOW_PREFIX}.{self.domain}.{self.entity}.{self.action}"
+    def __post_init__(self) -> None:
+        # Computed once: these strings are read for every event on the hot path.
+        tail = f"{self.domain}.{self.entity}.{self.action}"
+        object.__setattr__(self, "name", f"{TYPE_PREFIX}.{tail}.v{self.version}")
+        object.__setattr__(self, "live_subject", f"{CANONICAL_PREFIX}.{tail}")
+        object.__setattr__(self, "shadow_subject", f"{SHADOW_PREFIX}.{tail}")
 
     def subject(self, mode: Mode) -> str:
         """The subject for a route mode."""

@@ -22,8 +22,7 @@ from __future__ import annotations
 from canonical import subjects
 from canonical.context import TranslationContext
 from canonical.envelope import CloudEvent, make_event
-from canonical.events import EncounterData
-from canonical.hl7v2.common import MessageReader
+from canonical.hl7v2.common import Fields, MessageReader
 from canonical.hl7v2.reader import Hl7Message, MshHeader
 from canonical.subjects import EventType
 
@@ -51,21 +50,21 @@ def map_adt(header: MshHeader, msg: Hl7Message, ctx: TranslationContext) -> list
     pv1 = r.require("PV1")
     ids = r.identifiers(pid, pv1)
     event_time = r.event_time(("EVN", 2), ("MSH", 7))
-    data = EncounterData(
-        control_id=header.control_id,
-        trigger=header.trigger,
-        encounter_number=ids.encounter_number,
-        account_number=ids.account_number,
-        patient_id=ids.patient_id,
-        patient_class=r.text(pv1, 2),
-        location=r.location(pv1, 3),
-        prior_location=r.location(pv1, 6) if header.trigger == "A02" else None,
-        attending_provider_id=r.text(pv1, 7),
-        hospital_service=r.text(pv1, 10),
-        admit_time=r.timestamp(pv1, 44, "PV1-44"),
-        discharge_time=r.timestamp(pv1, 45, "PV1-45"),
-        event_time=event_time,
-        facility=r.facility,
-    )
+    data: Fields = {  # EncounterData
+        "control_id": header.control_id,
+        "trigger": header.trigger,
+        "encounter_number": ids.encounter_number,
+        "account_number": ids.account_number,
+        "patient_id": ids.patient_id,
+        "patient_class": r.text(pv1, 2),
+        "location": r.location(pv1, 3),
+        "prior_location": r.location(pv1, 6) if header.trigger == "A02" else None,
+        "attending_provider_id": r.text(pv1, 7),
+        "hospital_service": r.text(pv1, 10),
+        "admit_time": r.timestamp(pv1, 44, "PV1-44"),
+        "discharge_time": r.timestamp(pv1, 45, "PV1-45"),
+        "event_time": event_time,
+        "facility": r.facility,
+    }
     subject = f"{header.control_id}/PV1"
     return [make_event(etype, data, r.origin(event_time), index=1, subject=subject)]

@@ -13,11 +13,14 @@ from decimal import Decimal
 from canonical.context import TranslationContext
 from canonical.envelope import CloudEvent, EventOrigin
 from canonical.errors import TranslationError
-from canonical.events import Location
 from canonical.hl7v2.reader import Hl7Message, MshHeader, Segment
 from canonical.timestamps import hl7_to_datetime, hl7_to_iso
 
-__all__ = ["Identifiers", "MapFn", "MessageReader", "parse_number"]
+__all__ = ["Fields", "Identifiers", "MapFn", "MessageReader", "parse_number"]
+
+#: Event data as field name -> value, validated by the event's pydantic model
+#: (:mod:`canonical.events`) when the envelope is built.
+Fields = dict[str, object]
 
 #: A mapping: header + message + context -> canonical events.
 MapFn = Callable[[MshHeader, Hl7Message, TranslationContext], list[CloudEvent]]
@@ -33,6 +36,11 @@ def parse_number(value: str) -> Decimal | None:
     """A Decimal for a well-formed HL7 NM value, else None."""
     value = value.strip()
     return Decimal(value) if _NUMBER.fullmatch(value) else None
+
+
+def _clean(value: str) -> str | None:
+    value = value.strip()
+    return value if value and value != _HL7_NULL else None
 
 
 class Identifiers:
@@ -64,8 +72,17 @@ class MessageReader:
         """A leaf value stripped of surrounding blanks; None when empty or ``""``."""
         if seg is None:
             return None
-        value = seg.get(field, repetition, component, sub).strip()
-        return value if value and value != _HL7_NULL else None
+        return _clean(seg.get(field, repetition, component, sub))
+
+    def coded(self, seg: Segment | None, field: int) -> Fields | None:
+        """A CE/CWE field as :class:`CodedValue` fields; None without a code."""
+        if seg is None:
+            return None
+        code, text, system = seg.components(field, 3)
+        code = code.strip()
+        if not code or code == _HL7_NULL:
+            return None
+        return {"code": code, "text": _clean(text), "system": _clean(system)}
 
     def fail(self, reason: str, locator: str | None, hl7_code: str = "207") -> TranslationError:
         """A TranslationError for this message (control id and facility filled in)."""
@@ -116,12 +133,14 @@ class MessageReader:
             raise self.fail(f"{locator} {what} is not a decimal", locator, "102")
         return Decimal(value)
 
-    def location(self, seg: Segment | None, field: int) -> Location | None:
-        """A PL field as a Location; None when every part is empty."""
-        parts = [self.text(seg, field, component=c) for c in (1, 2, 3, 4)]
+    def location(self, seg: Segment | None, field: int) -> Fields | None:
+        """A PL field as :class:`Location` fields; None when every part is empty."""
+        if seg is None:
+            return None
+        parts = [_clean(part) for part in seg.components(field, 4)]
         if not any(parts):
             return None
-        return Location(point_of_care=parts[0], room=parts[1], bed=parts[2], facility=parts[3])
+        return dict(zip(("point_of_care", "room", "bed", "facility"), parts, strict=True))
 
     def identifiers(self, pid: Segment, pv1: Segment | None) -> Identifiers:
         """PID-3 (first identifier), PID-18 and PV1-19; at least one must be present."""

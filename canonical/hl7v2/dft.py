@@ -24,8 +24,7 @@ from canonical import subjects
 from canonical.context import TranslationContext
 from canonical.envelope import CloudEvent, EventOrigin, make_event
 from canonical.errors import TranslationError
-from canonical.events import ChargeData, CodedValue
-from canonical.hl7v2.common import Identifiers, MessageReader, parse_number
+from canonical.hl7v2.common import Fields, Identifiers, MessageReader, parse_number
 from canonical.hl7v2.reader import Hl7Message, MshHeader, Segment
 
 __all__ = ["CHARGE_TYPES", "CREDIT_TYPES", "SUPPORTED", "map_dft_p03"]
@@ -57,54 +56,56 @@ def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin
     at = f"FT1[{index}]"
     quantity = r.decimal(seg.get(10), f"{at}-10", "quantity")
     amount = r.decimal(seg.get(11), f"{at}-11", "extended amount")
-    credited = _is_credit(r, r.text(seg, 6), quantity, amount, at)
-    charge_code, procedure_code = _code(r, seg, 7), _code(r, seg, 25)
+    ttype = _transaction_type(r, seg, at)
+    credited = _is_credit(ttype, quantity, amount)
+    charge_code, procedure_code = r.coded(seg, 7), r.coded(seg, 25)
     if charge_code is None and procedure_code is None:
         raise r.fail(f"{at} has no transaction code (FT1-7) or procedure code (FT1-25)", f"{at}-7", "101")
-    data = ChargeData(
-        control_id=r.header.control_id,
-        ft1_index=index,
-        transaction_id=r.text(seg, 2),
-        transaction_batch_id=r.text(seg, 3),
-        transaction_type=r.text(seg, 6) or "",
-        service_date=r.timestamp(seg, 4, f"{at}-4"),
-        posting_date=r.timestamp(seg, 5, f"{at}-5"),
-        charge_code=charge_code,
-        procedure_code=procedure_code,
-        quantity=quantity,
-        amount=amount,
-        currency=r.text(seg, 11, sub=2),
-        net_amount=None if amount is None else (-abs(amount) if credited else abs(amount)),
-        unit_amount=r.decimal(seg.get(12), f"{at}-12", "unit amount"),
-        department=r.text(seg, 13),
-        performing_provider_id=r.text(seg, 20),
-        ordering_provider_id=r.text(seg, 21),
-        account_number=ids.account_number,
-        encounter_number=ids.encounter_number,
-        patient_id=ids.patient_id,
-        facility=r.facility,
-    )
+    data: Fields = {  # ChargeData
+        "control_id": r.header.control_id,
+        "ft1_index": index,
+        "transaction_id": r.text(seg, 2),
+        "transaction_batch_id": r.text(seg, 3),
+        "transaction_type": ttype,
+        "service_date": r.timestamp(seg, 4, f"{at}-4"),
+        "posting_date": r.timestamp(seg, 5, f"{at}-5"),
+        "charge_code": charge_code,
+        "procedure_code": procedure_code,
+        "quantity": quantity,
+        "amount": amount,
+        "currency": r.text(seg, 11, sub=2),
+        "net_amount": None if amount is None else (-abs(amount) if credited else abs(amount)),
+        "unit_amount": r.decimal(seg.get(12), f"{at}-12", "unit amount"),
+        "department": r.text(seg, 13),
+        "performing_provider_id": r.text(seg, 20),
+        "ordering_provider_id": r.text(seg, 21),
+        "account_number": ids.account_number,
+        "encounter_number": ids.encounter_number,
+        "patient_id": ids.patient_id,
+        "facility": r.facility,
+    }
     etype = subjects.CHARGE_CREDITED if credited else subjects.CHARGE_POSTED
     subject = f"{r.header.control_id}/{at}"
     return make_event(etype, data, origin, index=index, subject=subject)
 
 
-def _is_credit(r: MessageReader, ttype: str | None, quantity: Decimal | None, amount: Decimal | None, at: str) -> bool:
+def _transaction_type(r: MessageReader, seg: Segment, at: str) -> str:
+    """FT1-6, which must be a charge or a credit code."""
+    ttype = r.text(seg, 6)
     if ttype is None:
         raise r.fail(f"{at}-6 transaction type is missing", f"{at}-6", "101")
+    if ttype not in CHARGE_TYPES and ttype not in CREDIT_TYPES:
+        # A code is not patient data; naming it tells operations what to configure.
+        reason = f"{at}-6 transaction type {ttype[:8]!r} is not a charge or credit"
+        raise r.fail(reason, f"{at}-6", "103")
+    return ttype
+
+
+def _is_credit(ttype: str, quantity: Decimal | None, amount: Decimal | None) -> bool:
     if ttype in CREDIT_TYPES:
         return True
-    if ttype not in CHARGE_TYPES:
-        # A code is not patient data; naming it tells operations what to configure.
-        raise r.fail(f"{at}-6 transaction type {ttype[:8]!r} is not a charge or credit", f"{at}-6", "103")
+    # A negative charge reverses an earlier one.
     return (quantity is not None and quantity < 0) or (amount is not None and amount < 0)
-
-
-def _code(r: MessageReader, seg: Segment, field: int) -> CodedValue | None:
-    code = r.text(seg, field)
-    if code is None:
-        return None
-    return CodedValue(code=code, text=r.text(seg, field, component=2), system=r.text(seg, field, component=3))
 
 
 def _amount_at_risk(ft1s: list[Segment]) -> Decimal | None:

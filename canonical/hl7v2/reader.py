@@ -136,7 +136,7 @@ def header_from_segment(msh: str) -> MshHeader:
     )
 
 
-def _first(value: str, d: Delimiters) -> str:
+def _first(value: str, d: Delimiters, hex_codec: str = "latin-1") -> str:
     """First repetition, first component, first subcomponent, unescaped."""
     if not value:
         return value
@@ -149,7 +149,7 @@ def _first(value: str, d: Delimiters) -> str:
     cut = value.find(d.subcomponent)
     if cut >= 0:
         value = value[:cut]
-    return unescape(value, d) if d.escape in value else value
+    return unescape(value, d, hex_codec) if d.escape in value else value
 
 
 def _message_type(value: str, d: Delimiters) -> tuple[str, str, str]:
@@ -201,16 +201,30 @@ def _name(line: str, fs: str) -> str:
 class Segment:
     """One segment; its fields are split on first access."""
 
-    __slots__ = ("_d", "_fields", "_hex", "_shift", "name", "text")
+    __slots__ = ("_cuts", "_d", "_esc", "_fields", "_hex", "_shift", "name", "text")
 
-    def __init__(self, text: str, delimiters: Delimiters, hex_codec: str = "latin-1") -> None:
-        self.name = _name(text, delimiters.field)
+    def __init__(self, text: str, delimiters: Delimiters, hex_codec: str = "latin-1", name: str = "") -> None:
+        self.name = name or _name(text, delimiters.field)
         self.text = text
         self._d = delimiters
         self._hex = hex_codec
         self._fields: list[str] | None = None
+        self._cuts: tuple[str, ...] = ()
+        self._esc = True
         # In MSH the field separator itself is field 1, so split() results shift by one.
         self._shift = 1 if self.name in _HEADER_SEGMENTS else 0
+
+    def _split(self) -> list[str]:
+        d = self._d
+        fields = self._fields = self.text.split(d.field)
+        seps = (d.repetition, d.component, d.subcomponent)
+        if self._shift:  # MSH-2 holds every delimiter, so presence tells nothing
+            self._cuts = seps
+        else:
+            # Separators absent from the whole segment need never be searched for.
+            self._cuts = tuple(sep for sep in seps if sep in self.text)
+            self._esc = d.escape in self.text
+        return fields
 
     def field(self, n: int) -> str:
         """Field ``n`` as sent (escapes not decoded); field 0 is the segment name."""
@@ -218,49 +232,53 @@ class Segment:
             if n == 1:
                 return self._d.field
             n -= 1
-        fields = self._fields
-        if fields is None:
-            fields = self._fields = self.text.split(self._d.field)
+        fields = self._fields or self._split()
         return fields[n] if 0 <= n < len(fields) else ""
 
     def get(self, field: int, repetition: int = 1, component: int = 1, subcomponent: int = 1) -> str:
         """One leaf value with escapes decoded; "" when absent (1-based positions)."""
-        # The hottest function on the ACK path: inlined find/slice, no helper calls
-        # for the usual "first repetition, first component, first subcomponent".
+        # The hottest function on the ACK path, hence inlined rather than factored.
         if self._shift:
             if field < 3:
                 return self.field(field)  # MSH-1/MSH-2 are delimiters: never split
             field -= 1
-        fields = self._fields
-        if fields is None:
-            fields = self._fields = self.text.split(self._d.field)
+        fields = self._fields or self._split()
         if not 0 < field < len(fields):
             return ""
         value = fields[field]
         if not value:
             return value
-        d = self._d
-        if repetition == 1:
-            cut = value.find(d.repetition)
-            if cut >= 0:
-                value = value[:cut]
+        if repetition == 1 and component == 1 and subcomponent == 1:
+            # The first leaf is the prefix up to the first separator of any level.
+            for sep in self._cuts:
+                cut = value.find(sep)
+                if cut >= 0:
+                    value = value[:cut]
         else:
+            d = self._d
             value = _nth(value, d.repetition, repetition)
-        if component == 1:
-            cut = value.find(d.component)
-            if cut >= 0:
-                value = value[:cut]
-        else:
-            value = _nth(value, d.component, component)
-        if subcomponent == 1:
-            cut = value.find(d.subcomponent)
-            if cut >= 0:
-                value = value[:cut]
-        else:
-            value = _nth(value, d.subcomponent, subcomponent)
-        if d.escape in value:
-            value = unescape(value, d, self._hex)
+            value = _nth(value, d.component, component) if value else value
+            value = _nth(value, d.subcomponent, subcomponent) if value else value
+        if self._esc and self._d.escape in value:
+            value = unescape(value, self._d, self._hex)
         return value
+
+    def components(self, field: int, count: int) -> list[str]:
+        """The first ``count`` components of the first repetition of a field
+        (first subcomponent of each, escapes decoded), padded with ""."""
+        value = self.field(field) if field > 2 or not self._shift else ""
+        if not value:
+            return [""] * count
+        d = self._d
+        cut = value.find(d.repetition)
+        if cut >= 0:
+            value = value[:cut]
+        parts = value.split(d.component, count)[:count]
+        if d.subcomponent in value or (self._esc and d.escape in value):
+            parts = [_first(part, d, self._hex) for part in parts]
+        if len(parts) < count:
+            parts += [""] * (count - len(parts))
+        return parts
 
     def repetitions(self, field: int) -> int:
         """How many repetitions field ``field`` has (0 when empty)."""
@@ -333,14 +351,20 @@ class Hl7Message:
             index = {}
             fs = self.delimiters.field
             for i, line in enumerate(self._lines):
-                index.setdefault(_name(line, fs), []).append(i)
+                key = line[:3] if line[3:4] == fs else _name(line, fs)
+                if key in index:
+                    index[key].append(i)
+                else:
+                    index[key] = [i]
             self._index = index
         return index.get(name, [])
 
     def _segment_at(self, i: int) -> Segment:
         seg = self._segments[i]
         if seg is None:
-            seg = self._segments[i] = Segment(self._lines[i], self.delimiters, self._hex)
+            line = self._lines[i]
+            name = _name(line, self.delimiters.field)
+            seg = self._segments[i] = Segment(line, self.delimiters, self._hex, name)
         return seg
 
     def __repr__(self) -> str:  # never the content: it may hold patient data
