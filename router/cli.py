@@ -8,7 +8,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,20 @@ async def run_service(cfg: FicusConfig) -> None:
         print("ficus: stopping (finishing messages in flight)", file=sys.stderr)
 
 
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run on uvloop when installed (faster publishing), else the stdlib loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _setup_logging(cfg.log_level)
-    asyncio.run(run_service(cfg))
+    _run(run_service(cfg))
     return 0
 
 
@@ -47,7 +57,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from router.demo import run_demo
 
     _setup_logging("WARNING" if not args.verbose else "INFO")
-    asyncio.run(run_demo(duration=args.duration, state_dir=args.state_dir))
+    _run(run_demo(duration=args.duration, state_dir=args.state_dir))
     return 0
 
 
