@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-__all__ = ["hl7_to_datetime", "hl7_to_iso", "zone"]
+__all__ = ["hl7_to_datetime", "hl7_to_instant", "hl7_to_iso", "zone"]
 
 _TS = re.compile(
     r"(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,4}))?)?)?)?)?)?"
@@ -43,6 +43,12 @@ def hl7_to_iso(value: str, tz: str = "UTC") -> str:
 def hl7_to_datetime(value: str, tz: str = "UTC") -> datetime:
     """An aware datetime for an HL7 timestamp (missing parts: start of the period)."""
     return _build(_parse(value), tz)
+
+
+@lru_cache(maxsize=4096)
+def hl7_to_instant(value: str, tz: str = "UTC") -> str:
+    """:func:`hl7_to_datetime` as ISO 8601 text (always a full time with offset)."""
+    return hl7_to_datetime(value, tz).isoformat()
 
 
 _Parts = tuple[str | None, ...]

@@ -49,20 +49,20 @@ def map_adt(header: MshHeader, msg: Hl7Message, ctx: TranslationContext) -> list
     pid = r.require("PID")
     pv1 = r.require("PV1")
     ids = r.identifiers(pid, pv1)
-    event_time = r.event_time(("EVN", 2), ("MSH", 7))
+    event_time = r.event_time(r.text(msg.segment("EVN"), 2), "EVN-2")
     data: Fields = {  # EncounterData
         "control_id": header.control_id,
         "trigger": header.trigger,
         "encounter_number": ids.encounter_number,
         "account_number": ids.account_number,
         "patient_id": ids.patient_id,
-        "patient_class": r.text(pv1, 2),
+        "patient_class": pv1.leaf(2),
         "location": r.location(pv1, 3),
         "prior_location": r.location(pv1, 6) if header.trigger == "A02" else None,
-        "attending_provider_id": r.text(pv1, 7),
-        "hospital_service": r.text(pv1, 10),
-        "admit_time": r.timestamp(pv1, 44, "PV1-44"),
-        "discharge_time": r.timestamp(pv1, 45, "PV1-45"),
+        "attending_provider_id": pv1.leaf(7),
+        "hospital_service": pv1.leaf(10),
+        "admit_time": r.timestamp(pv1, 44, "PV1"),
+        "discharge_time": r.timestamp(pv1, 45, "PV1"),
         "event_time": event_time,
         "facility": r.facility,
     }

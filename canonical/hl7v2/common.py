@@ -14,7 +14,7 @@ from canonical.context import TranslationContext
 from canonical.envelope import CloudEvent, EventOrigin
 from canonical.errors import TranslationError
 from canonical.hl7v2.reader import Hl7Message, MshHeader, Segment
-from canonical.timestamps import hl7_to_datetime, hl7_to_iso
+from canonical.timestamps import hl7_to_instant, hl7_to_iso
 
 __all__ = ["Fields", "Identifiers", "MapFn", "MessageReader", "parse_number"]
 
@@ -55,24 +55,66 @@ class Identifiers:
 
 
 class MessageReader:
-    """Typed, locator-aware reads over one message for one mapping run."""
+    """Typed, locator-aware reads over one message for one mapping run.
 
-    __slots__ = ("ctx", "facility", "header", "label", "msg")
+    Locators (``"FT1[2]-11"``) are built only when a read fails: this runs for
+    every field of every message.
+    """
+
+    __slots__ = ("ctx", "facility", "header", "msg", "tz")
 
     def __init__(self, header: MshHeader, msg: Hl7Message, ctx: TranslationContext) -> None:
         self.header = header
         self.msg = msg
         self.ctx = ctx
-        self.label = f"{header.message_type}^{header.trigger}"
-        self.facility = self.text(msg.segment("MSH"), 4) or self.text(msg.segment("PV1"), 3, component=4)
+        self.tz = ctx.timezone
+        # The header was read as latin-1: exact for ASCII, otherwise re-read decoded.
+        facility = header.sending_facility
+        msh4 = _clean(facility) if facility.isascii() else self.text(msg.segment("MSH"), 4)
+        self.facility = msh4 or self.text(msg.segment("PV1"), 3, component=4)
 
-    def text(
-        self, seg: Segment | None, field: int, repetition: int = 1, component: int = 1, sub: int = 1
-    ) -> str | None:
-        """A leaf value stripped of surrounding blanks; None when empty or ``""``."""
+    @property
+    def label(self) -> str:
+        """``<type>^<trigger>`` for reasons."""
+        return f"{self.header.message_type}^{self.header.trigger}"
+
+    def text(self, seg: Segment | None, field: int, component: int = 1, sub: int = 1) -> str | None:
+        """A leaf (first repetition) stripped of blanks; None when empty or ``""``."""
         if seg is None:
             return None
-        return _clean(seg.get(field, repetition, component, sub))
+        if component == 1 and sub == 1:
+            return seg.leaf(field)
+        return _clean(seg.get(field, 1, component, sub))
+
+    def number(self, seg: Segment, field: int, at: str, what: str) -> Decimal | None:
+        """A Decimal for an NM (or CP/MO first part) field; None when empty."""
+        value = seg.leaf(field)
+        if value is None:
+            return None
+        if _NUMBER.fullmatch(value) is None:
+            raise self.fail(f"{at}-{field} {what} is not a decimal", f"{at}-{field}", "102")
+        return Decimal(value)
+
+    def timestamp(self, seg: Segment | None, field: int, at: str) -> str | None:
+        """ISO 8601 for a TS/DTM field (first component), precision kept."""
+        value = seg.leaf(field) if seg is not None else None
+        if value is None:
+            return None
+        try:
+            return hl7_to_iso(value, self.tz)
+        except ValueError:
+            raise self._bad_time(f"{at}-{field}") from None
+
+    def event_time(self, value: str | None = None, locator: str = "") -> str:
+        """Full ISO time of ``value`` if given, else MSH-7, else the receipt time."""
+        if value is None:
+            value, locator = _clean(self.header.timestamp), "MSH-7"
+            if value is None:
+                return self.ctx.received_iso
+        try:
+            return hl7_to_instant(value, self.tz)
+        except ValueError:
+            raise self._bad_time(locator) from None
 
     def coded(self, seg: Segment | None, field: int) -> Fields | None:
         """A CE/CWE field as :class:`CodedValue` fields; None without a code."""
@@ -83,55 +125,6 @@ class MessageReader:
         if not code or code == _HL7_NULL:
             return None
         return {"code": code, "text": _clean(text), "system": _clean(system)}
-
-    def fail(self, reason: str, locator: str | None, hl7_code: str = "207") -> TranslationError:
-        """A TranslationError for this message (control id and facility filled in)."""
-        return TranslationError(
-            reason,
-            control_id=self.header.control_id,
-            locator=locator,
-            facility=self.facility,
-            hl7_code=hl7_code,
-        )
-
-    def require(self, name: str) -> Segment:
-        """The first segment ``name``; TranslationError when the message has none."""
-        seg = self.msg.segment(name)
-        if seg is None:
-            raise self.fail(f"{self.label} has no {name} segment", name, "100")
-        return seg
-
-    def timestamp(self, seg: Segment | None, field: int, locator: str) -> str | None:
-        """An ISO 8601 value for a TS/DTM field (first component), precision kept."""
-        value = self.text(seg, field)
-        if value is None:
-            return None
-        try:
-            return hl7_to_iso(value, self.ctx.timezone)
-        except ValueError:
-            raise self.fail(f"{locator} is not a valid HL7 timestamp", locator, "102") from None
-
-    def event_time(self, *candidates: tuple[str, int]) -> str:
-        """Full ISO time of the first non-empty (segment, field), else receipt time."""
-        for name, field in candidates:
-            value = self.text(self.msg.segment(name), field)
-            if value is not None:
-                try:
-                    return hl7_to_datetime(value, self.ctx.timezone).isoformat()
-                except ValueError:
-                    locator = f"{name}-{field}"
-                    reason = f"{locator} is not a valid HL7 timestamp"
-                    raise self.fail(reason, locator, "102") from None
-        return self.ctx.received_iso
-
-    def decimal(self, value: str, locator: str, what: str) -> Decimal | None:
-        """A Decimal for an NM value; None when empty; TranslationError when malformed."""
-        value = value.strip()
-        if not value or value == _HL7_NULL:
-            return None
-        if _NUMBER.fullmatch(value) is None:
-            raise self.fail(f"{locator} {what} is not a decimal", locator, "102")
-        return Decimal(value)
 
     def location(self, seg: Segment | None, field: int) -> Fields | None:
         """A PL field as :class:`Location` fields; None when every part is empty."""
@@ -144,13 +137,33 @@ class MessageReader:
 
     def identifiers(self, pid: Segment, pv1: Segment | None) -> Identifiers:
         """PID-3 (first identifier), PID-18 and PV1-19; at least one must be present."""
-        ids = Identifiers(self.text(pid, 3), self.text(pid, 18), self.text(pv1, 19))
+        ids = Identifiers(pid.leaf(3), pid.leaf(18), pv1.leaf(19) if pv1 is not None else None)
         if not (ids.patient_id or ids.account_number or ids.encounter_number):
             reason = f"{self.label} has no patient id (PID-3), account (PID-18) or visit (PV1-19)"
             raise self.fail(reason, "PID-3", "101")
         return ids
 
+    def require(self, name: str) -> Segment:
+        """The first segment ``name``; TranslationError when the message has none."""
+        seg = self.msg.segment(name)
+        if seg is None:
+            raise self.fail(f"{self.label} has no {name} segment", name, "100")
+        return seg
+
     def origin(self, time: str) -> EventOrigin:
         """The envelope origin for events of this message."""
         h = self.header
         return EventOrigin(self.ctx, h.sender, h.control_id, self.facility or "", time)
+
+    def fail(self, reason: str, locator: str | None, hl7_code: str = "207") -> TranslationError:
+        """A TranslationError for this message (control id and facility filled in)."""
+        return TranslationError(
+            reason,
+            control_id=self.header.control_id,
+            locator=locator,
+            facility=self.facility,
+            hl7_code=hl7_code,
+        )
+
+    def _bad_time(self, locator: str) -> TranslationError:
+        return self.fail(f"{locator} is not a valid HL7 timestamp", locator, "102")

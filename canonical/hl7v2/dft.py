@@ -46,7 +46,7 @@ def map_dft_p03(header: MshHeader, msg: Hl7Message, ctx: TranslationContext) -> 
             raise r.fail(f"{r.label} has no FT1 segment", "FT1", "100")
         pid = r.require("PID")
         ids = r.identifiers(pid, msg.segment("PV1"))
-        origin = r.origin(r.event_time(("MSH", 7)))
+        origin = r.origin(r.event_time())
         return [_charge(r, seg, i, ids, origin) for i, seg in enumerate(ft1s, 1)]
     except TranslationError as exc:
         raise exc.with_context(amount=_amount_at_risk(ft1s)) from exc
@@ -54,8 +54,8 @@ def map_dft_p03(header: MshHeader, msg: Hl7Message, ctx: TranslationContext) -> 
 
 def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin: EventOrigin) -> CloudEvent:
     at = f"FT1[{index}]"
-    quantity = r.decimal(seg.get(10), f"{at}-10", "quantity")
-    amount = r.decimal(seg.get(11), f"{at}-11", "extended amount")
+    quantity = r.number(seg, 10, at, "quantity")
+    amount = r.number(seg, 11, at, "extended amount")
     ttype = _transaction_type(r, seg, at)
     credited = _is_credit(ttype, quantity, amount)
     charge_code, procedure_code = r.coded(seg, 7), r.coded(seg, 25)
@@ -64,21 +64,21 @@ def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin
     data: Fields = {  # ChargeData
         "control_id": r.header.control_id,
         "ft1_index": index,
-        "transaction_id": r.text(seg, 2),
-        "transaction_batch_id": r.text(seg, 3),
+        "transaction_id": seg.leaf(2),
+        "transaction_batch_id": seg.leaf(3),
         "transaction_type": ttype,
-        "service_date": r.timestamp(seg, 4, f"{at}-4"),
-        "posting_date": r.timestamp(seg, 5, f"{at}-5"),
+        "service_date": r.timestamp(seg, 4, at),
+        "posting_date": r.timestamp(seg, 5, at),
         "charge_code": charge_code,
         "procedure_code": procedure_code,
         "quantity": quantity,
         "amount": amount,
         "currency": r.text(seg, 11, sub=2),
         "net_amount": None if amount is None else (-abs(amount) if credited else abs(amount)),
-        "unit_amount": r.decimal(seg.get(12), f"{at}-12", "unit amount"),
-        "department": r.text(seg, 13),
-        "performing_provider_id": r.text(seg, 20),
-        "ordering_provider_id": r.text(seg, 21),
+        "unit_amount": r.number(seg, 12, at, "unit amount"),
+        "department": seg.leaf(13),
+        "performing_provider_id": seg.leaf(20),
+        "ordering_provider_id": seg.leaf(21),
         "account_number": ids.account_number,
         "encounter_number": ids.encounter_number,
         "patient_id": ids.patient_id,
@@ -91,7 +91,7 @@ def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin
 
 def _transaction_type(r: MessageReader, seg: Segment, at: str) -> str:
     """FT1-6, which must be a charge or a credit code."""
-    ttype = r.text(seg, 6)
+    ttype = seg.leaf(6)
     if ttype is None:
         raise r.fail(f"{at}-6 transaction type is missing", f"{at}-6", "101")
     if ttype not in CHARGE_TYPES and ttype not in CREDIT_TYPES:

@@ -113,27 +113,39 @@ def header_from_segment(msh: str) -> MshHeader:
     # every field read below exists.
     if len(fields) < 18:
         fields += [""] * (18 - len(fields))
-    message_type, trigger, structure = _message_type(fields[8], d)
+    tail = msh[4 + len(fields[1]) :]
+    if d.repetition in tail or d.subcomponent in tail or d.escape in tail:
+        message_type, trigger, structure = _message_type(fields[8], d)
+        values = [_first(fields[i], d) for i in _HEADER_FIELDS]
+    else:  # the usual MSH: only components to cut, one C call per field
+        comp = d.component
+        message_type, trigger, structure, *_ = [*fields[8].split(comp, 3), "", ""]
+        values = [fields[i].partition(comp)[0] for i in _HEADER_FIELDS]
     if not message_type:
         raise NotHl7Error("MSH-9 message type is missing")
+    app, facility, r_app, r_facility, stamp, control, proc, version, accept, app_ack, cs = values
     return MshHeader(
         field_sep=fs,
         encoding_chars=fields[1],
-        sending_application=_first(fields[2], d),
-        sending_facility=_first(fields[3], d),
-        receiving_application=_first(fields[4], d),
-        receiving_facility=_first(fields[5], d),
-        timestamp=_first(fields[6], d),
+        sending_application=app,
+        sending_facility=facility,
+        receiving_application=r_app,
+        receiving_facility=r_facility,
+        timestamp=stamp,
         message_type=message_type,
         trigger=trigger,
         structure=structure,
-        control_id=_first(fields[9], d),
-        processing_id=_first(fields[10], d),
-        version=_first(fields[11], d),
-        accept_ack_type=_first(fields[14], d),
-        application_ack_type=_first(fields[15], d),
-        charset=_first(fields[17], d),
+        control_id=control,
+        processing_id=proc,
+        version=version,
+        accept_ack_type=accept,
+        application_ack_type=app_ack,
+        charset=cs,
     )
+
+
+# Indexes into MSH.split(fs) of MSH-3, -4, -5, -6, -7, -10, -11, -12, -15, -16, -18.
+_HEADER_FIELDS = (2, 3, 4, 5, 6, 9, 10, 11, 14, 15, 17)
 
 
 def _first(value: str, d: Delimiters, hex_codec: str = "latin-1") -> str:
@@ -217,13 +229,18 @@ class Segment:
     def _split(self) -> list[str]:
         d = self._d
         fields = self._fields = self.text.split(d.field)
-        seps = (d.repetition, d.component, d.subcomponent)
+        text = self.text
         if self._shift:  # MSH-2 holds every delimiter, so presence tells nothing
-            self._cuts = seps
+            self._cuts = (d.repetition, d.component, d.subcomponent)
         else:
             # Separators absent from the whole segment need never be searched for.
-            self._cuts = tuple(sep for sep in seps if sep in self.text)
-            self._esc = d.escape in self.text
+            cuts: tuple[str, ...] = (d.component,) if d.component in text else ()
+            if d.subcomponent in text:
+                cuts += (d.subcomponent,)
+            if d.repetition in text:
+                cuts += (d.repetition,)
+            self._cuts = cuts
+            self._esc = d.escape in text
         return fields
 
     def field(self, n: int) -> str:
@@ -262,6 +279,30 @@ class Segment:
         if self._esc and self._d.escape in value:
             value = unescape(value, self._d, self._hex)
         return value
+
+    def leaf(self, field: int) -> str | None:
+        """The first leaf of a field, stripped of blanks; None when empty or ``""``.
+
+        What mappings read most, so it is :meth:`get` and the clean-up fused.
+        """
+        if self._shift:
+            if field < 3:
+                return self.field(field) or None
+            field -= 1
+        fields = self._fields or self._split()
+        if not 0 < field < len(fields):
+            return None
+        value = fields[field]
+        if not value:
+            return None
+        for sep in self._cuts:
+            cut = value.find(sep)
+            if cut >= 0:
+                value = value[:cut]
+        if self._esc and self._d.escape in value:
+            value = unescape(value, self._d, self._hex)
+        value = value.strip()
+        return value if value and value != '""' else None
 
     def components(self, field: int, count: int) -> list[str]:
         """The first ``count`` components of the first repetition of a field
@@ -323,13 +364,13 @@ class Hl7Message:
 
     def segments(self, name: str) -> list[Segment]:
         """Every segment called ``name``, in message order."""
-        return [self._segment_at(i) for i in self._positions(name)]
+        return [self._segment_at(i, name) for i in self._positions(name)]
 
     def segment(self, name: str, occurrence: int = 1) -> Segment | None:
         """The ``occurrence``-th segment called ``name`` (1-based), or None."""
         positions = self._positions(name)
         if 0 < occurrence <= len(positions):
-            return self._segment_at(positions[occurrence - 1])
+            return self._segment_at(positions[occurrence - 1], name)
         return None
 
     def get(
@@ -352,19 +393,18 @@ class Hl7Message:
             fs = self.delimiters.field
             for i, line in enumerate(self._lines):
                 key = line[:3] if line[3:4] == fs else _name(line, fs)
-                if key in index:
-                    index[key].append(i)
-                else:
+                found = index.get(key)
+                if found is None:
                     index[key] = [i]
+                else:
+                    found.append(i)
             self._index = index
         return index.get(name, [])
 
-    def _segment_at(self, i: int) -> Segment:
+    def _segment_at(self, i: int, name: str) -> Segment:
         seg = self._segments[i]
         if seg is None:
-            line = self._lines[i]
-            name = _name(line, self.delimiters.field)
-            seg = self._segments[i] = Segment(line, self.delimiters, self._hex, name)
+            seg = self._segments[i] = Segment(self._lines[i], self.delimiters, self._hex, name)
         return seg
 
     def __repr__(self) -> str:  # never the content: it may hold patient data
