@@ -205,9 +205,10 @@ def decode_text(
 
 
 def _name(line: str, fs: str) -> str:
-    # Segment ids are 3 characters; anything else (damaged lines) is named up to
-    # the first field separator so it never passes for a real segment.
-    return line[:3] if line[3:4] in (fs, "") else line.split(fs, 1)[0]
+    # A segment's name is the text before its first field separator (as in hl7):
+    # a damaged line gets a name that never passes for a real segment.
+    cut = line.find(fs)
+    return line if cut < 0 else line[:cut]
 
 
 class Segment:
@@ -256,8 +257,9 @@ class Segment:
         """One leaf value with escapes decoded; "" when absent (1-based positions)."""
         # The hottest function on the ACK path, hence inlined rather than factored.
         if self._shift:
-            if field < 3:
-                return self.field(field)  # MSH-1/MSH-2 are delimiters: never split
+            if field < 3:  # MSH-1/MSH-2 are delimiters: one value, never split
+                whole = repetition == 1 and component == 1 and subcomponent == 1
+                return self.field(field) if whole else ""
             field -= 1
         fields = self._fields or self._split()
         if not 0 < field < len(fields):
@@ -392,7 +394,8 @@ class Hl7Message:
             index = {}
             fs = self.delimiters.field
             for i, line in enumerate(self._lines):
-                key = line[:3] if line[3:4] == fs else _name(line, fs)
+                cut = line.find(fs)
+                key = line if cut < 0 else line[:cut]
                 found = index.get(key)
                 if found is None:
                     index[key] = [i]
