@@ -32,9 +32,11 @@ def zone(name: str) -> tzinfo:
 def hl7_to_iso(value: str, tz: str = "UTC") -> str:
     """ISO 8601 for an HL7 timestamp, keeping its precision; ValueError when invalid."""
     parts = _parse(value)
-    if parts[3] is None:  # no hour: a (partial) date
+    if parts[3] is None:  # no hour: a (partial) date; an offset is checked, then dropped
         year, month, day = parts[0], parts[1], parts[2]
         _check_date(year, month or "01", day or "01")
+        if parts[7]:
+            _offset(parts[7], parts[8] or "", parts[9] or "")
         return "-".join(p for p in (year, month, day) if p)
     return _build(parts, tz).isoformat()
 
