@@ -198,7 +198,7 @@ async def list_events(request: web.Request) -> web.Response:
     limit = _int(request, "limit", 100, 1000)
     iface = request.query.get("interface")
     try:
-        rows = await dlq.read_stream(svc.store, stream, subject, after, limit if not iface else 10_000)
+        rows = await svc.store.read(stream, subject, after, limit if not iface else 10_000)
     except (nats.errors.Error, TimeoutError) as exc:
         return _error(503, f"JetStream unavailable: {type(exc).__name__}")
     events = []

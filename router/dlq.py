@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-import nats.errors
 import nats.js.errors
 from pydantic import BaseModel
 
@@ -80,41 +79,7 @@ async def list_letters(
     """Dead letters in stream order, optionally of one interface."""
     subject = names.dlq_subject(interface) if interface else names.SUBJECTS_DLQ
     return [DeadLetter.model_validate_json(data).model_copy(update={"id": seq})
-            for seq, data, _ in await read_stream(store, names.STREAM_DLQ, subject, after, limit)]
-
-
-async def read_stream(
-    store: Store, stream: str, subject: str, after: int, limit: int
-) -> list[tuple[int, bytes, dict[str, str]]]:
-    """Up to `limit` messages of `subject` with sequence > after: (seq, data, headers)."""
-    from nats.js.api import ConsumerConfig, DeliverPolicy
-
-    try:
-        info = await store.js.stream_info(stream)
-    except nats.js.errors.NotFoundError:
-        return []
-    if info.state.messages == 0 or after >= info.state.last_seq:
-        return []
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=max(after + 1, info.state.first_seq),
-        filter_subject=subject,
-        inactive_threshold=10.0,
-    )
-    sub = await store.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
-    out: list[tuple[int, bytes, dict[str, str]]] = []
-    try:
-        while len(out) < limit:
-            try:
-                msg = await sub.next_msg(timeout=0.5)
-            except nats.errors.TimeoutError:
-                break
-            out.append((msg.metadata.sequence.stream, msg.data, dict(msg.headers or {})))
-            if msg.metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return out
+            for seq, data, _ in await store.read(names.STREAM_DLQ, subject, after, limit)]
 
 
 def summary(letter: DeadLetter) -> dict[str, Any]:

@@ -206,23 +206,11 @@ class RouteTable:
 
     async def history(self, interface: str, limit: int = 100) -> list[dict[str, Any]]:
         """The audit trail of an interface's flips, oldest first."""
-        subject = names.route_audit_subject(interface)
-        out: list[dict[str, Any]] = []
         try:
-            sub = await self.store.js.subscribe(subject, ordered_consumer=True)
+            rows = await self.store.read(names.STREAM_AUDIT, names.route_audit_subject(interface), 0, 10_000)
         except (nats.errors.Error, TimeoutError) as exc:
             raise RouteError(f"audit stream unavailable: {type(exc).__name__}", 503) from exc
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.5)
-                except nats.errors.TimeoutError:
-                    break
-                out.append(json.loads(msg.data))
-                if msg.metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
+        out = [json.loads(data) for _, data, _ in rows]
         return out[-limit:]
 
 

@@ -19,6 +19,8 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     PubAck,
@@ -165,6 +167,37 @@ class Store:
             for fut in futures:
                 fut.cancel()
             raise StoreUnavailable(f"JetStream did not acknowledge: {type(exc).__name__}") from exc
+
+    async def read(
+        self, stream: str, subject: str, after: int = 0, limit: int = 100
+    ) -> list[tuple[int, bytes, dict[str, str]]]:
+        """Up to `limit` messages of `subject` with sequence > after: (seq, data, headers)."""
+        try:
+            info = await self.js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return []
+        if info.state.messages == 0 or after >= info.state.last_seq:
+            return []
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(after + 1, info.state.first_seq),
+            filter_subject=subject,
+            inactive_threshold=10.0,
+        )
+        sub = await self.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
+        out: list[tuple[int, bytes, dict[str, str]]] = []
+        try:
+            while len(out) < limit:
+                try:
+                    msg = await sub.next_msg(timeout=0.5)
+                except nats.errors.TimeoutError:
+                    break
+                out.append((msg.metadata.sequence.stream, msg.data, dict(msg.headers or {})))
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return out
 
     async def close(self) -> None:
         """Waits for outstanding publishes, then drains the connection."""
