@@ -97,14 +97,17 @@ def translate_hl7(
     *,
     encoding: str = "utf-8",
     fallback: str | None = "windows-1252",
+    header: MshHeader | None = None,
 ) -> Translation:
     """Translate one raw HL7 v2 message with the named mapping.
 
     The type check comes before decoding, so unsupported traffic costs only the
     MSH read. ``encoding`` is the interface's default when MSH-18 is empty or
-    unknown, ``fallback`` the codec tried when that fails.
+    unknown, ``fallback`` the codec tried when that fails. A caller that already
+    ran :func:`peek_header` on ``raw`` may pass its ``header`` to skip a second read.
     """
-    header = peek_header(raw)
+    if header is None:
+        header = peek_header(raw)
     handler = check_mapping(mapping).handler_for(header)
     if not header.control_id:
         raise TranslationError(
