@@ -254,3 +254,26 @@ async def test_enhanced_mode_gets_commit_acks(
         assert msa(await send_one(port, payload)) == ("CA", control_id(payload))
         adt = simulate.adt(6).replace(b"|P|2.5.1\r", b"|P|2.5.1|||AL|NE\r", 1)
         assert msa(await send_one(port, adt))[0] == "CR"
+
+
+async def test_legacy_path_keeps_flowing_while_nats_is_down(
+    tmp_path: Path, service_factory: ServiceFactory
+) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    try:
+        async with SimulatedEngine() as engine:
+            cfg = make_config(server.url, [{"name": "his-adt", "mapping": "hl7v2.adt", "route": "shadow",
+                                            "legacy": f"mllp://127.0.0.1:{engine.port}"}])
+            async with service_factory(cfg) as svc:
+                port = svc.interfaces["his-adt"].listener.port
+                await server.stop()
+                payload = simulate.adt(31)
+                assert await send_one(port, payload) == engine.replies[0]
+                assert engine.received == [payload]
+                stats = svc.interfaces["his-adt"].stats
+                assert stats.archive_errors == 1
+                await wait_for(lambda: stats.shadow_backlog == 0)
+                assert stats.parity.samples == 0, "an outage is not evidence against the mapping"
+    finally:
+        await server.stop()
