@@ -101,9 +101,7 @@ class EventOrigin:
 
     __slots__ = ("control_id", "correlation", "ctx", "facility", "sender", "source", "time")
 
-    def __init__(
-        self, ctx: TranslationContext, sender: str, control_id: str, facility: str, time: str
-    ) -> None:
+    def __init__(self, ctx: TranslationContext, sender: str, control_id: str, facility: str, time: str) -> None:
         self.ctx = ctx
         self.sender = sender
         self.control_id = control_id

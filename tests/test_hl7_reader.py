@@ -284,6 +284,12 @@ def test_8859_1_is_read_as_windows_1252_first() -> None:
     assert encode_codec("UNICODE") == "utf-8"  # never an ACK the receiver cannot read
 
 
+def test_a_declared_charset_the_bytes_cannot_be_is_ignored() -> None:
+    raw = b"MSH|^~\\&|A|F|||1||ADT^A01|1|P|2.5||||||UNICODE\rPID|1||X"
+    assert decode_candidates("UNICODE", "utf-8", None) == ("utf-8",)
+    assert decode_text(raw, peek_header(raw)) == (raw.decode("ascii"), "utf-8")
+
+
 def test_windows_1252_fixture_declared_8859_1() -> None:
     raw = fixture("dft_p03_cp1252.hl7")
     header = peek_header(raw)

@@ -83,6 +83,10 @@ def decode_candidates(charset: str, default: str, fallback: str | None) -> tuple
     the two differ only in 0x80-0x9F, which are unused control codes in 8859-1.
     """
     declared = codec_for_charset(charset)
+    if declared is not None and not _ascii_compatible(declared):
+        # peek_header already read MSH as ASCII bytes, so a UTF-16/32 or ISO 2022
+        # declaration is wrong for these bytes; decoding with it would give garbage.
+        declared = None
     order: list[str] = []
     if declared is not None and codecs.lookup(declared).name == "iso8859-1":
         order.append("cp1252")
@@ -100,9 +104,8 @@ def encode_codec(charset: str, default: str = "utf-8") -> str:
     readable, so UTF-16/32 and ISO 2022 declarations fall back to ``default``.
     """
     codec = codec_for_charset(charset)
-    if codec is None:
-        return default
-    name = codecs.lookup(codec).name
-    if name.startswith(("utf-16", "utf-32", "iso2022")):
-        return default
-    return codec
+    return codec if codec is not None and _ascii_compatible(codec) else default
+
+
+def _ascii_compatible(codec: str) -> bool:
+    return not codecs.lookup(codec).name.startswith(("utf-16", "utf-32", "iso2022"))
