@@ -64,7 +64,8 @@ class TranslationError(CanonicalError, ValueError):
 
     ``locator`` points at the offending position (``"FT1[2]-11"``), ``facility`` and
     ``amount`` are the business context for the dead-letter queue: ``amount`` is the
-    money held up by this message (the FT1 amounts that could be read), or None.
+    money held up by this message (gross total of the FT1 amounts that could be
+    read), or None.
     """
 
     def __init__(

@@ -185,6 +185,14 @@ def test_missing_codes() -> None:
     assert payload(only_procedure)["data"]["charge_code"] is None
 
 
+def test_money_at_risk_is_the_gross_total_of_readable_amounts() -> None:
+    data = edit(raw("dft_p03_charge_and_credit.hl7"), "FT1", 4, "not a date", occurrence=2)
+    error = translation_error(data)
+    assert (error.locator, error.amount) == ("FT1[2]-4", Decimal("170.50"))
+    no_amounts = edit(edit(data, "FT1", 11, ""), "FT1", 11, "", occurrence=2)
+    assert translation_error(no_amounts).amount is None
+
+
 def test_message_level_errors() -> None:
     dft = raw("dft_p03_charge_and_credit.hl7")
     assert translation_error(drop(dft, "FT1")).reason == "DFT^P03 has no FT1 segment"

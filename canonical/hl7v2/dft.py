@@ -12,8 +12,8 @@ Amounts are read from the first subcomponent of FT1-11/FT1-12 (v2.5+ send
 ``100&USD``; the second subcomponent is the currency). An FT1 needs a transaction
 code (FT1-7) or a procedure code (FT1-25): many senders leave FT1-7 empty and code
 the charge in FT1-25. PID is required, PV1 optional. A message is translated
-whole or not at all: a TranslationError carries the total of the FT1 amounts
-that could be read, the money held up while it waits in the dead-letter queue.
+whole or not at all: a TranslationError carries the gross total of the FT1
+amounts that could be read, the money held up while it waits in the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -109,10 +109,12 @@ def _is_credit(ttype: str, quantity: Decimal | None, amount: Decimal | None) -> 
 
 
 def _amount_at_risk(ft1s: list[Segment]) -> Decimal | None:
-    """Sum of the FT1-11 amounts that parse; None when none does."""
+    """Gross total (sum of absolute values) of the FT1-11 amounts that parse; None
+    when none does. Gross, not net: a +100 charge and its -100 reversal that both
+    wait in the dead-letter queue are 200 of unposted transactions, not 0."""
     total: Decimal | None = None
     for seg in ft1s:
         amount = parse_number(seg.get(11))
         if amount is not None:
-            total = amount if total is None else total + amount
+            total = abs(amount) if total is None else total + abs(amount)
     return total

@@ -35,6 +35,7 @@ def first_leaf(value: str, d: Delimiters, hex_codec: str = "latin-1") -> str:
 
 
 def nth(value: str, sep: str, n: int) -> str:
+    """The ``n``-th (1-based) piece of ``value`` split on ``sep``; "" when absent."""
     if n == 1:
         cut = value.find(sep)
         return value if cut < 0 else value[:cut]
