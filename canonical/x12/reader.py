@@ -125,11 +125,16 @@ class X12Reader:
     def __iter__(self) -> Iterator[Segment]:
         chunks = _chunks(self._source, self._chunk_size)
         decoder: codecs.IncrementalDecoder | None = None
+        head = b""
         pending = ""
         index = 0
         for chunk in chunks:
             if decoder is None:
-                decoder = _decoder_for(chunk)
+                # The encoding is guessed from the first 4 bytes, however small the chunks.
+                head += chunk
+                if len(head) < 4:
+                    continue
+                decoder, chunk = _decoder_for(head), head
             pending += decoder.decode(chunk)
             if self.delimiters is None:
                 pending = pending.lstrip("\ufeff \t\r\n")
@@ -141,10 +146,14 @@ class X12Reader:
             for segment in self._split(parts, index):
                 index = segment.number
                 yield segment
-        if decoder is not None:
-            pending += decoder.decode(b"", final=True)
+        if decoder is None:
+            decoder = _decoder_for(head)
+            pending = decoder.decode(head)
+        pending += decoder.decode(b"", final=True)
         if self.delimiters is None:
-            pending = pending.lstrip("\ufeff \t\r\n")
+            pending = pending.lstrip("\ufeff \t\r\n\x00")
+            if not pending:
+                return
             self.delimiters = _delimiters(pending, final=True)
         yield from self._split([pending], index)
 
