@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from canonical.reference import validate_tables
 from canonical.translate import check_mapping
 
 Mode = Literal["legacy", "shadow", "modern"]
@@ -209,6 +210,23 @@ class MllpInterfaceConfig(InterfaceBase):
         return parse_hostport(self.legacy.removeprefix("mllp://"))
 
 
+class ReferenceConfig(_Model):
+    """Reference tables (CSV) used to enrich events; relative paths are from the config file."""
+
+    payers: str | None = None
+    charge_codes: str | None = None
+    departments: str | None = None
+    facilities: str | None = None
+    reload_seconds: float = Field(default=5, gt=0)
+    base_dir: str = "."
+
+    def paths(self) -> dict[str, Path]:
+        """Table name -> file, for the tables that are configured."""
+        tables = {"payers": self.payers, "charge_codes": self.charge_codes,
+                  "departments": self.departments, "facilities": self.facilities}
+        return {name: Path(self.base_dir) / value for name, value in tables.items() if value}
+
+
 InterfaceConfig = Annotated[MllpInterfaceConfig, Field(discriminator="kind")]
 
 
@@ -219,6 +237,7 @@ class FicusConfig(_Model):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     nats: NatsConfig = NatsConfig()
     api: ApiConfig = ApiConfig()
+    reference: ReferenceConfig = ReferenceConfig()
     interfaces: list[InterfaceConfig] = []
 
     @model_validator(mode="after")
@@ -279,10 +298,16 @@ def _location(loc: Iterable[int | str], raw: dict[str, Any]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def parse_config(data: dict[str, Any], path: str = "<config>") -> FicusConfig:
-    """Validates an already-read TOML document; raises ConfigError listing every problem."""
+def parse_config(data: dict[str, Any], path: str = "<config>", *, check_tables: bool = True) -> FicusConfig:
+    """Validates an already-read TOML document; raises ConfigError listing every problem.
+
+    Reference tables are read and checked too (duplicates, missing columns), so a config
+    that passes has tables that load.
+    """
     problems: list[str] = []
     resolved = _resolve_env(data, "", problems)
+    if isinstance(resolved.get("reference"), dict):
+        resolved["reference"].setdefault("base_dir", str(Path(path).parent) if path.endswith(".toml") else ".")
     try:
         config = FicusConfig.model_validate(resolved)
     except ValidationError as exc:
@@ -290,6 +315,8 @@ def parse_config(data: dict[str, Any], path: str = "<config>") -> FicusConfig:
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{_location(err['loc'], resolved)}: {msg}")
         raise ConfigError(path, problems) from exc
+    if check_tables:
+        problems.extend(f"reference: {p}" for p in validate_tables(config.reference.paths()))
     if problems:
         raise ConfigError(path, problems)
     return config

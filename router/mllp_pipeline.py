@@ -105,13 +105,14 @@ class MllpPipeline:
         except StoreUnavailable as exc:
             return self._unavailable(header, exc)
         if header is None:
-            return await self._rejected(None, reject or "not an HL7 v2 message", raw_ref, raw_id, "live")
+            return await self._rejected(None, reject or "not an HL7 v2 message", raw_ref, raw_id, "live",
+                                        ERR_SEGMENT)
         ctx = TranslationContext(self.name, "live", raw_ref, received, self.cfg.timezone)
         try:
             result = translate_hl7(payload, self.cfg.mapping, ctx, encoding=self.cfg.encoding,
-                                   fallback=self.cfg.fallback_encoding)
+                                   fallback=self.cfg.fallback_encoding, header=header)
         except (NotHl7Error, UnsupportedMessageError) as exc:
-            return await self._rejected(header, exc.reason, raw_ref, raw_id, "live")
+            return await self._rejected(header, exc.reason, raw_ref, raw_id, "live", exc.hl7_code)
         except TranslationError as exc:
             return await self._untranslatable(header, exc, raw_ref, raw_id)
         outgoing = [
@@ -188,7 +189,7 @@ class MllpPipeline:
         unit = header.control_id or "-"
         try:
             result = translate_hl7(payload, self.cfg.mapping, ctx, encoding=self.cfg.encoding,
-                                   fallback=self.cfg.fallback_encoding)
+                                   fallback=self.cfg.fallback_encoding, header=header)
         except CanonicalError as exc:
             kind: Kind = "untranslatable" if isinstance(exc, TranslationError) else "rejected"
             await self._dead_letter_quietly(header, raw_ref, kind, exc.reason, "shadow", raw_id, exc)
@@ -271,11 +272,12 @@ class MllpPipeline:
     # -- answers -----------------------------------------------------------------------
 
     async def _rejected(
-        self, header: MshHeader | None, reason: str, raw_ref: str, raw_id: str, mode: str
+        self, header: MshHeader | None, reason: str, raw_ref: str, raw_id: str, mode: str,
+        err: str = ERR_UNSUPPORTED,
     ) -> bytes | None:
         if not await self._dead_letter_quietly(header, raw_ref, "rejected", reason, mode, raw_id):
             return self._unavailable(header, StoreUnavailable("dead letter not stored"))
-        return self._reply(header, "AR", reason, ERR_UNSUPPORTED)
+        return self._reply(header, "AR", reason, err)
 
     async def _untranslatable(
         self, header: MshHeader, exc: TranslationError, raw_ref: str, raw_id: str
@@ -288,7 +290,7 @@ class MllpPipeline:
             return self._positive(header)
         if self.cfg.on_untranslatable == "AA":
             return self._positive(header)
-        return self._reply(header, "AE", exc.reason, ERR_DATA)
+        return self._reply(header, "AE", exc.reason, exc.hl7_code or ERR_DATA)
 
     def _unavailable(self, header: MshHeader | None, exc: StoreUnavailable) -> bytes | None:
         self.stats.error(f"not stored: {exc.reason}")
