@@ -24,6 +24,7 @@ from canonical import subjects
 __all__ = [
     "EVENT_MODELS",
     "ChargeData",
+    "ChargeErp",
     "CodedValue",
     "EncounterData",
     "EventData",
@@ -56,6 +57,17 @@ class Location(BaseModel):
     room: str | None = None
     bed: str | None = None
     facility: str | None = None
+
+
+class ChargeErp(BaseModel):
+    """Where the ERP books a charge, from the reference tables (absent when none are configured)."""
+
+    model_config = _CONFIG
+
+    revenue_code: str = Field(description="from the charge_codes table")
+    gl_account: str = Field(description="from the charge_codes table")
+    cost_center: str = Field(description="the department's cost center, else the charge code's")
+    service_line: str = Field(description="from the charge_codes table")
 
 
 class ChargeData(BaseModel):
@@ -92,6 +104,7 @@ class ChargeData(BaseModel):
     encounter_number: str | None = Field(None, description="PV1-19")
     patient_id: str | None = Field(None, description="PID-3, first identifier")
     facility: str | None = Field(None, description="MSH-4, else PV1-3 facility")
+    erp: ChargeErp | None = Field(None, description="ERP coding from the reference tables")
 
 
 class EncounterData(BaseModel):

@@ -17,9 +17,12 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from canonical.enrich import enrich
+from canonical.envelope import CloudEvent
 from canonical.errors import CanonicalError, NotHl7Error, TranslationError, UnsupportedMessageError
 from canonical.hl7v2.ack import AckError, ack_code, build_ack
 from canonical.hl7v2.reader import MshHeader, peek_header
+from canonical.reference import ReferenceStore
 from canonical.translate import TranslationContext, translate_hl7
 from legacy.mllp_sender import LegacyError, MllpSender
 from router import names
@@ -51,8 +54,10 @@ class MllpPipeline:
         legacy: MllpSender | None,
         stats: InterfaceStats,
         *,
+        reference: ReferenceStore | None = None,
         shadow_concurrency: int = 256,
     ) -> None:
+        self.reference = reference
         self.cfg = cfg
         self.name = cfg.name
         self.store = store
@@ -109,8 +114,7 @@ class MllpPipeline:
                                         ERR_SEGMENT)
         ctx = TranslationContext(self.name, "live", raw_ref, received, self.cfg.timezone)
         try:
-            result = translate_hl7(payload, self.cfg.mapping, ctx, encoding=self.cfg.encoding,
-                                   fallback=self.cfg.fallback_encoding, header=header)
+            events = self._translate(payload, ctx, header)
         except (NotHl7Error, UnsupportedMessageError) as exc:
             return await self._rejected(header, exc.reason, raw_ref, raw_id, "live", exc.hl7_code)
         except TranslationError as exc:
@@ -120,7 +124,7 @@ class MllpPipeline:
                 names.HDR_INTERFACE: self.name, names.HDR_EVENT_TYPE: ev.type,
                 names.HDR_CONTROL_ID: header.control_id, names.HDR_RAW: raw_ref,
             })
-            for ev in result.events
+            for ev in events
         ]
         try:
             await self.store.publish(outgoing)
@@ -161,6 +165,14 @@ class MllpPipeline:
             await self._spawn_shadow(payload, header, raw_ref, raw_id, code in POSITIVE, received)
         return reply
 
+    def _translate(self, payload: bytes, ctx: TranslationContext, header: MshHeader) -> list[CloudEvent]:
+        result = translate_hl7(payload, self.cfg.mapping, ctx, encoding=self.cfg.encoding,
+                               fallback=self.cfg.fallback_encoding, header=header)
+        if self.reference is None:
+            return result.events
+        # One snapshot per unit: a table reload mid-message cannot mix two versions.
+        return enrich(result.events, self.reference.data)
+
     # -- shadow ------------------------------------------------------------------------
 
     async def _spawn_shadow(
@@ -188,8 +200,7 @@ class MllpPipeline:
         ctx = TranslationContext(self.name, "shadow", raw_ref, received, self.cfg.timezone)
         unit = header.control_id or "-"
         try:
-            result = translate_hl7(payload, self.cfg.mapping, ctx, encoding=self.cfg.encoding,
-                                   fallback=self.cfg.fallback_encoding, header=header)
+            events = self._translate(payload, ctx, header)
         except CanonicalError as exc:
             kind: Kind = "untranslatable" if isinstance(exc, TranslationError) else "rejected"
             await self._dead_letter_quietly(header, raw_ref, kind, exc.reason, "shadow", raw_id, exc)
@@ -200,7 +211,7 @@ class MllpPipeline:
                 names.HDR_INTERFACE: self.name, names.HDR_EVENT_TYPE: ev.type,
                 names.HDR_CONTROL_ID: header.control_id, names.HDR_MODE: "shadow",
             })
-            for ev in result.events
+            for ev in events
         ]
         try:
             await self.store.publish(outgoing)

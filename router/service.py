@@ -19,6 +19,7 @@ from types import TracebackType
 
 from aiohttp import web
 
+from canonical.reference import ReferenceStore
 from legacy.mllp_sender import MllpSender
 from router.config import FicusConfig, MllpInterfaceConfig
 from router.embedded_nats import EmbeddedNats
@@ -48,7 +49,9 @@ class RunningInterface:
         return f"{host}:{self.listener.port}"
 
 
-async def start_mllp(cfg: MllpInterfaceConfig, store: Store, routes: RouteTable) -> RunningInterface:
+async def start_mllp(
+    cfg: MllpInterfaceConfig, store: Store, routes: RouteTable, reference: ReferenceStore | None
+) -> RunningInterface:
     """Builds and starts an hl7-mllp interface."""
     stats = InterfaceStats()
     legacy: MllpSender | None = None
@@ -60,7 +63,7 @@ async def start_mllp(cfg: MllpInterfaceConfig, store: Store, routes: RouteTable)
             ack_timeout=cfg.legacy_ack_timeout_seconds, max_message_bytes=cfg.max_message_bytes,
         )
         await legacy.__aenter__()
-    pipeline = MllpPipeline(cfg, store, routes, legacy, stats)
+    pipeline = MllpPipeline(cfg, store, routes, legacy, stats, reference=reference)
     host, port = cfg.listen_host_port
     listener = MllpListener(
         cfg.name, host, port, pipeline, max_message_bytes=cfg.max_message_bytes,
@@ -87,6 +90,8 @@ class Service:
         self.started_at = time.time()
         self.stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.reference: ReferenceStore | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.api_url: str | None = None
 
     @property
@@ -106,8 +111,12 @@ class Service:
         await self.store.ensure()
         self.routes = RouteTable(self.store, {i.name: i.route for i in self.cfg.interfaces})
         await self.routes.start()
+        paths = self.cfg.reference.paths()
+        if paths:
+            self.reference = ReferenceStore(paths)
+            self._tasks.append(asyncio.create_task(self._reload_reference(), name="reference-reload"))
         for icfg in self.cfg.interfaces:
-            self.interfaces[icfg.name] = await STARTERS[icfg.kind](icfg, self.store, self.routes)
+            self.interfaces[icfg.name] = await STARTERS[icfg.kind](icfg, self.store, self.routes, self.reference)
             log.info("interface %s (%s) listening on %s, route %s", icfg.name, icfg.kind,
                      self.interfaces[icfg.name].address, self.routes.mode_for(icfg.name))
         if self.with_api:
@@ -126,8 +135,18 @@ class Service:
         self.api_url = f"http://{host}:{bound[1]}"
         log.info("API on %s", self.api_url)
 
+    async def _reload_reference(self) -> None:
+        """Picks up changed reference tables without a restart; a bad file keeps the old table."""
+        assert self.reference is not None
+        while True:
+            await asyncio.sleep(self.cfg.reference.reload_seconds)
+            for problem in await asyncio.to_thread(self.reference.maybe_reload):
+                log.warning("reference: %s", problem)
+
     async def stop(self) -> None:
         """Stops intake, finishes in-flight work, drains NATS, stops the embedded server."""
+        for task in self._tasks:
+            task.cancel()
         for running in self.interfaces.values():
             await running.listener.close()
         for running in self.interfaces.values():

@@ -1,0 +1,83 @@
+"""Reference-data enrichment on a running service: ERP coding on charges, unmapped values
+dead-lettered with context, and a changed table picked up without a restart."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from router import names, simulate
+from router.embedded_nats import EmbeddedNats
+from tests.conftest import ServiceFactory, make_config, wait_for
+from tests.mllp_client import msa, send_one
+from tests.test_service_mllp import read_subject
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _with_code(payload: bytes, code: str) -> bytes:
+    segments = payload.split(b"\r")
+    out = []
+    for seg in segments:
+        if seg.startswith(b"FT1"):
+            fields = seg.split(b"|")
+            fields[7] = code.encode() + b"^TEST^CPT"
+            seg = b"|".join(fields)
+        out.append(seg)
+    return b"\r".join(out)
+
+
+async def test_charges_carry_erp_coding_and_unmapped_codes_are_dead_lettered(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    tables = tmp_path / "tables"
+    shutil.copytree(REPO / "fixtures/reference", tables)
+    cfg = make_config(
+        nats_server.url, [{"name": "his-charges", "mapping": "hl7v2.dft_p03", "route": "modern"}],
+        reference={"charge_codes": str(tables / "charge_codes.csv"), "departments": str(tables / "departments.csv"),
+                   "facilities": str(tables / "facilities.csv"), "reload_seconds": 0.2},
+    )
+    async with service_factory(cfg) as svc:
+        port = svc.interfaces["his-charges"].listener.port
+        good = _with_code(simulate.dft(1, lines=2), "80053")
+        assert msa(await send_one(port, good))[0] == "AA"
+        events = await read_subject(nats_server.url, names.STREAM_CANONICAL, "canonical.revenue.charge.posted")
+        assert len(events) == 2
+        for event in events:
+            erp = event["data"]["erp"]
+            assert erp["revenue_code"] == "0301" and erp["gl_account"] == "4100-310"
+            assert erp["service_line"] == "LABORATORY" and erp["cost_center"].startswith("CC-")
+
+        unmapped = _with_code(simulate.dft(2, lines=2), "99999")
+        reply = await send_one(port, unmapped)
+        assert msa(reply)[0] == "AE"
+        letters = await read_subject(nats_server.url, names.STREAM_DLQ, names.dlq_subject("his-charges"))
+        assert letters[-1]["reason"] == "unmapped charge code 99999"
+        assert letters[-1]["facility"] == "NORTH" and letters[-1]["amount"]
+        assert letters[-1]["unit"] == "DFT00000002"
+
+        # The table gains the code; the same message now goes through, without a restart.
+        with (tables / "charge_codes.csv").open("a") as fh:
+            fh.write("99999,0999,4100-999,CC-MISC,OTHER\n")
+        await wait_for(lambda: svc.reference is not None
+                       and svc.reference.data.tables["charge_codes"].get("99999") is not None, timeout=10)
+        assert msa(await send_one(port, unmapped))[0] == "AA"
+
+
+def test_check_reports_table_problems(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "charge_codes.csv"
+    bad.write_text("charge_code,revenue_code\n99213,0510\n")
+    dupes = tmp_path / "departments.csv"
+    dupes.write_text("department,cost_center\nLAB,CC-LAB\nLAB,CC-LAB2\n")
+    conf = tmp_path / "ficus.toml"
+    conf.write_text(f'[reference]\ncharge_codes = "{bad.name}"\ndepartments = "{dupes.name}"\n')
+    result = subprocess.run([sys.executable, "-m", "router.cli", "check", "-c", str(conf)], capture_output=True,
+                            text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 1
+    assert "gl_account" in result.stderr and "duplicate" in result.stderr.lower()
