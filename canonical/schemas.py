@@ -60,9 +60,11 @@ Schema = dict[str, Any]
 
 def default_models() -> dict[str, type[BaseModel]]:
     """The event types this package emits: type name -> CloudEvent class."""
-    from canonical.envelope import EVENT_CLASSES  # imported here: the module is optional for callers
+    # Imported here: callers passing their own models need neither family.
+    from canonical.envelope import EVENT_CLASSES
+    from canonical.x12.events import REMIT_EVENT_CLASSES
 
-    return dict(EVENT_CLASSES)
+    return {**EVENT_CLASSES, **REMIT_EVENT_CLASSES}
 
 
 def default_subjects(models: Mapping[str, type[BaseModel]]) -> dict[str, str]:

@@ -20,7 +20,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from canonical.schemas import asyncapi_document, default_subjects, event_schemas
 from router import dlq, names
+from router.catalog import event_classes
 from router.dashboard import render_dashboard
 from router.routes import RouteError, modes
 from router.stats import StatsCollector
@@ -268,6 +270,23 @@ async def parity(request: web.Request) -> web.Response:
     })
 
 
+async def list_schemas(request: web.Request) -> web.Response:
+    """JSON Schema of every canonical event type, and the AsyncAPI document of the subjects."""
+    models = event_classes()
+    return web.json_response({
+        "schemas": event_schemas(models),
+        "asyncapi": asyncapi_document(models, default_subjects(models)),
+    })
+
+
+async def get_schema(request: web.Request) -> web.Response:
+    name = request.match_info["type"]
+    models = event_classes()
+    if name not in models:
+        return _error(404, f"unknown event type {name!r}; GET /api/v1/schemas lists them")
+    return web.json_response(event_schemas({name: models[name]})[name])
+
+
 def make_app(svc: Service) -> web.Application:
     """The aiohttp application serving `svc`."""
     app = web.Application(middlewares=[auth])
@@ -288,4 +307,6 @@ def make_app(svc: Service) -> web.Application:
     app.router.add_get("/api/v1/dlq", list_dlq)
     app.router.add_get("/api/v1/dlq/{id}", get_dlq)
     app.router.add_get("/api/v1/parity/{iface}", parity)
+    app.router.add_get("/api/v1/schemas", list_schemas)
+    app.router.add_get("/api/v1/schemas/{type}", get_schema)
     return app

@@ -129,6 +129,16 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from canonical.schemas import default_subjects, export
+    from router.catalog import event_classes
+
+    models = event_classes()
+    written = export(Path(args.dir), models, default_subjects(models))
+    print(f"wrote {len(written)} files to {args.dir} ({len(models)} event types and asyncapi.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ficus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config")
     p.add_argument("--interface")
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("schemas", help="JSON Schema and AsyncAPI for consumers")
+    ssub = p.add_subparsers(dest="action", required=True)
+    e = ssub.add_parser("export", help="write <type>.schema.json per event and asyncapi.json")
+    e.add_argument("dir")
+    p.set_defaults(func=cmd_schemas)
 
     p = sub.add_parser("routes", help="the routing table")
     api_opts(p)

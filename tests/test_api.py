@@ -118,3 +118,17 @@ async def test_facility_canary(nats_server: EmbeddedNats, service_factory: Servi
             assert msa(await send_one(port, simulate.dft(2, facility="SOUTH")))[0] == "AA"
             assert len(engine.received) == 1, "only NORTH still goes to the legacy engine"
             assert svc.interfaces["his-charges"].stats.published == 3
+
+
+async def test_schemas_endpoint(nats_server: EmbeddedNats, service_factory: ServiceFactory) -> None:
+    cfg = make_config(nats_server.url, [{"name": "his-charges", "mapping": "hl7v2.dft_p03", "route": "modern"}])
+    async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
+        body = await (await http.get(f"{svc.api_url}/api/v1/schemas")).json()
+        assert "org.ficus.revenue.charge.posted.v1" in body["schemas"]
+        assert "org.ficus.claims.claim.adjudicated.v1" in body["schemas"]
+        assert body["asyncapi"]["asyncapi"] == "3.0.0"
+        assert "canonical.revenue.charge.posted" in body["asyncapi"]["channels"] or any(
+            ch.get("address") == "canonical.revenue.charge.posted" for ch in body["asyncapi"]["channels"].values())
+        one = await http.get(f"{svc.api_url}/api/v1/schemas/org.ficus.revenue.charge.posted.v1")
+        assert one.status == 200 and (await one.json())["properties"]["type"]
+        assert (await http.get(f"{svc.api_url}/api/v1/schemas/org.ficus.nope.v1")).status == 404
