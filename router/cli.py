@@ -69,20 +69,25 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
+    from canonical.reference import ReferenceStore
     from router.offline import translate_files
 
     mapping, tz = "hl7v2", "UTC"
+    reference = None
     encoding: str = "utf-8"
     fallback: str | None = "windows-1252"
     if args.interface:
         if not args.config:
             raise ConfigError("ficus translate", ["--interface needs -c CONFIG"])
-        icfg = load_config(args.config).interface(args.interface)
+        cfg = load_config(args.config)
+        icfg = cfg.interface(args.interface)
         mapping, tz = icfg.mapping, icfg.timezone
+        if cfg.reference.paths():
+            reference = ReferenceStore(cfg.reference.paths()).data
         encoding, fallback = icfg.encoding, icfg.fallback_encoding
     failed = translate_files(
         [Path(f) for f in args.files], fmt=args.format, mapping=mapping, interface=args.interface or "offline",
-        timezone=tz, encoding=encoding, fallback=fallback, out=sys.stdout, err=sys.stderr,
+        timezone=tz, encoding=encoding, fallback=fallback, out=sys.stdout, err=sys.stderr, reference=reference,
     )
     return 1 if failed else 0
 
@@ -164,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("translate", help="translate files offline (no NATS)")
     p.add_argument("files", nargs="+")
-    p.add_argument("--format", choices=["hl7v2"], default="hl7v2")
+    p.add_argument("--format", choices=["hl7v2", "x12-835"], default=None,
+                   help="default: detected per file (ISA/ST first: x12-835)")
     p.add_argument("-c", "--config")
     p.add_argument("--interface")
     p.set_defaults(func=cmd_translate)

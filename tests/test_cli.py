@@ -142,3 +142,17 @@ def test_demo_shows_canonical_events(tmp_path: Path) -> None:
     assert "flipped his-charges shadow -> modern" in out
     live = [line for line in out.splitlines() if line.strip().startswith("event  canonical.revenue")]
     assert live, "live charge events after the flip"
+
+
+def test_translate_x12_835_detects_the_format_and_reports_dead_letters(tmp_path: Path) -> None:
+    fixtures = sorted((REPO / "fixtures/x12").glob("*"))
+    assert fixtures, "synthetic 835 fixtures"
+    result = ficus("translate", *map(str, fixtures))
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    types = {e["type"] for e in events}
+    assert "org.ficus.claims.remittance.received.v1" in types
+    assert "org.ficus.claims.claim.adjudicated.v1" in types
+    letters = [json.loads(line) for line in result.stderr.splitlines()]
+    assert result.returncode == (1 if letters else 0)
+    for letter in letters:
+        assert letter["st_control"] is None or letter["reason"].startswith("ST ")
