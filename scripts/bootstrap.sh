@@ -29,4 +29,17 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
+# The official AsyncAPI 3.0.0 JSON Schema (npm package @asyncapi/specs) for the test that
+# validates Ficus's AsyncAPI document; no PyPI package ships it.
+SPECS="$VENV/asyncapi-specs"
+if [ ! -f "$SPECS/package/schemas/3.0.0-without-\$id.json" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm || true
+  fi
+  if command -v npm >/dev/null 2>&1; then
+    mkdir -p "$SPECS" && (cd "$SPECS" && npm pack --silent @asyncapi/specs@6.11.1 >/dev/null && tar xzf asyncapi-specs-*.tgz) \
+      || echo "bootstrap: could not fetch @asyncapi/specs; the AsyncAPI validation test will skip"
+  fi
+fi
 echo "bootstrap: $VENV ready ($("$VENV/bin/python" --version), nats-server $("$VENV/bin/nats-server" --version 2>/dev/null | tr -d '\n'))"

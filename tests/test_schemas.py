@@ -244,3 +244,24 @@ def test_lock_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["--export", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "asyncapi.json").exists()
     capsys.readouterr()
+
+
+def test_asyncapi_document_validates_against_the_official_specification() -> None:
+    """The AsyncAPI 3.0.0 JSON Schema from the npm package @asyncapi/specs (fetched by `make`)."""
+    import json
+    import os
+    from pathlib import Path
+
+    import jsonschema
+
+    from canonical.schemas import asyncapi_document, default_models, default_subjects
+
+    default = Path(__file__).resolve().parent.parent / ".venv/asyncapi-specs/package/schemas/3.0.0-without-$id.json"
+    spec_path = Path(os.environ.get("FICUS_ASYNCAPI_SCHEMA", default))
+    if not spec_path.exists():
+        pytest.skip(f"AsyncAPI 3.0.0 schema not found at {spec_path} (make fetches it with npm)")
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    models = default_models()
+    document = asyncapi_document(models, default_subjects(models))
+    errors = [f"{list(e.path)}: {e.message[:200]}" for e in jsonschema.Draft7Validator(spec).iter_errors(document)]
+    assert errors == []
