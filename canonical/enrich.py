@@ -12,23 +12,42 @@ from decimal import Decimal
 from canonical.envelope import CloudEvent
 from canonical.events import ChargeData, ChargeErp
 from canonical.reference import ReferenceData
+from canonical.x12.events import ErpPayer, RemittanceData
+from canonical.x12.events import _Remit as RemitBase
 
 
 def enrich(events: list[CloudEvent], ref: ReferenceData) -> list[CloudEvent]:
-    """The events with ERP fields filled in; raises UnmappedError naming the first gap."""
+    """The events of one unit with ERP fields filled in; raises UnmappedError naming the first gap."""
     if not ref.tables:
         return events
-    return [_enrich_one(event, ref) for event in events]
+    payer = _payer(events, ref)
+    return [_enrich_one(event, ref, payer) for event in events]
 
 
-def _enrich_one(event: CloudEvent, ref: ReferenceData) -> CloudEvent:
+def _payer(events: list[CloudEvent], ref: ReferenceData) -> ErpPayer | None:
+    """The ERP payer of a remittance (one 835 transaction: every event shares it)."""
+    if "payers" not in ref.tables:
+        return None
+    for event in events:
+        if isinstance(event.data, RemittanceData):
+            data = event.data
+            found = ref.lookup_payer(data.payer_id or "", control_id=data.st_control,
+                                     facility=event.ficusfacility or None, amount=data.amount)
+            return ErpPayer(payer_id=found.payer_id, erp_customer_id=found.erp_customer_id,
+                            payer_group=found.payer_group)
+    return None
+
+
+def _enrich_one(event: CloudEvent, ref: ReferenceData, payer: ErpPayer | None) -> CloudEvent:
     updates: dict[str, object] = {}
     facility = event.ficusfacility
     if "facilities" in ref.tables and facility:
         facility = ref.facility(facility, control_id=_control(event)).facility
         updates["ficusfacility"] = facility
     data = event.data
-    if isinstance(data, ChargeData):
+    if payer is not None and isinstance(data, RemitBase):
+        updates["data"] = data.model_copy(update={"erp_payer": payer})
+    elif isinstance(data, ChargeData):
         erp = _charge_erp(data, ref, facility)
         if erp is not None or facility != event.ficusfacility:
             updates["data"] = data.model_copy(update={"erp": erp, "facility": facility or data.facility})

@@ -66,6 +66,16 @@ Money = Annotated[Decimal, Field(allow_inf_nan=False)]
 _CONFIG = ConfigDict(frozen=True, extra="forbid")
 
 
+class ErpPayer(BaseModel):
+    """The payer as the ERP knows it, from the payers reference table."""
+
+    model_config = _CONFIG
+
+    payer_id: str = Field(description="the 835's payer id that was looked up")
+    erp_customer_id: str
+    payer_group: str
+
+
 class _Remit(BaseModel):
     """Fields every 835 payload carries: where in the interchange it comes from."""
 
@@ -76,6 +86,7 @@ class _Remit(BaseModel):
     interchange_control: str | None = Field(None, description="ISA13 (None when the file has no envelope)")
     group_control: str | None = Field(None, description="GS06")
     trace_number: str | None = Field(None, description="TRN02, check or EFT trace number")
+    erp_payer: ErpPayer | None = Field(None, description="from the payers table, when configured")
 
 
 class RemittanceData(_Remit):
