@@ -116,6 +116,7 @@ def test_charge_fields() -> None:
         "encounter_number": "VIS000789",
         "patient_id": "MRN000123",
         "facility": "NORTHCLINIC",
+        "erp": None,  # no reference tables in a pure translation
     }
 
 
