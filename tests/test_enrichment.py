@@ -30,6 +30,17 @@ def _with_code(payload: bytes, code: str) -> bytes:
     return b"\r".join(out)
 
 
+def _with_department(payload: bytes, department: str) -> bytes:
+    out = []
+    for seg in payload.split(b"\r"):
+        if seg.startswith(b"FT1"):
+            fields = seg.split(b"|")
+            fields[13] = department.encode()
+            seg = b"|".join(fields)
+        out.append(seg)
+    return b"\r".join(out)
+
+
 async def test_charges_carry_erp_coding_and_unmapped_codes_are_dead_lettered(
     nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
 ) -> None:
@@ -58,6 +69,12 @@ async def test_charges_carry_erp_coding_and_unmapped_codes_are_dead_lettered(
         assert letters[-1]["reason"] == "unmapped charge code 99999"
         assert letters[-1]["facility"] == "NORTH" and letters[-1]["amount"]
         assert letters[-1]["unit"] == "DFT00000002"
+
+        xray = _with_department(_with_code(simulate.dft(3, lines=1), "71046"), "XRAY")
+        assert msa(await send_one(port, xray))[0] == "AE"
+        letters = await read_subject(nats_server.url, names.STREAM_DLQ, names.dlq_subject("his-charges"))
+        assert letters[-1]["reason"] == "unmapped department XRAY" and letters[-1]["unit"] == "DFT00000003"
+        assert letters[-1]["facility"] == "NORTH" and letters[-1]["amount"]
 
         # The table gains the code; the same message now goes through, without a restart.
         with (tables / "charge_codes.csv").open("a") as fh:
