@@ -1,0 +1,86 @@
+"""The file manifest: one KV entry per file seen, so each file is processed exactly once.
+
+Two keys per file: by name (`<iface>.n.<hash of name, size, mtime>`) so a file still in
+place after a restart is recognised before it is even downloaded, and by content
+(`<iface>.c.<sha256>`) so the same bytes under another name are recognised too. The
+content entry also carries the resume point (`next_record`): records below it have all
+their events acknowledged by JetStream, so a crash in the middle of a file resumes there,
+and the records re-published after it are dropped by their `Nats-Msg-Id`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+State = Literal["processing", "done", "duplicate", "failed"]
+
+
+@dataclass
+class FileEntry:
+    """What the manifest knows of one file."""
+
+    interface: str
+    name: str
+    size: int
+    mtime: float
+    sha256: str = ""
+    state: State = "processing"
+    next_record: int = 0
+    events: int = 0
+    dead_letters: int = 0
+    delivered: bool = False
+    outcome: str = ""
+    raw: str = ""
+    updated_at: float = field(default_factory=time.time)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> FileEntry:
+        return cls(**json.loads(data))
+
+
+def name_key(interface: str, name: str, size: int, mtime: float) -> str:
+    digest = hashlib.sha256(f"{name}\0{size}\0{int(mtime)}".encode()).hexdigest()[:40]
+    return f"{interface}.n.{digest}"
+
+
+def content_key(interface: str, sha256: str) -> str:
+    return f"{interface}.c.{sha256}"
+
+
+class Manifest:
+    """Reads and writes file entries in the `ficus-files` KV bucket."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def get(self, key: str) -> FileEntry | None:
+        try:
+            entry = await self.kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return FileEntry.decode(entry.value) if entry.value else None
+
+    async def put(self, key: str, entry: FileEntry) -> None:
+        entry.updated_at = time.time()
+        await self.kv.put(key, entry.encode())
+
+    async def by_name(self, interface: str, name: str, size: int, mtime: float) -> FileEntry | None:
+        return await self.get(name_key(interface, name, size, mtime))
+
+    async def by_content(self, interface: str, sha256: str) -> FileEntry | None:
+        return await self.get(content_key(interface, sha256))
+
+    async def record(self, entry: FileEntry) -> None:
+        """Writes both keys of an entry."""
+        await self.put(content_key(entry.interface, entry.sha256), entry)
+        await self.put(name_key(entry.interface, entry.name, entry.size, entry.mtime), entry)
