@@ -1,0 +1,118 @@
+"""The file-source contract: a directory (local or remote) that yields complete files.
+
+A source is used in a loop by the router::
+
+    while running:
+        for ref in await source.scan():          # complete now, oldest first
+            path = await source.fetch(ref, spool)  # exactly the file's bytes, locally
+            ... store the file's events durably ...
+            await source.finish(ref, action, archive_dir)  # only now: acknowledge late
+        await source.wait()                       # until a change or the poll interval
+
+``scan`` returns every complete file present that was not finished by this source object
+(in-memory; after a restart the router's manifest decides what was already stored). A file
+is identified by ``FileRef`` (name, size, mtime): a file rewritten under the same name has a
+new ref and is a new file.
+
+Error tree (``source`` is the source's name, ``reason`` a short text, never file content):
+
+* :class:`SourceUnavailable` -- retry later: connection refused or lost, timeout,
+  authentication failing, the file changed while it was fetched (:class:`FileChanged`).
+* :class:`HostKeyRejected` -- give up: the server's host key is unknown or changed.
+* :class:`FileSourceError` itself -- give up: a configuration problem (key file unreadable,
+  archive on another filesystem), or a file that cannot be moved or deleted.
+
+Each error class carries ``retryable``, so code that must not import this module (the
+legacy delivery gets :func:`wrappers.sftp_poller.open_sftp` injected) can still tell them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal, Protocol
+
+FinishAction = Literal["archive", "delete", "leave"]
+"""What :meth:`FileSource.finish` does: move to the archive dir, delete, or touch nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """One file as listed: a new size or mtime under the same name is another file."""
+
+    name: str
+    """Path relative to the watched directory (sources are not recursive: a plain name)."""
+    size: int
+    mtime: float
+    """Seconds since the epoch, as the filesystem or server reports it (SFTP: whole seconds)."""
+
+
+class FileSourceError(Exception):
+    """Root of the file sources' errors; raised as such, it means "do not retry"."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class SourceUnavailable(FileSourceError):
+    """The source cannot be read right now (connection, timeout, auth): retry later."""
+
+    retryable = True
+
+
+class FileChanged(SourceUnavailable):
+    """The file changed between listing and fetch (still being written): scan again."""
+
+
+class HostKeyRejected(FileSourceError):
+    """The SSH server's host key is not the pinned one: give up until an operator acts."""
+
+    def __init__(self, source: str, host: str, fingerprint: str, *, known: bool) -> None:
+        what = "changed (does not match known_hosts)" if known else "unknown (not in known_hosts)"
+        super().__init__(source, f"host key of {host} is {what}: {fingerprint}")
+        self.host = host
+        self.fingerprint = fingerprint
+        self.known = known
+
+
+class FileSource(Protocol):
+    """A directory of incoming files; one object per interface, used by one task."""
+
+    async def scan(self) -> list[FileRef]:
+        """The files matching the patterns that are complete now, oldest first.
+
+        Never marker files, never temp names, never a file this object already finished.
+        Raises :class:`SourceUnavailable` (retry) or :class:`HostKeyRejected`.
+        """
+        ...
+
+    async def fetch(self, ref: FileRef, spool_dir: Path) -> Path:
+        """A local path holding exactly the bytes of ``ref``.
+
+        A local source returns the file itself (no copy); a remote one downloads into
+        ``spool_dir`` under a temp name and renames when complete and of the listed size.
+        The caller owns files it gets in ``spool_dir``. Raises :class:`FileChanged` when
+        the file is no longer the one listed.
+        """
+        ...
+
+    async def finish(self, ref: FileRef, action: FinishAction, archive_dir: str | None) -> None:
+        """Archive, delete or leave the file (and its marker) once its events are stored.
+
+        ``archive_dir`` (required for "archive") is relative to the watched directory or
+        absolute. "leave" modifies nothing. On failure raises :class:`FileSourceError`
+        naming the file; the file is still never returned by ``scan`` again.
+        """
+        ...
+
+    async def wait(self) -> None:
+        """Return when a new scan is worth doing: a change seen, or the poll interval."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and watchers; the source is not used afterwards."""
+        ...
