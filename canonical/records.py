@@ -1,0 +1,358 @@
+"""Config-declared mapping from a record (a flat-file line, a database row) to canonical events.
+
+A :class:`RecordMapping` (part of an interface's TOML config) names a *target*
+(``charges``, ``labor_time``, ``supply_usage``, ``purchase_orders``) and lists
+:class:`FieldSpec` entries: which canonical field comes from which column,
+with which type. Readers hand :func:`map_record` the raw values keyed by
+canonical field name - strings from flat files (:mod:`canonical.flat`),
+already-typed values from a database driver (see :func:`row_values`).
+
+Event ids are a hash of interface, unit (file hash, table name), the record key
+(else the record position) and the event type, so re-reading a file or
+re-polling a row gives the same ids and JetStream keeps one copy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from canonical.context import TranslationContext
+from canonical.envelope import EVENT_CLASSES, CloudEvent, event_id, source_for
+from canonical.errors import CanonicalError, TranslationError
+from canonical.record_events import RECORD_EVENT_CLASSES
+from canonical.record_targets import TARGETS, FieldType, TargetName
+from canonical.timestamps import zone
+
+__all__ = ["FieldSpec", "RecordError", "RecordMapping", "convert", "map_record", "row_values"]
+
+_CONFIG = ConfigDict(frozen=True, extra="forbid")
+_CLASSES: dict[str, type[CloudEvent]] = {**EVENT_CLASSES, **RECORD_EVENT_CLASSES}
+# Plain decimal notation only: thousands separators, exponents, currency signs
+# and NaN are errors, so "1,234.50" can never become 123450 or 1.2345.
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_INTEGER = re.compile(r"[+-]?\d+")
+# Names that smell of free text: refused with a reason rather than "unknown field".
+_FREE_TEXT = re.compile(r"description|name|comment|note|text|address", re.IGNORECASE)
+
+
+class RecordError(CanonicalError, ValueError):
+    """One field of a record cannot be converted; ``reason`` never contains the value."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+class FieldSpec(BaseModel):
+    """Where one canonical field comes from and how its value is read.
+
+    ``column`` is a CSV header name or a database column; ``index`` a 0-based CSV
+    column when the file has no header; ``start`` (1-based) and ``length`` a
+    fixed-width slice. ``format`` is a ``strptime`` format for dates and times not
+    in ISO 8601. An absent or blank value takes ``default`` (a string, read like a
+    value) and is an error when ``required``.
+    """
+
+    model_config = _CONFIG
+
+    field: str = Field(min_length=1, description="canonical field name")
+    column: str | None = Field(None, min_length=1)
+    index: int | None = Field(None, ge=0)
+    start: int | None = Field(None, ge=1)
+    length: int | None = Field(None, ge=1)
+    type: FieldType = "string"
+    format: str | None = Field(None, min_length=1)
+    required: bool = True
+    default: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.column is not None and self.index is not None:
+            raise ValueError(f"{self.field}: give column or index, not both")
+        if (self.start is None) != (self.length is None):
+            raise ValueError(f"{self.field}: fixed-width needs both start and length")
+        if self.format is not None and self.type not in ("date", "datetime"):
+            raise ValueError(f"{self.field}: format applies to date and datetime only")
+        return self
+
+
+class RecordMapping(BaseModel):
+    """How records of one interface become events of one target.
+
+    ``key`` lists the canonical fields that identify a record (event ids, error
+    context); empty, or all blank in a record, means the record's position is
+    used. ``facility_field`` is the field whose value is the event's facility.
+    ``timezone`` is the zone of date-times sent without an offset. A field's
+    ``type`` may be omitted: the target's type for that field is used.
+    """
+
+    model_config = _CONFIG
+
+    target: TargetName
+    key: list[str] = Field(default_factory=list)
+    fields: list[FieldSpec] = Field(min_length=1)
+    facility_field: str | None = None
+    timezone: str = "UTC"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_types(cls, data: Any) -> Any:
+        # Saves a `type = "decimal"` on every amount; an explicit type is still checked.
+        if not isinstance(data, dict) or data.get("target") not in TARGETS:
+            return data
+        catalog = TARGETS[data["target"]].fields
+        fields = data.get("fields")
+        if isinstance(fields, list):
+            data = {**data, "fields": [_with_type(f, catalog) for f in fields]}
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        problems = _problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _with_type(spec: Any, catalog: Mapping[str, tuple[FieldType, ...]]) -> Any:
+    if isinstance(spec, dict) and "type" not in spec and spec.get("field") in catalog:
+        return {**spec, "type": catalog[spec["field"]][0]}
+    return spec
+
+
+def _problems(mapping: RecordMapping) -> list[str]:
+    target = TARGETS[mapping.target]
+    names = [f.field for f in mapping.fields]
+    mapped = set(names)
+    problems = [f"field {n!r} is mapped twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    for spec in mapping.fields:
+        allowed = target.fields.get(spec.field)
+        if allowed is None and _FREE_TEXT.search(spec.field):
+            problems.append(f"field {spec.field!r}: free text is never carried by canonical events; map codes only")
+        elif allowed is None:
+            problems.append(f"field {spec.field!r} is not a {mapping.target} field (known: {', '.join(target.fields)})")
+        elif spec.type not in allowed:
+            problems.append(f"field {spec.field!r}: type {spec.type!r} not allowed (use {' or '.join(allowed)})")
+    missing = sorted(target.required - mapped)
+    if missing:
+        problems.append(f"{mapping.target} needs these fields mapped: {', '.join(missing)}")
+    problems += [f"{mapping.target} needs one of: {', '.join(sorted(g))}" for g in target.one_of if not g & mapped]
+    problems += [f"key field {k!r} is not mapped" for k in mapping.key if k not in mapped]
+    if mapping.facility_field is not None and mapping.facility_field not in mapped:
+        problems.append(f"facility_field {mapping.facility_field!r} is not mapped")
+    try:
+        zone(mapping.timezone)
+    except (KeyError, ValueError):
+        problems.append(f"unknown timezone {mapping.timezone!r}")
+    return problems
+
+
+# --- value conversion ------------------------------------------------------------------
+
+
+def convert(value: object, spec: FieldSpec) -> object:
+    """``value`` as the Python type of ``spec.type``; None when absent and optional.
+
+    Strings are stripped; blank counts as absent. Database values are checked, not
+    coerced blindly: a float becomes ``Decimal(str(f))`` (what it prints as, not
+    its binary expansion), a datetime is a date only at midnight. Raises
+    :class:`RecordError` naming the field, never the value.
+    """
+    if isinstance(value, str):
+        value = value.strip()
+    if value is None or value == "":
+        if spec.default is not None:
+            return convert(spec.default, spec.model_copy(update={"default": None}))
+        if spec.required:
+            raise RecordError(spec.field, "missing")
+        return None
+    if isinstance(value, bool):  # a subclass of int, never what a mapping means
+        raise RecordError(spec.field, f"a boolean is not a {spec.type}")
+    return _CONVERTERS[spec.type](value, spec)
+
+
+def _to_string(value: object, spec: FieldSpec) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Decimal):
+        return format(value, "f")  # NUMERIC(10,0) ids: "1234", never "1.234E+3"
+    if isinstance(value, int | float | date):
+        return value.isoformat() if isinstance(value, date) else str(value)
+    raise RecordError(spec.field, f"unsupported value type {type(value).__name__}")
+
+
+def _to_decimal(value: object, spec: FieldSpec) -> Decimal:
+    if isinstance(value, str):
+        if not _DECIMAL.fullmatch(value):
+            raise RecordError(spec.field, "not a plain decimal number")
+        number = Decimal(value)
+    elif isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, int):
+        number = Decimal(value)
+    elif isinstance(value, float):
+        try:
+            number = Decimal(str(value))
+        except InvalidOperation as exc:
+            raise RecordError(spec.field, "not a decimal number") from exc
+    else:
+        raise RecordError(spec.field, f"a {type(value).__name__} is not a decimal")
+    if not number.is_finite():
+        raise RecordError(spec.field, "not a finite number")
+    return number
+
+
+def _to_integer(value: object, spec: FieldSpec) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    if isinstance(value, Decimal | float) and not isinstance(value, str):
+        number = _to_decimal(value, spec)
+        if number == number.to_integral_value():
+            return int(number)
+    raise RecordError(spec.field, "not an integer")
+
+
+def _to_date(value: object, spec: FieldSpec) -> date:
+    if isinstance(value, datetime):
+        if value.time() != datetime.min.time():
+            raise RecordError(spec.field, "a date-time with a time of day, not a date")
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            if spec.format is not None:
+                return datetime.strptime(value, spec.format).date()
+            return date.fromisoformat(value)
+        except ValueError as exc:
+            raise RecordError(spec.field, _expected("date", spec)) from exc
+    raise RecordError(spec.field, f"a {type(value).__name__} is not a date")
+
+
+def _to_datetime(value: object, spec: FieldSpec) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            if spec.format is not None:
+                return datetime.strptime(value, spec.format)
+            return datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise RecordError(spec.field, _expected("date-time", spec)) from exc
+    raise RecordError(spec.field, f"a {type(value).__name__} is not a date-time")
+
+
+def _expected(what: str, spec: FieldSpec) -> str:
+    return f"not a {what} in format {spec.format}" if spec.format else f"not an ISO 8601 {what}"
+
+
+_CONVERTERS: dict[str, Any] = {
+    "string": _to_string,
+    "decimal": _to_decimal,
+    "integer": _to_integer,
+    "date": _to_date,
+    "datetime": _to_datetime,
+}
+
+
+# --- records to events -----------------------------------------------------------------
+
+
+def row_values(row: Mapping[str, object], fields: Sequence[FieldSpec]) -> dict[str, object]:
+    """A database row (column -> value) keyed by canonical field, for :func:`map_record`.
+
+    Columns are matched exactly, then case-insensitively (SQL names are); a field
+    without ``column`` reads the column of its own name. Absent columns give None.
+    """
+    folded = {name.casefold(): value for name, value in row.items()}
+    found: dict[str, object] = {}
+    for spec in fields:
+        column = spec.column or spec.field
+        found[spec.field] = row[column] if column in row else folded.get(column.casefold())
+    return found
+
+
+def map_record(
+    values: Mapping[str, object],
+    mapping: RecordMapping,
+    ctx: TranslationContext,
+    *,
+    unit: str,
+    index: int,
+    locator: str,
+) -> list[CloudEvent]:
+    """The canonical events of one record (one event today; a list so targets may grow).
+
+    ``values`` are keyed by canonical field name. ``unit`` names the source (a
+    file's SHA-256, a table), ``index`` the record's position in it and
+    ``locator`` where it is for people (``"line 42"``, ``"row id=1234"``). Raises
+    :class:`TranslationError` whose reason names the locator and every bad field.
+    """
+    target = TARGETS[mapping.target]
+    converted: dict[str, Any] = {}
+    problems: list[RecordError] = []
+    for spec in mapping.fields:
+        try:
+            converted[spec.field] = _iso(convert(values.get(spec.field), spec), mapping.timezone)
+        except RecordError as exc:
+            problems.append(exc)
+    position = f"{unit}:{index}"
+    key = _record_key(converted, mapping.key) or position
+    found = converted.get(mapping.facility_field) if mapping.facility_field else None
+    facility = None if found is None else str(found)
+    found = converted.get(target.amount_field)
+    amount = found if isinstance(found, Decimal) else None
+    if problems:
+        reason = f"{locator}: " + "; ".join(str(p) for p in problems)
+        raise TranslationError(
+            reason, control_id=key, locator=f"{locator} {problems[0].field}", facility=facility, amount=amount
+        )
+    etype, data = target.build(converted, key, position)
+    envelope = {
+        "id": event_id(ctx.interface, unit, key, etype.name, 1),
+        "source": source_for(ctx.interface),
+        "type": etype.name,
+        "subject": key,
+        "time": ctx.received_iso,
+        "data": data,
+        "ficusinterface": ctx.interface,
+        "ficusfacility": facility or "",
+        "ficusmode": ctx.mode,
+        "ficusraw": ctx.raw_ref,
+        "ficuscorrelation": f"{unit}:{key}",
+    }
+    try:
+        event: CloudEvent = _CLASSES[etype.name].__pydantic_validator__.validate_python(envelope)
+    except ValidationError as exc:
+        # Messages only, never the input (pydantic's str() would echo it).
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
+        raise TranslationError(
+            f"{locator}: {where}", control_id=key, locator=locator, facility=facility, amount=amount
+        ) from exc
+    return [event]
+
+
+def _iso(value: object, tz: str) -> object:
+    """Dates and times as ISO 8601 (naive date-times are in the mapping's zone)."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=zone(tz))).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _record_key(values: Mapping[str, Any], key: Sequence[str]) -> str:
+    parts = ["" if values.get(k) is None else str(values[k]) for k in key]
+    return "|".join(parts) if any(parts) else ""
+
