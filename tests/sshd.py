@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -35,12 +35,27 @@ def _free_port() -> int:
         return port
 
 
-def _keygen(path: Path) -> None:
+def keygen(path: Path) -> None:
+    """A new passphrase-less ed25519 key pair at ``path`` and ``path.pub``."""
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ficus-test", "-f", str(path)],
         check=True,
         capture_output=True,
     )
+
+
+async def eventually(check: Callable[[], bool], timeout: float, interval: float = 0.005) -> None:
+    """Wait until ``check()`` is true; TimeoutError after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(interval)
+
+
+def names(directory: Path) -> list[str]:
+    """The sorted names in ``directory``."""
+    return sorted(path.name for path in directory.iterdir())
 
 
 def _children(pid: int) -> list[int]:
@@ -80,8 +95,8 @@ class SshServer:
 
     def start(self) -> None:
         """Generate keys, write the config, start sshd and wait for its banner."""
-        _keygen(self.host_key_path)
-        _keygen(self.user_key_path)
+        keygen(self.host_key_path)
+        keygen(self.user_key_path)
         shutil.copy(self.user_key_path.with_suffix(".pub"), self.base / "authorized_keys")
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         for _ in range(5):  # the free port can be taken between probe and bind
@@ -170,7 +185,7 @@ class SshServer:
 @pytest.fixture(name="sshd")
 async def sshd_fixture() -> AsyncIterator[SshServer]:
     """A started :class:`SshServer`, stopped after the test."""
-    if not SSHD.exists():
+    if not await asyncio.to_thread(SSHD.exists):
         pytest.skip(f"{SSHD} not found: install openssh-server to run the SFTP tests")
     with tempfile.TemporaryDirectory(prefix="ficus-sshd-") as tmp:
         server = SshServer(Path(tmp))

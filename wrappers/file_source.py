@@ -28,6 +28,8 @@ legacy delivery gets :func:`wrappers.sftp_poller.open_sftp` injected) can still 
 
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
@@ -45,6 +47,19 @@ class FileRef:
     size: int
     mtime: float
     """Seconds since the epoch, as the filesystem or server reports it (SFTP: whole seconds)."""
+
+
+def archive_names(name: str) -> Iterator[str]:
+    """Names to try in an archive dir, in order: ``a.txt``, ``a.1.txt``, ``a.2.txt``, ...
+
+    Files with the same name arrive day after day; an archive must never overwrite one.
+    """
+    yield name
+    stem, ext = posixpath.splitext(name)
+    n = 1
+    while True:
+        yield f"{stem}.{n}{ext}"
+        n += 1
 
 
 class FileSourceError(Exception):
