@@ -153,8 +153,11 @@ class FlatRecord:
 
 @dataclass(frozen=True, slots=True)
 class _Bad:
+    """An unreadable line: why, and a stand-in text that keeps CSV quoting intact."""
+
     line: int
     reason: str
+    text: str = "\n"
 
 
 class _Lines:
@@ -177,7 +180,10 @@ class _Lines:
             try:
                 text = raw.decode(self._encoding)
             except UnicodeDecodeError as exc:
-                yield _Bad(self.number, f"line {self.number}: not valid {self._encoding} at byte {exc.start + 1}")
+                # The replaced text still has its delimiters and quotes, so a bad line inside a
+                # quoted field fails that record only instead of leaving the quote open.
+                reason = f"line {self.number}: not valid {self._encoding} at byte {exc.start + 1}"
+                yield _Bad(self.number, reason, raw.decode(self._encoding, errors="replace"))
                 continue
             if self.number == 1 and self._bom:
                 text = text.removeprefix("\ufeff")
@@ -220,7 +226,7 @@ class _CsvReader:
         for item in source:
             if isinstance(item, _Bad):
                 self._bad.append(item)
-                yield "\n"  # a blank line keeps csv's view of lines aligned with ours
+                yield item.text
             else:
                 yield item
 
