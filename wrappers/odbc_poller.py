@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Protocol, Self, TypeVar
+from typing import Literal, Protocol, Self, TypeVar
 
 import pyodbc
 
@@ -43,6 +43,7 @@ from wrappers.watermark import (
     check_identifier,
     normalise_key,
     probe_sql,
+    repeats_checkpoint,
     select_incrementing,
     select_timestamp,
     timestamp_text,
@@ -77,6 +78,9 @@ class OdbcSettings:
     """"none" for databases without SQL:2008 OFFSET/FETCH (MySQL, SQL Server 2008)."""
     now_query: str = "SELECT CURRENT_TIMESTAMP"
     """The database's clock, for timestamp+key ("SELECT CURRENT_TIMESTAMP FROM DUAL" on Oracle)."""
+    timestamp_binding: Literal["auto", "datetime", "text"] = "auto"
+    """How timestamp watermarks are bound: "text" (``YYYY-MM-DD HH:MM:SS.ffffff``) for drivers
+    that drop fractional seconds of datetime parameters; "auto" picks text for MariaDB/MySQL."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("incrementing", "timestamp+key"):
@@ -158,14 +162,15 @@ class _Session:
         self.conn: pyodbc.Connection | None = None
         self.cursor: pyodbc.Cursor | None = None  # the running statement, for cancel()
 
-    def open(self) -> list[str]:
-        """Connect and return the query's output columns (lowercased)."""
+    def open(self) -> tuple[list[str], str]:
+        """Connect; return the query's output columns (lowercased) and the DBMS name."""
         login_timeout = max(1, round(self.settings.query_timeout))
         self.conn = pyodbc.connect(self.settings.connection_string, autocommit=True, timeout=login_timeout)
         # Not every driver supports a query timeout (psqlodbc refuses it): wait_for is the bound.
         with contextlib.suppress(pyodbc.Error):
             self.conn.timeout = login_timeout
-        return self._run(probe_sql(self.settings.query), [], 0)[0]
+        dbms = str(self.conn.getinfo(pyodbc.SQL_DBMS_NAME))
+        return self._run(probe_sql(self.settings.query), [], 0)[0], dbms
 
     def fetch(self, sql: str, params: list[object], limit: int) -> list[dict[str, object]]:
         names, rows = self._run(sql, params, limit)
@@ -232,7 +237,7 @@ class OdbcPoller:
         self.name = name
         self.settings = settings
         self._session: _Session | None = None
-        self._columns: list[str] = []
+        self._ts_as_text = settings.timestamp_binding == "text"
         self._gaps = GapTracker()
         self._backoff = _FIRST_BACKOFF
         self._connects = 0
@@ -321,7 +326,14 @@ class OdbcPoller:
             assert s.timestamp_column is not None
             upper = await self._call(session, session.now) - timedelta(seconds=s.safety_lag_seconds)
             sql, params = select_timestamp(
-                s.query, s.key_column, s.timestamp_column, checkpoint, upper, s.batch_size, s.limit_clause
+                s.query,
+                s.key_column,
+                s.timestamp_column,
+                checkpoint,
+                upper,
+                s.batch_size,
+                s.limit_clause,
+                self._ts_as_text,
             )
         rows = await self._call(session, session.fetch, sql, params, s.batch_size)
         self._last_poll_at = datetime.now(UTC)
@@ -331,6 +343,7 @@ class OdbcPoller:
         s = self.settings
         try:
             keys = [normalise_key(row[s.key_column.lower()]) for row in rows]
+            self._check_progress(keys, rows, checkpoint)
             if s.mode == "incrementing":
                 count = self._gaps.admit(keys, checkpoint.last_key, time.monotonic(), s.safety_lag_seconds)
                 rows, keys = rows[:count], keys[:count]
@@ -346,6 +359,19 @@ class OdbcPoller:
                 raise QueryError(self.name, f"column {s.timestamp_column!r}: {exc}") from None
         return Batch(rows=rows, keys=keys, checkpoint_after=Checkpoint(last_key=keys[-1], last_ts=last_ts))
 
+    def _check_progress(self, keys: list[Key], rows: list[dict[str, object]], checkpoint: Checkpoint) -> None:
+        """Refuse to go round in circles when the database returns the checkpoint's rows again."""
+        if not rows:
+            return
+        ts_column = self.settings.timestamp_column if self.settings.mode == "timestamp+key" else None
+        ts = rows[0][ts_column.lower()] if ts_column else None
+        if repeats_checkpoint(keys[0], ts, checkpoint):
+            raise QueryError(
+                self.name,
+                "rows at or before the checkpoint came back: a watermark parameter lost precision "
+                "on its way to the server (try timestamp_binding='text')",
+            )
+
     async def _mark(self, statement: str, keys: list[Key]) -> None:
         session = await self._ready()
         await self._call(session, session.mark, statement, keys)
@@ -356,12 +382,14 @@ class OdbcPoller:
             return self._session
         session = _Session(self.settings)
         try:
-            columns = await self._call(session, session.open)
+            columns, dbms = await self._call(session, session.open)
             self._check_columns(columns)
         except OdbcError:
             session.abandon()
             raise
-        self._session, self._columns = session, columns
+        self._session = session
+        if self.settings.timestamp_binding == "auto":
+            self._ts_as_text = dbms.lower().startswith(("mariadb", "mysql"))
         self._connects += 1
         self._last_error = None
         logger.info("odbc %s: connected (connection %d)", self.name, self._connects)
@@ -371,9 +399,7 @@ class OdbcPoller:
         wanted = [self.settings.key_column, self.settings.timestamp_column]
         for column in filter(None, wanted):
             if column.lower() not in columns:
-                raise QueryError(
-                    self.name, f"column {column!r} is not among the query's output columns {columns}"
-                )
+                raise QueryError(self.name, f"column {column!r} is not among the query's output columns {columns}")
 
     async def _call(self, session: _Session, fn: Callable[..., T], *args: object) -> T:
         """Run ``fn`` on the session's thread within query_timeout; translate driver errors."""

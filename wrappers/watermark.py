@@ -137,24 +137,51 @@ def select_timestamp(
     upper: datetime,
     limit: int,
     limit_clause: LimitClause,
+    ts_as_text: bool = False,
 ) -> tuple[str, list[object]]:
     """SQL and parameters for rows after (last_ts, last_key) with ts <= ``upper``.
 
     ``ts >= ?`` comes first so that an index on ts starts its range at the watermark;
-    the OR then drops the rows of the last timestamp already emitted.
+    the OR then drops the rows of the last timestamp already emitted. ``ts_as_text``
+    binds timestamps as ``YYYY-MM-DD HH:MM:SS.ffffff`` text, for drivers that drop the
+    fraction of datetime parameters (MariaDB Connector/ODBC 3.1 does).
     """
     params: list[object] = []
     where = f"{ts} <= ?"
     if checkpoint.last_ts is not None:
-        last_ts = datetime.fromisoformat(checkpoint.last_ts)
+        last_ts: object = _bindable(datetime.fromisoformat(checkpoint.last_ts), ts_as_text)
         if checkpoint.last_key is None:
             where = f"{ts} > ? AND {where}"
             params = [last_ts]
         else:
             where = f"{ts} >= ? AND ({ts} > ? OR {key} > ?) AND {where}"
             params = [last_ts, last_ts, checkpoint.last_key]
-    params.append(upper)
+    params.append(_bindable(upper, ts_as_text))
     return f"{wrap(query)} WHERE {where} ORDER BY {ts}, {key}{_limit(limit, limit_clause)}", params
+
+
+def _bindable(value: datetime, as_text: bool) -> object:
+    return value.isoformat(sep=" ", timespec="microseconds") if as_text else value
+
+
+def repeats_checkpoint(key: Key, ts: object, checkpoint: Checkpoint) -> bool:
+    """True when a row read back is at or before ``checkpoint``: a watermark parameter
+    lost precision on its way to the server, and reading would go round in circles.
+
+    ``ts`` is None in incrementing mode. Only what Python can compare is checked
+    (string keys by equality only, since collations differ).
+    """
+    last_key = checkpoint.last_key
+    if ts is None:
+        if isinstance(key, int) and isinstance(last_key, int):
+            return key <= last_key
+        return last_key is not None and key == last_key
+    if checkpoint.last_ts is None or not isinstance(ts, datetime):
+        return False
+    last_ts = datetime.fromisoformat(checkpoint.last_ts)
+    if (ts.tzinfo is None) != (last_ts.tzinfo is None):
+        return False
+    return ts < last_ts or (ts == last_ts and key == last_key)
 
 
 def _limit(limit: int, limit_clause: LimitClause) -> str:
