@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -170,11 +171,12 @@ def convert(value: object, spec: FieldSpec) -> object:
     if isinstance(value, str):
         value = value.strip()
     if value is None or value == "":
-        if spec.default is not None:
-            return convert(spec.default, spec.model_copy(update={"default": None}))
-        if spec.required:
+        if spec.default is not None and spec.default.strip():
+            value = spec.default.strip()
+        elif spec.required:
             raise RecordError(spec.field, "missing")
-        return None
+        else:
+            return None
     if isinstance(value, bool):  # a subclass of int, never what a mapping means
         raise RecordError(spec.field, f"a boolean is not a {spec.type}")
     return _CONVERTERS[spec.type](value, spec)
@@ -232,9 +234,7 @@ def _to_date(value: object, spec: FieldSpec) -> date:
         return value
     if isinstance(value, str):
         try:
-            if spec.format is not None:
-                return datetime.strptime(value, spec.format).date()
-            return date.fromisoformat(value)
+            return _parse_date(value, spec.format)
         except ValueError as exc:
             raise RecordError(spec.field, _expected("date", spec)) from exc
     raise RecordError(spec.field, f"a {type(value).__name__} is not a date")
@@ -245,12 +245,22 @@ def _to_datetime(value: object, spec: FieldSpec) -> datetime:
         return value
     if isinstance(value, str):
         try:
-            if spec.format is not None:
-                return datetime.strptime(value, spec.format)
-            return datetime.fromisoformat(value)
+            return _parse_datetime(value, spec.format)
         except ValueError as exc:
             raise RecordError(spec.field, _expected("date-time", spec)) from exc
     raise RecordError(spec.field, f"a {type(value).__name__} is not a date-time")
+
+
+# Cached: strptime is the slowest step of a record, and an export repeats a few dates
+# (service, posting) on every line. Values are immutable, so sharing them is safe.
+@lru_cache(maxsize=4096)
+def _parse_date(value: str, fmt: str | None) -> date:
+    return date.fromisoformat(value) if fmt is None else datetime.strptime(value, fmt).date()
+
+
+@lru_cache(maxsize=4096)
+def _parse_datetime(value: str, fmt: str | None) -> datetime:
+    return datetime.fromisoformat(value) if fmt is None else datetime.strptime(value, fmt)
 
 
 def _expected(what: str, spec: FieldSpec) -> str:
