@@ -53,7 +53,7 @@ async def test_scan_and_fetch_byte_identical(sshd: SshServer, inbox: Path, tmp_p
     (inbox / "a.hl7").write_bytes(os.urandom(300_000) + b"\r\n\x00end")
     (inbox / "ignored.csv").write_bytes(b"x")
     (inbox / ".a.hl7.part").write_bytes(b"partial")
-    poller = SftpPoller(settings_for(sshd, inbox), CompletenessRule(mode="rename"))
+    poller = SftpPoller("in", settings_for(sshd, inbox), CompletenessRule(mode="rename"))
     try:
         refs = await poller.scan()
         assert [r.name for r in refs] == ["a.hl7"]
@@ -82,7 +82,7 @@ async def test_slow_sftp_upload_is_not_returned_before_complete(sshd: SshServer,
             done.set()
             transport.close()
 
-    poller = SftpPoller(settings_for(sshd, inbox), CompletenessRule(mode="stable", stable_seconds=1.5))
+    poller = SftpPoller("in", settings_for(sshd, inbox), CompletenessRule(mode="stable", stable_seconds=1.5))
     uploader = asyncio.create_task(asyncio.to_thread(upload))
     try:
         async with asyncio.timeout(20):
@@ -108,7 +108,7 @@ async def test_unknown_and_changed_host_keys_are_rejected(sshd: SshServer, inbox
     empty = tmp_path / "known_hosts_empty"
     empty.write_text("")
     for known_hosts, known in ((changed, True), (empty, False)):
-        poller = SftpPoller(settings_for(sshd, inbox, known_hosts_path=str(known_hosts)), CompletenessRule())
+        poller = SftpPoller("in", settings_for(sshd, inbox, known_hosts_path=str(known_hosts)), CompletenessRule())
         with pytest.raises(HostKeyRejected) as caught:
             await poller.scan()
         assert caught.value.known is known
@@ -120,7 +120,7 @@ async def test_unknown_and_changed_host_keys_are_rejected(sshd: SshServer, inbox
 async def test_paused_server_mid_download_then_resume(sshd: SshServer, inbox: Path, tmp_path: Path) -> None:
     (inbox / "big.dat").write_bytes(os.urandom(24 * 1024 * 1024))
     settings = settings_for(sshd, inbox, operation_timeout=2, max_prefetch_requests=1)
-    poller = SftpPoller(settings, CompletenessRule(mode="rename"))
+    poller = SftpPoller("in", settings, CompletenessRule(mode="rename"))
     spool = tmp_path / "spool"
     spool.mkdir()
     temp = spool / ".big.dat.ficus-tmp"
@@ -155,7 +155,7 @@ async def test_finish_archive_delete_leave_with_markers(sshd: SshServer, inbox: 
         (inbox / f"{name}.done").write_bytes(b"")
     (inbox / "archive").mkdir()
     (inbox / "archive" / "a.hl7").write_bytes(b"yesterday's a.hl7")
-    poller = SftpPoller(settings_for(sshd, inbox), CompletenessRule(mode="marker"))
+    poller = SftpPoller("in", settings_for(sshd, inbox), CompletenessRule(mode="marker"))
     try:
         a, b, c = await poller.scan()
         await poller.finish(a, "archive", "archive")
@@ -173,7 +173,7 @@ async def test_archive_into_missing_absolute_dir(sshd: SshServer, inbox: Path) -
     (inbox / "a.hl7").write_bytes(b"a")
     target = sshd.root / "elsewhere" / "archive"
     (sshd.root / "elsewhere").mkdir()
-    poller = SftpPoller(settings_for(sshd, inbox), CompletenessRule(mode="rename"))
+    poller = SftpPoller("in", settings_for(sshd, inbox), CompletenessRule(mode="rename"))
     try:
         [a] = await poller.scan()
         await poller.finish(a, "archive", str(target))
@@ -185,7 +185,7 @@ async def test_archive_into_missing_absolute_dir(sshd: SshServer, inbox: Path) -
 async def test_connection_refused_is_unavailable_with_backoff(sshd: SshServer, inbox: Path) -> None:
     settings = settings_for(sshd, inbox)
     sshd.stop()
-    poller = SftpPoller(settings, CompletenessRule())
+    poller = SftpPoller("in", settings, CompletenessRule())
     with pytest.raises(SourceUnavailable, match="connect"):
         await poller.scan()
     with pytest.raises(SourceUnavailable, match="reconnect in"):

@@ -65,7 +65,7 @@ class SftpSettings:
     known_hosts_path: str
     """Pinned known_hosts (OpenSSH format, hashed names allowed): required."""
     remote_dir: str
-    patterns: tuple[str, ...]
+    patterns: Sequence[str]
     connect_timeout: float = 10
     """TCP connect, SSH banner, key exchange and authentication, each."""
     operation_timeout: float = 30
@@ -197,6 +197,7 @@ class SftpPoller:
 
     def __init__(
         self,
+        name: str,
         settings: SftpSettings,
         rule: CompletenessRule,
         *,
@@ -205,7 +206,7 @@ class SftpPoller:
     ) -> None:
         """Configure; nothing connects until the first :meth:`scan`."""
         self.settings = settings
-        self.name = settings.label
+        self.name = name
         self._tracker = CompletenessTracker(rule, settings.patterns, clock)
         self._poll_seconds = poll_seconds
         self._lock = asyncio.Lock()  # one paramiko operation at a time per session

@@ -1,0 +1,152 @@
+"""Folder source on real files: start-up scan, slow writers, markers, renames, wake-ups,
+archive/delete/leave."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.sshd import names
+from wrappers.completeness import CompletenessRule
+from wrappers.file_source import FileChanged, FileSourceError
+from wrappers.folder_watcher import FolderWatcher
+
+MakeWatcher = Callable[..., FolderWatcher]
+
+
+@pytest.fixture
+async def make_watcher(tmp_path: Path) -> AsyncIterator[MakeWatcher]:
+    made: list[FolderWatcher] = []
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+
+    def make(mode: str = "rename", patterns: tuple[str, ...] = ("*.hl7",), **kw: float) -> FolderWatcher:
+        rule = CompletenessRule(mode=mode, **kw)  # type: ignore[arg-type]
+        watcher = FolderWatcher("in", inbox, patterns, rule, poll_seconds=kw.get("poll", 30))
+        made.append(watcher)
+        return watcher
+
+    yield make
+    for watcher in made:
+        await watcher.close()
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.rglob("*")}
+
+
+async def test_startup_scan_finds_files_that_arrived_while_down(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher()
+    (watcher.directory / "b.hl7").write_bytes(b"b")
+    (watcher.directory / "a.hl7").write_bytes(b"a")
+    os.utime(watcher.directory / "a.hl7", (1, 1))  # older: comes first
+    (watcher.directory / "notes.txt").write_bytes(b"x")
+    refs = await watcher.scan()
+    assert [r.name for r in refs] == ["a.hl7", "b.hl7"]
+    assert await watcher.fetch(refs[0], Path("/nonexistent-spool")) == watcher.directory / "a.hl7"
+
+
+async def test_file_written_slowly_is_not_returned_before_complete(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher("stable", stable_seconds=1)
+    done = threading.Event()
+
+    def write_slowly() -> None:
+        with (watcher.directory / "slow.hl7").open("wb") as out:
+            for _ in range(10):
+                out.write(b"x" * 1000)
+                out.flush()
+                time.sleep(0.2)
+        done.set()
+
+    writer = asyncio.create_task(asyncio.to_thread(write_slowly))
+    async with asyncio.timeout(20):
+        while not done.is_set():
+            assert await watcher.scan() == []
+            await asyncio.sleep(0.05)
+        await writer
+        while not (refs := await watcher.scan()):
+            await watcher.wait()  # wakes when the settling file may be stable (poll is 30 s)
+    assert [(r.name, r.size) for r in refs] == [("slow.hl7", 10_000)]
+
+
+async def test_marker_mode_and_archive_moves_the_marker_too(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher("marker")
+    inbox = watcher.directory
+    (inbox / "a.hl7").write_bytes(b"a")
+    assert await watcher.scan() == []
+    (inbox / "a.hl7.done").write_bytes(b"")
+    [ref] = await watcher.scan()
+    (inbox / "archive").mkdir()
+    (inbox / "archive" / "a.hl7").write_bytes(b"older a")
+    await watcher.finish(ref, "archive", "archive")
+    assert names(inbox) == ["archive"]
+    assert names(inbox / "archive") == ["a.1.hl7", "a.hl7", "a.hl7.done"]
+    assert (inbox / "archive" / "a.1.hl7").read_bytes() == b"a"
+
+
+async def test_rename_mode_ignores_the_temp_name(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher("rename")
+    temp = watcher.directory / ".a.hl7.tmp"
+    temp.write_bytes(b"half")
+    assert await watcher.scan() == []
+    temp.rename(watcher.directory / "a.hl7")
+    assert [r.name for r in await watcher.scan()] == ["a.hl7"]
+
+
+async def test_wait_wakes_on_a_new_file(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher("rename")
+    assert await watcher.scan() == []
+    waiter = asyncio.create_task(watcher.wait())  # poll interval 30 s
+    await asyncio.sleep(0.2)
+    (watcher.directory / "a.hl7").write_bytes(b"a")
+    await asyncio.wait_for(waiter, 5)
+    assert [r.name for r in await watcher.scan()] == ["a.hl7"]
+
+
+async def test_delete_removes_file_and_marker(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher("marker")
+    (watcher.directory / "a.hl7").write_bytes(b"a")
+    (watcher.directory / "a.hl7.done").write_bytes(b"")
+    [ref] = await watcher.scan()
+    await watcher.finish(ref, "delete", None)
+    assert names(watcher.directory) == []
+
+
+async def test_leave_modifies_nothing_and_is_not_emitted_again(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher("marker")
+    (watcher.directory / "a.hl7").write_bytes(b"a")
+    (watcher.directory / "a.hl7.done").write_bytes(b"")
+    before = snapshot(watcher.directory)
+    [ref] = await watcher.scan()
+    path = await watcher.fetch(ref, watcher.directory.parent)
+    assert path.read_bytes() == b"a"
+    await watcher.finish(ref, "leave", None)
+    assert snapshot(watcher.directory) == before
+    assert await watcher.scan() == []
+    (watcher.directory / "a.hl7").write_bytes(b"a new day")  # rewritten: a new file
+    assert [r.size for r in await watcher.scan()] == [9]
+
+
+async def test_failed_finish_raises_and_is_not_emitted_again(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher("rename")
+    (watcher.directory / "a.hl7").write_bytes(b"a")
+    (watcher.directory / "archive").write_bytes(b"a file where the archive dir should be")
+    [ref] = await watcher.scan()
+    with pytest.raises(FileSourceError, match=r"a\.hl7"):
+        await watcher.finish(ref, "archive", "archive")
+    assert await watcher.scan() == []
+
+
+async def test_fetch_of_a_changed_file(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher("rename")
+    (watcher.directory / "a.hl7").write_bytes(b"a")
+    [ref] = await watcher.scan()
+    (watcher.directory / "a.hl7").write_bytes(b"longer now")
+    with pytest.raises(FileChanged):
+        await watcher.fetch(ref, watcher.directory)
