@@ -16,9 +16,9 @@ class FakeClock:
         return self.now
 
 
-def tracker(mode: str = "stable", patterns: tuple[str, ...] = ("*.hl7",), **kw: float | str) -> tuple[
-    CompletenessTracker, FakeClock
-]:
+def tracker(
+    mode: str = "stable", patterns: tuple[str, ...] = ("*.hl7",), **kw: float | str
+) -> tuple[CompletenessTracker, FakeClock]:
     clock = FakeClock()
     rule = CompletenessRule(mode=mode, **kw)  # type: ignore[arg-type]
     return CompletenessTracker(rule, patterns, clock), clock
