@@ -7,7 +7,6 @@ configured (allowed only on a loopback listener) the API is open.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 import time
@@ -83,16 +82,17 @@ def interface_view(svc: Service, name: str) -> dict[str, Any]:
     assert svc.routes is not None
     route = svc.routes.get(name)
     st = running.stats
+    cfg = running.cfg
     return {
-        "name": name, "kind": running.cfg.kind, "format": running.cfg.format,
-        "mapping": running.cfg.mapping, "listen": running.address, "legacy": running.cfg.legacy,
+        "name": name, "kind": cfg.kind, "format": cfg.format,
+        "mapping": getattr(cfg, "mapping", None) if cfg.kind == "hl7-mllp" else cfg.format,
+        "address": running.address(), "legacy": cfg.legacy,
         "route": route.mode, "facilities": route.facilities,
-        "counts": {k: v for k, v in st.as_dict().items()
-                   if isinstance(v, int) and not isinstance(v, bool)},
+        "counts": {k: v for k, v in st.as_dict().items() if isinstance(v, int) and not isinstance(v, bool)},
         "last_message_at": st.last_message_at, "last_error": st.last_error,
         "last_error_at": st.last_error_at,
         "lag": {"shadow_backlog": st.shadow_backlog, "in_flight": st.in_flight},
-        "listener": dataclasses.asdict(running.listener.stats),
+        **running.details(),
     }
 
 

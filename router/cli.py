@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from router.client import ApiClient, ApiError
-from router.config import MODES, ConfigError, FicusConfig, load_config
+from router.config import MODES, ConfigError, FicusConfig, MllpInterfaceConfig, load_config
 
 log = logging.getLogger("ficus")
 
@@ -76,18 +76,26 @@ def cmd_translate(args: argparse.Namespace) -> int:
     reference = None
     encoding: str = "utf-8"
     fallback: str | None = "windows-1252"
+    flat = None
+    fmt = args.format
     if args.interface:
         if not args.config:
             raise ConfigError("ficus translate", ["--interface needs -c CONFIG"])
         cfg = load_config(args.config)
         icfg = cfg.interface(args.interface)
-        mapping, tz = icfg.mapping, icfg.timezone
+        tz = icfg.timezone
         if cfg.reference.paths():
             reference = ReferenceStore(cfg.reference.paths()).data
-        encoding, fallback = icfg.encoding, icfg.fallback_encoding
+        if isinstance(icfg, MllpInterfaceConfig):
+            mapping, encoding, fallback = icfg.mapping, icfg.encoding, icfg.fallback_encoding
+        else:
+            fmt, flat = fmt or icfg.format, icfg.flat
+    if fmt in ("csv", "fixed-width") and flat is None:
+        raise ConfigError("ficus translate", [f"--format {fmt} needs -c CONFIG --interface IFACE (its layout)"])
     failed = translate_files(
-        [Path(f) for f in args.files], fmt=args.format, mapping=mapping, interface=args.interface or "offline",
+        [Path(f) for f in args.files], fmt=fmt, mapping=mapping, interface=args.interface or "offline",
         timezone=tz, encoding=encoding, fallback=fallback, out=sys.stdout, err=sys.stderr, reference=reference,
+        flat=flat,
     )
     return 1 if failed else 0
 
@@ -169,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("translate", help="translate files offline (no NATS)")
     p.add_argument("files", nargs="+")
-    p.add_argument("--format", choices=["hl7v2", "x12-835"], default=None,
+    p.add_argument("--format", choices=["hl7v2", "x12-835", "csv", "fixed-width"], default=None,
                    help="default: detected per file (ISA/ST first: x12-835)")
     p.add_argument("-c", "--config")
     p.add_argument("--interface")

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from canonical.flat import FlatSpec
 from canonical.reference import validate_tables
 from canonical.translate import check_mapping
 
@@ -227,7 +228,89 @@ class ReferenceConfig(_Model):
         return {name: Path(self.base_dir) / value for name, value in tables.items() if value}
 
 
-InterfaceConfig = Annotated[MllpInterfaceConfig, Field(discriminator="kind")]
+class SftpConfig(_Model):
+    """An SFTP server: a pinned known_hosts is required (unknown host keys are refused)."""
+
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    password: str | None = None
+    private_key: str | None = None
+    private_key_passphrase: str | None = None
+    known_hosts: str
+    connect_timeout_seconds: float = Field(default=10, gt=0)
+    operation_timeout_seconds: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _auth(self) -> SftpConfig:
+        if self.password is None and self.private_key is None:
+            raise ValueError("give password or private_key (env: allowed)")
+        return self
+
+
+class FileInterfaceBase(InterfaceBase):
+    """What folder and SFTP interfaces share: which files, when complete, what then."""
+
+    path: str
+    patterns: list[str] = ["*"]
+    poll_seconds: float = Field(default=5, gt=0)
+    complete: Literal["stable", "marker", "rename"] = "stable"
+    stable_seconds: float = Field(default=10, ge=0)
+    marker_suffix: str = ".done"
+    format: Literal["csv", "fixed-width", "x12-835"]
+    flat: FlatSpec | None = None
+    after: Literal["archive", "delete", "leave"] = "archive"
+    archive_dir: str | None = None
+    # "in-place", a local directory, or sftp://host[:port]/dir (with legacy_sftp settings).
+    legacy: str | None = Field(default=None, validate_default=True)
+    legacy_sftp: SftpConfig | None = None
+    dedupe_content: bool = True
+    spool_dir: str | None = None
+
+    @field_validator("legacy")
+    @classmethod
+    def _legacy(cls, value: str | None, info: ValidationInfo) -> str | None:
+        route = info.data.get("route", "legacy")
+        if value is None and route in ("legacy", "shadow"):
+            raise ValueError(f"route {route!r} needs a legacy destination (key 'legacy')")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FileInterfaceBase:
+        problems = []
+        if self.format in ("csv", "fixed-width") and self.flat is None:
+            problems.append(f"format {self.format!r} needs a [interfaces.flat] layout and mapping")
+        if self.flat is not None and self.flat.layout.kind != self.format:
+            problems.append(f"flat.layout.kind {self.flat.layout.kind!r} is not the format {self.format!r}")
+        if self.after == "archive" and not self.archive_dir:
+            problems.append("after = 'archive' needs archive_dir")
+        if self.legacy == "in-place" and self.after != "leave":
+            problems.append("legacy = 'in-place' (the legacy consumer reads the source) needs after = 'leave'")
+        if self.legacy and self.legacy.startswith("sftp://") and self.legacy_sftp is None:
+            problems.append("an sftp:// legacy destination needs [interfaces.legacy_sftp]")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+
+class FolderInterfaceConfig(FileInterfaceBase):
+    """A local drop directory (watchdog, with a scan at start-up)."""
+
+    kind: Literal["folder"]
+
+
+class SftpInterfaceConfig(FileInterfaceBase):
+    """A remote directory polled over SFTP."""
+
+    kind: Literal["sftp"]
+    sftp: SftpConfig
+
+
+FileInterfaceConfig = FolderInterfaceConfig | SftpInterfaceConfig
+InterfaceConfig = Annotated[
+    MllpInterfaceConfig | FolderInterfaceConfig | SftpInterfaceConfig, Field(discriminator="kind")
+]
 
 
 class FicusConfig(_Model):
@@ -248,6 +331,8 @@ class FicusConfig(_Model):
             if iface.name in seen:
                 raise ValueError(f"interface name {iface.name!r} is used twice")
             seen.add(iface.name)
+            if not isinstance(iface, MllpInterfaceConfig):
+                continue
             hp = iface.listen_host_port
             if hp[1] and hp in listens:
                 raise ValueError(f"{iface.name!r} listens on {iface.listen}, as {listens[hp]!r} does")
@@ -290,7 +375,7 @@ def _location(loc: Iterable[int | str], raw: dict[str, Any]) -> str:
             parts.append(f"interfaces[{name or idx}]")
             i += 2
             # The discriminated union adds the kind as a location step; it says nothing.
-            if i < len(items) and isinstance(items[i], str) and items[i] in ("hl7-mllp",):
+            if i < len(items) and isinstance(items[i], str) and items[i] in ("hl7-mllp", "folder", "sftp"):
                 i += 1
             continue
         parts.append(str(item))

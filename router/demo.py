@@ -87,10 +87,10 @@ async def run_demo(duration: float | None = None, state_dir: str | None = None) 
             await svc.store.nc.subscribe("shadow.canonical.>", cb=_async(_show))
             print(_banner(svc, engine.port), flush=True)
             feeds = [
-                asyncio.create_task(_his("adt", svc.interfaces["his-adt"].listener.port,
+                asyncio.create_task(_his("adt", _port(svc, "his-adt"),
                                          lambda s: simulate.adt(s, random.choice(["A01", "A03", "A08"])),
                                          1.0, stop)),
-                asyncio.create_task(_his("charges", svc.interfaces["his-charges"].listener.port,
+                asyncio.create_task(_his("charges", _port(svc, "his-charges"),
                                          lambda s: simulate.dft(s, lines=3), 0.7, stop)),
                 asyncio.create_task(_flip_later(svc.api_url or "", stop)),
             ]
@@ -102,6 +102,12 @@ async def run_demo(duration: float | None = None, state_dir: str | None = None) 
             await asyncio.gather(*feeds, return_exceptions=True)
             print(f"ficus demo: stopping; the legacy engine received {len(engine.received)} messages",
                   flush=True)
+
+
+def _port(svc: Service, name: str) -> int:
+    listener = svc.interfaces[name].listener
+    assert listener is not None
+    return listener.port
 
 
 def _async(fn: Any) -> Any:

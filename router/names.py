@@ -19,6 +19,9 @@ SUBJECTS_DLQ = "dlq.>"
 SUBJECTS_AUDIT = "ficus.audit.>"
 
 KV_ROUTES = "ficus-routes"
+KV_FILES = "ficus-files"
+KV_CHECKPOINTS = "ficus-checkpoints"
+OBJ_RAW_FILES = "ficus-raw-files"
 
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_INTERFACE = "Ficus-Interface"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TextIO
 from canonical.enrich import enrich
 from canonical.envelope import CloudEvent
 from canonical.errors import CanonicalError, TranslationError
+from canonical.flat import FlatSpec, LayoutError, translate_flat
 from canonical.hl7v2.batch import split_batch
 from canonical.reference import ReferenceData
 from canonical.translate import TranslationContext, translate_hl7
@@ -49,9 +51,37 @@ def translate_x12(path: Path, interface: str, timezone: str, out: TextIO, err: T
     return failed
 
 
+def translate_flat_file(path: Path, flat: FlatSpec, interface: str, timezone: str, out: TextIO, err: TextIO,
+                        reference: ReferenceData | None = None) -> int:
+    """A CSV or fixed-width file: one line of JSON per event, one per bad record on `err`."""
+    ctx = TranslationContext(interface, "live", f"file://{path.resolve()}", datetime.now(UTC), timezone)
+    failed = 0
+    unit = hashlib.sha256(path.read_bytes()).hexdigest()
+    with path.open("rb") as stream:
+        try:
+            for outcome in translate_flat(stream, flat, ctx, unit=unit):
+                error, events = outcome.error, outcome.events
+                if error is None and reference:
+                    try:
+                        events = enrich(events, reference)
+                    except TranslationError as exc:
+                        error = exc
+                if error is not None:
+                    failed += 1
+                    err.write(json.dumps({"file": str(path), "line": outcome.line, "reason": error.reason}) + "\n")
+                    continue
+                for event in events:
+                    out.write(event.to_json().decode() + "\n")
+        except LayoutError as exc:
+            err.write(json.dumps({"file": str(path), "line": None, "reason": exc.reason}) + "\n")
+            return failed + 1
+    return failed
+
+
 def translate_files(
     files: list[Path], *, fmt: str, mapping: str, interface: str, timezone: str,
     encoding: str, fallback: str | None, out: TextIO, err: TextIO, reference: ReferenceData | None = None,
+    flat: FlatSpec | None = None,
 ) -> int:
     """Writes events as JSON lines to `out`, dead letters to `err`; returns how many failed.
 
@@ -64,6 +94,9 @@ def translate_files(
         except OSError as exc:
             err.write(f"{path}: cannot read: {exc.strerror}\n")
             failed += 1
+            continue
+        if fmt in ("csv", "fixed-width") and flat is not None:
+            failed += translate_flat_file(path, flat, interface, timezone, out, err, reference)
             continue
         if (fmt or detect_format(data)) == "x12-835":
             failed += translate_x12(path, interface, timezone, out, err, reference)

@@ -12,69 +12,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from aiohttp import web
 
 from canonical.reference import ReferenceStore
-from legacy.mllp_sender import MllpSender
-from router.config import FicusConfig, MllpInterfaceConfig
+from router.config import FicusConfig
 from router.embedded_nats import EmbeddedNats
-from router.mllp_pipeline import MllpPipeline
+from router.interfaces import Deps, RunningInterface
+from router.interfaces import start as start_interface
 from router.routes import RouteTable
-from router.stats import InterfaceStats
 from router.store import Store, connect
-from wrappers.mllp_listener import MllpListener
 
 log = logging.getLogger("ficus.service")
-
-
-@dataclass
-class RunningInterface:
-    """One interface as running: its config, counters and the parts to close, in order."""
-
-    cfg: MllpInterfaceConfig
-    stats: InterfaceStats
-    pipeline: MllpPipeline
-    listener: MllpListener
-    legacy: MllpSender | None
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-
-    @property
-    def address(self) -> str:
-        host, _ = self.cfg.listen_host_port
-        return f"{host}:{self.listener.port}"
-
-
-async def start_mllp(
-    cfg: MllpInterfaceConfig, store: Store, routes: RouteTable, reference: ReferenceStore | None
-) -> RunningInterface:
-    """Builds and starts an hl7-mllp interface."""
-    stats = InterfaceStats()
-    legacy: MllpSender | None = None
-    hp = cfg.legacy_host_port
-    if hp is not None:
-        legacy = MllpSender(
-            cfg.name, hp[0], hp[1], connections=cfg.legacy_connections,
-            connect_timeout=cfg.legacy_connect_timeout_seconds,
-            ack_timeout=cfg.legacy_ack_timeout_seconds, max_message_bytes=cfg.max_message_bytes,
-        )
-        await legacy.__aenter__()
-    pipeline = MllpPipeline(cfg, store, routes, legacy, stats, reference=reference)
-    host, port = cfg.listen_host_port
-    listener = MllpListener(
-        cfg.name, host, port, pipeline, max_message_bytes=cfg.max_message_bytes,
-        idle_timeout=cfg.idle_timeout_seconds, on_oversize=pipeline.on_oversize,
-    )
-    await listener.__aenter__()
-    return RunningInterface(cfg, stats, pipeline, listener, legacy)
-
-
-# The explicit registry from a config `kind` to what starts it.
-STARTERS = {"hl7-mllp": start_mllp}
 
 
 class Service:
@@ -115,10 +66,11 @@ class Service:
         if paths:
             self.reference = ReferenceStore(paths)
             self._tasks.append(asyncio.create_task(self._reload_reference(), name="reference-reload"))
+        deps = Deps(self.store, self.routes, self.reference, Path(self.cfg.state_dir))
         for icfg in self.cfg.interfaces:
-            self.interfaces[icfg.name] = await STARTERS[icfg.kind](icfg, self.store, self.routes, self.reference)
-            log.info("interface %s (%s) listening on %s, route %s", icfg.name, icfg.kind,
-                     self.interfaces[icfg.name].address, self.routes.mode_for(icfg.name))
+            self.interfaces[icfg.name] = await start_interface(icfg, deps)
+            log.info("interface %s (%s) on %s, route %s", icfg.name, icfg.kind,
+                     self.interfaces[icfg.name].address(), self.routes.mode_for(icfg.name))
         if self.with_api:
             await self._start_api()
 
@@ -148,11 +100,9 @@ class Service:
         for task in self._tasks:
             task.cancel()
         for running in self.interfaces.values():
-            await running.listener.close()
+            await running.stop_intake()
         for running in self.interfaces.values():
-            await running.pipeline.drain()
-            if running.legacy is not None:
-                await running.legacy.close()
+            await running.finish()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.routes is not None:
@@ -172,8 +122,8 @@ class Service:
         if self.store is None or not self.store.connected:
             problems.append("NATS not connected")
         for name, running in self.interfaces.items():
-            if running.listener.port == 0:
-                problems.append(f"{name} not listening")
+            if not running.ready():
+                problems.append(f"{name} not running")
         return not problems, problems
 
     async def __aenter__(self) -> Service:

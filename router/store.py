@@ -23,12 +23,14 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from router import names
 from router.config import NatsConfig
@@ -146,6 +148,14 @@ class Store:
                 KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE,
                                replicas=self.cfg.replicas)
             )
+
+    async def object_store(self, bucket: str) -> ObjectStore:
+        """An object store bucket (whole raw files), created on first use."""
+        try:
+            return await self.js.object_store(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return await self.js.create_object_store(
+                bucket, config=ObjectStoreConfig(bucket=bucket, storage=StorageType.FILE, replicas=self.cfg.replicas))
 
     async def publish(self, items: Sequence[Outgoing]) -> list[PubAck]:
         """Stores all items; returns their acks in order or raises StoreUnavailable."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 
 from router.config import FicusConfig, parse_config
@@ -49,7 +50,8 @@ def make_config(nats_url: str, interfaces: list[dict[str, Any]], **top: Any) -> 
     """A config on loopback with free ports: listeners and API on port 0."""
     ifaces = []
     for iface in interfaces:
-        merged = {"kind": "hl7-mllp", "listen": "127.0.0.1:0", **iface}
+        kind = iface.get("kind", "hl7-mllp")
+        merged = {"kind": kind, **({"listen": "127.0.0.1:0"} if kind == "hl7-mllp" else {}), **iface}
         ifaces.append(merged)
     data: dict[str, Any] = {
         "state_dir": str(top.pop("state_dir", "/tmp/ficus-test-state")),
@@ -81,7 +83,10 @@ async def stream_count(url: str, stream: str, subject: str | None = None) -> int
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        info = await js.stream_info(stream, subjects_filter=subject) if subject else await js.stream_info(stream)
+        try:
+            info = await js.stream_info(stream, subjects_filter=subject) if subject else await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return 0
         if subject:
             return int((info.state.subjects or {}).get(subject, 0))
         return int(info.state.messages)

@@ -1,0 +1,168 @@
+"""Building each kind of interface from its config: the explicit registry `STARTERS`.
+
+Each starter wires a wrapper (intake), the legacy path and a pipeline, starts them, and
+returns a `RunningInterface` whose `stop_intake` and `finish` the service calls in that
+order at shutdown: first no new work, then the work in flight completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from canonical.reference import ReferenceStore
+from legacy.file_delivery import FolderDelivery, InPlaceDelivery, SftpDelivery
+from legacy.mllp_sender import MllpSender
+from router import names
+from router.config import FileInterfaceConfig, InterfaceConfig, MllpInterfaceConfig, SftpConfig
+from router.file_pipeline import Delivery, FilePipeline
+from router.manifest import Manifest
+from router.mllp_pipeline import MllpPipeline
+from router.routes import RouteTable
+from router.stats import InterfaceStats
+from router.store import Store
+from wrappers.completeness import CompletenessRule
+from wrappers.file_source import FileSource
+from wrappers.folder_watcher import FolderWatcher
+from wrappers.mllp_listener import MllpListener
+from wrappers.sftp_poller import SftpPoller, SftpSettings, open_sftp
+
+log = logging.getLogger("ficus.interfaces")
+
+
+@dataclass
+class Deps:
+    """What every starter may use."""
+
+    store: Store
+    routes: RouteTable
+    reference: ReferenceStore | None
+    state_dir: Path
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class RunningInterface:
+    """One interface as running."""
+
+    cfg: InterfaceConfig
+    stats: InterfaceStats
+    address: Callable[[], str]
+    stop_intake: Callable[[], Awaitable[None]] = _nothing
+    finish: Callable[[], Awaitable[None]] = _nothing
+    details: Callable[[], dict[str, Any]] = dict
+    ready: Callable[[], bool] = lambda: True
+    listener: MllpListener | None = None
+    pipeline: MllpPipeline | FilePipeline | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def start_mllp(cfg: MllpInterfaceConfig, deps: Deps) -> RunningInterface:
+    """An hl7-mllp interface: listener, legacy MLLP sender, pipeline."""
+    stats = InterfaceStats()
+    legacy: MllpSender | None = None
+    hp = cfg.legacy_host_port
+    if hp is not None:
+        legacy = MllpSender(
+            cfg.name, hp[0], hp[1], connections=cfg.legacy_connections,
+            connect_timeout=cfg.legacy_connect_timeout_seconds,
+            ack_timeout=cfg.legacy_ack_timeout_seconds, max_message_bytes=cfg.max_message_bytes,
+        )
+        await legacy.__aenter__()
+    pipeline = MllpPipeline(cfg, deps.store, deps.routes, legacy, stats, reference=deps.reference)
+    host, port = cfg.listen_host_port
+    listener = MllpListener(
+        cfg.name, host, port, pipeline, max_message_bytes=cfg.max_message_bytes,
+        idle_timeout=cfg.idle_timeout_seconds, on_oversize=pipeline.on_oversize,
+    )
+    await listener.__aenter__()
+
+    async def finish() -> None:
+        await pipeline.drain()
+        if legacy is not None:
+            await legacy.close()
+
+    return RunningInterface(
+        cfg, stats, address=lambda: f"{host}:{listener.port}", stop_intake=listener.close, finish=finish,
+        details=lambda: {"listener": dataclasses.asdict(listener.stats)},
+        ready=lambda: listener.port != 0, listener=listener, pipeline=pipeline,
+    )
+
+
+def sftp_settings(cfg: SftpConfig, remote_dir: str, patterns: list[str]) -> SftpSettings:
+    return SftpSettings(
+        host=cfg.host, port=cfg.port, username=cfg.username, password=cfg.password,
+        private_key_path=cfg.private_key, private_key_passphrase=cfg.private_key_passphrase,
+        known_hosts_path=cfg.known_hosts, remote_dir=remote_dir, patterns=patterns,
+        connect_timeout=cfg.connect_timeout_seconds, operation_timeout=cfg.operation_timeout_seconds,
+    )
+
+
+def _source(cfg: FileInterfaceConfig) -> FileSource:
+    rule = CompletenessRule(mode=cfg.complete, stable_seconds=cfg.stable_seconds, marker_suffix=cfg.marker_suffix)
+    if cfg.kind == "sftp":
+        return SftpPoller(cfg.name, sftp_settings(cfg.sftp, cfg.path, cfg.patterns), rule,
+                          poll_seconds=cfg.poll_seconds)
+    return FolderWatcher(cfg.name, Path(cfg.path), cfg.patterns, rule, poll_seconds=cfg.poll_seconds)
+
+
+def _delivery(cfg: FileInterfaceConfig) -> Delivery | None:
+    if cfg.legacy is None:
+        return None
+    if cfg.legacy == "in-place":
+        return InPlaceDelivery()
+    if cfg.legacy.startswith("sftp://"):
+        assert cfg.legacy_sftp is not None
+        remote_dir = "/" + cfg.legacy.removeprefix("sftp://").partition("/")[2]
+        settings = sftp_settings(cfg.legacy_sftp, remote_dir, ["*"])
+        return SftpDelivery(lambda: open_sftp(settings), remote_dir,
+                            operation_timeout=cfg.legacy_sftp.operation_timeout_seconds)
+    return FolderDelivery(Path(cfg.legacy.removeprefix("file://")))
+
+
+async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:
+    """A folder or sftp interface: source, legacy file delivery, manifest, pipeline task."""
+    stats = InterfaceStats()
+    source = _source(cfg)
+    spool = Path(cfg.spool_dir or deps.state_dir / "spool" / cfg.name)
+    await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
+    manifest = Manifest(await deps.store.kv(names.KV_FILES, history=1))
+    objects = await deps.store.object_store(names.OBJ_RAW_FILES)
+    pipeline = FilePipeline(cfg, deps.store, deps.routes, source, _delivery(cfg), stats, manifest, objects,
+                            spool, reference=deps.reference)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stopping), name=f"files-{cfg.name}")
+
+    async def stop_intake() -> None:
+        stopping.set()
+
+    async def finish() -> None:
+        # The file in progress finishes (its resume point makes a hard stop safe too).
+        done, _ = await asyncio.wait({task}, timeout=30)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await source.close()
+
+    return RunningInterface(
+        cfg, stats, address=lambda: f"{cfg.kind}:{cfg.path}", stop_intake=stop_intake, finish=finish,
+        details=lambda: {"busy_file": pipeline.busy_file}, pipeline=pipeline, tasks=[task],
+        ready=lambda: not task.done(),
+    )
+
+
+async def start(cfg: InterfaceConfig, deps: Deps) -> RunningInterface:
+    """The explicit registry from `kind` to its starter."""
+    if isinstance(cfg, MllpInterfaceConfig):
+        return await start_mllp(cfg, deps)
+    return await start_files(cfg, deps)
