@@ -82,17 +82,17 @@ async def test_slow_sftp_upload_is_not_returned_before_complete(sshd: SshServer,
             done.set()
             transport.close()
 
-    poller = SftpPoller("in", settings_for(sshd, inbox), CompletenessRule(mode="stable", stable_seconds=1.5))
+    poller = SftpPoller(
+        "in", settings_for(sshd, inbox), CompletenessRule(mode="stable", stable_seconds=1.5), poll_seconds=0.2
+    )
     uploader = asyncio.create_task(asyncio.to_thread(upload))
     try:
         async with asyncio.timeout(20):
             while not done.is_set():
                 assert await poller.scan() == []
                 await asyncio.sleep(0.1)
-            refs = []
-            while not refs:
-                refs = await poller.scan()
-                await asyncio.sleep(0.1)
+            while not (refs := await poller.scan()):
+                await poller.wait()  # until the settling file may be stable
         assert refs[0].size == 200_000
     finally:
         await uploader

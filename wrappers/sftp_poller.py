@@ -243,8 +243,6 @@ class SftpPoller:
                 if received != ref.size or temp.stat().st_size != ref.size:
                     raise FileChanged(self.name, f"{ref.name}: got {received} bytes, listed {ref.size}")
                 os.replace(temp, final)
-            except FileNotFoundError as exc:
-                raise FileChanged(self.name, f"{ref.name} vanished before download") from exc
             except OSError as exc:
                 raise SourceUnavailable(self.name, f"download of {ref.name} failed ({type(exc).__name__})") from exc
             finally:
@@ -254,7 +252,10 @@ class SftpPoller:
 
     def _download(self, sftp: Any, remote: str, ref: FileRef, temp: Path, progress: Progress) -> int:
         """Worker thread: check the file is the listed one, then getfo into ``temp``."""
-        attrs = sftp.stat(remote)
+        try:
+            attrs = sftp.stat(remote)
+        except FileNotFoundError as exc:
+            raise FileChanged(self.name, f"{ref.name} vanished before download") from exc
         if attrs.st_size != ref.size or float(attrs.st_mtime or 0) != ref.mtime:
             raise FileChanged(self.name, f"{ref.name} changed since it was listed")
         with temp.open("wb") as out:
