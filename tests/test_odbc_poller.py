@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from wrappers.odbc_poller import Batch, OdbcPoller, OdbcSettings, QueryError
-from wrappers.watermark import Checkpoint, GapTracker
+from wrappers.watermark import Checkpoint, GapTracker, repeats_checkpoint
 
 pyodbc = pytest.importorskip("pyodbc")
 
@@ -48,6 +48,15 @@ def test_gap_holds_rows_until_the_lag_then_accepts_it() -> None:
     assert gaps.admit([9, 10], 6, now=107.0, lag=5) == 2  # hole older than the lag: accepted
     assert gaps.admit(["b", "c"], "a", now=0.0, lag=1) == 0  # strings are never adjacent
     assert gaps.admit(["b", "c"], "a", now=1.0, lag=1) == 2
+
+
+def test_rows_at_or_before_the_checkpoint_are_recognised() -> None:
+    cp = Checkpoint(7, "2024-05-01T10:00:00.250000")
+    stamp = datetime(2024, 5, 1, 10, 0, 0, 250000)
+    assert repeats_checkpoint(7, stamp, cp) and repeats_checkpoint(3, stamp, cp)
+    assert repeats_checkpoint(9, stamp - timedelta(microseconds=1), cp)
+    assert not repeats_checkpoint(8, stamp, cp) and not repeats_checkpoint(1, stamp + timedelta(seconds=1), cp)
+    assert repeats_checkpoint(7, None, Checkpoint(7)) and not repeats_checkpoint(8, None, Checkpoint(7))
 
 
 # ---------------------------------------------------------------- databases
@@ -284,3 +293,25 @@ async def test_memory_flat_reading_200k_rows(db: Database) -> None:
     assert count == n
     assert checkpoint.last_key == n
     assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB over {time.monotonic() - started:.1f}s"
+
+
+async def test_lossy_timestamp_binding_is_refused_not_looped(db: Database) -> None:
+    if db.kind != "mariadb":
+        pytest.skip("only MariaDB's driver drops the fraction of datetime parameters")
+    stamp = datetime.now().replace(microsecond=250000) - timedelta(minutes=5)
+    await asyncio.to_thread(db.insert, 3, 3, stamp)
+    settings = db.settings("timestamp+key", batch_size=2, timestamp_binding="datetime")
+    async with OdbcPoller("usage", settings) as poller:
+        first = await poller.wait_batch(Checkpoint())
+        with pytest.raises(QueryError, match="lost precision"):
+            await poller.next_batch(first.checkpoint_after)
+
+
+async def test_query_timeout_drops_the_connection_and_retries(db: Database) -> None:
+    await asyncio.to_thread(db.insert, 1, 1)
+    sleep = "pg_sleep(5) IS NOT NULL" if db.kind == "postgresql" else "SLEEP(5) = 0"
+    settings = db.settings(query=f"SELECT id, ts FROM {db.table} WHERE {sleep}", query_timeout=1, safety_lag_seconds=0)
+    async with OdbcPoller("usage", settings) as poller:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(poller.next_batch(Checkpoint()), 2.5)
+        assert poller.status.last_error == "no answer within 1s"

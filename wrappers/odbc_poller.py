@@ -13,7 +13,10 @@ by ``asyncio.wait_for``. On a timeout the statement is cancelled (``SQLCancel``,
 ODBC call meant for another thread), the connection is abandoned to its old thread to
 close, and a fresh thread and connection are used next time. At most ``batch_size`` rows
 are fetched per statement (``fetchmany``, plus ``OFFSET 0 ROWS FETCH NEXT n ROWS ONLY``
-by default) so memory stays flat whatever the backlog.
+by default) so memory stays flat whatever the backlog. With ``limit_clause="none"`` the
+driver may still buffer the whole result: psqlodbc does unless the connection string
+says ``UseDeclareFetch=1;Fetch=<batch_size>`` (measured at 200k rows: 13k rows/s and
+120 MiB RSS without it, 230k rows/s and 33 MiB with it or with OFFSET/FETCH).
 
 Nothing here logs or raises row data: errors carry the SQLSTATE and the driver's
 message, except for data errors (SQLSTATE class 22) whose messages may quote values.
@@ -130,6 +133,7 @@ class PollerStatus:
 
     connected: bool
     last_error: str | None
+    """The most recent error (SQLSTATE and driver message), kept after recovery."""
     reconnects: int
     last_poll_at: datetime | None
 
@@ -391,7 +395,6 @@ class OdbcPoller:
         if self.settings.timestamp_binding == "auto":
             self._ts_as_text = dbms.lower().startswith(("mariadb", "mysql"))
         self._connects += 1
-        self._last_error = None
         logger.info("odbc %s: connected (connection %d)", self.name, self._connects)
         return session
 

@@ -171,17 +171,20 @@ def repeats_checkpoint(key: Key, ts: object, checkpoint: Checkpoint) -> bool:
     ``ts`` is None in incrementing mode. Only what Python can compare is checked
     (string keys by equality only, since collations differ).
     """
-    last_key = checkpoint.last_key
     if ts is None:
-        if isinstance(key, int) and isinstance(last_key, int):
-            return key <= last_key
-        return last_key is not None and key == last_key
+        return _key_not_after(key, checkpoint.last_key)
     if checkpoint.last_ts is None or not isinstance(ts, datetime):
         return False
     last_ts = datetime.fromisoformat(checkpoint.last_ts)
     if (ts.tzinfo is None) != (last_ts.tzinfo is None):
         return False
-    return ts < last_ts or (ts == last_ts and key == last_key)
+    return ts < last_ts or (ts == last_ts and _key_not_after(key, checkpoint.last_key))
+
+
+def _key_not_after(key: Key, last_key: Key | None) -> bool:
+    if isinstance(key, int) and isinstance(last_key, int):
+        return key <= last_key
+    return last_key is not None and key == last_key
 
 
 def _limit(limit: int, limit_clause: LimitClause) -> str:
