@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from router.client import ApiClient, ApiError
-from router.config import MODES, ConfigError, FicusConfig, MllpInterfaceConfig, load_config
+from router.config import MODES, ConfigError, FicusConfig, MllpInterfaceConfig, OdbcInterfaceConfig, load_config
 
 log = logging.getLogger("ficus")
 
@@ -88,6 +88,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
             reference = ReferenceStore(cfg.reference.paths()).data
         if isinstance(icfg, MllpInterfaceConfig):
             mapping, encoding, fallback = icfg.mapping, icfg.encoding, icfg.fallback_encoding
+        elif isinstance(icfg, OdbcInterfaceConfig):
+            raise ConfigError("ficus translate", [f"{icfg.name} is an odbc interface: it has no files to translate"])
         else:
             fmt, flat = fmt or icfg.format, icfg.flat
     if fmt in ("csv", "fixed-width") and flat is None:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from canonical.flat import FlatSpec
+from canonical.records import RecordMapping
 from canonical.reference import validate_tables
 from canonical.translate import check_mapping
 
@@ -240,6 +241,7 @@ class SftpConfig(_Model):
     known_hosts: str
     connect_timeout_seconds: float = Field(default=10, gt=0)
     operation_timeout_seconds: float = Field(default=30, gt=0)
+    reconnect_max_backoff_seconds: float = Field(default=60, gt=0)
 
     @model_validator(mode="after")
     def _auth(self) -> SftpConfig:
@@ -307,9 +309,45 @@ class SftpInterfaceConfig(FileInterfaceBase):
     sftp: SftpConfig
 
 
+class OdbcInterfaceConfig(InterfaceBase):
+    """A legacy database job: a table or view read over ODBC with a durable watermark.
+
+    `query` is a SELECT without ORDER BY or LIMIT; Ficus wraps it with the watermark
+    condition and `?` parameters (see wrappers/odbc_poller.py). Ficus only reads, so the
+    legacy job keeps working; in modern mode `mark_statement` (e.g. `UPDATE usage SET
+    exported = 1 WHERE id = ?`) marks each batch the way the legacy job did.
+    """
+
+    kind: Literal["odbc"]
+    format: Literal["rows"] = "rows"
+    connection_string: str
+    query: str
+    table: str = Field(description="named in dead letters and events")
+    watermark: Literal["incrementing", "timestamp+key"] = "incrementing"
+    key_column: str
+    timestamp_column: str | None = None
+    safety_lag_seconds: float = Field(default=5, ge=0)
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    poll_seconds: float = Field(default=2, gt=0)
+    query_timeout_seconds: float = Field(default=30, gt=0)
+    reconnect_max_backoff_seconds: float = Field(default=60, gt=0)
+    limit_clause: Literal["offset-fetch", "none"] = "offset-fetch"
+    mark_statement: str | None = None
+    mapping: RecordMapping
+    # The legacy job is the legacy path: Ficus never writes unless mark_statement is set.
+    legacy: str | None = "job"
+
+    @model_validator(mode="after")
+    def _timestamp(self) -> OdbcInterfaceConfig:
+        if self.watermark == "timestamp+key" and not self.timestamp_column:
+            raise ValueError("watermark 'timestamp+key' needs timestamp_column")
+        return self
+
+
 FileInterfaceConfig = FolderInterfaceConfig | SftpInterfaceConfig
 InterfaceConfig = Annotated[
-    MllpInterfaceConfig | FolderInterfaceConfig | SftpInterfaceConfig, Field(discriminator="kind")
+    MllpInterfaceConfig | FolderInterfaceConfig | SftpInterfaceConfig | OdbcInterfaceConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -375,7 +413,7 @@ def _location(loc: Iterable[int | str], raw: dict[str, Any]) -> str:
             parts.append(f"interfaces[{name or idx}]")
             i += 2
             # The discriminated union adds the kind as a location step; it says nothing.
-            if i < len(items) and isinstance(items[i], str) and items[i] in ("hl7-mllp", "folder", "sftp"):
+            if i < len(items) and isinstance(items[i], str) and items[i] in ("hl7-mllp", "folder", "sftp", "odbc"):
                 i += 1
             continue
         parts.append(str(item))

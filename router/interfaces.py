@@ -104,6 +104,7 @@ def sftp_settings(cfg: SftpConfig, remote_dir: str, patterns: list[str]) -> Sftp
         private_key_path=cfg.private_key, private_key_passphrase=cfg.private_key_passphrase,
         known_hosts_path=cfg.known_hosts, remote_dir=remote_dir, patterns=patterns,
         connect_timeout=cfg.connect_timeout_seconds, operation_timeout=cfg.operation_timeout_seconds,
+        reconnect_max_backoff=cfg.reconnect_max_backoff_seconds,
     )
 
 
