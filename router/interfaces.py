@@ -20,10 +20,11 @@ from canonical.reference import ReferenceStore
 from legacy.file_delivery import FolderDelivery, InPlaceDelivery, SftpDelivery
 from legacy.mllp_sender import MllpSender
 from router import names
-from router.config import FileInterfaceConfig, InterfaceConfig, MllpInterfaceConfig, SftpConfig
+from router.config import FileInterfaceConfig, InterfaceConfig, MllpInterfaceConfig, OdbcInterfaceConfig, SftpConfig
 from router.file_pipeline import Delivery, FilePipeline
 from router.manifest import Manifest
 from router.mllp_pipeline import MllpPipeline
+from router.odbc_pipeline import CheckpointStore, OdbcPipeline, odbc_settings
 from router.routes import RouteTable
 from router.stats import InterfaceStats
 from router.store import Store
@@ -31,6 +32,7 @@ from wrappers.completeness import CompletenessRule
 from wrappers.file_source import FileSource
 from wrappers.folder_watcher import FolderWatcher
 from wrappers.mllp_listener import MllpListener
+from wrappers.odbc_poller import OdbcPoller
 from wrappers.sftp_poller import SftpPoller, SftpSettings, open_sftp
 
 log = logging.getLogger("ficus.interfaces")
@@ -162,8 +164,37 @@ async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:
     )
 
 
+async def start_odbc(cfg: OdbcInterfaceConfig, deps: Deps) -> RunningInterface:
+    """An odbc interface (database job): poller, checkpoint in KV, pipeline task."""
+    stats = InterfaceStats()
+    poller = OdbcPoller(cfg.name, odbc_settings(cfg))
+    checkpoints = CheckpointStore(await deps.store.kv(names.KV_CHECKPOINTS), cfg.name)
+    pipeline = OdbcPipeline(cfg, deps.store, deps.routes, poller, stats, checkpoints, reference=deps.reference)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stopping), name=f"odbc-{cfg.name}")
+
+    async def stop_intake() -> None:
+        stopping.set()
+
+    async def finish() -> None:
+        # The batch in flight finishes; a hard stop is safe too (its checkpoint is not stored).
+        done, _ = await asyncio.wait({task}, timeout=30)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await poller.close()
+
+    return RunningInterface(
+        cfg, stats, address=lambda: f"odbc:{cfg.table}", stop_intake=stop_intake, finish=finish,
+        details=pipeline.details, tasks=[task], ready=lambda: not task.done(),
+    )
+
+
 async def start(cfg: InterfaceConfig, deps: Deps) -> RunningInterface:
     """The explicit registry from `kind` to its starter."""
     if isinstance(cfg, MllpInterfaceConfig):
         return await start_mllp(cfg, deps)
+    if isinstance(cfg, OdbcInterfaceConfig):
+        return await start_odbc(cfg, deps)
     return await start_files(cfg, deps)
