@@ -11,6 +11,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from canonical.schemas import asyncapi_document, default_subjects, event_schemas
-from router import dlq, names
+from router import dlq, names, replay
 from router.catalog import event_classes
 from router.dashboard import render_dashboard
 from router.routes import RouteError, modes
@@ -239,9 +240,10 @@ async def list_dlq(request: web.Request) -> web.Response:
     try:
         letters = await dlq.list_letters(svc.store, request.query.get("interface"),
                                          _int(request, "after", 0), _int(request, "limit", 100, 1000))
+        done = await replay.replayed_ids(svc)
     except (nats.errors.Error, TimeoutError) as exc:
         return _error(503, f"JetStream unavailable: {type(exc).__name__}")
-    return web.json_response({"dead_letters": [dlq.summary(x) for x in letters]})
+    return web.json_response({"dead_letters": [{**dlq.summary(x), "replayed": x.id in done} for x in letters]})
 
 
 async def get_dlq(request: web.Request) -> web.Response:
@@ -287,6 +289,33 @@ async def get_schema(request: web.Request) -> web.Response:
     return web.json_response(event_schemas({name: models[name]})[name])
 
 
+async def replay_letter(request: web.Request) -> web.Response:
+    ident = request.match_info["id"]
+    if not ident.isdigit():
+        return _error(400, "dead-letter ids are numbers")
+    try:
+        record = await replay.replay_dead_letter(request.app[SERVICE], int(ident))
+    except replay.ReplayError as exc:
+        return _error(exc.status, exc.reason)
+    return web.json_response(record)
+
+
+async def replay_interface(request: web.Request) -> web.Response:
+    """Re-translate raw traffic: {"since": ISO 8601 time}."""
+    try:
+        body = await request.json()
+        since = datetime.fromisoformat(str(body["since"]).replace("Z", "+00:00"))
+    except (json.JSONDecodeError, KeyError, ValueError):
+        return _error(400, 'body must be {"since": "<ISO 8601 time>"}')
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    try:
+        result = await replay.replay_since(request.app[SERVICE], request.match_info["iface"], since)
+    except replay.ReplayError as exc:
+        return _error(exc.status, exc.reason)
+    return web.json_response(result.as_dict())
+
+
 def make_app(svc: Service) -> web.Application:
     """The aiohttp application serving `svc`."""
     app = web.Application(middlewares=[auth])
@@ -306,6 +335,8 @@ def make_app(svc: Service) -> web.Application:
     app.router.add_get("/api/v1/events/{id}", get_event)
     app.router.add_get("/api/v1/dlq", list_dlq)
     app.router.add_get("/api/v1/dlq/{id}", get_dlq)
+    app.router.add_post("/api/v1/dlq/{id}/replay", replay_letter)
+    app.router.add_post("/api/v1/replay/{iface}", replay_interface)
     app.router.add_get("/api/v1/parity/{iface}", parity)
     app.router.add_get("/api/v1/schemas", list_schemas)
     app.router.add_get("/api/v1/schemas/{type}", get_schema)

@@ -138,8 +138,24 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     if args.action == "list":
         query = f"?interface={args.iface}" if args.iface else ""
         for d in client.call("GET", f"/api/v1/dlq{query}")["dead_letters"]:
-            print(f"{d['id']:>8} {d['at']} {d['interface']} {d['kind']} unit {d['unit']}: {d['reason']}")
+            done = " [replayed]" if d.get("replayed") else ""
+            print(f"{d['id']:>8} {d['at']} {d['interface']} {d['kind']} unit {d['unit']}: {d['reason']}{done}")
         return 0
+    if args.action == "replay":
+        if args.id is None and args.interface is None:
+            raise ApiError("dlq replay needs an ID or --interface IFACE")
+        ids = [args.id] if args.id else [
+            d["id"] for d in client.call("GET", f"/api/v1/dlq?interface={args.interface}&limit=1000")["dead_letters"]
+            if not d.get("replayed")]
+        failed = 0
+        for ident in ids:
+            try:
+                result = client.call("POST", f"/api/v1/dlq/{ident}/replay", {})
+                print(f"{ident}: replayed, {result['events']} events")
+            except ApiError as exc:
+                failed += 1
+                print(f"{ident}: {exc}", file=sys.stderr)
+        return 1 if failed else 0
     _print(client.call("GET", f"/api/v1/dlq/{args.id}"))
     return 0
 
@@ -152,6 +168,14 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     written = export(Path(args.dir), models, default_subjects(models))
     print(f"wrote {len(written)} files to {args.dir} ({len(models)} event types and asyncapi.json)")
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    result = _client(args).call("POST", f"/api/v1/replay/{args.iface}", {"since": args.since})
+    print(f"{args.iface}: {result['replayed']} units replayed ({result['events']} events), {result['failed']} failed")
+    for reason in result["reasons"]:
+        print(f"  {reason}", file=sys.stderr)
+    return 1 if result["failed"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,7 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("show")
     d.add_argument("id")
     api_opts(d)
+    d = dsub.add_parser("replay", help="translate a dead letter's raw message again (after a fix)")
+    d.add_argument("id", nargs="?")
+    d.add_argument("--interface")
+    api_opts(d)
     p.set_defaults(func=cmd_dlq)
+
+    p = sub.add_parser("replay", help="re-translate an interface's raw traffic since a time")
+    p.add_argument("iface")
+    p.add_argument("--since", required=True, help="ISO 8601 time, e.g. 2026-11-25T08:00:00Z")
+    api_opts(p)
+    p.set_defaults(func=cmd_replay)
     return parser
 
 

@@ -173,6 +173,33 @@ class MllpPipeline:
         # One snapshot per unit: a table reload mid-message cannot mix two versions.
         return enrich(result.events, self.reference.data)
 
+    async def replay(self, payload: bytes, raw_ref: str, *, msg_id_suffix: str = "") -> int:
+        """Translates a stored raw message again (after a mapping or table fix) and publishes it.
+
+        Events go live when the interface is modern, else to shadow subjects. With no
+        suffix the usual ids are used, so replaying twice stores nothing twice; a suffix
+        makes JetStream accept corrected events whose ids it saw within the duplicate
+        window (consumers still see the same CloudEvents `id` and can upsert by it).
+        Raises CanonicalError when it still does not translate, StoreUnavailable.
+        """
+        header = peek_header(payload)
+        mode = self.routes.mode_for(self.name, header.sending_facility)
+        ctx = TranslationContext(self.name, "live" if mode == "modern" else "shadow", raw_ref,
+                                 datetime.now(UTC), self.cfg.timezone)
+        events = self._translate(payload, ctx, header)
+        await self.store.publish([
+            Outgoing(ev.nats_subject(), ev.to_json(), ev.id + msg_id_suffix, {
+                names.HDR_INTERFACE: self.name, names.HDR_EVENT_TYPE: ev.type,
+                names.HDR_CONTROL_ID: header.control_id, names.HDR_RAW: raw_ref,
+            })
+            for ev in events
+        ])
+        if mode == "modern":
+            self.stats.published += len(events)
+        else:
+            self.stats.shadow_published += len(events)
+        return len(events)
+
     # -- shadow ------------------------------------------------------------------------
 
     async def _spawn_shadow(

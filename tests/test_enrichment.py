@@ -10,7 +10,7 @@ import pytest
 
 from router import names, simulate
 from router.embedded_nats import EmbeddedNats
-from tests.conftest import ServiceFactory, make_config, wait_for
+from tests.conftest import ServiceFactory, make_config, stream_count, wait_for
 from tests.mllp_client import msa, send_one
 from tests.test_service_mllp import read_subject
 
@@ -98,3 +98,48 @@ def test_check_reports_table_problems(tmp_path: Path) -> None:
                             text=True, timeout=60, cwd=REPO)
     assert result.returncode == 1
     assert "gl_account" in result.stderr and "duplicate" in result.stderr.lower()
+
+
+async def test_dead_letter_replayed_after_the_table_is_fixed(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    tables = tmp_path / "tables"
+    shutil.copytree(REPO / "fixtures/reference", tables)
+    cfg = make_config(
+        nats_server.url, [{"name": "his-charges", "mapping": "hl7v2.dft_p03", "route": "modern"}],
+        reference={"charge_codes": str(tables / "charge_codes.csv"), "reload_seconds": 0.2},
+    )
+    async with service_factory(cfg) as svc:
+        port = svc.interfaces["his-charges"].listener.port
+        assert msa(await send_one(port, _with_code(simulate.dft(7, lines=2), "55555")))[0] == "AE"
+        assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == 0
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "router.cli", *args, "--api", svc.api_url or ""],
+                                  capture_output=True, text=True, timeout=60, cwd=REPO)
+
+        listing = await asyncio.to_thread(cli, "dlq", "list")
+        (line,) = listing.stdout.splitlines()
+        letter_id = line.split()[0]
+        still = await asyncio.to_thread(cli, "dlq", "replay", letter_id)
+        assert still.returncode == 1 and "unmapped charge code 55555" in still.stderr
+
+        with (tables / "charge_codes.csv").open("a") as fh:
+            fh.write("55555,0555,4100-555,CC-MISC,OTHER\n")
+        await wait_for(lambda: svc.reference is not None
+                       and svc.reference.data.tables["charge_codes"].get("55555") is not None, timeout=10)
+        done = await asyncio.to_thread(cli, "dlq", "replay", letter_id)
+        assert done.returncode == 0, done.stderr
+        assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == 2
+        listing = await asyncio.to_thread(cli, "dlq", "list")
+        assert "[replayed]" in listing.stdout
+
+        # Replaying all traffic since a time re-publishes corrected events under new Msg-Ids.
+        since = await asyncio.to_thread(cli, "replay", "his-charges", "--since", "2000-01-01T00:00:00Z")
+        assert since.returncode == 0, since.stderr
+        assert "1 units replayed (2 events)" in since.stdout
+        assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == 4

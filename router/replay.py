@@ -1,0 +1,130 @@
+"""Replay: translating stored raw units again, after a mapping or reference-table fix.
+
+Two entry points, both for interfaces whose raw units are in the raw stream (hl7-mllp):
+a dead letter (`POST /api/v1/dlq/{id}/replay`, `ficus dlq replay`), and every raw unit
+of an interface since a time (`POST /api/v1/replay/{iface}`, `ficus replay --since`).
+A replayed dead letter is recorded in the KV bucket `ficus-dlq-replays`, so listings show
+it as done. File records are replayed by dropping the file again (see the README).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from canonical.errors import CanonicalError
+from router import dlq, names
+from router.mllp_pipeline import MllpPipeline
+from router.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from router.service import Service
+
+KV_REPLAYS = "ficus-dlq-replays"
+
+
+class ReplayError(Exception):
+    """A replay that cannot be done; `status` is the HTTP status."""
+
+    def __init__(self, reason: str, status: int = 409) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass
+class ReplayResult:
+    replayed: int = 0
+    events: int = 0
+    failed: int = 0
+    reasons: list[str] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"replayed": self.replayed, "events": self.events, "failed": self.failed,
+                "reasons": (self.reasons or [])[:20]}
+
+
+def _pipeline(svc: Service, interface: str) -> MllpPipeline:
+    running = svc.interfaces.get(interface)
+    if running is None:
+        raise ReplayError(f"unknown interface {interface!r}", 404)
+    if not isinstance(running.pipeline, MllpPipeline):
+        raise ReplayError(f"{interface} is a {running.cfg.kind} interface: replay a file by dropping it again; "
+                          "a database row by resetting the checkpoint")
+    return running.pipeline
+
+
+async def replay_dead_letter(svc: Service, letter_id: int) -> dict[str, Any]:
+    """Re-translates the raw unit of one dead letter; raises ReplayError."""
+    assert svc.store is not None
+    letter = await dlq.get(svc.store, letter_id)
+    if letter is None:
+        raise ReplayError(f"no dead letter {letter_id}", 404)
+    if not letter.raw or not letter.raw.startswith("jetstream://"):
+        raise ReplayError(f"dead letter {letter_id} has no raw message to replay ({letter.raw or 'none'})")
+    pipeline = _pipeline(svc, letter.interface)
+    stream, seq = names.parse_raw_ref(letter.raw)
+    try:
+        msg = await svc.store.js.get_msg(stream, seq)
+    except nats.js.errors.NotFoundError as exc:
+        raise ReplayError(f"raw message {letter.raw} is no longer stored (retention)", 410) from exc
+    try:
+        events = await pipeline.replay(msg.data or b"", letter.raw)
+    except CanonicalError as exc:
+        raise ReplayError(f"still not translatable: {exc.reason}", 422) from exc
+    except StoreUnavailable as exc:
+        raise ReplayError(exc.reason, 503) from exc
+    kv = await svc.store.kv(KV_REPLAYS, history=1)
+    record = {"letter": letter_id, "interface": letter.interface, "events": events,
+              "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    await kv.put(str(letter_id), json.dumps(record).encode())
+    return record
+
+
+async def replayed_ids(svc: Service) -> set[int]:
+    """Dead letters already replayed successfully."""
+    assert svc.store is not None
+    kv = await svc.store.kv(KV_REPLAYS, history=1)
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return set()
+    return {int(k) for k in keys if k.isdigit()}
+
+
+async def replay_since(svc: Service, interface: str, since: datetime, limit: int = 1_000_000) -> ReplayResult:
+    """Re-translates every raw unit of an interface stored since `since`."""
+    assert svc.store is not None
+    pipeline = _pipeline(svc, interface)
+    token = ".r" + datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                            opt_start_time=since.astimezone(UTC),
+                            inactive_threshold=30.0)
+    subject = names.raw_subject(interface)
+    sub = await svc.store.js.subscribe(subject, stream=names.STREAM_RAW, ordered_consumer=True, config=config)
+    result = ReplayResult(reasons=[])
+    try:
+        while result.replayed + result.failed < limit:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except nats.errors.TimeoutError:
+                break
+            ref = names.raw_ref(names.STREAM_RAW, msg.metadata.sequence.stream)
+            try:
+                result.events += await pipeline.replay(msg.data, ref, msg_id_suffix=token)
+                result.replayed += 1
+            except CanonicalError as exc:
+                result.failed += 1
+                assert result.reasons is not None
+                result.reasons.append(f"{ref}: {exc.reason}")
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return result
