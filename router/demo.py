@@ -12,6 +12,7 @@ import sys
 import tempfile
 import tomllib
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -42,6 +43,12 @@ def demo_config(state_dir: str, legacy_port: int) -> FicusConfig:
     data["nats"]["embedded"]["port"] = _port_or_free(data["nats"]["embedded"]["port"])
     data["api"]["listen"] = f"127.0.0.1:{_port_or_free(8080)}"
     for iface in data["interfaces"]:
+        if iface["kind"] == "folder":
+            for key in ("path", "archive_dir", "legacy"):
+                iface[key] = str(Path(state_dir) / Path(iface[key]).relative_to("/var/lib/ficus"))
+                Path(iface[key]).mkdir(parents=True, exist_ok=True)
+            iface["poll_seconds"] = 0.5
+            continue
         port = int(iface["listen"].rsplit(":", 1)[1])
         iface["listen"] = f"127.0.0.1:{_port_or_free(port)}"
         iface["legacy"] = f"mllp://127.0.0.1:{legacy_port}"
@@ -93,6 +100,7 @@ async def run_demo(duration: float | None = None, state_dir: str | None = None) 
                 asyncio.create_task(_his("charges", _port(svc, "his-charges"),
                                          lambda s: simulate.dft(s, lines=3), 0.7, stop)),
                 asyncio.create_task(_flip_later(svc.api_url or "", stop)),
+                asyncio.create_task(_billing_exports(svc, stop)),
             ]
             if duration is not None:
                 loop.call_later(duration, stop.set)
@@ -102,6 +110,21 @@ async def run_demo(duration: float | None = None, state_dir: str | None = None) 
             await asyncio.gather(*feeds, return_exceptions=True)
             print(f"ficus demo: stopping; the legacy engine received {len(engine.received)} messages",
                   flush=True)
+
+
+async def _billing_exports(svc: Service, stop: asyncio.Event) -> None:
+    """The billing system's nightly export, every few seconds here: written, then renamed into place."""
+    cfg = svc.interfaces["billing-export"].cfg
+    drop = Path(cfg.path)
+    batch = random.randint(1000, 9999)
+    while not stop.is_set():
+        batch += 1
+        staging = drop / f".export-{batch}.csv.part"
+        staging.write_text(simulate.billing_export(batch, rows=5))
+        staging.rename(drop / f"export-{batch}.csv")
+        print(f"  file   export-{batch}.csv dropped into {drop}", flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 8)
 
 
 def _port(svc: Service, name: str) -> int:
@@ -149,6 +172,8 @@ def _banner(svc: Service, legacy_port: int) -> str:
         f"  NATS           {svc.nats_url} (subjects canonical.>, shadow.canonical.>, raw.>, dlq.>)",
         "",
         "his-adt runs in shadow; his-charges starts in shadow and is flipped to modern after 12 s.",
+        "billing-export (a drop folder) gets a CSV export every 8 s: delivered unchanged to the legacy",
+        "folder and translated into shadow charge events.",
         "Ctrl-C stops. Canonical events as they arrive:",
     ]
     return "\n".join(lines)

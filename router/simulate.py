@@ -55,3 +55,15 @@ def dft(seq: int, lines: int = 3, facility: str = "NORTH", rng: random.Random | 
             f"|DR{r.randint(1000, 9999)}^DEMO"
         )
     return ("\r".join(segments) + "\r").encode()
+
+
+def billing_export(batch: int, rows: int = 5) -> str:
+    """A small CSV billing export (the layout of the example config's billing-export)."""
+    r = random.Random(batch)
+    lines = ["TXN_ID,TXN_TYPE,SERVICE_DATE,POST_DATE,ACCOUNT,ENCOUNTER,CHARGE_CODE,CPT,QTY,AMOUNT,DEPT,FACILITY"]
+    for i in range(rows):
+        code, _ = r.choice(CHARGE_CODES)
+        lines.append(f"B{batch}-{i:04d},CG,01/05/2024,01/06/2024,ACC{r.randint(1, 99999):06d},"
+                     f"V{r.randint(1, 99999):06d},{code},{code},{r.randint(1, 3)},{r.randint(1000, 50000) / 100:.2f},"
+                     f"{r.choice(DEPARTMENTS)},{r.choice(FACILITIES)}")
+    return "\n".join(lines) + "\n"
