@@ -21,7 +21,7 @@ from legacy.mllp_sender import LegacyError, MllpSender
 from legacy.simulated_engine import SimulatedEngine
 from router import simulate
 from router.client import ApiClient, ApiError
-from router.config import FicusConfig, parse_config
+from router.config import FicusConfig, FolderInterfaceConfig, parse_config
 from router.service import Service
 
 
@@ -115,6 +115,7 @@ async def run_demo(duration: float | None = None, state_dir: str | None = None) 
 async def _billing_exports(svc: Service, stop: asyncio.Event) -> None:
     """The billing system's nightly export, every few seconds here: written, then renamed into place."""
     cfg = svc.interfaces["billing-export"].cfg
+    assert isinstance(cfg, FolderInterfaceConfig)
     drop = Path(cfg.path)
     batch = random.randint(1000, 9999)
     while not stop.is_set():
