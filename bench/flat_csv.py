@@ -51,12 +51,56 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def measure(path: Path, mode: str) -> dict[str, object]:
+    """One measurement in this process: `ficus` (read_records + map_record + to_json),
+    `read` (read_records alone) or `csv` (the stdlib csv.reader alone: the ceiling)."""
+    import csv
+    import io
+
+    spec = FlatSpec.model_validate(tomllib.loads((FIXTURES / "billing_export.toml").read_text(encoding="utf-8")))
+    ctx = TranslationContext("billing-export", "live", "raw.billing-export/bench", datetime.now(UTC))
+    size = path.stat().st_size
+    records = errors = 0
+    start = time.perf_counter()
+    with path.open("rb") as stream:
+        if mode == "csv":
+            for _ in csv.reader(io.TextIOWrapper(stream, encoding="utf-8", newline="")):
+                records += 1
+            records -= 1  # the header
+        elif mode == "read":
+            records = sum(1 for _ in read_records(stream, spec.layout, spec.mapping.fields))
+        else:
+            for record in read_records(stream, spec.layout, spec.mapping.fields):
+                if record.values is None:
+                    errors += 1
+                    continue
+                for event in map_record(record.values, spec.mapping, ctx, unit="bench", index=record.index,
+                                        locator=f"line {record.line}"):
+                    event.to_json()
+                records += 1
+    elapsed = time.perf_counter() - start
+    return {"mode": mode, "mb": round(size / 1e6, 1), "seconds": round(elapsed, 2),
+            "mb_per_s": round(size / 1e6 / elapsed, 2), "records": records, "records_per_s": round(records / elapsed),
+            "errors": errors, "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
 def main() -> None:
     """Generate, then measure reading alone and reading + mapping + JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--size", type=int, default=1024, help="file size in MB")
     parser.add_argument("--path", type=Path, default=Path("/tmp/ficus-bench-billing.csv"))
+    parser.add_argument("--mode", choices=["ficus", "read", "csv"],
+                        help="one JSON measurement of an existing file (--path)")
+    parser.add_argument("--generate-only", action="store_true")
     args = parser.parse_args()
+    if args.mode:
+        import json
+
+        print(json.dumps(measure(args.path, args.mode)))
+        return
+    if args.generate_only:
+        print(generate(args.path, args.size))
+        return
     spec = FlatSpec.model_validate(tomllib.loads((FIXTURES / "billing_export.toml").read_text(encoding="utf-8")))
     ctx = TranslationContext("billing-export", "live", "raw.billing-export/bench", datetime.now(UTC))
     rows = generate(args.path, args.size)

@@ -66,6 +66,106 @@ async def read_all(settings: OdbcSettings) -> tuple[int, int, float]:
         return rows, batches, time.perf_counter() - started
 
 
+SUPPLY_MAPPING = {
+    "target": "supply_usage", "key": ["item_id"], "facility_field": "facility", "timezone": "UTC",
+    "fields": [
+        {"field": "item_id", "column": "item"}, {"field": "quantity", "column": "qty"},
+        {"field": "unit_of_measure", "default": "EA"}, {"field": "unit_cost", "column": "price"},
+        {"field": "department", "column": "ward"}, {"field": "facility", "default": "NORTH"},
+        {"field": "used_at", "column": "ts", "type": "datetime"},
+    ],
+}
+
+
+async def read_to_jetstream(settings: OdbcSettings, url: str, table: str) -> tuple[int, int, float]:
+    """End to end without the router: poll, map each row (canonical.records.map_record, supply
+    usage), publish every event with its Nats-Msg-Id (publish_async), await the batch's PubAcks,
+    then advance the checkpoint - what an odbc interface in modern mode does per batch."""
+    from datetime import UTC, datetime
+
+    import nats
+
+    from canonical.context import TranslationContext
+    from canonical.records import RecordMapping, map_record
+
+    mapping = RecordMapping.model_validate(SUPPLY_MAPPING)
+    columns = [(spec.field, (spec.column or "").lower()) for spec in mapping.fields]
+    ctx = TranslationContext("bench-odbc", "live", f"odbc:{table}", datetime.now(UTC))
+    nc = await nats.connect(url, pending_size=8 * 1024 * 1024)
+    js = nc.jetstream(publish_async_max_pending=4096)
+    stream = f"ODBC{uuid.uuid4().hex[:8].upper()}"
+    from nats.js.api import StreamConfig
+
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream.lower()}.>"], duplicate_window=600))
+    events = 0
+    checkpoint = Checkpoint()
+    try:
+        async with OdbcPoller("bench", settings) as poller:
+            started = time.perf_counter()
+            while (batch := await poller.next_batch(checkpoint)) is not None:
+                futures = []
+                for n, row in enumerate(batch.rows):
+                    values = {f: row.get(c) if c else None for f, c in columns}
+                    for event in map_record(values, mapping, ctx, unit=table, index=events + n,
+                                            locator=f"row id={batch.keys[n]}"):
+                        futures.append(await js.publish_async(f"{stream.lower()}.{event.nats_subject()}",
+                                                              event.to_json(), headers={"Nats-Msg-Id": event.id}))
+                await asyncio.gather(*futures)
+                events += len(futures)
+                checkpoint = batch.checkpoint_after
+            elapsed = time.perf_counter() - started
+        stored = (await js.stream_info(stream)).state.messages
+        assert stored == events, (stored, events)
+    finally:
+        await js.delete_stream(stream)
+        await nc.close()
+    return events, 0, elapsed
+
+
+def fetch_only(connection_string: str, table: str, batch: int) -> tuple[int, float]:
+    """The driver's ceiling: one SELECT ordered by key, fetchmany until done."""
+    started = time.perf_counter()
+    rows = 0
+    with pyodbc.connect(connection_string) as conn:
+        cur = conn.cursor()
+        cur.execute(f"SELECT id, item, qty, price, ward, ts FROM {table} ORDER BY id")
+        while chunk := cur.fetchmany(batch):
+            rows += len(chunk)
+    return rows, time.perf_counter() - started
+
+
+def json_mode(args: argparse.Namespace) -> None:
+    """bench.run's entry: --fill / --drop a named table, or one measurement (--measure)."""
+    import json
+
+    connection_string = args.connection_string or CONNECTION_STRINGS[args.db]
+    table = args.table
+    if args.fill:
+        execute(connection_string, CREATE[args.db].format(t=table))
+        started = time.perf_counter()
+        execute(connection_string, FILL[args.db].format(t=table, n=int(args.rows)))
+        execute(connection_string, f"ANALYZE {'TABLE ' if args.db == 'mariadb' else ''}{table}")
+        print(json.dumps({"filled": args.rows, "seconds": round(time.perf_counter() - started, 1)}))
+        return
+    if args.drop:
+        execute(connection_string, f"DROP TABLE IF EXISTS {table}")
+        print(json.dumps({"dropped": table}))
+        return
+    settings = OdbcSettings(
+        connection_string=connection_string, query=f"SELECT id, item, qty, price, ward, ts FROM {table}",
+        mode="incrementing", key_column="id", timestamp_column=None, safety_lag_seconds=0,
+        batch_size=args.batch, limit_clause=cast(Any, args.limit_clause),
+    )
+    if args.measure == "fetch":
+        rows, seconds = fetch_only(connection_string, table, args.batch)
+    elif args.measure == "poll":
+        rows, _, seconds = asyncio.run(read_all(settings))
+    else:
+        rows, _, seconds = asyncio.run(read_to_jetstream(settings, args.nats, table))
+    print(json.dumps({"mode": args.measure, "rows": rows, "seconds": round(seconds, 2),
+                      "rows_per_s": round(rows / seconds), "peak_rss_mib": round(peak_rss_mib(), 1)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -74,8 +174,15 @@ def main() -> None:
     parser.add_argument("--mode", choices=["incrementing", "timestamp+key"], default="incrementing")
     parser.add_argument("--limit-clause", choices=["offset-fetch", "none"], default="offset-fetch")
     parser.add_argument("--connection-string", help="overrides --db's default (driver options, e.g. UseDeclareFetch=1)")
+    parser.add_argument("--table", help="JSON mode (bench.run): an existing table name")
+    parser.add_argument("--fill", action="store_true")
+    parser.add_argument("--drop", action="store_true")
+    parser.add_argument("--measure", choices=["fetch", "poll", "jetstream"])
+    parser.add_argument("--nats", help="NATS URL for --measure jetstream")
     args = parser.parse_args()
-
+    if args.table:
+        json_mode(args)
+        return
     connection_string = args.connection_string or CONNECTION_STRINGS[args.db]
     table = f"ficus_bench_{uuid.uuid4().hex[:10]}"
     execute(connection_string, CREATE[args.db].format(t=table))

@@ -47,7 +47,41 @@ def one_ft1(raw: bytes) -> bytes:
     return b"\r".join(s for i, s in enumerate(segments) if i != ft1s[-1]) + b"\r"
 
 
+def measure_json(seconds: float) -> dict[str, float]:
+    """Per-core rates on the benchmark feed (bench.messages, 1-2 KB ADT and 3-FT1 DFT),
+    one round of `seconds` each: what bench.run repeats in fresh processes."""
+    from bench.messages import Feed
+
+    ctx = TranslationContext("bench", "live", "raw.bench/1", datetime.now(UTC))
+    out: dict[str, float] = {}
+    for kind in ("adt", "dft"):
+        feed = Feed(kind, 1)
+        msgs = [feed.get(0, i) for i in range(500)]
+        texts = [m.decode("utf-8") for m in msgs]
+        it = iter(range(10**12))
+
+        def translate() -> None:
+            translate_hl7(msgs[next(it) % 500], "hl7v2", ctx)  # noqa: B023
+
+        def translate_json() -> None:
+            for event in translate_hl7(msgs[next(it) % 500], "hl7v2", ctx).events:  # noqa: B023
+                event.to_json()
+
+        def parse() -> None:
+            hl7.parse(texts[next(it) % 500])  # noqa: B023
+
+        out[f"{kind}_translate"] = rate(translate, seconds, 1)
+        out[f"{kind}_translate_json"] = rate(translate_json, seconds, 1)
+        out[f"{kind}_hl7_parse"] = rate(parse, seconds, 1)
+    return out
+
+
 def main() -> None:
+    if "--json" in sys.argv:
+        import json
+
+        print(json.dumps(measure_json(float(sys.argv[sys.argv.index("--json") + 1]))))
+        return
     raw = DFT.read_bytes()
     ctx = TranslationContext("bench", "live", "raw.bench/1", datetime.now(UTC))
     events = len(translate_hl7(raw, "hl7v2", ctx).events)

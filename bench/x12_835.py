@@ -79,14 +79,81 @@ def events_of(path: Path) -> Iterator[int]:
                 yield len(event.to_json())
 
 
+def tokenize_only(path: Path) -> tuple[int, int]:
+    """The ceiling of the reader: segments and claims (CLP) from X12Reader, nothing built."""
+    from canonical.x12.reader import X12Reader
+
+    segments = claims = 0
+    with path.open("rb") as stream:
+        for seg in X12Reader(stream):
+            segments += 1
+            if seg.id == "CLP":
+                claims += 1
+    return segments, claims
+
+
+def pyx12_claims(path: Path) -> int:
+    """pyx12 (the HIPAA X12 parser and validator on PyPI) walking the 835 map: claims (loop 2100)."""
+    import pyx12.error_handler
+    import pyx12.params
+    import pyx12.x12context
+
+    claims = 0
+    with path.open(encoding="ascii") as fd:
+        reader = pyx12.x12context.X12ContextReader(pyx12.params.params(), pyx12.error_handler.errh_null(), fd)
+        for node in reader.iter_segments("2100"):
+            if node.id == "2100":
+                claims += 1
+    return claims
+
+
+def measure(path: Path, mode: str) -> dict[str, object]:
+    """One measurement in this process: ficus (translate + JSON), tokenize, or pyx12."""
+    size = path.stat().st_size
+    start = time.perf_counter()
+    events = 0
+    if mode == "ficus":
+        claims = 0
+        ctx = TranslationContext("bench-835", "live", "raw.bench", datetime(2024, 10, 16, tzinfo=UTC))
+        with path.open("rb") as stream:
+            for result in translate_835(stream, ctx, source_name=path.name):
+                if result.error is not None:
+                    raise SystemExit(result.error.reason)
+                assert result.events is not None
+                for event in result.events:
+                    event.to_json()
+                    events += 1
+                    claims += event.type.startswith("org.ficus.claims.claim.")
+    elif mode == "tokenize":
+        _, claims = tokenize_only(path)
+    else:
+        claims = pyx12_claims(path)
+    elapsed = time.perf_counter() - start
+    return {"mode": mode, "mb": round(size / 1e6, 1), "seconds": round(elapsed, 2),
+            "mb_per_s": round(size / 1e6 / elapsed, 2), "claims": claims, "claims_per_s": round(claims / elapsed),
+            "events": events, "events_per_s": round(events / elapsed),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
 def main() -> None:
     """Generate, translate, report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024, help="file size in MB (default 1024)")
     parser.add_argument("--claims", type=int, default=1000, help="claims per transaction (default 1000)")
     parser.add_argument("--path", type=Path, default=Path("/tmp/ficus-bench.835"))
+    parser.add_argument("--mode", choices=["ficus", "tokenize", "pyx12"], help="one JSON measurement of an "
+                        "existing file (--path): Ficus's translator, its tokenizer alone, or pyx12")
+    parser.add_argument("--generate-only", action="store_true")
     args = parser.parse_args()
+    if args.mode:
+        import json
+
+        print(json.dumps(measure(args.path, args.mode)))
+        return
     claims = generate(args.path, args.size, args.claims)
+    if args.generate_only:
+        print(claims)
+        return
     size = args.path.stat().st_size
     start = time.perf_counter()
     count = sum(1 for _ in events_of(args.path))
