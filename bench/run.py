@@ -1,0 +1,388 @@
+"""`make bench`: every Ficus figure beside the ceiling of the same machine, in one run.
+
+    python -m bench.run [--quick] [--only mllp|translate|x12|csv|odbc|flip]
+
+Each measurement and its ceilings run in separate processes, interleaved and repeated
+(medians of 3), so that the ratios hold on a noisy shared machine. Results go to
+bench/out/results-<date>.json (merged with an earlier file of the same day when --only
+is used) and docs/benchmarks.md is regenerated from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.common import (
+    PY,
+    REPO,
+    VENV_BIN,
+    Child,
+    ficus_config,
+    free_port,
+    machine,
+    median,
+    nats_server,
+    run_json,
+    wait_http,
+)
+
+OUT = REPO / "bench" / "out"
+SECTIONS = ["translate", "mllp", "x12", "csv", "odbc", "flip"]
+
+FULL = {"reps": 3, "mllp_seconds": 4.0, "warmup": 1.0, "sustain_seconds": 60.0, "rate_seconds": 5.0,
+        "profile_seconds": 6.0, "translate_seconds": 1.0, "x12_mb": 48, "x12_small_mb": 5, "csv_mb": 48,
+        "odbc_rows": 1_000_000, "odbc_e2e_rows": 200_000, "flips": 5}
+QUICK = {"reps": 3, "mllp_seconds": 2.0, "warmup": 0.5, "sustain_seconds": 15.0, "rate_seconds": 2.0,
+         "profile_seconds": 3.0, "translate_seconds": 0.3, "x12_mb": 8, "x12_small_mb": 1, "csv_mb": 8,
+         "odbc_rows": 100_000, "odbc_e2e_rows": 50_000, "flips": 3}
+
+TARGETS = {"mllp_msgs_per_s": 10_000, "mllp_p99_ms": 5.0, "mllp_half_rate": 5_000, "mllp_vs_loop": 0.85,
+           "translate_per_core": 30_000, "file_mb_per_s": 50.0, "file_rss_mib": 256.0, "odbc_rows_per_s": 30_000,
+           "flip_ms": 1000.0}
+
+TMP = Path(tempfile.gettempdir())
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- profiles --------------------------------------------------------------------------------
+
+def top_functions(prof: Path, n: int = 12) -> list[dict[str, Any]]:
+    """Top functions by tottime from a cProfile dump."""
+    stats = pstats.Stats(str(prof))
+    total = stats.total_tt or 1e-9  # type: ignore[attr-defined]
+    rows = []
+    for (file, line, func), (_cc, calls, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        short = file.replace(str(REPO) + "/", "").replace(str(Path(sys.prefix)) + "/", "")
+        if "site-packages/" in short:
+            short = short.split("site-packages/", 1)[1]
+        rows.append({"function": f"{short}:{line}({func})", "calls": calls, "tottime_s": round(tt, 3),
+                     "cumtime_s": round(ct, 3), "pct": round(100 * tt / total, 1)})
+    rows.sort(key=lambda r: r["tottime_s"], reverse=True)
+    return rows[:n]
+
+
+def profile_cmd(args: list[str], timeout: float = 300) -> list[dict[str, Any]]:
+    """Runs `python -m cProfile -o ... <args>` and returns its top functions."""
+    prof = TMP / f"ficus-bench-{time.time_ns()}.prof"
+    subprocess.run([PY, "-m", "cProfile", "-o", str(prof), *args], cwd=REPO, capture_output=True, timeout=timeout,
+                   check=True, env={"PYTHONPATH": str(REPO), "PATH": str(VENV_BIN) + ":/usr/bin:/bin"})
+    try:
+        return top_functions(prof)
+    finally:
+        prof.unlink(missing_ok=True)
+
+
+# -- MLLP ------------------------------------------------------------------------------------
+
+@contextmanager
+def ficus(sync_always: bool = False, profile: Path | None = None) -> Iterator[dict[str, Any]]:
+    """`ficus run` with one modern hl7-mllp interface on an embedded nats-server."""
+    work = Path(tempfile.mkdtemp(prefix="ficus-bench-run-"))
+    mllp, api, nats_port = free_port(), free_port(), free_port()
+    cfg = ficus_config(work, route="modern", mllp_port=mllp, api_port=api, nats_port=nats_port,
+                       sync_always=sync_always)
+    argv = [str(VENV_BIN / "ficus"), "run", "-c", str(cfg)]
+    if profile is not None:
+        argv = [PY, "-m", "cProfile", "-o", str(profile), "-m", "router.cli", "run", "-c", str(cfg)]
+    child = Child(argv, log=work / "ficus.log", ready_port=mllp)
+    try:
+        with child:
+            wait_http(f"http://127.0.0.1:{api}/readyz", 30)
+            info: dict[str, Any] = {"port": mllp, "nats": f"nats://127.0.0.1:{nats_port}", "child": child}
+            yield info
+            info["peak_rss_mib"] = child.peak_rss_mib()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def load(port: int, kind: str, conns: int, seconds: float, warmup: float, *, rate: float | None = None,
+         backlog: str | None = None) -> dict[str, Any]:
+    args = ["-m", "bench.mllp_load", str(port), "--kind", kind, "--connections", str(conns),
+            "--seconds", str(seconds), "--warmup", str(warmup)]
+    if rate:
+        args += ["--rate", str(rate)]
+    if backlog:
+        args += ["--backlog", backlog]
+    return run_json(args, timeout=seconds + warmup + 120)
+
+
+@contextmanager
+def ceiling_server(name: str, *extra: str) -> Iterator[int]:
+    port = free_port()
+    with Child([PY, "-m", "bench.ceilings", name, str(port), *extra], log=TMP / "ficus-bench-ceilings.log",
+               ready_port=port):
+        yield port
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the repeated runs of one variant."""
+    keys = ("msgs_per_s", "p50_ms", "p99_ms", "p999_ms", "peak_rss_mib")
+    out: dict[str, Any] = {k: round(median([r[k] for r in runs if k in r]), 3) for k in keys
+                           if any(k in r for r in runs)}
+    out["runs"] = [r.get("msgs_per_s") for r in runs]
+    codes: dict[str, int] = defaultdict(int)
+    for r in runs:
+        for code, n in r.get("codes", {}).items():
+            codes[code] += n
+    if codes:
+        out["codes"] = dict(codes)
+    if runs and "bytes_per_msg" in runs[0]:
+        out["bytes_per_msg"] = runs[0]["bytes_per_msg"]
+    return out
+
+
+def section_mllp(c: dict[str, Any]) -> dict[str, Any]:
+    s, w, reps = c["mllp_seconds"], c["warmup"], c["reps"]
+    kinds = ("adt", "dft")
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    def add(key: str, result: dict[str, Any], rss: float | None = None) -> None:
+        if rss is not None:
+            result["peak_rss_mib"] = rss
+        runs[key].append(result)
+
+    for rep in range(reps):
+        log(f"mllp: round {rep + 1}/{reps}")
+        with ficus() as f:
+            rs = [(f"ficus|{k}|{n}", load(f["port"], k, n, s, w)) for k in kinds for n in (8, 1)]
+            rss = f["child"].peak_rss_mib()
+        for key, r in rs:
+            add(key, r, rss)
+        with nats_server() as url, ceiling_server("min-loop", url) as port:
+            for k, n in (("adt", 8), ("dft", 8), ("dft", 1)):
+                add(f"min-loop|{k}|{n}", load(port, k, n, s, w))
+        with ficus(sync_always=True) as f:
+            rs = [(f"ficus-sync|{k}|8", load(f["port"], k, 8, s, w)) for k in kinds]
+            rss = f["child"].peak_rss_mib()
+        for key, r in rs:
+            add(key, r, rss)
+        with nats_server(sync_always=True) as url, ceiling_server("min-loop", url) as port:
+            add("min-loop-sync|dft|8", load(port, "dft", 8, s, w))
+        with ceiling_server("hl7-server") as port:
+            add("hl7-server|dft|8", load(port, "dft", 8, s, w))
+        with ceiling_server("template-server") as port:
+            for k in kinds:
+                add(f"template-server|{k}|8", load(port, k, 8, s, w))
+        with nats_server() as url:
+            for k in kinds:
+                add(f"js-publish|{k}|1", run_json(["-m", "bench.ceilings", "js-publish", url, "--kind", k,
+                                                    "--seconds", str(s)], timeout=s + 60))
+    summary = {key: summarize(v) for key, v in runs.items()}
+
+    # p99 at a fixed rate: half the target rate, and half of what Ficus reached.
+    rate_runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rep in range(reps):
+        log(f"mllp: fixed-rate round {rep + 1}/{reps}")
+        with ficus() as f:
+            for k in kinds:
+                half_measured = max(100, round(summary[f"ficus|{k}|8"]["msgs_per_s"] / 2, -1))
+                for label, rate in (("half-target", TARGETS["mllp_half_rate"]), ("half-measured", half_measured)):
+                    r = load(f["port"], k, 8, c["rate_seconds"], w, rate=rate)
+                    rate_runs[f"{label}|{k}"].append(r)
+    fixed = {}
+    for key, v in rate_runs.items():
+        fixed[key] = summarize(v)
+        fixed[key]["rate_target"] = v[0]["rate_target"]
+
+    log(f"mllp: sustained {c['sustain_seconds']:.0f} s with backlog sampling")
+    with ficus() as f:
+        sustained = load(f["port"], "dft", 8, c["sustain_seconds"], w, backlog=f["nats"])
+        sustained["peak_rss_mib"] = f["child"].peak_rss_mib()
+
+    profile: list[dict[str, Any]] = []
+    prof = TMP / f"ficus-bench-mllp-{time.time_ns()}.prof"
+    log("mllp: cProfile of the Ficus process (DFT, 8 connections)")
+    try:
+        with ficus(profile=prof) as f:
+            profiled = load(f["port"], "dft", 8, c["profile_seconds"], w)
+        profile = top_functions(prof, 18)
+    except Exception:  # noqa: BLE001 - a missing profile must not lose the figures
+        log("mllp: profile failed: " + traceback.format_exc(limit=2))
+        profiled = {}
+    finally:
+        prof.unlink(missing_ok=True)
+    return {"variants": summary, "fixed_rate": fixed, "sustained": sustained, "profile": profile,
+            "profiled_run": {k: profiled.get(k) for k in ("msgs_per_s", "p99_ms")}}
+
+
+# -- translation -----------------------------------------------------------------------------
+
+def section_translate(c: dict[str, Any]) -> dict[str, Any]:
+    runs = [run_json(["-m", "bench.translate_hl7", "--json", str(c["translate_seconds"])], timeout=300)
+            for _ in range(c["reps"])]
+    rates = {k: round(median([r[k] for r in runs])) for k in runs[0]}
+    log("translate: differential test")
+    t0 = time.perf_counter()
+    test = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_hl7_differential.py"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    diff = {"passed": test.returncode == 0, "summary": (test.stdout.strip().splitlines() or [""])[-1],
+            "seconds": round(time.perf_counter() - t0, 1)}
+    out: dict[str, Any] = {"rates": rates, "runs": runs, "differential_test": diff}
+    if min(rates["adt_translate"], rates["dft_translate"]) < TARGETS["translate_per_core"]:
+        log("translate: cProfile")
+        out["profile"] = profile_cmd(["-m", "bench.translate_hl7", "--json", "0.5"])
+    return out
+
+
+# -- files -----------------------------------------------------------------------------------
+
+def section_x12(c: dict[str, Any]) -> dict[str, Any]:
+    big, small = TMP / "ficus-bench-big.835", TMP / "ficus-bench-small.835"
+    try:
+        for path, mb in ((big, c["x12_mb"]), (small, c["x12_small_mb"])):
+            subprocess.run([PY, "-m", "bench.x12_835", "--size", str(mb), "--path", str(path), "--generate-only"],
+                           cwd=REPO, check=True, capture_output=True, env={"PYTHONPATH": str(REPO)})
+        runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for rep in range(c["reps"]):
+            log(f"x12: round {rep + 1}/{c['reps']}")
+            for mode in ("ficus", "tokenize"):
+                runs[f"{mode}|big"].append(run_json(["-m", "bench.x12_835", "--path", str(big), "--mode", mode], 900))
+            runs["ficus|small"].append(run_json(["-m", "bench.x12_835", "--path", str(small), "--mode", "ficus"], 300))
+            if rep == 0 or c["x12_small_mb"] <= 2:
+                runs["pyx12|small"].append(run_json(["-m", "bench.x12_835", "--path", str(small), "--mode", "pyx12"],
+                                                    900))
+        out: dict[str, Any] = {"variants": {k: _median_dicts(v) for k, v in runs.items()}}
+        if out["variants"]["ficus|big"]["mb_per_s"] < TARGETS["file_mb_per_s"]:
+            log("x12: cProfile")
+            out["profile"] = profile_cmd(["-m", "bench.x12_835", "--path", str(small), "--mode", "ficus"])
+        return out
+    finally:
+        big.unlink(missing_ok=True)
+        small.unlink(missing_ok=True)
+
+
+def section_csv(c: dict[str, Any]) -> dict[str, Any]:
+    path = TMP / "ficus-bench-billing.csv"
+    try:
+        subprocess.run([PY, "-m", "bench.flat_csv", "--size", str(c["csv_mb"]), "--path", str(path),
+                        "--generate-only"], cwd=REPO, check=True, capture_output=True, env={"PYTHONPATH": str(REPO)})
+        runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for rep in range(c["reps"]):
+            log(f"csv: round {rep + 1}/{c['reps']}")
+            for mode in ("ficus", "read", "csv"):
+                runs[mode].append(run_json(["-m", "bench.flat_csv", "--path", str(path), "--mode", mode], 900))
+        out: dict[str, Any] = {"variants": {k: _median_dicts(v) for k, v in runs.items()}}
+        if out["variants"]["ficus"]["mb_per_s"] < TARGETS["file_mb_per_s"]:
+            log("csv: cProfile")
+            small = TMP / "ficus-bench-billing-small.csv"
+            subprocess.run([PY, "-m", "bench.flat_csv", "--size", "4", "--path", str(small), "--generate-only"],
+                           cwd=REPO, check=True, capture_output=True, env={"PYTHONPATH": str(REPO)})
+            try:
+                out["profile"] = profile_cmd(["-m", "bench.flat_csv", "--path", str(small), "--mode", "ficus"])
+            finally:
+                small.unlink(missing_ok=True)
+        return out
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _median_dicts(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(runs[0])
+    for k, v in runs[0].items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[k] = round(median([r[k] for r in runs]), 2)
+    out["repeats"] = len(runs)
+    return out
+
+
+# -- ODBC ------------------------------------------------------------------------------------
+
+def section_odbc(c: dict[str, Any]) -> dict[str, Any]:
+    stamp = time.time_ns() % 10**9
+    big, small = f"ficus_bench_{stamp}_big", f"ficus_bench_{stamp}_small"
+    odbc = ["-m", "bench.odbc_poll"]
+    try:
+        fill = run_json([*odbc, "--table", big, "--fill", "--rows", str(c["odbc_rows"])], 900)
+        run_json([*odbc, "--table", small, "--fill", "--rows", str(c["odbc_e2e_rows"])], 900)
+        runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for rep in range(c["reps"]):
+            log(f"odbc: round {rep + 1}/{c['reps']}")
+            runs["fetch|big"].append(run_json([*odbc, "--table", big, "--measure", "fetch"], 900))
+            runs["poll|big"].append(run_json([*odbc, "--table", big, "--measure", "poll"], 900))
+            runs["poll|small"].append(run_json([*odbc, "--table", small, "--measure", "poll"], 900))
+            with nats_server() as url:
+                runs["jetstream|small"].append(run_json([*odbc, "--table", small, "--measure", "jetstream",
+                                                         "--nats", url], 1800))
+        out: dict[str, Any] = {"fill": fill, "rows_big": c["odbc_rows"], "rows_small": c["odbc_e2e_rows"],
+                               "variants": {k: _median_dicts(v) for k, v in runs.items()}}
+        if out["variants"]["jetstream|small"]["rows_per_s"] < TARGETS["odbc_rows_per_s"]:
+            log("odbc: cProfile of the end-to-end path")
+            with nats_server() as url:
+                out["profile"] = profile_cmd([*odbc, "--table", small, "--measure", "jetstream", "--nats", url])
+        return out
+    finally:
+        for table in (big, small):
+            try:
+                run_json([*odbc, "--table", table, "--drop"], 120)
+            except Exception:  # noqa: BLE001
+                log(f"odbc: could not drop {table}")
+
+
+# -- flip ------------------------------------------------------------------------------------
+
+def section_flip(c: dict[str, Any]) -> dict[str, Any]:
+    return run_json(["-m", "bench.flip", "--flips", str(c["flips"])], 300)
+
+
+RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "translate": section_translate, "mllp": section_mllp, "x12": section_x12, "csv": section_csv,
+    "odbc": section_odbc, "flip": section_flip,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="shorter runs and smaller files (minutes, not 15)")
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
+    parser.add_argument("--render", type=Path, help="only regenerate docs/benchmarks.md from this results JSON")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        report.write(json.loads(args.render.read_text()), REPO / "docs" / "benchmarks.md")
+        return
+    config = QUICK if args.quick else FULL
+    path = OUT / f"results-{dt.date.today().isoformat()}{'-quick' if args.quick else ''}.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if args.only and path.exists() else {"sections": {}}
+    results.update({"machine": machine(), "quick": args.quick, "config": config, "targets": TARGETS,
+                    "date": dt.datetime.now().isoformat(timespec="seconds")})
+    started = time.perf_counter()
+    for name in args.only or SECTIONS:
+        log(f"== {name}")
+        t0 = time.perf_counter()
+        try:
+            results["sections"][name] = RUNNERS[name](config)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other sections
+            log(f"{name} failed: {traceback.format_exc()}")
+            results["sections"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+        results["sections"][name]["section_seconds"] = round(time.perf_counter() - t0, 1)
+        path.write_text(json.dumps(results, indent=1))
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    results["load_at_end"] = list(__import__("os").getloadavg())
+    path.write_text(json.dumps(results, indent=1))
+    log(f"results: {path} ({results['total_seconds']:.0f} s)")
+    if not args.no_docs:
+        report.write(results, REPO / "docs" / "benchmarks.md")
+        log("docs/benchmarks.md regenerated")
+
+
+if __name__ == "__main__":
+    main()
