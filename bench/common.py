@@ -160,10 +160,9 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = 
 def wait_http(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status == 200:
+                return
         time.sleep(0.1)
     raise RuntimeError(f"{url} not ready after {timeout}s")
 

@@ -45,7 +45,7 @@ OUT = REPO / "bench" / "out"
 SECTIONS = ["translate", "mllp", "x12", "csv", "odbc", "flip"]
 
 FULL = {"reps": 3, "mllp_seconds": 4.0, "warmup": 1.0, "sustain_seconds": 60.0, "rate_seconds": 5.0,
-        "profile_seconds": 6.0, "translate_seconds": 1.0, "x12_mb": 48, "x12_small_mb": 5, "csv_mb": 48,
+        "profile_seconds": 6.0, "translate_seconds": 1.0, "x12_mb": 32, "x12_small_mb": 5, "csv_mb": 32,
         "odbc_rows": 1_000_000, "odbc_e2e_rows": 200_000, "flips": 5}
 QUICK = {"reps": 3, "mllp_seconds": 2.0, "warmup": 0.5, "sustain_seconds": 15.0, "rate_seconds": 2.0,
          "profile_seconds": 3.0, "translate_seconds": 0.3, "x12_mb": 8, "x12_small_mb": 1, "csv_mb": 8,
@@ -238,7 +238,7 @@ def section_translate(c: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"rates": rates, "runs": runs, "differential_test": diff}
     if min(rates["adt_translate"], rates["dft_translate"]) < TARGETS["translate_per_core"]:
         log("translate: cProfile")
-        out["profile"] = profile_cmd(["-m", "bench.translate_hl7", "--json", "0.5"])
+        out["profile"] = profile_cmd(["-m", "bench.translate_hl7", "--only", "dft"])
     return out
 
 
@@ -325,8 +325,13 @@ def section_odbc(c: dict[str, Any]) -> dict[str, Any]:
                                "variants": {k: _median_dicts(v) for k, v in runs.items()}}
         if out["variants"]["jetstream|small"]["rows_per_s"] < TARGETS["odbc_rows_per_s"]:
             log("odbc: cProfile of the end-to-end path")
-            with nats_server() as url:
-                out["profile"] = profile_cmd([*odbc, "--table", small, "--measure", "jetstream", "--nats", url])
+            tiny = f"ficus_bench_{stamp}_tiny"
+            try:
+                run_json([*odbc, "--table", tiny, "--fill", "--rows", "30000"], 300)
+                with nats_server() as url:
+                    out["profile"] = profile_cmd([*odbc, "--table", tiny, "--measure", "jetstream", "--nats", url])
+            finally:
+                run_json([*odbc, "--table", tiny, "--drop"], 120)
         return out
     finally:
         for table in (big, small):

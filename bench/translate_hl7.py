@@ -76,7 +76,23 @@ def measure_json(seconds: float) -> dict[str, float]:
     return out
 
 
+def translate_only(kind: str, seconds: float) -> None:
+    """translate_hl7 alone on the benchmark feed for `seconds` (what bench.run profiles)."""
+    from bench.messages import Feed
+
+    ctx = TranslationContext("bench", "live", "raw.bench/1", datetime.now(UTC))
+    feed = Feed(kind, 1)
+    msgs = [feed.get(0, i) for i in range(500)]
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        for raw in msgs:
+            translate_hl7(raw, "hl7v2", ctx)
+
+
 def main() -> None:
+    if "--only" in sys.argv:
+        translate_only(sys.argv[sys.argv.index("--only") + 1], 1.0)
+        return
     if "--json" in sys.argv:
         import json
 
