@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from canonical.reference import ReferenceStore
 from legacy.file_delivery import FolderDelivery, InPlaceDelivery, SftpDelivery
@@ -132,6 +132,34 @@ def _delivery(cfg: FileInterfaceConfig) -> Delivery | None:
     return FolderDelivery(Path(cfg.legacy.removeprefix("file://")))
 
 
+class _Runner(Protocol):
+    async def run(self, stopping: asyncio.Event) -> None: ...
+
+
+def _polling(
+    cfg: FileInterfaceConfig | OdbcInterfaceConfig, stats: InterfaceStats, runner: _Runner,
+    close: Callable[[], Awaitable[None]], address: str, details: Callable[[], dict[str, Any]],
+) -> RunningInterface:
+    """A polling interface: one task running `runner.run(stopping)`; shutdown lets its unit finish."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(runner.run(stopping), name=f"{cfg.kind}-{cfg.name}")
+
+    async def stop_intake() -> None:
+        stopping.set()
+
+    async def finish() -> None:
+        # The unit in flight finishes; a hard stop is safe too (its resume point is not advanced).
+        done, _ = await asyncio.wait({task}, timeout=30)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await close()
+
+    return RunningInterface(cfg, stats, address=lambda: address, stop_intake=stop_intake, finish=finish,
+                            details=details, tasks=[task], ready=lambda: not task.done())
+
+
 async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:
     """A folder or sftp interface: source, legacy file delivery, manifest, pipeline task."""
     stats = InterfaceStats()
@@ -142,26 +170,10 @@ async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:
     objects = await deps.store.object_store(names.OBJ_RAW_FILES)
     pipeline = FilePipeline(cfg, deps.store, deps.routes, source, _delivery(cfg), stats, manifest, objects,
                             spool, reference=deps.reference)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(pipeline.run(stopping), name=f"files-{cfg.name}")
-
-    async def stop_intake() -> None:
-        stopping.set()
-
-    async def finish() -> None:
-        # The file in progress finishes (its resume point makes a hard stop safe too).
-        done, _ = await asyncio.wait({task}, timeout=30)
-        if not done:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await source.close()
-
-    return RunningInterface(
-        cfg, stats, address=lambda: f"{cfg.kind}:{cfg.path}", stop_intake=stop_intake, finish=finish,
-        details=lambda: {"busy_file": pipeline.busy_file}, pipeline=pipeline, tasks=[task],
-        ready=lambda: not task.done(),
-    )
+    running = _polling(cfg, stats, pipeline, source.close, f"{cfg.kind}:{cfg.path}",
+                       lambda: {"busy_file": pipeline.busy_file})
+    running.pipeline = pipeline
+    return running
 
 
 async def start_odbc(cfg: OdbcInterfaceConfig, deps: Deps) -> RunningInterface:
@@ -170,25 +182,7 @@ async def start_odbc(cfg: OdbcInterfaceConfig, deps: Deps) -> RunningInterface:
     poller = OdbcPoller(cfg.name, odbc_settings(cfg))
     checkpoints = CheckpointStore(await deps.store.kv(names.KV_CHECKPOINTS), cfg.name)
     pipeline = OdbcPipeline(cfg, deps.store, deps.routes, poller, stats, checkpoints, reference=deps.reference)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(pipeline.run(stopping), name=f"odbc-{cfg.name}")
-
-    async def stop_intake() -> None:
-        stopping.set()
-
-    async def finish() -> None:
-        # The batch in flight finishes; a hard stop is safe too (its checkpoint is not stored).
-        done, _ = await asyncio.wait({task}, timeout=30)
-        if not done:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await poller.close()
-
-    return RunningInterface(
-        cfg, stats, address=lambda: f"odbc:{cfg.table}", stop_intake=stop_intake, finish=finish,
-        details=pipeline.details, tasks=[task], ready=lambda: not task.done(),
-    )
+    return _polling(cfg, stats, pipeline, poller.close, f"odbc:{cfg.table}", pipeline.details)
 
 
 async def start(cfg: InterfaceConfig, deps: Deps) -> RunningInterface:

@@ -217,8 +217,18 @@ class Store:
             await asyncio.wait_for(self.js.publish_async_completed(), self.timeout)
         except TimeoutError:
             log.warning("nats: closing with publishes still unacknowledged")
+        if not self.nc.is_connected:
+            # Nothing to drain while NATS is away; closing must not wait for it to come back.
+            await self._close_quietly()
+            return
         try:
             await asyncio.wait_for(self.nc.drain(), self.timeout)
-        except (TimeoutError, nats.errors.Error) as exc:
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
             log.warning("nats: drain failed (%s); closing", type(exc).__name__)
+            await self._close_quietly()
+
+    async def _close_quietly(self) -> None:
+        try:
             await self.nc.close()
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("nats: close: %s", type(exc).__name__)
