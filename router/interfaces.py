@@ -142,7 +142,7 @@ def _polling(
 ) -> RunningInterface:
     """A polling interface: one task running `runner.run(stopping)`; shutdown lets its unit finish."""
     stopping = asyncio.Event()
-    task = asyncio.create_task(runner.run(stopping), name=f"{cfg.kind}-{cfg.name}")
+    task = asyncio.create_task(_supervised(cfg.name, stats, runner, stopping), name=f"{cfg.kind}-{cfg.name}")
 
     async def stop_intake() -> None:
         stopping.set()
@@ -158,6 +158,24 @@ def _polling(
 
     return RunningInterface(cfg, stats, address=lambda: address, stop_intake=stop_intake, finish=finish,
                             details=details, tasks=[task], ready=lambda: not task.done())
+
+
+async def _supervised(name: str, stats: InterfaceStats, runner: _Runner, stopping: asyncio.Event) -> None:
+    """Runs a polling pipeline; an unexpected crash is logged, counted and restarted after a pause.
+
+    Nothing is lost by a restart: each pipeline resumes from its stored checkpoint or manifest.
+    """
+    delay = 1.0
+    while not stopping.is_set():
+        try:
+            await runner.run(stopping)
+            return
+        except Exception as exc:  # noqa: BLE001 - a supervisor: logged, counted, restarted
+            stats.error(f"pipeline crashed: {type(exc).__name__}; restarting in {delay:g}s")
+            log.exception("%s: pipeline crashed; restarting in %gs", name, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+        delay = min(delay * 2, 60.0)
 
 
 async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:

@@ -165,6 +165,7 @@ class _Session:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ficus-odbc")
         self.conn: pyodbc.Connection | None = None
         self.cursor: pyodbc.Cursor | None = None  # the running statement, for cancel()
+        self.abandoned = False
 
     def open(self) -> tuple[list[str], str]:
         """Connect; return the query's output columns (lowercased) and the DBMS name."""
@@ -224,7 +225,14 @@ class _Session:
                 conn.close()
 
     def abandon(self) -> None:
-        """From the event loop: cancel any running statement, close on the old thread."""
+        """From the event loop: cancel any running statement, close on the old thread.
+
+        Idempotent: a failed connect is abandoned where the error is translated and again by
+        the caller that gives the session up; a second submit to a shut-down executor raises.
+        """
+        if self.abandoned:
+            return
+        self.abandoned = True
         cursor = self.cursor
         if cursor is not None:
             with contextlib.suppress(pyodbc.Error):
