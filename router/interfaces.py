@@ -170,7 +170,7 @@ async def _supervised(name: str, stats: InterfaceStats, runner: _Runner, stoppin
         try:
             await runner.run(stopping)
             return
-        except Exception as exc:  # noqa: BLE001 - a supervisor: logged, counted, restarted
+        except Exception as exc:  # a supervisor: logged, counted, restarted
             stats.error(f"pipeline crashed: {type(exc).__name__}; restarting in {delay:g}s")
             log.exception("%s: pipeline crashed; restarting in %gs", name, delay)
         with contextlib.suppress(TimeoutError):
