@@ -4,6 +4,7 @@ a PostgreSQL cluster of the test's own, stopped and started again, while Ficus p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -72,10 +73,8 @@ def own_postgres() -> Iterator[OwnPostgres]:
     try:
         yield pg
     finally:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped by the test
             pg.stop()
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(pg.base, ignore_errors=True)
 
 
