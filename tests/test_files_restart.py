@@ -64,7 +64,7 @@ async def test_kill_mid_file_then_restart_publishes_each_record_once(
     write_export(staging, RECORDS)
     conf = config(tmp_path, nats_server.url)
     cmd = [sys.executable, "-m", "router.cli", "run", "-c", str(conf)]
-    first = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=subprocess.PIPE)
+    first = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=subprocess.DEVNULL)
     try:
         staging.rename(tmp_path / "in" / "big.csv")  # renamed into place: complete
         await wait_for(lambda: _count(nats_server.url), timeout=60, interval=0.02)
@@ -77,12 +77,21 @@ async def test_kill_mid_file_then_restart_publishes_each_record_once(
     assert 0 < published < RECORDS, f"killed mid-file ({published} events)"
     assert (tmp_path / "in" / "big.csv").exists(), "not archived before its events were stored"
 
-    second = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=subprocess.PIPE)
-    try:
-        await wait_for(lambda: (tmp_path / "archive" / "big.csv").exists(), timeout=180, interval=0.2)
-    finally:
-        second.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(second.communicate(), 30)
+    log = tmp_path / "second.log"
+    with log.open("wb") as errfile:  # a file, not a pipe: a full pipe would block the service
+        second = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=errfile)
+        try:
+            await wait_for(lambda: (tmp_path / "archive" / "big.csv").exists(), timeout=180, interval=0.2)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await asyncio.wait_for(second.wait(), 60)
+            stop_seconds = loop.time() - started
+    err = log.read_bytes()
+    assert second.returncode == 0, err.decode()[-2000:]
+    print(f"shutdown took {stop_seconds:.1f}s")
+    assert stop_seconds < 30, f"shutdown took {stop_seconds:.1f}s"
     assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == RECORDS
     assert await stream_count(nats_server.url, names.STREAM_DLQ) == 0
     ids = await _distinct_ids(nats_server.url)
