@@ -169,6 +169,7 @@ class FilePipeline:
                                  datetime.now(UTC), self.cfg.timezone)
         batch: list[Outgoing] = []
         letters: list[Outgoing] = []
+        parity: list[tuple[str, bool, str]] = []
         last_index = entry.next_record - 1
         with local.open("rb") as fh:
             try:
@@ -180,19 +181,26 @@ class FilePipeline:
                         letters.append(self._letter(entry, unit, mode))
                     else:
                         batch.extend(self._outgoing(ev, entry) for ev in unit.events)
+                    if mode == "shadow":
+                        parity.append((unit.locator, unit.error is None, unit.error.reason if unit.error else ""))
                     if len(batch) >= BATCH or len(letters) >= BATCH:
-                        await self._flush(entry, batch, letters, last_index + 1, mode)
-                        batch, letters = [], []
+                        await self._flush(entry, batch, letters, last_index + 1, mode, parity)
+                        batch, letters, parity = [], [], []
             except LayoutError as exc:
                 # The file as a whole cannot be read with its layout: one dead letter for it.
                 whole = Unit(0, "file", [], TranslationError(f"{entry.name}: {exc.reason}", control_id="",
                                                               locator="file"))
                 letters.append(self._letter(entry, whole, mode))
-        await self._flush(entry, batch, letters, last_index + 1, mode)
+                if mode == "shadow":
+                    parity.append((f"{entry.name}", False, exc.reason))
+        await self._flush(entry, batch, letters, last_index + 1, mode, parity)
 
     async def _flush(self, entry: FileEntry, batch: list[Outgoing], letters: list[Outgoing],
-                     next_record: int, mode: Mode) -> None:
+                     next_record: int, mode: Mode, parity: list[tuple[str, bool, str]]) -> None:
         await self.store.publish(batch + letters)
+        for unit, translated, why in parity:
+            # The legacy consumer takes the whole file; Ficus agrees on each record it translates.
+            self.stats.parity.record(legacy_ok=True, modern_ok=translated, unit=unit, detail=why)
         if mode == "modern":
             self.stats.published += len(batch)
         else:

@@ -100,6 +100,8 @@ class _Outcome:
     live: int = 0
     shadow: int = 0
     marked_keys: list[Key] = field(default_factory=list)
+    # Shadow evidence, applied only once the batch is acknowledged: (unit, translated, why not).
+    parity: list[tuple[str, bool, str]] = field(default_factory=list)
 
 
 class CheckpointStore:
@@ -208,6 +210,9 @@ class OdbcPipeline:
         self.stats.published += outcome.live
         self.stats.shadow_published += outcome.shadow
         self.stats.dead_lettered += len(outcome.letters)
+        for unit, translated, why in outcome.parity:
+            # The legacy job takes every row; Ficus agrees when it could translate it.
+            self.stats.parity.record(legacy_ok=True, modern_ok=translated, unit=unit, detail=why)
         if outcome.marked_keys and self.cfg.mark_statement is not None:
             # After the acknowledgement, before the checkpoint: see the module docstring.
             await self.poller.mark_exported(Batch([], outcome.marked_keys, batch.checkpoint_after))
@@ -279,7 +284,11 @@ class OdbcPipeline:
                 events = self._events(row, key, ctx)
             except TranslationError as exc:
                 out.letters.append(self._letter(key, mode, ref, exc))
+                if mode == "shadow":
+                    out.parity.append((f"{self.cfg.table}:{key}", False, exc.reason))
                 continue
+            if mode == "shadow":
+                out.parity.append((f"{self.cfg.table}:{key}", True, ""))
             out.events += [self._outgoing(ev, key, ref) for ev in events]
             if mode == "modern":
                 out.live += len(events)

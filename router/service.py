@@ -16,8 +16,10 @@ from pathlib import Path
 from types import TracebackType
 
 from aiohttp import web
+from nats.js.kv import KeyValue
 
 from canonical.reference import ReferenceStore
+from router import parity
 from router.config import FicusConfig
 from router.embedded_nats import EmbeddedNats
 from router.interfaces import Deps, RunningInterface
@@ -43,6 +45,8 @@ class Service:
         self._runner: web.AppRunner | None = None
         self.reference: ReferenceStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._parity_kv: KeyValue | None = None
+        self._parity_saved: dict[str, int] = {}
         self.api_url: str | None = None
 
     @property
@@ -71,6 +75,13 @@ class Service:
             self.interfaces[icfg.name] = await start_interface(icfg, deps)
             log.info("interface %s (%s) on %s, route %s", icfg.name, icfg.kind,
                      self.interfaces[icfg.name].address(), self.routes.mode_for(icfg.name))
+        stats = {name: running.stats for name, running in self.interfaces.items()}
+        self._parity_kv = await self.store.kv(parity.KV_PARITY, history=1)
+        await parity.restore(self._parity_kv, stats)
+        for name, st in stats.items():
+            self._parity_saved[name] = st.parity.samples
+        self._tasks.append(asyncio.create_task(
+            parity.keep_saved(self._parity_kv, stats, self._parity_saved), name="parity-save"))
         if self.with_api:
             await self._start_api()
 
@@ -105,6 +116,8 @@ class Service:
             await running.finish()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._parity_kv is not None:
+            await parity.save(self._parity_kv, {n: r.stats for n, r in self.interfaces.items()}, self._parity_saved)
         if self.routes is not None:
             await self.routes.stop()
         if self.store is not None:

@@ -58,6 +58,13 @@ class ParityStats:
         return {"samples": self.samples, "agree": self.agree, "disagree": self.disagree,
                 "ratio": self.ratio, "recent_disagreements": list(self.recent)}
 
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continues from evidence saved before a restart (see router/parity.py)."""
+        self.samples = int(saved.get("samples", 0))
+        self.agree = int(saved.get("agree", 0))
+        self.disagree = int(saved.get("disagree", 0))
+        self.recent.extend(saved.get("recent_disagreements", []))
+
 
 @dataclass
 class InterfaceStats:

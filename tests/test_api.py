@@ -132,3 +132,19 @@ async def test_schemas_endpoint(nats_server: EmbeddedNats, service_factory: Serv
         one = await http.get(f"{svc.api_url}/api/v1/schemas/org.ficus.revenue.charge.posted.v1")
         assert one.status == 200 and (await one.json())["properties"]["type"]
         assert (await http.get(f"{svc.api_url}/api/v1/schemas/org.ficus.nope.v1")).status == 404
+
+
+async def test_parity_evidence_survives_a_restart(nats_server: EmbeddedNats, service_factory: ServiceFactory) -> None:
+    async with SimulatedEngine() as engine:
+        cfg = make_config(nats_server.url, [{"name": "his-charges", "mapping": "hl7v2.dft_p03", "route": "shadow",
+                                             "legacy": f"mllp://127.0.0.1:{engine.port}", "parity_min_samples": 3}])
+        async with service_factory(cfg) as svc:
+            port = svc.interfaces["his-charges"].listener.port
+            for seq in range(1, 4):
+                assert msa(await send_one(port, simulate.dft(seq)))[0] == "AA"
+            await wait_for(lambda: svc.interfaces["his-charges"].stats.parity.samples == 3)
+        async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
+            body = await (await http.get(f"{svc.api_url}/api/v1/parity/his-charges")).json()
+            assert body["samples"] == 3 and body["ratio"] == 1.0
+            flip = {"mode": "modern", "reason": "evidence kept across the restart"}
+            assert (await http.put(f"{svc.api_url}/api/v1/routes/his-charges", json=flip)).status == 200

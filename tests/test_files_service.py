@@ -97,6 +97,9 @@ async def test_bad_record_is_dead_lettered_and_legacy_still_gets_the_file(
                 assert "amount" in letters[0]["reason"]
                 shadow = await stream_count(nats_server.url, names.STREAM_SHADOW)
                 assert shadow == records(bad) - 1
+                # Parity evidence per record: the legacy side took the file, Ficus all but one line.
+                assert stats.parity.samples == records(bad) and stats.parity.disagree == 1
+                assert "line 4" in stats.parity.recent[0]["unit"]
             else:
                 assert stats.shadow_published == 0 and stats.published == 0
 

@@ -134,6 +134,7 @@ async def test_bad_value_is_dead_lettered_with_table_key_and_field(
         await wait_for(lambda: stream_count(nats_server.url, names.STREAM_DLQ), timeout=5)
         stats = svc.interfaces["usage"].stats
         assert (stats.received, stats.shadow_published, stats.dead_lettered, stats.published) == (5, 4, 1, 0)
+        assert (stats.parity.samples, stats.parity.disagree) == (5, 1), "shadow evidence for the flip gate"
     (letter,) = await read_subject(nats_server.url, names.STREAM_DLQ, names.dlq_subject("usage"))
     assert letter["reason"].startswith(f"{db.table} row id=3: quantity: ")
     assert letter["unit"] == f"{db.table}:3" and letter["mode"] == "shadow"
