@@ -39,7 +39,7 @@ from router.dlq import DeadLetter, money, now_iso
 from router.manifest import FileEntry, Manifest
 from router.routes import RouteTable
 from router.stats import InterfaceStats
-from router.store import Outgoing, Store, StoreUnavailable
+from router.store import Outgoing, Store, StoreUnavailable, event_message
 from wrappers.file_source import FileRef, FileSource, FileSourceError, SourceUnavailable
 
 log = logging.getLogger("ficus.files")
@@ -180,7 +180,7 @@ class FilePipeline:
                     if unit.error is not None:
                         letters.append(self._letter(entry, unit, mode))
                     else:
-                        batch.extend(self._outgoing(ev, entry) for ev in unit.events)
+                        batch.extend(event_message(ev, self.name) for ev in unit.events)
                     if mode == "shadow":
                         parity.append((unit.locator, unit.error is None, unit.error.reason if unit.error else ""))
                     if len(batch) >= BATCH or len(letters) >= BATCH:
@@ -237,11 +237,6 @@ class FilePipeline:
                 except TranslationError as exc:
                     error = exc
             yield Unit(outcome.index, f"{entry.name} line {outcome.line}", events if error is None else [], error)
-
-    def _outgoing(self, ev: CloudEvent, entry: FileEntry) -> Outgoing:
-        return Outgoing(ev.nats_subject(), ev.to_json(), ev.id, {
-            names.HDR_INTERFACE: self.name, names.HDR_EVENT_TYPE: ev.type, names.HDR_RAW: entry.raw,
-        })
 
     def _letter(self, entry: FileEntry, unit: Unit, mode: Mode) -> Outgoing:
         exc = unit.error

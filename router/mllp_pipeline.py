@@ -30,7 +30,7 @@ from router.config import MllpInterfaceConfig, Mode
 from router.dlq import DeadLetter, Kind, money, now_iso
 from router.routes import RouteTable
 from router.stats import InterfaceStats
-from router.store import Outgoing, Store, StoreUnavailable
+from router.store import Outgoing, Store, StoreUnavailable, event_message
 from wrappers.mllp_listener import Peer
 
 log = logging.getLogger("ficus.pipeline")
@@ -106,7 +106,7 @@ class MllpPipeline:
     ) -> bytes | None:
         received = datetime.now(UTC)
         try:
-            raw_ref, raw_id = await self._archive(payload, header, peer, received)
+            raw_ref, raw_id = await self._archive(payload, header, peer)
         except StoreUnavailable as exc:
             return self._unavailable(header, exc)
         if header is None:
@@ -119,13 +119,7 @@ class MllpPipeline:
             return await self._rejected(header, exc.reason, raw_ref, raw_id, "live", exc.hl7_code)
         except TranslationError as exc:
             return await self._untranslatable(header, exc, raw_ref, raw_id)
-        outgoing = [
-            Outgoing(ev.nats_subject(), ev.to_json(), ev.id, {
-                names.HDR_INTERFACE: self.name, names.HDR_EVENT_TYPE: ev.type,
-                names.HDR_CONTROL_ID: header.control_id, names.HDR_RAW: raw_ref,
-            })
-            for ev in events
-        ]
+        outgoing = [event_message(ev, self.name) for ev in events]
         try:
             await self.store.publish(outgoing)
         except StoreUnavailable as exc:
@@ -139,7 +133,7 @@ class MllpPipeline:
         received = datetime.now(UTC)
         raw_ref, raw_id = "", ""
         try:
-            raw_ref, raw_id = await self._archive(payload, header, peer, received)
+            raw_ref, raw_id = await self._archive(payload, header, peer)
         except StoreUnavailable:
             # The legacy path must not gain a dependency on Ficus's store: forward anyway.
             self.stats.archive_errors += 1
@@ -187,13 +181,7 @@ class MllpPipeline:
         ctx = TranslationContext(self.name, "live" if mode == "modern" else "shadow", raw_ref,
                                  datetime.now(UTC), self.cfg.timezone)
         events = self._translate(payload, ctx, header)
-        await self.store.publish([
-            Outgoing(ev.nats_subject(), ev.to_json(), ev.id + msg_id_suffix, {
-                names.HDR_INTERFACE: self.name, names.HDR_EVENT_TYPE: ev.type,
-                names.HDR_CONTROL_ID: header.control_id, names.HDR_RAW: raw_ref,
-            })
-            for ev in events
-        ])
+        await self.store.publish([event_message(ev, self.name, ev.id + msg_id_suffix) for ev in events])
         if mode == "modern":
             self.stats.published += len(events)
         else:
@@ -233,13 +221,7 @@ class MllpPipeline:
             await self._dead_letter_quietly(header, raw_ref, kind, exc.reason, "shadow", raw_id, exc)
             self.stats.parity.record(legacy_ok=legacy_ok, modern_ok=False, unit=unit, detail=exc.reason)
             return
-        outgoing = [
-            Outgoing(ev.nats_subject(), ev.to_json(), ev.id, {
-                names.HDR_INTERFACE: self.name, names.HDR_EVENT_TYPE: ev.type,
-                names.HDR_CONTROL_ID: header.control_id, names.HDR_MODE: "shadow",
-            })
-            for ev in events
-        ]
+        outgoing = [event_message(ev, self.name) for ev in events]
         try:
             await self.store.publish(outgoing)
         except StoreUnavailable as exc:
@@ -257,16 +239,12 @@ class MllpPipeline:
 
     # -- storage -----------------------------------------------------------------------
 
-    async def _archive(
-        self, payload: bytes, header: MshHeader | None, peer: Peer, received: datetime
-    ) -> tuple[str, str]:
+    async def _archive(self, payload: bytes, header: MshHeader | None, peer: Peer) -> tuple[str, str]:
         """Stores the raw unit; returns its reference and its dedupe id."""
         raw_id = hashlib.sha256(self.name.encode() + b"\0" + payload).hexdigest()[:32]
-        headers = {
-            names.HDR_INTERFACE: self.name,
-            names.HDR_PEER: f"{peer.host}:{peer.port}",
-            names.HDR_RECEIVED: received.isoformat(timespec="milliseconds"),
-        }
+        # The interface is in the subject and the arrival time in JetStream's own metadata;
+        # every header costs on the hot path, so only what is not derivable travels.
+        headers = {names.HDR_PEER: f"{peer.host}:{peer.port}"}
         if header is not None:
             headers[names.HDR_CONTROL_ID] = header.control_id
         try:

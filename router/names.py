@@ -27,11 +27,8 @@ HDR_MSG_ID = "Nats-Msg-Id"
 HDR_INTERFACE = "Ficus-Interface"
 HDR_CONTROL_ID = "Ficus-Control-Id"
 HDR_PEER = "Ficus-Peer"
-HDR_RECEIVED = "Ficus-Received"
 HDR_EVENT_TYPE = "Ficus-Event-Type"
-HDR_FACILITY = "Ficus-Facility"
 HDR_MODE = "Ficus-Mode"
-HDR_RAW = "Ficus-Raw"
 
 
 def raw_subject(interface: str) -> str:

@@ -66,7 +66,7 @@ from router.config import Mode, OdbcInterfaceConfig
 from router.dlq import DeadLetter, money, now_iso
 from router.routes import RouteTable
 from router.stats import InterfaceStats
-from router.store import Outgoing, Store, StoreUnavailable
+from router.store import Outgoing, Store, StoreUnavailable, event_message
 from wrappers.odbc_poller import Batch, OdbcPoller, OdbcSettings, QueryError
 from wrappers.watermark import Checkpoint, Key
 
@@ -289,7 +289,7 @@ class OdbcPipeline:
                 continue
             if mode == "shadow":
                 out.parity.append((f"{self.cfg.table}:{key}", True, ""))
-            out.events += [self._outgoing(ev, key, ref) for ev in events]
+            out.events += [self._outgoing(ev, key) for ev in events]
             if mode == "modern":
                 out.live += len(events)
                 out.marked_keys.append(key)
@@ -310,12 +310,10 @@ class OdbcPipeline:
     def _locator(self, key: Key) -> str:
         return f"{self.cfg.table} row {self.cfg.key_column}={key}"
 
-    def _outgoing(self, ev: CloudEvent, key: Key, ref: str) -> Outgoing:
+    def _outgoing(self, ev: CloudEvent, key: Key) -> Outgoing:
         # From the row key, not the mapping's key: two rows are never collapsed into one.
         msg_id = _digest("row", self.name, self.cfg.table, str(key), ev.type)
-        return Outgoing(ev.nats_subject(), ev.to_json(), msg_id, {
-            names.HDR_INTERFACE: self.name, names.HDR_EVENT_TYPE: ev.type, names.HDR_RAW: ref,
-        })
+        return event_message(ev, self.name, msg_id)
 
     def _letter(self, key: Key, mode: Mode, ref: str, exc: TranslationError) -> Outgoing:
         locator = self._locator(key)

@@ -32,6 +32,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from canonical.envelope import CloudEvent
 from router import names
 from router.config import NatsConfig
 
@@ -55,6 +56,16 @@ class Outgoing:
     payload: bytes
     msg_id: str
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def event_message(event: CloudEvent, interface: str, msg_id: str | None = None) -> Outgoing:
+    """A canonical event as stored: its subject, compact JSON, its id as Nats-Msg-Id.
+
+    Two headers only, so consumers can route without parsing; everything else is in the
+    event (`ficusraw`, `ficuscorrelation`), and each header costs on the hot path.
+    """
+    return Outgoing(event.nats_subject(), event.to_json(), msg_id or event.id,
+                    {names.HDR_INTERFACE: interface, names.HDR_EVENT_TYPE: event.type})
 
 
 def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
