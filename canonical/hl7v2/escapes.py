@@ -144,8 +144,18 @@ def escape(value: str, d: Delimiters) -> str:
 
     Line breaks become \\X0D\\ / \\X0A\\ so a value can never end a segment.
     """
+    if not value or (value.isalnum() and _punctuation_only(d)):
+        # Most echoed fields (application, facility, ids, timestamps) need no work: the ACK path.
+        return value
     table = _escape_table(d)
     return value.translate(table) if _needs_escape(value, d) else value
+
+
+@lru_cache(maxsize=64)
+def _punctuation_only(d: Delimiters) -> bool:
+    """No delimiter is a letter or digit, so an alphanumeric value holds none of them."""
+    return not any(c.isalnum() for c in (d.field, d.component, d.repetition, d.escape, d.subcomponent,
+                                         d.truncation or ""))
 
 
 def _needs_escape(value: str, d: Delimiters) -> bool:
