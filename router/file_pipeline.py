@@ -13,11 +13,8 @@ and only then mark the file done and archive, delete or leave the source file.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -27,15 +24,11 @@ import nats.js.errors
 from nats.js.object_store import ObjectStore
 
 from canonical.context import TranslationContext
-from canonical.enrich import enrich
-from canonical.envelope import CloudEvent
-from canonical.errors import TranslationError
-from canonical.flat import FlatRecord, LayoutError, translate_flat
 from canonical.reference import ReferenceStore
-from canonical.x12.remit835 import translate_835
 from router import names
 from router.config import FileInterfaceConfig, Mode
 from router.dlq import DeadLetter, money, now_iso
+from router.file_units import Unit, file_units, sha256_of
 from router.manifest import FileEntry, Manifest
 from router.routes import RouteTable
 from router.stats import InterfaceStats
@@ -50,16 +43,6 @@ class Delivery(Protocol):
     """The legacy path for files (see legacy/file_delivery.py)."""
 
     async def deliver(self, local_path: Path, name: str) -> str: ...
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One record (or 835 transaction) of a file: its events, or why it has none."""
-
-    index: int
-    locator: str
-    events: list[CloudEvent]
-    error: TranslationError | None = None
 
 
 class FilePipeline:
@@ -120,7 +103,7 @@ class FilePipeline:
     async def _process(self, ref: FileRef) -> FileEntry:
         local = await self.source.fetch(ref, self.spool_dir)
         try:
-            sha = await asyncio.to_thread(_sha256, local)
+            sha = await asyncio.to_thread(sha256_of, local)
             self.stats.received += 1
             self.stats.last_message_at = time.time()
             entry = await self.manifest.by_content(self.name, sha)
@@ -171,28 +154,22 @@ class FilePipeline:
         letters: list[Outgoing] = []
         parity: list[tuple[str, bool, str]] = []
         last_index = entry.next_record - 1
+        reference = self.reference.data if self.reference is not None else None
         with local.open("rb") as fh:
-            try:
-                for unit in self._units(fh, entry, ctx):
-                    if unit.index < entry.next_record:
-                        continue
-                    last_index = unit.index
-                    if unit.error is not None:
-                        letters.append(self._letter(entry, unit, mode))
-                    else:
-                        batch.extend(event_message(ev, self.name) for ev in unit.events)
-                    if mode == "shadow":
-                        parity.append((unit.locator, unit.error is None, unit.error.reason if unit.error else ""))
-                    if len(batch) >= BATCH or len(letters) >= BATCH:
-                        await self._flush(entry, batch, letters, last_index + 1, mode, parity)
-                        batch, letters, parity = [], [], []
-            except LayoutError as exc:
-                # The file as a whole cannot be read with its layout: one dead letter for it.
-                whole = Unit(0, "file", [], TranslationError(f"{entry.name}: {exc.reason}", control_id="",
-                                                              locator="file"))
-                letters.append(self._letter(entry, whole, mode))
+            for unit in file_units(fh, self.cfg.format, self.cfg.flat, ctx, name=entry.name, sha256=entry.sha256,
+                                   reference=reference):
+                if unit.index < entry.next_record:
+                    continue
+                last_index = unit.index
+                if unit.error is not None:
+                    letters.append(self._letter(entry, unit, mode))
+                else:
+                    batch.extend(event_message(ev, self.name) for ev in unit.events)
                 if mode == "shadow":
-                    parity.append((f"{entry.name}", False, exc.reason))
+                    parity.append((unit.locator, unit.error is None, unit.error.reason if unit.error else ""))
+                if len(batch) >= BATCH or len(letters) >= BATCH:
+                    await self._flush(entry, batch, letters, last_index + 1, mode, parity)
+                    batch, letters, parity = [], [], []
         await self._flush(entry, batch, letters, last_index + 1, mode, parity)
 
     async def _flush(self, entry: FileEntry, batch: list[Outgoing], letters: list[Outgoing],
@@ -212,32 +189,6 @@ class FilePipeline:
         # Only now is the resume point safe: everything below it is acknowledged.
         await self.manifest.record(entry)
 
-    def _units(self, fh: object, entry: FileEntry, ctx: TranslationContext) -> Iterator[Unit]:
-        ref = self.reference.data if self.reference is not None else None
-        if self.cfg.format == "x12-835":
-            for i, result in enumerate(translate_835(fh, ctx, source_name=entry.name)):  # type: ignore[arg-type]
-                error = result.error
-                events: list[CloudEvent] = []
-                if error is None and result.events is not None:
-                    try:
-                        events = enrich(list(result.events), ref) if ref else list(result.events)
-                    except TranslationError as exc:
-                        error = exc
-                yield Unit(i, f"ST {result.st_control or '?'}", events, error)
-            return
-        flat = self.cfg.flat
-        assert flat is not None
-        locate = _locator(entry.name)
-        for outcome in translate_flat(fh, flat, ctx, unit=entry.sha256, locate=locate):  # type: ignore[arg-type]
-            error = outcome.error
-            events = outcome.events
-            if error is None and ref:
-                try:
-                    events = enrich(events, ref)
-                except TranslationError as exc:
-                    error = exc
-            yield Unit(outcome.index, f"{entry.name} line {outcome.line}", events if error is None else [], error)
-
     def _letter(self, entry: FileEntry, unit: Unit, mode: Mode) -> Outgoing:
         exc = unit.error
         assert exc is not None
@@ -247,17 +198,3 @@ class FilePipeline:
             raw=entry.raw, facility=exc.facility, amount=money(exc.amount), locator=exc.locator, at=now_iso(),
         )
         return letter.outgoing(f"{entry.sha256}:{unit.index}")
-
-
-def _locator(name: str) -> Callable[[FlatRecord], str]:
-    def locate(record: FlatRecord) -> str:
-        return f"{name} line {record.line}"
-    return locate
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
