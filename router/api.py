@@ -20,9 +20,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from canonical.schemas import asyncapi_document, default_subjects, event_schemas
+from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
 from router import dlq, names, replay
-from router.catalog import event_classes
 from router.dashboard import render_dashboard
 from router.routes import RouteError, modes
 from router.stats import StatsCollector
@@ -274,7 +273,7 @@ async def parity(request: web.Request) -> web.Response:
 
 async def list_schemas(request: web.Request) -> web.Response:
     """JSON Schema of every canonical event type, and the AsyncAPI document of the subjects."""
-    models = event_classes()
+    models = default_models()
     return web.json_response({
         "schemas": event_schemas(models),
         "asyncapi": asyncapi_document(models, default_subjects(models)),
@@ -283,7 +282,7 @@ async def list_schemas(request: web.Request) -> web.Response:
 
 async def get_schema(request: web.Request) -> web.Response:
     name = request.match_info["type"]
-    models = event_classes()
+    models = default_models()
     if name not in models:
         return _error(404, f"unknown event type {name!r}; GET /api/v1/schemas lists them")
     return web.json_response(event_schemas({name: models[name]})[name])

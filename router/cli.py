@@ -161,10 +161,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    from canonical.schemas import default_subjects, export
-    from router.catalog import event_classes
+    from canonical.schemas import default_models, default_subjects, export
 
-    models = event_classes()
+    models = default_models()
     written = export(Path(args.dir), models, default_subjects(models))
     print(f"wrote {len(written)} files to {args.dir} ({len(models)} event types and asyncapi.json)")
     return 0
