@@ -1,0 +1,126 @@
+"""The hot-path JetStream publisher against a real nats-server: acks in order, dedupe,
+refusals, outages, and the rest of the connection left working."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import nats
+import nats.js.errors
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import StreamConfig
+
+from router import names
+from router.config import NatsConfig
+from router.embedded_nats import EmbeddedNats
+from router.publisher import FastPublisher, encode_headers, supported
+from router.store import Outgoing, Store, StoreUnavailable, connect
+
+
+async def _stream(nc: Client) -> None:
+    await nc.jetstream().add_stream(StreamConfig(name="T", subjects=["t.>"], duplicate_window=60))
+
+
+async def test_acks_in_order_with_headers_and_dedupe(nats_server: EmbeddedNats) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        assert supported(nc)
+        await _stream(nc)
+        fp = FastPublisher(nc)
+        items = [Outgoing(f"t.{i}", f"payload {i}".encode(), f"id-{i}", {"Ficus-Interface": "adt"}) for i in range(50)]
+        acks = await fp.publish(items, 5)
+        assert [a.seq for a in acks] == list(range(1, 51))
+        assert {a.stream for a in acks} == {"T"} and not any(a.duplicate for a in acks)
+        # The same ids again: JetStream drops them and says so; nothing new is stored.
+        again = await fp.publish(items[:3], 5)
+        assert [a.duplicate for a in again] == [True, True, True]
+        assert [a.seq for a in again] == [1, 2, 3]
+        js = nc.jetstream()
+        assert (await js.stream_info("T")).state.messages == 50
+        msg = await js.get_msg("T", 7)
+        assert msg.data == b"payload 6"
+        assert msg.headers == {"Nats-Msg-Id": "id-6", "Ficus-Interface": "adt"}
+        assert fp.outstanding == 0
+    finally:
+        await nc.close()
+
+
+async def test_other_subscriptions_and_requests_still_work(nats_server: EmbeddedNats) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await _stream(nc)
+        fp = FastPublisher(nc)
+        await fp.start()
+        got: list[bytes] = []
+
+        async def on_msg(msg: Msg) -> None:
+            got.append(msg.data)
+
+        sub = await nc.subscribe("plain.x", cb=on_msg)
+        await nc.publish("plain.x", b"hello")
+        kv = await nc.jetstream().create_key_value(bucket="k")
+        await kv.put("a", b"1")
+        await fp.publish([Outgoing("t.a", b"x", "m1")], 5)
+        assert (await kv.get("a")).value == b"1"
+        await nc.flush()
+        await asyncio.sleep(0.05)
+        assert got == [b"hello"]
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+async def test_subject_without_stream_is_refused_quickly(nats_server: EmbeddedNats) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await _stream(nc)
+        fp = FastPublisher(nc)
+        t0 = time.perf_counter()
+        with pytest.raises(nats.js.errors.NoStreamResponseError):
+            await fp.publish([Outgoing("t.ok", b"1", "a"), Outgoing("nostream.x", b"2", "b")], 5)
+        assert time.perf_counter() - t0 < 2
+        assert fp.outstanding == 0
+        with pytest.raises(nats.errors.BadSubjectError):
+            await fp.publish([Outgoing("t.bad subject", b"1", "c")], 5)
+    finally:
+        await nc.close()
+
+
+def test_header_values_cannot_break_the_framing() -> None:
+    block = encode_headers("Nats-Msg-Id", Outgoing("s", b"", "id\r\nX: y", {"Ficus-Control-Id": "a\nb"}))
+    assert block == b"NATS/1.0\r\nNats-Msg-Id: idX: y\r\nFicus-Control-Id: ab\r\n\r\n"
+
+
+async def test_store_outage_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "js")
+    await server.start()
+    cfg = NatsConfig(url=server.url, publish_timeout_seconds=1.0)
+    nc = await connect(cfg, [server.url])
+    store = Store(nc, cfg)
+    try:
+        assert store.fast is not None
+        await store.ensure()
+        subject = names.raw_subject("iface")
+        (ack,) = await store.publish([Outgoing(subject, b"one", "r1")])
+        await server.stop()
+        with pytest.raises(StoreUnavailable):
+            await store.publish([Outgoing(subject, b"two", "r2")])
+        await server.start()
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                (ack2,) = await store.publish([Outgoing(subject, b"two", "r2")])
+                break
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        assert ack2.seq == ack.seq + 1
+        assert store.fast.outstanding == 0
+    finally:
+        await store.close()
+        await server.stop()
