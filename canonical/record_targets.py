@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal
 
 from canonical import record_events as rev
 from canonical import subjects
+from canonical.events import CodedValue
 from canonical.subjects import EventType
 
 __all__ = ["CREDIT_TYPES", "TARGETS", "FieldType", "Target", "TargetName"]
@@ -61,25 +63,35 @@ def _product(value: Any, a: Any, b: Any) -> Decimal | None:
 
 
 def _negative(value: Any) -> bool:
-    return value is not None and Decimal(value) < 0
+    if value is None:
+        return False
+    return (value if value.__class__ is Decimal else Decimal(value)) < 0
+
+
+@lru_cache(maxsize=4096)
+def _code(code: str) -> CodedValue:
+    # Validated once per distinct code and shared (frozen): an export repeats a few codes,
+    # and the event's validator takes a model instance as it is.
+    return CodedValue(code=code)
 
 
 def _build_charge(v: Values, key: str, position: str) -> tuple[EventType, dict[str, Any]]:
-    sent_type = v.get("transaction_type")
-    credited = _negative(v.get("amount")) or _negative(v.get("quantity"))
+    get = v.get
+    sent_type = get("transaction_type")
+    amount = get("amount")
+    credited = _negative(amount) or _negative(get("quantity"))
     if sent_type is not None:
         credited = credited or sent_type.upper() in CREDIT_TYPES
-    amount = v.get("amount")
-    data: dict[str, Any] = {name: v.get(name) for name in _CHARGE_PLAIN}
-    data.update(
-        control_id=v.get("transaction_id") or position,
-        ft1_index=1,
-        # A billing export often has no type column: the sign decides, as HL7 does.
-        transaction_type=sent_type or ("CD" if credited else "CG"),
-        charge_code={"code": v["charge_code"]} if v.get("charge_code") else None,
-        procedure_code={"code": v["procedure_code"]} if v.get("procedure_code") else None,
-        net_amount=None if amount is None else (-abs(amount) if credited else abs(amount)),
-    )
+    data: dict[str, Any] = {name: get(name) for name in _CHARGE_PLAIN}
+    data["control_id"] = get("transaction_id") or position
+    data["ft1_index"] = 1
+    # A billing export often has no type column: the sign decides, as HL7 does.
+    data["transaction_type"] = sent_type or ("CD" if credited else "CG")
+    code = get("charge_code")
+    data["charge_code"] = _code(code) if code else None
+    code = get("procedure_code")
+    data["procedure_code"] = _code(code) if code else None
+    data["net_amount"] = None if amount is None else (-abs(amount) if credited else abs(amount))
     return (subjects.CHARGE_CREDITED if credited else subjects.CHARGE_POSTED), data
 
 

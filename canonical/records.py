@@ -15,7 +15,7 @@ re-polling a row gives the same ids and JetStream keeps one copy.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -285,12 +285,175 @@ def row_values(row: Mapping[str, object], fields: Sequence[FieldSpec]) -> dict[s
     Columns are matched exactly, then case-insensitively (SQL names are); a field
     without ``column`` reads the column of its own name. Absent columns give None.
     """
-    folded = {name.casefold(): value for name, value in row.items()}
+    folded: dict[str, object] | None = None
     found: dict[str, object] = {}
     for spec in fields:
         column = spec.column or spec.field
-        found[spec.field] = row[column] if column in row else folded.get(column.casefold())
+        if column in row:
+            found[spec.field] = row[column]
+            continue
+        if folded is None:  # drivers mostly return the names as written: fold only on a miss
+            folded = {name.casefold(): value for name, value in row.items()}
+        found[spec.field] = folded.get(column.casefold())
     return found
+
+
+Reader = Callable[[object], object]
+"""A raw value -> the converted value as the builder gets it (dates and times as ISO text)."""
+
+
+def _reader(spec: FieldSpec, tz: str) -> Reader:
+    """``_iso(convert(value, spec), tz)``, with the checks for ``spec.type`` chosen once.
+
+    A stripped, non-blank ``str`` (every flat-file value) takes a path made for the
+    declared type, with the same checks and messages as :func:`convert`; anything
+    else (database values, blanks, ``str`` subclasses) goes through :func:`convert`.
+    """
+
+    def general(value: object) -> object:
+        return _iso(convert(value, spec), tz)
+
+    # Absent values read the same every time: the default's conversion, None, or an error
+    # (left to `general` so that each record gets its own RecordError).
+    try:
+        absent: tuple[object] | None = (general(None),)
+    except RecordError:
+        absent = None
+    text = _TEXT_READERS[spec.type](spec, tz)
+
+    def read(value: object) -> object:
+        if value.__class__ is str:
+            value = value.strip()
+            if value:
+                return text(value)
+        elif value is not None:
+            return general(value)
+        return general(value) if absent is None else absent[0]
+
+    if spec.type == "string":  # the most common field: no call per value on the usual path
+
+        def read_string(value: object) -> object:
+            if value.__class__ is str:
+                value = value.strip()
+                if value:
+                    return value
+            elif value is not None:
+                return general(value)
+            return general(value) if absent is None else absent[0]
+
+        return read_string
+    return read
+
+
+def _text_decimal(spec: FieldSpec, tz: str) -> Callable[[str], object]:
+    field, match = spec.field, _DECIMAL.fullmatch
+
+    def text(value: str) -> object:
+        if match(value):
+            return Decimal(value)  # finite: the pattern admits no NaN or Infinity
+        raise RecordError(field, "not a plain decimal number")
+
+    return text
+
+
+def _text_integer(spec: FieldSpec, tz: str) -> Callable[[str], object]:
+    field, match = spec.field, _INTEGER.fullmatch
+
+    def text(value: str) -> object:
+        if match(value):
+            return int(value)
+        raise RecordError(field, "not an integer")
+
+    return text
+
+
+def _text_date(spec: FieldSpec, tz: str) -> Callable[[str], object]:
+    field, fmt = spec.field, spec.format
+
+    def text(value: str) -> object:
+        try:
+            return _date_text(value, fmt)
+        except ValueError as exc:
+            raise RecordError(field, _expected("date", spec)) from exc
+
+    return text
+
+
+def _text_datetime(spec: FieldSpec, tz: str) -> Callable[[str], object]:
+    field, fmt = spec.field, spec.format
+
+    def text(value: str) -> object:
+        try:
+            return _datetime_text(value, fmt, tz)
+        except ValueError as exc:
+            raise RecordError(field, _expected("date-time", spec)) from exc
+
+    return text
+
+
+def _text_string(spec: FieldSpec, tz: str) -> Callable[[str], object]:
+    return str
+
+
+_TEXT_READERS: dict[str, Callable[[FieldSpec, str], Callable[[str], object]]] = {
+    "string": _text_string,
+    "decimal": _text_decimal,
+    "integer": _text_integer,
+    "date": _text_date,
+    "datetime": _text_datetime,
+}
+
+
+# The ISO text itself is cached, not only the parse: a file repeats a few dates on every line.
+@lru_cache(maxsize=4096)
+def _date_text(value: str, fmt: str | None) -> str:
+    return _parse_date(value, fmt).isoformat()
+
+
+@lru_cache(maxsize=4096)
+def _datetime_text(value: str, fmt: str | None, tz: str) -> str:
+    parsed = _parse_datetime(value, fmt)
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=zone(tz))).isoformat()
+
+
+class _Plan:
+    """A mapping compiled for :func:`map_record`: what each record repeats, worked out once."""
+
+    __slots__ = ("amount_field", "build", "context", "facility_field", "key", "mapping", "readers")
+
+    def __init__(self, mapping: RecordMapping) -> None:
+        target = TARGETS[mapping.target]
+        self.mapping = mapping  # held, so its id() is not reused while this plan is cached
+        self.readers = tuple((spec.field, _reader(spec, mapping.timezone)) for spec in mapping.fields)
+        self.key = tuple(mapping.key)
+        self.facility_field = mapping.facility_field
+        self.amount_field = target.amount_field
+        self.build = target.build
+        # (context, source, time) of the last context seen: a file or a batch shares one.
+        self.context: tuple[TranslationContext, str, str] | None = None
+
+    def envelope_of(self, ctx: TranslationContext) -> tuple[str, str]:
+        """(source, time) of ``ctx``'s events."""
+        cached = self.context
+        if cached is None or cached[0] is not ctx:
+            cached = (ctx, source_for(ctx.interface), ctx.received_iso)
+            self.context = cached  # one assignment: safe when threads share the plan
+        return cached[1], cached[2]
+
+
+# By id(), since a mapping holds lists and is not hashable; bounded, as configs can be reloaded.
+_PLANS: dict[int, _Plan] = {}
+_MAX_PLANS = 256
+
+
+def _plan(mapping: RecordMapping) -> _Plan:
+    plan = _PLANS.get(id(mapping))
+    if plan is None or plan.mapping is not mapping:
+        plan = _Plan(mapping)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[id(mapping)] = plan
+    return plan
 
 
 def map_record(
@@ -309,32 +472,34 @@ def map_record(
     ``locator`` where it is for people (``"line 42"``, ``"row id=1234"``). Raises
     :class:`TranslationError` whose reason names the locator and every bad field.
     """
-    target = TARGETS[mapping.target]
+    plan = _plan(mapping)
     converted: dict[str, Any] = {}
     problems: list[RecordError] = []
-    for spec in mapping.fields:
+    get = values.get
+    for name, read in plan.readers:
         try:
-            converted[spec.field] = _iso(convert(values.get(spec.field), spec), mapping.timezone)
+            converted[name] = read(get(name))
         except RecordError as exc:
             problems.append(exc)
     position = f"{unit}:{index}"
-    key = _record_key(converted, mapping.key) or position
-    found = converted.get(mapping.facility_field) if mapping.facility_field else None
+    key = _record_key(converted, plan.key) or position
+    found = converted.get(plan.facility_field) if plan.facility_field else None
     facility = None if found is None else str(found)
-    found = converted.get(target.amount_field)
-    amount = found if isinstance(found, Decimal) else None
     if problems:
+        found = converted.get(plan.amount_field)
+        amount = found if isinstance(found, Decimal) else None
         reason = f"{locator}: " + "; ".join(str(p) for p in problems)
         raise TranslationError(
             reason, control_id=key, locator=f"{locator} {problems[0].field}", facility=facility, amount=amount
         )
-    etype, data = target.build(converted, key, position)
+    etype, data = plan.build(converted, key, position)
+    source, time = plan.envelope_of(ctx)
     envelope = {
         "id": event_id(ctx.interface, unit, key, etype.name, 1),
-        "source": source_for(ctx.interface),
+        "source": source,
         "type": etype.name,
         "subject": key,
-        "time": ctx.received_iso,
+        "time": time,
         "data": data,
         "ficusinterface": ctx.interface,
         "ficusfacility": facility or "",
@@ -345,6 +510,8 @@ def map_record(
     try:
         event: CloudEvent = _CLASSES[etype.name].__pydantic_validator__.validate_python(envelope)
     except ValidationError as exc:
+        found = converted.get(plan.amount_field)
+        amount = found if isinstance(found, Decimal) else None
         # Messages only, never the input (pydantic's str() would echo it).
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
         raise TranslationError(
@@ -363,6 +530,8 @@ def _iso(value: object, tz: str) -> object:
 
 
 def _record_key(values: Mapping[str, Any], key: Sequence[str]) -> str:
+    if len(key) == 1:  # the usual key: one id column
+        value = values.get(key[0])
+        return "" if value is None else str(value)
     parts = ["" if values.get(k) is None else str(values[k]) for k in key]
     return "|".join(parts) if any(parts) else ""
-
