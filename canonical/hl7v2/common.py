@@ -88,7 +88,10 @@ class MessageReader:
 
     def number(self, seg: Segment, field: int, at: str, what: str) -> Decimal | None:
         """A Decimal for an NM (or CP/MO first part) field; None when empty."""
-        value = seg.leaf(field)
+        return self.number_of(seg.leaf(field), field, at, what)
+
+    def number_of(self, value: str | None, field: int, at: str, what: str) -> Decimal | None:
+        """:meth:`number` for a leaf already read (``Segment.leaves``)."""
         if value is None:
             return None
         if _NUMBER.fullmatch(value) is None:
@@ -97,7 +100,10 @@ class MessageReader:
 
     def timestamp(self, seg: Segment | None, field: int, at: str) -> str | None:
         """ISO 8601 for a TS/DTM field (first component), precision kept."""
-        value = seg.leaf(field) if seg is not None else None
+        return self.timestamp_of(seg.leaf(field) if seg is not None else None, field, at)
+
+    def timestamp_of(self, value: str | None, field: int, at: str) -> str | None:
+        """:meth:`timestamp` for a leaf already read (``Segment.leaves``)."""
         if value is None:
             return None
         try:

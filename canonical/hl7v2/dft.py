@@ -52,11 +52,16 @@ def map_dft_p03(header: MshHeader, msg: Hl7Message, ctx: TranslationContext) -> 
         raise exc.with_context(amount=_amount_at_risk(ft1s)) from exc
 
 
+# The FT1 fields read as single values, in the order _charge unpacks them.
+_FT1_LEAVES = (2, 3, 4, 5, 6, 10, 11, 12, 13, 20, 21)
+
+
 def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin: EventOrigin) -> CloudEvent:
     at = f"FT1[{index}]"
-    quantity = r.number(seg, 10, at, "quantity")
-    amount = r.number(seg, 11, at, "extended amount")
-    ttype = _transaction_type(r, seg, at)
+    tid, batch, served, posted, ttype, qty, amt, unit, dept, performer, orderer = seg.leaves(_FT1_LEAVES)
+    quantity = r.number_of(qty, 10, at, "quantity")
+    amount = r.number_of(amt, 11, at, "extended amount")
+    ttype = _transaction_type(r, ttype, at)
     credited = _is_credit(ttype, quantity, amount)
     charge_code, procedure_code = r.coded(seg, 7), r.coded(seg, 25)
     if charge_code is None and procedure_code is None:
@@ -64,21 +69,21 @@ def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin
     data: Fields = {  # ChargeData
         "control_id": r.header.control_id,
         "ft1_index": index,
-        "transaction_id": seg.leaf(2),
-        "transaction_batch_id": seg.leaf(3),
+        "transaction_id": tid,
+        "transaction_batch_id": batch,
         "transaction_type": ttype,
-        "service_date": r.timestamp(seg, 4, at),
-        "posting_date": r.timestamp(seg, 5, at),
+        "service_date": r.timestamp_of(served, 4, at),
+        "posting_date": r.timestamp_of(posted, 5, at),
         "charge_code": charge_code,
         "procedure_code": procedure_code,
         "quantity": quantity,
         "amount": amount,
         "currency": r.text(seg, 11, sub=2),
         "net_amount": None if amount is None else (-abs(amount) if credited else abs(amount)),
-        "unit_amount": r.number(seg, 12, at, "unit amount"),
-        "department": seg.leaf(13),
-        "performing_provider_id": seg.leaf(20),
-        "ordering_provider_id": seg.leaf(21),
+        "unit_amount": r.number_of(unit, 12, at, "unit amount"),
+        "department": dept,
+        "performing_provider_id": performer,
+        "ordering_provider_id": orderer,
         "account_number": ids.account_number,
         "encounter_number": ids.encounter_number,
         "patient_id": ids.patient_id,
@@ -89,9 +94,8 @@ def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin
     return make_event(etype, data, origin, index=index, subject=subject)
 
 
-def _transaction_type(r: MessageReader, seg: Segment, at: str) -> str:
+def _transaction_type(r: MessageReader, ttype: str | None, at: str) -> str:
     """FT1-6, which must be a charge or a credit code."""
-    ttype = seg.leaf(6)
     if ttype is None:
         raise r.fail(f"{at}-6 transaction type is missing", f"{at}-6", "101")
     if ttype not in CHARGE_TYPES and ttype not in CREDIT_TYPES:

@@ -144,6 +144,34 @@ class Segment:
         value = value.strip()
         return value if value and value != '""' else None
 
+    def leaves(self, fields: tuple[int, ...]) -> list[str | None]:
+        """:meth:`leaf` of each field in ``fields`` (>= 1, not MSH-1/MSH-2), in that order.
+
+        For mappings that read many fields of one segment (FT1): one call instead of a
+        method call per field, which was most of the cost of reading a field.
+        """
+        if self._shift:
+            return [self.leaf(n) for n in fields]
+        values = self._fields or self._split()
+        count = len(values)
+        cuts = self._cuts
+        esc = self._d.escape if self._esc else None
+        out: list[str | None] = []
+        for n in fields:
+            value = values[n] if n < count else ""
+            if value:
+                for sep in cuts:
+                    cut = value.find(sep)
+                    if cut >= 0:
+                        value = value[:cut]
+                if esc is not None and esc in value:
+                    value = unescape(value, self._d, self._hex)
+                value = value.strip()
+                if value == '""':
+                    value = ""
+            out.append(value or None)
+        return out
+
     def components(self, field: int, count: int) -> list[str]:
         """The first ``count`` components of the first repetition of a field
         (first subcomponent of each, escapes decoded), padded with ""."""
