@@ -21,6 +21,7 @@ are there, and the store falls back to ``publish_async`` when they are not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -77,15 +78,52 @@ def _clean(value: str) -> str:
     return value
 
 
+def parse_pub_ack(data: bytes) -> PubAck | BaseException:
+    """A PubAck, or the error JetStream answered instead.
+
+    nats-server writes the success case as ``{"stream":"S","seq":N}``, optionally with
+    ``"domain"`` and ``"duplicate": true``; that shape is read by hand (a PubAck per
+    stored message made ``json.loads`` show up in the profile), anything else by json.
+    """
+    if data.startswith(b'{"stream":"'):
+        end = data.find(b'"', 11)
+        if end > 0 and data.startswith(b',"seq":', end + 1):
+            start = end + 8
+            stop = start
+            while stop < len(data) and 48 <= data[stop] <= 57:
+                stop += 1
+            if stop > start and data[stop] in b",}" and b'"error"' not in data:
+                # The server writes `"duplicate": true` (with a space); accept both.
+                duplicate = True if (b'"duplicate": true' in data or b'"duplicate":true' in data) else None
+                return PubAck(stream=data[11:end].decode(), seq=int(data[start:stop]), duplicate=duplicate)
+    try:
+        resp: dict[str, Any] = json.loads(data)
+    except ValueError:
+        return nats.errors.Error("JetStream sent an unreadable PubAck")
+    error = resp.get("error") if isinstance(resp, dict) else None
+    if error is not None:
+        try:
+            # from_error raises the specific subclass for some codes and returns it for others.
+            found: BaseException = nats.js.errors.APIError.from_error(error)
+            return found
+        except nats.js.errors.APIError as exc:
+            return exc
+    try:
+        return PubAck(stream=resp["stream"], seq=int(resp["seq"]), duplicate=resp.get("duplicate"))
+    except (KeyError, TypeError, ValueError):
+        return nats.errors.Error("JetStream sent an unreadable PubAck")
+
+
 class _Batch:
     """The acknowledgements of one ``publish`` call, resolved as they arrive."""
 
-    __slots__ = ("acks", "future", "remaining")
+    __slots__ = ("acks", "deadline", "future", "remaining")
 
-    def __init__(self, count: int, future: asyncio.Future[None]) -> None:
+    def __init__(self, count: int, future: asyncio.Future[None], deadline: float) -> None:
         self.acks: list[PubAck | None] = [None] * count
         self.remaining = count
         self.future = future
+        self.deadline = deadline
 
     def resolve(self, index: int, data: bytes, headers: bytes) -> None:
         future = self.future
@@ -99,16 +137,11 @@ class _Batch:
             else:
                 future.set_exception(nats.errors.Error(f"JetStream status {status.decode(errors='replace')}"))
             return
-        try:
-            resp: dict[str, Any] = json.loads(data)
-        except ValueError:
-            future.set_exception(nats.errors.Error("JetStream sent an unreadable PubAck"))
+        ack = parse_pub_ack(data)
+        if isinstance(ack, BaseException):
+            future.set_exception(ack)
             return
-        error = resp.get("error")
-        if error is not None:
-            future.set_exception(nats.js.errors.APIError.from_error(error))
-            return
-        self.acks[index] = PubAck(stream=resp["stream"], seq=resp["seq"], duplicate=resp.get("duplicate"))
+        self.acks[index] = ack
         self.remaining -= 1
         if self.remaining == 0:
             future.set_result(None)
@@ -128,6 +161,10 @@ class FastPublisher:
         self._prefix = ""
         self._prefix_len = 0
         self._lock = asyncio.Lock()
+        # Batches waiting for acks; a sweeper fails the late ones. One timer task for all
+        # instead of an asyncio.timeout (a timer handle in the loop's heap) per publish.
+        self._waiting: set[_Batch] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def outstanding(self) -> int:
@@ -137,6 +174,8 @@ class FastPublisher:
     async def start(self) -> None:
         """Subscribes to the reply subjects and takes their messages off the read loop."""
         async with self._lock:
+            if self._sweeper is None:
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="ficus-publish-timeouts")
             if self._sid is not None:
                 return
             nc: Any = self._nc
@@ -164,14 +203,34 @@ class FastPublisher:
             nc._process_msg = process_msg
             self._sid = sid
 
+    async def _sweep(self, interval: float = 0.05) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            if self._waiting:
+                now = loop.time()
+                for batch in [b for b in self._waiting if b.deadline <= now]:
+                    self._waiting.discard(batch)
+                    if not batch.future.done():
+                        batch.future.set_exception(TimeoutError())
+
+    async def stop(self) -> None:
+        """Stops the timeout sweeper (the connection itself belongs to the caller)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
     async def publish(self, items: Sequence[Item], timeout: float) -> list[PubAck]:
         """Writes every item, then waits for all their PubAcks (in order) for at most
         ``timeout`` seconds. Raises a nats error or TimeoutError otherwise."""
-        if self._sid is None:
+        if self._sweeper is None:
             await self.start()
         nc: Any = self._nc
         max_payload: int = nc._max_payload
-        batch = _Batch(len(items), asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        batch = _Batch(len(items), loop.create_future(), loop.time() + timeout)
         pending = self._pending
         prefix = self._prefix
         tokens: list[int] = []
@@ -191,13 +250,15 @@ class FastPublisher:
                 await nc._send_command(head + hdr + payload + _CRLF)
             if nc._flush_queue is not None and nc._flush_queue.empty():
                 await nc._flush_pending()
-            async with asyncio.timeout(timeout):
-                await batch.future
+            self._waiting.add(batch)
+            await batch.future
         except BaseException:
             for token in tokens:
                 pending.pop(token, None)
             batch.future.cancel()
             raise
+        finally:
+            self._waiting.discard(batch)
         return batch.acks  # type: ignore[return-value]  # every slot is set once the future resolved
 
     async def wait_idle(self, timeout: float) -> bool:

@@ -230,6 +230,13 @@ class Store:
 
     async def close(self) -> None:
         """Waits for outstanding publishes, then drains the connection."""
+        try:
+            await self._close()
+        finally:
+            if self.fast is not None:
+                await self.fast.stop()
+
+    async def _close(self) -> None:
         if self.nc.is_closed:
             return
         try:

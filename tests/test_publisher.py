@@ -4,6 +4,8 @@ refusals, outages, and the rest of the connection left working."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import StreamConfig
+from nats.js.api import PubAck, StreamConfig
 
 from router import names
 from router.config import NatsConfig
@@ -124,3 +126,44 @@ async def test_store_outage_is_unavailable_then_recovers(tmp_path: Path) -> None
     finally:
         await store.close()
         await server.stop()
+
+
+def test_pub_ack_shapes() -> None:
+    from router.publisher import parse_pub_ack
+
+    ack = parse_pub_ack(b'{"stream":"FICUS_RAW","seq":42}')
+    assert isinstance(ack, PubAck) and (ack.stream, ack.seq, ack.duplicate) == ("FICUS_RAW", 42, None)
+    ack = parse_pub_ack(b'{"stream":"S","seq":7,"duplicate": true}')
+    assert isinstance(ack, PubAck) and (ack.seq, ack.duplicate) == (7, True)
+    ack = parse_pub_ack(b'{"stream":"S","domain":"hub","seq":9}')
+    assert isinstance(ack, PubAck) and ack.seq == 9
+    err = parse_pub_ack(b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}')
+    assert isinstance(err, nats.js.errors.APIError) and err.err_code == 10077
+    assert isinstance(parse_pub_ack(b"not json"), nats.errors.Error)
+    assert isinstance(parse_pub_ack(b'{"stream":"S"}'), nats.errors.Error)
+
+
+async def test_a_silent_server_times_out_then_acks_again(nats_server: EmbeddedNats) -> None:
+    """SIGSTOP keeps the socket open but answers nothing: only the timeout can end the wait."""
+    nc = await nats.connect(nats_server.url, ping_interval=60)
+    fp = FastPublisher(nc)
+    try:
+        await _stream(nc)
+        pid = nats_server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.perf_counter()
+            with pytest.raises(TimeoutError):
+                await fp.publish([Outgoing("t.a", b"1", "p1"), Outgoing("t.b", b"2", "p2")], 0.5)
+            waited = time.perf_counter() - t0
+            assert 0.45 < waited < 2.0
+            assert fp.outstanding == 0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # The same ids again after the outage: stored once whatever the first attempt did.
+        acks = await fp.publish([Outgoing("t.a", b"1", "p1"), Outgoing("t.b", b"2", "p2")], 5)
+        assert [a.seq for a in acks] == [1, 2]
+    finally:
+        await fp.stop()
+        await nc.close()
