@@ -38,11 +38,14 @@ async def _until_term() -> None:
 
 # -- (a) the same payloads straight to JetStream ---------------------------------------------
 
-async def js_publish(url: str, kind: str, seconds: float, window: int, warmup: float = 1.0) -> dict[str, Any]:
+async def js_publish(url: str, kind: str, seconds: float, window: int, warmup: float = 1.0,
+                     fast: bool = False) -> dict[str, Any]:
     import nats
     from nats.js.api import StreamConfig
 
     from bench.messages import Feed
+    from router.publisher import FastPublisher
+    from router.store import Outgoing
 
     nc = await nats.connect(url, pending_size=8 * 1024 * 1024)
     js = nc.jetstream(publish_async_max_pending=window)
@@ -54,13 +57,21 @@ async def js_publish(url: str, kind: str, seconds: float, window: int, warmup: f
     start = time.perf_counter()
     warm_at = start + warmup
     stop_at = warm_at + seconds
+    fp = FastPublisher(nc) if fast else None
     while (now := time.perf_counter()) < stop_at:
-        for _ in range(256):
-            await js.publish_async(subject, feed.get(0, i), headers={"Nats-Msg-Id": f"{stream}-{i}"})
-            i += 1
+        if fp is not None:
+            # One batch of `window` publishes awaited together: the same pipelining depth.
+            await fp.publish([Outgoing(subject, feed.get(0, i + k), f"{stream}-{i + k}") for k in range(window)], 10.0)
+            i += window
+        else:
+            for _ in range(256):
+                await js.publish_async(subject, feed.get(0, i), headers={"Nats-Msg-Id": f"{stream}-{i}"})
+                i += 1
         if now < warm_at:
             counted = i
     await js.publish_async_completed()
+    if fp is not None:
+        await fp.stop()
     elapsed = time.perf_counter() - warm_at
     info = await js.stream_info(stream)
     await js.delete_stream(stream)
@@ -112,15 +123,21 @@ async def template_server(port: int) -> None:
 
 # -- the minimal frame -> publish (Msg-Id) -> PubAck -> ACK loop -----------------------------
 
-async def min_loop(port: int, url: str) -> None:
+async def min_loop(port: int, url: str, fast: bool = False) -> None:
+    """With ``fast``, the publish goes through Ficus's own FastPublisher instead of nats-py's
+    ``publish_async``: the ceiling must not be weaker than the path Ficus itself uses."""
     import hashlib
 
     import nats
     from nats.js.api import StreamConfig
 
+    from router.publisher import FastPublisher
+    from router.store import Outgoing
+
     nc = await nats.connect(url, pending_size=8 * 1024 * 1024)
     js = nc.jetstream(publish_async_max_pending=4096)
     await js.add_stream(StreamConfig(name="MINLOOP", subjects=["minloop.>"], duplicate_window=600))
+    fp = FastPublisher(nc) if fast else None
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -128,8 +145,11 @@ async def min_loop(port: int, url: str) -> None:
                 await reader.readuntil(SB)
                 payload = (await reader.readuntil(EB))[:-2]
                 msg_id = hashlib.sha256(payload).hexdigest()[:32]
-                ack = await js.publish_async("minloop.raw", payload, headers={"Nats-Msg-Id": msg_id})
-                await ack  # the PubAck: stored
+                if fp is not None:
+                    await fp.publish([Outgoing("minloop.raw", payload, msg_id)], 5.0)  # the PubAck: stored
+                else:
+                    ack = await js.publish_async("minloop.raw", payload, headers={"Nats-Msg-Id": msg_id})
+                    await ack  # the PubAck: stored
                 cid = control_id(payload)
                 writer.write(SB + ACK_TEMPLATE % (cid, cid) + EB)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -151,11 +171,13 @@ def main() -> None:
     p.add_argument("--kind", default="dft")
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--window", type=int, default=256)
+    p.add_argument("--fast", action="store_true", help="Ficus's FastPublisher instead of publish_async")
     for name in ("hl7-server", "template-server"):
         sub.add_parser(name).add_argument("port", type=int)
     p = sub.add_parser("min-loop")
     p.add_argument("port", type=int)
     p.add_argument("url")
+    p.add_argument("--fast", action="store_true", help="Ficus's FastPublisher instead of publish_async")
     args = parser.parse_args()
     try:
         import uvloop
@@ -164,13 +186,13 @@ def main() -> None:
     except ImportError:
         runner = asyncio.run
     if args.cmd == "js-publish":
-        print(json.dumps(runner(js_publish(args.url, args.kind, args.seconds, args.window))))
+        print(json.dumps(runner(js_publish(args.url, args.kind, args.seconds, args.window, fast=args.fast))))
     elif args.cmd == "hl7-server":
         runner(hl7_server(args.port))
     elif args.cmd == "template-server":
         runner(template_server(args.port))
     else:
-        runner(min_loop(args.port, args.url))
+        runner(min_loop(args.port, args.url, args.fast))
 
 
 if __name__ == "__main__":

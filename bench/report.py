@@ -38,6 +38,12 @@ class Summary:
                          f"{_verdict(ok)} |")
 
 
+def _loop(v: dict[str, Any], kind: str) -> float:
+    """The minimal loop's rate: the faster of its nats-py and FastPublisher variants, so Ficus's
+    own publisher never makes the ceiling look lower than it is."""
+    return float(max(v.get(f"{name}|{kind}|8", {}).get("msgs_per_s", 0) for name in ("min-loop", "min-loop-fast")))
+
+
 def render(res: dict[str, Any]) -> str:
     m, t, cfg = res["machine"], res["targets"], res["config"]
     sec = res["sections"]
@@ -61,9 +67,9 @@ def render(res: dict[str, Any]) -> str:
                   f"< {t['mllp_p99_ms']:.0f} ms", f"{_ms(p99)} ({_n(achieved)} msgs/s achieved)",
                   p99 / t["mllp_p99_ms"] if p99 else None, ok)
         for kind in ("adt", "dft"):
-            ratio = v[f"ficus|{kind}|8"]["msgs_per_s"] / max(1, v[f"min-loop|{kind}|8"]["msgs_per_s"])
-            s.add("1", f"Ficus / minimal frame-publish-ACK loop, {kind.upper()}", f">= {t['mllp_vs_loop']:.0%}",
-                  f"{ratio:.0%}", ratio / t["mllp_vs_loop"], ratio >= t["mllp_vs_loop"])
+            ratio = v[f"ficus|{kind}|8"]["msgs_per_s"] / max(1, _loop(v, kind))
+            s.add("1", f"Ficus / minimal frame-publish-ACK loop (the faster of its two clients), {kind.upper()}",
+                  f">= {t['mllp_vs_loop']:.0%}", f"{ratio:.0%}", ratio / t["mllp_vs_loop"], ratio >= t["mllp_vs_loop"])
         growing = bool(sus.get("backlog_growing"))
         s.add("1", f"canonical events keep pace, {cfg['sustain_seconds']:.0f} s closed-loop DFT run",
               "no growing backlog", f"max backlog {_n(sus.get('backlog_max_second_half'))} events in the 2nd half, "
@@ -75,11 +81,13 @@ def render(res: dict[str, Any]) -> str:
         names = {
             "ficus": "**Ficus** `ficus run`, modern (default `sync_interval`)",
             "ficus-sync": "(c) **Ficus** with `sync_interval: always`",
-            "min-loop": "minimal frame -> publish (Msg-Id) -> PubAck -> ACK loop",
+            "min-loop": "minimal frame -> publish (Msg-Id) -> PubAck -> ACK loop, nats-py `publish_async`",
+            "min-loop-fast": "the same minimal loop through Ficus's `FastPublisher`",
             "min-loop-sync": "the same minimal loop, `sync_interval: always`",
             "hl7-server": "(b) `hl7.mllp.start_hl7_server`, handler returns `create_ack()`",
             "template-server": "(b') bare asyncio MLLP server, template ACK (no parse)",
             "js-publish": "(a) nats-py `publish_async`, window 256, Msg-Id, 1 publisher",
+            "js-publish-fast": "(a') Ficus's `FastPublisher`, batches of 256, Msg-Id, 1 publisher",
         }
         body += ["## 1. MLLP ingest", "",
                  "`ficus run` as a child process (uvloop, embedded nats-server, one `hl7-mllp` interface, mapping "
@@ -91,15 +99,17 @@ def render(res: dict[str, Any]) -> str:
                  "Each ceiling is its own process, driven by the same load generator.", "",
                  "| variant | message | conns | msgs/s | ACK p50 | p99 | p99.9 | peak RSS | runs (msgs/s) |",
                  "|---|---|---|---|---|---|---|---|---|"]
-        order = ["ficus", "ficus-sync", "min-loop", "min-loop-sync", "hl7-server", "template-server", "js-publish"]
+        order = ["ficus", "ficus-sync", "min-loop", "min-loop-fast", "min-loop-sync", "hl7-server", "template-server",
+                 "js-publish", "js-publish-fast"]
         for key in sorted(v, key=lambda k: (order.index(k.split("|")[0]), k.split("|")[1], -int(k.split("|")[2]))):
             name, kind, conns = key.split("|")
             r = v[key]
             rss = f"{r['peak_rss_mib']:.0f} MiB" if r.get("peak_rss_mib") else "-"
-            lat = [_ms(r.get(x)) for x in ("p50_ms", "p99_ms", "p999_ms")] if name != "js-publish" else ["-"] * 3
+            direct = name.startswith("js-publish")
+            lat = [_ms(r.get(x)) for x in ("p50_ms", "p99_ms", "p999_ms")] if not direct else ["-"] * 3
             size = f" {r['bytes_per_msg']} B" if r.get("bytes_per_msg") else ""
             body.append(f"| {names[name]} | {kind.upper()}{size} | "
-                        f"{conns if name != 'js-publish' else '-'} | {_n(r['msgs_per_s'])} | {' | '.join(lat)} | "
+                        f"{conns if not direct else '-'} | {_n(r['msgs_per_s'])} | {' | '.join(lat)} | "
                         f"{rss} | {', '.join(_n(x) for x in r['runs'])} |")
         body += ["", "Fixed-rate runs (8 connections, each on a fixed schedule; latency from the *scheduled* send "
                  "time, so a server that falls behind shows it instead of slowing the sender):", "",
@@ -130,7 +140,7 @@ def render(res: dict[str, Any]) -> str:
                      f"{_n(x['stream_events'])} | {_n(x['backlog_events'])} |" for x in pick]
             body.append("")
         fa, fd = v["ficus|adt|8"]["msgs_per_s"], v["ficus|dft|8"]["msgs_per_s"]
-        la, ld = v["min-loop|adt|8"]["msgs_per_s"], v["min-loop|dft|8"]["msgs_per_s"]
+        la, ld = _loop(v, "adt"), _loop(v, "dft")
         tmpl = v.get("template-server|dft|8", {}).get("msgs_per_s", 0)
         body += ["**Why the targets are missed.** " if fa < t["mllp_msgs_per_s"] or fd < t["mllp_msgs_per_s"]
                  else "**Notes.** ",

@@ -169,6 +169,9 @@ def section_mllp(c: dict[str, Any]) -> dict[str, Any]:
         with nats_server() as url, ceiling_server("min-loop", url) as port:
             for k, n in (("adt", 8), ("dft", 8), ("dft", 1)):
                 add(f"min-loop|{k}|{n}", load(port, k, n, s, w))
+        with nats_server() as url, ceiling_server("min-loop", url, "--fast") as port:
+            for k, n in (("adt", 8), ("dft", 8)):
+                add(f"min-loop-fast|{k}|{n}", load(port, k, n, s, w))
         with ficus(sync_always=True) as f:
             rs = [(f"ficus-sync|{k}|8", load(f["port"], k, 8, s, w)) for k in kinds]
             rss = f["child"].peak_rss_mib()
@@ -185,6 +188,8 @@ def section_mllp(c: dict[str, Any]) -> dict[str, Any]:
             for k in kinds:
                 add(f"js-publish|{k}|1", run_json(["-m", "bench.ceilings", "js-publish", url, "--kind", k,
                                                     "--seconds", str(s)], timeout=s + 60))
+                add(f"js-publish-fast|{k}|1", run_json(["-m", "bench.ceilings", "js-publish", url, "--kind", k,
+                                                         "--seconds", str(s), "--fast"], timeout=s + 60))
     summary = {key: summarize(v) for key, v in runs.items()}
 
     # p99 at a fixed rate: half the target rate, and half of what Ficus reached.
