@@ -77,7 +77,17 @@ def machine() -> dict[str, Any]:
         "pydantic": _version("pydantic"),
         "pyx12": _version("pyx12"),
         "load_at_start": os.getloadavg(),
+        "calibration_s_at_start": calibration_seconds(),
     }
+
+
+def calibration_seconds() -> float:
+    """Seconds for a fixed pure-Python loop (10 M additions), best of 3: how fast this shared
+    machine runs Python right now, so runs on different days can be put side by side."""
+    code = "import time\nbest = 9e9\nfor _ in range(3):\n    t = time.perf_counter(); s = 0\n" \
+           "    for i in range(10_000_000): s += i\n    best = min(best, time.perf_counter() - t)\nprint(best)"
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True).stdout
+    return round(float(out), 2)
 
 
 def median(values: list[float]) -> float:

@@ -32,6 +32,7 @@ from bench.common import (
     REPO,
     VENV_BIN,
     Child,
+    calibration_seconds,
     ficus_config,
     free_port,
     machine,
@@ -46,9 +47,11 @@ SECTIONS = ["translate", "mllp", "x12", "csv", "odbc", "flip"]
 
 FULL = {"reps": 3, "mllp_seconds": 4.0, "warmup": 1.0, "sustain_seconds": 60.0, "rate_seconds": 5.0,
         "profile_seconds": 6.0, "translate_seconds": 1.0, "x12_mb": 32, "x12_small_mb": 5, "csv_mb": 32,
+        "csv_pipeline_mb": 8,
         "odbc_rows": 1_000_000, "odbc_e2e_rows": 200_000, "flips": 5}
 QUICK = {"reps": 3, "mllp_seconds": 2.0, "warmup": 0.5, "sustain_seconds": 15.0, "rate_seconds": 2.0,
          "profile_seconds": 3.0, "translate_seconds": 0.3, "x12_mb": 8, "x12_small_mb": 1, "csv_mb": 8,
+         "csv_pipeline_mb": 2,
          "odbc_rows": 100_000, "odbc_e2e_rows": 50_000, "flips": 3}
 
 TARGETS = {"mllp_msgs_per_s": 10_000, "mllp_p99_ms": 5.0, "mllp_half_rate": 5_000, "mllp_vs_loop": 0.85,
@@ -284,6 +287,8 @@ def section_csv(c: dict[str, Any]) -> dict[str, Any]:
             log(f"csv: round {rep + 1}/{c['reps']}")
             for mode in ("ficus", "read", "csv"):
                 runs[mode].append(run_json(["-m", "bench.flat_csv", "--path", str(path), "--mode", mode], 900))
+            # The whole folder interface: service, raw copy, events published and acknowledged, manifest.
+            runs["pipeline"].append(run_json(["-m", "bench.file_pipeline", "--size", str(c["csv_pipeline_mb"])], 900))
         out: dict[str, Any] = {"variants": {k: _median_dicts(v) for k, v in runs.items()}}
         if out["variants"]["ficus"]["mb_per_s"] < TARGETS["file_mb_per_s"]:
             log("csv: cProfile")
@@ -387,6 +392,7 @@ def main() -> None:
         path.write_text(json.dumps(results, indent=1))
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     results["load_at_end"] = list(__import__("os").getloadavg())
+    results["calibration_s_at_end"] = calibration_seconds()
     path.write_text(json.dumps(results, indent=1))
     log(f"results: {path} ({results['total_seconds']:.0f} s)")
     if not args.no_docs:
