@@ -245,7 +245,7 @@ class _CsvReader:
             if self._bad:  # the record contains an undecodable line: the whole record is bad
                 bad, self._bad = self._bad[0], []
                 yield bad.line, None, bad.reason
-            elif any(cell.strip() for cell in row):
+            elif "".join(row).strip():  # some cell is not blank
                 yield start, row, None
 
     def records(self, fields: Sequence[FieldSpec]) -> Iterator[FlatRecord]:

@@ -320,6 +320,7 @@ def _reader(spec: FieldSpec, tz: str) -> Reader:
     except RecordError:
         absent = None
     text = _TEXT_READERS[spec.type](spec, tz)
+    native = _native_reader(spec, tz, general)
 
     def read(value: object) -> object:
         if value.__class__ is str:
@@ -327,7 +328,7 @@ def _reader(spec: FieldSpec, tz: str) -> Reader:
             if value:
                 return text(value)
         elif value is not None:
-            return general(value)
+            return native(value)
         return general(value) if absent is None else absent[0]
 
     if spec.type == "string":  # the most common field: no call per value on the usual path
@@ -343,6 +344,36 @@ def _reader(spec: FieldSpec, tz: str) -> Reader:
 
         return read_string
     return read
+
+
+def _native_reader(spec: FieldSpec, tz: str, general: Reader) -> Reader:
+    """For values a database driver hands over already typed: the usual type of each
+    declared type is taken as it is (what :func:`convert` and :func:`_iso` would give);
+    any other value goes through ``general``."""
+    if spec.type == "decimal":
+
+        def decimal(value: object) -> object:
+            if value.__class__ is Decimal and value.is_finite():
+                return value
+            return general(value)
+
+        return decimal
+    if spec.type == "integer":
+
+        def integer(value: object) -> object:
+            return value if value.__class__ is int else general(value)  # bool is not int here
+
+        return integer
+    if spec.type == "datetime":
+        tzinfo = zone(tz)
+
+        def timestamp(value: object) -> object:
+            if value.__class__ is datetime:
+                return (value if value.tzinfo else value.replace(tzinfo=tzinfo)).isoformat()
+            return general(value)
+
+        return timestamp
+    return general
 
 
 def _text_decimal(spec: FieldSpec, tz: str) -> Callable[[str], object]:

@@ -22,6 +22,9 @@ marked but the checkpoint is old; they are read again (the watermark, not the ma
 decides what is read), their events dedupe by Msg-Id and the mark statement runs again,
 which must therefore be idempotent (``SET exported = 1`` is). The mark is never run
 before the events are acknowledged, so a marked row always has its events stored.
+The next batch is read (after the unstored ``checkpoint_after``) while one is processed;
+that read moves nothing, and it is discarded when the batch fails or another writer's
+checkpoint is stored instead.
 
 Route modes of a database job (per row when the route has facility overrides, with the
 facility taken from the mapping's ``facility_field``):
@@ -160,6 +163,8 @@ class OdbcPipeline:
         self.checkpoint: Checkpoint | None = None
         self.batches = 0
         self._retry = _FIRST_RETRY
+        # The batch after the one being processed, read while it is processed (see run()).
+        self._ahead: asyncio.Task[Batch | None] | None = None
         self._facility_spec = next((f for f in cfg.mapping.fields if f.field == cfg.mapping.facility_field), None)
 
     def details(self) -> dict[str, Any]:
@@ -180,23 +185,61 @@ class OdbcPipeline:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Polls until ``stopping`` is set; a batch in progress is finished first."""
-        while not stopping.is_set():
-            try:
-                if self.checkpoint is None:
-                    self.checkpoint = await self.checkpoints.load()
-                batch = await _unless(stopping, self.poller.next_batch(self.checkpoint))
-                if batch is None:
-                    await _sleep(stopping, self.cfg.poll_seconds)
-                    continue
-                self.checkpoint = await self.process(batch)
-                self._retry = _FIRST_RETRY
-            except (StoreUnavailable, nats.errors.Error, TimeoutError) as exc:
-                # NATS is away: nothing was checkpointed, so the batch is read again later.
-                self.stats.store_unavailable += 1
-                await self._failed(stopping, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}")
-            except QueryError as exc:
-                # A wrong query, column or mark statement: retried slowly, as someone may fix the database.
-                await self._failed(stopping, str(exc), self.cfg.reconnect_max_backoff_seconds)
+        try:
+            while not stopping.is_set():
+                try:
+                    if self.checkpoint is None:
+                        self.checkpoint = await self.checkpoints.load()
+                    batch = await self._next_batch(stopping)
+                    if batch is None:
+                        await _sleep(stopping, self.cfg.poll_seconds)
+                        continue
+                    # Read the next batch on the poller's thread while this one is archived,
+                    # translated and acknowledged. It is only a read: nothing of it is
+                    # published before this batch's checkpoint is stored, and it is dropped
+                    # whenever that checkpoint is not the one it was read after.
+                    self._ahead = asyncio.create_task(self.poller.next_batch(batch.checkpoint_after))
+                    stored = await self.process(batch)
+                    if stored is not batch.checkpoint_after:  # another writer's checkpoint
+                        await self._drop_ahead()
+                    self.checkpoint = stored
+                    self._retry = _FIRST_RETRY
+                except (StoreUnavailable, nats.errors.Error, TimeoutError) as exc:
+                    # NATS is away: nothing was checkpointed, so the batch is read again later.
+                    await self._drop_ahead()
+                    self.stats.store_unavailable += 1
+                    await self._failed(stopping, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}")
+                except QueryError as exc:
+                    # A wrong query, column or mark statement: retried slowly, as someone may fix the database.
+                    await self._drop_ahead()
+                    await self._failed(stopping, str(exc), self.cfg.reconnect_max_backoff_seconds)
+        finally:
+            await self._drop_ahead()
+
+    async def _next_batch(self, stopping: asyncio.Event) -> Batch | None:
+        """The batch after ``self.checkpoint``: the one read ahead when there is one."""
+        assert self.checkpoint is not None
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            batch = await _unless(stopping, ahead)
+            if batch is not None:
+                return batch
+            # Nothing was ready when it was read, maybe a whole batch ago: ask again before sleeping.
+        return await _unless(stopping, self.poller.next_batch(self.checkpoint))
+
+    async def _settle_ahead(self) -> None:
+        """Waits for the read ahead to finish; its outcome is left for :meth:`_next_batch`."""
+        if self._ahead is not None:
+            await asyncio.wait({self._ahead})
+
+    async def _drop_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        ahead.cancel()
+        # Cancelled, finished or failed, the read is discarded (cancelling a poll is safe).
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await ahead
 
     async def process(self, batch: Batch) -> Checkpoint:
         """One batch end to end; returns the checkpoint now stored. Safe to repeat after a crash."""
@@ -214,7 +257,10 @@ class OdbcPipeline:
             # The legacy job takes every row; Ficus agrees when it could translate it.
             self.stats.parity.record(legacy_ok=True, modern_ok=translated, unit=unit, detail=why)
         if outcome.marked_keys and self.cfg.mark_statement is not None:
-            # After the acknowledgement, before the checkpoint: see the module docstring.
+            # After the acknowledgement, before the checkpoint: see the module docstring. A read
+            # ahead holds the poller's thread: the mark waits for it rather than spend its query
+            # timeout queued behind it.
+            await self._settle_ahead()
             await self.poller.mark_exported(Batch([], outcome.marked_keys, batch.checkpoint_after))
         stored = await self.checkpoints.save(batch.checkpoint_after)
         self.batches += 1
