@@ -9,10 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from decimal import Decimal
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from canonical.context import TranslationContext
 from canonical.envelope import CloudEvent, EventOrigin
 from canonical.errors import TranslationError
+from canonical.events import CodedValue, Location
 from canonical.hl7v2.reader import Hl7Message, MshHeader, Segment
 from canonical.timestamps import hl7_to_instant, hl7_to_iso
 
@@ -41,6 +45,23 @@ def parse_number(value: str) -> Decimal | None:
 def _clean(value: str) -> str | None:
     value = value.strip()
     return value if value and value != _HL7_NULL else None
+
+
+# Charge codes and locations repeat across messages: one frozen model per distinct value,
+# which the event's validation accepts as it is instead of building a nested model each time.
+_SHARED: dict[tuple[type[BaseModel], tuple[str | None, ...]], BaseModel] = {}
+_SHARED_MAX = 50_000
+_M = TypeVar("_M", CodedValue, Location)
+
+
+def _shared(model: type[_M], values: tuple[str | None, ...]) -> _M:
+    key = (model, values)
+    found = _SHARED.get(key)
+    if found is None:
+        if len(_SHARED) >= _SHARED_MAX:  # a feed of endless distinct codes must not grow memory
+            _SHARED.clear()
+        found = _SHARED[key] = model.model_validate(dict(zip(model.model_fields, values, strict=False)))
+    return found  # type: ignore[return-value]  # keyed by model, so the instance is a _M
 
 
 class Identifiers:
@@ -122,24 +143,24 @@ class MessageReader:
         except ValueError:
             raise self._bad_time(locator) from None
 
-    def coded(self, seg: Segment | None, field: int) -> Fields | None:
-        """A CE/CWE field as :class:`CodedValue` fields; None without a code."""
+    def coded(self, seg: Segment | None, field: int) -> CodedValue | None:
+        """A CE/CWE field as a :class:`CodedValue`; None without a code."""
         if seg is None:
             return None
         code, text, system = seg.components(field, 3)
         code = code.strip()
         if not code or code == _HL7_NULL:
             return None
-        return {"code": code, "text": _clean(text), "system": _clean(system)}
+        return _shared(CodedValue, (code, _clean(text), _clean(system)))
 
-    def location(self, seg: Segment | None, field: int) -> Fields | None:
-        """A PL field as :class:`Location` fields; None when every part is empty."""
+    def location(self, seg: Segment | None, field: int) -> Location | None:
+        """A PL field as a :class:`Location`; None when every part is empty."""
         if seg is None:
             return None
-        parts = [_clean(part) for part in seg.components(field, 4)]
+        parts = tuple(_clean(part) for part in seg.components(field, 4))
         if not any(parts):
             return None
-        return dict(zip(("point_of_care", "room", "bed", "facility"), parts, strict=True))
+        return _shared(Location, parts)
 
     def identifiers(self, pid: Segment, pv1: Segment | None) -> Identifiers:
         """PID-3 (first identifier), PID-18 and PV1-19; at least one must be present."""
