@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from canonical.context import TranslationContext
+from canonical.envelope import event_id
 from canonical.x12 import TransactionResult, translate_835
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "x12"
@@ -74,6 +75,10 @@ def test_envelope_subjects_and_deterministic_ids() -> None:
     again = [e for r in fixture("balanced_2claims_plb.835") for e in r.events or ()]
     assert [e.id for e in first] == [e.id for e in again]
     assert len({e.id for e in first}) == len(first)
+    # The emitter inlines event_id for speed: both must give the same ids.
+    sender, _, control = first[0].ficuscorrelation.rpartition(":")
+    expected = [event_id(CTX.interface, sender, control, e.type, n) for n, e in enumerate(first, 1)]
+    assert [e.id for e in first] == expected
     assert first[0].nats_subject() == "canonical.claims.remittance.received"
     assert first[0].ficusfacility == "1234567893" and first[0].ficuscorrelation.endswith("000000101/7/0001")
 

@@ -9,10 +9,11 @@ group and transaction control numbers it makes each event id deterministic.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from hashlib import sha256
 from typing import Any
 
 from canonical.context import TranslationContext
-from canonical.envelope import CloudEvent, event_id, source_for
+from canonical.envelope import CloudEvent, source_for
 from canonical.subjects import EventType
 from canonical.x12 import events as ev
 from canonical.x12.balance import claim_adjustment_total, transaction_totals
@@ -32,6 +33,18 @@ def facility_of(tx: Transaction) -> str:
 
 def _or_none(value: str) -> str | None:
     return value or None
+
+
+class _Kind:
+    """What every event of one type in one transaction shares: validator, type name, id key prefix."""
+
+    __slots__ = ("key", "name", "validate")
+
+    def __init__(self, etype: EventType, id_prefix: str) -> None:
+        self.name = etype.name
+        self.validate = ev.REMIT_EVENT_CLASSES[etype.name].__pydantic_validator__.validate_python
+        # canonical.envelope.event_id's key up to the position, which is appended per event.
+        self.key = f"{id_prefix}{etype.name}\x1f"
 
 
 class TransactionEvents:
@@ -58,9 +71,17 @@ class TransactionEvents:
             "ficusraw": ctx.raw_ref,
             "ficuscorrelation": f"{self._sender}:{self._control}",
         }
+        prefix = f"{ctx.interface}\x1f{self._sender}\x1f{self._control}\x1f"
+        self._remittance_kind = _Kind(ev.REMITTANCE_RECEIVED, prefix)
+        self._claim_kind = _Kind(ev.CLAIM_ADJUDICATED, prefix)
+        self._denial_kind = _Kind(ev.DENIAL_RECORDED, prefix)
+        self._line_kind = _Kind(ev.SERVICE_LINE_ADJUDICATED, prefix)
+        self._adjustment_kind = _Kind(ev.ADJUSTMENT_RECORDED, prefix)
+        self._plb_kind = _Kind(ev.PROVIDER_ADJUSTMENT_RECORDED, prefix)
         self._position = 0
 
     def __iter__(self) -> Iterator[CloudEvent]:
+        # The position counts events from the start of each iteration: ids repeat exactly.
         self._position = 0
         yield self._remittance()
         for claim in self._tx.claims:
@@ -68,9 +89,10 @@ class TransactionEvents:
         for plb in self._tx.plbs:
             items = [{"reason_code": r, "reference": ref, "amount": a} for r, ref, a in plb.items]
             yield self._event(
-                ev.PROVIDER_ADJUSTMENT_RECORDED,
+                self._plb_kind,
                 f"plb/{plb.index}",
                 {
+                    **self._common,
                     "plb_index": plb.index,
                     "provider_id": plb.provider_id,
                     "fiscal_period_date": plb.fiscal_period,
@@ -79,17 +101,16 @@ class TransactionEvents:
                 },
             )
 
-    def _event(self, etype: EventType, subject: str, data: dict[str, Any]) -> CloudEvent:
+    def _event(self, kind: _Kind, subject: str, data: dict[str, Any]) -> CloudEvent:
+        """Validate one event; ``data`` holds the payload fields including the common ones."""
         self._position += 1
-        data.update(self._common)
-        fields = dict(
-            self._envelope,
-            data=data,
-            type=etype.name,
-            subject=f"{self._control}/{subject}",
-            id=event_id(self._ctx.interface, self._sender, self._control, etype.name, self._position),
-        )
-        event: CloudEvent = ev.REMIT_EVENT_CLASSES[etype.name].__pydantic_validator__.validate_python(fields)
+        fields = self._envelope.copy()
+        fields["data"] = data
+        fields["type"] = kind.name
+        fields["subject"] = f"{self._control}/{subject}"
+        # Inlined canonical.envelope.event_id: same key, same digest (tests compare the two).
+        fields["id"] = sha256(f"{kind.key}{self._position}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        event: CloudEvent = kind.validate(fields)
         return event
 
     def _remittance(self) -> CloudEvent:
@@ -98,9 +119,10 @@ class TransactionEvents:
         charge, paid, plb = transaction_totals(tx)
         qualifier = payee.get("qualifier")
         return self._event(
-            ev.REMITTANCE_RECEIVED,
+            self._remittance_kind,
             "remittance",
             {
+                **self._common,
                 "handling_code": bpr[1],
                 "amount": tx.bpr_amount,
                 "credit_debit": bpr[3] if len(bpr) > 3 else "C",
@@ -122,103 +144,122 @@ class TransactionEvents:
             },
         )
 
-    def _claim(self, claim: Claim) -> Iterator[CloudEvent]:
+    def _claim(self, claim: Claim) -> list[CloudEvent]:
+        """The events of one claim, in order: claim, denial, claim CAS, then each line and its CAS."""
         clp = claim.elements
+        size = len(clp)
+        status = clp[2]
         ref = {
+            **self._common,
             "claim_index": claim.index,
             "patient_control_number": clp[1],
-            "payer_claim_control_number": _or_none(clp[7]) if len(clp) > 7 else None,
+            "payer_claim_control_number": clp[7] or None if size > 7 else None,
         }
-        reversal = clp[2] == _REVERSAL
+        reversal = status == _REVERSAL
+        denied = status == _DENIED
         subject = f"claim/{claim.index}"
-        yield self._event(
-            ev.CLAIM_ADJUDICATED,
-            subject,
-            dict(
-                ref,
-                header_number=claim.header_number,
-                status_code=clp[2],
-                charge=claim.charge,
-                paid=claim.paid,
-                patient_responsibility=claim.patient_responsibility,
-                filing_indicator=_or_none(clp[6]) if len(clp) > 6 else None,
-                facility_type=_or_none(clp[8]) if len(clp) > 8 else None,
-                frequency_code=_or_none(clp[9]) if len(clp) > 9 else None,
-                reversal=reversal,
-                denied=clp[2] == _DENIED,
-                statement_start=claim.dates.get("232"),
-                statement_end=claim.dates.get("233"),
-                received_date=claim.dates.get("050"),
-                remark_codes=claim.remarks,
-                adjustment_total=claim_adjustment_total(claim),
-                service_line_count=len(claim.lines),
-            ),
-        )
-        if clp[2] == _DENIED:
+        dates = claim.dates
+        event = self._event
+        events = [
+            event(
+                self._claim_kind,
+                subject,
+                {
+                    **ref,
+                    "header_number": claim.header_number,
+                    "status_code": status,
+                    "charge": claim.charge,
+                    "paid": claim.paid,
+                    "patient_responsibility": claim.patient_responsibility,
+                    "filing_indicator": clp[6] or None if size > 6 else None,
+                    "facility_type": clp[8] or None if size > 8 else None,
+                    "frequency_code": clp[9] or None if size > 9 else None,
+                    "reversal": reversal,
+                    "denied": denied,
+                    "statement_start": dates.get("232"),
+                    "statement_end": dates.get("233"),
+                    "received_date": dates.get("050"),
+                    "remark_codes": claim.remarks,
+                    "adjustment_total": claim_adjustment_total(claim),
+                    "service_line_count": len(claim.lines),
+                },
+            )
+        ]
+        if denied:
             every = claim.adjustments + [a for line in claim.lines for a in line.adjustments]
-            yield self._event(
-                ev.DENIAL_RECORDED,
-                subject + "/denial",
-                dict(
-                    ref,
-                    charge=claim.charge,
-                    reason_codes=[f"{a.group}-{a.reason}" for a in every],
-                    remark_codes=claim.remarks,
-                ),
+            events.append(
+                event(
+                    self._denial_kind,
+                    subject + "/denial",
+                    {
+                        **ref,
+                        "charge": claim.charge,
+                        "reason_codes": [f"{a.group}-{a.reason}" for a in every],
+                        "remark_codes": claim.remarks,
+                    },
+                )
             )
-        yield from self._adjustments(claim.adjustments, ref, None, claim.remarks, reversal, subject)
+        if claim.adjustments:
+            self._adjustments(events, claim.adjustments, ref, None, claim.remarks, reversal, subject)
         for line in claim.lines:
-            yield self._line(line, ref, reversal, f"{subject}/line/{line.index}")
-            yield from self._adjustments(
-                line.adjustments, ref, line.index, line.remarks, reversal, f"{subject}/line/{line.index}"
-            )
+            line_subject = f"{subject}/line/{line.index}"
+            events.append(self._line(line, ref, reversal, line_subject))
+            if line.adjustments:
+                self._adjustments(events, line.adjustments, ref, line.index, line.remarks, reversal, line_subject)
+        return events
 
     def _line(self, line: ServiceLine, ref: dict[str, Any], reversal: bool, subject: str) -> CloudEvent:
         proc = line.procedure
+        dates = line.dates
         return self._event(
-            ev.SERVICE_LINE_ADJUDICATED,
+            self._line_kind,
             subject,
-            dict(
-                ref,
-                line_index=line.index,
-                procedure=":".join(proc),
-                procedure_qualifier=proc[0] or None,
-                procedure_code=proc[1] if len(proc) > 1 else None,
-                modifiers=[m for m in proc[2:6] if m],
-                charge=line.charge,
-                paid=line.paid,
-                revenue_code=line.revenue_code,
-                units=line.units,
-                service_date=line.dates.get("472"),
-                service_start=line.dates.get("150"),
-                service_end=line.dates.get("151"),
-                line_control_number=line.control_number,
-                remark_codes=line.remarks,
-                reversal=reversal,
-            ),
+            {
+                **ref,
+                "line_index": line.index,
+                "procedure": ":".join(proc),
+                "procedure_qualifier": proc[0] or None,
+                "procedure_code": proc[1] if len(proc) > 1 else None,
+                "modifiers": [m for m in proc[2:6] if m],
+                "charge": line.charge,
+                "paid": line.paid,
+                "revenue_code": line.revenue_code,
+                "units": line.units,
+                "service_date": dates.get("472"),
+                "service_start": dates.get("150"),
+                "service_end": dates.get("151"),
+                "line_control_number": line.control_number,
+                "remark_codes": line.remarks,
+                "reversal": reversal,
+            },
         )
 
     def _adjustments(
         self,
+        events: list[CloudEvent],
         adjustments: list[Adjustment],
         ref: dict[str, Any],
         line: int | None,
         remarks: list[str],
         reversal: bool,
         subject: str,
-    ) -> Iterator[CloudEvent]:
+    ) -> None:
+        """Append one event per CAS triple to ``events``."""
+        event, kind = self._event, self._adjustment_kind
         for n, adj in enumerate(adjustments, 1):
-            yield self._event(
-                ev.ADJUSTMENT_RECORDED,
-                f"{subject}/cas/{n}",
-                dict(
-                    ref,
-                    line_index=line,
-                    group_code=adj.group,
-                    reason_code=adj.reason,
-                    amount=adj.amount,
-                    quantity=adj.quantity,
-                    remark_codes=remarks,
-                    reversal=reversal,
-                ),
+            events.append(
+                event(
+                    kind,
+                    f"{subject}/cas/{n}",
+                    {
+                        **ref,
+                        "line_index": line,
+                        "group_code": adj.group,
+                        "reason_code": adj.reason,
+                        "amount": adj.amount,
+                        "quantity": adj.quantity,
+                        "remark_codes": remarks,
+                        "reversal": reversal,
+                    },
+                )
             )

@@ -11,10 +11,9 @@ by the file (see ``bench/x12_835.py``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-
-from canonical.x12.reader import Segment
 
 __all__ = [
     "Adjustment",
@@ -48,29 +47,60 @@ class ParseError(ValueError):
         self.segment = segment
 
 
-def amount(seg: Segment, position: int) -> Decimal:
-    """Element ``position`` as a Decimal; ParseError when absent or not a number."""
-    text = seg.get(position)
+# Amounts and dates repeat heavily (the same fees, adjustments and service
+# dates on claim after claim), so each distinct text is checked and converted
+# once. Decimals are immutable and can be shared; the caches are cleared when
+# full so a file of only distinct values cannot grow them without bound.
+_CACHE_LIMIT = 4096
+_AMOUNTS: dict[str, Decimal] = {}
+_DATES: dict[str, str] = {}
+
+
+def _parse_amount(text: str, sid: str, position: int, segment: int) -> Decimal:
     if _NUMBER.fullmatch(text) is None:
         what = "missing" if text == "" else "not a number"
-        raise ParseError(f"{seg.id}{position:02d} is {what}", seg.number)
-    return Decimal(text)
+        raise ParseError(f"{sid}{position:02d} is {what}", segment)
+    value = Decimal(text)
+    if len(_AMOUNTS) >= _CACHE_LIMIT:
+        _AMOUNTS.clear()
+    _AMOUNTS[text] = value
+    return value
 
 
-def optional_amount(seg: Segment, position: int) -> Decimal | None:
-    """Like :func:`amount`, None when the element is empty."""
-    return amount(seg, position) if seg.get(position) else None
+def amount(text: str, sid: str, position: int, segment: int) -> Decimal:
+    """``text``, element ``position`` of segment ``sid``, as a Decimal; ParseError when empty or not a number."""
+    value = _AMOUNTS.get(text)
+    return value if value is not None else _parse_amount(text, sid, position, segment)
 
 
-def date(seg: Segment, position: int) -> str | None:
-    """A CCYYMMDD element as an ISO 8601 date, None when empty."""
-    text = seg.get(position)
-    if not text:
-        return None
+def optional_amount(text: str, sid: str, position: int, segment: int) -> Decimal | None:
+    """Like :func:`amount`, None when ``text`` is empty."""
+    return amount(text, sid, position, segment) if text else None
+
+
+def _parse_date(text: str, sid: str, position: int, segment: int) -> str:
     match = _DATE.fullmatch(text)
     if match is None or not ("01" <= match[2] <= "12" and "01" <= match[3] <= "31"):
-        raise ParseError(f"{seg.id}{position:02d} is not a CCYYMMDD date", seg.number)
-    return f"{match[1]}-{match[2]}-{match[3]}"
+        raise ParseError(f"{sid}{position:02d} is not a CCYYMMDD date", segment)
+    value = f"{match[1]}-{match[2]}-{match[3]}"
+    if len(_DATES) >= _CACHE_LIMIT:
+        _DATES.clear()
+    _DATES[text] = value
+    return value
+
+
+def date(text: str, sid: str, position: int, segment: int) -> str | None:
+    """A CCYYMMDD element as an ISO 8601 date, None when empty."""
+    if not text:
+        return None
+    value = _DATES.get(text)
+    return value if value is not None else _parse_date(text, sid, position, segment)
+
+
+def _padded(elements: list[str], size: int) -> list[str]:
+    """``elements`` with at least ``size`` items: absent trailing elements read as ``""``."""
+    missing = size - len(elements)
+    return elements + [""] * missing if missing > 0 else elements
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,16 +193,23 @@ class Transaction:
 
 
 class TransactionBuilder:
-    """Feed the segments after ST with :meth:`add`; read :attr:`transaction` after SE."""
+    """Build one transaction after another from the segments between ST and SE.
 
-    def __init__(self, st: Segment, envelope: Envelope, component: str) -> None:
-        self.transaction = Transaction(st.get(2), envelope, st.number)
+    :meth:`start` opens a transaction at its ST; then each body segment (not ST,
+    not SE) goes to the handler :attr:`handlers` holds for its id, as
+    ``handler(elements, number)``, or nowhere when the id has none - the
+    translator dispatches directly, one dict look-up per segment. Handlers raise
+    ParseError when a segment is unreadable. :attr:`transaction` is the record.
+    """
+
+    def __init__(self, component: str) -> None:
+        self.transaction = Transaction("", Envelope(), 0)
         self._component = component
         self._party: dict[str, str] | None = None
         self._header_number: str | None = None
         self._claim: Claim | None = None
         self._line: ServiceLine | None = None
-        self._handlers = {
+        self.handlers: dict[str, Callable[[list[str], int], None]] = {
             "BPR": self._bpr,
             "TRN": self._trn,
             "N1": self._n1,
@@ -188,110 +225,132 @@ class TransactionBuilder:
             "PLB": self._plb,
         }
 
-    def add(self, seg: Segment) -> None:
-        """Take one segment of the transaction body (not ST, not SE); ParseError when unreadable."""
-        self.transaction.segment_count += 1
-        handler = self._handlers.get(seg.elements[0])
-        if handler is not None:
-            handler(seg)
+    def start(self, st: list[str], number: int, envelope: Envelope) -> Transaction:
+        """Open a new transaction at its ST (segment ``number``) and return its record."""
+        self.transaction = Transaction(st[2] if len(st) > 2 else "", envelope, number)
+        self._party = self._header_number = self._claim = self._line = None
+        return self.transaction
 
-    def _bpr(self, seg: Segment) -> None:
-        tx = self.transaction
-        tx.bpr, tx.bpr_amount, tx.payment_date = seg.elements, amount(seg, 2), date(seg, 16)
+    def _bpr(self, el: list[str], number: int) -> None:
+        tx, padded = self.transaction, _padded(el, 17)
+        # Nothing is set unless both read: an error then carries no BPR amount.
+        paid, when = amount(padded[2], "BPR", 2, number), date(padded[16], "BPR", 16, number)
+        tx.bpr, tx.bpr_amount, tx.payment_date = el, paid, when
 
-    def _trn(self, seg: Segment) -> None:
-        self.transaction.trn = seg.elements
+    def _trn(self, el: list[str], number: int) -> None:
+        self.transaction.trn = el
 
-    def _n1(self, seg: Segment) -> None:
-        party = {"PR": self.transaction.payer, "PE": self.transaction.payee}.get(seg.get(1))
+    def _n1(self, el: list[str], number: int) -> None:
+        el = _padded(el, 5)
+        party = self.transaction.payer if el[1] == "PR" else self.transaction.payee if el[1] == "PE" else None
         self._party = party
         if party is not None:
-            party.update(name=seg.get(2), qualifier=seg.get(3), id=seg.get(4))
+            party.update(name=el[2], qualifier=el[3], id=el[4])
 
-    def _ref(self, seg: Segment) -> None:
+    def _ref(self, el: list[str], number: int) -> None:
+        el = _padded(el, 3)
         if self._line is not None:
-            if seg.get(1) == "6R":
-                self._line.control_number = seg.get(2)
+            if el[1] == "6R":
+                self._line.control_number = el[2]
         elif self._claim is None and self._party is not None:
-            self._party.setdefault("ref_" + seg.get(1), seg.get(2))
+            self._party.setdefault("ref_" + el[1], el[2])
 
-    def _dtm(self, seg: Segment) -> None:
-        value = date(seg, 2)
+    def _dtm(self, el: list[str], number: int) -> None:
+        el = _padded(el, 3)
+        value = date(el[2], "DTM", 2, number)
         if value is None:
             return
         if self._line is not None:
-            self._line.dates[seg.get(1)] = value
+            self._line.dates[el[1]] = value
         elif self._claim is not None:
-            self._claim.dates[seg.get(1)] = value
-        elif seg.get(1) == "405":
+            self._claim.dates[el[1]] = value
+        elif el[1] == "405":
             self.transaction.production_date = value
 
-    def _lx(self, seg: Segment) -> None:
-        self._header_number, self._claim, self._line, self._party = seg.get(1), None, None, None
+    def _lx(self, el: list[str], number: int) -> None:
+        self._header_number = el[1] if len(el) > 1 else ""
+        self._claim = self._line = self._party = None
 
-    def _clp(self, seg: Segment) -> None:
+    def _clp(self, el: list[str], number: int) -> None:
         claims = self.transaction.claims
-        if not seg.get(1) or not seg.get(2):
-            raise ParseError("CLP01 and CLP02 are required", seg.number)
+        padded = _padded(el, 6)
+        if not padded[1] or not padded[2]:
+            raise ParseError("CLP01 and CLP02 are required", number)
+        # ``elements`` keeps the segment as sent: events read CLP06-09 by length.
         self._claim = Claim(
             len(claims) + 1,
-            seg.number,
+            number,
             self._header_number,
-            seg.elements,
-            amount(seg, 3),
-            amount(seg, 4),
-            optional_amount(seg, 5),
+            el,
+            amount(padded[3], "CLP", 3, number),
+            amount(padded[4], "CLP", 4, number),
+            optional_amount(padded[5], "CLP", 5, number),
         )
-        self._line, self._party = None, None
+        self._line = self._party = None
         claims.append(self._claim)
 
-    def _svc(self, seg: Segment) -> None:
-        claim = self._require_claim(seg)
+    def _svc(self, el: list[str], number: int) -> None:
+        claim = self._require_claim("SVC", number)
+        el = _padded(el, 6)
         self._line = ServiceLine(
             len(claim.lines) + 1,
-            seg.number,
-            seg.get(1).split(self._component),
-            amount(seg, 2),
-            amount(seg, 3),
-            seg.get(4) or None,
-            optional_amount(seg, 5),
+            number,
+            el[1].split(self._component),
+            amount(el[2], "SVC", 2, number),
+            amount(el[3], "SVC", 3, number),
+            el[4] or None,
+            optional_amount(el[5], "SVC", 5, number),
         )
         claim.lines.append(self._line)
 
-    def _cas(self, seg: Segment) -> None:
-        target = self._line if self._line is not None else self._require_claim(seg)
-        group = seg.get(1)
+    def _cas(self, el: list[str], number: int) -> None:
+        target = self._line if self._line is not None else self._require_claim("CAS", number)
+        adjustments = target.adjustments
+        size = len(el)
+        group = el[1] if size > 1 else ""
         for start in _CAS_TRIPLES:
-            if start >= len(seg.elements) or not seg.get(start):
+            if start >= size or not el[start]:
                 break
-            target.adjustments.append(
-                Adjustment(group, seg.get(start), amount(seg, start + 1), optional_amount(seg, start + 2))
+            quantity = el[start + 2] if start + 2 < size else ""
+            adjustments.append(
+                Adjustment(
+                    group,
+                    el[start],
+                    amount(el[start + 1] if start + 1 < size else "", "CAS", start + 1, number),
+                    optional_amount(quantity, "CAS", start + 2, number),
+                )
             )
 
-    def _lq(self, seg: Segment) -> None:
-        if self._line is not None and seg.get(1) == "HE" and seg.get(2):
-            self._line.remarks.append(seg.get(2))
+    def _lq(self, el: list[str], number: int) -> None:
+        el = _padded(el, 3)
+        if self._line is not None and el[1] == "HE" and el[2]:
+            self._line.remarks.append(el[2])
 
-    def _mia(self, seg: Segment) -> None:
-        claim = self._require_claim(seg)
-        claim.remarks.extend(code for code in map(seg.get, _MIA_REMARKS) if code)
+    def _mia(self, el: list[str], number: int) -> None:
+        claim = self._require_claim("MIA", number)
+        size = len(el)
+        claim.remarks.extend(el[i] for i in _MIA_REMARKS if i < size and el[i])
 
-    def _moa(self, seg: Segment) -> None:
-        claim = self._require_claim(seg)
-        claim.remarks.extend(code for code in map(seg.get, _MOA_REMARKS) if code)
+    def _moa(self, el: list[str], number: int) -> None:
+        claim = self._require_claim("MOA", number)
+        size = len(el)
+        claim.remarks.extend(el[i] for i in _MOA_REMARKS if i < size and el[i])
 
-    def _plb(self, seg: Segment) -> None:
-        self._claim, self._line = None, None
+    def _plb(self, el: list[str], number: int) -> None:
+        self._claim = self._line = None
+        size = len(el)
         items: list[tuple[str, str | None, Decimal]] = []
         for start in _PLB_PAIRS:
-            if start >= len(seg.elements) or not seg.get(start):
+            if start >= size or not el[start]:
                 break
-            reason, _, reference = seg.get(start).partition(self._component)
-            items.append((reason, reference or None, amount(seg, start + 1)))
+            reason, _, reference = el[start].partition(self._component)
+            paid = amount(el[start + 1] if start + 1 < size else "", "PLB", start + 1, number)
+            items.append((reason, reference or None, paid))
         plbs = self.transaction.plbs
-        plbs.append(ProviderAdjustment(len(plbs) + 1, seg.number, seg.get(1), date(seg, 2), items))
+        el = _padded(el, 3)
+        plbs.append(ProviderAdjustment(len(plbs) + 1, number, el[1], date(el[2], "PLB", 2, number), items))
 
-    def _require_claim(self, seg: Segment) -> Claim:
+    def _require_claim(self, sid: str, number: int) -> Claim:
         if self._claim is None:
-            raise ParseError(f"{seg.id} outside a claim (no CLP before it)", seg.number)
+            raise ParseError(f"{sid} outside a claim (no CLP before it)", number)
         return self._claim

@@ -123,11 +123,32 @@ class X12Reader:
         self.delimiters: Delimiters | None = None
 
     def __iter__(self) -> Iterator[Segment]:
+        index = 0
+        for batch in self.batches():
+            sep = self.element_separator
+            for text in batch:
+                index += 1
+                yield Segment(index, text.split(sep))
+
+    @property
+    def element_separator(self) -> str:
+        """The element separator, once the header was read."""
+        assert self.delimiters is not None
+        return self.delimiters.element
+
+    def batches(self) -> Iterator[list[str]]:
+        """The segments' texts (not split into elements), one list per chunk read; the n-th overall is number n.
+
+        The translator's hot path: a list of strings per chunk costs one
+        comprehension where a :class:`Segment` per segment costs a generator
+        step and two objects. Strings also stay out of the garbage collector,
+        which a chunk's worth of element lists would promote to its oldest
+        generation, making full collections more frequent.
+        """
         chunks = _chunks(self._source, self._chunk_size)
         decoder: codecs.IncrementalDecoder | None = None
         head = b""
         pending = ""
-        index = 0
         for chunk in chunks:
             if decoder is None:
                 # The encoding is guessed from the first 4 bytes, however small the chunks.
@@ -141,11 +162,11 @@ class X12Reader:
                 self.delimiters = _delimiters(pending, final=False)
                 if self.delimiters is None:
                     continue
+            nul = "\x00" in pending
             parts = pending.split(self.delimiters.segment)
             pending = parts.pop()
-            for segment in self._split(parts, index):
-                index = segment.number
-                yield segment
+            if batch := self._split(parts, nul):
+                yield batch
         if decoder is None:
             decoder = _decoder_for(head)
             pending = decoder.decode(head)
@@ -155,15 +176,14 @@ class X12Reader:
             if not pending:
                 return
             self.delimiters = _delimiters(pending, final=True)
-        yield from self._split([pending], index)
+        if batch := self._split([pending], "\x00" in pending):
+            yield batch
 
-    def _split(self, parts: list[str], index: int) -> Iterator[Segment]:
-        assert self.delimiters is not None
-        sep = self.delimiters.element
-        for part in parts:
-            # strip(): line breaks and indentation between segments, and the
-            # NBSP/NUL padding some writers leave at the end of a file.
-            text = part.strip().strip("\x00")
-            if text:
-                index += 1
-                yield Segment(index, text.split(sep))
+    @staticmethod
+    def _split(parts: list[str], nul: bool) -> list[str]:
+        # strip(): line breaks and indentation between segments, and the
+        # NBSP/NUL padding some writers leave at the end of a file. NULs are
+        # rare, so the second strip runs only for the chunks that have one.
+        if nul:
+            return [text for part in parts if (text := part.strip().strip("\x00"))]
+        return [text for part in parts if (text := part.strip())]

@@ -13,7 +13,7 @@ transaction (about 1.5 KB per claim), never by the file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -23,7 +23,7 @@ from canonical.errors import TranslationError
 from canonical.x12.balance import check_transaction
 from canonical.x12.emit import TransactionEvents, facility_of
 from canonical.x12.model import Envelope, ParseError, Transaction, TransactionBuilder
-from canonical.x12.reader import Segment, X12Reader, X12SyntaxError, is_segment_id
+from canonical.x12.reader import X12Reader, X12SyntaxError, is_segment_id
 
 __all__ = ["TransactionResult", "translate_835"]
 
@@ -46,17 +46,40 @@ class TransactionResult:
     transaction: Transaction | None = None
 
 
+def _ignore(elements: list[str], number: int) -> None:
+    """The handler of a well-formed segment the events do not need (NM1, PER, AMT...)."""
+
+
+_NO_RESULTS: list[TransactionResult] = []
+
+
 class _Translator:
-    """The state of one pass over a file: current envelope and open transaction."""
+    """The state of one pass over a file: current envelope and open transaction.
+
+    Body segments of a readable open transaction are dispatched by the caller
+    straight to :attr:`route` (segment id -> handler); every other segment goes
+    through :meth:`segment`, which may change :attr:`route`.
+    """
 
     def __init__(self, ctx: TranslationContext, source_name: str, component: str) -> None:
         self.ctx = ctx
         self.source = source_name
-        self.component = component
         self.envelope = Envelope()
-        self.builder: TransactionBuilder | None = None
+        self.builder = TransactionBuilder(component)
+        self.tx: Transaction | None = None
         self.failure: ParseError | None = None
+        # Broken segments of the open transaction: SE01 does not count them.
+        self.skipped = 0
         self.transactions = 0
+        # The builder's handlers plus the well-formed ids learnt to need none.
+        self.routes: dict[str, Callable[[list[str], int], None]] = dict(self.builder.handlers)
+        self.route: dict[str, Callable[[list[str], int], None]] = {}
+
+    def fail(self, failure: ParseError) -> None:
+        """The open transaction is unreadable: keep the first problem, stop building it."""
+        if self.failure is None:
+            self.failure = failure
+        self.route = {}
 
     def error(self, reason: str, segment: int | None, tx: Transaction | None = None) -> TransactionResult:
         st = tx.st_control if tx is not None else None
@@ -74,79 +97,82 @@ class _Translator:
             transaction=tx,
         )
 
-    def close_open(self, seg: Segment | None) -> Iterator[TransactionResult]:
-        """A transaction still open where another starts or the file ends: missing SE."""
-        if self.builder is not None:
-            tx = self.builder.transaction
-            self.builder = None
-            where = f"missing SE before {seg.id}" if seg is not None else "missing SE at end of file"
-            if self.failure is not None:
-                # The first problem is the more useful one ("not an 835", a bad number).
-                yield self.error(f"{self.failure.reason} (segment {self.failure.segment}); {where}", None, tx)
-            else:
-                yield self.error(where, seg.number if seg is not None else None, tx)
+    def close_open(self, sid: str | None, number: int) -> list[TransactionResult]:
+        """A transaction still open where segment ``number`` starts another or the file ends: missing SE.
 
-    def segment(self, seg: Segment) -> Iterator[TransactionResult]:
-        sid = seg.elements[0]
+        ``sid`` is the id of that segment, None at the end of the file (``number`` is then the last segment's).
+        """
+        tx = self.tx
+        if tx is None:
+            return _NO_RESULTS
+        self.tx, self.route = None, {}
+        tx.segment_count = number - tx.first_segment - self.skipped + (sid is None)
+        where = f"missing SE before {sid}" if sid is not None else "missing SE at end of file"
+        if self.failure is not None:
+            # The first problem is the more useful one ("not an 835", a bad number).
+            return [self.error(f"{self.failure.reason} (segment {self.failure.segment}); {where}", None, tx)]
+        return [self.error(where, number if sid is not None else None, tx)]
+
+    def segment(self, elements: list[str], number: int) -> list[TransactionResult]:
+        """Any segment that is not the body segment of a readable open transaction."""
+        sid = elements[0]
         if not is_segment_id(sid):
-            failure = ParseError("broken segment id", seg.number)
-            if self.builder is None:
-                yield self.error(failure.reason, seg.number)
-            elif self.failure is None:
-                self.failure = failure
+            if self.tx is None:
+                return [self.error("broken segment id", number)]
+            self.fail(ParseError("broken segment id", number))
+            self.skipped += 1
         elif sid == "ST":
-            yield from self.close_open(seg)
-            self.start(seg)
+            results = self.close_open(sid, number)
+            self.start(elements, number)
+            return results
         elif sid == "SE":
-            yield from self.finish(seg)
+            return self.finish(elements, number)
         elif sid in _ENVELOPE_SEGMENTS:
-            yield from self.close_open(seg)
-            yield from self.envelope_segment(seg)
-        elif self.builder is not None and self.failure is None:
-            try:
-                self.builder.add(seg)
-            except ParseError as exc:
-                self.failure = exc
-        elif self.builder is not None:
-            self.builder.transaction.segment_count += 1
+            return self.close_open(sid, number) + self.envelope_segment(elements, number)
+        elif self.tx is not None and self.failure is None:
+            # Well-formed, and no handler (else it had been dispatched): skip it from now on.
+            self.routes[sid] = _ignore
+        return _NO_RESULTS
 
-    def start(self, seg: Segment) -> None:
+    def start(self, st: list[str], number: int) -> None:
         self.transactions += 1
-        self.builder = TransactionBuilder(seg, self.envelope, self.component)
-        self.failure = None
-        if seg.get(1) != "835":
-            self.failure = ParseError(f"not an 835: ST01 {seg.get(1) or '(empty)'}", seg.number)
+        self.tx = self.builder.start(st, number, self.envelope)
+        self.failure, self.skipped, self.route = None, 0, self.routes
+        kind = st[1] if len(st) > 1 else ""
+        if kind != "835":
+            self.fail(ParseError(f"not an 835: ST01 {kind or '(empty)'}", number))
 
-    def finish(self, se: Segment) -> Iterator[TransactionResult]:
-        if self.builder is None:
-            yield self.error("SE without ST", se.number)
-            return
-        tx, failure = self.builder.transaction, self.failure
-        self.builder = None
-        tx.segment_count += 1
+    def finish(self, se: list[str], number: int) -> list[TransactionResult]:
+        tx, failure = self.tx, self.failure
+        if tx is None:
+            return [self.error("SE without ST", number)]
+        self.tx, self.route = None, {}
+        tx.segment_count = number - tx.first_segment + 1 - self.skipped
+        count, control = (se[1] if len(se) > 1 else ""), (se[2] if len(se) > 2 else "")
         if failure is not None:
-            yield self.error(failure.reason, failure.segment, tx)
-        elif se.get(2) != tx.st_control:
-            yield self.error(f"SE02 {se.get(2)} != ST02", se.number, tx)
-        elif se.get(1) != str(tx.segment_count):
-            yield self.error(f"SE01 {se.get(1)} != {tx.segment_count} segments", se.number, tx)
-        elif not tx.bpr:
-            yield self.error("no BPR segment", se.number, tx)
-        elif (reason := check_transaction(tx)) is not None:
-            yield self.error(reason, None, tx)
-        else:
-            yield TransactionResult(tx.st_control, events=TransactionEvents(tx, self.ctx), transaction=tx)
+            return [self.error(failure.reason, failure.segment, tx)]
+        if control != tx.st_control:
+            return [self.error(f"SE02 {control} != ST02", number, tx)]
+        if count != str(tx.segment_count):
+            return [self.error(f"SE01 {count} != {tx.segment_count} segments", number, tx)]
+        if not tx.bpr:
+            return [self.error("no BPR segment", number, tx)]
+        if (reason := check_transaction(tx)) is not None:
+            return [self.error(reason, None, tx)]
+        return [TransactionResult(tx.st_control, events=TransactionEvents(tx, self.ctx), transaction=tx)]
 
-    def envelope_segment(self, seg: Segment) -> Iterator[TransactionResult]:
-        env = self.envelope
-        if seg.id == "ISA":
-            self.envelope = Envelope(seg.get(13).strip(), None, seg.get(6).strip(), None)
-        elif seg.id == "GS":
-            self.envelope = Envelope(env.interchange_control, seg.get(6), env.sender, seg.get(8))
-        elif seg.id == "IEA" and seg.get(2).strip() != (env.interchange_control or ""):
+    def envelope_segment(self, seg: list[str], number: int) -> list[TransactionResult]:
+        env, sid = self.envelope, seg[0]
+        seg = seg + [""] * (14 - len(seg)) if len(seg) < 14 else seg
+        if sid == "ISA":
+            self.envelope = Envelope(seg[13].strip(), None, seg[6].strip(), None)
+        elif sid == "GS":
+            self.envelope = Envelope(env.interchange_control, seg[6], env.sender, seg[8])
+        elif sid == "IEA" and seg[2].strip() != (env.interchange_control or ""):
             # Transactions of this interchange were already yielded and stand on
             # their own; the mismatch is reported so operations see the envelope fault.
-            yield self.error(f"IEA02 {seg.get(2).strip()} != ISA13 {env.interchange_control}", seg.number)
+            return [self.error(f"IEA02 {seg[2].strip()} != ISA13 {env.interchange_control}", number)]
+        return _NO_RESULTS
 
 
 def translate_835(
@@ -163,18 +189,34 @@ def translate_835(
     """
     reader = X12Reader(stream)
     translator: _Translator | None = None
+    number = 0
     try:
-        for seg in reader:
+        for batch in reader.batches():
             if translator is None:
                 assert reader.delimiters is not None
                 translator = _Translator(ctx, source_name, reader.delimiters.component)
-            yield from translator.segment(seg)
+            route, sep = translator.route, reader.element_separator
+            for text in batch:
+                number += 1
+                elements = text.split(sep)
+                handler = route.get(elements[0])
+                if handler is not None:
+                    try:
+                        handler(elements, number)
+                    except ParseError as exc:
+                        translator.fail(exc)
+                        route = translator.route
+                    continue
+                results = translator.segment(elements, number)
+                route = translator.route
+                if results:
+                    yield from results
     except X12SyntaxError as exc:
         yield TransactionResult(None, error=TranslationError(f"{source_name}: {exc}", control_id=""))
         return
     if translator is None:
         yield TransactionResult(None, error=TranslationError(f"{source_name}: empty file", control_id=""))
         return
-    yield from translator.close_open(None)
+    yield from translator.close_open(None, number)
     if translator.transactions == 0:
         yield translator.error("no ST transaction in file", None)
