@@ -79,7 +79,8 @@ SUPPLY_MAPPING = {
 
 async def read_to_jetstream(settings: OdbcSettings, url: str, table: str) -> tuple[int, int, float]:
     """End to end without the router: poll, map each row (canonical.records.map_record, supply
-    usage), publish every event with its Nats-Msg-Id (publish_async), await the batch's PubAcks,
+    usage), publish every event with its Nats-Msg-Id (through the store's FastPublisher, in the
+    pipeline's chunks), await the batch's PubAcks,
     then advance the checkpoint - what an odbc interface in modern mode does per batch, including
     reading the next batch while this one is mapped and acknowledged."""
     from datetime import UTC, datetime
@@ -88,6 +89,9 @@ async def read_to_jetstream(settings: OdbcSettings, url: str, table: str) -> tup
 
     from canonical.context import TranslationContext
     from canonical.records import RecordMapping, map_record
+    from router.odbc_pipeline import PUBLISH_CHUNK
+    from router.publisher import FastPublisher
+    from router.store import Outgoing
 
     mapping = RecordMapping.model_validate(SUPPLY_MAPPING)
     columns = [(spec.field, (spec.column or "").lower()) for spec in mapping.fields]
@@ -100,6 +104,8 @@ async def read_to_jetstream(settings: OdbcSettings, url: str, table: str) -> tup
     await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream.lower()}.>"], duplicate_window=600))
     events = 0
     checkpoint = Checkpoint()
+    fp = FastPublisher(nc)
+    prefix = stream.lower()
     try:
         async with OdbcPoller("bench", settings) as poller:
             started = time.perf_counter()
@@ -108,20 +114,22 @@ async def read_to_jetstream(settings: OdbcSettings, url: str, table: str) -> tup
                 # As OdbcPipeline.run: the read overlaps this batch's mapping and PubAcks; its rows
                 # are published only after them.
                 ahead = asyncio.ensure_future(poller.next_batch(batch.checkpoint_after))
-                futures = []
+                items: list[Outgoing] = []
                 for n, row in enumerate(batch.rows):
                     values = {f: row.get(c) if c else None for f, c in columns}
                     for event in map_record(values, mapping, ctx, unit=table, index=events + n,
                                             locator=f"row id={batch.keys[n]}"):
-                        futures.append(await js.publish_async(f"{stream.lower()}.{event.nats_subject()}",
-                                                              event.to_json(), headers={"Nats-Msg-Id": event.id}))
-                await asyncio.gather(*futures)
-                events += len(futures)
+                        items.append(Outgoing(f"{prefix}.{event.nats_subject()}", event.to_json(), event.id,
+                                              {"Ficus-Interface": "bench-odbc", "Ficus-Event-Type": event.type}))
+                for start in range(0, len(items), PUBLISH_CHUNK):
+                    await fp.publish(items[start:start + PUBLISH_CHUNK], 10.0)
+                events += len(items)
                 checkpoint = batch.checkpoint_after
             elapsed = time.perf_counter() - started
         stored = (await js.stream_info(stream)).state.messages
         assert stored == events, (stored, events)
     finally:
+        await fp.stop()
         await js.delete_stream(stream)
         await nc.close()
     return events, 0, elapsed
