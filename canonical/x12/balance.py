@@ -27,16 +27,16 @@ __all__ = ["check_claim", "check_transaction", "claim_adjustment_total", "transa
 
 def claim_adjustment_total(claim: Claim) -> Decimal:
     """Sum of the CAS amounts of a claim and of all its lines."""
-    total = sum((adj.amount for adj in claim.adjustments), Decimal(0))
+    total = sum([adj.amount for adj in claim.adjustments], Decimal(0))
     for line in claim.lines:
-        total += sum((adj.amount for adj in line.adjustments), Decimal(0))
+        total += sum([adj.amount for adj in line.adjustments], Decimal(0))
     return total
 
 
 def transaction_totals(tx: Transaction) -> tuple[Decimal, Decimal, Decimal]:
     """(sum of CLP03, sum of CLP04, sum of PLB amounts)."""
-    charge = sum((claim.charge for claim in tx.claims), Decimal(0))
-    paid = sum((claim.paid for claim in tx.claims), Decimal(0))
+    charge = sum([claim.charge for claim in tx.claims], Decimal(0))
+    paid = sum([claim.paid for claim in tx.claims], Decimal(0))
     plb = sum((item[2] for plb in tx.plbs for item in plb.items), Decimal(0))
     return charge, paid, plb
 
@@ -45,7 +45,7 @@ def check_claim(claim: Claim) -> str | None:
     """Rules 2 and 3 for one claim; None when it balances."""
     where = f"claim {claim.index} (CLP01 {claim.elements[1]}, segment {claim.segment})"
     for line in claim.lines:
-        line_cas = sum((adj.amount for adj in line.adjustments), Decimal(0))
+        line_cas = sum([adj.amount for adj in line.adjustments], Decimal(0))
         if line.charge - line_cas != line.paid:
             return (
                 f"{where} line {line.index} (segment {line.segment}): "

@@ -90,7 +90,7 @@ class TransactionEvents:
             items = [{"reason_code": r, "reference": ref, "amount": a} for r, ref, a in plb.items]
             yield self._event(
                 self._plb_kind,
-                f"plb/{plb.index}",
+                f"{self._control}/plb/{plb.index}",
                 {
                     **self._common,
                     "plb_index": plb.index,
@@ -102,15 +102,13 @@ class TransactionEvents:
             )
 
     def _event(self, kind: _Kind, subject: str, data: dict[str, Any]) -> CloudEvent:
-        """Validate one event; ``data`` holds the payload fields including the common ones."""
-        self._position += 1
-        fields = self._envelope.copy()
-        fields["data"] = data
-        fields["type"] = kind.name
-        fields["subject"] = f"{self._control}/{subject}"
+        """Validate one event; ``subject`` is complete, ``data`` holds the payload including the common fields."""
+        self._position = position = self._position + 1
         # Inlined canonical.envelope.event_id: same key, same digest (tests compare the two).
-        fields["id"] = sha256(f"{kind.key}{self._position}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        event: CloudEvent = kind.validate(fields)
+        key = f"{kind.key}{position}".encode("utf-8", "surrogatepass")
+        event: CloudEvent = kind.validate(
+            {**self._envelope, "data": data, "type": kind.name, "subject": subject, "id": sha256(key).hexdigest()[:32]}
+        )
         return event
 
     def _remittance(self) -> CloudEvent:
@@ -120,7 +118,7 @@ class TransactionEvents:
         qualifier = payee.get("qualifier")
         return self._event(
             self._remittance_kind,
-            "remittance",
+            f"{self._control}/remittance",
             {
                 **self._common,
                 "handling_code": bpr[1],
@@ -157,7 +155,7 @@ class TransactionEvents:
         }
         reversal = status == _REVERSAL
         denied = status == _DENIED
-        subject = f"claim/{claim.index}"
+        subject = f"{self._control}/claim/{claim.index}"
         dates = claim.dates
         event = self._event
         events = [
