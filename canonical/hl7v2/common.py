@@ -17,6 +17,7 @@ from canonical.context import TranslationContext
 from canonical.envelope import CloudEvent, EventOrigin
 from canonical.errors import TranslationError
 from canonical.events import CodedValue, Location
+from canonical.hl7v2.escapes import Delimiters
 from canonical.hl7v2.reader import Hl7Message, MshHeader, Segment
 from canonical.timestamps import hl7_to_instant, hl7_to_iso
 
@@ -52,6 +53,8 @@ def _clean(value: str) -> str | None:
 _SHARED: dict[tuple[type[BaseModel], tuple[str | None, ...]], BaseModel] = {}
 _SHARED_MAX = 50_000
 _M = TypeVar("_M", CodedValue, Location)
+_CODED: dict[tuple[str, Delimiters, str], CodedValue | None] = {}
+_MISSING = object()
 
 
 def _shared(model: type[_M], values: tuple[str | None, ...]) -> _M:
@@ -147,11 +150,19 @@ class MessageReader:
         """A CE/CWE field as a :class:`CodedValue`; None without a code."""
         if seg is None:
             return None
+        # The same coded text recurs message after message: keyed by the field as sent
+        # (and what decodes it), the split and clean-up run once per distinct value.
+        key = (seg.field(field), self.msg.delimiters, self.msg.hex_codec)
+        found = _CODED.get(key, _MISSING)
+        if found is not _MISSING:
+            return found  # type: ignore[return-value]  # only CodedValue | None is stored
         code, text, system = seg.components(field, 3)
         code = code.strip()
-        if not code or code == _HL7_NULL:
-            return None
-        return _shared(CodedValue, (code, _clean(text), _clean(system)))
+        value = None if not code or code == _HL7_NULL else _shared(CodedValue, (code, _clean(text), _clean(system)))
+        if len(_CODED) >= _SHARED_MAX:
+            _CODED.clear()
+        _CODED[key] = value
+        return value
 
     def location(self, seg: Segment | None, field: int) -> Location | None:
         """A PL field as a :class:`Location`; None when every part is empty."""

@@ -150,12 +150,16 @@ class Segment:
         For mappings that read many fields of one segment (FT1): one call instead of a
         method call per field, which was most of the cost of reading a field.
         """
-        if self._shift:
+        if self._shift or not fields:
             return [self.leaf(n) for n in fields]
         values = self._fields or self._split()
         count = len(values)
         cuts = self._cuts
         esc = self._d.escape if self._esc else None
+        if esc is None and len(cuts) <= 1 and max(fields) < count:
+            # The usual segment (components only, no escapes): one C call per field.
+            sep = cuts[0] if cuts else self._d.field  # the field separator never occurs in a field
+            return [None if not (v := values[n].partition(sep)[0].strip()) or v == '""' else v for n in fields]
         out: list[str | None] = []
         for n in fields:
             value = values[n] if n < count else ""
@@ -222,6 +226,11 @@ class Hl7Message:
         self._hex = hex_codec
         self._segments: list[Segment | None] = [None] * len(self._lines)
         self._index: dict[str, list[int]] | None = None
+
+    @property
+    def hex_codec(self) -> str:
+        """The codec \\Xhh\\ escapes are decoded with."""
+        return self._hex
 
     def names(self) -> list[str]:
         """Segment names in message order."""
