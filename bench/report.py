@@ -280,6 +280,15 @@ def render(res: dict[str, Any]) -> str:
                      "pydantic events per claim (~200 bytes of input each). cProfile of the small file, top "
                      "functions by own time:", ""]
             body += _profile(x["profile"])
+        ceiling = _publish_ceiling(sec)
+        if ceiling and big.get("events"):
+            per_event = big["mb"] * 1e6 / big["events"]
+            body += ["", f"**What one event per message allows.** This 835 gives "
+                     f"~{big['events'] / max(big['claims'], 1):.0f} events per claim: ~{per_event:.0f} bytes of file "
+                     "per event. At the fastest direct "
+                     f"publish rate of section 1 ({_n(ceiling)} msgs/s, no translation at all) that caps the 835 path "
+                     f"at ~{ceiling * per_event / 1e6:.1f} MB/s end to end on this machine, whatever the translation "
+                     "costs."]
         body.append("")
 
     # -- 4. CSV ------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ OUT = REPO / "bench" / "out"
 SECTIONS = ["translate", "mllp", "x12", "csv", "odbc", "flip"]
 
 FULL = {"reps": 3, "mllp_seconds": 4.0, "warmup": 1.0, "sustain_seconds": 60.0, "rate_seconds": 5.0,
-        "profile_seconds": 6.0, "translate_seconds": 1.0, "x12_mb": 32, "x12_small_mb": 5, "csv_mb": 32,
+        "profile_seconds": 6.0, "translate_seconds": 1.0, "x12_mb": 16, "x12_small_mb": 2, "csv_mb": 16,
         "csv_pipeline_mb": 8,
         "odbc_rows": 1_000_000, "odbc_e2e_rows": 200_000, "flips": 5}
 QUICK = {"reps": 3, "mllp_seconds": 2.0, "warmup": 0.5, "sustain_seconds": 15.0, "rate_seconds": 2.0,
