@@ -239,11 +239,12 @@ class FastPublisher:
                 subject, payload = item.subject, item.payload
                 if not subject or any(c in subject for c in _UNSAFE_SUBJECT):
                     raise nats.errors.BadSubjectError()
-                if len(payload) > max_payload:
+                hdr = encode_headers(self._msg_id_header, item)
+                # The server counts headers too, and answers an oversize command by closing the connection.
+                if len(hdr) + len(payload) > max_payload:
                     raise nats.errors.MaxPayloadError()
                 self._token += 1
                 token = self._token
-                hdr = encode_headers(self._msg_id_header, item)
                 head = f"HPUB {subject} {prefix}{token} {len(hdr)} {len(hdr) + len(payload)}\r\n".encode()
                 pending[token] = (batch, index)
                 tokens.append(token)

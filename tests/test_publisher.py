@@ -167,3 +167,19 @@ async def test_a_silent_server_times_out_then_acks_again(nats_server: EmbeddedNa
     finally:
         await fp.stop()
         await nc.close()
+
+
+async def test_oversize_is_refused_before_it_reaches_the_server(nats_server: EmbeddedNats) -> None:
+    nc = await nats.connect(nats_server.url)
+    fp = FastPublisher(nc)
+    try:
+        await _stream(nc)
+        limit = nc.max_payload
+        with pytest.raises(nats.errors.MaxPayloadError):
+            await fp.publish([Outgoing("t.big", b"x" * (limit - 10), "big")], 5)
+        # The connection is still up and usable: the server never saw the command.
+        (ack,) = await fp.publish([Outgoing("t.small", b"x", "small")], 5)
+        assert ack.seq == 1 and nc.is_connected
+    finally:
+        await fp.stop()
+        await nc.close()
