@@ -85,17 +85,16 @@ def parse_pub_ack(data: bytes) -> PubAck | BaseException:
     ``"domain"`` and ``"duplicate": true``; that shape is read by hand (a PubAck per
     stored message made ``json.loads`` show up in the profile), anything else by json.
     """
-    if data.startswith(b'{"stream":"'):
+    if data.startswith(b'{"stream":"') and b'"error"' not in data:
         end = data.find(b'"', 11)
         if end > 0 and data.startswith(b',"seq":', end + 1):
             start = end + 8
-            stop = start
-            while stop < len(data) and 48 <= data[stop] <= 57:
-                stop += 1
-            if stop > start and data[stop] in b",}" and b'"error"' not in data:
+            stop = data.find(b",", start)
+            digits = data[start:stop if stop > 0 else -1]
+            if digits.isdigit():
                 # The server writes `"duplicate": true` (with a space); accept both.
                 duplicate = True if (b'"duplicate": true' in data or b'"duplicate":true' in data) else None
-                return PubAck(stream=data[11:end].decode(), seq=int(data[start:stop]), duplicate=duplicate)
+                return PubAck(stream=data[11:end].decode(), seq=int(digits), duplicate=duplicate)
     try:
         resp: dict[str, Any] = json.loads(data)
     except ValueError:
