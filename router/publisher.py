@@ -37,7 +37,7 @@ _CRLF = b"\r\n"
 # would break the protocol framing of this and every later command.
 _UNSAFE_SUBJECT = (" ", "\t", "\r", "\n")
 _NEWLINES = str.maketrans({"\r": None, "\n": None})
-_REQUIRED = ("_process_msg", "_send_command", "_flush_pending", "_flush_queue", "_subs", "_inbox_prefix",
+_REQUIRED = ("_process_msg", "_send_command", "_flush_pending", "_flush_queue", "_inbox_prefix", "_nuid",
              "_max_payload")
 
 
@@ -158,7 +158,6 @@ class FastPublisher:
         self._token = 0
         self._sid: int | None = None
         self._prefix = ""
-        self._prefix_len = 0
         self._lock = asyncio.Lock()
         # Batches waiting for acks; a sweeper fails the late ones. One timer task for all
         # instead of an asyncio.timeout (a timer handle in the loop's heap) per publish.
@@ -180,11 +179,11 @@ class FastPublisher:
             nc: Any = self._nc
             prefix = f"{nc._inbox_prefix.decode()}.{nc._nuid.next().decode()}."
             sub = await self._nc.subscribe(prefix + "*")
-            self._prefix, self._prefix_len = prefix, len(prefix)
+            self._prefix = prefix
             original: ProcessMsg = nc._process_msg
             sid: int = sub._id
             pending = self._pending
-            plen = self._prefix_len
+            plen = len(prefix)
 
             async def process_msg(sid_: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
                 if sid_ != sid:
