@@ -7,6 +7,16 @@
 - modern: archive, translate, publish on live subjects, and answer AA only after
   JetStream acknowledged everything. Anything not stored is answered negatively, so the
   sender keeps the message and sends it again.
+
+A raw message is archived under an id derived from (interface, sender, MSH-10), so a
+re-send is found by JetStream's duplicate window. When the window already holds that id,
+the stored bytes are read back (the rare path) and compared: the same bytes are a re-send
+(answered as before, its events dedupe), other bytes are a *reused control id* -- a
+different message whose events would vanish as duplicates. Those bytes are archived under a
+content-hash id (kept), counted, dead-lettered ("control id reused with different content")
+and never answered AA; in shadow the translation is dead-lettered instead. Detection holds
+within the stream's duplicate window (`nats.duplicate_window_seconds`), which is also the
+only span in which the events would have been dropped.
 """
 
 from __future__ import annotations
@@ -17,12 +27,16 @@ import logging
 import time
 from datetime import UTC, datetime
 
+import nats.errors
+import nats.js.errors
+
 from canonical.enrich import enrich
 from canonical.envelope import CloudEvent
 from canonical.errors import CanonicalError, NotHl7Error, TranslationError, UnsupportedMessageError
 from canonical.hl7v2.ack import AckError, ack_code, build_ack
 from canonical.hl7v2.reader import MshHeader, peek_header
 from canonical.reference import ReferenceStore
+from canonical.safe_text import bounded_id, safe_reason
 from canonical.translate import TranslationContext, translate_hl7
 from legacy.mllp_sender import LegacyError, MllpSender
 from router import names
@@ -41,6 +55,8 @@ ERR_UNSUPPORTED = "200"
 ERR_INTERNAL = "207"
 ERR_DATA = "102"
 ERR_SEGMENT = "100"
+ERR_DUPLICATE_KEY = "205"
+REUSED_CONTROL_ID = "control id reused with different content"
 
 
 class MllpPipeline:
@@ -106,12 +122,15 @@ class MllpPipeline:
     ) -> bytes | None:
         received = datetime.now(UTC)
         try:
-            raw_ref, raw_id = await self._archive(payload, header, peer)
+            raw_ref, raw_id, reused = await self._archive(payload, header, peer)
         except StoreUnavailable as exc:
             return self._unavailable(header, exc)
         if header is None:
             return await self._rejected(None, reject or "not an HL7 v2 message", raw_ref, raw_id, "live",
                                         ERR_SEGMENT)
+        if reused:
+            # Its events would carry the ids of the first message's and vanish as duplicates.
+            return await self._rejected(header, REUSED_CONTROL_ID, raw_ref, raw_id, "live", ERR_DUPLICATE_KEY)
         ctx = TranslationContext(self.name, "live", raw_ref, received, self.cfg.timezone)
         try:
             events = self._translate(payload, ctx, header)
@@ -131,9 +150,9 @@ class MllpPipeline:
         self, payload: bytes, header: MshHeader | None, peer: Peer, mode: Mode
     ) -> bytes | None:
         received = datetime.now(UTC)
-        raw_ref, raw_id = "", ""
+        raw_ref, raw_id, reused = "", "", False
         try:
-            raw_ref, raw_id = await self._archive(payload, header, peer)
+            raw_ref, raw_id, reused = await self._archive(payload, header, peer)
         except StoreUnavailable:
             # The legacy path must not gain a dependency on Ficus's store: forward anyway.
             self.stats.archive_errors += 1
@@ -156,7 +175,7 @@ class MllpPipeline:
         else:
             self.stats.nacked += 1
         if mode == "shadow" and header is not None:
-            await self._spawn_shadow(payload, header, raw_ref, raw_id, code in POSITIVE, received)
+            await self._spawn_shadow(payload, header, raw_ref, raw_id, code in POSITIVE, received, reused)
         return reply
 
     def _translate(self, payload: bytes, ctx: TranslationContext, header: MshHeader) -> list[CloudEvent]:
@@ -192,12 +211,12 @@ class MllpPipeline:
 
     async def _spawn_shadow(
         self, payload: bytes, header: MshHeader, raw_ref: str, raw_id: str, legacy_ok: bool,
-        received: datetime,
+        received: datetime, reused: bool,
     ) -> None:
         # Waiting for a slot pushes back on the sender only when shadow work piles up.
         await self._shadow_slots.acquire()
         self.stats.shadow_backlog += 1
-        task = asyncio.create_task(self._shadow(payload, header, raw_ref, raw_id, legacy_ok, received))
+        task = asyncio.create_task(self._shadow(payload, header, raw_ref, raw_id, legacy_ok, received, reused))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_done)
 
@@ -210,10 +229,15 @@ class MllpPipeline:
 
     async def _shadow(
         self, payload: bytes, header: MshHeader, raw_ref: str, raw_id: str, legacy_ok: bool,
-        received: datetime,
+        received: datetime, reused: bool,
     ) -> None:
         ctx = TranslationContext(self.name, "shadow", raw_ref, received, self.cfg.timezone)
-        unit = header.control_id or "-"
+        unit = bounded_id(header.control_id)
+        if reused:
+            # Modern mode would refuse it (see _modern): shadow evidence must say so.
+            await self._dead_letter_quietly(header, raw_ref, "rejected", REUSED_CONTROL_ID, "shadow", raw_id)
+            self.stats.parity.record(legacy_ok=legacy_ok, modern_ok=False, unit=unit, detail=REUSED_CONTROL_ID)
+            return
         try:
             events = self._translate(payload, ctx, header)
         except CanonicalError as exc:
@@ -239,20 +263,43 @@ class MllpPipeline:
 
     # -- storage -----------------------------------------------------------------------
 
-    async def _archive(self, payload: bytes, header: MshHeader | None, peer: Peer) -> tuple[str, str]:
-        """Stores the raw unit; returns its reference and its dedupe id."""
-        raw_id = hashlib.sha256(self.name.encode() + b"\0" + payload).hexdigest()[:32]
+    async def _archive(self, payload: bytes, header: MshHeader | None, peer: Peer) -> tuple[str, str, bool]:
+        """Stores the raw unit; returns its reference, its dedupe id and whether it reuses a
+        control id already stored with other bytes (see the module docstring)."""
+        control_id = header.control_id if header is not None else ""
         # The interface is in the subject and the arrival time in JetStream's own metadata;
         # every header costs on the hot path, so only what is not derivable travels.
         headers = {names.HDR_PEER: f"{peer.host}:{peer.port}"}
-        if header is not None:
-            headers[names.HDR_CONTROL_ID] = header.control_id
+        if header is not None and control_id:
+            raw_id = _digest(b"msh10", self.name, header.sender, control_id)
+            headers[names.HDR_CONTROL_ID] = bounded_id(control_id)
+        else:
+            raw_id = _content_id(self.name, payload)
         try:
             (ack,) = await self.store.publish([Outgoing(self._raw_subject, payload, raw_id, headers)])
+            if ack.duplicate and control_id and not await self._stored_bytes_are(ack.stream, ack.seq, payload):
+                raw_id = _content_id(self.name, payload)
+                headers[names.HDR_REUSED] = "1"
+                (ack,) = await self.store.publish([Outgoing(self._raw_subject, payload, raw_id, headers)])
+                self.stats.reused_control_ids += 1
+                log.warning("%s: control id %s reused with different content; raw kept as %s",
+                            self.name, bounded_id(control_id), names.raw_ref(ack.stream, ack.seq))
+                return names.raw_ref(ack.stream, ack.seq), raw_id, True
         except StoreUnavailable:
             self.stats.store_unavailable += 1
             raise
-        return names.raw_ref(ack.stream, ack.seq), raw_id
+        return names.raw_ref(ack.stream, ack.seq), raw_id, False
+
+    async def _stored_bytes_are(self, stream: str, seq: int, payload: bytes) -> bool:
+        """Whether raw message `seq` holds exactly `payload` (only after a duplicate PubAck)."""
+        try:
+            stored = await self.store.js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            # Gone (retention) while its id is still in the window: keep these bytes too.
+            return False
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            raise StoreUnavailable(f"stored raw message not readable: {type(exc).__name__}") from exc
+        return stored.data == payload
 
     async def _dead_letter(
         self, header: MshHeader | None, raw_ref: str | None, kind: Kind, reason: str, mode: str,
@@ -323,7 +370,18 @@ class MllpPipeline:
         self.stats.nacked += 1
         if header is not None and header.enhanced:
             code = "CE" if transient else "CR"
+        text = safe_reason(text)  # the one boundary for ERR and MSA-3 text: bounded, no controls
         return build_ack(header, code, text=text, error=AckError(err, text))
+
+
+def _digest(kind: bytes, *parts: str) -> str:
+    key = b"\0".join([kind, *(p.encode("utf-8", "surrogatepass") for p in parts)])
+    return hashlib.sha256(key).hexdigest()[:32]
+
+
+def _content_id(interface: str, payload: bytes) -> str:
+    """The dedupe id of raw bytes without a control id (or reusing one): their hash."""
+    return hashlib.sha256(interface.encode() + b"\0" + payload).hexdigest()[:32]
 
 
 def _reply_code(reply: bytes) -> str:

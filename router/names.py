@@ -29,6 +29,8 @@ HDR_CONTROL_ID = "Ficus-Control-Id"
 HDR_PEER = "Ficus-Peer"
 HDR_EVENT_TYPE = "Ficus-Event-Type"
 HDR_MODE = "Ficus-Mode"
+# On a raw copy whose control id was already stored with other bytes (router/mllp_pipeline.py).
+HDR_REUSED = "Ficus-Reused-Control-Id"
 
 
 def raw_subject(interface: str) -> str:

@@ -20,7 +20,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from canonical.errors import CanonicalError
 from router import dlq, names
-from router.mllp_pipeline import MllpPipeline
+from router.mllp_pipeline import REUSED_CONTROL_ID, MllpPipeline
 from router.store import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -68,6 +68,11 @@ async def replay_dead_letter(svc: Service, letter_id: int) -> dict[str, Any]:
         raise ReplayError(f"no dead letter {letter_id}", 404)
     if not letter.raw or not letter.raw.startswith("jetstream://"):
         raise ReplayError(f"dead letter {letter_id} has no raw message to replay ({letter.raw or 'none'})")
+    if letter.reason == REUSED_CONTROL_ID:
+        # Its events would carry the ids of the other message under that control id (and be
+        # dropped as duplicates, or replace it at consumers that upsert by id).
+        raise ReplayError(f"dead letter {letter_id}: {REUSED_CONTROL_ID}; the sender must send it again "
+                          "under a new control id")
     pipeline = _pipeline(svc, letter.interface)
     stream, seq = names.parse_raw_ref(letter.raw)
     try:
@@ -116,6 +121,14 @@ async def replay_since(svc: Service, interface: str, since: datetime, limit: int
             except nats.errors.TimeoutError:
                 break
             ref = names.raw_ref(names.STREAM_RAW, msg.metadata.sequence.stream)
+            if (msg.headers or {}).get(names.HDR_REUSED):
+                # See replay_dead_letter: never published under another message's event ids.
+                result.failed += 1
+                assert result.reasons is not None
+                result.reasons.append(f"{ref}: {REUSED_CONTROL_ID}")
+                if msg.metadata.num_pending == 0:
+                    break
+                continue
             try:
                 result.events += await pipeline.replay(msg.data, ref, msg_id_suffix=token)
                 result.replayed += 1

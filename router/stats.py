@@ -27,6 +27,7 @@ COUNTERS = (
     ("legacy_errors", "legacy deliveries that failed"),
     ("archive_errors", "raw units that could not be archived"),
     ("store_unavailable", "units refused because JetStream did not acknowledge"),
+    ("reused_control_ids", "messages whose control id was already stored with other content"),
 )
 
 
@@ -81,6 +82,7 @@ class InterfaceStats:
     legacy_errors: int = 0
     archive_errors: int = 0
     store_unavailable: int = 0
+    reused_control_ids: int = 0
     in_flight: int = 0
     shadow_backlog: int = 0
     last_message_at: float | None = None
