@@ -170,9 +170,10 @@ def decode_text(
             return body.decode(codec), codec
         except (UnicodeDecodeError, LookupError):
             continue
-    declared = f"MSH-18 {header.charset[:40]!r}" if header.charset else f"default {default!r}"
+    # MSH-18 as sent stays out of the reason (a sender controls it); the configured names may appear.
+    declared = "the MSH-18 character set" if header.charset else f"default {default!r}"
     raise TranslationError(
-        f"message text cannot be decoded ({declared}, fallback {fallback!r})",
+        f"message text cannot be decoded with {declared} or fallback {fallback!r}",
         control_id=header.control_id,
         locator="MSH-18",
     )
