@@ -89,31 +89,122 @@ class FrameTooLarge(ValueError):
     """An incoming frame exceeds the configured maximum size."""
 
 
-async def read_frame(reader: asyncio.StreamReader, buffer: bytearray, max_size: int) -> bytes:
+class MalformedFrame(ValueError):
+    """A frame with a stray block byte inside its payload (``reason`` has no content)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# The end-of-frame rule is the listener's (wrappers/mllp_framing.py, whose docstring
+# explains it); this module keeps its own copy of the few lines, and
+# tests/test_mllp_frame_ends.py holds both to one table of cases.
+_NEXT_FRAME: Final = START_BLOCK + b"MSH"
+_CR_BYTE: Final = CARRIAGE_RETURN[0]
+END_GRACE_SECONDS: Final = 0.5
+"""How long an ``<EB>`` that is the last byte received waits for a ``<CR>`` (or more)."""
+
+
+def _new_frame_at(data: bytearray, at: int) -> bool | None:
+    """``<SB>`` at ``at`` starts a message (True), is data (False), or undecided (None)."""
+    seen = bytes(data[at : at + len(_NEXT_FRAME)])
+    if seen == _NEXT_FRAME:
+        return True
+    return None if _NEXT_FRAME.startswith(seen) else False
+
+
+def _frame_end_at(data: bytearray, at: int) -> bool | None:
+    """``<EB>`` at ``at`` ends the frame (True), is a stray byte (False), or undecided (None)."""
+    if at + 1 == len(data):
+        return None
+    if data[at + 1] == _CR_BYTE:
+        return True
+    return _new_frame_at(data, at + 1)
+
+
+async def read_frame(
+    reader: asyncio.StreamReader, buffer: bytearray, max_size: int, *, end_grace: float = END_GRACE_SECONDS
+) -> bytes:
     """Read one MLLP frame from ``reader`` and return its payload.
 
     ``buffer`` belongs to the connection and persists between calls: bytes read past
     the frame stay in it, except the ``<CR>`` right after ``<EB>``, which is dropped.
-    Bytes before the start block are skipped; ``<EB>`` alone ends a frame. Raises
-    ``asyncio.IncompleteReadError`` at EOF, :class:`FrameTooLarge` over ``max_size``,
-    ``ValueError`` if there is no start block.
+    Bytes before the start block are skipped. ``<EB><CR>`` ends a frame, so does
+    ``<EB><SB>MSH`` (the next frame), and so does an ``<EB>`` that is the last byte
+    received when nothing more comes within ``end_grace`` seconds (or at EOF).
+
+    Raises ``asyncio.IncompleteReadError`` at EOF, :class:`FrameTooLarge` over
+    ``max_size``, :class:`MalformedFrame` (after consuming the whole frame) when a
+    stray ``<EB>``, or an ``<SB>`` not followed by ``MSH``, is inside the payload, and
+    ``ValueError`` if an ``<EB>`` comes before any start block.
     """
-    searched = 0  # resume the search where it stopped: linear even for large frames
-    while (end := buffer.find(END_BLOCK, searched)) < 0:
-        if len(buffer) > max_size + 1:
+    start = -1  # index of the frame's start block in buffer
+    scan = 0  # next byte to judge: linear even for large frames read in many pieces
+    reason: str | None = None
+    while True:
+        if start < 0:
+            start = buffer.find(START_BLOCK, scan)
+            limit = len(buffer) if start < 0 else start
+            if buffer.find(END_BLOCK, scan, limit) >= 0:
+                raise ValueError("MLLP frame without start block")
+            scan = len(buffer) if start < 0 else start + 1
+        if start >= 0:
+            end_block = buffer.find(END_BLOCK, scan)
+            inner = buffer.find(START_BLOCK, scan, len(buffer) if end_block < 0 else end_block)
+            if inner >= 0:
+                verdict = _new_frame_at(buffer, inner)
+                if verdict is not None:
+                    if verdict:  # the sender restarted: the newer frame supersedes
+                        start, reason = inner, None
+                    elif reason is None:
+                        reason = f"0x0B inside the payload at byte {inner - start - 1}"
+                    scan = inner + 1
+                    continue
+                scan = inner  # undecided: judge it again with more bytes
+            elif end_block >= 0:
+                verdict = _frame_end_at(buffer, end_block)
+                if verdict is False:
+                    if reason is None:
+                        reason = f"0x1C inside the payload at byte {end_block - start - 1}"
+                    scan = end_block + 1
+                    continue
+                if verdict:
+                    return _take_frame(buffer, start, end_block, reason, max_size)
+                scan = end_block
+            else:
+                scan = len(buffer)
+        if len(buffer) - max(start, 0) - 1 > max_size + len(_NEXT_FRAME):
             raise FrameTooLarge(f"frame over {max_size} bytes")
-        searched = len(buffer)
-        chunk = await reader.read(_READ_SIZE)
+        awaiting_end = start >= 0 and scan == len(buffer) - 1 and buffer[scan:] == END_BLOCK
+        chunk = await _read_more(reader, end_grace if awaiting_end else None)
+        if chunk is None or (not chunk and awaiting_end):
+            # Nothing followed the final <EB> in time, or the engine closed after it.
+            return _take_frame(buffer, start, scan, reason, max_size)
         if not chunk:
             raise asyncio.IncompleteReadError(bytes(buffer), None)
         buffer += chunk
-    start = buffer.rfind(START_BLOCK, 0, end)  # the last one: a restarted frame supersedes
-    if start < 0:
-        raise ValueError("MLLP frame without start block")
-    if end - start - 1 > max_size:
+
+
+async def _read_more(reader: asyncio.StreamReader, grace: float | None) -> bytes | None:
+    """The next read; None when ``grace`` is given and nothing arrived within it."""
+    if grace is None:
+        return await reader.read(_READ_SIZE)
+    try:
+        async with asyncio.timeout(grace):
+            return await reader.read(_READ_SIZE)
+    except TimeoutError:
+        return None
+
+
+def _take_frame(buffer: bytearray, start: int, end_block: int, reason: str | None, max_size: int) -> bytes:
+    """Cut the frame ending at ``end_block`` (and its <CR>) out of ``buffer``; return its payload."""
+    payload = bytes(buffer[start + 1 : end_block])
+    del buffer[: end_block + 2 if buffer[end_block + 1 : end_block + 2] == CARRIAGE_RETURN else end_block + 1]
+    if len(payload) > max_size:
         raise FrameTooLarge(f"frame over {max_size} bytes")
-    payload = bytes(buffer[start + 1 : end])
-    del buffer[: end + 2 if buffer[end + 1 : end + 2] == CARRIAGE_RETURN else end + 1]
+    if reason is not None:
+        raise MalformedFrame(reason)
     return payload
 
 

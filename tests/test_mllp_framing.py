@@ -9,6 +9,7 @@ from wrappers.mllp_framing import (
     END_BLOCK,
     START_BLOCK,
     FrameDecoder,
+    Malformed,
     Oversize,
     frame,
 )
@@ -17,8 +18,8 @@ MSG_A = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\rPID|1||123\r"
 MSG_B = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A08|2|P|2.5\rPID|1||456\r"
 
 
-def feed_bytewise(decoder: FrameDecoder, data: bytes) -> list[bytes | Oversize]:
-    out: list[bytes | Oversize] = []
+def feed_bytewise(decoder: FrameDecoder, data: bytes) -> list[bytes | Oversize | Malformed]:
+    out: list[bytes | Oversize | Malformed] = []
     for i in range(len(data)):
         out.extend(decoder.feed(data[i : i + 1]))
     return out
@@ -54,7 +55,7 @@ def test_several_frames_in_one_read() -> None:
 def test_frames_across_reads_in_odd_chunks() -> None:
     decoder = FrameDecoder(1024)
     data = frame(MSG_A) + frame(MSG_B)
-    out: list[bytes | Oversize] = []
+    out: list[bytes | Oversize | Malformed] = []
     for chunk_at in range(0, len(data), 7):
         out.extend(decoder.feed(data[chunk_at : chunk_at + 7]))
     assert out == [MSG_A, MSG_B]
@@ -73,7 +74,10 @@ def test_in_frame_reports_partial_data() -> None:
     assert not decoder.in_frame
     decoder.feed(START_BLOCK + b"MSH|")
     assert decoder.in_frame
-    assert decoder.feed(b"rest" + END_BLOCK) == [b"MSH|rest"]
+    # A final <EB> may still be a stray byte: the frame ends once the <CR> comes.
+    assert decoder.feed(b"rest" + END_BLOCK) == []
+    assert decoder.in_frame and decoder.awaiting_end
+    assert decoder.feed(CARRIAGE_RETURN) == [b"MSH|rest"]
     assert not decoder.in_frame
 
 
@@ -124,7 +128,7 @@ def test_start_block_mid_frame_across_reads() -> None:
 def test_start_block_while_discarding_oversize_starts_new_frame() -> None:
     decoder = FrameDecoder(5)
     assert decoder.feed(START_BLOCK + b"x" * 20) == []
-    assert decoder.feed(frame(b"ok")) == [b"ok"]
+    assert decoder.feed(frame(b"MSH|")) == [b"MSH|"]  # <SB>MSH: a restart (issue 10 item 3)
     assert decoder.restarted_frames == 1
     assert decoder.oversize == 0  # never completed, so never reported
 
@@ -132,14 +136,30 @@ def test_start_block_while_discarding_oversize_starts_new_frame() -> None:
 def test_end_block_without_carriage_return() -> None:
     decoder = FrameDecoder(1024)
     data = START_BLOCK + MSG_A + END_BLOCK + START_BLOCK + MSG_B + END_BLOCK
-    assert decoder.feed(data) == [MSG_A, MSG_B]
+    # <EB><SB>MSH ends MSG_A at once; the final <EB> waits for the caller's grace.
+    assert decoder.feed(data) == [MSG_A]
+    assert decoder.awaiting_end
+    assert decoder.accept_end() == [MSG_B]
     assert decoder.junk_bytes == 0
     assert not decoder.in_frame
 
 
-def test_end_block_followed_by_other_byte_counts_it_as_junk() -> None:
+def test_end_block_followed_by_other_byte_is_a_stray_byte() -> None:
+    # Before issue 10 item 3 this was "a", then junk: a truncated message, acknowledged.
     decoder = FrameDecoder(1024)
-    assert decoder.feed(START_BLOCK + b"a" + END_BLOCK + b"\n" + frame(b"b")) == [b"a", b"b"]
+    out = decoder.feed(START_BLOCK + b"a" + END_BLOCK + b"\n" + frame(b"b"))
+    # The <SB> is not followed by MSH, so it is data too: one malformed frame, kept whole.
+    assert out == [Malformed(b"a\x1c\n\x0bb", "0x1C inside the payload at byte 1")]
+    assert decoder.junk_bytes == 0
+    assert decoder.malformed == 1
+    # A real next message (<SB>MSH) inside a broken frame is a sender restart.
+    assert decoder.feed(START_BLOCK + b"a" + END_BLOCK + b"\n" + frame(b"MSH|b")) == [b"MSH|b"]
+    assert decoder.restarted_frames == 1
+
+
+def test_end_block_then_cr_lf_counts_the_lf_as_junk() -> None:
+    decoder = FrameDecoder(1024)
+    assert decoder.feed(frame(b"a") + b"\n" + frame(b"b")) == [b"a", b"b"]
     assert decoder.junk_bytes == 1
 
 
@@ -159,7 +179,7 @@ def test_large_frame_in_small_reads() -> None:
     payload = (b"OBX|1|ED|PDF||" + b"A" * 1000 + b"\r") * 8000  # ~8 MB
     decoder = FrameDecoder(16 * 1024 * 1024)
     data = frame(payload) * 2
-    out: list[bytes | Oversize] = []
+    out: list[bytes | Oversize | Malformed] = []
     for at in range(0, len(data), 1500):  # MTU-sized reads
         out.extend(decoder.feed(data[at : at + 1500]))
     assert len(out) == 2

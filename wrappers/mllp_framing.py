@@ -1,21 +1,35 @@
-"""MLLP framing: pure byte-level encoding and incremental decoding, no I/O, no HL7.
+"""MLLP framing: pure byte-level encoding and incremental decoding, no I/O, no HL7 parsing.
 
 A frame on the wire is ``<SB> payload <EB> <CR>`` (``0x0B ... 0x1C 0x0D``). Decoding is
 kept apart from parsing (python-hl7's ``readblock``/``readmessage`` split, Google's
 ``mllp`` package): this module only finds payload boundaries and hands back the exact
 payload bytes.
 
-Leniency, on purpose:
+The end-of-frame rule (issue 10 item 3; ``legacy.mllp_sender.read_frame`` follows the
+same rule, and ``tests/test_mllp_frame_ends.py`` runs one table of cases against both):
 
-* Bytes outside a frame (before a start block, or between frames) are dropped and
-  counted in :attr:`FrameDecoder.junk_bytes`.
-* ``<EB>`` alone ends a frame: some senders omit the trailing ``<CR>``. The ``<CR>`` is
-  swallowed when present (even if it arrives in the next read) and never counted as
-  junk. The cost is that a payload can never contain ``0x1C`` -- the MLLP spec forbids
-  it anyway -- and a frame is delivered as soon as ``<EB>`` arrives, without waiting
-  for a ``<CR>`` that may never come.
-* ``<SB>`` inside a frame means the sender restarted mid-frame: the partial frame is
-  abandoned (counted in :attr:`FrameDecoder.restarted_frames`) and a new one starts.
+* ``<EB><CR>`` ends a frame.
+* ``<EB>`` directly followed by ``<SB>MSH`` ends a frame: a pipelining sender that omits
+  the ``<CR>``. The next frame starts at that ``<SB>``.
+* ``<EB>`` as the last byte received so far: the decoder cannot tell yet, and waits
+  (:attr:`FrameDecoder.awaiting_end`). The caller waits a short grace for the next byte
+  and, if none comes, calls :meth:`FrameDecoder.accept_end` -- a sender that omits the
+  ``<CR>`` and waits for its ACK keeps working, one grace later.
+* Any other ``<EB>`` is a lone ``0x1C`` inside the payload, which MLLP forbids. The frame
+  is *malformed*: the decoder reads on to the real end and returns a :class:`Malformed`
+  marker carrying the whole frame's bytes and a reason (a byte offset, never content).
+  Before, the payload was cut at the stray byte and the tail dropped as junk -- a
+  truncated message that was then acknowledged.
+* ``<SB>`` inside a frame followed by ``MSH`` means the sender restarted mid-frame: the
+  partial frame is abandoned (counted in :attr:`FrameDecoder.restarted_frames`) and a new
+  one starts. A ``<SB>`` followed by anything else is data inside a field: the frame is
+  malformed as above (before, the message's start was silently dropped).
+
+What the rule cannot see: a payload containing ``0x1C 0x0D`` is indistinguishable from a
+frame end; its tail arrives outside any frame and is counted as junk.
+
+Other leniency, on purpose: bytes outside a frame (before a start block, or between
+frames) are dropped and counted in :attr:`FrameDecoder.junk_bytes`.
 """
 
 from __future__ import annotations
@@ -26,6 +40,9 @@ from typing import Final, TypeAlias
 START_BLOCK: Final = b"\x0b"
 END_BLOCK: Final = b"\x1c"
 CARRIAGE_RETURN: Final = b"\x0d"
+NEXT_FRAME: Final = START_BLOCK + b"MSH"
+"""What must follow a ``<SB>`` inside a frame (or an ``<EB>`` without ``<CR>``) for it to
+count as the start of a new message rather than payload data."""
 
 _CR_BYTE: Final = CARRIAGE_RETURN[0]
 
@@ -52,8 +69,41 @@ class Oversize:
     size: int
 
 
-DecodedItem: TypeAlias = bytes | Oversize
-"""One item out of :meth:`FrameDecoder.feed`: a payload, or an :class:`Oversize` marker."""
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """Marker for a complete frame with a stray block byte inside its payload.
+
+    ``payload`` is every byte between the start block and the real end (stray bytes
+    included), to be kept as received; ``reason`` names the first stray byte and its
+    offset, never content. Never to be acknowledged positively or forwarded.
+    """
+
+    payload: bytes
+    reason: str
+
+
+DecodedItem: TypeAlias = bytes | Oversize | Malformed
+"""One item out of :meth:`FrameDecoder.feed`: a payload, or an Oversize/Malformed marker."""
+
+
+def after_start_is_new_frame(data: bytes | bytearray, at: int) -> bool | None:
+    """Whether the ``<SB>`` at ``data[at]`` starts a message (True), is payload data
+    (False), or cannot be told yet because ``data`` ends too soon (None)."""
+    seen = data[at : at + len(NEXT_FRAME)]
+    if seen == NEXT_FRAME:
+        return True
+    return None if NEXT_FRAME.startswith(seen) else False
+
+
+def after_end_is_frame_end(data: bytes | bytearray, at: int) -> bool | None:
+    """Whether the ``<EB>`` at ``data[at]`` ends the frame (True), is a lone ``0x1C``
+    inside the payload (False), or cannot be told yet (None: nothing, or only the start
+    of a next frame, follows it)."""
+    if at + 1 == len(data):
+        return None
+    if data[at + 1] == _CR_BYTE:
+        return True
+    return after_start_is_new_frame(data, at + 1)
 
 
 class FrameDecoder:
@@ -61,15 +111,19 @@ class FrameDecoder:
 
     Cost is linear in the bytes fed whatever the read sizes (one byte per read works):
     a frame that arrives whole inside one read is sliced out without extra copies; a
-    frame spread over several reads is accumulated in a ``bytearray``.
+    frame spread over several reads is accumulated in a ``bytearray``. The few bytes
+    that need a look further than the read reaches (at most ``<EB><SB>MS``) are carried
+    over to the next read.
     """
 
     __slots__ = (
         "_buf",
+        "_carry",
+        "_reason",
         "_size",
-        "_skip_cr",
         "_state",
         "junk_bytes",
+        "malformed",
         "max_size",
         "oversize",
         "restarted_frames",
@@ -86,25 +140,42 @@ class FrameDecoder:
         """Complete frames discarded for exceeding ``max_size``."""
         self.restarted_frames = 0
         """Partial frames abandoned because a new start block arrived inside them."""
+        self.malformed = 0
+        """Complete frames returned as :class:`Malformed`."""
         self._state = _IDLE
         self._buf = bytearray()
-        self._size = 0  # payload bytes seen so far in the current frame
-        self._skip_cr = False  # an <EB> ended the previous read: swallow a leading <CR>
+        self._size = 0  # payload bytes taken so far in the current frame (buffered or discarded)
+        self._carry = b""  # undecided bytes at the end of the last read, seen again first
+        self._reason: str | None = None  # why the current frame is malformed, if it is
 
     @property
     def in_frame(self) -> bool:
         """True while a frame has started but not ended (partial data pending)."""
         return self._state != _IDLE
 
+    @property
+    def awaiting_end(self) -> bool:
+        """True when the last byte fed is an ``<EB>`` that may end the frame.
+
+        The caller waits a short grace for more bytes; if none come, it calls
+        :meth:`accept_end`.
+        """
+        return self._carry == END_BLOCK
+
+    def accept_end(self) -> list[DecodedItem]:
+        """Take the pending ``<EB>`` as the end of the frame (nothing followed it in time)."""
+        if not self.awaiting_end:
+            return []
+        self._carry = b""
+        return [self._finish_frame(b"", 0, 0)]
+
     def feed(self, data: bytes) -> list[DecodedItem]:
-        """Consume one read; return the payloads (or Oversize markers) it completed."""
+        """Consume one read; return the payloads (or markers) it completed."""
         out: list[DecodedItem] = []
+        if self._carry and data:
+            data, self._carry = self._carry + data, b""
         pos = 0
         end = len(data)
-        if self._skip_cr and end:
-            self._skip_cr = False
-            if data[0] == _CR_BYTE:
-                pos = 1
         while pos < end:
             pos = self._seek_start(data, pos) if self._state == _IDLE else self._consume_frame(data, pos, out)
         return out
@@ -122,49 +193,84 @@ class FrameDecoder:
     def _begin_frame(self) -> None:
         self._state = _IN_FRAME
         self._size = 0
+        self._reason = None
         if self._buf:
             # A fresh object rather than clear(): lets a large buffer's memory go.
             self._buf = bytearray()
 
     def _consume_frame(self, data: bytes, pos: int, out: list[DecodedItem]) -> int:
-        """Take frame bytes from ``data[pos:]``; return the position to resume from."""
-        end_block = data.find(END_BLOCK, pos)
-        stop = len(data) if end_block < 0 else end_block
-        restart = data.find(START_BLOCK, pos, stop)
-        if restart >= 0:
-            # Sender restarted mid-frame: what we hold is an orphan; never deliver it.
-            self.restarted_frames += 1
-            self._begin_frame()
-            return restart + 1
+        """Take frame bytes from ``data[pos:]``; return the position to resume from.
+
+        ``data[pos:scan]`` are frame bytes already judged but not yet taken: they are
+        taken in one piece, so a frame inside one read is a single slice.
+        """
+        scan = pos
+        end = len(data)
+        while True:
+            end_block = data.find(END_BLOCK, scan)
+            stop = end if end_block < 0 else end_block
+            start = data.find(START_BLOCK, scan, stop)
+            if start >= 0:
+                verdict = after_start_is_new_frame(data, start)
+                if verdict is None:
+                    return self._carry_from(data, pos, start)
+                if verdict:
+                    # Sender restarted mid-frame: what we hold is an orphan; never deliver it.
+                    self.restarted_frames += 1
+                    self._begin_frame()
+                    return start + 1
+                self._mark_malformed("0x0B", start - pos)
+                scan = start + 1
+                continue
+            if end_block < 0:
+                self._take(data, pos, end)
+                return end
+            verdict = after_end_is_frame_end(data, end_block)
+            if verdict is None:
+                return self._carry_from(data, pos, end_block)
+            if verdict:
+                out.append(self._finish_frame(data, pos, end_block))
+                is_cr = data[end_block + 1] == _CR_BYTE
+                return end_block + 2 if is_cr else end_block + 1
+            self._mark_malformed("0x1C", end_block - pos)
+            scan = end_block + 1
+
+    def _carry_from(self, data: bytes, pos: int, at: int) -> int:
+        """Take ``data[pos:at]``; keep ``data[at:]`` to be judged with the next read."""
+        self._take(data, pos, at)
+        self._carry = data[at:]
+        return len(data)
+
+    def _mark_malformed(self, byte: str, offset: int) -> None:
+        if self._reason is None:
+            self._reason = f"{byte} inside the payload at byte {self._size + offset}"
+
+    def _take(self, data: bytes, pos: int, stop: int) -> None:
+        """Add ``data[pos:stop]`` to the current frame (or just count it when discarding)."""
         self._size += stop - pos
         if self._state == _IN_FRAME and self._size > self.max_size:
             self._state = _DISCARDING
             self._buf = bytearray()
-        if end_block < 0:
-            if self._state == _IN_FRAME:
-                self._buf += memoryview(data)[pos:stop]
-            return stop
-        out.append(self._finish_frame(data, pos, end_block))
-        return self._after_end_block(data, end_block)
+        if self._state == _IN_FRAME and stop > pos:
+            self._buf += memoryview(data)[pos:stop]
 
     def _finish_frame(self, data: bytes, pos: int, end_block: int) -> DecodedItem:
-        """Build the item for the frame ending at ``end_block`` and go idle."""
-        state = self._state
+        """Build the item for the frame whose last payload byte is before ``end_block``; go idle."""
+        size = self._size + end_block - pos
+        state, reason = self._state, self._reason
         self._state = _IDLE
-        if state == _DISCARDING:
+        self._reason = None
+        if state == _DISCARDING or size > self.max_size:
             self.oversize += 1
-            return Oversize(self._size)
+            self._buf = bytearray()
+            return Oversize(size)
         if not self._buf:
-            return data[pos:end_block]  # fast path: the whole frame was in this read
-        self._buf += memoryview(data)[pos:end_block]
-        payload = bytes(self._buf)
-        self._buf = bytearray()
-        return payload
-
-    def _after_end_block(self, data: bytes, end_block: int) -> int:
-        """Swallow the <CR> that normally follows <EB>, here or at the next read."""
-        after = end_block + 1
-        if after == len(data):
-            self._skip_cr = True
-            return after
-        return after + 1 if data[after] == _CR_BYTE else after
+            payload = data[pos:end_block]  # fast path: the whole frame was in this read
+        else:
+            self._buf += memoryview(data)[pos:end_block]
+            payload = bytes(self._buf)
+            self._buf = bytearray()
+        if reason is None:
+            return payload
+        self.malformed += 1
+        return Malformed(payload, reason)

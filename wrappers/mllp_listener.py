@@ -11,6 +11,21 @@ one ``asyncio.start_server`` creates) does everything; nothing is spawned per fr
 
 Nothing here logs payload bytes or message content: only the interface name, the peer
 address, the connection id and exception type names.
+
+Issue 10 hardening, all counted in :class:`ListenerStats`:
+
+* A frame with a stray block byte inside (see ``wrappers.mllp_framing``) is never
+  handed to the handler: ``on_malformed`` gets its whole bytes and the reason, and its
+  reply is written in order with the others. Without ``on_malformed`` it is unanswered.
+* An ``<EB>`` that is the last byte received waits ``end_grace`` seconds for a ``<CR>``;
+  if none comes (a sender that omits it and waits for its ACK) the frame ends there.
+* ``max_connections`` bounds the open connections per listener: one beyond it is
+  accepted and closed at once (counted in ``refused``, logged at most every 10 s), so
+  idle or hostile peers cannot use up the process's file descriptors; connections
+  already open keep working, and new ones are accepted again once some close.
+* A peer that goes away (reset, or closed) before its reply is written costs one log
+  line (interface, connection id, peer, exception type) and no traceback, on the
+  stdlib loop and on uvloop (whose transport raises RuntimeError on such a write).
 """
 
 from __future__ import annotations
@@ -24,11 +39,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
-from wrappers.mllp_framing import FrameDecoder, Oversize, frame
+from wrappers.mllp_framing import DecodedItem, FrameDecoder, Malformed, Oversize, frame
 
 logger = logging.getLogger("ficus.mllp")
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_IDLE_TIMEOUT = 120.0
+"""Seconds without traffic before a connection is closed (see the README for the why)."""
+DEFAULT_MAX_CONNECTIONS = 128
+DEFAULT_END_GRACE = 0.5
+_REFUSED_LOG_EVERY = 10.0  # seconds between two "connections refused" log lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +77,10 @@ class MessageHandler(Protocol):
 OversizeHandler = Callable[[Peer, int], Awaitable[bytes | None]]
 """Called with (peer, payload size) for a frame over the size limit; returns a reply."""
 
+MalformedHandler = Callable[[Peer, bytes, str], Awaitable[bytes | None]]
+"""Called with (peer, whole frame bytes, reason) for a frame with a stray block byte
+inside; returns a reply (never a positive one: the payload is not a whole message)."""
+
 
 @dataclass(slots=True)
 class ListenerStats:
@@ -74,12 +98,22 @@ class ListenerStats:
     """Connections that ended (peer disconnect, idle close) with a partial frame."""
     restarted_frames: int = 0
     """Partial frames abandoned because the sender started a new frame inside them."""
+    malformed: int = 0
+    """Frames with a stray 0x1C or 0x0B inside, given to ``on_malformed``, not the handler."""
     idle_closed: int = 0
     handler_errors: int = 0
+    refused: int = 0
+    """Connections closed at once because ``max_connections`` were already open."""
+    peer_resets: int = 0
+    """Connections the peer reset or closed while a read or a reply write was under way."""
 
 
 class _HandlerFailed(Exception):
     """Internal: the handler raised (already logged); close the connection unanswered."""
+
+
+class _PeerGone(ConnectionError):
+    """Internal: the transport closed under a reply write (uvloop raises RuntimeError)."""
 
 
 class _Connection:
@@ -108,16 +142,22 @@ class MllpListener:
         handler: MessageHandler,
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        idle_timeout: float | None = 600,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         on_oversize: OversizeHandler | None = None,
+        on_malformed: MalformedHandler | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        end_grace: float = DEFAULT_END_GRACE,
         read_size: int = 65536,
     ) -> None:
         """Configure the listener; nothing is bound until :meth:`start`.
 
         ``port`` 0 binds an ephemeral port (see :attr:`port`). Oversize frames are
-        answered with ``on_oversize``'s reply, or not answered at all when it is None.
-        ``idle_timeout`` None keeps idle connections open forever.
+        answered with ``on_oversize``'s reply, malformed ones with ``on_malformed``'s,
+        or not answered at all when the handler is None. ``idle_timeout`` None keeps
+        idle connections open forever.
         """
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.name = name
         self._host = host
         self._requested_port = port
@@ -125,7 +165,12 @@ class MllpListener:
         self._max_message_bytes = max_message_bytes
         self._idle_timeout = idle_timeout
         self._on_oversize = on_oversize
+        self._on_malformed = on_malformed
+        self._max_connections = max_connections
+        self._end_grace = end_grace
         self._read_size = read_size
+        self._refused_unlogged = 0
+        self._refused_log_at = 0.0
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._connections: dict[int, _Connection] = {}
@@ -150,6 +195,7 @@ class MllpListener:
             connections_open=len(self._connections),
             junk_bytes=self._stats.junk_bytes + sum(c.decoder.junk_bytes for c in live),
             restarted_frames=self._stats.restarted_frames + sum(c.decoder.restarted_frames for c in live),
+            malformed=self._stats.malformed,
         )
 
     async def start(self) -> None:
@@ -159,7 +205,9 @@ class MllpListener:
         self._server = await asyncio.start_server(self._on_connect, self._host, self._requested_port)
         if self._idle_timeout is not None:
             self._sweeper = asyncio.create_task(self._sweep_idle(self._idle_timeout))
-        logger.info("mllp listener %s on %s:%d", self.name, self._host, self.port)
+        logger.info(
+            "mllp listener %s on %s:%d (max %d connections)", self.name, self._host, self.port, self._max_connections
+        )
 
     async def close(self, drain_timeout: float = 10) -> None:
         """Stop accepting, let in-flight frames finish and reply, then close everything.
@@ -219,16 +267,24 @@ class MllpListener:
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection from accept to close (the task start_server made)."""
+        if len(self._connections) >= self._max_connections:
+            self._refuse(writer)
+            return
         conn = self._register(writer)
         try:
             if not self._closing:
                 await self._serve(conn, reader)
         except ConnectionError as exc:
+            # The peer reset or closed under a read or a reply write: one line, no
+            # traceback; the sender resends whatever it has no ACK for.
+            self._stats.peer_resets += 1
             logger.info(
-                "mllp %s conn %d: connection error %s",
+                "mllp %s conn %d from %s:%d: connection reset or closed by peer (%s)",
                 self.name,
                 conn.peer.connection_id,
-                type(exc).__name__,
+                conn.peer.host,
+                conn.peer.port,
+                type(reader.exception() or exc).__name__,  # the transport's own cause when known
             )
         except asyncio.CancelledError:
             if not conn.cancelled_by_close:
@@ -240,6 +296,25 @@ class MllpListener:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Close a connection over the limit at once; log at most every few seconds."""
+        writer.transport.abort()  # frees the descriptor now, no lingering close
+        self._stats.refused += 1
+        self._refused_unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if now < self._refused_log_at:
+            return
+        peername = writer.get_extra_info("peername") or ("?", 0)
+        logger.warning(
+            "mllp %s: %d connections open (max_connections); refused %d new connection(s), latest from %s",
+            self.name,
+            len(self._connections),
+            self._refused_unlogged,
+            peername[0],
+        )
+        self._refused_unlogged = 0
+        self._refused_log_at = now + _REFUSED_LOG_EVERY
 
     def _register(self, writer: asyncio.StreamWriter) -> _Connection:
         self._next_id += 1
@@ -257,6 +332,9 @@ class MllpListener:
         decoder = conn.decoder
         self._stats.junk_bytes += decoder.junk_bytes
         self._stats.restarted_frames += decoder.restarted_frames
+        if decoder.awaiting_end:
+            # Ended (close, reset) inside the grace: the frame was never answered.
+            self._stats.aborted_frames += 1
         if decoder.in_frame:
             self._stats.aborted_frames += 1
             logger.info(
@@ -272,11 +350,16 @@ class MllpListener:
         loop = asyncio.get_running_loop()
         decoder = conn.decoder
         while True:
-            data = await reader.read(self._read_size)
-            if not data or self._closing:
+            data = await self._read(reader, decoder.awaiting_end)
+            if self._closing:
                 return  # on close: received-but-unstarted frames are dropped, unanswered
-            conn.last_active = loop.time()
-            items = decoder.feed(data)
+            if data is None or (not data and decoder.awaiting_end):
+                items = decoder.accept_end()  # nothing followed the final <EB>: it ends the frame
+            elif not data:
+                return
+            else:
+                conn.last_active = loop.time()
+                items = decoder.feed(data)
             if items:
                 conn.busy = True
                 keep_going = await self._answer_all(conn, items)
@@ -284,8 +367,20 @@ class MllpListener:
                 conn.last_active = loop.time()
                 if not keep_going:
                     return
+            if not data:
+                return  # EOF right after a frame ended by the grace rule, now answered
 
-    async def _answer_all(self, conn: _Connection, items: list[bytes | Oversize]) -> bool:
+    async def _read(self, reader: asyncio.StreamReader, awaiting_end: bool) -> bytes | None:
+        """The next read; None when a final <EB> is pending and nothing came within the grace."""
+        if not awaiting_end:
+            return await reader.read(self._read_size)
+        try:
+            async with asyncio.timeout(self._end_grace):
+                return await reader.read(self._read_size)
+        except TimeoutError:
+            return None
+
+    async def _answer_all(self, conn: _Connection, items: list[DecodedItem]) -> bool:
         """Answer decoded items in order; False when the connection must close."""
         writer = conn.writer
         for item in items:
@@ -294,17 +389,31 @@ class MllpListener:
             except _HandlerFailed:
                 return False
             if reply is not None:
-                writer.write(frame(reply))
+                self._write(writer, frame(reply))
                 await writer.drain()
                 self._stats.replies_out += 1
             if self._closing:
                 return False  # the in-flight frame is answered; the rest are dropped
         return True
 
-    async def _reply_for(self, conn: _Connection, item: bytes | Oversize) -> bytes | None:
+    @staticmethod
+    def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write a reply; _PeerGone when the peer already reset or closed the connection."""
+        if writer.transport.is_closing():
+            raise _PeerGone("transport closed before the reply was written")
+        try:
+            writer.write(data)
+        except RuntimeError as exc:  # uvloop: "unable to perform operation ... handler is closed"
+            if not writer.transport.is_closing():
+                raise
+            raise _PeerGone("transport closed while the reply was written") from exc
+
+    async def _reply_for(self, conn: _Connection, item: DecodedItem) -> bytes | None:
         """The reply for one item (None: no reply); _HandlerFailed if the handler raised."""
         if isinstance(item, Oversize):
             return await self._reply_oversize(conn, item.size)
+        if isinstance(item, Malformed):
+            return await self._reply_malformed(conn, item)
         self._stats.frames_in += 1
         try:
             return await self._handler(item, conn.peer)
@@ -336,6 +445,20 @@ class MllpListener:
         if self._on_oversize is None:
             return None
         return await self._on_oversize(conn.peer, size)
+
+    async def _reply_malformed(self, conn: _Connection, item: Malformed) -> bytes | None:
+        self._stats.malformed += 1
+        logger.warning(
+            "mllp %s conn %d from %s: malformed frame of %d bytes (%s), not handled as a message",
+            self.name,
+            conn.peer.connection_id,
+            conn.peer.host,
+            len(item.payload),
+            item.reason,
+        )
+        if self._on_malformed is None:
+            return None
+        return await self._on_malformed(conn.peer, item.payload, item.reason)
 
     async def _sweep_idle(self, idle_timeout: float) -> None:
         """Close connections with no traffic for ``idle_timeout`` seconds.
