@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from canonical.errors import TranslationError
+from canonical.safe_text import bounded_id
 
 __all__ = [
     "SPECS",
@@ -56,9 +57,6 @@ __all__ = [
     "validate_tables",
 ]
 
-# A key longer than this is not a code: it is cut in reasons so a misplaced free-text
-# column never spills into logs or the dead-letter queue.
-_MAX_KEY_IN_REASON = 32
 # Files whose mtime is this close to the moment they were read may change again within
 # the same mtime tick with the same size; they are re-hashed on the next check ("racy
 # clean" in git's terms), which stays cheap because it only lasts a couple of seconds.
@@ -115,8 +113,10 @@ class UnmappedError(TranslationError):
         facility: str | None = None,
         amount: Decimal | None = None,
     ) -> None:
+        # The key is a value the sender controls: it stays on the error (``key``) for code
+        # that needs it, and out of the reason (logs, ACKs, dead letters, the dashboard).
         super().__init__(
-            f"unmapped {_NOUNS.get(table, table)} {_safe_key(key)}",
+            f"unmapped {_NOUNS.get(table, table)}: not in reference table {table}",
             control_id=control_id,
             facility=facility,
             amount=amount,
@@ -126,10 +126,6 @@ class UnmappedError(TranslationError):
 
 
 _NOUNS = {"payers": "payer", "charge_codes": "charge code", "departments": "department", "facilities": "facility"}
-
-
-def _safe_key(key: str) -> str:
-    return key if len(key) <= _MAX_KEY_IN_REASON else key[:_MAX_KEY_IN_REASON] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +245,7 @@ def _read_rows(
                 problems.append(f"{path}: line {line}: empty {spec.key}")
             elif key in first_seen:
                 problems.append(
-                    f"{path}: line {line}: duplicate {spec.key} {_safe_key(key)} (first on line {first_seen[key]})"
+                    f"{path}: line {line}: duplicate {spec.key} {bounded_id(key, 32)} (first on line {first_seen[key]})"
                 )
             else:
                 first_seen[key] = line

@@ -52,10 +52,11 @@ class Hl7Mapping:
         found = self.handlers.get((header.message_type, header.trigger))
         if found is not None:
             return found
-        kind = f"{header.message_type[:8]}^{header.trigger[:8]}"
         known_type = any(t == header.message_type for t, _ in self.handlers)
+        # MSH-9 as sent stays out of the reason; a type the mapping knows may be named.
+        what = f"trigger event of {header.message_type}" if known_type else "message type"
         raise UnsupportedMessageError(
-            f"{kind} is not handled by mapping {self.name}",
+            f"MSH-9 {what} is not handled by mapping {self.name}",
             message_type=header.message_type,
             trigger=header.trigger,
             hl7_code="201" if known_type else "200",

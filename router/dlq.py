@@ -2,7 +2,8 @@
 
 A dead letter holds no payload: it points at the raw unit (`raw`), which stays in the raw
 archive, and carries identifiers only (control id, sender, facility, amount). Its id in
-the API is its sequence in the dead-letter stream.
+the API is its sequence in the dead-letter stream. Every text field is bounded and escaped
+here (canonical.safe_text), whatever the caller passed: this is where reasons leave Ficus.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import nats.js.errors
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
+from canonical.safe_text import bounded_id, safe_reason
 from router import names
 from router.store import Outgoing, Store
 
 Kind = Literal["rejected", "untranslatable", "undeliverable"]
+# A unit may be a file name and a line; senders, facilities and locators are short labels.
+MAX_UNIT = 160
+MAX_LABEL = 80
 
 
 class DeadLetter(BaseModel):
@@ -38,6 +43,21 @@ class DeadLetter(BaseModel):
     locator: str | None = None
     at: str = ""
     id: int | None = None
+
+    @field_validator("reason")
+    @classmethod
+    def _bounded_reason(cls, value: str) -> str:
+        return safe_reason(value)
+
+    @field_validator("unit")
+    @classmethod
+    def _bounded_unit(cls, value: str) -> str:
+        return bounded_id(value, MAX_UNIT)
+
+    @field_validator("message_type", "sender", "facility", "locator")
+    @classmethod
+    def _bounded_ids(cls, value: str | None) -> str | None:
+        return None if value is None else bounded_id(value, MAX_LABEL)
 
     def outgoing(self, raw_msg_id: str) -> Outgoing:
         """The message to store; one dead letter per raw unit, mode and reason."""

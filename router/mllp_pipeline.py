@@ -22,6 +22,7 @@ only span in which the events would have been dropped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -34,6 +35,7 @@ from canonical.enrich import enrich
 from canonical.envelope import CloudEvent
 from canonical.errors import CanonicalError, NotHl7Error, TranslationError, UnsupportedMessageError
 from canonical.hl7v2.ack import AckError, ack_code, build_ack
+from canonical.hl7v2.charsets import codec_for_charset
 from canonical.hl7v2.reader import MshHeader, peek_header
 from canonical.reference import ReferenceStore
 from canonical.safe_text import bounded_id, safe_reason
@@ -57,6 +59,10 @@ ERR_DATA = "102"
 ERR_SEGMENT = "100"
 ERR_DUPLICATE_KEY = "205"
 REUSED_CONTROL_ID = "control id reused with different content"
+# MSH-10 is ST(199) from HL7 v2.7 (20 before): a longer one is refused in modern mode,
+# since its ACK would have to echo it whole (MSA-2) and its events would carry it.
+MAX_CONTROL_ID = 199
+TOO_LONG_CONTROL_ID = f"MSH-10 control id is longer than {MAX_CONTROL_ID} characters"
 
 
 class MllpPipeline:
@@ -128,9 +134,10 @@ class MllpPipeline:
         if header is None:
             return await self._rejected(None, reject or "not an HL7 v2 message", raw_ref, raw_id, "live",
                                         ERR_SEGMENT)
-        if reused:
-            # Its events would carry the ids of the first message's and vanish as duplicates.
-            return await self._rejected(header, REUSED_CONTROL_ID, raw_ref, raw_id, "live", ERR_DUPLICATE_KEY)
+        refusal = _refusal(header, reused)
+        if refusal is not None:
+            err = ERR_DUPLICATE_KEY if reused else ERR_DATA
+            return await self._rejected(header, refusal, raw_ref, raw_id, "live", err)
         ctx = TranslationContext(self.name, "live", raw_ref, received, self.cfg.timezone)
         try:
             events = self._translate(payload, ctx, header)
@@ -165,7 +172,8 @@ class MllpPipeline:
         except LegacyError as exc:
             self.stats.legacy_errors += 1
             self.stats.error(f"legacy destination: {exc.reason}")
-            log.warning("%s: legacy delivery of %s failed: %s", self.name, control_id or "-", exc.reason)
+            log.warning("%s: legacy delivery of %s failed: %s", self.name, bounded_id(control_id) or "-",
+                        safe_reason(exc.reason))
             return self._reply(header, "AR", "legacy destination unavailable; resend later", ERR_INTERNAL,
                                transient=True)
         self.stats.legacy_forwarded += 1
@@ -232,11 +240,12 @@ class MllpPipeline:
         received: datetime, reused: bool,
     ) -> None:
         ctx = TranslationContext(self.name, "shadow", raw_ref, received, self.cfg.timezone)
-        unit = bounded_id(header.control_id)
-        if reused:
+        unit = bounded_id(header.control_id) or "-"
+        refusal = _refusal(header, reused)
+        if refusal is not None:
             # Modern mode would refuse it (see _modern): shadow evidence must say so.
-            await self._dead_letter_quietly(header, raw_ref, "rejected", REUSED_CONTROL_ID, "shadow", raw_id)
-            self.stats.parity.record(legacy_ok=legacy_ok, modern_ok=False, unit=unit, detail=REUSED_CONTROL_ID)
+            await self._dead_letter_quietly(header, raw_ref, "rejected", refusal, "shadow", raw_id)
+            self.stats.parity.record(legacy_ok=legacy_ok, modern_ok=False, unit=unit, detail=refusal)
             return
         try:
             events = self._translate(payload, ctx, header)
@@ -307,9 +316,9 @@ class MllpPipeline:
     ) -> None:
         letter = DeadLetter(
             interface=self.name, kind=kind, reason=reason, mode=mode,
-            unit=(header.control_id if header is not None else "") or "-",
+            unit=(bounded_id(header.control_id) if header is not None else "") or "-",
             raw=raw_ref or None,
-            message_type=f"{header.message_type}^{header.trigger}" if header is not None else None,
+            message_type=_message_type(header),
             sender=header.sender if header is not None else None,
             facility=getattr(exc, "facility", None) or (header.sending_facility if header else None),
             amount=money(getattr(exc, "amount", None)),
@@ -318,8 +327,8 @@ class MllpPipeline:
         )
         await self.store.publish([letter.outgoing(raw_id)])
         self.stats.dead_lettered += 1
-        self.stats.error(reason)
-        log.info("%s: dead-lettered %s (%s): %s", self.name, letter.unit, kind, reason)
+        self.stats.error(letter.reason)
+        log.info("%s: dead-lettered %s (%s): %s", self.name, letter.unit, kind, letter.reason)
 
     async def _dead_letter_quietly(
         self, header: MshHeader | None, raw_ref: str | None, kind: Kind, reason: str, mode: str,
@@ -328,7 +337,7 @@ class MllpPipeline:
         try:
             await self._dead_letter(header, raw_ref, kind, reason, mode, raw_id, exc)
         except StoreUnavailable:
-            self.stats.error(f"dead letter not stored: {reason}")
+            self.stats.error(f"dead letter not stored: {safe_reason(reason)}")
             return False
         return True
 
@@ -361,7 +370,7 @@ class MllpPipeline:
 
     def _positive(self, header: MshHeader) -> bytes:
         self.stats.acked += 1
-        return build_ack(header, "CA" if header.enhanced else "AA")
+        return build_ack(_echoable(header), "CA" if header.enhanced else "AA")
 
     def _reply(
         self, header: MshHeader | None, code: str, text: str, err: str, *, transient: bool = False
@@ -371,7 +380,45 @@ class MllpPipeline:
         if header is not None and header.enhanced:
             code = "CE" if transient else "CR"
         text = safe_reason(text)  # the one boundary for ERR and MSA-3 text: bounded, no controls
-        return build_ack(header, code, text=text, error=AckError(err, text))
+        return build_ack(_echoable(header), code, text=text, error=AckError(err, text))
+
+
+def _refusal(header: MshHeader, reused: bool) -> str | None:
+    """Why modern mode refuses a message before translating it, or None."""
+    if reused:
+        # Its events would carry the ids of the first message's and vanish as duplicates.
+        return REUSED_CONTROL_ID
+    if len(header.control_id) > MAX_CONTROL_ID:
+        return TOO_LONG_CONTROL_ID
+    return None
+
+
+def _code_like(value: str) -> bool:
+    return len(value) <= 8 and value.isascii() and value.isalnum()
+
+
+def _message_type(header: MshHeader | None) -> str | None:
+    """MSH-9 for a dead letter, when it has the shape of a code (else the sender's text: omitted)."""
+    if header is None or not _code_like(header.message_type) or not (_code_like(header.trigger) or not header.trigger):
+        return None
+    return f"{header.message_type}^{header.trigger}"
+
+
+def _echoable(header: MshHeader | None) -> MshHeader | None:
+    """The header as Ficus's own ACK may echo it: an over-long MSH-10 bounded, an unknown
+    MSH-18 and a trigger that is not a code left out (they would carry the sender's text)."""
+    if header is None:
+        return None
+    control_id, charset, trigger = header.control_id, header.charset, header.trigger
+    if (len(control_id) <= MAX_CONTROL_ID and (not charset or codec_for_charset(charset) is not None)
+            and (not trigger or _code_like(trigger))):
+        return header  # the usual header: nothing to do
+    return dataclasses.replace(
+        header,
+        control_id=control_id if len(control_id) <= MAX_CONTROL_ID else bounded_id(control_id),
+        charset=charset if codec_for_charset(charset) is not None else "",
+        trigger=trigger if _code_like(trigger) else "",
+    )
 
 
 def _digest(kind: bytes, *parts: str) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from canonical.safe_text import bounded_id, safe_reason
+
 COUNTERS = (
     ("received", "units received from the legacy sender"),
     ("acked", "positive acknowledgements sent to the sender"),
@@ -50,8 +52,10 @@ class ParityStats:
             self.agree += 1
             return
         self.disagree += 1
+        # Shown by the API and the dashboard: bounded and escaped here, whoever called.
         self.recent.append({
-            "unit": unit, "legacy_ok": legacy_ok, "modern_ok": modern_ok, "detail": detail,
+            "unit": bounded_id(unit, 160), "legacy_ok": legacy_ok, "modern_ok": modern_ok,
+            "detail": safe_reason(detail),
             "at": time.time(),
         })
 
@@ -92,7 +96,7 @@ class InterfaceStats:
 
     def error(self, reason: str) -> None:
         self.errors += 1
-        self.last_error = reason
+        self.last_error = safe_reason(reason)  # shown by the API and the dashboard
         self.last_error_at = time.time()
 
     def as_dict(self) -> dict[str, Any]:

@@ -66,14 +66,15 @@ async def test_charges_carry_erp_coding_and_unmapped_codes_are_dead_lettered(
         reply = await send_one(port, unmapped)
         assert msa(reply)[0] == "AE"
         letters = await read_subject(nats_server.url, names.STREAM_DLQ, names.dlq_subject("his-charges"))
-        assert letters[-1]["reason"] == "unmapped charge code 99999"
+        assert letters[-1]["reason"] == "unmapped charge code: not in reference table charge_codes"
         assert letters[-1]["facility"] == "NORTH" and letters[-1]["amount"]
         assert letters[-1]["unit"] == "DFT00000002"
 
         xray = _with_department(_with_code(simulate.dft(3, lines=1), "71046"), "XRAY")
         assert msa(await send_one(port, xray))[0] == "AE"
         letters = await read_subject(nats_server.url, names.STREAM_DLQ, names.dlq_subject("his-charges"))
-        assert letters[-1]["reason"] == "unmapped department XRAY" and letters[-1]["unit"] == "DFT00000003"
+        assert letters[-1]["reason"] == "unmapped department: not in reference table departments"
+        assert letters[-1]["unit"] == "DFT00000003"
         assert letters[-1]["facility"] == "NORTH" and letters[-1]["amount"]
 
         # The table gains the code; the same message now goes through, without a restart.
@@ -126,7 +127,7 @@ async def test_dead_letter_replayed_after_the_table_is_fixed(
         (line,) = listing.stdout.splitlines()
         letter_id = line.split()[0]
         still = await asyncio.to_thread(cli, "dlq", "replay", letter_id)
-        assert still.returncode == 1 and "unmapped charge code 55555" in still.stderr
+        assert still.returncode == 1 and "unmapped charge code: not in reference table charge_codes" in still.stderr
 
         with (tables / "charge_codes.csv").open("a") as fh:
             fh.write("55555,0555,4100-555,CC-MISC,OTHER\n")

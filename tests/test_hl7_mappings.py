@@ -166,7 +166,7 @@ def test_bad_amount_is_a_translation_error_with_business_context() -> None:
     ("field", "value", "reason", "locator"),
     [
         (6, "", "FT1[1]-6 transaction type is missing", "FT1[1]-6"),
-        (6, "PY", "FT1[1]-6 transaction type 'PY' is not a charge or credit", "FT1[1]-6"),
+        (6, "PY", "FT1[1]-6 transaction type is not one of CD, CG, CR", "FT1[1]-6"),
         (10, "1e3", "FT1[1]-10 quantity is not a decimal", "FT1[1]-10"),
         (11, "NaN", "FT1[1]-11 extended amount is not a decimal", "FT1[1]-11"),
         (12, "12,00", "FT1[1]-12 unit amount is not a decimal", "FT1[1]-12"),

@@ -58,12 +58,17 @@ def test_lookups(data: ReferenceData) -> None:
     assert data.facility("NORTHCAMPUS") == FacilityRef("NORTHCAMPUS", "NORTH")
 
 
+UNMAPPED_PAYER = "unmapped payer: not in reference table payers"
+UNMAPPED_CHARGE = "unmapped charge code: not in reference table charge_codes"
+UNMAPPED_DEPARTMENT = "unmapped department: not in reference table departments"
+
+
 def test_unmapped_lookups_have_exact_reasons_and_context(data: ReferenceData) -> None:
     amount = Decimal("125.00")
     cases = [
-        (lambda: data.lookup_payer("430", control_id="MSG1", facility="NORTH", amount=amount), "unmapped payer 430"),
-        (lambda: data.lookup_charge("99999", facility="NORTH", amount=amount), "unmapped charge code 99999"),
-        (lambda: data.lookup_department("XRAY", facility="NORTH", amount=amount), "unmapped department XRAY"),
+        (lambda: data.lookup_payer("430", control_id="MSG1", facility="NORTH", amount=amount), UNMAPPED_PAYER),
+        (lambda: data.lookup_charge("99999", facility="NORTH", amount=amount), UNMAPPED_CHARGE),
+        (lambda: data.lookup_department("XRAY", facility="NORTH", amount=amount), UNMAPPED_DEPARTMENT),
     ]
     for call, reason in cases:
         with pytest.raises(UnmappedError) as caught:
@@ -71,15 +76,16 @@ def test_unmapped_lookups_have_exact_reasons_and_context(data: ReferenceData) ->
         error = caught.value
         assert isinstance(error, TranslationError)
         assert (error.reason, error.facility, error.amount) == (reason, "NORTH", amount)
-    with pytest.raises(UnmappedError, match=r"^unmapped facility EAST$"):
+    with pytest.raises(UnmappedError, match=r"^unmapped facility: not in reference table facilities$"):
         data.facility("EAST")
 
 
-def test_unmapped_payer_reason_named_in_the_brief(data: ReferenceData) -> None:
+def test_unmapped_payer_reason_names_the_table_not_the_value(data: ReferenceData) -> None:
+    # Issue 10: the sender's value stays out of reasons; the error keeps it as `key`.
     empty = ReferenceData({})
     with pytest.raises(UnmappedError) as caught:
         empty.lookup_payer("87726", control_id="C1")
-    assert (caught.value.reason, caught.value.table, caught.value.key) == ("unmapped payer 87726", "payers", "87726")
+    assert (caught.value.reason, caught.value.table, caught.value.key) == (UNMAPPED_PAYER, "payers", "87726")
     assert caught.value.control_id == "C1"
 
 

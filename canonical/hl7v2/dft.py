@@ -32,6 +32,7 @@ __all__ = ["CHARGE_TYPES", "CREDIT_TYPES", "SUPPORTED", "map_dft_p03"]
 #: FT1-6 codes (HL7 table 0017 and common practice) read as a charge / a credit.
 CHARGE_TYPES = frozenset(("CG",))
 CREDIT_TYPES = frozenset(("CD", "CR"))
+_ACCEPTED_TYPES = ", ".join(sorted(CHARGE_TYPES | CREDIT_TYPES))
 
 #: (MSH-9.1, MSH-9.2) pairs this mapping handles.
 SUPPORTED = frozenset((("DFT", "P03"),))
@@ -99,8 +100,8 @@ def _transaction_type(r: MessageReader, ttype: str | None, at: str) -> str:
     if ttype is None:
         raise r.fail(f"{at}-6 transaction type is missing", f"{at}-6", "101")
     if ttype not in CHARGE_TYPES and ttype not in CREDIT_TYPES:
-        # A code is not patient data; naming it tells operations what to configure.
-        reason = f"{at}-6 transaction type {ttype[:8]!r} is not a charge or credit"
+        # The sender's value stays out of the reason; the codes Ficus accepts say what to fix.
+        reason = f"{at}-6 transaction type is not one of {_ACCEPTED_TYPES}"
         raise r.fail(reason, f"{at}-6", "103")
     return ttype
 

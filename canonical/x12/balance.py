@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from canonical.safe_text import bounded_id
 from canonical.x12.model import Claim, Transaction
 
 __all__ = ["check_claim", "check_transaction", "claim_adjustment_total", "transaction_totals"]
@@ -43,7 +44,7 @@ def transaction_totals(tx: Transaction) -> tuple[Decimal, Decimal, Decimal]:
 
 def check_claim(claim: Claim) -> str | None:
     """Rules 2 and 3 for one claim; None when it balances."""
-    where = f"claim {claim.index} (CLP01 {claim.elements[1]}, segment {claim.segment})"
+    where = f"claim {claim.index} (CLP01 {bounded_id(claim.elements[1])}, segment {claim.segment})"
     for line in claim.lines:
         line_cas = sum([adj.amount for adj in line.adjustments], Decimal(0))
         if line.charge - line_cas != line.paid:

@@ -20,6 +20,7 @@ from typing import BinaryIO
 from canonical.context import TranslationContext
 from canonical.envelope import CloudEvent
 from canonical.errors import TranslationError
+from canonical.safe_text import bounded_id
 from canonical.x12.balance import check_transaction
 from canonical.x12.emit import TransactionEvents, facility_of
 from canonical.x12.model import Envelope, ParseError, Transaction, TransactionBuilder
@@ -83,7 +84,7 @@ class _Translator:
 
     def error(self, reason: str, segment: int | None, tx: Transaction | None = None) -> TransactionResult:
         st = tx.st_control if tx is not None else None
-        where = f"ST {st} of {self.source}" if st is not None else self.source
+        where = f"ST {bounded_id(st)} of {self.source}" if st is not None else self.source
         at = f" (segment {segment})" if segment is not None else ""
         return TransactionResult(
             st,
@@ -140,7 +141,9 @@ class _Translator:
         self.failure, self.skipped, self.route = None, 0, self.routes
         kind = st[1] if len(st) > 1 else ""
         if kind != "835":
-            self.fail(ParseError(f"not an 835: ST01 {kind or '(empty)'}", number))
+            # ST01 is a three-digit code: named when it is one, else the sender's text stays out.
+            named = kind if len(kind) == 3 and kind.isdigit() else ("is empty" if not kind else "is not a code")
+            self.fail(ParseError(f"not an 835: ST01 {named}", number))
 
     def finish(self, se: list[str], number: int) -> list[TransactionResult]:
         tx, failure = self.tx, self.failure
