@@ -5,8 +5,10 @@ message: the payload goes out exactly as received, and the engine's reply comes 
 exactly as the engine sent it, for the router to hand to the original sender.
 
 The one thing checked is that the reply belongs to the message: MSA-2 must equal the
-MSH-10 we sent. A reply that arrives after its timeout must never be taken for the
-next message's (Mirth #1441), so any timeout, error or mismatch closes the connection
+MSH-10 we sent, byte for byte (no trimming, no unescaping: engines echo the field as
+sent, so ``\\F\\``, ``\\X41\\``, ``ID^2`` or a trailing space must compare as sent).
+A reply that arrives after its timeout must never be taken for the next message's
+(Mirth #1441), so any timeout, error or mismatch closes the connection
 it happened on; the next send reconnects.
 
 Error tree (``destination`` is the sender's name, ``reason`` a short text, no content):
@@ -226,13 +228,11 @@ def ack_control_id(reply: bytes) -> bytes | None:
 
 
 def _same_control_id(received: bytes, expected: str) -> bool:
-    """Compare MSA-2 with the id sent, whichever common encoding the id came from."""
-    received = received.strip()
-    for encoding in ("utf-8", "latin-1"):
-        with contextlib.suppress(UnicodeEncodeError):
-            if received == expected.encode(encoding):
-                return True
-    return False
+    """Compare MSA-2 with the MSH-10 sent (its latin-1 text), exactly."""
+    try:
+        return received == expected.encode("latin-1")
+    except UnicodeEncodeError:  # not the latin-1 view of a field's bytes: never equal
+        return False
 
 
 class _Slot:
@@ -308,7 +308,8 @@ class MllpSender:
     async def send(self, payload: bytes, control_id: str) -> bytes:
         """Forward ``payload`` exactly, framed; return the engine's reply payload exactly.
 
-        ``control_id`` is the message's MSH-10; the reply's MSA-2 must equal it. Waits
+        ``control_id`` is the message's MSH-10 exactly as sent, as the latin-1 text of
+        its bytes (``MshHeader.control_id_raw``); the reply's MSA-2 must equal it. Waits
         for a free pooled connection first. Raises the errors of the module docstring.
         """
         if START_BLOCK in payload or END_BLOCK in payload:

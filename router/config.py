@@ -157,7 +157,12 @@ class MllpInterfaceConfig(InterfaceBase):
     fallback_encoding: str | None = "windows-1252"
     on_untranslatable: Literal["AE", "AA"] = "AE"
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
-    idle_timeout_seconds: float | None = Field(default=600, gt=0)
+    # 120 s: senders reconnect on their own; idle sockets must not pile up (issue 10 item 8).
+    idle_timeout_seconds: float | None = Field(default=120, gt=0)
+    # Connections beyond it are closed at once and counted (ListenerStats.refused).
+    max_connections: int = Field(default=128, ge=1, le=65536)
+    # How long a final 0x1C waits for its 0x0D before it ends the frame anyway.
+    frame_end_grace_seconds: float = Field(default=0.5, gt=0, le=30)
     legacy_connections: int = Field(default=2, ge=1, le=64)
     legacy_connect_timeout_seconds: float = Field(default=5, gt=0)
     legacy_ack_timeout_seconds: float = Field(default=30, gt=0)

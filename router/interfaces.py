@@ -85,6 +85,8 @@ async def start_mllp(cfg: MllpInterfaceConfig, deps: Deps) -> RunningInterface:
     listener = MllpListener(
         cfg.name, host, port, pipeline, max_message_bytes=cfg.max_message_bytes,
         idle_timeout=cfg.idle_timeout_seconds, on_oversize=pipeline.on_oversize,
+        on_malformed=pipeline.on_malformed, max_connections=cfg.max_connections,
+        end_grace=cfg.frame_end_grace_seconds,
     )
     await listener.__aenter__()
 

@@ -121,6 +121,26 @@ class MllpPipeline:
         await self._dead_letter_quietly(None, None, "rejected", reason, "-", f"oversize-{peer.connection_id}-{size}")
         return self._reply(None, "AR", reason, ERR_SEGMENT)
 
+    async def on_malformed(self, peer: Peer, payload: bytes, reason: str) -> bytes | None:
+        """A frame with a stray MLLP block byte inside (wrappers/mllp_framing.py): keep its
+        bytes, dead-letter it, reject it (AR, CR in enhanced mode); never forwarded to the
+        legacy engine, never AA, in every route mode -- it is not one whole message.
+
+        Archived under its content hash, not its MSH-10, so the sender's corrected re-send
+        is not taken for a reused control id. ``reason`` names a byte offset, no content.
+        """
+        self.stats.received += 1
+        try:
+            header: MshHeader | None = peek_header(payload)  # for MSA-2 and the letter's fields
+        except NotHl7Error:
+            header = None
+        reason = f"malformed MLLP frame: {reason}"
+        try:
+            raw_ref, raw_id, _ = await self._archive(payload, None, peer)
+        except StoreUnavailable as exc:
+            return self._unavailable(header, exc)
+        return await self._rejected(header, reason, raw_ref, raw_id, "-", ERR_SEGMENT)
+
     # -- modes -------------------------------------------------------------------------
 
     async def _modern(
@@ -168,7 +188,8 @@ class MllpPipeline:
             self.stats.error("no legacy destination configured")
             return self._reply(header, "AR", "no legacy destination configured", ERR_INTERNAL)
         try:
-            reply = await self.legacy.send(payload, control_id)
+            # MSH-10 as sent: the engine echoes the field's bytes, escapes and all.
+            reply = await self.legacy.send(payload, header.control_id_raw if header is not None else "")
         except LegacyError as exc:
             self.stats.legacy_errors += 1
             self.stats.error(f"legacy destination: {exc.reason}")

@@ -308,11 +308,13 @@ def test_utf8_with_bom_and_unknown_charset_name_uses_the_default() -> None:
     assert text.startswith("MSH|") and text.endswith("Zoë")
 
 
-def test_undecodable_text_raises_a_translation_error_naming_the_charset() -> None:
+def test_undecodable_text_raises_a_translation_error_naming_msh18_not_its_value() -> None:
     raw = b"MSH|^~\\&|A|F|||1||ADT^A01|C7|P|2.5||||||ASCII\rPID|1||\xff\xfe"
     with pytest.raises(TranslationError) as caught:
         decode_message(raw, peek_header(raw), "utf-8", None)
-    assert "ASCII" in caught.value.reason and "\\xff" not in caught.value.reason
+    # MSH-18 as sent is a sender-controlled value: named, never quoted (issue 10 item 10).
+    assert "MSH-18" in caught.value.reason and "ASCII" not in caught.value.reason
+    assert "\\xff" not in caught.value.reason
     assert (caught.value.control_id, caught.value.locator) == ("C7", "MSH-18")
     assert decode_message(raw, peek_header(raw), "utf-8", "windows-1252").endswith("ÿþ")
 

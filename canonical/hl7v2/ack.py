@@ -1,7 +1,9 @@
 """HL7 v2 acknowledgements, built with plain string joins (this is the ACK path).
 
 The ACK echoes the inbound delimiters, swaps sender and receiver, answers
-``MSA-2`` with the inbound MSH-10 and, when an error is given, adds an ERR segment:
+``MSA-2`` with the inbound MSH-10 exactly as sent (escapes, components and spaces
+included: senders correlate on the bytes they sent) and, when an error is given, adds
+an ERR segment:
 v2.5+ style (ERR-2 location, ERR-3 code from HL7 table 0357, ERR-4 severity,
 ERR-8 user message) or, for older versions, ERR-1 (segment^sequence^field^code).
 
@@ -138,7 +140,12 @@ def _msh(header: MshHeader | None, d: Delimiters, stamp: str, control_id: str) -
 
 
 def _msa(header: MshHeader | None, d: Delimiters, code: str, text: str) -> str:
-    control_id = escape(header.control_id, d) if header is not None else ""
+    if header is None:
+        control_id = ""
+    elif header.control_id_raw or not header.control_id:
+        control_id = header.control_id_raw  # as sent: a field of the same message, safe to echo
+    else:  # a header built without the raw field (not by the reader)
+        control_id = escape(header.control_id, d)
     fields = ["MSA", code, control_id]
     if text:
         fields.append(escape(text, d))

@@ -39,7 +39,8 @@ class MshHeader:
     """What the router needs from MSH, read without decoding the whole message.
 
     Application and facility fields hold only their first component (HD namespace
-    id); every value has its escapes decoded, except ``encoding_chars`` (MSH-2 as sent).
+    id); every value has its escapes decoded, except ``encoding_chars`` (MSH-2 as sent)
+    and ``control_id_raw``.
     """
 
     field_sep: str
@@ -58,6 +59,10 @@ class MshHeader:
     accept_ack_type: str
     application_ack_type: str
     charset: str
+    control_id_raw: str = ""
+    """MSH-10 exactly as sent: the latin-1 text of the field's bytes, escapes, components
+    and spaces included. What an ACK's MSA-2 must echo and what a legacy engine echoes
+    (``control_id`` is its decoded first component, for display and ids)."""
 
     @property
     def enhanced(self) -> bool:
@@ -139,6 +144,7 @@ def header_from_segment(msh: str) -> MshHeader:
         accept_ack_type=accept,
         application_ack_type=app_ack,
         charset=cs,
+        control_id_raw=fields[9],
     )
 
 
