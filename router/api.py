@@ -2,60 +2,187 @@
 
 Handlers are plain functions reading the running `Service` from typed app state. The
 `viewer` token reads; the `operator` token also flips routes and replays. With no tokens
-configured (allowed only on a loopback listener) the API is open.
+configured (allowed only on a loopback listener, or with `api.insecure = true`) the API is
+open. Request bodies are validated by strict models; a malformed request of any kind gets a
+4xx with a JSON reason that quotes no value, never a 5xx.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats.errors
 import nats.js.errors
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
 from router import dlq, names, replay
-from router.dashboard import render_dashboard
-from router.routes import RouteError, modes
+from router.config import INSECURE_WARNING, SLUG, ConfigError, Mode
+from router.dashboard import SESSION_COOKIE, Sessions, login_page, render_dashboard
+from router.routes import RouteError
 from router.stats import StatsCollector
 
 if TYPE_CHECKING:
     from router.service import Service
 
+log = logging.getLogger("ficus.api")
 SERVICE: web.AppKey[Service] = web.AppKey("service")
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry")
+SESSIONS: web.AppKey[Sessions] = web.AppKey("sessions")
 ROLE: web.RequestKey[str] = web.RequestKey("role")
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The dashboard checks its own credentials (a bearer token or the login form's cookie).
+DASHBOARD_PATHS = frozenset({"/", "/login", "/logout"})
+# A listing filtered by interface or type reads at most this many stream messages per call.
+EVENTS_SCAN_MAX = 1000
+EVENTS_SCAN_FACTOR = 10
+# Stream sequences are uint64 in JetStream; ids beyond that cannot exist.
+MAX_SEQ = 2**63 - 1
+TYPE_PART = re.compile(r"^[a-z0-9_-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+B = TypeVar("B", bound=BaseModel)
 
 
 def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
 
 
+class ApiProblem(Exception):
+    """A request the API answers with `status` and a JSON reason (raised from helpers)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error answer is JSON; a store outage is a 503, never a 500."""
+    try:
+        return await handler(request)
+    except ApiProblem as exc:
+        return _error(exc.status, exc.reason)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        resp = _error(exc.status, exc.reason.lower())
+        if "Allow" in exc.headers:
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+        return _error(503, f"JetStream unavailable: {type(exc).__name__}")
+
+
+def role_for(tokens: Mapping[Any, str], given: str) -> str | None:
+    """The role whose token is `given` (compared in constant time, as bytes: any header is valid input)."""
+    try:
+        given_bytes = given.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+    for role, token in tokens.items():
+        if token and secrets.compare_digest(token.encode(), given_bytes):
+            return str(role)
+    return None
+
+
+def bearer_role(request: web.Request) -> str | None:
+    """The role of the request's bearer token, if any."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return None
+    return role_for(request.app[SERVICE].cfg.api.tokens, header.removeprefix("Bearer ").strip())
+
+
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bearer tokens: viewer for reads, operator for changes."""
+    unmatched = request.match_info.http_exception
+    if unmatched is not None:
+        raise unmatched  # 404/405 before 401: the routes are documented, nothing to hide
     tokens = request.app[SERVICE].cfg.api.tokens
-    if request.path in OPEN_PATHS or not tokens:
+    if request.path in OPEN_PATHS or request.path in DASHBOARD_PATHS or not tokens:
         request[ROLE] = "operator" if not tokens else "anonymous"
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    role = next((r for r, t in tokens.items() if t and secrets.compare_digest(t, given)), None)
+    role = bearer_role(request)
     if role is None:
         return _error(401, "missing or unknown bearer token")
     if request.method not in ("GET", "HEAD") and role != "operator":
         return _error(403, "this needs the operator token")
     request[ROLE] = role
     return await handler(request)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RouteChange(_Body):
+    """PUT /api/v1/routes/{iface}."""
+
+    mode: Mode
+    reason: StrictStr = Field(default="", max_length=2000)
+    facility: StrictStr | None = Field(default=None, max_length=64)
+    force: StrictBool = False
+    # Without `facility`: keep the facility overrides (by default a flip clears them).
+    keep_facilities: StrictBool = False
+
+
+class ReplaySince(_Body):
+    """POST /api/v1/replay/{iface}."""
+
+    since: StrictStr = Field(max_length=64)
+
+
+class ReplayLetter(_Body):
+    """POST /api/v1/dlq/{id}/replay: no fields (an empty body is fine too)."""
+
+
+def _problems(exc: ValidationError) -> str:
+    """Pydantic's problems as one line: locations and messages, never the input values."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False, include_context=False):
+        loc = ".".join(str(x)[:40] for x in err["loc"]) or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def _body(request: web.Request, model: type[B], *, empty_ok: bool = False) -> B:
+    """The request body as `model` (strict JSON object); ApiProblem 400 otherwise."""
+    raw = await request.read()
+    if empty_ok and not raw.strip():
+        raw = b"{}"
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ApiProblem(400, f"bad body: {_problems(exc)}") from None
+
+
+def _seq(ident: str, what: str) -> int:
+    """A path id that is a stream sequence number; 400 if not a number, 404 if none can exist."""
+    if not (ident.isascii() and ident.isdigit()):
+        raise ApiProblem(400, f"{what} ids are stream sequence numbers (digits)")
+    value = int(ident)
+    if not 0 < value <= MAX_SEQ:
+        raise ApiProblem(404, f"no {what} {ident[:24]}")
+    return value
+
+
+def _interface_param(request: web.Request) -> str | None:
+    value = request.query.get("interface") or None
+    if value is not None and not SLUG.match(value):
+        raise ApiProblem(400, "interface names are slugs: lowercase letters, digits, - and _")
+    return value
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -73,8 +200,45 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def _dashboard_role(request: web.Request) -> str | None:
+    """Who may see the dashboard: anyone without tokens; else a bearer token or a login session."""
+    if not request.app[SERVICE].cfg.api.tokens:
+        return "operator"
+    return bearer_role(request) or request.app[SESSIONS].role(request.cookies.get(SESSION_COOKIE, ""))
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    resp = web.Response(text=text, status=status, content_type="text/html")
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
+    return resp
+
+
 async def dashboard(request: web.Request) -> web.Response:
-    return web.Response(text=render_dashboard(request.app[SERVICE]), content_type="text/html")
+    """The dashboard; with tokens configured, a 401 login form (and no data) until one is given."""
+    if _dashboard_role(request) is None:
+        return _html(login_page(), 401)
+    return _html(render_dashboard(request.app[SERVICE]))
+
+
+async def login(request: web.Request) -> web.Response:
+    """The login form's POST: a valid token opens an HttpOnly, SameSite=Strict session cookie."""
+    raw = await request.content.read(4096)
+    role = role_for(request.app[SERVICE].cfg.api.tokens, Sessions.form_token(raw))
+    if role is None:
+        return _html(login_page("unknown token"), 401)
+    resp = web.Response(status=303, headers={"Location": "/"})
+    resp.set_cookie(SESSION_COOKIE, request.app[SESSIONS].open(role), httponly=True, samesite="Strict",
+                    path="/", max_age=int(Sessions.LIFETIME))
+    return resp
+
+
+async def logout(request: web.Request) -> web.Response:
+    request.app[SESSIONS].close(request.cookies.get(SESSION_COOKIE, ""))
+    resp = web.Response(status=303, headers={"Location": "/"})
+    resp.del_cookie(SESSION_COOKIE, path="/")
+    return resp
 
 
 def interface_view(svc: Service, name: str) -> dict[str, Any]:
@@ -133,17 +297,9 @@ async def set_route(request: web.Request) -> web.Response:
     assert svc.routes is not None
     name = request.match_info["iface"]
     if name not in svc.interfaces:
-        return _error(404, f"unknown interface {name!r}")
-    try:
-        body = await request.json()
-    except json.JSONDecodeError:
-        return _error(400, "body must be JSON: {mode, reason, facility?, force?}")
-    try:
-        (mode,) = modes([str(body.get("mode", ""))])
-    except RouteError as exc:
-        return _error(400, exc.reason)
-    facility = body.get("facility") or None
-    force = bool(body.get("force", False))
+        return _error(404, "unknown interface")
+    body = await _body(request, RouteChange)
+    mode, facility, force = body.mode, body.facility or None, body.force
     if mode in ("legacy", "shadow") and svc.interfaces[name].cfg.legacy is None:
         return _error(409, f"{name} has no legacy destination, so it cannot run in {mode}")
     refusal = _gate(svc, name, mode, facility)
@@ -152,7 +308,7 @@ async def set_route(request: web.Request) -> web.Response:
     actor = request.headers.get("X-Ficus-Actor", request[ROLE])
     try:
         route = await svc.routes.set(
-            name, mode, reason=str(body.get("reason", "")), actor=actor, facility=facility,
+            name, mode, reason=body.reason, actor=actor, facility=facility, keep_facilities=body.keep_facilities,
             extra={"forced": force and refusal is not None,
                    "parity": svc.interfaces[name].stats.parity.ratio},
         )
@@ -166,7 +322,7 @@ async def route_history(request: web.Request) -> web.Response:
     assert svc.routes is not None
     name = request.match_info["iface"]
     if name not in svc.interfaces:
-        return _error(404, f"unknown interface {name!r}")
+        return _error(404, "unknown interface")
     try:
         history = await svc.routes.history(name)
     except RouteError as exc:
@@ -175,85 +331,94 @@ async def route_history(request: web.Request) -> web.Response:
 
 
 def _int(request: web.Request, key: str, default: int, high: int | None = None) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
+        raise ApiProblem(400, f"{key} must be a non-negative integer")
+    value = int(raw)
+    return min(value, high) if high else value
+
+
+def _event_subject(etype: str | None, shadow: bool) -> str:
+    """The subject a listing reads: every canonical event, or those of one type's domain.entity.action."""
+    if not etype:
+        return names.SUBJECTS_SHADOW if shadow else names.SUBJECTS_CANONICAL
+    parts = etype.split(".")
+    if len(parts) < 6 or parts[:2] != ["org", "ficus"] or not all(TYPE_PART.match(p) for p in parts[2:]):
+        raise ApiProblem(400, "type is org.ficus.<domain>.<entity>.<action>.v<N>")
+    return ("shadow." if shadow else "") + "canonical." + ".".join(parts[2:5])
+
+
+def _decoded(data: bytes) -> Any:
     try:
-        value = int(request.query.get(key, default))
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"{key} must be an integer"}),
-                                 content_type="application/json") from exc
-    return min(max(value, 0), high) if high else max(value, 0)
+        return json.loads(data)
+    except ValueError:
+        return None  # not ours: something else published on a canonical subject
 
 
 async def list_events(request: web.Request) -> web.Response:
-    """Canonical events from JetStream: ?type=&interface=&after=&limit=&mode=live|shadow."""
+    """Canonical events from JetStream: ?type=&interface=&after=&limit=&mode=live|shadow.
+
+    A filtered listing reads at most `min(limit * EVENTS_SCAN_FACTOR, EVENTS_SCAN_MAX)` stream
+    messages per call, whatever it finds; `next_after` is the last sequence examined, so a
+    client pages on (`after=next_after`) until `next_after` stops moving.
+    """
     svc = request.app[SERVICE]
     assert svc.store is not None
     shadow = request.query.get("mode", "live") == "shadow"
     stream = names.STREAM_SHADOW if shadow else names.STREAM_CANONICAL
-    subject = names.SUBJECTS_SHADOW if shadow else names.SUBJECTS_CANONICAL
-    etype = request.query.get("type")
-    if etype:
-        parts = etype.split(".")
-        if len(parts) < 6 or parts[:2] != ["org", "ficus"]:
-            return _error(400, "type is org.ficus.<domain>.<entity>.<action>.v<N>")
-        subject = ("shadow." if shadow else "") + "canonical." + ".".join(parts[2:5])
+    etype = request.query.get("type") or None
+    subject = _event_subject(etype, shadow)
     after = _int(request, "after", 0)
     limit = _int(request, "limit", 100, 1000)
-    iface = request.query.get("interface")
-    try:
-        rows = await svc.store.read(stream, subject, after, limit if not iface else 10_000)
-    except (nats.errors.Error, TimeoutError) as exc:
-        return _error(503, f"JetStream unavailable: {type(exc).__name__}")
-    events = []
+    iface = _interface_param(request)
+    filtered = iface is not None or etype is not None
+    scan = min(max(limit * EVENTS_SCAN_FACTOR, 100), EVENTS_SCAN_MAX) if filtered else limit
+    rows = await svc.store.read(stream, subject, after, scan) if limit else []
+    events: list[dict[str, Any]] = []
+    last = after
     for seq, data, headers in rows:
+        last = seq
         if iface and headers.get(names.HDR_INTERFACE) != iface:
             continue
-        event = json.loads(data)
-        if etype and event.get("type") != etype:
+        event = _decoded(data)
+        if etype and (not isinstance(event, dict) or event.get("type") != etype):
             continue
         events.append({"seq": seq, "event": event})
         if len(events) >= limit:
             break
-    last = rows[-1][0] if rows else after
     return web.json_response({"events": events, "next_after": last})
 
 
 async def get_event(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     assert svc.store is not None
-    ident = request.match_info["id"]
+    seq = _seq(request.match_info["id"], "event")
     stream = names.STREAM_SHADOW if request.query.get("mode") == "shadow" else names.STREAM_CANONICAL
-    if not ident.isdigit():
-        return _error(400, "event ids in this API are stream sequence numbers (the `seq` of a listing)")
     try:
-        msg = await svc.store.js.get_msg(stream, int(ident))
+        msg = await svc.store.js.get_msg(stream, seq)
     except nats.js.errors.NotFoundError:
-        return _error(404, f"no event {ident}")
-    except (nats.errors.Error, TimeoutError) as exc:
-        return _error(503, f"JetStream unavailable: {type(exc).__name__}")
-    return web.json_response({"seq": int(ident), "event": json.loads(msg.data or b"{}")})
+        return _error(404, f"no event {seq}")
+    return web.json_response({"seq": seq, "event": _decoded(msg.data or b"{}")})
 
 
 async def list_dlq(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     assert svc.store is not None
-    try:
-        letters = await dlq.list_letters(svc.store, request.query.get("interface"),
-                                         _int(request, "after", 0), _int(request, "limit", 100, 1000))
-        done = await replay.replayed_ids(svc)
-    except (nats.errors.Error, TimeoutError) as exc:
-        return _error(503, f"JetStream unavailable: {type(exc).__name__}")
+    letters = await dlq.list_letters(svc.store, _interface_param(request),
+                                     _int(request, "after", 0), _int(request, "limit", 100, 1000))
+    done = await replay.replayed_ids(svc)
     return web.json_response({"dead_letters": [{**dlq.summary(x), "replayed": x.id in done} for x in letters]})
 
 
 async def get_dlq(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     assert svc.store is not None
-    ident = request.match_info["id"]
-    if not ident.isdigit():
-        return _error(400, "dead-letter ids are numbers")
-    letter = await dlq.get(svc.store, int(ident))
+    seq = _seq(request.match_info["id"], "dead letter")
+    letter = await dlq.get(svc.store, seq)
     if letter is None:
-        return _error(404, f"no dead letter {ident}")
+        return _error(404, f"no dead letter {seq}")
     return web.json_response(dlq.summary(letter))
 
 
@@ -261,7 +426,7 @@ async def parity(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     name = request.match_info["iface"]
     if name not in svc.interfaces:
-        return _error(404, f"unknown interface {name!r}")
+        return _error(404, "unknown interface")
     running = svc.interfaces[name]
     assert svc.routes is not None
     return web.json_response({
@@ -284,30 +449,35 @@ async def get_schema(request: web.Request) -> web.Response:
     name = request.match_info["type"]
     models = default_models()
     if name not in models:
-        return _error(404, f"unknown event type {name!r}; GET /api/v1/schemas lists them")
+        return _error(404, "unknown event type; GET /api/v1/schemas lists them")
     return web.json_response(event_schemas({name: models[name]})[name])
 
 
 async def replay_letter(request: web.Request) -> web.Response:
-    ident = request.match_info["id"]
-    if not ident.isdigit():
-        return _error(400, "dead-letter ids are numbers")
+    seq = _seq(request.match_info["id"], "dead letter")
+    await _body(request, ReplayLetter, empty_ok=True)
     try:
-        record = await replay.replay_dead_letter(request.app[SERVICE], int(ident))
+        record = await replay.replay_dead_letter(request.app[SERVICE], seq)
     except replay.ReplayError as exc:
         return _error(exc.status, exc.reason)
     return web.json_response(record)
 
 
+def _since(text: str) -> datetime:
+    """An ISO 8601 time (a `Z` suffix allowed; no zone means UTC), in UTC."""
+    try:
+        since = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        return since.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ApiProblem(400, 'since must be an ISO 8601 time, e.g. "2026-11-25T08:00:00Z"') from None
+
+
 async def replay_interface(request: web.Request) -> web.Response:
     """Re-translate raw traffic: {"since": ISO 8601 time}."""
-    try:
-        body = await request.json()
-        since = datetime.fromisoformat(str(body["since"]).replace("Z", "+00:00"))
-    except (json.JSONDecodeError, KeyError, ValueError):
-        return _error(400, 'body must be {"since": "<ISO 8601 time>"}')
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
+    body = await _body(request, ReplaySince)
+    since = _since(body.since)
     try:
         result = await replay.replay_since(request.app[SERVICE], request.match_info["iface"], since)
     except replay.ReplayError as exc:
@@ -317,12 +487,21 @@ async def replay_interface(request: web.Request) -> web.Response:
 
 def make_app(svc: Service) -> web.Application:
     """The aiohttp application serving `svc`."""
-    app = web.Application(middlewares=[auth])
+    problem = svc.cfg.api.exposure_problem()
+    if problem:
+        # A config built in code skips validation; the API still never runs open on the network.
+        raise ConfigError("api", [problem])
+    if svc.cfg.api.insecure and not svc.cfg.api.tokens:
+        log.warning(INSECURE_WARNING.format(listen=svc.cfg.api.listen))
+    app = web.Application(middlewares=[errors, auth])
     app[SERVICE] = svc
+    app[SESSIONS] = Sessions()
     registry = CollectorRegistry()
     registry.register(StatsCollector({n: r.stats for n, r in svc.interfaces.items()}))
     app[REGISTRY] = registry
     app.router.add_get("/", dashboard)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -6,21 +6,63 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+from urllib.parse import quote
 
 from router.client import ApiClient, ApiError
-from router.config import MODES, ConfigError, FicusConfig, MllpInterfaceConfig, OdbcInterfaceConfig, load_config
+from router.config import (
+    INSECURE_WARNING,
+    MODES,
+    ConfigError,
+    FicusConfig,
+    MllpInterfaceConfig,
+    OdbcInterfaceConfig,
+    load_config,
+    redact,
+)
 
 log = logging.getLogger("ficus")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+# C0 controls but tab, DEL, C1 controls and the Unicode line/paragraph separators.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: newlines and other control characters as backslash escapes."""
+    def one(m: re.Match[str]) -> str:
+        ch = m.group()
+        return _NAMED.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+
+    return _CONTROL.sub(one, text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Escapes control characters in the message, so a file name (or any value that reached a
+    log call) with a newline cannot forge a log line. Tracebacks are appended after, unescaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+
+def log_handler(stream: TextIO) -> logging.Handler:
+    """The handler `ficus run` and `ficus demo` log through."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+    return handler
+
+
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, level), handlers=[log_handler(sys.stderr)])
 
 
 async def run_service(cfg: FicusConfig) -> None:
@@ -31,7 +73,7 @@ async def run_service(cfg: FicusConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, svc.stopping.set)
-        print(f"ficus: running; API {svc.api_url}, NATS {svc.nats_url}", file=sys.stderr)
+        print(f"ficus: running; API {svc.api_url}, NATS {redact(svc.nats_url, [])}", file=sys.stderr)
         await svc.wait()
         print("ficus: stopping (finishing messages in flight)", file=sys.stderr)
 
@@ -63,6 +105,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    if cfg.api.insecure and not cfg.api.tokens:
+        print(f"{args.config}: WARNING: {INSECURE_WARNING.format(listen=cfg.api.listen)}", file=sys.stderr)
     print(f"{args.config}: ok ({len(cfg.interfaces)} interfaces: "
           f"{', '.join(f'{i.name} [{i.kind}, {i.route}]' for i in cfg.interfaces)})")
     return 0
@@ -102,6 +146,11 @@ def cmd_translate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _q(value: str) -> str:
+    """One path segment or query value, percent-encoded."""
+    return quote(value, safe="")
+
+
 def _client(args: argparse.Namespace) -> ApiClient:
     return ApiClient(args.api, args.token, args.config)
 
@@ -120,23 +169,26 @@ def cmd_routes(args: argparse.Namespace) -> int:
                   f"{route.get('actor', '')}: {route.get('reason', '')}")
         return 0
     if args.action == "set":
-        body = {"mode": args.mode, "reason": args.reason, "facility": args.facility, "force": args.force}
-        result = client.call("PUT", f"/api/v1/routes/{args.iface}", body)
+        body = {"mode": args.mode, "reason": args.reason, "facility": args.facility, "force": args.force,
+                "keep_facilities": args.keep_facilities}
+        result = client.call("PUT", f"/api/v1/routes/{_q(args.iface)}", body)
         print(f"{args.iface}: now {result['route']['mode']}"
               + (f" (facilities {result['route']['facilities']})" if result["route"]["facilities"] else ""))
         return 0
-    history = client.call("GET", f"/api/v1/routes/{args.iface}/history")["history"]
+    history = client.call("GET", f"/api/v1/routes/{_q(args.iface)}/history")["history"]
     for h in history:
         fac = f" facility {h['facility']}" if h.get("facility") else ""
         forced = " FORCED" if h.get("forced") else ""
-        print(f"{h['at']} {h['from']} -> {h['to']}{fac}{forced} by {h['actor']}: {h['reason']}")
+        cleared = " ".join(f"{f}={m}" for f, m in (h.get("cleared_facilities") or {}).items())
+        cleared = f" (cleared facilities {cleared})" if cleared else ""
+        print(f"{h['at']} {h['from']} -> {h['to']}{fac}{forced} by {h['actor']}: {h['reason']}{cleared}")
     return 0
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.action == "list":
-        query = f"?interface={args.iface}" if args.iface else ""
+        query = f"?interface={_q(args.iface)}" if args.iface else ""
         for d in client.call("GET", f"/api/v1/dlq{query}")["dead_letters"]:
             done = " [replayed]" if d.get("replayed") else ""
             print(f"{d['id']:>8} {d['at']} {d['interface']} {d['kind']} unit {d['unit']}: {d['reason']}{done}")
@@ -144,19 +196,19 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     if args.action == "replay":
         if args.id is None and args.interface is None:
             raise ApiError("dlq replay needs an ID or --interface IFACE")
+        listing = f"/api/v1/dlq?interface={_q(args.interface)}&limit=1000" if args.interface else ""
         ids = [args.id] if args.id else [
-            d["id"] for d in client.call("GET", f"/api/v1/dlq?interface={args.interface}&limit=1000")["dead_letters"]
-            if not d.get("replayed")]
+            d["id"] for d in client.call("GET", listing)["dead_letters"] if not d.get("replayed")]
         failed = 0
         for ident in ids:
             try:
-                result = client.call("POST", f"/api/v1/dlq/{ident}/replay", {})
+                result = client.call("POST", f"/api/v1/dlq/{_q(str(ident))}/replay", {})
                 print(f"{ident}: replayed, {result['events']} events")
             except ApiError as exc:
                 failed += 1
                 print(f"{ident}: {exc}", file=sys.stderr)
         return 1 if failed else 0
-    _print(client.call("GET", f"/api/v1/dlq/{args.id}"))
+    _print(client.call("GET", f"/api/v1/dlq/{_q(args.id)}"))
     return 0
 
 
@@ -170,7 +222,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    result = _client(args).call("POST", f"/api/v1/replay/{args.iface}", {"since": args.since})
+    result = _client(args).call("POST", f"/api/v1/replay/{_q(args.iface)}", {"since": args.since})
     print(f"{args.iface}: {result['replayed']} units replayed ({result['events']} events), {result['failed']} failed")
     for reason in result["reasons"]:
         print(f"  {reason}", file=sys.stderr)
@@ -221,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("iface")
     s.add_argument("mode", choices=MODES)
     s.add_argument("--reason", required=True)
-    s.add_argument("--facility")
+    s.add_argument("--facility", help="flip one facility only (a canary)")
+    s.add_argument("--keep-facilities", action="store_true",
+                   help="without --facility: keep the facility overrides (by default they are cleared)")
     s.add_argument("--force", action="store_true", help="flip even when parity is below the gate")
     api_opts(s)
     h = rsub.add_parser("history", help="audit trail of an interface's flips")

@@ -6,6 +6,7 @@ are resolved here, so a missing variable is a configuration error like any other
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -88,9 +89,11 @@ class NatsConfig(_Model):
     def _url(cls, value: str) -> str:
         if value == "embedded":
             return value
-        for part in value.split(","):
+        for number, part in enumerate(value.split(","), 1):
             if not re.match(r"^(nats|tls|ws|wss)://[^\s,]+$", part.strip()):
-                raise ValueError(f"expected 'embedded' or nats:// URLs, got {part!r}")
+                # The part is not quoted: a URL may carry user:password@.
+                raise ValueError(f"expected 'embedded' or a comma-separated list of nats://, tls://, ws:// or "
+                                 f"wss:// URLs without spaces; part {number} is not one")
         return value
 
     @property
@@ -98,17 +101,48 @@ class NatsConfig(_Model):
         return [p.strip() for p in self.url.split(",")]
 
 
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127/8, ::1, `localhost`)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+INSECURE_WARNING = ("api.insecure = true: the API on {listen} has no tokens; anyone who can reach it can read "
+                    "events and dead letters, flip routes and replay")
+
+
 class ApiConfig(_Model):
     """The HTTP API and dashboard."""
 
     listen: str = "127.0.0.1:8080"
-    tokens: dict[Literal["viewer", "operator"], str] = {}
+    tokens: dict[Literal["viewer", "operator"], Annotated[str, Field(min_length=1)]] = {}
+    # An API without tokens on a non-loopback address lets anyone on the network flip routes.
+    insecure: bool = False
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         parse_hostport(value)
         return value
+
+    @model_validator(mode="after")
+    def _exposed(self) -> ApiConfig:
+        problem = self.exposure_problem()
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def exposure_problem(self) -> str | None:
+        """Why this API may not run as configured (open on the network), or None."""
+        host, _ = self.host_port
+        if self.tokens or self.insecure or is_loopback(host):
+            return None
+        return (f"listen {self.listen} is not a loopback address and api.tokens is empty: anyone on the network "
+                "could flip routes; set api.tokens (or api.insecure = true to accept that)")
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -389,19 +423,51 @@ class FicusConfig(_Model):
         raise KeyError(name)
 
 
-def _resolve_env(value: Any, key: str, problems: list[str]) -> Any:
-    """Replaces every `env:NAME` string with the variable's value."""
+def _resolve_env(value: Any, key: str, problems: list[str], resolved: set[str]) -> Any:
+    """Replaces every `env:NAME` string with the variable's value (collected in `resolved`:
+    whatever comes from the environment is treated as a secret and never echoed)."""
     if isinstance(value, dict):
-        return {k: _resolve_env(v, f"{key}.{k}" if key else str(k), problems) for k, v in value.items()}
+        return {k: _resolve_env(v, f"{key}.{k}" if key else str(k), problems, resolved) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_env(v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+        return [_resolve_env(v, f"{key}[{i}]", problems, resolved) for i, v in enumerate(value)]
     if isinstance(value, str) and value.startswith("env:"):
         name = value[4:]
         if name not in os.environ:
             problems.append(f"{key}: environment variable {name} is not set")
             return ""
+        if os.environ[name]:
+            resolved.add(os.environ[name])
         return os.environ[name]
     return value
+
+
+# Keys whose values are secrets wherever they appear (NATS URLs are checked for user:password@).
+SECRET_KEYS = frozenset({"password", "token", "tokens", "private_key_passphrase", "connection_string"})
+_USERINFO = re.compile(r"://[^/@\s]*@")
+HIDDEN = "<hidden>"
+
+
+def _secret_values(value: Any, secret: bool, out: set[str]) -> None:
+    """Collects every string under a secret key, and every URL that carries credentials."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _secret_values(v, secret or k in SECRET_KEYS, out)
+    elif isinstance(value, list):
+        for v in value:
+            _secret_values(v, secret, out)
+    elif isinstance(value, str) and value and (secret or _USERINFO.search(value)):
+        out.add(value)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` without any secret, nor any piece of one (validators may quote a part of a value)."""
+    pieces: set[str] = set()
+    for value in secrets:
+        pieces.add(value)
+        pieces.update(p for p in re.split(r"[\s,;]+", value) if len(p) >= 4)
+    for piece in sorted(pieces, key=len, reverse=True):
+        text = text.replace(piece, HIDDEN)
+    return _USERINFO.sub(f"://{HIDDEN}@", text)
 
 
 def _location(loc: Iterable[int | str], raw: dict[str, Any]) -> str:
@@ -433,16 +499,19 @@ def parse_config(data: dict[str, Any], path: str = "<config>", *, check_tables: 
     that passes has tables that load.
     """
     problems: list[str] = []
-    resolved = _resolve_env(data, "", problems)
+    secrets: set[str] = set()
+    resolved = _resolve_env(data, "", problems, secrets)
+    _secret_values(resolved, False, secrets)
     if isinstance(resolved.get("reference"), dict):
         resolved["reference"].setdefault("base_dir", str(Path(path).parent) if path.endswith(".toml") else ".")
     try:
         config = FicusConfig.model_validate(resolved)
     except ValidationError as exc:
+        # Only `msg` is used, never pydantic's `input`; and a message may still quote a value.
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{_location(err['loc'], resolved)}: {msg}")
-        raise ConfigError(path, problems) from exc
+            problems.append(redact(f"{_location(err['loc'], resolved)}: {msg}", secrets))
+        raise ConfigError(path, problems) from None
     if check_tables:
         problems.extend(f"reference: {p}" for p in validate_tables(config.reference.paths()))
     if problems:

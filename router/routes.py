@@ -156,9 +156,15 @@ class RouteTable:
         reason: str,
         actor: str,
         facility: str | None = None,
+        keep_facilities: bool = False,
         extra: dict[str, Any] | None = None,
     ) -> Route:
-        """Writes a flip (optimistic concurrency on the KV revision) and audits it."""
+        """Writes a flip (optimistic concurrency on the KV revision) and audits it.
+
+        A flip of the whole interface (no `facility`) takes every facility with it: the one-command
+        rollback must not leave a canary facility on modern. `keep_facilities` keeps the overrides;
+        the audit record lists the ones cleared.
+        """
         if interface not in self._routes:
             raise RouteError(f"unknown interface {interface!r}", 404)
         if not reason.strip():
@@ -174,6 +180,7 @@ class RouteTable:
             raise RouteError(f"routing table unavailable: {type(exc).__name__}", 503) from exc
         facilities = dict(current.facilities)
         base_mode = current.mode
+        cleared: dict[str, Mode] = {}
         if facility:
             if mode == base_mode:
                 facilities.pop(facility, None)
@@ -181,6 +188,8 @@ class RouteTable:
                 facilities[facility] = mode
         else:
             base_mode = mode
+            if not keep_facilities:
+                cleared, facilities = facilities, {}
         route = Route(mode=base_mode, facilities=facilities, reason=reason, actor=actor,
                       changed_at=_now())
         try:
@@ -192,7 +201,7 @@ class RouteTable:
         self._apply(interface, route.model_dump_json().encode(), revision)
         audit = {
             "interface": interface, "from": current.mode, "from_facilities": current.facilities,
-            "to": mode, "facility": facility, "reason": reason, "actor": actor,
+            "to": mode, "facility": facility, "cleared_facilities": cleared, "reason": reason, "actor": actor,
             "at": route.changed_at, "revision": revision, **(extra or {}),
         }
         try:

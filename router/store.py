@@ -9,7 +9,9 @@ unknown outcome is safe: the stream's duplicate window drops the copy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +21,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
@@ -197,36 +200,64 @@ class Store:
                 fut.cancel()
             raise StoreUnavailable(f"JetStream did not acknowledge: {type(exc).__name__}") from exc
 
+    READ_BATCH = 256
+
     async def read(
         self, stream: str, subject: str, after: int = 0, limit: int = 100
     ) -> list[tuple[int, bytes, dict[str, str]]]:
-        """Up to `limit` messages of `subject` with sequence > after: (seq, data, headers)."""
+        """Up to `limit` messages of `subject` with sequence > after: (seq, data, headers).
+
+        A pull consumer fetched in batches asks the server for exactly what is wanted (a push
+        consumer would stream the whole rest of the subject at the client), and the loop yields
+        between batches, so a large read does not hold up MLLP acknowledgements.
+        """
+        if limit <= 0:
+            return []
         try:
             info = await self.js.stream_info(stream)
         except nats.js.errors.NotFoundError:
             return []
         if info.state.messages == 0 or after >= info.state.last_seq:
             return []
+        name = f"ficus-read-{secrets.token_hex(8)}"
         config = ConsumerConfig(
+            name=name,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(after + 1, info.state.first_seq),
             filter_subject=subject,
+            ack_policy=AckPolicy.NONE,
             inactive_threshold=10.0,
+            mem_storage=True,
+            num_replicas=1,
         )
-        sub = await self.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
+        consumer = await self.js.add_consumer(stream, config)
         out: list[tuple[int, bytes, dict[str, str]]] = []
+        # Never ask for more than exist: a fetch for absent messages waits for its timeout.
+        wanted = min(limit, consumer.num_pending or 0)
+        if wanted == 0:
+            await self._delete_consumer(stream, name)
+            return out
+        sub = await self.js.pull_subscribe_bind(name, stream=stream)
         try:
-            while len(out) < limit:
+            while len(out) < wanted:
                 try:
-                    msg = await sub.next_msg(timeout=0.5)
+                    msgs = await sub.fetch(min(wanted - len(out), self.READ_BATCH), timeout=2.0)
                 except nats.errors.TimeoutError:
+                    break  # expired meanwhile (retention): return what there is
+                for msg in msgs:
+                    out.append((msg.metadata.sequence.stream, msg.data, dict(msg.headers or {})))
+                if not msgs or msgs[-1].metadata.num_pending == 0:
                     break
-                out.append((msg.metadata.sequence.stream, msg.data, dict(msg.headers or {})))
-                if msg.metadata.num_pending == 0:
-                    break
+                await asyncio.sleep(0)
         finally:
             await sub.unsubscribe()
-        return out
+            await self._delete_consumer(stream, name)
+        return out[:limit]
+
+    async def _delete_consumer(self, stream: str, name: str) -> None:
+        # Best effort: the inactive threshold removes it anyway.
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            await self.js.delete_consumer(stream, name)
 
     async def close(self) -> None:
         """Waits for outstanding publishes, then drains the connection."""

@@ -73,7 +73,9 @@ async def test_tokens_events_dlq_and_metrics(
             text = await (await http.get(f"{api}/metrics")).text()
             assert 'ficus_received_total{interface="his-charges"} 3.0' in text
             assert 'ficus_dead_lettered_total{interface="his-charges"} 1.0' in text
-            page = await (await http.get(f"{api}/")).text()
+            # With tokens configured the dashboard needs one too (test_api_hardening.py has the login form).
+            assert (await http.get(f"{api}/")).status == 401
+            page = await (await http.get(f"{api}/", headers=VIEWER)).text()
             assert "his-charges" in page and "legacy" in page
 
 

@@ -156,3 +156,110 @@ def test_translate_x12_835_detects_the_format_and_reports_dead_letters(tmp_path:
     assert result.returncode == (1 if letters else 0)
     for letter in letters:
         assert letter["st_control"] is None or letter["reason"].startswith("ST ")
+
+
+# --- issue 10, item 9: no open API on the network ------------------------------------------
+
+def _api_config(tmp_path: Path, api: str, nats_url: str = "embedded") -> Path:
+    conf = tmp_path / "ficus.toml"
+    conf.write_text(f"""
+state_dir = "{tmp_path / 'state'}"
+[nats]
+url = "{nats_url}"
+[api]
+{api}
+[[interfaces]]
+name = "his-adt"
+kind = "hl7-mllp"
+listen = "127.0.0.1:0"
+mapping = "hl7v2.adt"
+route = "modern"
+""")
+    return conf
+
+
+def test_check_refuses_an_api_on_the_network_without_tokens(tmp_path: Path) -> None:
+    result = ficus("check", "-c", str(_api_config(tmp_path, 'listen = "0.0.0.0:8080"')))
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "api" in line and "api.tokens" in line and "api.insecure" in line
+    result = ficus("check", "-c", str(_api_config(tmp_path, 'listen = "0.0.0.0:8080"\ninsecure = true')))
+    assert result.returncode == 0, result.stderr
+    assert "api.insecure" in result.stderr and "WARNING" in result.stderr
+    result = ficus("check", "-c", str(_api_config(tmp_path, 'listen = "0.0.0.0:8080"\ntokens = {viewer = "v"}')))
+    assert result.returncode == 0, result.stderr
+
+
+def test_run_refuses_an_api_on_the_network_without_tokens(tmp_path: Path) -> None:
+    # An external URL nobody listens on: `run` must stop at the config, before connecting.
+    conf = _api_config(tmp_path, f'listen = "0.0.0.0:{_free_port()}"', nats_url=f"nats://127.0.0.1:{_free_port()}")
+    result = ficus("run", "-c", str(conf), timeout=30)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"{conf}: api") and "api.tokens" in line
+
+
+# --- issue 10, item 11: config errors never print secrets -----------------------------------
+
+@pytest.mark.parametrize("value", ["nats://u:s3cret@h:4222,bad", "nats://u:s3cret@h:4222 bad",
+                                   "nats://u:s3cret@h:4222,nats://v:s3cret@ h:1"])
+def test_check_never_prints_an_env_resolved_secret(tmp_path: Path, value: str) -> None:
+    conf = tmp_path / "ficus.toml"
+    conf.write_text("""
+[nats]
+url = "env:FICUS_TEST_NATS_URL"
+[api]
+listen = "env:FICUS_TEST_LISTEN"
+""")
+    import os
+
+    env = {**os.environ, "FICUS_TEST_NATS_URL": value, "FICUS_TEST_LISTEN": "s3cret.example:notaport"}
+    result = ficus("check", "-c", str(conf), env=env)
+    assert result.returncode == 1
+    assert "nats.url" in result.stderr and "api.listen" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout, result.stderr
+
+
+# --- issue 10, item 15: the one-command rollback takes every facility back ----------------
+
+async def test_routes_set_without_facility_takes_every_facility_back(tmp_path: Path) -> None:
+    from legacy.simulated_engine import SimulatedEngine
+    from router.embedded_nats import EmbeddedNats
+    from router.service import Service
+    from tests.conftest import make_config
+    from tests.mllp_client import send_one
+
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    try:
+        async with SimulatedEngine() as engine:
+            cfg = make_config(server.url, [{"name": "his-charges", "mapping": "hl7v2.dft_p03", "route": "legacy",
+                                            "legacy": f"mllp://127.0.0.1:{engine.port}"}])
+            async with Service(cfg) as svc:
+                assert svc.api_url is not None
+                api = svc.api_url
+                port = svc.interfaces["his-charges"].listener.port
+                canary = await asyncio.to_thread(ficus, "routes", "set", "his-charges", "modern", "--facility",
+                                                 "CLINIC07", "--force", "--reason", "canary", "--api", api)
+                assert canary.returncode == 0, canary.stderr
+                assert msa(await send_one(port, simulate.dft(1, facility="CLINIC07")))[0] == "AA"
+                assert engine.received == [], "CLINIC07 is on modern"
+
+                kept = await asyncio.to_thread(ficus, "routes", "set", "his-charges", "legacy", "--keep-facilities",
+                                               "--reason", "keep the canary", "--api", api)
+                assert kept.returncode == 0, kept.stderr
+                assert "CLINIC07" in kept.stdout
+
+                rollback = await asyncio.to_thread(ficus, "routes", "set", "his-charges", "legacy",
+                                                   "--reason", "rollback", "--api", api)
+                assert rollback.returncode == 0, rollback.stderr
+                payload = simulate.dft(2, facility="CLINIC07")
+                assert msa(await send_one(port, payload))[0] == "AA"
+                assert engine.received == [payload], "the rollback took CLINIC07 back to the legacy engine"
+
+                history = await asyncio.to_thread(ficus, "routes", "history", "his-charges", "--api", api)
+                assert history.returncode == 0
+                last = history.stdout.strip().splitlines()[-1]
+                assert "rollback" in last and "cleared facilities CLINIC07=modern" in last
+    finally:
+        await server.stop()
