@@ -45,7 +45,10 @@ logger = logging.getLogger("ficus.mllp")
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_IDLE_TIMEOUT = 120.0
-"""Seconds without traffic before a connection is closed (see the README for the why)."""
+"""Seconds without traffic before a connection is closed. Was 600: with a connection cap,
+an idle peer holds a slot; two minutes outlasts any pause between messages of a busy feed
+(and any ACK wait, since a connection inside its handler is never idle), and MLLP senders
+reconnect by themselves when a quiet connection was closed."""
 DEFAULT_MAX_CONNECTIONS = 128
 DEFAULT_END_GRACE = 0.5
 _REFUSED_LOG_EVERY = 10.0  # seconds between two "connections refused" log lines
@@ -195,7 +198,6 @@ class MllpListener:
             connections_open=len(self._connections),
             junk_bytes=self._stats.junk_bytes + sum(c.decoder.junk_bytes for c in live),
             restarted_frames=self._stats.restarted_frames + sum(c.decoder.restarted_frames for c in live),
-            malformed=self._stats.malformed,
         )
 
     async def start(self) -> None:
