@@ -158,18 +158,26 @@ async def test_stray_start_block_is_not_a_silent_restart(recorder: Recorder) -> 
         await client.close()
 
 
-async def test_final_end_block_waits_for_its_cr_then_for_the_grace(recorder: Recorder) -> None:
-    async with MllpListener("iface", HOST, 0, recorder, end_grace=0.2) as listener:
+async def test_final_end_block_waits_for_its_cr(recorder: Recorder) -> None:
+    async with MllpListener("iface", HOST, 0, recorder, end_grace=60) as listener:
         client = await Client.connect(listener.port)
-        # The <EB> and its <CR> in two writes: one frame, answered once the <CR> comes.
+        # The <EB> and its <CR> in two writes: one frame, answered once the <CR> comes
+        # (long before the grace: the wait below would time out otherwise).
         await client.send_raw(START_BLOCK + msg("1") + END_BLOCK)
         await asyncio.sleep(0.05)
+        assert recorder.payloads == []
         await client.send_raw(CARRIAGE_RETURN)
-        assert await client.replies(1) == [b"ACK:" + msg("1")]
-        # A sender that never sends the <CR>: answered after the grace.
+        assert await client.replies(1, within=20) == [b"ACK:" + msg("1")]
+        assert listener.stats.junk_bytes == 0
+        await client.close()
+
+
+async def test_final_end_block_without_cr_is_answered_after_the_grace(recorder: Recorder) -> None:
+    async with MllpListener("iface", HOST, 0, recorder, end_grace=0.2) as listener:
+        client = await Client.connect(listener.port)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await client.send_raw(START_BLOCK + msg("2") + END_BLOCK)
+        await client.send_raw(START_BLOCK + msg("2") + END_BLOCK)  # a sender that never sends the <CR>
         assert await client.replies(1) == [b"ACK:" + msg("2")]
         assert loop.time() - started >= 0.15
         assert listener.stats.junk_bytes == 0
