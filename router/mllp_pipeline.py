@@ -409,9 +409,14 @@ def _refusal(header: MshHeader, reused: bool) -> str | None:
     if reused:
         # Its events would carry the ids of the first message's and vanish as duplicates.
         return REUSED_CONTROL_ID
-    if len(header.control_id) > MAX_CONTROL_ID:
+    if _too_long(header):
         return TOO_LONG_CONTROL_ID
     return None
+
+
+def _too_long(header: MshHeader) -> bool:
+    # As sent (the field, components and escapes included) and decoded: either may be echoed.
+    return len(header.control_id) > MAX_CONTROL_ID or len(header.control_id_raw) > MAX_CONTROL_ID
 
 
 def _code_like(value: str) -> bool:
@@ -430,16 +435,20 @@ def _echoable(header: MshHeader | None) -> MshHeader | None:
     MSH-18 and a trigger that is not a code left out (they would carry the sender's text)."""
     if header is None:
         return None
-    control_id, charset, trigger = header.control_id, header.charset, header.trigger
-    if (len(control_id) <= MAX_CONTROL_ID and (not charset or codec_for_charset(charset) is not None)
-            and (not trigger or _code_like(trigger))):
+    charset, trigger = header.charset, header.trigger
+    too_long = _too_long(header)
+    known_charset = not charset or codec_for_charset(charset) is not None
+    if not too_long and known_charset and (not trigger or _code_like(trigger)):
         return header  # the usual header: nothing to do
-    return dataclasses.replace(
+    header = dataclasses.replace(
         header,
-        control_id=control_id if len(control_id) <= MAX_CONTROL_ID else bounded_id(control_id),
         charset=charset if codec_for_charset(charset) is not None else "",
         trigger=trigger if _code_like(trigger) else "",
     )
+    if too_long:
+        # No raw field: build_ack then echoes the bounded id, escaped.
+        header = dataclasses.replace(header, control_id=bounded_id(header.control_id), control_id_raw="")
+    return header
 
 
 def _digest(kind: bytes, *parts: str) -> str:
