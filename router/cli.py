@@ -25,6 +25,7 @@ from router.config import (
     load_config,
     redact,
 )
+from router.embedded_nats import EmbeddedNatsError
 
 log = logging.getLogger("ficus")
 
@@ -316,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as exc:
         print(f"ficus: {exc}", file=sys.stderr)
         return 2
+    except EmbeddedNatsError as exc:  # a store in use, a port taken: one line, no traceback
+        print(f"ficus: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

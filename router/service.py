@@ -61,6 +61,7 @@ class Service:
             self.embedded = EmbeddedNats(store_dir, host=emb.host, port=emb.port,
                                          sync_interval=emb.sync_interval)
             servers = [await self.embedded.start()]
+            self.embedded.supervise()  # a server that dies is started again, on the same store and port
         nc = await connect(self.cfg.nats, servers)
         self.store = Store(nc, self.cfg.nats)
         await self.store.ensure()
@@ -130,13 +131,17 @@ class Service:
         await self.stopping.wait()
 
     def ready(self) -> tuple[bool, list[str]]:
-        """Readiness: NATS connected and every interface listening."""
+        """Readiness: the embedded server up, NATS connected and every interface listening."""
         problems = []
+        if self.embedded is not None and self.embedded.problem:
+            problems.append(self.embedded.problem)
         if self.store is None or not self.store.connected:
             problems.append("NATS not connected")
         for name, running in self.interfaces.items():
             if not running.ready():
                 problems.append(f"{name} not running")
+            elif (problem := running.problem()) is not None:
+                problems.append(f"{name}: {problem}")
         return not problems, problems
 
     async def __aenter__(self) -> Service:
