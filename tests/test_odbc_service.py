@@ -239,24 +239,34 @@ async def test_kill_mid_batch_then_restart_publishes_each_row_once(
     rows = 40_000
     await asyncio.to_thread(db.insert_many, rows, 10_000)
     cmd = [sys.executable, "-m", "router.cli", "run", "-c", str(run_config(tmp_path, db, nats_server.url))]
-    first = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=subprocess.PIPE)
-    try:
-        await wait_for(lambda: canonical(nats_server.url), timeout=30, interval=0.01)
-        first.send_signal(signal.SIGKILL)
-        await first.wait()
-    finally:
-        if first.returncode is None:
-            first.kill()
+    # Logs go to files, not unread pipes: a full pipe would block the service mid-run.
+    with (tmp_path / "first.log").open("wb") as errfile:
+        first = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=errfile)
+        try:
+            await wait_for(lambda: canonical(nats_server.url), timeout=120, interval=0.01)
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+        finally:
+            if first.returncode is None:
+                first.kill()
+                await first.wait()
     published = await canonical(nats_server.url)
     assert 0 < published < rows, f"killed mid-run ({published} events)"
 
-    second = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=subprocess.PIPE)
-    try:
-        await wait_for(lambda: _equals(canonical(nats_server.url), rows), timeout=60, interval=0.2)
-        await asyncio.sleep(1.0)
-    finally:
-        second.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(second.communicate(), 30)
+    log = tmp_path / "second.log"
+    with log.open("wb") as errfile:
+        second = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=errfile)
+        try:
+            await wait_for(lambda: _equals(canonical(nats_server.url), rows), timeout=180, interval=0.2)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(second.wait(), 60)
+            finally:
+                if second.returncode is None:
+                    second.kill()
+                    await second.wait()
+    err = log.read_bytes()
     keys, ids = await record_keys(nats_server.url)
     assert len(keys) == len(ids) == rows, err.decode()[-2000:]
     assert set(keys) == set(expected_keys(db, range(1, rows + 1)))
