@@ -367,7 +367,9 @@ def _outcomes(
     for record in records:
         locator = locate(record)
         if record.values is None:
-            error = TranslationError(record.error or locator, control_id=f"{unit}:{record.index}", locator=locator)
+            # The readers say "line N: why"; the reason names the record as `locate` does, once.
+            why = (record.error or "unreadable").removeprefix(f"line {record.line}: ")
+            error = TranslationError(f"{locator}: {why}", control_id=f"{unit}:{record.index}", locator=locator)
             yield FlatOutcome(record.line, record.index, [], error)
             continue
         try:

@@ -14,7 +14,10 @@ the legacy consumer has not taken the previous file yet: by default (``on_confli
 Error tree (``destination`` names the target, ``reason`` a short text, no content):
 
 * :class:`DeliveryUnavailable` -- retry later: destination unreachable or missing,
-  timeout, previous file not consumed yet, size check failed.
+  timeout, size check failed.
+* :class:`DeliveryConflict` (a DeliveryUnavailable) -- this one name is still occupied by
+  a different file the consumer has not taken yet: retry this file later; other names can
+  be delivered meanwhile.
 * :class:`DeliveryError` itself -- give up until an operator acts: permission denied,
   host key rejected, unusable configuration.
 
@@ -57,6 +60,10 @@ class DeliveryError(Exception):
 
 class DeliveryUnavailable(DeliveryError):
     """The destination cannot take the file now: retry later."""
+
+
+class DeliveryConflict(DeliveryUnavailable):
+    """The name still holds a different file (not consumed yet): retry this file later."""
 
 
 class FileDelivery(Protocol):
@@ -132,7 +139,7 @@ class FolderDelivery:
     def _conflict(self, name: str) -> None:
         if self._on_conflict == "wait":
             reason = f"{name} still holds a different file (not consumed yet)"
-            raise DeliveryUnavailable(str(self.directory), reason)
+            raise DeliveryConflict(str(self.directory), reason)
 
 
 def _sha256(path: Path) -> str:
@@ -203,7 +210,7 @@ class SftpDelivery:
             if existing.st_size == size:
                 return final  # delivered before: idempotent (size is all SFTP offers cheaply)
             if self._on_conflict == "wait":
-                raise DeliveryUnavailable(self.destination, f"{name} still holds a different file (not consumed yet)")
+                raise DeliveryConflict(self.destination, f"{name} still holds a different file (not consumed yet)")
         with local_path.open("rb") as source:
             sftp.putfo(source, temp, file_size=size, callback=progress, confirm=True)  # confirm: size checked
         try:

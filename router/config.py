@@ -307,6 +307,9 @@ class FileInterfaceBase(InterfaceBase):
     legacy_sftp: SftpConfig | None = None
     dedupe_content: bool = True
     spool_dir: str | None = None
+    # A file that cannot be processed (unreadable, legacy name occupied) is retried alone for
+    # this long, then dead-lettered; the files behind it flow meanwhile.
+    stuck_after_seconds: float = Field(default=3600, gt=0)
 
     @field_validator("legacy")
     @classmethod

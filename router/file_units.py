@@ -45,7 +45,8 @@ def file_units(
         for i, result in enumerate(translate_835(stream, ctx, source_name=name)):
             events = list(result.events) if result.error is None and result.events is not None else []
             unit = Unit(i, f"ST {result.st_control or '?'}", events, result.error, st_control=result.st_control)
-            yield _enriched(unit, reference)
+            # 835 reasons say "ST 0001 of x.835: ..." or "x.835: ..." themselves.
+            yield _enriched(unit, reference, f"ST {result.st_control or '?'} of {name}")
         return
     assert flat is not None
 
@@ -54,15 +55,19 @@ def file_units(
 
     try:
         for outcome in translate_flat(stream, flat, ctx, unit=sha256, locate=locate):
-            unit = Unit(outcome.index, f"{name} line {outcome.line}", outcome.events, outcome.error,
-                        line=outcome.line)
-            yield _enriched(unit, reference)
+            where = f"{name} line {outcome.line}"
+            yield _enriched(Unit(outcome.index, where, outcome.events, outcome.error, line=outcome.line),
+                            reference, where)
     except LayoutError as exc:
         yield Unit(0, "file", [], TranslationError(f"{name}: {exc.reason}", control_id="", locator="file"))
 
 
-def _enriched(unit: Unit, reference: ReferenceData | None) -> Unit:
-    """The unit with ERP fields from the reference tables; an unmapped value puts it in error."""
+def _enriched(unit: Unit, reference: ReferenceData | None, where: str) -> Unit:
+    """The unit with ERP fields from the reference tables; an unmapped value puts it in error.
+
+    Every error reason names the file and the record once: the translators' reasons start
+    with ``where`` already ("x.csv line 4: ..."); the enrichment's do not, so they get it.
+    """
     if unit.error is not None:
         return Unit(unit.index, unit.locator, [], unit.error, unit.line, unit.st_control)
     if reference is None:
@@ -70,6 +75,9 @@ def _enriched(unit: Unit, reference: ReferenceData | None) -> Unit:
     try:
         return Unit(unit.index, unit.locator, enrich(unit.events, reference), None, unit.line, unit.st_control)
     except TranslationError as exc:
+        if not exc.reason.startswith(where):
+            exc.reason = f"{where}: {exc.reason}"
+            exc.args = (exc.reason,)
         return Unit(unit.index, unit.locator, [], exc, unit.line, unit.st_control)
 
 

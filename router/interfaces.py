@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ class RunningInterface:
     finish: Callable[[], Awaitable[None]] = _nothing
     details: Callable[[], dict[str, Any]] = dict
     ready: Callable[[], bool] = lambda: True
+    problem: Callable[[], str | None] = lambda: None
+    """Why a running interface is not ready (crash-looping, a file set aside), else None."""
     listener: MllpListener | None = None
     pipeline: MllpPipeline | FilePipeline | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -141,10 +144,13 @@ class _Runner(Protocol):
 def _polling(
     cfg: FileInterfaceConfig | OdbcInterfaceConfig, stats: InterfaceStats, runner: _Runner,
     close: Callable[[], Awaitable[None]], address: str, details: Callable[[], dict[str, Any]],
+    problem: Callable[[], str | None] = lambda: None,
 ) -> RunningInterface:
     """A polling interface: one task running `runner.run(stopping)`; shutdown lets its unit finish."""
     stopping = asyncio.Event()
-    task = asyncio.create_task(_supervised(cfg.name, stats, runner, stopping), name=f"{cfg.kind}-{cfg.name}")
+    supervision = Supervision()
+    task = asyncio.create_task(_supervised(cfg.name, stats, runner, stopping, supervision),
+                               name=f"{cfg.kind}-{cfg.name}")
 
     async def stop_intake() -> None:
         stopping.set()
@@ -159,24 +165,58 @@ def _polling(
         await close()
 
     return RunningInterface(cfg, stats, address=lambda: address, stop_intake=stop_intake, finish=finish,
-                            details=details, tasks=[task], ready=lambda: not task.done())
+                            details=details, tasks=[task], ready=lambda: not task.done(),
+                            problem=lambda: supervision.problem() or problem())
 
 
-async def _supervised(name: str, stats: InterfaceStats, runner: _Runner, stopping: asyncio.Event) -> None:
+HEALTHY_SECONDS = 60.0
+"""A pipeline run that lasted this long before crashing was healthy: the backoff starts over."""
+
+
+@dataclass
+class Supervision:
+    """A supervised pipeline's crash state, for readiness."""
+
+    crashes: int = 0
+    """Crashes in a row (runs shorter than HEALTHY_SECONDS)."""
+    last_error: str = ""
+    restarted_at: float = 0.0
+
+    def problem(self, healthy_seconds: float = HEALTHY_SECONDS) -> str | None:
+        """Crash-looping: crashed, and not yet running well for `healthy_seconds` since."""
+        if not self.crashes or time.monotonic() - self.restarted_at >= healthy_seconds:
+            return None
+        return f"pipeline crash-looping ({self.crashes} crash(es) in a row, last {self.last_error})"
+
+
+async def _supervised(
+    name: str, stats: InterfaceStats, runner: _Runner, stopping: asyncio.Event,
+    supervision: Supervision | None = None, *, healthy_seconds: float = HEALTHY_SECONDS,
+) -> None:
     """Runs a polling pipeline; an unexpected crash is logged, counted and restarted after a pause.
 
-    Nothing is lost by a restart: each pipeline resumes from its stored checkpoint or manifest.
+    The pause doubles with each crash in a row, up to 60 s, and starts over at 1 s after a run
+    that lasted `healthy_seconds`. Nothing is lost by a restart: each pipeline resumes from its
+    stored checkpoint or manifest.
     """
+    state = supervision if supervision is not None else Supervision()
     delay = 1.0
     while not stopping.is_set():
+        started = time.monotonic()
         try:
             await runner.run(stopping)
             return
         except Exception as exc:  # a supervisor: logged, counted, restarted
+            if time.monotonic() - started >= healthy_seconds:
+                delay, state.crashes = 1.0, 0  # it ran well before this crash: not a loop
+            state.crashes += 1
+            state.last_error = type(exc).__name__
             stats.error(f"pipeline crashed: {type(exc).__name__}; restarting in {delay:g}s")
             log.exception("%s: pipeline crashed; restarting in %gs", name, delay)
+        state.restarted_at = float("inf")  # not ready while waiting to restart
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
+        state.restarted_at = time.monotonic()
         delay = min(delay * 2, 60.0)
 
 
@@ -190,8 +230,8 @@ async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:
     objects = await deps.store.object_store(names.OBJ_RAW_FILES)
     pipeline = FilePipeline(cfg, deps.store, deps.routes, source, _delivery(cfg), stats, manifest, objects,
                             spool, reference=deps.reference)
-    running = _polling(cfg, stats, pipeline, source.close, f"{cfg.kind}:{cfg.path}",
-                       lambda: {"busy_file": pipeline.busy_file})
+    running = _polling(cfg, stats, pipeline, source.close, f"{cfg.kind}:{cfg.path}", pipeline.details,
+                       pipeline.problem)
     running.pipeline = pipeline
     return running
 

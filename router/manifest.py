@@ -20,6 +20,8 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 State = Literal["processing", "done", "duplicate", "failed"]
+"""`failed`: set aside too long and dead-lettered; a file of that name, size and mtime is left
+alone (touch or rename it to have it taken again, from its resume point if it was read)."""
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Manifest:
         return await self.get(content_key(interface, sha256))
 
     async def record(self, entry: FileEntry) -> None:
-        """Writes both keys of an entry."""
-        await self.put(content_key(entry.interface, entry.sha256), entry)
+        """Writes both keys of an entry (only the name key of a file never read: no content)."""
+        if entry.sha256:
+            await self.put(content_key(entry.interface, entry.sha256), entry)
         await self.put(name_key(entry.interface, entry.name, entry.size, entry.mtime), entry)

@@ -121,3 +121,26 @@ async def test_file_written_slowly_is_not_read_before_complete(
         await wait_for(lambda: stats.acked == 1, timeout=20)
         assert stats.dead_lettered == 0
         assert stats.published == records(BILLING)
+
+
+async def test_dead_letter_reason_names_file_and_line_once(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    lines = BILLING.read_text().splitlines()
+    lines[3] = ",".join(lines[3].split(",")[:3])  # the record on line 4 lost its other columns
+    lines[5] = lines[5].replace(lines[5].split(",")[9], "12x.50")  # a bad AMOUNT on line 6
+    (tmp_path / "x.csv").write_text("\r\n".join(lines) + "\r\n")
+    cfg = make_config(nats_server.url, [folder_iface(tmp_path, route="modern", legacy=None)],
+                      state_dir=str(tmp_path / "state"))
+    async with service_factory(cfg) as svc:
+        stats = svc.interfaces["billing"].stats
+        (tmp_path / "x.csv").rename(tmp_path / "in" / "x.csv")
+        await wait_for(lambda: stats.acked == 1, timeout=20)
+    letters = await read_subject(nats_server.url, names.STREAM_DLQ, names.dlq_subject("billing"))
+    by_unit = {letter["unit"]: letter for letter in letters}
+    assert set(by_unit) == {"x.csv line 4", "x.csv line 6"}
+    assert by_unit["x.csv line 4"]["reason"] == "x.csv line 4: 3 columns, expected 12"
+    assert by_unit["x.csv line 4"]["locator"] == "x.csv line 4"
+    amount = by_unit["x.csv line 6"]
+    assert amount["reason"].startswith("x.csv line 6: ") and amount["reason"].count("x.csv") == 1
+    assert amount["reason"].count("line 6") == 1

@@ -49,7 +49,11 @@ async def test_startup_scan_finds_files_that_arrived_while_down(make_watcher: Ma
     (watcher.directory / "notes.txt").write_bytes(b"x")
     refs = await watcher.scan()
     assert [r.name for r in refs] == ["a.hl7", "b.hl7"]
-    assert await watcher.fetch(refs[0], Path("/nonexistent-spool")) == watcher.directory / "a.hl7"
+    spool = watcher.directory.parent / "spool"
+    spool.mkdir()
+    copy = await watcher.fetch(refs[0], spool)  # a snapshot in the spool, never the file itself
+    assert copy == spool / "a.hl7" and copy.read_bytes() == b"a"
+    assert (watcher.directory / "a.hl7").read_bytes() == b"a"
 
 
 async def test_file_written_slowly_is_not_returned_before_complete(make_watcher: MakeWatcher) -> None:

@@ -11,13 +11,22 @@ A source is used in a loop by the router::
 
 ``scan`` returns every complete file present that was not finished by this source object
 (in-memory; after a restart the router's manifest decides what was already stored). A file
-is identified by ``FileRef`` (name, size, mtime): a file rewritten under the same name has a
-new ref and is a new file.
+is identified by ``FileRef`` (name, size, mtime, and device and inode where the source has
+them): a file rewritten or replaced under the same name has a new ref and is a new file.
+
+One snapshot per file: ``fetch`` copies the listed file into the spool and checks, before and
+after the copy, that what it read is still the listed file; everything after that (hash,
+raw archive, translation, legacy delivery) reads only the spool copy. ``finish`` checks the
+file in the source directory again and moves or deletes it only if it is still the file
+that was snapshotted; a file replaced, grown or rewritten meanwhile is left in place
+(:class:`FileChanged`) and ``scan`` returns it again as a new file.
 
 Error tree (``source`` is the source's name, ``reason`` a short text, never file content):
 
 * :class:`SourceUnavailable` -- retry later: connection refused or lost, timeout,
   authentication failing, the file changed while it was fetched (:class:`FileChanged`).
+* :class:`FileUnavailable` -- this one file cannot be read now (permission denied, I/O
+  error); the others can: set it aside and retry it on its own schedule.
 * :class:`HostKeyRejected` -- give up: the server's host key is unknown or changed.
 * :class:`FileSourceError` itself -- give up: a configuration problem (key file unreadable,
   archive on another filesystem), or a file that cannot be moved or deleted.
@@ -29,6 +38,7 @@ legacy delivery gets :func:`wrappers.sftp_poller.open_sftp` injected) can still 
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +57,36 @@ class FileRef:
     size: int
     mtime: float
     """Seconds since the epoch, as the filesystem or server reports it (SFTP: whole seconds)."""
+    dev: int = 0
+    """Device of the file (local sources; 0 where the source has no inodes, as SFTP)."""
+    ino: int = 0
+    """Inode of the file (local sources; 0 where the source has no inodes, as SFTP)."""
+
+
+CLAIM_SUFFIX = ".ficus-claim"
+"""A file being finished is first renamed to ``.<name>.ficus-claim`` (a dot file, never
+scanned), checked, then archived or deleted; a claim left by a crash is put back by ``scan``."""
+
+
+def claim_name(name: str) -> str:
+    """The private name a file is renamed to while it is checked before archive or delete."""
+    return f".{name}{CLAIM_SUFFIX}"
+
+
+def claimed_original(name: str) -> str | None:
+    """The original name of a claim file, or None if ``name`` is no claim."""
+    if name.startswith(".") and name.endswith(CLAIM_SUFFIX) and len(name) > len(CLAIM_SUFFIX) + 1:
+        return name[1:-len(CLAIM_SUFFIX)]
+    return None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def printable(name: str) -> str:
+    """A file name safe for logs and reasons: control characters (a newline forging a log
+    line) and backslashes escaped as ``\\xNN``/``\\\\``, so distinct names stay distinct."""
+    return _CONTROL.sub(lambda m: "\\\\" if m.group() == "\\" else f"\\x{ord(m.group()):02x}", name)
 
 
 def archive_names(name: str) -> Iterator[str]:
@@ -80,7 +120,14 @@ class SourceUnavailable(FileSourceError):
 
 
 class FileChanged(SourceUnavailable):
-    """The file changed between listing and fetch (still being written): scan again."""
+    """The file is no longer the one listed or snapshotted (still being written, replaced):
+    scan again; from ``finish`` it means the file was left in place as a new file."""
+
+
+class FileUnavailable(FileSourceError):
+    """This one file cannot be read (permission denied, I/O error): retry it later, alone."""
+
+    retryable = True
 
 
 class HostKeyRejected(FileSourceError):
@@ -106,12 +153,12 @@ class FileSource(Protocol):
         ...
 
     async def fetch(self, ref: FileRef, spool_dir: Path) -> Path:
-        """A local path holding exactly the bytes of ``ref``.
+        """A copy in ``spool_dir`` holding exactly the bytes of ``ref`` (the snapshot).
 
-        A local source returns the file itself (no copy); a remote one downloads into
-        ``spool_dir`` under a temp name and renames when complete and of the listed size.
-        The caller owns files it gets in ``spool_dir``. Raises :class:`FileChanged` when
-        the file is no longer the one listed.
+        Written under a temp name and renamed when complete, of the listed size, and the
+        file was the listed one before and after the copy. The caller owns the copy.
+        Raises :class:`FileChanged` when the file is no longer the one listed,
+        :class:`FileUnavailable` when it cannot be read.
         """
         ...
 
@@ -119,8 +166,11 @@ class FileSource(Protocol):
         """Archive, delete or leave the file (and its marker) once its events are stored.
 
         ``archive_dir`` (required for "archive") is relative to the watched directory or
-        absolute. "leave" modifies nothing. On failure raises :class:`FileSourceError`
-        naming the file; the file is still never returned by ``scan`` again.
+        absolute. "leave" modifies nothing. When the file in the directory is no longer the
+        one of ``ref`` (replaced, grown, rewritten) nothing is moved or deleted and
+        :class:`FileChanged` is raised: ``scan`` returns the file again as a new one. On
+        other failures raises :class:`FileSourceError` naming the file; the file (as of
+        ``ref``) is still never returned by ``scan`` again.
         """
         ...
 

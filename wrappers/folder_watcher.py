@@ -6,9 +6,30 @@ coalesced event (inotify overflow, network filesystems without events) costs at 
 poll interval. The first :meth:`~FolderWatcher.scan` finds the files that arrived while
 Ficus was down.
 
-``fetch`` returns the file itself (no copy). ``finish`` archives by an atomic rename into
-``archive_dir`` (same filesystem, created if missing) or deletes; with "leave" (the legacy
-consumer reads this directory itself) nothing here ever modifies the directory.
+One snapshot per file. ``fetch`` opens the file once (no symlinks, never blocking on a FIFO
+swapped in), checks the open descriptor's identity -- device, inode, size, mtime --
+against the listing, copies it into the spool, and checks the descriptor again: a file
+written to during the copy is :class:`FileChanged` and scanned again later. Everything
+after that reads the spool copy only.
+
+``finish`` archives by an atomic rename into ``archive_dir`` (same filesystem, created if
+missing) or deletes; with "leave" (the legacy consumer reads this directory itself)
+nothing here ever modifies the directory. Before a move or delete the file must still be
+the snapshot. Checking and then renaming leaves a window in which a writer can rename a
+new file over the name, so the check is made after a rename that claims the file instead:
+
+1. ``lstat`` the name; not the snapshot -> leave it (cheap, the common case of a change).
+2. rename it to ``.<name>.ficus-claim`` (a dot file: never scanned), then ``lstat`` that.
+3. the snapshot (same device, inode, size, mtime) -> archive (rename into the archive
+   dir) or delete it; the rename in step 2 moved exactly this inode, so nothing else can
+   be lost.
+4. anything else (a file renamed over the name, or the same inode grown in the window)
+   -> put it back under its name with ``link`` + ``unlink``, which never replaces a file
+   that appeared there meanwhile (then it goes back under the first free ``a.1.csv``
+   name), and report :class:`FileChanged`: the file is taken again as a new unit.
+
+A crash between 2 and 3/4 leaves a claim file; ``scan`` puts every claim back the same way,
+so the file is seen again (the manifest knows a file that was already done).
 """
 
 from __future__ import annotations
@@ -27,9 +48,22 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from wrappers.completeness import CompletenessRule, CompletenessTracker
-from wrappers.file_source import FileChanged, FileRef, FileSourceError, FinishAction, SourceUnavailable, archive_names
+from wrappers.file_source import (
+    FileChanged,
+    FileRef,
+    FileSourceError,
+    FileUnavailable,
+    FinishAction,
+    SourceUnavailable,
+    archive_names,
+    claim_name,
+    claimed_original,
+    printable,
+)
 
 logger = logging.getLogger("ficus.folder")
+_CHUNK = 1 << 20
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class _Wake(FileSystemEventHandler):
@@ -72,52 +106,151 @@ class FolderWatcher:
         self._changed.clear()  # before listing: an event during the listing wakes the next wait
         try:
             listing = await asyncio.to_thread(_list, self.directory)
+            claims = [ref.name for ref in listing if claimed_original(ref.name) is not None]
+            if claims:  # left by a crash while finishing: put back, seen again below
+                await asyncio.to_thread(self._restore_claims, claims)
+                listing = await asyncio.to_thread(_list, self.directory)
         except OSError as exc:
             reason = f"cannot list {self.directory} ({type(exc).__name__}: {exc.strerror})"
             raise SourceUnavailable(self.name, reason) from exc
         return self._tracker.observe(listing)
 
     async def fetch(self, ref: FileRef, spool_dir: Path) -> Path:
-        """The file itself, after checking it is still the one listed (``spool_dir`` unused)."""
-        path = self.directory / ref.name
+        """Copy the file into ``spool_dir`` (the snapshot), checked against the listing."""
+        return await asyncio.to_thread(self._snapshot, ref, spool_dir)
+
+    def _snapshot(self, ref: FileRef, spool_dir: Path) -> Path:
+        """Worker thread: open once, check identity, copy, check identity again."""
+        shown = printable(ref.name)
         try:
-            st = await asyncio.to_thread(path.stat)
+            fd = os.open(self.directory / ref.name, _OPEN_FLAGS)
         except FileNotFoundError as exc:
-            raise FileChanged(self.name, f"{ref.name} vanished") from exc
+            raise FileChanged(self.name, f"{shown} vanished") from exc
         except OSError as exc:
-            raise SourceUnavailable(self.name, f"cannot stat {ref.name} ({type(exc).__name__})") from exc
-        if st.st_size != ref.size or st.st_mtime != ref.mtime:
-            raise FileChanged(self.name, f"{ref.name} changed since it was listed")
-        return path
+            if exc.errno == errno.ELOOP:  # a symlink now: not the regular file listed
+                raise FileChanged(self.name, f"{shown} is no longer a regular file") from exc
+            raise FileUnavailable(self.name, f"cannot open {shown} ({type(exc).__name__}: {exc.strerror})") from exc
+        final = spool_dir / ref.name
+        temp = spool_dir / f".{ref.name}.ficus-tmp"
+        try:
+            before = os.fstat(fd)
+            if not _is(before, ref):
+                raise FileChanged(self.name, f"{shown} changed since it was listed")
+            copied = self._copy(fd, temp, shown)
+            after = os.fstat(fd)
+            if copied != ref.size or not _is(after, ref):
+                raise FileChanged(self.name, f"{shown} changed while it was copied")
+            os.replace(temp, final)
+        except OSError as exc:  # the spool (full disk, removed): no file can be taken now
+            raise SourceUnavailable(self.name, f"cannot copy {shown} to the spool ({type(exc).__name__})") from exc
+        finally:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+        return final
+
+    def _copy(self, fd: int, temp: Path, shown: str) -> int:
+        """Worker thread: the whole open file into ``temp``; read errors are the file's own."""
+        copied = 0
+        with temp.open("wb") as out:
+            while True:
+                try:
+                    chunk = os.read(fd, _CHUNK)
+                except OSError as exc:
+                    reason = f"cannot read {shown} ({type(exc).__name__}: {exc.strerror})"
+                    raise FileUnavailable(self.name, reason) from exc
+                if not chunk:
+                    return copied
+                out.write(chunk)
+                copied += len(chunk)
 
     async def finish(self, ref: FileRef, action: FinishAction, archive_dir: str | None) -> None:
-        """Archive (rename) or delete the file and its marker, marker first; "leave" touches nothing."""
+        """Archive (rename) or delete the file and its marker if it is still the snapshot.
+
+        "leave" touches nothing. A file that is no longer the snapshot stays where it is
+        (:class:`FileChanged`); see the module docstring for how the check is made race-free.
+        """
         try:
-            if action == "leave":
-                return
             if action == "archive" and archive_dir is None:
-                raise FileSourceError(self.name, f"cannot archive {ref.name}: no archive_dir configured")
-            marker = self._tracker.marker_of(ref.name)
-            for name in [*([marker] if marker is not None else []), ref.name]:
-                await asyncio.to_thread(self._finish_one, name, action, archive_dir)
+                raise FileSourceError(self.name, f"cannot archive {printable(ref.name)}: no archive_dir configured")
+            await asyncio.to_thread(self._finish, ref, action, archive_dir)
         finally:
             self._tracker.mark_finished(ref)  # even on failure: never emitted twice by us
 
-    def _finish_one(self, name: str, action: FinishAction, archive_dir: str | None) -> None:
-        """Worker thread: rename into the archive (never overwriting) or unlink."""
-        path = self.directory / name
+    def _finish(self, ref: FileRef, action: FinishAction, archive_dir: str | None) -> None:
+        """Worker thread: check, claim, check again, then archive or delete (marker first)."""
+        path = self.directory / ref.name
+        changed = FileChanged(self.name, f"{printable(ref.name)} changed under Ficus; left in place as a new file")
+        if not _is(_lstat(path), ref):
+            raise changed
+        if action == "leave":
+            return
+        claimed = self.directory / claim_name(ref.name)
+        self._do(f"claim {printable(ref.name)}", lambda: os.rename(path, claimed))
+        if not _is(_lstat(claimed), ref):
+            back = self._put_back(claimed, ref.name)
+            if back != ref.name:
+                logger.warning("folder %s: a new file arrived as %s while %s was finished; kept as %s",
+                               self.name, printable(ref.name), printable(ref.name), printable(back))
+            raise changed
+        marker = self._tracker.marker_of(ref.name)
         try:
-            if action == "delete":
-                path.unlink()
-                return
-            target_dir = self.directory / (archive_dir or "")
+            if marker is not None and (self.directory / marker).exists():
+                self._finish_one(self.directory / marker, marker, action, archive_dir)
+            self._finish_one(claimed, ref.name, action, archive_dir)
+        except FileSourceError:
+            self._put_back(claimed, ref.name)  # not moved: visible again under its name
+            raise
+
+    def _finish_one(self, path: Path, name: str, action: FinishAction, archive_dir: str | None) -> None:
+        """Worker thread: rename into the archive as ``name`` (never overwriting) or unlink."""
+        what = "delete" if action == "delete" else f"archive into {archive_dir}"
+        if action == "delete":
+            self._do(f"{what} {printable(name)}", path.unlink)
+            return
+        target_dir = self.directory / (archive_dir or "")
+
+        def archive() -> None:
             target_dir.mkdir(parents=True, exist_ok=True)
             target = next(target_dir / n for n in archive_names(name) if not (target_dir / n).exists())
             os.rename(path, target)
+
+        self._do(f"{what} {printable(name)}", archive)
+
+    def _do(self, what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
         except OSError as exc:
-            what = "delete" if action == "delete" else f"archive into {archive_dir}"
             hint = " (archive_dir must be on the same filesystem)" if exc.errno == errno.EXDEV else ""
-            raise FileSourceError(self.name, f"cannot {what} {name}: {exc.strerror}{hint}") from exc
+            raise FileSourceError(self.name, f"cannot {what}: {exc.strerror}{hint}") from exc
+
+    def _put_back(self, claimed: Path, name: str) -> str:
+        """Worker thread: ``claimed`` back under ``name``, or the first free ``a.1.csv`` name.
+
+        ``link`` fails if the name exists, so a file that appeared there is never replaced.
+        """
+        for candidate in archive_names(name):
+            target = self.directory / candidate
+            try:
+                os.link(claimed, target, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links here (some network filesystems): check, then rename
+                if target.exists() or target.is_symlink():
+                    continue
+                self._do(f"put back {printable(name)}", lambda: os.rename(claimed, target))  # noqa: B023
+                return candidate
+            self._do(f"put back {printable(name)}", claimed.unlink)
+            return candidate
+        raise AssertionError("archive_names is endless")
+
+    def _restore_claims(self, claims: list[str]) -> None:
+        """Worker thread: claims left by a crash go back under their names."""
+        for claim in claims:
+            name = claimed_original(claim)
+            assert name is not None
+            back = self._put_back(self.directory / claim, name)
+            logger.warning("folder %s: %s was being finished when Ficus stopped; put back as %s",
+                           self.name, printable(name), printable(back))
 
     async def wait(self) -> None:
         """Until a filesystem event, the poll interval, or a settling file may be stable."""
@@ -162,5 +295,20 @@ def _list(directory: Path) -> list[FileRef]:
             except FileNotFoundError:
                 continue  # removed between listing and stat
             if stat.S_ISREG(st.st_mode):
-                refs.append(FileRef(entry.name, st.st_size, st.st_mtime))
+                refs.append(FileRef(entry.name, st.st_size, st.st_mtime, st.st_dev, st.st_ino))
     return refs
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _is(st: os.stat_result | None, ref: FileRef) -> bool:
+    """Whether ``st`` is the file of ``ref``: a regular file, same device, inode, size, mtime."""
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return False
+    same_inode = ref.ino == 0 or (st.st_dev, st.st_ino) == (ref.dev, ref.ino)
+    return same_inode and st.st_size == ref.size and st.st_mtime == ref.mtime

@@ -9,6 +9,16 @@ backoff after failed connects.
 Host keys are checked against a pinned known_hosts file only (RejectPolicy semantics): an
 unknown or changed key raises :class:`HostKeyRejected` naming the host and fingerprint.
 
+One snapshot per file, as for folders, with size and mtime as the identity (SFTP has no
+inodes): the file is stat'ed before and after the download into the spool, and a file
+whose size or mtime moved is :class:`FileChanged` (scanned again). ``finish`` renames the
+file to ``.<name>.ficus-claim`` first and stat's the claim: only if it still has the
+snapshot's size and mtime is it archived or removed; otherwise it is renamed back (plain
+SFTP rename, which never replaces an existing file; else under the first free
+``a.1.csv`` name) and reported as :class:`FileChanged`, to be taken again as a new file.
+A rewrite to the same size within the same second of mtime cannot be told from the
+snapshot over SFTP. Claims left by a crash are put back by ``scan``.
+
 Nothing here logs file content: only names, sizes and exception type names.
 """
 
@@ -35,10 +45,14 @@ from wrappers.file_source import (
     FileChanged,
     FileRef,
     FileSourceError,
+    FileUnavailable,
     FinishAction,
     HostKeyRejected,
     SourceUnavailable,
     archive_names,
+    claim_name,
+    claimed_original,
+    printable,
 )
 
 logger = logging.getLogger("ficus.sftp")
@@ -221,6 +235,10 @@ class SftpPoller:
             sftp = await self._client()
             try:
                 attrs = await self._call(lambda _: sftp.listdir_attr(self.settings.remote_dir))
+                claims = [a.filename for a in attrs if claimed_original(a.filename) is not None]
+                if claims:  # left by a crash while finishing: put back, seen again below
+                    await self._call(lambda _: self._restore_claims(sftp, claims))
+                    attrs = await self._call(lambda _: sftp.listdir_attr(self.settings.remote_dir))
             except OSError as exc:
                 reason = f"cannot list {self.settings.remote_dir} ({type(exc).__name__}: {exc})"
                 raise SourceUnavailable(self.name, reason) from exc
@@ -232,32 +250,36 @@ class SftpPoller:
         return self._tracker.observe(listing)
 
     async def fetch(self, ref: FileRef, spool_dir: Path) -> Path:
-        """Download into ``spool_dir``: a temp name, size checked, then renamed to ``ref.name``."""
+        """Download into ``spool_dir``: a temp name, size checked, then renamed to ``ref.name``.
+
+        The remote file is stat'ed before and after the download; a change is FileChanged.
+        """
         final = spool_dir / ref.name
         temp = spool_dir / f".{ref.name}.ficus-tmp"
         remote = posixpath.join(self.settings.remote_dir, ref.name)
+        shown = printable(ref.name)
         async with self._lock:
             sftp = await self._client()
             try:
                 received = await self._call(lambda progress: self._download(sftp, remote, ref, temp, progress))
                 if received != ref.size or temp.stat().st_size != ref.size:
-                    raise FileChanged(self.name, f"{ref.name}: got {received} bytes, listed {ref.size}")
+                    raise FileChanged(self.name, f"{shown}: got {received} bytes, listed {ref.size}")
+                if not self._is(await self._call(lambda _: _stat(sftp, remote)), ref):
+                    raise FileChanged(self.name, f"{shown} changed while it was downloaded")
                 os.replace(temp, final)
+            except PermissionError as exc:
+                raise FileUnavailable(self.name, f"cannot read {shown} (PermissionError)") from exc
             except OSError as exc:
-                raise SourceUnavailable(self.name, f"download of {ref.name} failed ({type(exc).__name__})") from exc
+                raise SourceUnavailable(self.name, f"download of {shown} failed ({type(exc).__name__})") from exc
             finally:
                 temp.unlink(missing_ok=True)
-        logger.info("sftp %s: fetched %s (%d bytes)", self.name, ref.name, ref.size)
+        logger.info("sftp %s: fetched %s (%d bytes)", self.name, shown, ref.size)
         return final
 
     def _download(self, sftp: Any, remote: str, ref: FileRef, temp: Path, progress: Progress) -> int:
         """Worker thread: check the file is the listed one, then getfo into ``temp``."""
-        try:
-            attrs = sftp.stat(remote)
-        except FileNotFoundError as exc:
-            raise FileChanged(self.name, f"{ref.name} vanished before download") from exc
-        if attrs.st_size != ref.size or float(attrs.st_mtime or 0) != ref.mtime:
-            raise FileChanged(self.name, f"{ref.name} changed since it was listed")
+        if not self._is(_stat(sftp, remote), ref):
+            raise FileChanged(self.name, f"{printable(ref.name)} changed since it was listed")
         with temp.open("wb") as out:
             received: int = sftp.getfo(
                 remote,
@@ -270,33 +292,91 @@ class SftpPoller:
             os.fsync(out.fileno())
         return received
 
+    @staticmethod
+    def _is(attrs: Any, ref: FileRef) -> bool:
+        """Whether remote ``attrs`` are the snapshot's: a regular file of the same size and mtime."""
+        if attrs is None or attrs.st_mode is None or not stat.S_ISREG(attrs.st_mode):
+            return False
+        return int(attrs.st_size or 0) == ref.size and float(attrs.st_mtime or 0) == ref.mtime
+
     async def finish(self, ref: FileRef, action: FinishAction, archive_dir: str | None) -> None:
-        """Rename into ``archive_dir`` (created if missing) or remove; marker first, then file."""
+        """Archive or remove the file (marker first) if it is still the snapshot; see the module doc."""
+        shown = printable(ref.name)
         try:
-            if action == "leave":
-                return
             if action == "archive" and archive_dir is None:
-                raise FileSourceError(self.name, f"cannot archive {ref.name}: no archive_dir configured")
-            names = [marker for marker in [self._tracker.marker_of(ref.name)] if marker is not None]
-            names.append(ref.name)
+                raise FileSourceError(self.name, f"cannot archive {shown}: no archive_dir configured")
+            remote = posixpath.join(self.settings.remote_dir, ref.name)
+            claimed = posixpath.join(self.settings.remote_dir, claim_name(ref.name))
+            changed = FileChanged(self.name, f"{shown} changed under Ficus; left in place as a new file")
             async with self._lock:
                 sftp = await self._client()
-                for name in names:
-                    await self._finish_one(sftp, name, action, archive_dir)
+                if not self._is(await self._call(lambda _: _stat(sftp, remote)), ref):
+                    raise changed
+                if action == "leave":
+                    return
+                await self._op(f"claim {shown}", lambda _: sftp.rename(remote, claimed))
+                if not self._is(await self._call(lambda _: _stat(sftp, claimed)), ref):
+                    await self._op(f"put back {shown}", lambda _: self._put_back(sftp, claimed, ref.name))
+                    raise changed
+                marker = self._tracker.marker_of(ref.name)
+                try:
+                    if marker is not None:
+                        marker_path = posixpath.join(self.settings.remote_dir, marker)
+                        if await self._call(lambda _: _stat(sftp, marker_path)) is not None:
+                            await self._finish_one(sftp, marker_path, marker, action, archive_dir)
+                    await self._finish_one(sftp, claimed, ref.name, action, archive_dir)
+                except FileSourceError:
+                    await self._op(f"put back {shown}", lambda _: self._put_back(sftp, claimed, ref.name))
+                    raise
         finally:
             self._tracker.mark_finished(ref)  # even on failure: never emitted twice by us
 
-    async def _finish_one(self, sftp: Any, name: str, action: FinishAction, archive_dir: str | None) -> None:
-        remote = posixpath.join(self.settings.remote_dir, name)
+    async def _finish_one(
+        self, sftp: Any, remote: str, name: str, action: FinishAction, archive_dir: str | None
+    ) -> None:
+        """Remove ``remote`` or rename it into the archive as ``name`` (never overwriting)."""
+        if action == "delete":
+            await self._op(f"delete {printable(name)}", lambda _: sftp.remove(remote))
+        else:
+            target_dir = posixpath.join(self.settings.remote_dir, archive_dir or "")
+            await self._op(f"archive {printable(name)} into {archive_dir}",
+                           lambda _: _archive(sftp, remote, target_dir, name))
+
+    async def _op(self, what: str, fn: Callable[[Progress], object]) -> None:
         try:
-            if action == "delete":
-                await self._call(lambda _: sftp.remove(remote))
-            else:
-                target_dir = posixpath.join(self.settings.remote_dir, archive_dir or "")
-                await self._call(lambda _: _archive(sftp, remote, target_dir))
+            await self._call(fn)
         except OSError as exc:
-            what = "delete" if action == "delete" else f"archive into {archive_dir}"
-            raise FileSourceError(self.name, f"cannot {what} {name} ({type(exc).__name__}: {exc})") from exc
+            raise FileSourceError(self.name, f"cannot {what} ({type(exc).__name__}: {exc})") from exc
+
+    def _put_back(self, sftp: Any, claimed: str, name: str) -> str:
+        """Worker thread: the claim back under ``name``, or the first free ``a.1.csv`` name.
+
+        Plain SFTP rename fails when the target exists: a file that appeared is never replaced.
+        """
+        for candidate in archive_names(name):
+            target = posixpath.join(self.settings.remote_dir, candidate)
+            if _stat(sftp, target) is not None:
+                continue
+            try:
+                sftp.rename(claimed, target)
+            except OSError:
+                if _stat(sftp, target) is not None:
+                    continue  # appeared meanwhile: try the next name
+                raise
+            if candidate != name:
+                logger.warning("sftp %s: a new file arrived as %s while it was finished; kept as %s",
+                               self.name, printable(name), printable(candidate))
+            return candidate
+        raise AssertionError("archive_names is endless")
+
+    def _restore_claims(self, sftp: Any, claims: list[str]) -> None:
+        """Worker thread: claims left by a crash go back under their names."""
+        for claim in claims:
+            name = claimed_original(claim)
+            assert name is not None
+            back = self._put_back(sftp, posixpath.join(self.settings.remote_dir, claim), name)
+            logger.warning("sftp %s: %s was being finished when Ficus stopped; put back as %s",
+                           self.name, printable(name), printable(back))
 
     async def wait(self) -> None:
         """Sleep until the poll interval passes or a settling file may be stable."""
@@ -366,13 +446,21 @@ class SftpPoller:
             transport.close()
 
 
-def _archive(sftp: Any, remote: str, target_dir: str) -> None:
-    """Worker thread: create ``target_dir`` if needed, rename under a free name there."""
+def _stat(sftp: Any, remote: str) -> Any:
+    """Worker thread: the remote file's attributes, or None if absent."""
+    try:
+        return sftp.lstat(remote)
+    except FileNotFoundError:
+        return None
+
+
+def _archive(sftp: Any, remote: str, target_dir: str, name: str) -> None:
+    """Worker thread: create ``target_dir`` if needed, rename ``remote`` under a free ``name`` there."""
     try:
         sftp.stat(target_dir)
     except FileNotFoundError:
         sftp.mkdir(target_dir)
-    for candidate in archive_names(posixpath.basename(remote)):
+    for candidate in archive_names(name):
         target = posixpath.join(target_dir, candidate)
         try:
             sftp.stat(target)
