@@ -192,14 +192,14 @@ class EmbeddedNats:
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
-        delay = self.restart_initial
+        delay: float | None = None
         while True:
             proc = self._proc
             assert proc is not None
             started = loop.time()
             code = await proc.wait()
-            if loop.time() - started >= self.restart_max:
-                delay = self.restart_initial  # it ran a good while: this is a new failure, not a loop
+            if delay is None or loop.time() - started >= self.restart_max:
+                delay = self.restart_initial  # first death, or it ran a good while: not a crash loop
             log.warning("embedded nats-server (pid %d) exited with code %s; Ficus will restart it on %s",
                         proc.pid, _describe(code), self.url)
             attempt = 0
