@@ -245,11 +245,6 @@ async def test_routes_set_without_facility_takes_every_facility_back(tmp_path: P
                 assert msa(await send_one(port, simulate.dft(1, facility="CLINIC07")))[0] == "AA"
                 assert engine.received == [], "CLINIC07 is on modern"
 
-                kept = await asyncio.to_thread(ficus, "routes", "set", "his-charges", "legacy", "--keep-facilities",
-                                               "--reason", "keep the canary", "--api", api)
-                assert kept.returncode == 0, kept.stderr
-                assert "CLINIC07" in kept.stdout
-
                 rollback = await asyncio.to_thread(ficus, "routes", "set", "his-charges", "legacy",
                                                    "--reason", "rollback", "--api", api)
                 assert rollback.returncode == 0, rollback.stderr
@@ -261,5 +256,14 @@ async def test_routes_set_without_facility_takes_every_facility_back(tmp_path: P
                 assert history.returncode == 0
                 last = history.stdout.strip().splitlines()[-1]
                 assert "rollback" in last and "cleared facilities CLINIC07=modern" in last
+
+                # Keeping the overrides needs saying so.
+                canary = await asyncio.to_thread(ficus, "routes", "set", "his-charges", "modern", "--facility",
+                                                 "CLINIC07", "--force", "--reason", "canary again", "--api", api)
+                assert canary.returncode == 0, canary.stderr
+                kept = await asyncio.to_thread(ficus, "routes", "set", "his-charges", "shadow", "--keep-facilities",
+                                               "--reason", "keep the canary", "--api", api)
+                assert kept.returncode == 0, kept.stderr
+                assert "now shadow" in kept.stdout and "CLINIC07" in kept.stdout
     finally:
         await server.stop()
