@@ -19,7 +19,7 @@ import pytest
 
 from router import names, simulate
 from router.embedded_nats import EmbeddedNats
-from tests.conftest import stream_count
+from tests.conftest import stream_count, wait_for
 from tests.ficus_proc import (
     REPO,
     Ficus,
@@ -231,3 +231,23 @@ async def test_the_server_dies_with_its_parent_on_either_loop(tmp_path: Path, lo
             parent.kill()
             await parent.wait()
         kill_servers(store)
+
+
+async def test_a_stale_server_deaf_to_sigterm_is_killed(tmp_path: Path) -> None:
+    """A stopped (SIGSTOP) stale server ignores SIGTERM: SIGKILL after the bound."""
+    from router import embedded_guard
+
+    store = tmp_path / "nats"
+    conf = EmbeddedNats(store)._write_config()
+    stale = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "nats-server"), "-c", str(conf),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        await wait_for(lambda: servers_on(store) == [stale.pid])
+        os.kill(stale.pid, signal.SIGSTOP)
+        assert await embedded_guard.stop_stale(store, conf, timeout=1.0) == [stale.pid]
+        assert await asyncio.wait_for(stale.wait(), 10) == -signal.SIGKILL
+    finally:
+        if stale.returncode is None:
+            stale.kill()
+            await stale.wait()

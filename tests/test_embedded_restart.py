@@ -22,6 +22,7 @@ import pytest
 
 from router import simulate
 from tests.conftest import ServiceFactory, make_config, wait_for
+from tests.ficus_proc import Ficus, free_port, kill_servers, servers_on, store_url, wait_gone, write_config
 from tests.mllp_client import msa, send_one
 
 pytestmark = pytest.mark.integration
@@ -134,3 +135,34 @@ async def test_a_killed_embedded_server_is_restarted_and_nothing_acked_is_lost(
     assert f"embedded nats-server (pid {first}) exited with code -9 (SIGKILL)" in text
     assert "restart attempt 1 failed: port 127.0.0.1:" in text
     assert "embedded nats-server restarted at" in text
+
+
+async def test_ficus_run_restarts_its_killed_server_on_the_same_port(tmp_path: Path) -> None:
+    """The same through `ficus run` (uvloop when installed): the port chosen at start is kept."""
+    state, api, mllp = tmp_path / "state", free_port(), free_port()
+    store = state / "nats"
+    ficus = Ficus(write_config(tmp_path, state, api_port=api, mllp_port=mllp), api, tmp_path / "ficus.log")
+    try:
+        await (await ficus.start()).wait_ready()
+        url = store_url(store)
+        payload = simulate.dft(1)
+        assert msa(await send_one(mllp, payload))[0] == "AA"
+        (first,) = servers_on(store)
+        os.kill(first, signal.SIGKILL)
+        assert await wait_gone([first], 20)
+        (second,) = await wait_for(lambda: [p for p in servers_on(store) if p != first], timeout=30)
+        await ficus.wait_ready()  # the client reconnected too
+        assert servers_on(store) == [second]
+        assert second != first and store_url(store) == url
+        payload2 = simulate.dft(2)
+        assert msa(await send_one(mllp, payload2, timeout=30))[0] == "AA"
+        stored = await _events_by_control_id(url)
+        assert stored == {_control_id(payload): EVENTS_PER_DFT, _control_id(payload2): EVENTS_PER_DFT}
+        log = ficus.tail()
+        assert f"WARNING ficus.nats: embedded nats-server (pid {first}) exited with code -9 (SIGKILL)" in log
+        assert "INFO ficus.nats: embedded nats-server restarted at" in log
+        assert await ficus.terminate() == 0, ficus.tail()
+        assert servers_on(store) == []
+    finally:
+        ficus.kill_if_running()
+        kill_servers(store)
