@@ -14,7 +14,7 @@ import pytest
 
 from tests.sshd import names
 from wrappers.completeness import CompletenessRule
-from wrappers.file_source import FileChanged, FileSourceError
+from wrappers.file_source import FileChanged, FileSourceError, printable
 from wrappers.folder_watcher import FolderWatcher
 
 MakeWatcher = Callable[..., FolderWatcher]
@@ -154,3 +154,54 @@ async def test_fetch_of_a_changed_file(make_watcher: MakeWatcher) -> None:
     (watcher.directory / "a.hl7").write_bytes(b"longer now")
     with pytest.raises(FileChanged):
         await watcher.fetch(ref, watcher.directory)
+
+
+async def test_finish_leaves_a_file_renamed_over_the_snapshot(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher("rename")
+    inbox = watcher.directory
+    (inbox / "a.hl7").write_bytes(b"A")
+    [ref] = await watcher.scan()
+    copy = await watcher.fetch(ref, inbox.parent)
+    (inbox / ".b.tmp").write_bytes(b"B, another file")
+    (inbox / ".b.tmp").rename(inbox / "a.hl7")  # renamed over A after the snapshot
+    with pytest.raises(FileChanged, match="changed under Ficus"):
+        await watcher.finish(ref, "archive", "archive")
+    assert names(inbox) == ["a.hl7"] and (inbox / "a.hl7").read_bytes() == b"B, another file"
+    assert copy.read_bytes() == b"A", "the snapshot is A's bytes"
+    [again] = await watcher.scan()  # B is a new file
+    assert again.size == len(b"B, another file")
+    await watcher.finish(again, "delete", None)
+    assert names(inbox) == []
+
+
+async def test_finish_leaves_a_grown_file_and_leave_never_touches_it(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher("rename")
+    inbox = watcher.directory
+    (inbox / "a.hl7").write_bytes(b"first part")
+    [ref] = await watcher.scan()
+    with (inbox / "a.hl7").open("ab") as writer:
+        writer.write(b" and more")
+    before = snapshot(inbox)
+    for action in ("delete", "leave"):
+        with pytest.raises(FileChanged):
+            await watcher.finish(ref, action, None)  # type: ignore[arg-type]
+        assert snapshot(inbox) == before
+    assert [r.size for r in await watcher.scan()] == [len(b"first part and more")]
+
+
+async def test_a_claim_left_by_a_crash_is_put_back_without_replacing(make_watcher: MakeWatcher) -> None:
+    watcher = make_watcher("rename")
+    inbox = watcher.directory
+    (inbox / ".a.hl7.ficus-claim").write_bytes(b"claimed")
+    (inbox / ".b.hl7.ficus-claim").write_bytes(b"claimed b")
+    (inbox / "b.hl7").write_bytes(b"a new b arrived meanwhile")
+    refs = await watcher.scan()
+    assert sorted(r.name for r in refs) == ["a.hl7", "b.1.hl7", "b.hl7"]
+    assert (inbox / "a.hl7").read_bytes() == b"claimed"
+    assert (inbox / "b.hl7").read_bytes() == b"a new b arrived meanwhile"
+    assert (inbox / "b.1.hl7").read_bytes() == b"claimed b"
+
+
+def test_printable_escapes_control_characters() -> None:
+    assert printable("a\nb\x1b\\.csv") == "a\\x0ab\\x1b\\\\.csv"
+    assert printable("plain-name.csv") == "plain-name.csv"
