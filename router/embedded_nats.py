@@ -208,6 +208,8 @@ class EmbeddedNats:
                 self.problem = f"embedded NATS down (exit code {code}), restart attempt {attempt} in {delay:g} s"
                 log.warning("embedded nats-server: restart attempt %d in %g s", attempt, delay)
                 await asyncio.sleep(delay)
+                if self.running:  # started meanwhile by a direct start(): nothing to do
+                    break
                 self.problem = f"embedded NATS down (exit code {code}), restart attempt {attempt} in progress"
                 delay = min(delay * 2, self.restart_max)
                 try:
