@@ -30,7 +30,7 @@ from router import dlq, names, replay
 from router.config import INSECURE_WARNING, SLUG, ConfigError, Mode
 from router.dashboard import SESSION_COOKIE, Sessions, login_page, render_dashboard
 from router.routes import RouteError
-from router.stats import StatsCollector
+from router.stats import ListenerCollector, StatsCollector
 
 if TYPE_CHECKING:
     from router.service import Service
@@ -498,6 +498,8 @@ def make_app(svc: Service) -> web.Application:
     app[SESSIONS] = Sessions()
     registry = CollectorRegistry()
     registry.register(StatsCollector({n: r.stats for n, r in svc.interfaces.items()}))
+    registry.register(ListenerCollector({n: (lambda listener=r.listener: listener.stats)
+                                         for n, r in svc.interfaces.items() if r.listener is not None}))
     app[REGISTRY] = registry
     app.router.add_get("/", dashboard)
     app.router.add_post("/login", login)

@@ -136,3 +136,38 @@ class StatsCollector(Collector):
             if st.last_message_at is not None:
                 last.add_metric([iface], st.last_message_at)
         yield last
+
+
+LISTENER_COUNTERS = (
+    ("connections_total", "mllp_connections", "MLLP connections accepted"),
+    ("refused", "mllp_connections_refused", "MLLP connections refused over max_connections"),
+    ("idle_closed", "mllp_idle_closed", "MLLP connections closed for being idle"),
+    ("peer_resets", "mllp_peer_resets", "MLLP connections reset by the peer before the reply"),
+    ("malformed", "mllp_malformed_frames", "MLLP frames with a stray block byte, rejected and kept"),
+    ("oversize", "mllp_oversize_frames", "MLLP frames over max_message_bytes, rejected"),
+    ("aborted_frames", "mllp_aborted_frames", "MLLP connections that ended inside a frame"),
+    ("junk_bytes", "mllp_junk_bytes", "bytes received outside any MLLP frame"),
+)
+
+
+class ListenerCollector(Collector):
+    """Exposes the MLLP listeners' connection and framing counters, labelled by interface.
+
+    `listeners` maps an interface to a function returning its listener's current stats
+    (any object with the attributes named in LISTENER_COUNTERS and `connections_open`).
+    """
+
+    def __init__(self, listeners: dict[str, Any]) -> None:
+        self.listeners = listeners
+
+    def collect(self) -> Iterator[Metric]:
+        snapshots = {iface: stats() for iface, stats in self.listeners.items()}
+        for attr, name, doc in LISTENER_COUNTERS:
+            fam = CounterMetricFamily(f"ficus_{name}", doc, labels=["interface"])
+            for iface, snap in snapshots.items():
+                fam.add_metric([iface], getattr(snap, attr))
+            yield fam
+        gauge = GaugeMetricFamily("ficus_mllp_connections_open", "MLLP connections open now", labels=["interface"])
+        for iface, snap in snapshots.items():
+            gauge.add_metric([iface], snap.connections_open)
+        yield gauge

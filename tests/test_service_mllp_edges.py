@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 
 import aiohttp
 import pytest
@@ -149,6 +150,10 @@ async def test_connection_cap_refuses_idle_hogs_while_senders_and_api_keep_worki
             assert resp.status == 200
             view = (await resp.json())["interfaces"][0]
             assert view["listener"]["refused"] >= 37
+            metrics = await (await http.get(f"{svc.api_url}/metrics")).text()
+            refused = re.search(r'^ficus_mllp_connections_refused_total\{interface="his-adt"\} (\S+)$', metrics, re.M)
+            assert refused is not None and float(refused.group(1)) >= 37, "refusals are visible to monitoring"
+            assert 'ficus_mllp_connections_open{interface="his-adt"} 4.0' in metrics
             for _, writer in hogs:
                 writer.close()
             await wait_for(lambda: listener.stats.connections_open == 1)
