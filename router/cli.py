@@ -89,9 +89,39 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
     uvloop.run(coro)
 
 
+FD_HEADROOM = 256
+"""Descriptors kept for everything but sender connections: NATS, the API, files, the legacy path."""
+
+
+def raise_fd_limit(cfg: FicusConfig) -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard one; warn when the listeners' caps do not fit.
+
+    The usual soft limit (1024) is what idle connections exhausted before listeners had a
+    cap; with every cap summed plus headroom under the limit, senders can never starve the
+    API or the file interfaces of descriptors. Returns the soft limit now in force.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            logging.getLogger("ficus").warning("cannot raise the open-files limit (%s)", type(exc).__name__)
+    needed = FD_HEADROOM + sum(i.max_connections for i in cfg.interfaces if isinstance(i, MllpInterfaceConfig))
+    if soft < needed:
+        logging.getLogger("ficus").warning(
+            "open-files limit %d is below the MLLP connection caps plus headroom (%d): lower max_connections "
+            "or raise the limit (ulimit -n)", soft, needed)
+    return int(soft)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _setup_logging(cfg.log_level)
+    raise_fd_limit(cfg)
     _run(run_service(cfg))
     return 0
 
