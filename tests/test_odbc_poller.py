@@ -170,6 +170,17 @@ async def collect(
 MODES = ["incrementing", "timestamp+key"]
 
 
+async def all_ready(db: Database, mode: str, count: int, timeout: float = 60) -> None:
+    """Wait until a poller sees all `count` rows past the safety lag (a condition, not a sleep)."""
+    async with OdbcPoller("usage-probe", db.settings(mode, batch_size=count + 1)) as probe:
+        async with asyncio.timeout(timeout):
+            while True:
+                batch = await probe.next_batch(Checkpoint())
+                if batch is not None and len(batch.keys) == count:
+                    return
+                await asyncio.sleep(0.1)
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_every_row_exactly_once_while_inserting(db: Database, mode: str) -> None:
     inserter = threading.Thread(target=db.insert, args=(5000, 50))
@@ -220,7 +231,7 @@ async def test_same_timestamp_across_batch_boundaries(db: Database) -> None:
 @pytest.mark.parametrize("mode", MODES)
 async def test_restart_from_stored_checkpoint(db: Database, mode: str) -> None:
     await asyncio.to_thread(db.insert, 1000, 200)
-    await asyncio.sleep(0.6)  # past the lag: everything is ready
+    await all_ready(db, mode, 1000)  # past the lag, so every batch below is a full one
     settings = db.settings(mode, batch_size=100)
     async with OdbcPoller("usage", settings) as poller:
         first, checkpoint = await collect(poller, Checkpoint(), 300)

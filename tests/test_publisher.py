@@ -157,12 +157,13 @@ async def test_a_silent_server_times_out_then_acks_again(nats_server: EmbeddedNa
             with pytest.raises(TimeoutError):
                 await fp.publish([Outgoing("t.a", b"1", "p1"), Outgoing("t.b", b"2", "p2")], 0.5)
             waited = time.perf_counter() - t0
-            assert 0.45 < waited < 2.0
+            # The timeout is a lower bound; the upper one only says it ended (a busy machine is slow).
+            assert 0.45 < waited < 15.0
             assert fp.outstanding == 0
         finally:
             os.kill(pid, signal.SIGCONT)
         # The same ids again after the outage: stored once whatever the first attempt did.
-        acks = await fp.publish([Outgoing("t.a", b"1", "p1"), Outgoing("t.b", b"2", "p2")], 5)
+        acks = await fp.publish([Outgoing("t.a", b"1", "p1"), Outgoing("t.b", b"2", "p2")], 30)
         assert [a.seq for a in acks] == [1, 2]
     finally:
         await fp.stop()
