@@ -271,14 +271,22 @@ class FolderWatcher:
 
     def _start_observer(self) -> None:
         """Start watchdog once; without it (no inotify, watch limit) polling still works."""
-        if self._observer is not None or self._events_unavailable:
+        if self._observer is not None or self._events_unavailable or not self.directory.is_dir():
+            return  # a missing directory is retried at the next scan (the listing reports it)
+        try:
+            observer = Observer()
+            observer.schedule(_Wake(asyncio.get_running_loop(), self._changed), str(self.directory), recursive=False)
+        except OSError as exc:  # no inotify instance left (fs.inotify.max_user_instances)
+            logger.warning("folder %s: no filesystem events (%s), polling only", self.name, type(exc).__name__)
+            self._events_unavailable = True
             return
-        observer = Observer()
-        observer.schedule(_Wake(asyncio.get_running_loop(), self._changed), str(self.directory), recursive=False)
         try:
             observer.start()
         except OSError as exc:
-            if self.directory.is_dir():  # a missing directory is retried at the next scan
+            # The observer holds an inotify instance from its construction: release it, or each
+            # failed start leaks one until the per-user limit breaks every watcher.
+            observer.stop()
+            if self.directory.is_dir():
                 logger.warning("folder %s: no filesystem events (%s), polling only", self.name, type(exc).__name__)
                 self._events_unavailable = True
             return
