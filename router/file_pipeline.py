@@ -19,7 +19,8 @@ one), and after `stuck_after_seconds` it is dead-lettered (kind "undeliverable")
 reason naming the file and the cause, never its content; the raw copy stays in the object
 store (or the reason says where the file still is). While a file is set aside the
 interface reports not ready. Failures of the whole source, of NATS or of the legacy
-destination stop the pass instead and it is retried: no file is dead-lettered for them.
+destination stop the pass instead and it is retried: no file is dead-lettered for them; the
+interface reports not ready from the first failed pass until a pass completes.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ class FilePipeline:
         """Source files that were replaced or grown while processed (left, taken again)."""
         self.blocked: str | None = None
         """Why the last pass stopped on a failure that needs an operator, else None."""
+        self.failing: str | None = None
+        """Why the last pass stopped on a failure it retries (source, NATS or legacy destination
+        unavailable), else None: readiness reports it from the first failed pass to the next good one."""
         self._local: Path | None = None
         self._raw = ""
         self._aside_ids = itertools.count(1)
@@ -134,11 +138,13 @@ class FilePipeline:
                         break
                     if aside.retry_at <= now:
                         await self._attempt(aside.ref, aside)
-                self.blocked = None
+                self.blocked = self.failing = None
             except (*_PASS_FAILURES, DeliveryUnavailable) as exc:
                 self.stats.error(f"{type(exc).__name__}: {printable(getattr(exc, 'reason', ''))}".rstrip(": "))
+                self.failing = f"{self.stats.last_error}; retrying every {self.cfg.poll_seconds:g}s"
                 log.warning("%s: will retry: %s", self.name, self.stats.last_error)
             except (FileSourceError, DeliveryError) as exc:  # give up until an operator acts
+                self.failing = None
                 self.blocked = printable(str(exc))
                 self.stats.error(self.blocked)
                 log.error("%s: %s", self.name, self.blocked)
@@ -162,14 +168,17 @@ class FilePipeline:
             return
 
     def problem(self) -> str | None:
-        """Why this interface is not ready: a file set aside, or a pass that needs an operator."""
+        """Why this interface is not ready: a pass that needs an operator, a pass that failed and
+        is retried (a missing folder, an SFTP server away), or a file set aside."""
+        if self.blocked or self.failing:
+            return self.blocked or self.failing
         if self.set_aside:
             oldest = min(self.set_aside.values(), key=lambda a: a.first_failed)
             since = time.monotonic() - oldest.first_failed
             more = f" (and {len(self.set_aside) - 1} more)" if len(self.set_aside) > 1 else ""
             return (f"file {printable(oldest.ref.name)} set aside for {since:.0f}s after {oldest.attempts} "
                     f"attempt(s): {oldest.cause}{more}")
-        return self.blocked
+        return None
 
     def details(self) -> dict[str, object]:
         """For the API: the file in progress, the files set aside, the changed-under-us count."""

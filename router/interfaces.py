@@ -65,7 +65,9 @@ class RunningInterface:
     details: Callable[[], dict[str, Any]] = dict
     ready: Callable[[], bool] = lambda: True
     problem: Callable[[], str | None] = lambda: None
-    """Why a running interface is not ready (crash-looping, a file set aside), else None."""
+    """Why the interface is not ready, else None: its listener not bound, its pipeline stopped or
+    crash-looping, its source, database or legacy destination failing (from the first failed pass
+    until one succeeds), a file set aside. Identifiers and error classes only, never data."""
     listener: MllpListener | None = None
     pipeline: MllpPipeline | FilePipeline | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -102,6 +104,7 @@ async def start_mllp(cfg: MllpInterfaceConfig, deps: Deps) -> RunningInterface:
         cfg, stats, address=lambda: f"{host}:{listener.port}", stop_intake=listener.close, finish=finish,
         details=lambda: {"listener": dataclasses.asdict(listener.stats)},
         ready=lambda: listener.port != 0, listener=listener, pipeline=pipeline,
+        problem=lambda: None if listener.port else f"MLLP listener not bound ({cfg.listen})",
     )
 
 
@@ -166,7 +169,7 @@ def _polling(
 
     return RunningInterface(cfg, stats, address=lambda: address, stop_intake=stop_intake, finish=finish,
                             details=details, tasks=[task], ready=lambda: not task.done(),
-                            problem=lambda: supervision.problem() or problem())
+                            problem=lambda: "pipeline stopped" if task.done() else supervision.problem() or problem())
 
 
 HEALTHY_SECONDS = 60.0
@@ -242,7 +245,7 @@ async def start_odbc(cfg: OdbcInterfaceConfig, deps: Deps) -> RunningInterface:
     poller = OdbcPoller(cfg.name, odbc_settings(cfg))
     checkpoints = CheckpointStore(await deps.store.kv(names.KV_CHECKPOINTS), cfg.name)
     pipeline = OdbcPipeline(cfg, deps.store, deps.routes, poller, stats, checkpoints, reference=deps.reference)
-    return _polling(cfg, stats, pipeline, poller.close, f"odbc:{cfg.table}", pipeline.details)
+    return _polling(cfg, stats, pipeline, poller.close, f"odbc:{cfg.table}", pipeline.details, pipeline.problem)
 
 
 async def start(cfg: InterfaceConfig, deps: Deps) -> RunningInterface:

@@ -163,6 +163,8 @@ class OdbcPipeline:
         self.checkpoint: Checkpoint | None = None
         self.batches = 0
         self._retry = _FIRST_RETRY
+        self.failing: str | None = None
+        """Why the last poll failed (a query error, NATS away), until a poll succeeds; for readiness."""
         # The batch after the one being processed, read while it is processed (see run()).
         self._ahead: asyncio.Task[Batch | None] | None = None
         self._facility_spec = next((f for f in cfg.mapping.fields if f.field == cfg.mapping.facility_field), None)
@@ -183,6 +185,17 @@ class OdbcPipeline:
             "batches": self.batches,
         }
 
+    def problem(self) -> str | None:
+        """Why this interface is not ready: the database unreachable (from the first failed
+        connection until one succeeds), or a poll that failed and is retried."""
+        if self.failing is not None:
+            return self.failing
+        status = self.poller.status
+        if not status.connected and status.last_error is not None:
+            # Driver messages span lines ("...refused\n\tIs the server running..."): one line here.
+            return f"database unavailable: {' '.join(status.last_error.split())}; reconnecting"
+        return None
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Polls until ``stopping`` is set; a batch in progress is finished first."""
         try:
@@ -192,6 +205,8 @@ class OdbcPipeline:
                         self.checkpoint = await self.checkpoints.load()
                     batch = await self._next_batch(stopping)
                     if batch is None:
+                        if not stopping.is_set():
+                            self.failing = None  # a good pass: the query answered, nothing new
                         await _sleep(stopping, self.cfg.poll_seconds)
                         continue
                     # Read the next batch on the poller's thread while this one is archived,
@@ -204,6 +219,7 @@ class OdbcPipeline:
                         await self._drop_ahead()
                     self.checkpoint = stored
                     self._retry = _FIRST_RETRY
+                    self.failing = None
                 except (StoreUnavailable, nats.errors.Error, TimeoutError) as exc:
                     # NATS is away: nothing was checkpointed, so the batch is read again later.
                     await self._drop_ahead()
@@ -268,6 +284,7 @@ class OdbcPipeline:
 
     async def _failed(self, stopping: asyncio.Event, reason: str, delay: float | None = None) -> None:
         self.stats.error(reason)
+        self.failing = f"{self.stats.last_error}; retrying"
         log.warning("%s: %s; retrying", self.name, reason)
         wait = self._retry if delay is None else delay
         self._retry = min(self._retry * 2, self.cfg.reconnect_max_backoff_seconds)

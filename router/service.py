@@ -19,6 +19,7 @@ from aiohttp import web
 from nats.js.kv import KeyValue
 
 from canonical.reference import ReferenceStore
+from canonical.safe_text import safe_reason
 from router import parity
 from router.config import FicusConfig
 from router.embedded_nats import EmbeddedNats
@@ -28,6 +29,8 @@ from router.routes import RouteTable
 from router.store import Store, connect
 
 log = logging.getLogger("ficus.service")
+READY_REASON_MAX = 400
+"""The longest line /readyz shows per problem (escaped, cut with a hash of the whole)."""
 
 
 class Service:
@@ -131,17 +134,24 @@ class Service:
         await self.stopping.wait()
 
     def ready(self) -> tuple[bool, list[str]]:
-        """Readiness: the embedded server up, NATS connected and every interface listening."""
+        """Readiness: the embedded server up, NATS connected, and every interface working.
+
+        One line per problem, `<interface>: <reason>` (identifiers and error classes, bounded):
+        a listener not bound, a pipeline stopped or crash-looping, a source, database or legacy
+        destination failing since the last pass (reported from the first failed pass, cleared
+        by the next good one), a file set aside.
+        """
         problems = []
         if self.embedded is not None and self.embedded.problem:
             problems.append(self.embedded.problem)
         if self.store is None or not self.store.connected:
             problems.append("NATS not connected")
         for name, running in self.interfaces.items():
-            if not running.ready():
-                problems.append(f"{name} not running")
-            elif (problem := running.problem()) is not None:
-                problems.append(f"{name}: {problem}")
+            problem = running.problem()
+            if problem is None and not running.ready():
+                problem = "not running"
+            if problem is not None:
+                problems.append(safe_reason(f"{name}: {problem}", READY_REASON_MAX))
         return not problems, problems
 
     async def __aenter__(self) -> Service:
