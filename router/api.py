@@ -26,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
-from router import dlq, names, replay
+from router import dlq, names, parity, replay
 from router.config import INSECURE_WARNING, SLUG, ConfigError, Mode
 from router.dashboard import SESSION_COOKIE, Sessions, login_page, render_dashboard
 from router.routes import RouteError
@@ -271,27 +271,6 @@ async def list_routes(request: web.Request) -> web.Response:
     return web.json_response({"routes": {n: r.model_dump() for n, r in svc.routes.all().items()}})
 
 
-def _gate(svc: Service, name: str, mode: str, facility: str | None) -> str | None:
-    """Why a flip to modern is refused (parity below the gate), or None."""
-    assert svc.routes is not None
-    if mode != "modern":
-        return None
-    current = svc.routes.get(name).mode_for(facility)
-    if current == "modern":
-        return None
-    cfg = svc.interfaces[name].cfg
-    parity = svc.interfaces[name].stats.parity
-    if current != "shadow":
-        return f"{name} is in {current}: run it in shadow first to gather parity (or force)"
-    if parity.samples < cfg.parity_min_samples:
-        return (f"parity has {parity.samples} samples, fewer than the {cfg.parity_min_samples} "
-                "needed (or force)")
-    ratio = parity.ratio or 0.0
-    if ratio < cfg.parity_gate:
-        return f"parity {ratio:.4f} is below the gate {cfg.parity_gate} (or force)"
-    return None
-
-
 async def set_route(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     assert svc.routes is not None
@@ -302,19 +281,20 @@ async def set_route(request: web.Request) -> web.Response:
     mode, facility, force = body.mode, body.facility or None, body.force
     if mode in ("legacy", "shadow") and svc.interfaces[name].cfg.legacy is None:
         return _error(409, f"{name} has no legacy destination, so it cannot run in {mode}")
-    refusal = _gate(svc, name, mode, facility)
-    if refusal and not force:
-        return _error(409, f"flip refused: {refusal}")
+    running = svc.interfaces[name]
+    verdict = parity.gate(running.cfg, svc.routes.get(name), running.stats.parity, mode, facility)
+    if verdict.refusal and not force:
+        return web.json_response({"error": f"flip refused: {verdict.refusal}", "parity": verdict.window}, status=409)
     actor = request.headers.get("X-Ficus-Actor", request[ROLE])
     try:
         route = await svc.routes.set(
             name, mode, reason=body.reason, actor=actor, facility=facility, keep_facilities=body.keep_facilities,
-            extra={"forced": force and refusal is not None,
-                   "parity": svc.interfaces[name].stats.parity.ratio},
+            # The audit record names the parity window the gate judged (start, revision, counts).
+            extra={"forced": force and verdict.refusal is not None, "parity": verdict.window},
         )
     except RouteError as exc:
         return _error(exc.status, exc.reason)
-    return web.json_response({"interface": name, "route": route.model_dump()})
+    return web.json_response({"interface": name, "route": route.model_dump(), "parity": verdict.window})
 
 
 async def route_history(request: web.Request) -> web.Response:
@@ -422,7 +402,8 @@ async def get_dlq(request: web.Request) -> web.Response:
     return web.json_response(dlq.summary(letter))
 
 
-async def parity(request: web.Request) -> web.Response:
+async def get_parity(request: web.Request) -> web.Response:
+    """The current parity window of an interface (and a summary of the one before)."""
     svc = request.app[SERVICE]
     name = request.match_info["iface"]
     if name not in svc.interfaces:
@@ -517,7 +498,7 @@ def make_app(svc: Service) -> web.Application:
     app.router.add_get("/api/v1/dlq/{id}", get_dlq)
     app.router.add_post("/api/v1/dlq/{id}/replay", replay_letter)
     app.router.add_post("/api/v1/replay/{iface}", replay_interface)
-    app.router.add_get("/api/v1/parity/{iface}", parity)
+    app.router.add_get("/api/v1/parity/{iface}", get_parity)
     app.router.add_get("/api/v1/schemas", list_schemas)
     app.router.add_get("/api/v1/schemas/{type}", get_schema)
     return app

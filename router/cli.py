@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -66,25 +67,16 @@ def _setup_logging(level: str) -> None:
 
 
 async def run_service(cfg: FicusConfig) -> None:
-    """Runs until SIGTERM or Ctrl-C, then stops within `shutdown_timeout_seconds`.
-
-    A second signal exits at once. A stop that had to abandon work (the deadline passed) exits
-    with code 1 at once, without the interpreter's teardown: an abandoned step may still hold a
-    task or a thread that would make that teardown wait.
-    """
-    from router import shutdown
+    """Runs until SIGTERM or Ctrl-C, then stops cleanly."""
     from router.service import Service
 
-    limit = cfg.shutdown_timeout_seconds
-    svc = Service(cfg)
-    async with svc:
-        shutdown.install(asyncio.get_running_loop(), svc.stopping.set, limit + Service.GRACE + 5)
+    async with Service(cfg) as svc:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, svc.stopping.set)
         print(f"ficus: running; API {svc.api_url}, NATS {redact(svc.nats_url, [])}", file=sys.stderr)
         await svc.wait()
-        print(f"ficus: stopping (finishing messages in flight, at most {limit:g}s; a second Ctrl-C or "
-              "SIGTERM exits at once)", file=sys.stderr, flush=True)
-    if svc.abandoned:
-        shutdown.exit_now("stopped with work abandoned at the shutdown deadline (exit code 1)", 1)
+        print("ficus: stopping (finishing messages in flight)", file=sys.stderr)
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:

@@ -398,9 +398,6 @@ class FicusConfig(_Model):
 
     state_dir: str = ".ficus"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    shutdown_timeout_seconds: float = Field(30.0, gt=0)
-    """At SIGTERM/Ctrl-C, work in flight gets this long; then it is abandoned (not acknowledged,
-    redone at the next start) and `ficus run` exits with code 1."""
     nats: NatsConfig = NatsConfig()
     api: ApiConfig = ApiConfig()
     reference: ReferenceConfig = ReferenceConfig()

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,6 +72,9 @@ class RouteTable:
         }
         self._kv: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.on_change: list[Callable[[str, Route, Route], None]] = []
+        """Called with (interface, before, after) for every newer route seen (a flip here or
+        elsewhere), synchronously: router/parity.py starts a parity window before the next unit."""
 
     def mode_for(self, interface: str, facility: str | None = None) -> Mode:
         """The mode for a unit of an interface (and facility); hot path, no I/O."""
@@ -117,6 +120,9 @@ class RouteTable:
             if route.mode != current.mode or route.facilities != current.facilities:
                 log.info("routes: %s is now %s %s", key, route.mode, route.facilities or "")
             self._routes[key] = route.model_copy(update={"revision": revision})
+            if revision != current.revision:
+                for listener in self.on_change:
+                    listener(key, current, self._routes[key])
 
     async def refresh(self) -> None:
         """Re-reads every entry of the interfaces we run."""

@@ -35,12 +35,27 @@ COUNTERS = (
 
 @dataclass
 class ParityStats:
-    """Shadow evidence: does the modern path agree with what the legacy path did?"""
+    """Shadow evidence: does the modern path agree with what the legacy path did?
+
+    The counts are those of the current *window*: a window starts when the interface (or a
+    facility override) enters shadow (router/parity.py watches the routes), so samples from an
+    earlier stint in shadow -- before a flip to modern and a rollback -- never count toward the
+    gate. The window before is kept as a summary (`previous_window`) for the operator.
+    """
 
     samples: int = 0
     agree: int = 0
     disagree: int = 0
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
+    window_started_at: str | None = None
+    """When the current window started (ISO 8601, UTC; the flip's time), None before any."""
+    window_flip: dict[str, Any] | None = None
+    """The route change that started the window: revision, at, actor, what entered shadow."""
+    previous_window: dict[str, Any] | None = None
+    route_revision: int = 0
+    """The route revision this evidence is consistent with (checked at a restart)."""
+    changes: int = 0
+    """Bumped on every change, so the saver knows what to write."""
 
     @property
     def ratio(self) -> float | None:
@@ -48,6 +63,7 @@ class ParityStats:
 
     def record(self, *, legacy_ok: bool, modern_ok: bool, unit: str, detail: str) -> None:
         self.samples += 1
+        self.changes += 1
         if legacy_ok == modern_ok:
             self.agree += 1
             return
@@ -59,16 +75,42 @@ class ParityStats:
             "at": time.time(),
         })
 
+    def start_window(self, started_at: str, flip: dict[str, Any] | None) -> None:
+        """A new window: the counts start from zero, the current window becomes the previous one."""
+        if self.window_started_at is not None or self.samples:
+            self.previous_window = {**self.window(), "ended_at": started_at}
+        self.samples = self.agree = self.disagree = 0
+        self.recent.clear()
+        self.window_started_at = started_at
+        self.window_flip = flip
+        self.changes += 1
+
+    def window(self) -> dict[str, Any]:
+        """The current window as judged by the gate: start, the flip that started it, counts."""
+        return {"started_at": self.window_started_at, "flip": self.window_flip,
+                "revision": None if self.window_flip is None else self.window_flip.get("revision"),
+                "samples": self.samples, "agree": self.agree, "disagree": self.disagree, "ratio": self.ratio}
+
     def as_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "agree": self.agree, "disagree": self.disagree,
-                "ratio": self.ratio, "recent_disagreements": list(self.recent)}
+                "ratio": self.ratio, "recent_disagreements": list(self.recent),
+                "window": self.window(), "previous_window": self.previous_window}
+
+    def saved_form(self) -> dict[str, Any]:
+        """What router/parity.py stores in KV: the window with its counts and route revision."""
+        return {**self.as_dict(), "route_revision": self.route_revision}
 
     def restore(self, saved: dict[str, Any]) -> None:
-        """Continues from evidence saved before a restart (see router/parity.py)."""
+        """Continues the window saved before a restart (router/parity.py decides whether it may)."""
         self.samples = int(saved.get("samples", 0))
         self.agree = int(saved.get("agree", 0))
         self.disagree = int(saved.get("disagree", 0))
         self.recent.extend(saved.get("recent_disagreements", []))
+        window = saved.get("window") or {}
+        self.window_started_at = window.get("started_at")
+        self.window_flip = window.get("flip")
+        self.previous_window = saved.get("previous_window")
+        self.route_revision = int(saved.get("route_revision", 0))
 
 
 @dataclass
