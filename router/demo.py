@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import random
+import shutil
 import socket
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from nats.aio.msg import Msg
 
 from legacy.mllp_sender import LegacyError, MllpSender
 from legacy.simulated_engine import SimulatedEngine
-from router import simulate
+from router import shutdown, simulate
 from router.client import ApiClient, ApiError
 from router.config import FicusConfig, FolderInterfaceConfig, parse_config
 from router.service import Service
@@ -78,17 +79,28 @@ def _show(msg: Msg) -> None:
 
 
 async def run_demo(duration: float | None = None, state_dir: str | None = None) -> None:
-    """Runs the demo until Ctrl-C (or `duration` seconds)."""
-    state = state_dir or tempfile.mkdtemp(prefix="ficus-demo-")
+    """Runs the demo until Ctrl-C (or `duration` seconds).
+
+    Without `state_dir` the demo keeps its state in a temporary directory that it removes when
+    it ends, Ctrl-C included (a second Ctrl-C exits at once and leaves it).
+    """
+    if state_dir is not None:
+        await _run_demo(duration, state_dir)
+        return
+    state = tempfile.mkdtemp(prefix="ficus-demo-")
+    try:
+        await _run_demo(duration, state)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)  # not in a thread: this runs on Ctrl-C's cancellation too
+
+
+async def _run_demo(duration: float | None, state: str) -> None:
     stop = asyncio.Event()
     async with SimulatedEngine() as engine:
         cfg = demo_config(state, engine.port)
         async with Service(cfg) as svc:
             loop = asyncio.get_running_loop()
-            import signal
-
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+            shutdown.install(loop, stop.set, cfg.shutdown_timeout_seconds + Service.GRACE + 5)
             assert svc.store is not None
             await svc.store.nc.subscribe("canonical.>", cb=_async(_show))
             await svc.store.nc.subscribe("shadow.canonical.>", cb=_async(_show))
@@ -149,14 +161,27 @@ async def _flip_later(api_url: str, stop: asyncio.Event) -> None:
     try:
         await asyncio.to_thread(client.call, "PUT", "/api/v1/routes/his-charges",
                                 {"mode": "modern", "reason": "demo: parity looks good"})
-        print("\n  >>> flipped his-charges shadow -> modern (ficus routes set his-charges modern ...)\n",
+        print(f"\n  >>> flipped his-charges shadow -> modern ({cli_path()} routes set his-charges modern ...)\n",
               flush=True)
     except ApiError as exc:
         print(f"\n  >>> flip refused: {exc}\n", file=sys.stderr, flush=True)
 
 
+def cli_path() -> str:
+    """The `ficus` command as it can be typed here: the venv's script, relative to the current
+    directory when it is below it (`.venv/bin/ficus` after `make demo`), else absolute. The
+    venv is usually not activated, so a bare `ficus` is not found."""
+    script = Path(sys.executable).parent / "ficus"
+    if not script.exists():
+        return f"{sys.executable} -m router.cli"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
 def _banner(svc: Service, legacy_port: int) -> str:
     api = svc.api_url
+    ficus = cli_path()
     lines = [
         "",
         "Ficus demo is running. A simulated HIS sends ADT and DFT^P03 over MLLP; a simulated",
@@ -168,13 +193,15 @@ def _banner(svc: Service, legacy_port: int) -> str:
         f"  shadow events  curl -s '{api}/api/v1/events?mode=shadow&limit=5'",
         f"  parity         curl -s {api}/api/v1/parity/his-charges",
         f"  metrics        curl -s {api}/metrics",
-        f"  routes         ficus routes --api {api}",
-        f"  flip back      ficus routes set his-charges legacy --reason rollback --api {api}",
+        f"  routes         {ficus} routes --api {api}",
+        f"  flip back      {ficus} routes set his-charges legacy --reason rollback --api {api}",
         f"  NATS           {svc.nats_url} (subjects canonical.>, shadow.canonical.>, raw.>, dlq.>)",
         "",
         "his-adt runs in shadow; his-charges starts in shadow and is flipped to modern after 12 s.",
         "billing-export (a drop folder) gets a CSV export every 8 s: delivered unchanged to the legacy",
         "folder and translated into shadow charge events.",
-        "Ctrl-C stops. Canonical events as they arrive:",
+        f"The ficus command is {ficus} (the CLI is installed in the project's .venv/bin, which is not on",
+        "your PATH unless you run `source .venv/bin/activate`).",
+        "Ctrl-C stops (and removes the demo's temporary state). Canonical events as they arrive:",
     ]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from router import simulate
+from tests.conftest import wait_for
 from tests.mllp_client import MllpTestClient, msa
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,15 +135,45 @@ route = "legacy"
 
 
 def test_demo_shows_canonical_events(tmp_path: Path) -> None:
-    result = ficus("demo", "--duration", "20", "--state-dir", str(tmp_path / "demo"), timeout=90)
+    # No --state-dir: the demo's own temporary directory (under TMPDIR, here the test's) is removed.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = ficus("demo", "--duration", "20", timeout=90, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
+    assert not list(tmp_path.glob("ficus-demo-*")), "the demo left its temporary directory behind"
+    # The banner's commands work as printed: the ficus path exists from the directory it ran in.
+    command = next(line.split()[1] for line in out.splitlines() if line.strip().startswith("routes "))
+    assert (REPO / command).is_file(), command
+    assert "not on" in out and ".venv/bin" in out
     assert "dashboard" in out
     assert "shadow.canonical.patient.encounter" in out
     assert "canonical.revenue.charge.posted" in out
     assert "flipped his-charges shadow -> modern" in out
     live = [line for line in out.splitlines() if line.strip().startswith("event  canonical.revenue")]
     assert live, "live charge events after the flip"
+
+
+async def test_demo_ctrl_c_removes_its_temporary_directory(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = tmp_path / "demo.out"
+    with out.open("wb") as stdout:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "router.cli", "demo", cwd=REPO, env=env,
+                                                    stdout=stdout, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            await wait_for(lambda: "event  " in out.read_text(errors="replace"), timeout=120)
+            assert _demo_dirs(tmp_path), "the demo keeps its state under TMPDIR"
+            proc.send_signal(signal.SIGINT)
+            await asyncio.wait_for(proc.wait(), 90)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, out.read_text(errors="replace")[-2000:]
+    assert not _demo_dirs(tmp_path), "Ctrl-C left the demo's temporary directory behind"
+
+
+def _demo_dirs(tmp: Path) -> list[Path]:
+    return list(tmp.glob("ficus-demo-*"))
 
 
 def test_translate_x12_835_detects_the_format_and_reports_dead_letters(tmp_path: Path) -> None:
