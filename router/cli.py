@@ -1,4 +1,8 @@
-"""The `ficus` command line (see PRODUCT.md for the contract of each command)."""
+"""ficus: the strangler-fig adapter for HL7 v2, file and ODBC interfaces.
+
+Run the service, validate a config, translate files offline, flip routes and work the
+dead-letter queue of a running service. The manual is README.md in the Ficus repository.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,18 @@ import asyncio
 import json
 import logging
 import re
-import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 from urllib.parse import quote
 
-from router.client import ApiClient, ApiError
+from router.client import ApiClient, ApiError, check_base_url
 from router.config import (
     INSECURE_WARNING,
     MODES,
     ConfigError,
+    ConfigFileError,
     FicusConfig,
     MllpInterfaceConfig,
     OdbcInterfaceConfig,
@@ -67,16 +71,25 @@ def _setup_logging(level: str) -> None:
 
 
 async def run_service(cfg: FicusConfig) -> None:
-    """Runs until SIGTERM or Ctrl-C, then stops cleanly."""
+    """Runs until SIGTERM or Ctrl-C, then stops within `shutdown_timeout_seconds`.
+
+    A second signal exits at once. A stop that had to abandon work (the deadline passed) exits
+    with code 1 at once, without the interpreter's teardown: an abandoned step may still hold a
+    task or a thread that would make that teardown wait.
+    """
+    from router import shutdown
     from router.service import Service
 
-    async with Service(cfg) as svc:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, svc.stopping.set)
+    limit = cfg.shutdown_timeout_seconds
+    svc = Service(cfg)
+    async with svc:
+        shutdown.install(asyncio.get_running_loop(), svc.stopping.set, limit + Service.GRACE + 5)
         print(f"ficus: running; API {svc.api_url}, NATS {redact(svc.nats_url, [])}", file=sys.stderr)
         await svc.wait()
-        print("ficus: stopping (finishing messages in flight)", file=sys.stderr)
+        print(f"ficus: stopping (finishing messages in flight, at most {limit:g}s; a second Ctrl-C or "
+              "SIGTERM exits at once)", file=sys.stderr, flush=True)
+    if svc.abandoned:
+        shutdown.exit_now("stopped with work abandoned at the shutdown deadline (exit code 1)", 1)
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
@@ -134,11 +147,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """A command that cannot be carried out as given; `str()` is one line, the exit code 2."""
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if cfg.api.insecure and not cfg.api.tokens:
         print(f"{args.config}: WARNING: {INSECURE_WARNING.format(listen=cfg.api.listen)}", file=sys.stderr)
-    print(f"{args.config}: ok ({len(cfg.interfaces)} interfaces: "
+    if not cfg.interfaces:
+        # Valid, but `ficus run` would only start NATS and the API: most likely a mistake.
+        print(f"{args.config}: WARNING: no interfaces: add [[interfaces]] tables (ficus run would move nothing)",
+              file=sys.stderr)
+        print(f"{args.config}: ok (no interfaces)")
+        return 0
+    print(f"{args.config}: ok ({_count(len(cfg.interfaces), 'interface')}: "
           f"{', '.join(f'{i.name} [{i.kind}, {i.route}]' for i in cfg.interfaces)})")
     return 0
 
@@ -153,22 +180,27 @@ def cmd_translate(args: argparse.Namespace) -> int:
     fallback: str | None = "windows-1252"
     flat = None
     fmt = args.format
-    if args.interface:
-        if not args.config:
-            raise ConfigError("ficus translate", ["--interface needs -c CONFIG"])
+    if args.interface and not args.config:
+        raise UsageError("translate: --interface needs -c CONFIG (the config that defines it)")
+    if args.config:
         cfg = load_config(args.config)
-        icfg = cfg.interface(args.interface)
-        tz = icfg.timezone
         if cfg.reference.paths():
             reference = ReferenceStore(cfg.reference.paths()).data
+    if args.interface:
+        known = [i.name for i in cfg.interfaces]
+        if args.interface not in known:
+            raise UsageError(f"translate: no interface {escape_controls(args.interface)!r} in {args.config} "
+                             f"(its interfaces: {', '.join(known) or 'none'})")
+        icfg = cfg.interface(args.interface)
+        tz = icfg.timezone
         if isinstance(icfg, MllpInterfaceConfig):
             mapping, encoding, fallback = icfg.mapping, icfg.encoding, icfg.fallback_encoding
         elif isinstance(icfg, OdbcInterfaceConfig):
-            raise ConfigError("ficus translate", [f"{icfg.name} is an odbc interface: it has no files to translate"])
+            raise UsageError(f"translate: {icfg.name} is an odbc interface: it has no files to translate")
         else:
             fmt, flat = fmt or icfg.format, icfg.flat
     if fmt in ("csv", "fixed-width") and flat is None:
-        raise ConfigError("ficus translate", [f"--format {fmt} needs -c CONFIG --interface IFACE (its layout)"])
+        raise UsageError(f"translate: --format {fmt} needs -c CONFIG --interface IFACE (the interface's layout)")
     failed = translate_files(
         [Path(f) for f in args.files], fmt=fmt, mapping=mapping, interface=args.interface or "offline",
         timezone=tz, encoding=encoding, fallback=fallback, out=sys.stdout, err=sys.stderr, reference=reference,
@@ -190,23 +222,33 @@ def _print(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _facilities(route: dict[str, Any]) -> str:
+    """`NORTH=shadow SOUTH=modern`, or empty."""
+    return " ".join(f"{f}={m}" for f, m in sorted((route.get("facilities") or {}).items()))
+
+
 def cmd_routes(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.action is None:
         routes = client.call("GET", "/api/v1/routes")["routes"]
+        if not routes:
+            print("no interfaces")
+            return 0
+        print(f"{'INTERFACE':24} {'MODE':8} {'FACILITIES':20} {'CHANGED AT':29} BY: REASON")
         for name, route in sorted(routes.items()):
-            extra = " ".join(f"{f}={m}" for f, m in route.get("facilities", {}).items())
-            print(f"{name:24} {route['mode']:8} {extra:20} {route.get('changed_at', '')} "
+            print(f"{name:24} {route['mode']:8} {_facilities(route) or '-':20} {route.get('changed_at') or '-':29} "
                   f"{route.get('actor', '')}: {route.get('reason', '')}")
         return 0
     if args.action == "set":
         body = {"mode": args.mode, "reason": args.reason, "facility": args.facility, "force": args.force,
                 "keep_facilities": args.keep_facilities}
-        result = client.call("PUT", f"/api/v1/routes/{_q(args.iface)}", body)
-        print(f"{args.iface}: now {result['route']['mode']}"
-              + (f" (facilities {result['route']['facilities']})" if result["route"]["facilities"] else ""))
+        route = client.call("PUT", f"/api/v1/routes/{_q(args.iface)}", body)["route"]
+        facilities = _facilities(route)
+        print(f"{args.iface}: now {route['mode']}" + (f" (facilities: {facilities})" if facilities else ""))
         return 0
     history = client.call("GET", f"/api/v1/routes/{_q(args.iface)}/history")["history"]
+    if not history:
+        print(f"no flips recorded for {args.iface}")
     for h in history:
         fac = f" facility {h['facility']}" if h.get("facility") else ""
         forced = " FORCED" if h.get("forced") else ""
@@ -220,25 +262,35 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.action == "list":
         query = f"?interface={_q(args.iface)}" if args.iface else ""
-        for d in client.call("GET", f"/api/v1/dlq{query}")["dead_letters"]:
+        letters = client.call("GET", f"/api/v1/dlq{query}")["dead_letters"]
+        if not letters:
+            print("no dead letters" + (f" for {args.iface}" if args.iface else ""))
+            return 0
+        print(f"{'ID':>8} AT INTERFACE KIND UNIT: REASON")
+        for d in letters:
             done = " [replayed]" if d.get("replayed") else ""
             print(f"{d['id']:>8} {d['at']} {d['interface']} {d['kind']} unit {d['unit']}: {d['reason']}{done}")
         return 0
     if args.action == "replay":
-        if args.id is None and args.interface is None:
-            raise ApiError("dlq replay needs an ID or --interface IFACE")
-        listing = f"/api/v1/dlq?interface={_q(args.interface)}&limit=1000" if args.interface else ""
-        ids = [args.id] if args.id else [
-            d["id"] for d in client.call("GET", listing)["dead_letters"] if not d.get("replayed")]
-        failed = 0
+        if (args.id is None) == (args.interface is None):
+            raise UsageError("dlq replay: give a dead letter ID or --interface IFACE (one of them)")
+        if args.id is not None:  # one letter: not found or refused is a refused request (exit 2)
+            result = client.call("POST", f"/api/v1/dlq/{_q(args.id)}/replay", {})
+            print(f"{args.id}: replayed, {result['events']} events")
+            return 0
+        listing = f"/api/v1/dlq?interface={_q(args.interface)}&limit=1000"
+        ids = [d["id"] for d in client.call("GET", listing)["dead_letters"] if not d.get("replayed")]
+        if not ids:
+            print(f"no dead letters to replay for {args.interface}")
+        code = 0
         for ident in ids:
             try:
                 result = client.call("POST", f"/api/v1/dlq/{_q(str(ident))}/replay", {})
                 print(f"{ident}: replayed, {result['events']} events")
             except ApiError as exc:
-                failed += 1
+                code = max(code, exc.exit_code)
                 print(f"{ident}: {exc}", file=sys.stderr)
-        return 1 if failed else 0
+        return code
     _print(client.call("GET", f"/api/v1/dlq/{_q(args.id)}"))
     return 0
 
@@ -247,7 +299,11 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     from canonical.schemas import default_models, default_subjects, export
 
     models = default_models()
-    written = export(Path(args.dir), models, default_subjects(models))
+    try:
+        written = export(Path(args.dir), models, default_subjects(models))
+    except OSError as exc:
+        raise UsageError(f"schemas export: cannot write to {escape_controls(args.dir)}: "
+                         f"{exc.strerror or type(exc).__name__}") from exc
     print(f"wrote {len(written)} files to {args.dir} ({len(models)} event types and asyncapi.json)")
     return 0
 
@@ -260,98 +316,173 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
+EXIT_CODES = """\
+exit codes:
+  0  done
+  1  the work failed: a unit dead-lettered or still failing after a replay, problems found by
+     `ficus check`, a service error (HTTP 5xx), `ficus run` stopped by its shutdown deadline
+  2  usage or refused: bad arguments, a config file that cannot be used (missing, a directory,
+     not UTF-8, invalid for any command but `check`), an API that cannot be reached or that
+     refuses the request (HTTP 4xx, e.g. 404 not found, 409 refused)
+
+The manual (every command, config key and runbook) is README.md in the Ficus repository.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `ficus: routes set: <what is wrong> (ficus routes set --help)`."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("ficus").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"ficus: {where}{escape_controls(message)} (see {self.prog} --help)\n")
+
+
+def _iso_time(text: str) -> str:
+    """An ISO 8601 time as the API takes it (a `Z` suffix allowed); ArgumentTypeError otherwise."""
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected an ISO 8601 time, e.g. 2026-11-25T08:00:00Z") from None
+    return text
+
+
+def _api_url(text: str) -> str:
+    try:
+        return check_base_url(text, "--api")
+    except ApiError:
+        raise argparse.ArgumentTypeError("expected the API's base URL, http://HOST:PORT or https://HOST:PORT") from None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not value > 0:
+        raise argparse.ArgumentTypeError("expected a number of seconds above 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ficus", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="ficus", description=__doc__, epilog=EXIT_CODES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def api_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", help="config file (to find the API and its token)")
-        p.add_argument("--api", help="API base URL (default from config, $FICUS_API or http://127.0.0.1:8080)")
-        p.add_argument("--token", help="bearer token (default $FICUS_TOKEN or the config's)")
+        p.add_argument("-c", "--config", help="config file to find the API and its token in "
+                       "(default ./ficus.toml when it exists and --api is not given)")
+        p.add_argument("--api", type=_api_url, metavar="URL",
+                       help="API base URL; default $FICUS_API, else the config's api.listen, else "
+                            "http://127.0.0.1:8080")
+        p.add_argument("--token", help="bearer token; default $FICUS_TOKEN, else the config's "
+                                       "(operator, else viewer)")
 
-    p = sub.add_parser("run", help="run the service")
-    p.add_argument("-c", "--config", default="ficus.toml")
+    p = sub.add_parser("run", help="run the service until SIGTERM or Ctrl-C")
+    p.add_argument("-c", "--config", default="ficus.toml", help="config file (default ./ficus.toml)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run on the example config with simulated legacy systems")
-    p.add_argument("--duration", type=float, default=None, help="stop after N seconds")
-    p.add_argument("--state-dir", default=None, help="where the demo keeps its NATS store")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS",
+                   help="stop after SECONDS (default: until Ctrl-C)")
+    p.add_argument("--state-dir", default=None, help="where the demo keeps its NATS store (default: a temporary "
+                   "directory)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO instead of WARNING")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("check", help="validate a config")
-    p.add_argument("-c", "--config", default="ficus.toml")
+    p = sub.add_parser("check", help="validate a config and list every problem")
+    p.add_argument("-c", "--config", default="ficus.toml", help="config file (default ./ficus.toml)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("translate", help="translate files offline (no NATS)")
-    p.add_argument("files", nargs="+")
+    p = sub.add_parser("translate", help="translate files offline (no NATS): events on stdout, dead letters on "
+                       "stderr")
+    p.add_argument("files", nargs="+", metavar="FILE", help="files to translate")
     p.add_argument("--format", choices=["hl7v2", "x12-835", "csv", "fixed-width"], default=None,
-                   help="default: detected per file (ISA/ST first: x12-835)")
-    p.add_argument("-c", "--config")
-    p.add_argument("--interface")
+                   help="default: detected per file (ISA/ST first: x12-835; an MSH, FHS or BHS line: hl7v2); "
+                        "csv and fixed-width need -c and --interface for the layout")
+    p.add_argument("-c", "--config", help="config file: its reference tables enrich the events")
+    p.add_argument("--interface", metavar="IFACE",
+                   help="translate as this interface of the config (mapping, time zone, layout)")
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("schemas", help="JSON Schema and AsyncAPI for consumers")
-    ssub = p.add_subparsers(dest="action", required=True)
+    ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     e = ssub.add_parser("export", help="write <type>.schema.json per event and asyncapi.json")
-    e.add_argument("dir")
+    e.add_argument("dir", metavar="DIR", help="directory to write to (created if missing)")
     p.set_defaults(func=cmd_schemas)
 
-    p = sub.add_parser("routes", help="the routing table")
+    p = sub.add_parser("routes", help="the routing table (with no action: list it)")
     api_opts(p)
-    rsub = p.add_subparsers(dest="action")
-    s = rsub.add_parser("set", help="flip an interface")
-    s.add_argument("iface")
-    s.add_argument("mode", choices=MODES)
-    s.add_argument("--reason", required=True)
+    rsub = p.add_subparsers(dest="action", metavar="ACTION")
+    s = rsub.add_parser("set", help="flip an interface (or one facility of it)")
+    s.add_argument("iface", metavar="IFACE", help="interface name")
+    s.add_argument("mode", choices=MODES, help="legacy, shadow or modern")
+    s.add_argument("--reason", required=True, help="why (recorded in the history, e.g. a change ticket)")
     s.add_argument("--facility", help="flip one facility only (a canary)")
     s.add_argument("--keep-facilities", action="store_true",
                    help="without --facility: keep the facility overrides (by default they are cleared)")
     s.add_argument("--force", action="store_true", help="flip even when parity is below the gate")
     api_opts(s)
     h = rsub.add_parser("history", help="audit trail of an interface's flips")
-    h.add_argument("iface")
+    h.add_argument("iface", metavar="IFACE", help="interface name")
     api_opts(h)
     p.set_defaults(func=cmd_routes)
 
     p = sub.add_parser("dlq", help="the dead-letter queue")
-    dsub = p.add_subparsers(dest="action", required=True)
-    d = dsub.add_parser("list")
-    d.add_argument("iface", nargs="?")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    d = dsub.add_parser("list", help="list dead letters, newest last")
+    d.add_argument("iface", nargs="?", metavar="IFACE", help="only this interface's")
     api_opts(d)
-    d = dsub.add_parser("show")
-    d.add_argument("id")
+    d = dsub.add_parser("show", help="one dead letter in full (JSON)")
+    d.add_argument("id", metavar="ID", help="dead letter id (first column of dlq list)")
     api_opts(d)
     d = dsub.add_parser("replay", help="translate a dead letter's raw message again (after a fix)")
-    d.add_argument("id", nargs="?")
-    d.add_argument("--interface")
+    d.add_argument("id", nargs="?", metavar="ID", help="the dead letter to replay")
+    d.add_argument("--interface", metavar="IFACE", help="instead of ID: every dead letter of IFACE not yet replayed")
     api_opts(d)
     p.set_defaults(func=cmd_dlq)
 
     p = sub.add_parser("replay", help="re-translate an interface's raw traffic since a time")
-    p.add_argument("iface")
-    p.add_argument("--since", required=True, help="ISO 8601 time, e.g. 2026-11-25T08:00:00Z")
+    p.add_argument("iface", metavar="IFACE", help="interface name")
+    p.add_argument("--since", required=True, type=_iso_time, metavar="TIME",
+                   help="ISO 8601 time, e.g. 2026-11-25T08:00:00Z (no zone: UTC)")
     api_opts(p)
     p.set_defaults(func=cmd_replay)
     return parser
 
 
+def _os_error(exc: OSError) -> str:
+    """An OSError on one line: what failed and on which file, without a traceback."""
+    where = f" ({escape_controls(str(exc.filename))})" if exc.filename else ""
+    return f"{exc.strerror or type(exc).__name__}{where}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns the exit code (see EXIT_CODES)."""
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"{exc.path}: {problem}", file=sys.stderr)
-        return 1
-    except ApiError as exc:
+            print(f"{exc.path}: {escape_controls(problem)}", file=sys.stderr)
+        # `check` found problems (its work); any other command was refused a usable config.
+        return 1 if args.command == "check" and not isinstance(exc, ConfigFileError) else 2
+    except UsageError as exc:
         print(f"ficus: {exc}", file=sys.stderr)
         return 2
+    except ApiError as exc:
+        print(f"ficus: {exc}", file=sys.stderr)
+        return exc.exit_code
     except EmbeddedNatsError as exc:  # a store in use, a port taken: one line, no traceback
         print(f"ficus: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # the environment failed the work (a port taken, a disk full): one line
+        print(f"ficus: {args.command}: {_os_error(exc)}", file=sys.stderr)
+        return 1
     return code
 
 
