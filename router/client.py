@@ -8,22 +8,46 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from router.config import ConfigError, load_config
+from router.config import load_config
 
 
 class ApiError(Exception):
-    """The API could not be reached or answered with an error; `str()` is one line."""
+    """The API could not be reached or answered with an error; `str()` is one line.
+
+    `status` is the HTTP status of an answer, None when there was none.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def exit_code(self) -> int:
+        """1 when the work was tried and failed (422 still not translatable, a 5xx service error);
+        2 when the request was refused (any other 4xx) or could not be made (no API there)."""
+        return 1 if self.status is not None and (self.status == 422 or self.status >= 500) else 2
+
+
+def check_base_url(url: str, source: str) -> str:
+    """`url` without a trailing slash; ApiError naming `source` unless it is http(s)://host[:port]."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        # The value is not repeated: an URL may carry credentials.
+        raise ApiError(f"{source}: expected the API's base URL, http://HOST:PORT or https://HOST:PORT")
+    return url.rstrip("/")
 
 
 def _from_config(config: str | None) -> tuple[str | None, str | None]:
     path = config or ("ficus.toml" if Path("ficus.toml").exists() else None)
     if path is None:
         return None, None
-    try:
-        cfg = load_config(path)
-    except ConfigError as exc:
-        raise ApiError(f"{path}: {exc.problems[0]}") from exc
+    cfg = load_config(path)  # ConfigError: the caller prints every problem
     host, port = cfg.api.host_port
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
@@ -36,9 +60,16 @@ class ApiClient:
 
     def __init__(self, base_url: str | None = None, token: str | None = None,
                  config: str | None = None, timeout: float = 10.0) -> None:
-        cfg_url, cfg_token = _from_config(config) if not base_url else (None, None)
-        self.base_url = (base_url or os.environ.get("FICUS_API") or cfg_url
-                         or "http://127.0.0.1:8080").rstrip("/")
+        # Precedence: --api, $FICUS_API, the config's api.listen; a config named with -c is
+        # always read (a broken one is an error, and its token applies with --api too).
+        env_url = os.environ.get("FICUS_API")
+        cfg_url, cfg_token = _from_config(config) if config or not base_url else (None, None)
+        if base_url:
+            self.base_url = check_base_url(base_url, "--api")
+        elif env_url:
+            self.base_url = check_base_url(env_url, "$FICUS_API")
+        else:
+            self.base_url = cfg_url or "http://127.0.0.1:8080"
         self.token = token or os.environ.get("FICUS_TOKEN") or cfg_token
         self.timeout = timeout
 
@@ -61,7 +92,7 @@ class ApiClient:
                 reason = json.loads(exc.read()).get("error", exc.reason)
             except (ValueError, AttributeError):
                 reason = exc.reason
-            raise ApiError(f"{method} {path}: {exc.code} {reason}") from exc
+            raise ApiError(f"{method} {path}: {exc.code} {reason}", exc.code) from exc
         except (urllib.error.URLError, OSError) as exc:
             raise ApiError(f"cannot reach the Ficus API at {self.base_url}: "
                            f"{getattr(exc, 'reason', exc)}") from exc

@@ -43,6 +43,11 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"{path}: {p}" for p in problems))
 
 
+class ConfigFileError(ConfigError):
+    """The file named as the configuration cannot be read as one (missing, a directory, not
+    UTF-8): a usage error, where a ConfigError is a config with problems."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -379,11 +384,44 @@ class OdbcInterfaceConfig(InterfaceBase):
     # The legacy job is the legacy path: Ficus never writes unless mark_statement is set.
     legacy: str | None = "job"
 
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        found = ordering_clauses(value)
+        if found:
+            raise ValueError(f"{' and '.join(found)} not allowed: Ficus orders by the watermark and limits each "
+                             "batch itself (limit_clause, batch_size); write the query without ORDER BY, LIMIT, "
+                             "OFFSET, FETCH FIRST or TOP")
+        return value
+
     @model_validator(mode="after")
     def _timestamp(self) -> OdbcInterfaceConfig:
         if self.watermark == "timestamp+key" and not self.timestamp_column:
             raise ValueError("watermark 'timestamp+key' needs timestamp_column")
         return self
+
+
+# What may not end an ODBC `query`: Ficus appends its own ordering and limit to it.
+_ORDERING = (
+    ("ORDER BY", re.compile(r"\border\s+by\b", re.I)),
+    ("LIMIT", re.compile(r"\blimit\b", re.I)),
+    ("OFFSET", re.compile(r"\boffset\s+(\d|\?|:)", re.I)),  # MariaDB allows a column called offset
+    ("FETCH FIRST", re.compile(r"\bfetch\s+(first|next)\b", re.I)),
+    ("TOP", re.compile(r"^\s*select\s+(distinct\s+)?top\b", re.I)),
+)
+_LITERAL = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", re.S)
+
+
+def ordering_clauses(query: str) -> list[str]:
+    """The ordering or limiting clauses of `query` itself (not of a subquery, a string or a comment)."""
+    text = _LITERAL.sub(" ", query)
+    top, depth = [], 0
+    for ch in text:  # keep only the characters outside parentheses
+        depth += ch == "("
+        top.append(ch if depth == 0 else " ")
+        depth -= ch == ")" and depth > 0
+    outer = "".join(top)
+    return [name for name, pattern in _ORDERING if pattern.search(outer)]
 
 
 FileInterfaceConfig = FolderInterfaceConfig | SftpInterfaceConfig
@@ -398,6 +436,9 @@ class FicusConfig(_Model):
 
     state_dir: str = ".ficus"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shutdown_timeout_seconds: float = Field(30.0, gt=0)
+    """At SIGTERM/Ctrl-C, work in flight gets this long; then it is abandoned (not acknowledged,
+    redone at the next start) and `ficus run` exits with code 1."""
     nats: NatsConfig = NatsConfig()
     api: ApiConfig = ApiConfig()
     reference: ReferenceConfig = ReferenceConfig()
@@ -426,22 +467,41 @@ class FicusConfig(_Model):
         raise KeyError(name)
 
 
-def _resolve_env(value: Any, key: str, problems: list[str], resolved: set[str]) -> Any:
+def _item_key(key: str, index: int, item: Any) -> str:
+    """`interfaces[his-adt]` for a named interface (as validation errors say it), else `key[index]`."""
+    if key == "interfaces" and isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"]:
+        return f"{key}[{item['name']}]"
+    return f"{key}[{index}]"
+
+
+def _resolve_env(value: Any, key: str, problems: list[str], resolved: set[str], unresolved: set[str]) -> Any:
     """Replaces every `env:NAME` string with the variable's value (collected in `resolved`:
-    whatever comes from the environment is treated as a secret and never echoed)."""
+    whatever comes from the environment is treated as a secret and never echoed). The keys
+    that could not be resolved go to `unresolved`, so that their derived errors are dropped."""
     if isinstance(value, dict):
-        return {k: _resolve_env(v, f"{key}.{k}" if key else str(k), problems, resolved) for k, v in value.items()}
+        return {k: _resolve_env(v, f"{key}.{k}" if key else str(k), problems, resolved, unresolved)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_env(v, f"{key}[{i}]", problems, resolved) for i, v in enumerate(value)]
+        return [_resolve_env(v, _item_key(key, i, v), problems, resolved, unresolved) for i, v in enumerate(value)]
     if isinstance(value, str) and value.startswith("env:"):
         name = value[4:]
-        if name not in os.environ:
+        if not name.strip():
+            problems.append(f"{key}: 'env:' needs the name of an environment variable (env:NAME)")
+        elif name not in os.environ:
             problems.append(f"{key}: environment variable {name} is not set")
-            return ""
-        if os.environ[name]:
-            resolved.add(os.environ[name])
-        return os.environ[name]
+        else:
+            if os.environ[name]:
+                resolved.add(os.environ[name])
+            return os.environ[name]
+        unresolved.add(key)
+        return ""
     return value
+
+
+def _derived(location: str, unresolved: set[str]) -> bool:
+    """True for a validation error at (or under) a key whose `env:` was not resolved: the
+    empty stand-in value fails too, but that says nothing the first problem does not."""
+    return any(location == key or location.startswith((f"{key}.", f"{key}[")) for key in unresolved)
 
 
 # Keys whose values are secrets wherever they appear (NATS URLs are checked for user:password@).
@@ -503,7 +563,8 @@ def parse_config(data: dict[str, Any], path: str = "<config>", *, check_tables: 
     """
     problems: list[str] = []
     secrets: set[str] = set()
-    resolved = _resolve_env(data, "", problems, secrets)
+    unresolved: set[str] = set()
+    resolved = _resolve_env(data, "", problems, secrets, unresolved)
     _secret_values(resolved, False, secrets)
     if isinstance(resolved.get("reference"), dict):
         resolved["reference"].setdefault("base_dir", str(Path(path).parent) if path.endswith(".toml") else ".")
@@ -513,7 +574,9 @@ def parse_config(data: dict[str, Any], path: str = "<config>", *, check_tables: 
         # Only `msg` is used, never pydantic's `input`; and a message may still quote a value.
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(redact(f"{_location(err['loc'], resolved)}: {msg}", secrets))
+            location = _location(err["loc"], resolved)
+            if not _derived(location, unresolved):
+                problems.append(redact(f"{location}: {msg}", secrets))
         raise ConfigError(path, problems) from None
     if check_tables:
         problems.extend(f"reference: {p}" for p in validate_tables(config.reference.paths()))
@@ -522,13 +585,37 @@ def parse_config(data: dict[str, Any], path: str = "<config>", *, check_tables: 
     return config
 
 
-def load_config(path: str | Path) -> FicusConfig:
-    """Reads and validates a TOML file; raises ConfigError."""
+def _not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where a config stops being UTF-8: the byte, its line and column, never the text around it."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    return (f"byte 0x{data[exc.start]:02x} at line {line}, column {column} is not UTF-8: the config file must be "
+            "UTF-8 (save it as UTF-8, e.g. iconv -f windows-1252 -t utf-8)")
+
+
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file; ConfigFileError (one line) when it cannot be read as one."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        data = p.read_bytes()
     except FileNotFoundError as exc:
-        raise ConfigError(str(p), ["file not found"]) from exc
+        raise ConfigFileError(str(p), ["file not found"]) from exc
+    except IsADirectoryError as exc:
+        raise ConfigFileError(str(p), ["is a directory, not a config file (give the .toml file)"]) from exc
+    except OSError as exc:
+        raise ConfigFileError(str(p), [f"cannot read: {exc.strerror or type(exc).__name__}"]) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(str(p), [_not_utf8(data, exc)]) from exc
+
+
+def load_config(path: str | Path) -> FicusConfig:
+    """Reads and validates a TOML file; raises ConfigError (ConfigFileError: not readable as one)."""
+    p = Path(path)
+    text = read_config_text(p)
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(p), [f"not valid TOML: {exc}"]) from exc
     return parse_config(data, str(p))

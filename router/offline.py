@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -11,15 +12,40 @@ from canonical.enrich import enrich
 from canonical.errors import CanonicalError
 from canonical.flat import FlatSpec
 from canonical.hl7v2.batch import split_batch
+from canonical.hl7v2.reader import peek_header
 from canonical.reference import ReferenceData
+from canonical.safe_text import bounded_id
 from canonical.translate import TranslationContext, translate_hl7
 from router.file_units import file_units, sha256_of
 
+DETECT_BYTES = 64 * 1024
+"""How much of a file format detection reads."""
 
-def detect_format(head: bytes) -> str:
-    """`x12-835` for X12 (ISA or ST first, UTF-16 too), else `hl7v2`, from a file's first bytes."""
-    head = head[:64].lstrip(b"\xef\xbb\xbf\xff\xfe \r\n\t").replace(b"\x00", b"")
-    return "x12-835" if head[:3] in (b"ISA", b"ST*", b"ST|") else "hl7v2"
+# A line that starts an HL7 v2 message or batch, after what files in the wild put before it
+# (MLLP bytes, a BOM, `[SOM]` written as text, blanks); comment lines may come first.
+_HL7_LINE = re.compile(rb"(?:^|[\r\n])(?:\xef\xbb\xbf|[\x0b\x1c \t]|\[SOM\])*(?:MSH|FHS|BHS)[^A-Za-z0-9\r\n]")
+
+UNDETECTED = ("format not detected: no MSH, FHS or BHS segment (HL7 v2) and no ISA or ST first (X12 835) in the "
+              "first 64 KB; name the format: --format csv or --format fixed-width with -c CONFIG --interface IFACE "
+              "(the interface's layout), or --format hl7v2 / --format x12-835")
+
+
+def detect_format(head: bytes) -> str | None:
+    """`x12-835` for X12 (ISA or ST first, UTF-16 too), `hl7v2` when a line starts with MSH, FHS or
+    BHS, None when neither (a CSV or fixed-width file names its format), from a file's first bytes."""
+    text = head.replace(b"\x00", b"")  # UTF-16 text, read as bytes
+    first = text[:64].lstrip(b"\xef\xbb\xbf\xff\xfe \r\n\t")
+    if first[:3] in (b"ISA", b"ST*", b"ST|"):
+        return "x12-835"
+    return "hl7v2" if _HL7_LINE.search(text) else None
+
+
+def _control_id(raw: bytes) -> str | None:
+    """MSH-10 of a raw message, bounded and escaped (an identifier, safe to print); None without one."""
+    try:
+        return bounded_id(peek_header(raw).control_id) or None
+    except CanonicalError:
+        return None
 
 
 def translate_stream_file(path: Path, fmt: str, flat: FlatSpec | None, interface: str, timezone: str,
@@ -60,12 +86,18 @@ def translate_files(
     for path in files:
         try:
             with path.open("rb") as fh:
-                head = fh.read(64)
+                head = fh.read(DETECT_BYTES)
         except OSError as exc:
-            err.write(f"{path}: cannot read: {exc.strerror}\n")
+            err.write(json.dumps({"file": str(path), "error": type(exc).__name__,
+                                  "reason": f"cannot read: {exc.strerror or type(exc).__name__}"}) + "\n")
             failed += 1
             continue
         kind = fmt or detect_format(head)
+        if kind is None:
+            reason = "empty file" if not head.strip() else UNDETECTED
+            err.write(json.dumps({"file": str(path), "error": "FormatNotDetected", "reason": reason}) + "\n")
+            failed += 1
+            continue
         if kind in ("x12-835", "csv", "fixed-width"):
             # Streamed: a 1 GB export or remittance file is never held in memory.
             failed += translate_stream_file(path, kind, flat, interface, timezone, out, err, reference)
@@ -80,7 +112,8 @@ def translate_files(
                 failed += 1
                 err.write(json.dumps({
                     "file": str(path), "line": item.line, "message": item.index + 1,
-                    "control_id": getattr(exc, "control_id", None), "error": type(exc).__name__,
+                    "control_id": bounded_id(getattr(exc, "control_id", "") or "") or _control_id(item.raw),
+                    "error": type(exc).__name__,
                     "reason": exc.reason,
                 }) + "\n")
                 continue

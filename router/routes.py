@@ -205,8 +205,11 @@ class RouteTable:
         except (nats.errors.Error, TimeoutError) as exc:
             raise RouteError(f"routing table unavailable: {type(exc).__name__}", 503) from exc
         self._apply(interface, route.model_dump_json().encode(), revision)
+        # A facility flip is audited as that facility's change: from the mode it had in effect
+        # (its override, else the interface's), so undoing an override reads `legacy -> shadow`.
+        previous = current.mode_for(facility) if facility else current.mode
         audit = {
-            "interface": interface, "from": current.mode, "from_facilities": current.facilities,
+            "interface": interface, "from": previous, "from_facilities": current.facilities,
             "to": mode, "facility": facility, "cleared_facilities": cleared, "reason": reason, "actor": actor,
             "at": route.changed_at, "revision": revision, **(extra or {}),
         }

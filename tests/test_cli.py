@@ -226,7 +226,7 @@ def test_run_refuses_an_api_on_the_network_without_tokens(tmp_path: Path) -> Non
     # An external URL nobody listens on: `run` must stop at the config, before connecting.
     conf = _api_config(tmp_path, f'listen = "0.0.0.0:{_free_port()}"', nats_url=f"nats://127.0.0.1:{_free_port()}")
     result = ficus("run", "-c", str(conf), timeout=30)
-    assert result.returncode == 1
+    assert result.returncode == 2, "refused: a usage error (issue 11 item 8)"
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"{conf}: api") and "api.tokens" in line
 

@@ -124,7 +124,7 @@ async def test_dead_letter_replayed_after_the_table_is_fixed(
                                   capture_output=True, text=True, timeout=60, cwd=REPO)
 
         listing = await asyncio.to_thread(cli, "dlq", "list")
-        (line,) = listing.stdout.splitlines()
+        _header, line = listing.stdout.splitlines()
         letter_id = line.split()[0]
         still = await asyncio.to_thread(cli, "dlq", "replay", letter_id)
         assert still.returncode == 1 and "unmapped charge code: not in reference table charge_codes" in still.stderr
