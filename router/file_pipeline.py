@@ -118,6 +118,7 @@ class FilePipeline:
         self.failing: str | None = None
         """Why the last pass stopped on a failure it retries (source, NATS or legacy destination
         unavailable), else None: readiness reports it from the first failed pass to the next good one."""
+        self._source_failed = False
         self._local: Path | None = None
         self._raw = ""
         self._aside_ids = itertools.count(1)
@@ -127,6 +128,8 @@ class FilePipeline:
         while not stopping.is_set():
             try:
                 ready = await self.source.scan()
+                if self._source_failed:  # the source answers again: ready before the files are done
+                    self.failing, self._source_failed = None, False
                 for ref in ready:
                     if stopping.is_set():
                         break
@@ -142,6 +145,7 @@ class FilePipeline:
             except (*_PASS_FAILURES, DeliveryUnavailable) as exc:
                 self.stats.error(f"{type(exc).__name__}: {printable(getattr(exc, 'reason', ''))}".rstrip(": "))
                 self.failing = f"{self.stats.last_error}; retrying every {self.cfg.poll_seconds:g}s"
+                self._source_failed = isinstance(exc, SourceUnavailable) and not isinstance(exc, FileChanged)
                 log.warning("%s: will retry: %s", self.name, self.stats.last_error)
             except (FileSourceError, DeliveryError) as exc:  # give up until an operator acts
                 self.failing = None
@@ -217,6 +221,7 @@ class FilePipeline:
         else:
             self._drop_copy()
             self.set_aside.pop(ref, None)
+            self.failing = None  # a file went through: source, NATS and legacy all answered
 
     def _drop_copy(self) -> None:
         if self._local is not None and self._local.is_relative_to(self.spool_dir):
