@@ -73,6 +73,7 @@ async def test_kill_mid_file_then_restart_publishes_each_record_once(
     finally:
         if first.returncode is None:
             first.kill()
+            await first.wait()
     published = await stream_count(nats_server.url, names.STREAM_CANONICAL)
     assert 0 < published < RECORDS, f"killed mid-file ({published} events)"
     assert (tmp_path / "in" / "big.csv").exists(), "not archived before its events were stored"
@@ -86,7 +87,12 @@ async def test_kill_mid_file_then_restart_publishes_each_record_once(
             second.send_signal(signal.SIGTERM)
             loop = asyncio.get_running_loop()
             started = loop.time()
-            await asyncio.wait_for(second.wait(), 60)
+            try:
+                await asyncio.wait_for(second.wait(), 60)
+            finally:
+                if second.returncode is None:  # never left running, whatever failed
+                    second.kill()
+                    await second.wait()
             stop_seconds = loop.time() - started
     err = log.read_bytes()
     assert second.returncode == 0, err.decode()[-2000:]
