@@ -159,12 +159,14 @@ def _polling(
         stopping.set()
 
     async def finish() -> None:
-        # The unit in flight finishes; a hard stop is safe too (its resume point is not advanced).
-        done, _ = await asyncio.wait({task}, timeout=30)
-        if not done:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # The unit in flight finishes. The service's shutdown deadline bounds this wait by
+        # cancelling finish, which cancels the pipeline with it: a hard stop is safe too (its
+        # resume point -- manifest, checkpoint -- is only advanced after the unit is stored).
+        try:
+            await asyncio.wait({task})
+        finally:
+            if not task.done():
+                task.cancel()
         await close()
 
     return RunningInterface(cfg, stats, address=lambda: address, stop_intake=stop_intake, finish=finish,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from types import TracebackType
 
@@ -51,6 +52,8 @@ class Service:
         self._parity_kv: KeyValue | None = None
         self._parity_saved: dict[str, int] = {}
         self.api_url: str | None = None
+        self.abandoned: list[str] = []
+        """Shutdown steps cut short by the deadline (then `ficus run` exits with code 1)."""
 
     @property
     def nats_url(self) -> str:
@@ -108,25 +111,69 @@ class Service:
             for problem in await asyncio.to_thread(self.reference.maybe_reload):
                 log.warning("reference: %s", problem)
 
-    async def stop(self) -> None:
-        """Stops intake, finishes in-flight work, drains NATS, stops the embedded server."""
+    CLOSE_RESERVE = 5.0
+    """Seconds of the shutdown deadline kept for closing NATS and the embedded server."""
+    MIN_STEP = 0.2
+    """Seconds each step gets even when the deadline has passed."""
+    GRACE = 10.0
+    """What `stop` may take beyond the deadline at most: closing NATS and the server get a minimum."""
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stops intake, finishes in-flight work, closes NATS, stops the embedded server.
+
+        All of it within `timeout` seconds (default `shutdown_timeout_seconds`): each step gets
+        what is left of the deadline and is abandoned (cancelled, named in `abandoned`) when it
+        runs out. Abandoning is safe: a sender is acknowledged, a file moved and a checkpoint
+        advanced only after the unit is stored, so what was cut short is redone at the next start.
+        """
+        loop = asyncio.get_running_loop()
+        total = self.cfg.shutdown_timeout_seconds if timeout is None else timeout
+        deadline = loop.time() + total
+        # Work (intake, in-flight units) ends a little early, so the connection and the embedded
+        # server are still closed in order when the work had to be cut short.
+        work_deadline = deadline - min(self.CLOSE_RESERVE, total / 4)
         for task in self._tasks:
             task.cancel()
-        for running in self.interfaces.values():
-            await running.stop_intake()
-        for running in self.interfaces.values():
-            await running.finish()
+        await asyncio.gather(*(self._step(f"stop intake of {name}", running.stop_intake(), work_deadline)
+                               for name, running in self.interfaces.items()))
+        await asyncio.gather(*(self._step(f"finish {name}", running.finish(), work_deadline)
+                               for name, running in self.interfaces.items()))
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._step("stop the API", self._runner.cleanup(), deadline)
         if self._parity_kv is not None:
-            await parity.save(self._parity_kv, {n: r.stats for n, r in self.interfaces.items()}, self._parity_saved)
+            await self._step("save parity", parity.save(
+                self._parity_kv, {n: r.stats for n, r in self.interfaces.items()}, self._parity_saved), deadline)
         if self.routes is not None:
-            await self.routes.stop()
+            await self._step("stop the routing table", self.routes.stop(), deadline)
+        # Closing gets a short minimum even past the deadline (GRACE bounds the whole overrun).
         if self.store is not None:
-            await self.store.close()
+            left = max(1.0, deadline - loop.time())
+            await self._step("close NATS", self.store.close(left), loop.time() + left + 1)
         if self.embedded is not None:
-            await self.embedded.stop()
-        log.info("stopped")
+            # Cut short, the server still stops cleanly: it gets SIGTERM when we exit (parent death).
+            left = max(2.0, deadline - loop.time())
+            await self._step("stop the embedded nats-server", self.embedded.stop(timeout=left), loop.time() + left + 1)
+        if self.abandoned:
+            log.error("shutdown deadline of %gs reached: abandoned %s; work not finished was not acknowledged "
+                      "and is taken again at the next start", total, ", ".join(self.abandoned))
+        else:
+            log.info("stopped")
+
+    async def _step(self, what: str, work: Awaitable[object], deadline: float) -> None:
+        """Runs one shutdown step until `deadline`; past it the step is cancelled and abandoned.
+
+        asyncio.wait, not wait_for: a step that swallows its cancellation (nats-py's drain does)
+        cannot make the shutdown wait for it.
+        """
+        task = asyncio.ensure_future(work)
+        # Past the deadline a step still gets a moment: one that ends at once is not abandoned.
+        done, _ = await asyncio.wait({task}, timeout=max(self.MIN_STEP, deadline - asyncio.get_running_loop().time()))
+        if not done:
+            task.cancel()
+            self.abandoned.append(what)
+            return
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("shutdown: %s failed: %s", what, type(exc).__name__)
 
     async def wait(self) -> None:
         await self.stopping.wait()

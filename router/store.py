@@ -102,16 +102,27 @@ def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
 async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -> Client:
     """Connects with settings for a long-lived service: reconnect forever, notice loss fast."""
 
+    client: list[Client] = []  # set below; the callbacks only run once it is
+
+    def closing() -> bool:
+        return bool(client) and (client[0].is_closed or client[0].is_draining)
+
     async def on_error(exc: Exception) -> None:
+        if closing():  # our own close (a timed-out flush at shutdown, say): not an incident
+            log.info("nats: while closing: %s", type(exc).__name__)
+            return
         log.warning("nats: %s: %s", type(exc).__name__, exc)
 
     async def on_disconnect() -> None:
+        if closing():  # a clean stop disconnects too; only a lost connection deserves a warning
+            log.info("nats: connection closed")
+            return
         log.warning("nats: disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats: reconnected")
 
-    return await nats.connect(
+    nc = await nats.connect(
         servers=servers,
         name=name,
         user=cfg.user,
@@ -129,6 +140,8 @@ async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -
         reconnected_cb=on_reconnect,
         allow_reconnect=True,
     )
+    client.append(nc)
+    return nc
 
 
 class Store:
@@ -259,32 +272,46 @@ class Store:
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
             await self.js.delete_consumer(stream, name)
 
-    async def close(self) -> None:
-        """Waits for outstanding publishes, then drains the connection."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Waits (bounded) for outstanding publishes, then closes the connection.
+
+        Every wait is bounded by `timeout` (default: the publish timeout) in total: a server that
+        is away, or frozen with its socket open, cannot hold a shutdown. Publishes still
+        unacknowledged then were never acknowledged upstream either, so nothing is lost.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
         try:
-            await self._close()
+            await self._close(deadline)
         finally:
             if self.fast is not None:
                 await self.fast.stop()
 
-    async def _close(self) -> None:
+    async def _close(self, deadline: float) -> None:
         if self.nc.is_closed:
             return
-        try:
-            await asyncio.wait_for(self.js.publish_async_completed(), self.timeout)
-            if self.fast is not None and not await self.fast.wait_idle(self.timeout):
-                raise TimeoutError
-        except TimeoutError:
-            log.warning("nats: closing with publishes still unacknowledged")
-        if not self.nc.is_connected:
-            # Nothing to drain while NATS is away; closing must not wait for it to come back.
-            await self._close_quietly()
-            return
-        try:
-            await asyncio.wait_for(self.nc.drain(), self.timeout)
-        except (TimeoutError, nats.errors.Error, OSError) as exc:
-            log.warning("nats: drain failed (%s); closing", type(exc).__name__)
-            await self._close_quietly()
+        loop = asyncio.get_running_loop()
+        if self.nc.is_connected:
+            try:
+                await asyncio.wait_for(self.js.publish_async_completed(), max(0.0, deadline - loop.time()))
+                if self.fast is not None and not await self.fast.wait_idle(max(0.0, deadline - loop.time())):
+                    raise TimeoutError
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                log.warning("nats: closing with publishes still unacknowledged (%s)", type(exc).__name__)
+            else:
+                # A flush, then close: not nc.drain(), which swallows a cancellation and then
+                # waits on a flush of its own (a shutdown past its deadline).
+                try:
+                    await asyncio.wait_for(self.nc.flush(), max(0.001, deadline - loop.time()))
+                except (TimeoutError, nats.errors.Error, OSError) as exc:
+                    log.info("nats: final flush not confirmed (%s); closing", type(exc).__name__)
+        # Nothing to wait for while NATS is away; close() itself writes what is buffered and
+        # waits for the socket, so it is bounded too and abandoned past the deadline.
+        closer = asyncio.ensure_future(self._close_quietly())
+        done, _ = await asyncio.wait({closer}, timeout=max(0.5, deadline - loop.time()))
+        if not done:
+            closer.cancel()
+            log.warning("nats: the connection did not close in time; abandoned")
 
     async def _close_quietly(self) -> None:
         try:

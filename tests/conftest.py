@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,94 @@ def corpus_root() -> Path | None:
     env = os.environ.get("FICUS_CORPUS")
     root = Path(env) if env else REPO.parent / "shared" / "corpus"
     return root if root.is_dir() else None
+
+
+class Proc:
+    """One line of /proc/PID/stat: what the leak check needs."""
+
+    __slots__ = ("pgrp", "pid", "ppid", "start", "state")
+
+    def __init__(self, pid: int, stat: str) -> None:
+        fields = stat.rpartition(")")[2].split()  # the name in parentheses may hold spaces
+        self.pid = pid
+        self.state, self.ppid, self.pgrp = fields[0], int(fields[1]), int(fields[2])
+        self.start = int(fields[19])  # starttime: with the pid, one process (pids are reused)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.pid, self.start
+
+    @property
+    def alive(self) -> bool:
+        return self.state not in ("Z", "X")  # a zombie is dead, just not reaped yet
+
+
+def process_table() -> dict[int, Proc]:
+    """Every process now, read from /proc (psutil is not a dependency)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                table[int(entry)] = Proc(int(entry), Path(f"/proc/{entry}/stat").read_text())
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    return table
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def started_by_test(table: dict[int, Proc], before: set[tuple[int, int]], tmp: Path | None) -> list[Proc]:
+    """Live processes that did not exist when the test started and are the test's: descendants
+    of this process, members of its process group (a re-parented grandchild keeps it), or a
+    command line naming the test's tmp directory (a server that detached into its own session).
+    The machine's own services (the NATS on 4222, databases) are none of these."""
+    me = os.getpid()
+    children: dict[int, list[int]] = {}
+    for proc in table.values():
+        children.setdefault(proc.ppid, []).append(proc.pid)
+    mine: set[int] = set()
+    todo = [me]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in mine:
+                mine.add(child)
+                todo.append(child)
+    group = os.getpgrp()
+    tmp_text = str(tmp) if tmp is not None else None
+    found = []
+    for proc in table.values():
+        if proc.pid == me or proc.key in before or not proc.alive:
+            continue
+        if proc.pid in mine or proc.pgrp == group or (tmp_text is not None and tmp_text in cmdline(proc.pid)):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test that leaves a process it started running, after killing it by PID.
+
+    Runs around every test (autouse fixtures are set up first, so torn down last: after the
+    test's own fixtures stopped what they started). A process still stopping gets a few seconds.
+    """
+    tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    before = {proc.key for proc in process_table().values()}
+    yield
+    deadline = time.monotonic() + 5
+    while (leaked := started_by_test(process_table(), before, tmp)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not leaked:
+        return
+    names = [f"pid {proc.pid} ({cmdline(proc.pid)[:200]})" for proc in leaked]
+    for proc in leaked:
+        with suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+    pytest.fail(f"the test left {len(leaked)} process(es) running, killed now: {'; '.join(names)}")
 
 
 @pytest.fixture

@@ -35,10 +35,12 @@ so the file is seen again (the manifest knows a file that was already done).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,6 +64,19 @@ from wrappers.file_source import (
 )
 
 logger = logging.getLogger("ficus.folder")
+
+
+class _NoStopRace(logging.Filter):
+    """Drops watchdog's "queue_events() called when the thread is inactive" error: it is logged
+    when the emitter is stopped while it waits for an event (every close may race with one), and
+    stopping is exactly what was asked for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_NoStopRace())
+
 _CHUNK = 1 << 20
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -263,11 +278,35 @@ class FolderWatcher:
             return
 
     async def close(self) -> None:
-        """Stop the watchdog observer."""
+        """Stop the watchdog observer (bounded: a stuck watchdog thread cannot hold a shutdown).
+
+        ``observer.stop()`` joins its emitter threads without a timeout, so it runs in a daemon
+        thread of its own -- not on the event loop, and not in the default executor, which
+        ``asyncio.run`` waits for without a bound at exit; after 6 s it is left to die with us.
+        """
         observer, self._observer = self._observer, None
-        if observer is not None:
-            observer.stop()
-            await asyncio.to_thread(observer.join, 5)
+        if observer is None:
+            return
+        loop = asyncio.get_running_loop()
+        stopped: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:
+            if not stopped.done():
+                stopped.set_result(None)
+
+        def stop() -> None:
+            try:
+                observer.stop()
+                observer.join(5)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is already closed
+                    loop.call_soon_threadsafe(done)
+
+        threading.Thread(target=stop, name=f"folder-{self.name}-stop", daemon=True).start()
+        try:
+            await asyncio.wait_for(stopped, 6)
+        except TimeoutError:
+            logger.warning("folder %s: the filesystem watcher did not stop in 6 s; left behind", self.name)
 
     def _start_observer(self) -> None:
         """Start watchdog once; without it (no inotify, watch limit) polling still works."""
