@@ -71,8 +71,8 @@ def cmdline(pid: int) -> str:
 
 def started_by_test(table: dict[int, Proc], before: set[tuple[int, int]], tmp: Path | None) -> list[Proc]:
     """Live processes that did not exist when the test started and are the test's: descendants
-    of this process, members of its process group (a re-parented grandchild keeps it), or a
-    command line naming the test's tmp directory (a server that detached into its own session).
+    of this process, orphans in its process group (a re-parented grandchild keeps the group), or
+    a command line naming the test's tmp directory (a server that detached into its own session).
     The machine's own services (the NATS on 4222, databases) are none of these."""
     me = os.getpid()
     children: dict[int, list[int]] = {}
@@ -91,7 +91,12 @@ def started_by_test(table: dict[int, Proc], before: set[tuple[int, int]], tmp: P
     for proc in table.values():
         if proc.pid == me or proc.key in before or not proc.alive:
             continue
-        if proc.pid in mine or proc.pgrp == group or (tmp_text is not None and tmp_text in cmdline(proc.pid)):
+        parent = table.get(proc.ppid)
+        # In our group with a parent outside it: re-parented (to init or a subreaper), so orphaned
+        # by one of ours. A process with its parent in the group belongs to that parent -- perhaps
+        # another pytest started by the same script, whose processes are not ours to kill.
+        orphan = proc.pgrp == group and (parent is None or parent.pgrp != group)
+        if proc.pid in mine or orphan or (tmp_text is not None and tmp_text in cmdline(proc.pid)):
             found.append(proc)
     return found
 

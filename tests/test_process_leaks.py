@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import process_table, started_by_test
+from tests.conftest import Proc, process_table, started_by_test
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,3 +81,28 @@ def test_leaks():
     while _alive(leaked):
         assert time.monotonic() < deadline, f"pid {leaked} still alive"
         time.sleep(0.02)
+
+
+def _fake(pid: int, ppid: int, pgrp: int, start: int = 1000) -> Proc:
+    # state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
+    # priority nice threads itrealvalue starttime
+    fields = ["S", ppid, pgrp, pgrp, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 20, 0, 1, 0, start]
+    return Proc(pid, f"{pid} (x y) " + " ".join(map(str, fields)))
+
+
+def test_processes_of_another_pytest_in_the_same_group_are_not_named() -> None:
+    """Two suites started by one script share a process group; each names only its own."""
+    me, group = os.getpid(), os.getpgrp()
+    base = 4_000_000  # pids no real process has
+    table = {
+        me: _fake(me, os.getppid(), group),
+        base + 1: _fake(base + 1, me, group),          # our child
+        base + 2: _fake(base + 2, 1, group),           # an orphan in our group
+        base + 3: _fake(base + 3, base + 9, group),    # the other pytest's child
+        base + 9: _fake(base + 9, base + 8, group),    # the other pytest, its parent the script
+        base + 8: _fake(base + 8, 1, group, start=1),  # the script (older than the test)
+        base + 4: _fake(base + 4, 1, base + 4),        # someone else's daemon
+    }
+    before = {table[base + 8].key, table[me].key}
+    found = {proc.pid for proc in started_by_test(table, before, None)}
+    assert found == {base + 1, base + 2}
