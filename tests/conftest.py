@@ -73,7 +73,7 @@ def started_by_test(table: dict[int, Proc], before: set[tuple[int, int]], tmp: P
     """Live processes that did not exist when the test started and are the test's: descendants
     of this process, orphans in its process group (a re-parented grandchild keeps the group), or
     a command line naming the test's tmp directory (a server that detached into its own session).
-    The machine's own services (the NATS on 4222, databases) are none of these."""
+    The machine's own services (its NATS server, the databases) are none of these."""
     me = os.getpid()
     children: dict[int, list[int]] = {}
     for proc in table.values():

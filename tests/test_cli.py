@@ -233,8 +233,8 @@ def test_run_refuses_an_api_on_the_network_without_tokens(tmp_path: Path) -> Non
 
 # --- issue 10, item 11: config errors never print secrets -----------------------------------
 
-@pytest.mark.parametrize("value", ["nats://u:s3cret@h:4222,bad", "nats://u:s3cret@h:4222 bad",
-                                   "nats://u:s3cret@h:4222,nats://v:s3cret@ h:1"])
+@pytest.mark.parametrize("value", ["nats://u:s3cret@h:4333,bad", "nats://u:s3cret@h:4333 bad",
+                                   "nats://u:s3cret@h:4333,nats://v:s3cret@ h:1"])
 def test_check_never_prints_an_env_resolved_secret(tmp_path: Path, value: str) -> None:
     conf = tmp_path / "ficus.toml"
     conf.write_text("""
