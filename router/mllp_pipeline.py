@@ -10,8 +10,9 @@
 
 A raw message is archived under an id derived from (interface, sender, MSH-10), so a
 re-send is found by JetStream's duplicate window. When the window already holds that id,
-the stored bytes are read back (the rare path) and compared: the same bytes are a re-send
-(answered as before, its events dedupe), other bytes are a *reused control id* -- a
+the stored bytes are read back (the rare path) and compared: the same bytes (but for MSH-7,
+which some engines stamp again on a retry) are a re-send (answered as before, its events
+dedupe), other bytes are a *reused control id* -- a
 different message whose events would vanish as duplicates. Those bytes are archived under a
 content-hash id (kept), counted, dead-lettered ("control id reused with different content")
 and never answered AA; in shadow the translation is dead-lettered instead. Detection holds
@@ -329,7 +330,7 @@ class MllpPipeline:
             return False
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
             raise StoreUnavailable(f"stored raw message not readable: {type(exc).__name__}") from exc
-        return stored.data == payload
+        return stored.data is not None and same_message(stored.data, payload)
 
     async def _dead_letter(
         self, header: MshHeader | None, raw_ref: str | None, kind: Kind, reason: str, mode: str,
@@ -454,6 +455,31 @@ def _echoable(header: MshHeader | None) -> MshHeader | None:
 def _digest(kind: bytes, *parts: str) -> str:
     key = b"\0".join([kind, *(p.encode("utf-8", "surrogatepass") for p in parts)])
     return hashlib.sha256(key).hexdigest()[:32]
+
+
+def same_message(stored: bytes, received: bytes) -> bool:
+    """Whether `received` is a re-send of `stored`: the same bytes, but for MSH-7.
+
+    Some engines rebuild MSH on a retry and stamp a new MSH-7 (date/time of message); that
+    is still the same message, not a reused control id. Any other byte that differs makes it
+    another message.
+    """
+    if stored == received:
+        return True
+    head_a, sep_a, rest_a = _split_msh(stored)
+    head_b, sep_b, rest_b = _split_msh(received)
+    if rest_a != rest_b or sep_a != sep_b or head_a[:4] != head_b[:4] or len(head_a) < 4:
+        return False
+    fields_a, fields_b = head_a.split(head_a[3:4]), head_b.split(head_b[3:4])
+    # MSH.split(separator): index 6 is MSH-7 (MSH-1, the separator itself, is consumed).
+    return len(fields_a) == len(fields_b) and all(
+        i == 6 or x == y for i, (x, y) in enumerate(zip(fields_a, fields_b, strict=True)))
+
+
+def _split_msh(payload: bytes) -> tuple[bytes, bytes, bytes]:
+    """The MSH segment, its terminator and the rest of the message."""
+    cut = min((i for i in (payload.find(b"\r"), payload.find(b"\n")) if i >= 0), default=len(payload))
+    return payload[:cut], payload[cut:cut + 1], payload[cut + 1:]
 
 
 def _content_id(interface: str, payload: bytes) -> str:

@@ -13,6 +13,7 @@ import pytest
 from legacy.simulated_engine import SimulatedEngine
 from router import names, simulate
 from router.embedded_nats import EmbeddedNats
+from router.mllp_pipeline import same_message
 from tests.conftest import ServiceFactory, make_config, stream_count, wait_for
 from tests.mllp_client import MllpTestClient, msa
 from tests.test_service_mllp import read_raw, read_subject
@@ -108,3 +109,37 @@ async def test_legacy_mode_keeps_the_raw_copy_of_a_reused_control_id(
             assert engine.received == [first, second, first]
             assert svc.interfaces["his-charges"].stats.reused_control_ids == 1
         assert await read_raw(nats_server.url, "his-charges") == [first, second]
+
+
+def restamped(message: bytes, stamp: bytes) -> bytes:
+    """The same message with another MSH-7, as an engine that rebuilds MSH on a retry sends it."""
+    msh, sep, rest = message.partition(b"\r")
+    fields = msh.split(b"|")
+    fields[6] = stamp
+    return b"|".join(fields) + sep + rest
+
+
+def test_same_message_ignores_only_msh7() -> None:
+    first, second = two_messages_one_control_id()
+    assert same_message(first, first)
+    assert same_message(first, restamped(first, b"20991231235959"))
+    assert not same_message(first, second)
+    assert not same_message(first, restamped(second, first.split(b"|")[6]))
+    assert not same_message(first, first.replace(b"|P|", b"|T|", 1)), "another MSH field differs"
+    assert not same_message(first, first + b"NTE|1||x\r")
+
+
+async def test_a_resend_with_a_new_msh7_is_a_resend_not_a_reused_id(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory
+) -> None:
+    cfg = make_config(nats_server.url, [{"name": "his-charges", "mapping": "hl7v2.dft_p03", "route": "modern"}])
+    first, _ = two_messages_one_control_id()
+    again = restamped(first, b"20991231235959")
+    assert again != first
+    async with service_factory(cfg) as svc, MllpTestClient(svc.interfaces["his-charges"].listener.port) as client:
+        assert msa(await client.exchange(first)) == ("AA", "DFT00000001")
+        assert msa(await client.exchange(again)) == ("AA", "DFT00000001")
+        assert svc.interfaces["his-charges"].stats.reused_control_ids == 0
+    assert await stream_count(nats_server.url, names.STREAM_CANONICAL, CHARGES) == 2, "no event twice"
+    assert await stream_count(nats_server.url, names.STREAM_DLQ) == 0
+    assert await read_raw(nats_server.url, "his-charges") == [first]
