@@ -27,7 +27,7 @@ import aiohttp
 from bench.common import VENV_BIN, Child, ficus_config, free_port, wait_http
 from bench.messages import Feed
 from legacy.simulated_engine import SimulatedEngine
-from wrappers.mllp_framing import FrameDecoder, frame
+from protocols.mllp import FrameDecoder, frame
 
 
 async def run(flips: int) -> dict[str, Any]:

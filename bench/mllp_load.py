@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from bench import messages as bench_messages
-from wrappers.mllp_framing import FrameDecoder, frame
+from protocols.mllp import FrameDecoder, frame
 
 
 class Counters:

@@ -21,7 +21,9 @@ Error tree (``destination`` is the sender's name, ``reason`` a short text, no co
 * :class:`LegacyError` itself -- give up: the payload cannot be framed (it contains an
   MLLP block byte), the reply is over ``max_message_bytes``, or the sender is closed.
 
-This module does not import ``wrappers``: the few framing lines it needs are its own.
+Framing is the listener's codec (``protocols.mllp``): the reply is read by a
+:class:`~protocols.mllp.FrameReader` over the same decoder, so both ends apply one
+end-of-frame rule. This module does not import ``wrappers``.
 """
 
 from __future__ import annotations
@@ -34,16 +36,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
 
+from protocols.backoff import Backoff
+from protocols.mllp import END_BLOCK, START_BLOCK, FrameReader, FrameTooLarge, frame
+
 logger = logging.getLogger("ficus.legacy")
 
-START_BLOCK: Final = b"\x0b"
-END_BLOCK: Final = b"\x1c"
-CARRIAGE_RETURN: Final = b"\x0d"
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
-_READ_SIZE: Final = 65536
 
-# Backoff between connect attempts once the engine has refused twice in a row: sends
-# in between fail at once instead of each waiting for its own connect to fail.
+# Backoff (full jitter) between connect attempts once the engine has refused twice in a
+# row: sends in between fail at once instead of each waiting for its own connect to fail.
 _BACKOFF_FIRST: Final = 0.1
 _BACKOFF_MAX: Final = 2.0
 
@@ -82,134 +83,6 @@ class SenderStats:
     last_error: str | None = None
 
 
-def frame(payload: bytes) -> bytes:
-    """Wrap ``payload`` in an MLLP frame: ``<SB> payload <EB> <CR>``."""
-    return START_BLOCK + payload + END_BLOCK + CARRIAGE_RETURN
-
-
-class FrameTooLarge(ValueError):
-    """An incoming frame exceeds the configured maximum size."""
-
-
-class MalformedFrame(ValueError):
-    """A frame with a stray block byte inside its payload (``reason`` has no content)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-# The end-of-frame rule is the listener's (wrappers/mllp_framing.py, whose docstring
-# explains it); this module keeps its own copy of the few lines, and
-# tests/test_mllp_frame_ends.py holds both to one table of cases.
-_NEXT_FRAME: Final = START_BLOCK + b"MSH"
-_CR_BYTE: Final = CARRIAGE_RETURN[0]
-END_GRACE_SECONDS: Final = 0.5
-"""How long an ``<EB>`` that is the last byte received waits for a ``<CR>`` (or more)."""
-
-
-def _new_frame_at(data: bytearray, at: int) -> bool | None:
-    """``<SB>`` at ``at`` starts a message (True), is data (False), or undecided (None)."""
-    seen = bytes(data[at : at + len(_NEXT_FRAME)])
-    if seen == _NEXT_FRAME:
-        return True
-    return None if _NEXT_FRAME.startswith(seen) else False
-
-
-def _frame_end_at(data: bytearray, at: int) -> bool | None:
-    """``<EB>`` at ``at`` ends the frame (True), is a stray byte (False), or undecided (None)."""
-    if at + 1 == len(data):
-        return None
-    if data[at + 1] == _CR_BYTE:
-        return True
-    return _new_frame_at(data, at + 1)
-
-
-async def read_frame(
-    reader: asyncio.StreamReader, buffer: bytearray, max_size: int, *, end_grace: float = END_GRACE_SECONDS
-) -> bytes:
-    """Read one MLLP frame from ``reader`` and return its payload.
-
-    ``buffer`` belongs to the connection and persists between calls: bytes read past
-    the frame stay in it, except the ``<CR>`` right after ``<EB>``, which is dropped.
-    Bytes before the start block are skipped. ``<EB><CR>`` ends a frame, so does
-    ``<EB><SB>MSH`` (the next frame), and so does an ``<EB>`` that is the last byte
-    received when nothing more comes within ``end_grace`` seconds (or at EOF).
-
-    Raises ``asyncio.IncompleteReadError`` at EOF, :class:`FrameTooLarge` over
-    ``max_size``, :class:`MalformedFrame` (after consuming the whole frame) when a
-    stray ``<EB>``, or an ``<SB>`` not followed by ``MSH``, is inside the payload, and
-    ``ValueError`` if an ``<EB>`` comes before any start block.
-    """
-    start = -1  # index of the frame's start block in buffer
-    scan = 0  # next byte to judge: linear even for large frames read in many pieces
-    reason: str | None = None
-    while True:
-        if start < 0:
-            start = buffer.find(START_BLOCK, scan)
-            limit = len(buffer) if start < 0 else start
-            if buffer.find(END_BLOCK, scan, limit) >= 0:
-                raise ValueError("MLLP frame without start block")
-            scan = len(buffer) if start < 0 else start + 1
-        if start >= 0:
-            end_block = buffer.find(END_BLOCK, scan)
-            inner = buffer.find(START_BLOCK, scan, len(buffer) if end_block < 0 else end_block)
-            if inner >= 0:
-                verdict = _new_frame_at(buffer, inner)
-                if verdict is not None:
-                    if verdict:  # the sender restarted: the newer frame supersedes
-                        start, reason = inner, None
-                    elif reason is None:
-                        reason = f"0x0B inside the payload at byte {inner - start - 1}"
-                    scan = inner + 1
-                    continue
-                scan = inner  # undecided: judge it again with more bytes
-            elif end_block >= 0:
-                verdict = _frame_end_at(buffer, end_block)
-                if verdict is False:
-                    if reason is None:
-                        reason = f"0x1C inside the payload at byte {end_block - start - 1}"
-                    scan = end_block + 1
-                    continue
-                if verdict:
-                    return _take_frame(buffer, start, end_block, reason, max_size)
-                scan = end_block
-            else:
-                scan = len(buffer)
-        if len(buffer) - max(start, 0) - 1 > max_size + len(_NEXT_FRAME):
-            raise FrameTooLarge(f"frame over {max_size} bytes")
-        awaiting_end = start >= 0 and scan == len(buffer) - 1 and buffer[scan:] == END_BLOCK
-        chunk = await _read_more(reader, end_grace if awaiting_end else None)
-        if chunk is None or (not chunk and awaiting_end):
-            # Nothing followed the final <EB> in time, or the engine closed after it.
-            return _take_frame(buffer, start, scan, reason, max_size)
-        if not chunk:
-            raise asyncio.IncompleteReadError(bytes(buffer), None)
-        buffer += chunk
-
-
-async def _read_more(reader: asyncio.StreamReader, grace: float | None) -> bytes | None:
-    """The next read; None when ``grace`` is given and nothing arrived within it."""
-    if grace is None:
-        return await reader.read(_READ_SIZE)
-    try:
-        async with asyncio.timeout(grace):
-            return await reader.read(_READ_SIZE)
-    except TimeoutError:
-        return None
-
-
-def _take_frame(buffer: bytearray, start: int, end_block: int, reason: str | None, max_size: int) -> bytes:
-    """Cut the frame ending at ``end_block`` (and its <CR>) out of ``buffer``; return its payload."""
-    payload = bytes(buffer[start + 1 : end_block])
-    del buffer[: end_block + 2 if buffer[end_block + 1 : end_block + 2] == CARRIAGE_RETURN else end_block + 1]
-    if len(payload) > max_size:
-        raise FrameTooLarge(f"frame over {max_size} bytes")
-    if reason is not None:
-        raise MalformedFrame(reason)
-    return payload
-
-
 def ack_control_id(reply: bytes) -> bytes | None:
     """MSA-2 of an HL7 reply as raw bytes, or None if there is no MSH or MSA segment.
 
@@ -238,12 +111,12 @@ def _same_control_id(received: bytes, expected: str) -> bool:
 class _Slot:
     """One pooled connection, used by one send at a time; opened lazily."""
 
-    __slots__ = ("buffer", "reader", "used", "writer")
+    __slots__ = ("frames", "reader", "used", "writer")
 
     def __init__(self) -> None:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.buffer = bytearray()  # bytes read past the last reply frame
+        self.frames: FrameReader | None = None  # reply frames; holds what came past the last one
         self.used = False  # connected at least once: the next connect is a reconnect
 
     def reusable(self) -> bool:
@@ -252,8 +125,8 @@ class _Slot:
         Bytes left over after the last reply are a reply to nothing we are waiting
         for (late, duplicated): never risk matching them to the next message.
         """
-        reader, writer = self.reader, self.writer
-        if reader is None or writer is None or self.buffer:
+        reader, writer, frames = self.reader, self.writer, self.frames
+        if reader is None or writer is None or frames is None or frames.leftover:
             return False
         return not (writer.is_closing() or reader.at_eof() or reader.exception())
 
@@ -262,7 +135,7 @@ class _Slot:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
-        self.buffer = bytearray()
+        self.frames = None
 
 
 class MllpSender:
@@ -296,6 +169,7 @@ class MllpSender:
         for slot in self._slots:
             self._idle.put_nowait(slot)
         self._connect_failures = 0
+        self._backoff = Backoff(_BACKOFF_FIRST, _BACKOFF_MAX)
         self._retry_at = 0.0
         self._closed = False
         self._stats = SenderStats()
@@ -355,10 +229,10 @@ class MllpSender:
 
     async def _send_on(self, slot: _Slot, payload: bytes, control_id: str) -> bytes:
         """One exchange on one slot; on any failure, even cancellation, drop the slot."""
-        reader, writer = await self._connected(slot)
+        frames, writer = await self._connected(slot)
         completed = False
         try:
-            reply = await self._exchange(reader, writer, slot.buffer, payload)
+            reply = await self._exchange(frames, writer, payload)
             received = ack_control_id(reply)
             if received is None or not _same_control_id(received, control_id):
                 shown = None if received is None else received.decode("utf-8", "replace")
@@ -370,20 +244,14 @@ class MllpSender:
         self._stats.acked += 1
         return reply
 
-    async def _exchange(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        buffer: bytearray,
-        payload: bytes,
-    ) -> bytes:
+    async def _exchange(self, frames: FrameReader, writer: asyncio.StreamWriter, payload: bytes) -> bytes:
         """Write one frame and read one reply frame, translating transport errors."""
         try:
             async with asyncio.timeout(self._ack_timeout):
                 writer.write(frame(payload))
                 self._stats.sent += 1
                 await writer.drain()
-                return await read_frame(reader, buffer, self._max_message_bytes)
+                return await frames.read()
         except TimeoutError:
             raise LegacyUnavailable(self.name, f"no reply within {self._ack_timeout}s") from None
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -392,13 +260,13 @@ class MllpSender:
         except FrameTooLarge as exc:
             reason = f"reply over {self._max_message_bytes} bytes"
             raise LegacyError(self.name, reason) from exc
-        except ValueError as exc:
+        except ValueError as exc:  # MalformedFrame: a stray block byte inside the reply
             raise LegacyUnavailable(self.name, "malformed reply frame") from exc
 
-    async def _connected(self, slot: _Slot) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connected(self, slot: _Slot) -> tuple[FrameReader, asyncio.StreamWriter]:
         """The slot's open connection, connecting (or reconnecting) if needed."""
-        if slot.reader is not None and slot.writer is not None and slot.reusable():
-            return slot.reader, slot.writer
+        if slot.frames is not None and slot.writer is not None and slot.reusable():
+            return slot.frames, slot.writer
         if slot.writer is not None:
             # Closed by the engine while idle, or unsolicited bytes: nothing of this
             # message was sent on it yet, so reconnecting is safe.
@@ -409,7 +277,8 @@ class MllpSender:
             self._stats.reconnects += 1
         slot.used = True
         slot.reader, slot.writer = reader, writer
-        return reader, writer
+        slot.frames = FrameReader(reader, self._max_message_bytes)
+        return slot.frames, writer
 
     async def _open_connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         loop = asyncio.get_running_loop()
@@ -426,14 +295,15 @@ class MllpSender:
         if self._connect_failures:
             logger.info("legacy %s: connected again after %d failures", self.name, self._connect_failures)
         self._connect_failures = 0
+        self._backoff.reset()
         self._retry_at = 0.0
         return streams
 
     def _note_connect_failure(self, now: float) -> None:
-        """Back off exponentially from the second consecutive failure on."""
+        """Back off (full jitter) from the second consecutive failure on: the first is
+        retried at once, as an engine restart usually costs one refused connect."""
         self._connect_failures += 1
         if self._connect_failures >= 2:
-            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._connect_failures - 2))
-            self._retry_at = now + delay
+            self._retry_at = now + self._backoff.next_delay()
         if self._connect_failures in (1, 10) or self._connect_failures % 100 == 0:
             logger.warning("legacy %s: connect failed %d time(s) in a row", self.name, self._connect_failures)

@@ -13,7 +13,7 @@ import contextlib
 from types import TracebackType
 from typing import Self
 
-from legacy.mllp_sender import frame, read_frame
+from protocols.mllp import FrameReader, frame
 
 _MSH_FIELDS = 12  # MSH-1 .. MSH-12 as list items 0 .. 11 (item 1 is MSH-2)
 
@@ -139,10 +139,10 @@ class SimulatedEngine:
                 await writer.wait_closed()
 
     async def _answer_frames(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        buffer = bytearray()
+        frames = FrameReader(reader, self._max_message_bytes)
         while True:
             try:
-                payload = await read_frame(reader, buffer, self._max_message_bytes)
+                payload = await frames.read()
             except ValueError:
                 return  # unframeable input: hang up, like a strict engine would
             self.received.append(payload)

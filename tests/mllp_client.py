@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from wrappers.mllp_framing import FrameDecoder, Oversize, frame
+from protocols.mllp import FrameDecoder, Oversize, frame
 
 
 class MllpTestClient:

@@ -13,10 +13,9 @@ from legacy.mllp_sender import (
     LegacyUnavailable,
     MllpSender,
     ack_control_id,
-    frame,
-    read_frame,
 )
 from legacy.simulated_engine import SimulatedEngine, build_ack
+from protocols.mllp import FrameReader, frame
 
 HOST = "127.0.0.1"
 
@@ -53,10 +52,10 @@ async def raw_server(reply_for: Callable[[bytes], bytes]) -> asyncio.Server:
     """An MLLP server that answers each frame with raw bytes written as given."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        buffer = bytearray()
+        frames = FrameReader(reader, 1 << 20)
         try:
             while True:
-                writer.write(reply_for(await read_frame(reader, buffer, 1 << 20)))
+                writer.write(reply_for(await frames.read()))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -278,3 +277,86 @@ def test_ack_control_id_parsing() -> None:
     assert ack_control_id(b"MSH|^~\\&|A\r") is None
     assert ack_control_id(b"garbage") is None
     assert ack_control_id(b"") is None
+
+
+# The reply is read by protocols.mllp.FrameReader over the listener's FrameDecoder (issue 12
+# item 3): the sender applies the listener's framing rules, not rules of its own.
+
+
+async def test_stray_end_block_before_the_reply_is_junk_as_at_the_listener() -> None:
+    # The old sender's own parser refused a 0x1C before any start block ("malformed reply
+    # frame"); the listener's decoder drops bytes outside a frame, and so does the sender now.
+    server = await raw_server(lambda payload: b"\x1c\r" + build_ack(payload).join([b"\x0b", b"\x1c\r"]))
+    port = server.sockets[0].getsockname()[1]
+    async with MllpSender("stray", HOST, port, ack_timeout=2) as sender:
+        assert await sender.send(msg("S1"), "S1") == build_ack(msg("S1"))
+    server.close()
+    await server.wait_closed()
+
+
+async def test_reply_trickled_byte_by_byte_and_ended_without_cr() -> None:
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        frames = FrameReader(reader, 1 << 20)
+        try:
+            while True:
+                wire = b"\x0b" + build_ack(await frames.read()) + b"\x1c"  # no CR: ended by the grace
+                for at in range(len(wire)):
+                    writer.write(wire[at : at + 1])
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with MllpSender("trickle", HOST, port, ack_timeout=5) as sender:
+        for control_id in ("T1", "T2"):
+            assert await sender.send(msg(control_id), control_id) == build_ack(msg(control_id))
+    assert len(connections) == 1, "a reply ended by the grace leaves nothing behind: connection kept"
+    server.close()
+    await server.wait_closed()
+
+
+async def test_unsolicited_frame_after_the_reply_is_never_matched_to_the_next_message() -> None:
+    extra = frame(build_ack(msg("NEXT")))  # a duplicate engine's early "reply" to the next message
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        frames = FrameReader(reader, 1 << 20)
+        try:
+            while True:
+                writer.write(frame(build_ack(await frames.read())) + extra)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with MllpSender("extra", HOST, port, ack_timeout=2) as sender:
+        assert await sender.send(msg("FIRST"), "FIRST") == build_ack(msg("FIRST"))
+        assert await sender.send(msg("NEXT"), "NEXT") == build_ack(msg("NEXT"))
+    assert len(connections) == 2, "the connection holding the extra frame was dropped, not reused"
+    server.close()
+    await server.wait_closed()
+
+
+async def test_reply_with_a_stray_block_byte_is_malformed_and_the_connection_dropped() -> None:
+    def stray(payload: bytes) -> bytes:
+        ack = build_ack(payload)
+        return frame(ack[:10] + b"\x1c" + ack[10:])
+
+    server = await raw_server(stray)
+    port = server.sockets[0].getsockname()[1]
+    async with MllpSender("malformed", HOST, port, ack_timeout=2) as sender:
+        exc = await fails_quickly(sender.send(msg("M1"), "M1"), within=3)
+        assert isinstance(exc, LegacyUnavailable)
+        assert exc.reason == "malformed reply frame"
+    server.close()
+    await server.wait_closed()

@@ -1,7 +1,9 @@
-"""The end-of-frame rule, one table of cases run against both MLLP codecs.
+"""The end-of-frame rule, one table of cases run against the one MLLP codec.
 
-The listener's incremental :class:`wrappers.mllp_framing.FrameDecoder` and the legacy
-sender's :func:`legacy.mllp_sender.read_frame` must agree (issue 10 item 3): ``0x1C 0x0D``
+The listener feeds :class:`protocols.mllp.FrameDecoder` itself; the legacy sender and the
+simulated engine read one frame at a time with :class:`protocols.mllp.FrameReader` over
+the same decoder (issue 12 item 3; before, the sender had its own parser). Both ways of
+reading must agree (issue 10 item 3): ``0x1C 0x0D``
 ends a frame; ``0x1C`` followed by a next frame's ``0x0B MSH`` ends it too; ``0x1C`` as the
 last byte ends it once nothing follows; any other ``0x1C`` or a ``0x0B`` not followed by
 ``MSH`` inside a frame makes the whole frame malformed, never a truncated payload.
@@ -13,8 +15,7 @@ import asyncio
 
 import pytest
 
-from legacy.mllp_sender import MalformedFrame, read_frame
-from wrappers.mllp_framing import FrameDecoder, Malformed, Oversize
+from protocols.mllp import FrameDecoder, FrameReader, Malformed, MalformedFrame, Oversize
 
 SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
 A = b"MSH|^~\\&|A|B|C|D|20240101||DFT^P03|1|P|2.5\rFT1|1||||20240101||CG|100.00\r"
@@ -68,11 +69,11 @@ async def read_all(wire: bytes) -> list[Outcome]:
     reader = asyncio.StreamReader()
     reader.feed_data(wire)
     reader.feed_eof()
-    buffer = bytearray()
+    frames = FrameReader(reader, 1 << 20, end_grace=0.05)
     out: list[Outcome] = []
     while True:
         try:
-            out.append(await read_frame(reader, buffer, 1 << 20, end_grace=0.05))
+            out.append(await frames.read())
         except MalformedFrame:
             out.append(BAD)
         except asyncio.IncompleteReadError:
@@ -86,7 +87,7 @@ def test_decoder(name: str, wire: bytes, expected: list[Outcome], step: int) -> 
 
 
 @pytest.mark.parametrize(("name", "wire", "expected"), CASES, ids=[c[0] for c in CASES])
-async def test_read_frame(name: str, wire: bytes, expected: list[Outcome]) -> None:
+async def test_frame_reader(name: str, wire: bytes, expected: list[Outcome]) -> None:
     assert await read_all(wire) == expected
 
 
@@ -125,14 +126,14 @@ def test_malformed_and_oversize_is_oversize() -> None:
     assert decoder.feed(SB + b"abc" + EB + b"defghijklmn" + EB + CR) == [Oversize(15)]
 
 
-async def test_read_frame_accepts_trailing_end_block_after_grace() -> None:
+async def test_frame_reader_accepts_trailing_end_block_after_grace() -> None:
     reader = asyncio.StreamReader()  # no EOF: the engine waits for us, its CR never comes
     reader.feed_data(SB + A + EB)
-    buffer = bytearray()
-    assert await asyncio.wait_for(read_frame(reader, buffer, 1 << 20, end_grace=0.05), 5) == A
+    frames = FrameReader(reader, 1 << 20, end_grace=0.05)
+    assert await asyncio.wait_for(frames.read(), 5) == A
 
 
-async def test_read_frame_trailing_end_block_then_stray_byte_is_malformed() -> None:
+async def test_frame_reader_trailing_end_block_then_stray_byte_is_malformed() -> None:
     reader = asyncio.StreamReader()
     reader.feed_data(SB + A[:40] + EB)
 
@@ -142,5 +143,5 @@ async def test_read_frame_trailing_end_block_then_stray_byte_is_malformed() -> N
 
     task = asyncio.create_task(rest())
     with pytest.raises(MalformedFrame):
-        await asyncio.wait_for(read_frame(reader, bytearray(), 1 << 20, end_grace=2), 5)
+        await asyncio.wait_for(FrameReader(reader, 1 << 20, end_grace=2).read(), 5)
     await task

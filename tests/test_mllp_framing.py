@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wrappers.mllp_framing import (
+from protocols.mllp import (
     CARRIAGE_RETURN,
     END_BLOCK,
     START_BLOCK,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from wrappers.mllp_framing import END_BLOCK, START_BLOCK, FrameDecoder, Oversize, frame
+from protocols.mllp import END_BLOCK, START_BLOCK, FrameDecoder, Oversize, frame
 from wrappers.mllp_listener import ListenerStats, MllpListener, Peer
 
 HOST = "127.0.0.1"

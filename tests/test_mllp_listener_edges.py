@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import uvloop
 
+from protocols.mllp import CARRIAGE_RETURN, END_BLOCK, START_BLOCK, Malformed, frame
 from tests.test_mllp_listener import HOST, Client, Recorder, eventually, msg
-from wrappers.mllp_framing import CARRIAGE_RETURN, END_BLOCK, START_BLOCK, Malformed, frame
 from wrappers.mllp_listener import MllpListener, Peer
 
 

@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 
 from legacy.simulated_engine import SimulatedEngine
+from protocols.mllp import CARRIAGE_RETURN, END_BLOCK, START_BLOCK
 from router import names, simulate
 from router.embedded_nats import EmbeddedNats
 from tests.conftest import ServiceFactory, make_config, stream_count, wait_for
 from tests.mllp_client import MllpTestClient, msa
 from tests.test_service_mllp import read_raw, read_subject
-from wrappers.mllp_framing import CARRIAGE_RETURN, END_BLOCK, START_BLOCK
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from protocols.mllp import frame
 from router import names, simulate
 from router.embedded_nats import EmbeddedNats
 from tests.conftest import stream_count, wait_for
 from tests.ficus_proc import Ficus, free_port
 from tests.mllp_client import MllpTestClient, msa
-from wrappers.mllp_framing import frame
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ address, the connection id and exception type names.
 
 Issue 10 hardening, all counted in :class:`ListenerStats`:
 
-* A frame with a stray block byte inside (see ``wrappers.mllp_framing``) is never
+* A frame with a stray block byte inside (see ``protocols.mllp``) is never
   handed to the handler: ``on_malformed`` gets its whole bytes and the reason, and its
   reply is written in order with the others. Without ``on_malformed`` it is unanswered.
 * An ``<EB>`` that is the last byte received waits ``end_grace`` seconds for a ``<CR>``;
@@ -39,7 +39,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
-from wrappers.mllp_framing import DecodedItem, FrameDecoder, Malformed, Oversize, frame
+from protocols.mllp import (
+    END_GRACE_SECONDS,
+    DecodedItem,
+    FrameDecoder,
+    Malformed,
+    Oversize,
+    frame,
+    read_some,
+)
 
 logger = logging.getLogger("ficus.mllp")
 
@@ -50,7 +58,7 @@ an idle peer holds a slot; two minutes outlasts any pause between messages of a 
 (and any ACK wait, since a connection inside its handler is never idle), and MLLP senders
 reconnect by themselves when a quiet connection was closed."""
 DEFAULT_MAX_CONNECTIONS = 128
-DEFAULT_END_GRACE = 0.5
+DEFAULT_END_GRACE = END_GRACE_SECONDS
 _REFUSED_LOG_EVERY = 10.0  # seconds between two "connections refused" log lines
 
 
@@ -352,7 +360,7 @@ class MllpListener:
         loop = asyncio.get_running_loop()
         decoder = conn.decoder
         while True:
-            data = await self._read(reader, decoder.awaiting_end)
+            data = await read_some(reader, self._read_size, self._end_grace if decoder.awaiting_end else None)
             if self._closing:
                 return  # on close: received-but-unstarted frames are dropped, unanswered
             if data is None or (not data and decoder.awaiting_end):
@@ -372,15 +380,6 @@ class MllpListener:
             if not data:
                 return  # EOF right after a frame ended by the grace rule, now answered
 
-    async def _read(self, reader: asyncio.StreamReader, awaiting_end: bool) -> bytes | None:
-        """The next read; None when a final <EB> is pending and nothing came within the grace."""
-        if not awaiting_end:
-            return await reader.read(self._read_size)
-        try:
-            async with asyncio.timeout(self._end_grace):
-                return await reader.read(self._read_size)
-        except TimeoutError:
-            return None
 
     async def _answer_all(self, conn: _Connection, items: list[DecodedItem]) -> bool:
         """Answer decoded items in order; False when the connection must close."""

@@ -1,12 +1,14 @@
-"""MLLP framing: pure byte-level encoding and incremental decoding, no I/O, no HL7 parsing.
+"""MLLP framing: byte-level encoding and incremental decoding, no HL7 parsing.
 
 A frame on the wire is ``<SB> payload <EB> <CR>`` (``0x0B ... 0x1C 0x0D``). Decoding is
 kept apart from parsing (python-hl7's ``readblock``/``readmessage`` split, Google's
 ``mllp`` package): this module only finds payload boundaries and hands back the exact
-payload bytes.
+payload bytes. The one codec of the process: the listener (``wrappers.mllp_listener``)
+feeds :class:`FrameDecoder` itself; the legacy sender and the simulated engine read one
+frame at a time with :class:`FrameReader`, a thin loop over the same decoder.
 
-The end-of-frame rule (issue 10 item 3; ``legacy.mllp_sender.read_frame`` follows the
-same rule, and ``tests/test_mllp_frame_ends.py`` runs one table of cases against both):
+The end-of-frame rule (issue 10 item 3; ``tests/test_mllp_frame_ends.py`` holds the
+decoder and :class:`FrameReader` to one table of cases):
 
 * ``<EB><CR>`` ends a frame.
 * ``<EB>`` directly followed by ``<SB>MSH`` ends a frame: a pipelining sender that omits
@@ -34,6 +36,8 @@ frames) are dropped and counted in :attr:`FrameDecoder.junk_bytes`.
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
@@ -43,6 +47,10 @@ CARRIAGE_RETURN: Final = b"\x0d"
 NEXT_FRAME: Final = START_BLOCK + b"MSH"
 """What must follow a ``<SB>`` inside a frame (or an ``<EB>`` without ``<CR>``) for it to
 count as the start of a new message rather than payload data."""
+
+END_GRACE_SECONDS: Final = 0.5
+"""How long an ``<EB>`` that is the last byte received waits for a ``<CR>`` (or more)."""
+DEFAULT_READ_SIZE: Final = 65536
 
 _CR_BYTE: Final = CARRIAGE_RETURN[0]
 
@@ -152,6 +160,11 @@ class FrameDecoder:
     def in_frame(self) -> bool:
         """True while a frame has started but not ended (partial data pending)."""
         return self._state != _IDLE
+
+    @property
+    def discarding(self) -> bool:
+        """True while the current frame is over ``max_size`` (it will come out as Oversize)."""
+        return self._state == _DISCARDING
 
     @property
     def awaiting_end(self) -> bool:
@@ -274,3 +287,95 @@ class FrameDecoder:
             return payload
         self.malformed += 1
         return Malformed(payload, reason)
+
+
+class FrameTooLarge(ValueError):
+    """An incoming frame exceeds the configured maximum size."""
+
+
+class MalformedFrame(ValueError):
+    """A frame with a stray block byte inside its payload (``reason`` has no content)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def read_some(reader: asyncio.StreamReader, size: int, grace: float | None) -> bytes | None:
+    """The next read of at most ``size`` bytes (``b""`` at EOF); with ``grace``, None when
+    nothing arrived within ``grace`` seconds (an ``<EB>`` is waiting for what follows)."""
+    if grace is None:
+        return await reader.read(size)
+    try:
+        async with asyncio.timeout(grace):
+            return await reader.read(size)
+    except TimeoutError:
+        return None
+
+
+class FrameReader:
+    """One frame at a time from a :class:`asyncio.StreamReader`, through a :class:`FrameDecoder`.
+
+    For a peer that answers one frame per request (the legacy sender reading its ACK, the
+    simulated engine reading a message). Frames decoded past the one returned wait for
+    the next :meth:`read`; :attr:`leftover` says whether there are any. An ``<EB>`` that
+    is the last byte received ends its frame once nothing follows within ``end_grace``
+    seconds, or at EOF -- the listener's rule.
+    """
+
+    __slots__ = ("_end_grace", "_pending", "_read_size", "_reader", "decoder")
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        max_size: int,
+        *,
+        end_grace: float = END_GRACE_SECONDS,
+        read_size: int = DEFAULT_READ_SIZE,
+    ) -> None:
+        """Read from ``reader``; payloads over ``max_size`` bytes raise :class:`FrameTooLarge`."""
+        self.decoder = FrameDecoder(max_size)
+        self._reader = reader
+        self._end_grace = end_grace
+        self._read_size = read_size
+        self._pending: deque[DecodedItem] = deque()
+
+    @property
+    def leftover(self) -> bool:
+        """Frames (or part of one) received past the last frame returned.
+
+        Bytes outside any frame do not count: the decoder drops them, so they can never be
+        read as a frame later.
+        """
+        return bool(self._pending) or self.decoder.in_frame
+
+    async def read(self) -> bytes:
+        """The next frame's payload.
+
+        Raises ``asyncio.IncompleteReadError`` at EOF (``partial`` empty),
+        :class:`FrameTooLarge` as soon as the frame passes ``max_size`` (without reading
+        the rest: the stream is then out of step, close it), :class:`MalformedFrame`
+        (after the whole frame) for a stray block byte inside it.
+        """
+        item = await self.read_item()
+        if isinstance(item, Oversize):
+            raise FrameTooLarge(f"frame over {self.decoder.max_size} bytes")
+        if isinstance(item, Malformed):
+            raise MalformedFrame(item.reason)
+        return item
+
+    async def read_item(self) -> DecodedItem:
+        """The next decoded item; :class:`Oversize` as soon as a frame passes ``max_size``."""
+        decoder = self.decoder
+        while not self._pending:
+            if decoder.discarding:
+                return Oversize(decoder.max_size + 1)  # the rest is not worth waiting for
+            waiting = decoder.awaiting_end
+            data = await read_some(self._reader, self._read_size, self._end_grace if waiting else None)
+            if data is None or (not data and waiting):
+                self._pending.extend(decoder.accept_end())  # nothing followed the final <EB>
+            elif not data:
+                raise asyncio.IncompleteReadError(b"", None)
+            else:
+                self._pending.extend(decoder.feed(data))
+        return self._pending.popleft()
