@@ -22,7 +22,9 @@ Error tree (``destination`` names the target, ``reason`` a short text, no conten
   host key rejected, unusable configuration.
 
 This module does not import ``wrappers``: :class:`SftpDelivery` gets its connect
-function injected; errors it raises with ``retryable = False`` are not retried.
+function injected (errors it raises with ``retryable = False`` are not retried) and runs
+its session through :class:`protocols.sftp.SftpSession`, the SFTP intake's session
+helper, with the same bounded calls and timeouts.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ import hashlib
 import logging
 import os
 import posixpath
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar
 
 import paramiko
+
+from protocols.sftp import Progress, SessionUnavailable, SftpSession
 
 logger = logging.getLogger("ficus.legacy.files")
 
@@ -160,7 +163,6 @@ def _fsync_dir(directory: Path) -> None:
 
 
 Connect = Callable[[], tuple[paramiko.Transport, paramiko.SFTPClient]]
-Progress = Callable[[int, int], None]
 
 
 class SftpDelivery:
@@ -176,12 +178,11 @@ class SftpDelivery:
     ) -> None:
         """``connect`` opens a verified session (blocking; it runs in a worker thread)."""
         self.remote_dir = remote_dir
-        self._connect = connect
-        self._timeout = operation_timeout
         self._on_conflict = on_conflict
         self._lock = asyncio.Lock()
-        self._transport: Any = None
-        self._sftp: Any = None
+        self._session = SftpSession(
+            lambda _opened: connect(), connect_timeout=3 * operation_timeout, operation_timeout=operation_timeout
+        )
 
     @property
     def destination(self) -> str:
@@ -196,7 +197,7 @@ class SftpDelivery:
 
     async def close(self) -> None:
         """Close the session."""
-        self._drop()
+        self._session.drop()
 
     def _upload(self, sftp: Any, local_path: Path, size: int, name: str, progress: Progress) -> str:
         """Worker thread: idempotence check, putfo to the temp name, rename."""
@@ -222,68 +223,22 @@ class SftpDelivery:
         return final
 
     async def _client(self) -> Any:
-        if self._sftp is not None and self._transport.is_active():
-            return self._sftp
-        self._drop()
         try:
-            self._transport, self._sftp = await _bounded(lambda _: self._connect(), 3 * self._timeout, [])
-        except TimeoutError:
-            raise DeliveryUnavailable(self.destination, f"no SFTP session within {3 * self._timeout}s") from None
+            return await self._session.client()
+        except SessionUnavailable as exc:
+            raise DeliveryUnavailable(self.destination, exc.reason) from exc
         # The factory is the router's (usually wrappers' open_sftp): whatever it raises, this
         # file is not delivered. Errors that say retryable=False (a rejected host key) give up.
         except Exception as exc:
             cls = DeliveryUnavailable if getattr(exc, "retryable", True) else DeliveryError
             raise cls(self.destination, f"connect failed ({type(exc).__name__}: {exc})") from exc
-        return self._sftp
 
     async def _call(self, fn: Callable[[Progress], T]) -> T:
         """Run ``fn`` in a thread, bounded; translate session failures."""
         try:
-            return await _bounded(fn, self._timeout, [self._transport])
-        except TimeoutError:
-            self._drop()
-            raise DeliveryUnavailable(self.destination, f"no answer or progress within {self._timeout}s") from None
-        except (paramiko.SSHException, EOFError, ConnectionError) as exc:
-            self._drop()
-            raise DeliveryUnavailable(self.destination, f"session lost ({type(exc).__name__})") from exc
-        except OSError as exc:
-            if self._transport is None or not self._transport.is_active():
-                self._drop()
-                raise DeliveryUnavailable(self.destination, "session lost") from exc
+            return await self._session.call(fn)
+        except SessionUnavailable as exc:
+            raise DeliveryUnavailable(self.destination, exc.reason) from exc
+        except OSError as exc:  # an SFTP status error on a live session
             cls = DeliveryUnavailable if exc.errno in _RETRYABLE_ERRNOS else DeliveryError
             raise cls(self.destination, f"SFTP error ({type(exc).__name__}: {exc})") from exc
-
-    def _drop(self) -> None:
-        transport, self._transport, self._sftp = self._transport, None, None
-        if transport is not None:
-            transport.close()
-
-
-async def _bounded(fn: Callable[[Progress], T], timeout: float, transports: list[Any]) -> T:
-    """Run ``fn(progress)`` in a thread; TimeoutError after ``timeout`` s without progress.
-
-    On timeout or cancellation the transports are closed, which unblocks the thread
-    (paramiko can otherwise hang forever: paramiko #515, #462, #1380).
-    """
-    last = [time.monotonic()]
-
-    def progress(done: int, total: int) -> None:
-        last[0] = time.monotonic()
-
-    task = asyncio.ensure_future(asyncio.to_thread(fn, progress))
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
-    finished = False
-    try:
-        while True:
-            left = last[0] + timeout - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            await asyncio.wait([task], timeout=left)
-            if task.done():
-                finished = True
-                return task.result()
-    finally:
-        if not finished:
-            for transport in transports:
-                if transport is not None:
-                    transport.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from protocols.backoff import Backoff
 from tests.sshd import SshServer, eventually, keygen, names, sshd_fixture  # noqa: F401
 from wrappers.completeness import CompletenessRule
 from wrappers.file_source import HostKeyRejected, SourceUnavailable
@@ -185,7 +186,9 @@ async def test_archive_into_missing_absolute_dir(sshd: SshServer, inbox: Path) -
 async def test_connection_refused_is_unavailable_with_backoff(sshd: SshServer, inbox: Path) -> None:
     settings = settings_for(sshd, inbox)
     sshd.stop()
-    poller = SftpPoller("in", settings, CompletenessRule())
+    # The backoff draws its delay at random in [0, 1 s]: pinned to the ceiling here, so the
+    # second scan surely falls inside it.
+    poller = SftpPoller("in", settings, CompletenessRule(), backoff=Backoff(1, 60, uniform=lambda low, high: high))
     with pytest.raises(SourceUnavailable, match="connect"):
         await poller.scan()
     with pytest.raises(SourceUnavailable, match="reconnect in"):

@@ -1,10 +1,10 @@
 """SFTP source: poll a remote directory over SSH (paramiko), fetch complete files.
 
-paramiko blocks and can hang forever in transfers (paramiko #515, #462, #1380), so every
-call runs in a worker thread and is bounded from outside: when no progress is seen for
-``operation_timeout`` seconds the transport is closed (which unblocks the thread) and the
-call fails with :class:`SourceUnavailable`. The next call reconnects, with exponential
-backoff after failed connects.
+The session and its timeouts are :mod:`protocols.sftp`'s (shared with the SFTP legacy
+delivery): every paramiko call runs in a worker thread, bounded from outside, and a call
+without progress for ``operation_timeout`` seconds closes the transport and fails with
+:class:`SourceUnavailable`. The next call reconnects, with exponential backoff (full
+jitter) after failed connects.
 
 Host keys are checked against a pinned known_hosts file only (RejectPolicy semantics): an
 unknown or changed key raises :class:`HostKeyRejected` naming the host and fingerprint.
@@ -25,12 +25,9 @@ Nothing here logs file content: only names, sizes and exception type names.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 import os
 import posixpath
-import socket
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +37,16 @@ from typing import Any, Final, TypeVar
 
 import paramiko
 
+from protocols.backoff import Backoff
+from protocols.sftp import (
+    HostKeyMismatch,
+    Progress,
+    SessionConfigError,
+    SessionUnavailable,
+    SftpSession,
+    SshEndpoint,
+    open_session,
+)
 from wrappers.completeness import CompletenessRule, CompletenessTracker
 from wrappers.file_source import (
     FileChanged,
@@ -58,12 +65,9 @@ from wrappers.file_source import (
 logger = logging.getLogger("ficus.sftp")
 
 T = TypeVar("T")
-Progress = Callable[[int, int], None]
-"""paramiko's transfer callback: (bytes so far, total)."""
 
 DEFAULT_MAX_PREFETCH_REQUESTS: Final = 16
 _BACKOFF_FIRST: Final = 1.0
-_RSA_SIGNATURES: Final = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,20 +97,22 @@ class SftpSettings:
         """The source name used in errors: ``sftp://user@host:port/dir``."""
         return f"sftp://{self.username}@{self.host}:{self.port}{self.remote_dir}"
 
-
-def fingerprint(key: Any) -> str:
-    """OpenSSH's ``SHA256:...`` fingerprint of a paramiko key."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+    @property
+    def endpoint(self) -> SshEndpoint:
+        """The SSH side of these settings, for :mod:`protocols.sftp`."""
+        return SshEndpoint(
+            self.host, self.port, self.username, self.password, self.private_key_path,
+            self.private_key_passphrase, self.known_hosts_path, self.connect_timeout, self.operation_timeout,
+        )
 
 
 def open_sftp(settings: SftpSettings) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
     """Connect, verify the host key, authenticate and open an SFTP session (blocking).
 
-    Each step is bounded by ``connect_timeout``; the SFTP channel times out reads after
-    ``operation_timeout``. Run it in a thread and bound it from outside as well. Raises
+    :func:`protocols.sftp.open_session` with this package's errors: raises
     :class:`SourceUnavailable` (retry), :class:`HostKeyRejected`, or
     :class:`FileSourceError` for unusable configuration (known_hosts or key unreadable).
+    Run it in a thread and bound it from outside.
     """
     return _open_sftp(settings, [])
 
@@ -114,96 +120,14 @@ def open_sftp(settings: SftpSettings) -> tuple[paramiko.Transport, paramiko.SFTP
 def _open_sftp(settings: SftpSettings, opened: list[Any]) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
     """:func:`open_sftp`, appending the transport to ``opened`` so a caller can close it."""
     source = settings.label
-    pinned = _pinned_keys(settings)
-    pkey = _load_key(settings)
     try:
-        sock = socket.create_connection((settings.host, settings.port), timeout=settings.connect_timeout)
-    except OSError as exc:
-        reason = f"connect to {settings.host}:{settings.port} failed ({type(exc).__name__})"
-        raise SourceUnavailable(source, reason) from exc
-    transport = paramiko.Transport(sock)
-    opened.append(transport)
-    try:
-        _restrict_key_types(transport, pinned)
-        transport.banner_timeout = settings.connect_timeout
-        transport.handshake_timeout = settings.connect_timeout
-        transport.auth_timeout = settings.connect_timeout
-        transport.start_client(timeout=settings.connect_timeout)
-        _check_host_key(settings, transport.get_remote_server_key(), pinned)
-        _authenticate(settings, transport, pkey)
-        channel = transport.open_session(timeout=settings.operation_timeout)
-        channel.settimeout(settings.operation_timeout)
-        channel.invoke_subsystem("sftp")
-        sftp = paramiko.SFTPClient(channel)
-        sftp.get_channel().settimeout(settings.operation_timeout)
-    except FileSourceError:
-        transport.close()
-        raise
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        transport.close()
-        raise SourceUnavailable(source, f"SSH session failed ({type(exc).__name__}: {exc})") from exc
-    return transport, sftp
-
-
-def _host_names(settings: SftpSettings) -> list[str]:
-    return [f"[{settings.host}]:{settings.port}", settings.host]
-
-
-def _pinned_keys(settings: SftpSettings) -> dict[str, Any]:
-    """Key type -> key pinned for this host in known_hosts (may be empty)."""
-    try:
-        host_keys = paramiko.HostKeys(settings.known_hosts_path)
-    except OSError as exc:
-        reason = f"known_hosts {settings.known_hosts_path} unreadable ({type(exc).__name__})"
-        raise FileSourceError(settings.label, reason) from exc
-    pinned: dict[str, Any] = {}
-    for name in _host_names(settings):
-        entry = host_keys.lookup(name)
-        if entry is not None:
-            pinned.update({key_type: entry[key_type] for key_type in entry.keys()})  # noqa: SIM118
-    return pinned
-
-
-def _restrict_key_types(transport: Any, pinned: dict[str, Any]) -> None:
-    """Negotiate a host key type we have pinned, as OpenSSH's client does."""
-    wanted = {sig for key_type in pinned for sig in (_RSA_SIGNATURES if key_type == "ssh-rsa" else (key_type,))}
-    options = transport.get_security_options()
-    offered = [key_type for key_type in options.key_types if key_type in wanted]
-    if offered:
-        options.key_types = offered
-
-
-def _check_host_key(settings: SftpSettings, key: Any, pinned: dict[str, Any]) -> None:
-    if pinned.get(key.get_name()) != key:
-        host = f"{settings.host}:{settings.port}"
-        raise HostKeyRejected(settings.label, host, f"{key.get_name()} {fingerprint(key)}", known=bool(pinned))
-
-
-def _load_key(settings: SftpSettings) -> Any:
-    if settings.private_key_path is None:
-        if settings.password is None:
-            raise FileSourceError(settings.label, "neither private_key_path nor password configured")
-        return None
-    try:
-        return paramiko.PKey.from_path(settings.private_key_path, password=settings.private_key_passphrase)
-    except (OSError, paramiko.SSHException) as exc:
-        reason = f"private key {settings.private_key_path} unusable ({type(exc).__name__})"
-        raise FileSourceError(settings.label, reason) from exc
-
-
-def _authenticate(settings: SftpSettings, transport: Any, pkey: Any) -> None:
-    """Key first, then password; failure is retryable (accounts get unlocked, keys deployed)."""
-    failure: Exception | None = None
-    for method, secret in ((transport.auth_publickey, pkey), (transport.auth_password, settings.password)):
-        if secret is None or transport.is_authenticated():
-            continue
-        try:
-            method(settings.username, secret)
-        except paramiko.AuthenticationException as exc:
-            failure = exc
-    if not transport.is_authenticated():
-        reason = f"authentication as {settings.username} failed ({type(failure).__name__})"
-        raise SourceUnavailable(settings.label, reason) from failure
+        return open_session(settings.endpoint, opened)
+    except HostKeyMismatch as exc:
+        raise HostKeyRejected(source, exc.host, exc.fingerprint, known=exc.known) from exc
+    except SessionUnavailable as exc:
+        raise SourceUnavailable(source, exc.reason) from exc
+    except SessionConfigError as exc:
+        raise FileSourceError(source, exc.reason) from exc
 
 
 class SftpPoller:
@@ -217,16 +141,25 @@ class SftpPoller:
         *,
         poll_seconds: float = 30,
         clock: Callable[[], float] = time.monotonic,
+        backoff: Backoff | None = None,
     ) -> None:
-        """Configure; nothing connects until the first :meth:`scan`."""
+        """Configure; nothing connects until the first :meth:`scan`.
+
+        ``backoff`` paces reconnects after failed connects (default: from 1 s up to
+        ``settings.reconnect_max_backoff``, full jitter)."""
         self.settings = settings
         self.name = name
         self._tracker = CompletenessTracker(rule, settings.patterns, clock)
         self._poll_seconds = poll_seconds
         self._lock = asyncio.Lock()  # one paramiko operation at a time per session
-        self._transport: Any = None
-        self._sftp: Any = None
-        self._connect_failures = 0
+        # Connecting may take each connect step's timeout twice over, plus the SFTP channel's.
+        self._session = SftpSession(
+            lambda opened: _open_sftp(settings, opened),
+            connect_timeout=2 * settings.connect_timeout + settings.operation_timeout,
+            operation_timeout=settings.operation_timeout,
+        )
+        cap = settings.reconnect_max_backoff
+        self._backoff = backoff if backoff is not None else Backoff(min(_BACKOFF_FIRST, cap), cap)
         self._retry_at = 0.0
 
     async def scan(self) -> list[FileRef]:
@@ -389,35 +322,29 @@ class SftpPoller:
 
     async def _client(self) -> Any:
         """The open SFTP client, connecting when needed (backing off after failures)."""
-        if self._sftp is not None and self._transport.is_active():
-            return self._sftp
-        self._drop()
-        wait = self._retry_at - time.monotonic()
-        if wait > 0:
-            raise SourceUnavailable(self.name, f"reconnect in {wait:.1f}s after {self._connect_failures} failure(s)")
-        opened: list[Any] = []
-        s = self.settings
+        if not self._session.is_open:
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:
+                failures = self._backoff.failures
+                raise SourceUnavailable(self.name, f"reconnect in {wait:.1f}s after {failures} failure(s)")
         try:
-            self._transport, self._sftp = await _bounded(
-                lambda _: _open_sftp(s, opened), 2 * s.connect_timeout + s.operation_timeout, opened
-            )
+            sftp = await self._session.client()
         except FileSourceError:
             self._note_connect_failure()
             raise
-        except TimeoutError:
+        except SessionUnavailable as exc:
             self._note_connect_failure()
-            raise SourceUnavailable(self.name, f"no SSH session within {s.connect_timeout}s") from None
-        if self._connect_failures:
-            logger.info("sftp %s: connected again after %d failures", self.name, self._connect_failures)
-        self._connect_failures = 0
-        return self._sftp
+            raise SourceUnavailable(self.name, exc.reason) from exc
+        if self._backoff.failures:
+            logger.info("sftp %s: connected again after %d failures", self.name, self._backoff.failures)
+            self._backoff.reset()
+        return sftp
 
     def _note_connect_failure(self) -> None:
-        self._connect_failures += 1
-        delay = min(self.settings.reconnect_max_backoff, _BACKOFF_FIRST * 2 ** (self._connect_failures - 1))
-        self._retry_at = time.monotonic() + delay
-        if self._connect_failures in (1, 10) or self._connect_failures % 100 == 0:
-            logger.warning("sftp %s: connect failed %d time(s) in a row", self.name, self._connect_failures)
+        self._retry_at = time.monotonic() + self._backoff.next_delay()
+        failures = self._backoff.failures
+        if failures in (1, 10) or failures % 100 == 0:
+            logger.warning("sftp %s: connect failed %d time(s) in a row", self.name, failures)
 
     async def _call(self, fn: Callable[[Progress], T]) -> T:
         """Run ``fn`` on the session in a thread; connection trouble -> SourceUnavailable.
@@ -425,25 +352,13 @@ class SftpPoller:
         SFTP status errors (no such file, permission denied) come back as OSError for
         the caller; anything that breaks the session closes it.
         """
-        timeout = self.settings.operation_timeout
         try:
-            return await _bounded(fn, timeout, [self._transport])
-        except TimeoutError:
-            self._drop()
-            raise SourceUnavailable(self.name, f"no answer or progress within {timeout}s") from None
-        except (paramiko.SSHException, EOFError, ConnectionError) as exc:
-            self._drop()
-            raise SourceUnavailable(self.name, f"session lost ({type(exc).__name__})") from exc
-        except OSError:
-            if self._transport is None or not self._transport.is_active():
-                self._drop()
-                raise SourceUnavailable(self.name, "session lost") from None
-            raise
+            return await self._session.call(fn)
+        except SessionUnavailable as exc:
+            raise SourceUnavailable(self.name, exc.reason) from exc
 
     def _drop(self) -> None:
-        transport, self._transport, self._sftp = self._transport, None, None
-        if transport is not None:
-            transport.close()
+        self._session.drop()
 
 
 def _stat(sftp: Any, remote: str) -> Any:
@@ -470,38 +385,3 @@ def _archive(sftp: Any, remote: str, target_dir: str, name: str) -> None:
         sftp.posix_rename(remote, target)
     except OSError:  # server without posix-rename@openssh.com: plain rename (target is free)
         sftp.rename(remote, target)
-
-
-async def _bounded(fn: Callable[[Progress], T], timeout: float, transports: Sequence[Any]) -> T:
-    """Run ``fn(progress)`` in a thread; TimeoutError after ``timeout`` s without progress.
-
-    On timeout or cancellation the transports are closed, which unblocks the thread.
-    """
-    last = [time.monotonic()]
-
-    def progress(done: int, total: int) -> None:
-        last[0] = time.monotonic()
-
-    task = asyncio.ensure_future(asyncio.to_thread(fn, progress))
-    task.add_done_callback(_consume)
-    finished = False
-    try:
-        while True:
-            left = last[0] + timeout - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            await asyncio.wait([task], timeout=left)
-            if task.done():
-                finished = True
-                return task.result()
-    finally:
-        if not finished:
-            for transport in transports:
-                if transport is not None:
-                    transport.close()
-
-
-def _consume(task: asyncio.Future[Any]) -> None:
-    """Retrieve a late thread result nobody awaits any more (no 'never retrieved' noise)."""
-    if not task.cancelled():
-        task.exception()
