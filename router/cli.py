@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 from urllib.parse import quote
 
+from router import ledger
 from router.client import ApiClient, ApiError, check_base_url
 from router.config import (
     INSECURE_WARNING,
@@ -316,6 +317,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
+LEDGER_COLUMNS = ("received", "published", "dead_lettered", "filtered", "duplicates", "legacy", "shadow", "events")
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """The reconciliation ledger of an interface as a table, one line per day and facility."""
+    query = f"?day={_q(args.day)}" if args.day else ""
+    view = _client(args).call("GET", f"/api/v1/ledger/{_q(args.iface)}{query}")
+    head = ["day", "facility", *(c.replace("_", " ") for c in LEDGER_COLUMNS), "charges", "payments",
+            "adjustments", "balanced"]
+    rows: list[list[str]] = []
+    for day in (d for d in view["days"] if d["facilities"]):  # a day asked for may have nothing
+        for who, row in [*((f["facility"] or "-", f) for f in day["facilities"]), ("total", day["total"])]:
+            money = row["money"]["received"]
+            rows.append([day["day"], escape_controls(str(who)), *(str(row[c]) for c in LEDGER_COLUMNS),
+                         money["charges"], money["payments"], money["adjustments"],
+                         "yes" if row["balanced"] else "NO"])
+    if not rows:
+        print(f"{args.iface}: no units counted" + (f" on {args.day}" if args.day else ""))
+        return 0
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    for day in view["days"]:
+        for problem in day["problems"]:
+            print(f"{args.iface} {day['day']}: does not balance: {problem}", file=sys.stderr)
+    return 0 if view["balanced"] else 1
+
+
+def _day(text: str) -> str:
+    if not ledger.valid_day(text):
+        raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}")
+    return text
+
+
 EXIT_CODES = """\
 exit codes:
   0  done
@@ -450,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ISO 8601 time, e.g. 2026-11-25T08:00:00Z (no zone: UTC)")
     api_opts(p)
     p.set_defaults(func=cmd_replay)
+    p = sub.add_parser("ledger", help="the reconciliation ledger: units received and where each went, per day "
+                       "and facility")
+    p.add_argument("iface", metavar="IFACE", help="interface name")
+    p.add_argument("--day", type=_day, metavar="D", help="one UTC day, YYYY-MM-DD (default: every day kept)")
+    api_opts(p)
+    p.set_defaults(func=cmd_ledger)
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import secrets
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
@@ -80,8 +81,11 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
-def render_dashboard(svc: Service) -> str:
-    """The page; every value escaped, the NATS URL without credentials."""
+def render_dashboard(svc: Service, ledger: Mapping[str, str] | None = None) -> str:
+    """The page; every value escaped, the NATS URL without credentials.
+
+    ``ledger`` is each interface's ledger today in one line (router/ledger.py `summary`).
+    """
     rows = []
     for name, running in svc.interfaces.items():
         st = running.stats
@@ -92,7 +96,8 @@ def render_dashboard(svc: Service) -> str:
         rows.append(
             f"<tr><td>{_e(name)}</td><td>{_e(running.cfg.kind)}</td>"
             f"<td class='{_e(mode)}'>{_e(mode)}</td>{cells}"
-            f"<td>{_e(parity)}</td><td>{_e(_ago(st.last_message_at))}</td>"
+            f"<td>{_e(parity)}</td><td>{_e((ledger or {}).get(name, '-'))}</td>"
+            f"<td>{_e(_ago(st.last_message_at))}</td>"
             f"<td>{_e(st.last_error or '')}</td></tr>"
         )
     head = "".join(f"<th>{_e(c.replace('_', ' '))}</th>" for c in COLUMNS)
@@ -102,6 +107,7 @@ def render_dashboard(svc: Service) -> str:
 <meta http-equiv="refresh" content="2"><title>Ficus</title>{_STYLE}</head>
 <body><h1>Ficus</h1><p>NATS {_e(redact(svc.nats_url, []))} &middot; {_e(state)}</p>
 <table><tr><th>interface</th><th>kind</th><th>route</th>{head}<th>parity</th>
+<th title="received = published + dead-lettered + filtered + duplicates + legacy">ledger today</th>
 <th>last message</th><th>last error</th></tr>{''.join(rows)}</table>
 <p>API: <code>/api/v1/interfaces</code>, <code>/api/v1/routes</code>, <code>/api/v1/events</code>,
 <code>/api/v1/dlq</code>, <code>/metrics</code></p></body></html>"""

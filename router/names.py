@@ -11,12 +11,15 @@ STREAM_CANONICAL = "FICUS_CANONICAL"
 STREAM_SHADOW = "FICUS_SHADOW"
 STREAM_DLQ = "FICUS_DLQ"
 STREAM_AUDIT = "FICUS_AUDIT"
+# Reconciliation ledger deltas (router/ledger.py): one subject per interface and UTC day.
+STREAM_LEDGER = "FICUS_LEDGER"
 
 SUBJECTS_RAW = "raw.>"
 SUBJECTS_CANONICAL = "canonical.>"
 SUBJECTS_SHADOW = "shadow.>"
 SUBJECTS_DLQ = "dlq.>"
 SUBJECTS_AUDIT = "ficus.audit.>"
+SUBJECTS_LEDGER = "ledger.>"
 
 KV_ROUTES = "ficus-routes"
 KV_FILES = "ficus-files"
@@ -41,6 +44,12 @@ def raw_subject(interface: str) -> str:
 def dlq_subject(interface: str) -> str:
     """Where the dead letters of an interface go."""
     return f"dlq.{interface}"
+
+
+def ledger_subject(interface: str, day: str) -> str:
+    """Where the ledger deltas of an interface's units received on `day` (YYYY-MM-DD, UTC) go;
+    `day` "*" matches every day."""
+    return f"ledger.{interface}.{day}"
 
 
 def route_audit_subject(interface: str) -> str:

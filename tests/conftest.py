@@ -4,15 +4,18 @@ the public corpus (skipped with a message when absent), and a service factory.""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import nats.js.errors
 import pytest
 
@@ -202,3 +205,107 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+# -- the reconciliation ledger (router/ledger.py) ------------------------------------------------
+
+
+async def _read_all(url: str, stream: str) -> list[tuple[bytes, dict[str, str]]]:
+    """Every message of a stream (data, headers), by an ephemeral pull consumer in batches."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        try:
+            info = await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return []
+        total = info.state.messages
+        out: list[tuple[bytes, dict[str, str]]] = []
+        if total == 0:
+            return out
+        sub = await js.pull_subscribe(">", stream=stream)
+        try:
+            while len(out) < total:
+                try:
+                    msgs = await sub.fetch(min(1000, total - len(out)), timeout=5)
+                except nats.errors.TimeoutError:
+                    break
+                for msg in msgs:
+                    out.append((msg.data, dict(msg.headers or {})))
+                    await msg.ack()
+        finally:
+            await sub.unsubscribe()
+        return out
+    finally:
+        await nc.close()
+
+
+def _event_money(body: dict[str, Any]) -> tuple[Decimal, Decimal, Decimal]:
+    """(charges, payments, adjustments) of a stored event, read from its JSON independently of
+    router/ledger.py's money_of (the same definitions, another implementation)."""
+    kind, data = str(body.get("type", "")), body.get("data") or {}
+    if ".revenue.charge." in kind:
+        return Decimal(data.get("amount") or 0), Decimal(0), Decimal(0)
+    if ".claims.claim.adjudicated." in kind:
+        return Decimal(data["charge"]), Decimal(data["paid"]), Decimal(data["adjustment_total"])
+    if ".claims.remittance.received." in kind:
+        return Decimal(0), Decimal(0), Decimal(data["total_provider_adjustment"])
+    return Decimal(0), Decimal(0), Decimal(0)
+
+
+async def assert_ledger_balances(nats_url: str, *, events_match: bool = True) -> dict[str, Any]:
+    """Fails unless, for every interface, day and facility of the ledger, received = published +
+    dead-lettered + filtered + duplicates + legacy (money included), every delta is readable, and
+    (``events_match``) the events and money the ledger counts as published are the events stored
+    (live and shadow) for the interface. Returns the folded ledger: interface -> day -> facility."""
+    from router import ledger, names
+
+    folded: dict[str, ledger.Days] = {}
+    for data, _ in await _read_all(nats_url, names.STREAM_LEDGER):
+        body = json.loads(data)  # strict: an unreadable delta fails here
+        assert {"i", "d", "m", "u"} <= body.keys(), body
+        ledger.fold([data], folded.setdefault(body["i"], {}))
+    problems = [f"{iface} {day} {fac or '-'}: {p}" for iface, days in folded.items()
+                for day, rows in days.items() for fac, row in rows.items() for p in row.problems()]
+    assert not problems, "ledger does not balance:\n" + "\n".join(problems)
+    if events_match:
+        stored: dict[str, list[Decimal]] = {}
+        for stream in (names.STREAM_CANONICAL, names.STREAM_SHADOW):
+            for data, headers in await _read_all(nats_url, stream):
+                iface = headers.get(names.HDR_INTERFACE, "?")
+                c, p, a = _event_money(json.loads(data))
+                acc = stored.setdefault(iface, [Decimal(0)] * 4)
+                acc[0] += 1
+                acc[1] += c
+                acc[2] += p
+                acc[3] += a
+        for iface in set(stored) | set(folded):
+            counted = ledger.Tally()
+            for rows in folded.get(iface, {}).values():
+                for row in rows.values():
+                    counted.merge(row)
+            pub = counted.money["published"]
+            want = [Decimal(counted.events), pub.charges, pub.payments, pub.adjustments]
+            have = stored.get(iface, [Decimal(0)] * 4)
+            assert have == want, (f"{iface}: stored events/charges/payments/adjustments {have} "
+                                  f"!= ledger's published {want}")
+    return folded
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "ledger_unchecked: an integration test whose ledger is not checked "
+                                       "after it (the ledger_balances fixture skips it)")
+
+
+@pytest.fixture
+async def ledger_balances(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """After a test that used ``nats_server``: the ledger balances (assert_ledger_balances).
+
+    Requested before the test's own fixtures are torn down, so the server is still up.
+    """
+    server: EmbeddedNats | None = None
+    if "nats_server" in request.fixturenames and request.node.get_closest_marker("ledger_unchecked") is None:
+        server = request.getfixturevalue("nats_server")
+    yield
+    if server is not None and server.url:
+        await assert_ledger_balances(server.url)

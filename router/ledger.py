@@ -1,0 +1,371 @@
+"""The reconciliation ledger: per interface, UTC day of receipt and facility, where every unit went.
+
+    received = published + dead_lettered + filtered + duplicates + legacy
+
+with the money of each (charges, payments, adjustments). A ledger that does not balance is a bug.
+
+Units, per kind: an MLLP message; a file's record (CSV, fixed width) or 835 transaction (ST..SE)
+-- a file routed ``legacy`` is not read by Ficus and counts as one unit; an ODBC row.
+
+Outcomes (exactly one per counted unit):
+
+- ``published``: its events are stored (live subjects in modern mode, ``shadow.`` in shadow;
+  the ``shadow`` column says how many of a row's units were translated in shadow mode);
+- ``dead_lettered``: a dead letter was stored for it (rejected, untranslatable, or a file
+  dead-lettered whole -- one unit: the part of it never read);
+- ``filtered``: translated without error into zero events (a message or record the mapping
+  deliberately produces nothing for); no mapping does this today, the column is kept so the
+  equation stays true when one does;
+- ``duplicates``: a re-send recognised. MLLP: a message whose ledger entry for the same raw
+  id, mode and outcome is already stored (its events deduped too) -- the sender sent it again
+  after its outcome was committed. Files: a file skipped because a file with the same content
+  is done (``dedupe_content``); it counts the units of that file, without money (it is not
+  read). ODBC: never (the poller reads only rows after the checkpoint; a batch read again
+  after a crash is Ficus's own retry and is counted once, see below);
+- ``legacy``: delivered to the legacy path only, untranslated (route mode ``legacy``; in
+  shadow, an MLLP message that is not HL7 at all). Shadow units are forwarded too but count
+  under their translation's outcome.
+
+Money (Decimal, summed exactly): charges = FT1-11 of charge events (``ChargeData.amount``) and
+CLP03 of 835 claims; payments = CLP04 of 835 claims; adjustments = CAS totals of 835 claims
+(claim and line level) plus the PLB total of the remittance. A dead letter's ``amount`` is
+payments on an x12-835 interface, charges elsewhere.
+
+Storage -- why an append-only stream and not counters in KV. Each counted unit (or file
+batch) is one *delta* message on ``ledger.<iface>.<day>`` (stream ``FICUS_LEDGER``) whose
+``Nats-Msg-Id`` is derived from the unit (raw id, file content + record range, table + row
+key) and its mode and outcome, and which travels in the same ``Store.publish`` call as the
+unit's events or dead letter, last. So it is exactly as durable as they are: a unit
+processed again after a crash or an outage re-publishes the same ids and JetStream's
+duplicate window drops the copies -- counted once. A KV counter updated after the events
+would lose counts on a crash in between, and one updated before would count units whose
+events never made it; neither can be fenced per unit. Reading folds the deltas
+(:class:`Reader` keeps the fold and the sequence it reached per process, so a repeated read
+only folds what is new); every instance folds the same stream, so every instance shows the
+same ledger. The delta of an MLLP re-send comes back from JetStream as a duplicate: a
+second, per-reception delta then counts it under ``duplicates``.
+
+Counted once an outcome is committed: a unit answered "resend later" (NATS away, legacy
+destination down) is not counted -- its retry is. Legacy-mode MLLP counts are written just
+after the legacy reply, off the sender's path (the legacy path never waits for the store);
+a crash in those milliseconds, or NATS away, loses that unit's count (logged). Detection of
+re-sends holds within the duplicate window (``nats.duplicate_window_seconds``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from canonical.envelope import CloudEvent
+from canonical.events import ChargeData
+from canonical.x12.events import ClaimData, RemittanceData
+from router import names
+from router.store import Outgoing, Store
+
+log = logging.getLogger("ficus.ledger")
+
+Outcome = Literal["published", "dead_lettered", "filtered", "duplicates", "legacy"]
+OUTCOMES: tuple[Outcome, ...] = ("published", "dead_lettered", "filtered", "duplicates", "legacy")
+MONEY_KINDS = ("charges", "payments", "adjustments")
+ZERO = Decimal(0)
+_NO_FACILITY = ""
+
+
+@dataclass
+class Money:
+    """Charges, payments and adjustments of some units."""
+
+    charges: Decimal = ZERO
+    payments: Decimal = ZERO
+    adjustments: Decimal = ZERO
+
+    def add(self, other: Money) -> None:
+        """Adds ``other`` into this one."""
+        self.charges += other.charges
+        self.payments += other.payments
+        self.adjustments += other.adjustments
+
+    def is_zero(self) -> bool:
+        """Whether every amount is zero."""
+        return not (self.charges or self.payments or self.adjustments)
+
+    def as_json(self) -> dict[str, str]:
+        """Amounts as strings (money never travels as a float)."""
+        return {"charges": str(self.charges), "payments": str(self.payments), "adjustments": str(self.adjustments)}
+
+
+def money_of(events: Iterable[CloudEvent]) -> Money:
+    """The money of a unit's events (see the module docstring for what counts where)."""
+    out = Money()
+    for ev in events:
+        data: Any = ev.data
+        if isinstance(data, ChargeData):
+            out.charges += data.amount or ZERO
+        elif isinstance(data, ClaimData):
+            out.charges += data.charge
+            out.payments += data.paid
+            out.adjustments += data.adjustment_total
+        elif isinstance(data, RemittanceData):
+            out.adjustments += data.total_provider_adjustment
+    return out
+
+
+def letter_money(amount: Decimal | str | None, fmt: str = "") -> Money:
+    """The money a dead letter holds up: payments on an 835 interface, charges elsewhere."""
+    if amount is None:
+        return Money()
+    try:
+        value = Decimal(amount)
+    except (InvalidOperation, ValueError):
+        return Money()
+    if not value.is_finite():
+        return Money()
+    return Money(payments=value) if fmt == "x12-835" else Money(charges=value)
+
+
+def facility_of(events: Sequence[CloudEvent], fallback: str | None = None) -> str | None:
+    """The facility of a unit: its first event's, else ``fallback``."""
+    for ev in events:
+        if ev.ficusfacility:
+            return ev.ficusfacility
+    return fallback
+
+
+@dataclass
+class Entry:
+    """Units of one facility with one outcome (one delta carries one or more)."""
+
+    facility: str | None
+    outcome: Outcome
+    units: int = 1
+    events: int = 0
+    money: Money = field(default_factory=Money)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"f": self.facility, "o": self.outcome, "n": self.units, "e": self.events}
+        if not self.money.is_zero():
+            out["c"], out["p"], out["a"] = str(self.money.charges), str(self.money.payments), str(
+                self.money.adjustments)
+        return out
+
+
+class Batch:
+    """Entries of a batch of units, merged per (facility, outcome): one delta for a file batch."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str | None, Outcome], Entry] = {}
+        self.first: int | None = None
+        self.last: int | None = None
+
+    def add(self, index: int, facility: str | None, outcome: Outcome, events: int = 0,
+            money: Money | None = None, units: int = 1) -> None:
+        """Counts ``units`` units (at position ``index``) with this outcome."""
+        if self.first is None:
+            self.first = index
+        self.last = index
+        entry = self._entries.get((facility, outcome))
+        if entry is None:
+            entry = self._entries[(facility, outcome)] = Entry(facility, outcome, 0)
+        entry.units += units
+        entry.events += events
+        if money is not None:
+            entry.money.add(money)
+
+    @property
+    def entries(self) -> list[Entry]:
+        """The merged entries."""
+        return list(self._entries.values())
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+
+def day_of(at: datetime | None = None) -> str:
+    """The ledger day (UTC date of receipt) of a time, now by default."""
+    return (at or datetime.now(UTC)).astimezone(UTC).date().isoformat()
+
+
+def delta(interface: str, mode: str, entries: Sequence[Entry], unit_id: str, *,
+          at: datetime | None = None) -> Outgoing:
+    """The delta message of a unit (or batch): its id from ``unit_id``, mode and outcomes.
+
+    The day is not in the id: the same unit retried after midnight is still the same unit.
+    """
+    day = day_of(at)
+    outcomes = ",".join(sorted({e.outcome for e in entries}))
+    msg_id = "ledger-" + _digest(interface, unit_id, mode, outcomes)
+    body = {"v": 1, "i": interface, "d": day, "m": mode, "u": [e.as_json() for e in entries]}
+    return Outgoing(names.ledger_subject(interface, day), json.dumps(body, separators=(",", ":")).encode(),
+                    msg_id, {names.HDR_INTERFACE: interface})
+
+
+def unit_delta(interface: str, mode: str, unit_id: str, facility: str | None, outcome: Outcome,
+               events: int = 0, money: Money | None = None, units: int = 1) -> Outgoing:
+    """The delta of one unit (or ``units`` units of one outcome)."""
+    return delta(interface, mode, [Entry(facility, outcome, units, events, money or Money())], unit_id)
+
+
+def resend_delta(interface: str, mode: str, facility: str | None) -> Outgoing:
+    """A re-send recognised: one more unit received, under ``duplicates``; its own id per reception."""
+    return unit_delta(interface, mode, "resend-" + secrets.token_hex(16), facility, "duplicates")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+# -- the fold ------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """One ledger row: the units of a facility (or a whole day) by outcome, with their money."""
+
+    received: int = 0
+    published: int = 0
+    dead_lettered: int = 0
+    filtered: int = 0
+    duplicates: int = 0
+    legacy: int = 0
+    shadow: int = 0
+    events: int = 0
+    money: dict[str, Money] = field(default_factory=lambda: {k: Money() for k in ("received", *OUTCOMES)})
+
+    def add(self, entry: Entry, mode: str) -> None:
+        """Folds one entry in."""
+        self.received += entry.units
+        setattr(self, entry.outcome, getattr(self, entry.outcome) + entry.units)
+        if mode == "shadow" and entry.outcome in ("published", "dead_lettered", "filtered"):
+            self.shadow += entry.units
+        self.events += entry.events
+        self.money["received"].add(entry.money)
+        self.money[entry.outcome].add(entry.money)
+
+    def merge(self, other: Tally) -> None:
+        """Adds another row into this one (facilities into the day's total)."""
+        for name in ("received", *OUTCOMES, "shadow", "events"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for key, m in other.money.items():
+            self.money[key].add(m)
+
+    def problems(self) -> list[str]:
+        """Why this row does not balance (empty when it does)."""
+        out: list[str] = []
+        parts = sum(getattr(self, o) for o in OUTCOMES)
+        if self.received != parts:
+            out.append(f"received {self.received} != published + dead_lettered + filtered + duplicates + legacy "
+                       f"{parts}")
+        for kind in MONEY_KINDS:
+            total = getattr(self.money["received"], kind)
+            split = sum((getattr(self.money[o], kind) for o in OUTCOMES), ZERO)
+            if total != split:
+                out.append(f"{kind}: received {total} != sum of outcomes {split}")
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        """The API's view of the row."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in ("received", *OUTCOMES, "shadow", "events")}
+        out["money"] = {k: m.as_json() for k, m in self.money.items()}
+        out["balanced"] = not self.problems()
+        return out
+
+
+Days = dict[str, dict[str, Tally]]
+"""day -> facility ("" for none) -> row."""
+
+
+def fold(payloads: Iterable[bytes], into: Days | None = None) -> Days:
+    """Folds delta messages into rows per day and facility; an unreadable delta is skipped, logged."""
+    days: Days = {} if into is None else into
+    for payload in payloads:
+        try:
+            body = json.loads(payload)
+            day, mode = str(body["d"]), str(body["m"])
+            entries = [_entry(u) for u in body["u"]]
+        except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
+            log.error("ledger: unreadable delta skipped (%s)", type(exc).__name__)
+            continue
+        rows = days.setdefault(day, {})
+        for entry in entries:
+            rows.setdefault(entry.facility or _NO_FACILITY, Tally()).add(entry, mode)
+    return days
+
+
+def _entry(raw: dict[str, Any]) -> Entry:
+    outcome = raw["o"]
+    if outcome not in OUTCOMES:
+        raise ValueError("unknown outcome")
+    money = Money(Decimal(raw.get("c", 0)), Decimal(raw.get("p", 0)), Decimal(raw.get("a", 0)))
+    return Entry(raw.get("f"), outcome, int(raw["n"]), int(raw.get("e", 0)), money)
+
+
+def day_view(day: str, rows: dict[str, Tally]) -> dict[str, Any]:
+    """One day of an interface for the API: the total, each facility, whether it balances."""
+    total = Tally()
+    for row in rows.values():
+        total.merge(row)
+    problems = [f"{f or '-'}: {p}" for f, row in sorted(rows.items()) for p in row.problems()] + total.problems()
+    return {
+        "day": day,
+        "total": total.as_json(),
+        "facilities": [{"facility": f or None, **row.as_json()} for f, row in sorted(rows.items())],
+        "balanced": not problems,
+        "problems": problems,
+    }
+
+
+class Reader:
+    """Folds an interface's deltas on read, keeping per process the fold and the sequence reached,
+    so a repeated read (the dashboard's) folds only what is new."""
+
+    BATCH = 10_000
+
+    def __init__(self) -> None:
+        self._folds: dict[str, tuple[int, Days]] = {}
+
+    async def days(self, store: Store, interface: str) -> Days:
+        """Every day of ``interface`` still in the stream (raises StoreError when NATS is away)."""
+        seq, days = self._folds.get(interface, (0, {}))
+        subject = names.ledger_subject(interface, "*")
+        while True:
+            msgs = await store.read(names.STREAM_LEDGER, subject, after=seq, limit=self.BATCH)
+            if not msgs:
+                break
+            fold((data for _, data, _ in msgs), days)
+            seq = msgs[-1][0]
+            self._folds[interface] = (seq, days)
+            if len(msgs) < self.BATCH:
+                break
+        self._folds[interface] = (seq, days)
+        return days
+
+    async def view(self, store: Store, interface: str, day: str | None = None) -> dict[str, Any]:
+        """The API's answer: the interface's days (newest first), or one day."""
+        days = await self.days(store, interface)
+        wanted = [day] if day is not None else sorted(days, reverse=True)
+        views = [day_view(d, days.get(d, {})) for d in wanted]
+        return {"interface": interface, "days": views, "balanced": all(v["balanced"] for v in views)}
+
+
+def valid_day(text: str) -> bool:
+    """Whether ``text`` is a day as the ledger names them (YYYY-MM-DD)."""
+    try:
+        return len(text) == 10 and datetime.strptime(text, "%Y-%m-%d").date().isoformat() == text
+    except ValueError:
+        return False
+
+
+def summary(view: dict[str, Any]) -> str:
+    """One day's total in one line: received = published + dead-lettered + filtered + duplicates + legacy."""
+    t = view["total"]
+    mark = "ok" if view["balanced"] else "UNBALANCED"
+    return (f"{t['received']} = {t['published']}+{t['dead_lettered']}+{t['filtered']}+{t['duplicates']}"
+            f"+{t['legacy']} {mark}")
