@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
+from protocols.backoff import Backoff, Uniform
 from router import embedded_guard as guard
 
 log = logging.getLogger("ficus.nats")
@@ -72,6 +74,8 @@ class EmbeddedNats:
         self.start_timeout = start_timeout
         self.restart_initial = restart_initial
         self.restart_max = restart_max
+        self.restart_jitter: Uniform = random.uniform
+        """Draws each restart pause in [0, its ceiling] (full jitter); a test may pin it."""
         self.restarts = 0
         # Why the server is down while supervised (for /readyz), None while it runs.
         self.problem: str | None = None
@@ -185,33 +189,36 @@ class EmbeddedNats:
         """Restarts the server whenever it dies, until `stop()` (for a long-running Ficus).
 
         Same store, same port (with port 0 the one chosen at first start), so the client's
-        reconnect loop finds it; backoff from `restart_initial` doubling to `restart_max`.
+        reconnect loop finds it; backoff with full jitter, its ceiling from `restart_initial`
+        doubling to `restart_max`.
         """
         if self._supervisor is None and self._proc is not None:
             self._supervisor = asyncio.create_task(self._supervise(), name="embedded-nats-supervisor")
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
-        delay: float | None = None
+        pauses: Backoff | None = None
         while True:
             proc = self._proc
             assert proc is not None
             started = loop.time()
             code = await proc.wait()
-            if delay is None or loop.time() - started >= self.restart_max:
-                delay = self.restart_initial  # first death, or it ran a good while: not a crash loop
+            if pauses is None or loop.time() - started >= self.restart_max:
+                # First death, or it ran a good while: not a crash loop. Settings read now.
+                pauses = Backoff(self.restart_initial, max(self.restart_initial, self.restart_max),
+                                 uniform=self.restart_jitter)
             log.warning("embedded nats-server (pid %d) exited with code %s; Ficus will restart it on %s",
                         proc.pid, _describe(code), self.url)
             attempt = 0
             while True:
                 attempt += 1
-                self.problem = f"embedded NATS down (exit code {code}), restart attempt {attempt} in {delay:g} s"
-                log.warning("embedded nats-server: restart attempt %d in %g s", attempt, delay)
+                delay = pauses.next_delay()
+                self.problem = f"embedded NATS down (exit code {code}), restart attempt {attempt} in {delay:.3g} s"
+                log.warning("embedded nats-server: restart attempt %d in %.3g s", attempt, delay)
                 await asyncio.sleep(delay)
                 if self.running:  # started meanwhile by a direct start(): nothing to do
                     break
                 self.problem = f"embedded NATS down (exit code {code}), restart attempt {attempt} in progress"
-                delay = min(delay * 2, self.restart_max)
                 try:
                     await self._spawn()
                 except (EmbeddedNatsError, OSError) as exc:  # logged, and tried again after the next delay

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from canonical.reference import ReferenceStore
 from legacy.file_delivery import FolderDelivery, InPlaceDelivery, SftpDelivery
 from legacy.mllp_sender import MllpSender
+from protocols.backoff import Backoff
 from router import names
 from router.config import FileInterfaceConfig, InterfaceConfig, MllpInterfaceConfig, OdbcInterfaceConfig, SftpConfig
 from router.file_pipeline import Delivery, FilePipeline
@@ -197,15 +198,16 @@ class Supervision:
 async def _supervised(
     name: str, stats: InterfaceStats, runner: _Runner, stopping: asyncio.Event,
     supervision: Supervision | None = None, *, healthy_seconds: float = HEALTHY_SECONDS,
+    backoff: Backoff | None = None,
 ) -> None:
     """Runs a polling pipeline; an unexpected crash is logged, counted and restarted after a pause.
 
-    The pause doubles with each crash in a row, up to 60 s, and starts over at 1 s after a run
-    that lasted `healthy_seconds`. Nothing is lost by a restart: each pipeline resumes from its
-    stored checkpoint or manifest.
+    The pause is drawn below a ceiling that doubles with each crash in a row, from 1 s up to
+    60 s (full jitter: `backoff`), and starts over after a run that lasted `healthy_seconds`.
+    Nothing is lost by a restart: each pipeline resumes from its stored checkpoint or manifest.
     """
     state = supervision if supervision is not None else Supervision()
-    delay = 1.0
+    pauses = backoff if backoff is not None else Backoff(1.0, 60.0)
     while not stopping.is_set():
         started = time.monotonic()
         try:
@@ -213,16 +215,17 @@ async def _supervised(
             return
         except Exception as exc:  # a supervisor: logged, counted, restarted
             if time.monotonic() - started >= healthy_seconds:
-                delay, state.crashes = 1.0, 0  # it ran well before this crash: not a loop
+                pauses.reset()  # it ran well before this crash: not a loop
+                state.crashes = 0
             state.crashes += 1
             state.last_error = type(exc).__name__
-            stats.error(f"pipeline crashed: {type(exc).__name__}; restarting in {delay:g}s")
-            log.exception("%s: pipeline crashed; restarting in %gs", name, delay)
+            delay = pauses.next_delay()
+            stats.error(f"pipeline crashed: {type(exc).__name__}; restarting in {delay:.3g}s")
+            log.exception("%s: pipeline crashed; restarting in %.3gs", name, delay)
         state.restarted_at = float("inf")  # not ready while waiting to restart
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
         state.restarted_at = time.monotonic()
-        delay = min(delay * 2, 60.0)
 
 
 async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:

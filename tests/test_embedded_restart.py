@@ -90,6 +90,7 @@ async def test_a_killed_embedded_server_is_restarted_and_nothing_acked_is_lost(
         emb = svc.embedded
         assert emb is not None and svc.api_url is not None
         emb.restart_initial = 2.0  # room for the test to take the port before the first attempt
+        emb.restart_jitter = lambda low, high: high  # pauses at their ceilings (2 s, then 4 s), not drawn
         port, url = svc.interfaces["his-charges"].listener.port, emb.url
         for seq in (1, 2, 3):
             payload = simulate.dft(seq)

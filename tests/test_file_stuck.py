@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from protocols.backoff import Backoff
 from router import names
 from router.embedded_nats import EmbeddedNats
 from router.interfaces import Supervision, _supervised
@@ -175,8 +176,10 @@ async def test_supervisor_backoff_starts_over_after_a_healthy_run() -> None:
             raise RuntimeError("boom")
 
     stopping = asyncio.Event()
+    # The pauses are drawn at random below their ceilings (full jitter): pinned to the ceilings here.
+    ceilings = Backoff(1.0, 60.0, uniform=lambda low, high: high)
     task = asyncio.create_task(_supervised("t", InterfaceStats(), Runner(), stopping, supervision,
-                                           healthy_seconds=0.4))
+                                           healthy_seconds=0.4, backoff=ceilings))
     try:
         await wait_for(lambda: len(starts) == 5, timeout=30)
         assert supervision.problem(healthy_seconds=0.4) is not None, "just restarted after a crash loop"

@@ -37,6 +37,7 @@ from typing import Literal, Protocol, Self, TypeVar
 
 import pyodbc
 
+from protocols.backoff import Backoff
 from wrappers.watermark import (
     Checkpoint,
     GapTracker,
@@ -251,7 +252,8 @@ class OdbcPoller:
         self._session: _Session | None = None
         self._ts_as_text = settings.timestamp_binding == "text"
         self._gaps = GapTracker()
-        self._backoff = _FIRST_BACKOFF
+        cap = settings.reconnect_max_backoff
+        self._backoff = Backoff(min(_FIRST_BACKOFF, cap), cap)  # full jitter: pollers of one database spread out
         self._connects = 0
         self._last_error: str | None = None
         self._last_poll_at: datetime | None = None
@@ -269,7 +271,7 @@ class OdbcPoller:
     async def next_batch(self, checkpoint: Checkpoint) -> Batch | None:
         """Up to ``batch_size`` rows after ``checkpoint``, or None when none is ready.
 
-        Waits through lost connections, reconnecting with exponential backoff up to
+        Waits through lost connections, reconnecting with exponential backoff (full jitter) up to
         ``reconnect_max_backoff``; raises :class:`QueryError` when the query or a
         column is wrong. Cancelling the call is safe: nothing has moved.
         """
@@ -321,12 +323,11 @@ class OdbcPoller:
             try:
                 result = await attempt()
             except DatabaseUnavailable as exc:
-                delay = self._backoff
-                self._backoff = min(self._backoff * 2, self.settings.reconnect_max_backoff)
+                delay = self._backoff.next_delay()
                 logger.warning("odbc %s: %s; retrying in %.1fs", self.name, exc.reason, delay)
                 await asyncio.sleep(delay)
                 continue
-            self._backoff = _FIRST_BACKOFF
+            self._backoff.reset()
             return result
 
     async def _poll(self, checkpoint: Checkpoint) -> Batch | None:
