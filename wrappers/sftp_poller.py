@@ -70,24 +70,13 @@ DEFAULT_MAX_PREFETCH_REQUESTS: Final = 16
 _BACKOFF_FIRST: Final = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class SftpSettings:
-    """Where and how to connect; one SFTP interface's settings."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SftpSettings(SshEndpoint):
+    """Where and how to connect (the SSH endpoint), and what to poll there; one SFTP
+    interface's settings."""
 
-    host: str
-    port: int
-    username: str
-    password: str | None
-    private_key_path: str | None
-    private_key_passphrase: str | None
-    known_hosts_path: str
-    """Pinned known_hosts (OpenSSH format, hashed names allowed): required."""
     remote_dir: str
     patterns: Sequence[str]
-    connect_timeout: float = 10
-    """TCP connect, SSH banner, key exchange and authentication, each."""
-    operation_timeout: float = 30
-    """Longest wait for any answer; a transfer fails after this long without progress."""
     reconnect_max_backoff: float = 60
     max_prefetch_requests: int = DEFAULT_MAX_PREFETCH_REQUESTS
     """Concurrent read requests in flight per download (paramiko's is unbounded)."""
@@ -96,14 +85,6 @@ class SftpSettings:
     def label(self) -> str:
         """The source name used in errors: ``sftp://user@host:port/dir``."""
         return f"sftp://{self.username}@{self.host}:{self.port}{self.remote_dir}"
-
-    @property
-    def endpoint(self) -> SshEndpoint:
-        """The SSH side of these settings, for :mod:`protocols.sftp`."""
-        return SshEndpoint(
-            self.host, self.port, self.username, self.password, self.private_key_path,
-            self.private_key_passphrase, self.known_hosts_path, self.connect_timeout, self.operation_timeout,
-        )
 
 
 def open_sftp(settings: SftpSettings) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
@@ -121,7 +102,7 @@ def _open_sftp(settings: SftpSettings, opened: list[Any]) -> tuple[paramiko.Tran
     """:func:`open_sftp`, appending the transport to ``opened`` so a caller can close it."""
     source = settings.label
     try:
-        return open_session(settings.endpoint, opened)
+        return open_session(settings, opened)
     except HostKeyMismatch as exc:
         raise HostKeyRejected(source, exc.host, exc.fingerprint, known=exc.known) from exc
     except SessionUnavailable as exc:
