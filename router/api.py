@@ -18,19 +18,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import nats.errors
-import nats.js.errors
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
-from router import dlq, names, parity, replay
+from router import dlq, ledger, names, parity, replay
 from router.config import INSECURE_WARNING, SLUG, ConfigError, Mode
 from router.dashboard import SESSION_COOKIE, Sessions, login_page, render_dashboard
 from router.routes import RouteError
 from router.stats import ListenerCollector, StatsCollector
+from router.store import StoreError
 
 if TYPE_CHECKING:
     from router.service import Service
@@ -39,6 +38,7 @@ log = logging.getLogger("ficus.api")
 SERVICE: web.AppKey[Service] = web.AppKey("service")
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry")
 SESSIONS: web.AppKey[Sessions] = web.AppKey("sessions")
+LEDGER: web.AppKey[ledger.Reader] = web.AppKey("ledger")
 ROLE: web.RequestKey[str] = web.RequestKey("role")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # The dashboard checks its own credentials (a bearer token or the login form's cookie).
@@ -80,8 +80,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if "Allow" in exc.headers:
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
-    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-        return _error(503, f"JetStream unavailable: {type(exc).__name__}")
+    except StoreError as exc:
+        # The reason names the operation and the error kind only (router/store/errors.py).
+        return _error(503, f"JetStream unavailable: {exc.reason}")
 
 
 def role_for(tokens: Mapping[Any, str], given: str) -> str | None:
@@ -191,8 +192,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ok, problems = request.app[SERVICE].ready()
-    return web.json_response({"ready": ok, "problems": problems}, status=200 if ok else 503)
+    svc = request.app[SERVICE]
+    ok, problems = svc.ready()
+    # Which publishing path the start-up self-test chose: information, never a reason to be unready.
+    publisher = svc.store.publisher if svc.store is not None else None
+    return web.json_response({"ready": ok, "problems": problems, "publisher": publisher},
+                             status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -219,7 +224,21 @@ async def dashboard(request: web.Request) -> web.Response:
     """The dashboard; with tokens configured, a 401 login form (and no data) until one is given."""
     if _dashboard_role(request) is None:
         return _html(login_page(), 401)
-    return _html(render_dashboard(request.app[SERVICE]))
+    svc = request.app[SERVICE]
+    return _html(render_dashboard(svc, ledger=await _ledger_today(request.app[LEDGER], svc)))
+
+
+async def _ledger_today(reader: ledger.Reader, svc: Service) -> dict[str, str]:
+    """Each interface's ledger today in one line, for the dashboard; "?" while NATS is away."""
+    out: dict[str, str] = {}
+    today = ledger.day_of()
+    for name in svc.interfaces:
+        try:
+            view = await reader.view(svc.store, name, today) if svc.store is not None else None
+        except StoreError:
+            view = None
+        out[name] = "?" if view is None else ledger.summary(view["days"][0])
+    return out
 
 
 async def login(request: web.Request) -> web.Response:
@@ -376,9 +395,8 @@ async def get_event(request: web.Request) -> web.Response:
     assert svc.store is not None
     seq = _seq(request.match_info["id"], "event")
     stream = names.STREAM_SHADOW if request.query.get("mode") == "shadow" else names.STREAM_CANONICAL
-    try:
-        msg = await svc.store.js.get_msg(stream, seq)
-    except nats.js.errors.NotFoundError:
+    msg = await svc.store.get_msg(stream, seq)
+    if msg is None:
         return _error(404, f"no event {seq}")
     return web.json_response({"seq": seq, "event": _decoded(msg.data or b"{}")})
 
@@ -400,6 +418,19 @@ async def get_dlq(request: web.Request) -> web.Response:
     if letter is None:
         return _error(404, f"no dead letter {seq}")
     return web.json_response(dlq.summary(letter))
+
+
+async def get_ledger(request: web.Request) -> web.Response:
+    """GET /api/v1/ledger/{iface}[?day=YYYY-MM-DD]: the reconciliation ledger (router/ledger.py)."""
+    svc = request.app[SERVICE]
+    name = request.match_info["iface"]
+    if name not in svc.interfaces:
+        return _error(404, "unknown interface")
+    day = request.query.get("day")
+    if day is not None and not ledger.valid_day(day):
+        return _error(400, "day must be a date, YYYY-MM-DD")
+    assert svc.store is not None
+    return web.json_response(await request.app[LEDGER].view(svc.store, name, day))
 
 
 async def get_parity(request: web.Request) -> web.Response:
@@ -477,6 +508,7 @@ def make_app(svc: Service) -> web.Application:
     app = web.Application(middlewares=[errors, auth])
     app[SERVICE] = svc
     app[SESSIONS] = Sessions()
+    app[LEDGER] = ledger.Reader()
     registry = CollectorRegistry()
     registry.register(StatsCollector({n: r.stats for n, r in svc.interfaces.items()}))
     registry.register(ListenerCollector({n: (lambda listener=r.listener: listener.stats)
@@ -499,6 +531,7 @@ def make_app(svc: Service) -> web.Application:
     app.router.add_post("/api/v1/dlq/{id}/replay", replay_letter)
     app.router.add_post("/api/v1/replay/{iface}", replay_interface)
     app.router.add_get("/api/v1/parity/{iface}", get_parity)
+    app.router.add_get("/api/v1/ledger/{iface}", get_ledger)
     app.router.add_get("/api/v1/schemas", list_schemas)
     app.router.add_get("/api/v1/schemas/{type}", get_schema)
     return app

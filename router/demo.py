@@ -16,14 +16,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nats.aio.msg import Msg
-
 from legacy.mllp_sender import LegacyError, MllpSender
 from legacy.simulated_engine import SimulatedEngine
 from router import shutdown, simulate
 from router.client import ApiClient, ApiError
 from router.config import FicusConfig, FolderInterfaceConfig, parse_config
 from router.service import Service
+from router.store import StoredMsg
 
 
 def _port_or_free(port: int) -> int:
@@ -70,7 +69,7 @@ async def _his(name: str, port: int, make: Any, interval: float, stop: asyncio.E
                 await asyncio.wait_for(stop.wait(), interval)
 
 
-def _show(msg: Msg) -> None:
+async def _show(msg: StoredMsg) -> None:
     event = json.loads(msg.data)
     data = event.get("data", {})
     what = data.get("amount") or data.get("patient_class") or ""
@@ -102,8 +101,8 @@ async def _run_demo(duration: float | None, state: str) -> None:
             loop = asyncio.get_running_loop()
             shutdown.install(loop, stop.set, cfg.shutdown_timeout_seconds + Service.GRACE + 5)
             assert svc.store is not None
-            await svc.store.nc.subscribe("canonical.>", cb=_async(_show))
-            await svc.store.nc.subscribe("shadow.canonical.>", cb=_async(_show))
+            await svc.store.subscribe("canonical.>", _show)
+            await svc.store.subscribe("shadow.canonical.>", _show)
             print(_banner(svc, engine.port), flush=True)
             feeds = [
                 asyncio.create_task(_his("adt", _port(svc, "his-adt"),
@@ -144,12 +143,6 @@ def _port(svc: Service, name: str) -> int:
     listener = svc.interfaces[name].listener
     assert listener is not None
     return listener.port
-
-
-def _async(fn: Any) -> Any:
-    async def cb(msg: Msg) -> None:
-        fn(msg)
-    return cb
 
 
 async def _flip_later(api_url: str, stop: asyncio.Event) -> None:

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-import nats.js.errors
 from pydantic import BaseModel, field_validator
 
 from canonical.safe_text import bounded_id, safe_reason
@@ -82,11 +81,8 @@ def money(value: Decimal | None) -> str | None:
 
 async def get(store: Store, seq: int) -> DeadLetter | None:
     """One dead letter by id, or None."""
-    try:
-        msg = await store.js.get_msg(names.STREAM_DLQ, seq)
-    except nats.js.errors.NotFoundError:
-        return None
-    if msg.data is None:
+    msg = await store.get_msg(names.STREAM_DLQ, seq)
+    if msg is None or not msg.data:
         return None
     letter = DeadLetter.model_validate_json(msg.data)
     letter.id = seq

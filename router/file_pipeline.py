@@ -35,21 +35,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-import nats.errors
-import nats.js.errors
-from nats.js.object_store import ObjectStore
-
 from canonical.context import TranslationContext
 from canonical.reference import ReferenceStore
 from legacy.file_delivery import DeliveryConflict, DeliveryError, DeliveryUnavailable
-from router import names
+from protocols.backoff import Backoff
+from router import ledger, names
 from router.config import FileInterfaceConfig, Mode
 from router.dlq import DeadLetter, money, now_iso
 from router.file_units import Unit, file_units, sha256_of
 from router.manifest import FileEntry, Manifest
 from router.routes import RouteTable
 from router.stats import InterfaceStats
-from router.store import Outgoing, Store, StoreUnavailable, event_message
+from router.store import Objects, Outgoing, Store, StoreError, event_message
 from wrappers.file_source import (
     FileChanged,
     FileRef,
@@ -66,7 +63,7 @@ BATCH = 500
 RETRY_MAX_SECONDS = 300.0
 """The longest pause between two attempts at a file set aside."""
 # Failures of everything, not of one file: the pass stops and is retried, no file is blamed.
-_PASS_FAILURES = (SourceUnavailable, StoreUnavailable, nats.errors.Error, TimeoutError, ConnectionError)
+_PASS_FAILURES = (SourceUnavailable, StoreError, TimeoutError, ConnectionError)
 
 
 @dataclass
@@ -82,6 +79,8 @@ class SetAside:
     local: Path | None = None
     """Its spool copy (the snapshot), kept between attempts once made."""
     raw: str = ""
+    pauses: Backoff | None = None
+    """The pauses between its attempts, made at the first failure."""
 
 
 class Delivery(Protocol):
@@ -95,7 +94,7 @@ class FilePipeline:
 
     def __init__(
         self, cfg: FileInterfaceConfig, store: Store, routes: RouteTable, source: FileSource,
-        delivery: Delivery | None, stats: InterfaceStats, manifest: Manifest, objects: ObjectStore,
+        delivery: Delivery | None, stats: InterfaceStats, manifest: Manifest, objects: Objects,
         spool_dir: Path, *, reference: ReferenceStore | None = None,
     ) -> None:
         self.cfg = cfg
@@ -246,7 +245,9 @@ class FilePipeline:
         if now - aside.first_failed >= self.cfg.stuck_after_seconds:
             await self._dead_letter(aside)
             return
-        pause = min(self.cfg.poll_seconds * 2 ** (aside.attempts - 1), RETRY_MAX_SECONDS)
+        if aside.pauses is None:  # ceilings from poll_seconds doubling to RETRY_MAX_SECONDS, full jitter
+            aside.pauses = Backoff(min(self.cfg.poll_seconds, RETRY_MAX_SECONDS), RETRY_MAX_SECONDS)
+        pause = aside.pauses.next_delay()
         aside.retry_at = now + pause
         log.warning("%s: %s set aside (attempt %d, retry in %.1fs): %s",
                     self.name, printable(ref.name), aside.attempts, pause, aside.cause)
@@ -266,7 +267,9 @@ class FilePipeline:
         letter = DeadLetter(interface=self.name, kind="undeliverable", reason=reason,
                             mode=self.routes.mode_for(self.name), unit=printable(ref.name),
                             raw=aside.raw or None, locator="file", at=now_iso())
-        await self.store.publish([letter.outgoing(f"aside:{ref.name}:{ref.size}:{ref.mtime}")])
+        count = ledger.unit_delta(self.name, letter.mode, f"aside|{ref.name}|{ref.size}|{ref.mtime}", None,
+                                  "dead_lettered")  # one unit: the part of the file never read
+        await self.store.publish([letter.outgoing(f"aside:{ref.name}:{ref.size}:{ref.mtime}"), count])
         self.stats.dead_lettered += 1
         entry = await self.manifest.by_name(self.name, ref.name, ref.size, ref.mtime)
         if entry is None:
@@ -317,6 +320,10 @@ class FilePipeline:
         if entry is not None and entry.state in ("done", "duplicate") and self.cfg.dedupe_content:
             dup = FileEntry(self.name, ref.name, ref.size, ref.mtime, sha, "duplicate",
                             outcome=f"same content as {printable(entry.name)}", raw=entry.raw)
+            # Its units are the units of the file it repeats (not read again, so no money).
+            await self.store.publish([ledger.unit_delta(
+                self.name, self.routes.mode_for(self.name), f"file-dup|{ref.name}|{ref.size}|{ref.mtime}|{sha}",
+                None, "duplicates", units=max(entry.next_record, 1))])
             await self.manifest.record(dup)
             await self._finish(ref, self.cfg.after)
             log.info("%s: %s has the content of %s; skipped", self.name, shown, printable(entry.name))
@@ -338,6 +345,9 @@ class FilePipeline:
                 raise
             entry.delivered = True
             self.stats.legacy_forwarded += 1
+        if mode == "legacy":  # not read by Ficus: the file is one unit (router/ledger.py)
+            await self.store.publish([ledger.unit_delta(
+                self.name, mode, f"file|{ref.name}|{ref.size}|{ref.mtime}|{entry.sha256}", None, "legacy")])
         entry.state = "done"
         entry.outcome = f"{mode}: {entry.events} events, {entry.dead_letters} dead letters"
         await self.manifest.record(entry)
@@ -349,9 +359,7 @@ class FilePipeline:
     async def _archive(self, local: Path, sha: str) -> str:
         """Stores the original bytes once per content; returns the raw reference."""
         obj = f"{self.name}/{sha}"
-        try:
-            await self.objects.get_info(obj)
-        except nats.js.errors.ObjectNotFoundError:
+        if not await self.objects.has(obj):
             with local.open("rb") as fh:
                 await self.objects.put(obj, fh)
         return f"objectstore://{names.OBJ_RAW_FILES}/{obj}"
@@ -363,6 +371,7 @@ class FilePipeline:
         batch: list[Outgoing] = []
         letters: list[Outgoing] = []
         parity: list[tuple[str, bool, str]] = []
+        counts = ledger.Batch()
         last_index = entry.next_record - 1
         reference = self.reference.data if self.reference is not None else None
         with local.open("rb") as fh:
@@ -373,18 +382,27 @@ class FilePipeline:
                 last_index = unit.index
                 if unit.error is not None:
                     letters.append(self._letter(entry, unit, mode))
+                    counts.add(unit.index, unit.error.facility, "dead_lettered",
+                               money=ledger.letter_money(unit.error.amount, self.cfg.format))
                 else:
                     batch.extend(event_message(ev, self.name) for ev in unit.events)
+                    counts.add(unit.index, ledger.facility_of(unit.events), "published" if unit.events else "filtered",
+                               len(unit.events), ledger.money_of(unit.events))
                 if mode == "shadow":
                     parity.append((unit.locator, unit.error is None, unit.error.reason if unit.error else ""))
                 if len(batch) >= BATCH or len(letters) >= BATCH:
-                    await self._flush(entry, batch, letters, last_index + 1, mode, parity)
-                    batch, letters, parity = [], [], []
-        await self._flush(entry, batch, letters, last_index + 1, mode, parity)
+                    await self._flush(entry, batch, letters, last_index + 1, mode, parity, counts)
+                    batch, letters, parity, counts = [], [], [], ledger.Batch()
+        await self._flush(entry, batch, letters, last_index + 1, mode, parity, counts)
 
     async def _flush(self, entry: FileEntry, batch: list[Outgoing], letters: list[Outgoing],
-                     next_record: int, mode: Mode, parity: list[tuple[str, bool, str]]) -> None:
-        await self.store.publish(batch + letters)
+                     next_record: int, mode: Mode, parity: list[tuple[str, bool, str]],
+                     counts: ledger.Batch | None = None) -> None:
+        # The batch's ledger delta goes last in the same publish; its id is the content and the
+        # record range, which a retry from the resume point reproduces exactly.
+        extra = [] if not counts else [
+            ledger.delta(self.name, mode, counts.entries, f"file|{entry.sha256}|{counts.first}|{counts.last}")]
+        await self.store.publish(batch + letters + extra)
         for unit, translated, why in parity:
             # The legacy consumer takes the whole file; Ficus agrees on each record it translates.
             self.stats.parity.record(legacy_ok=True, modern_ok=translated, unit=unit, detail=why)

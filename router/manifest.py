@@ -16,8 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-import nats.js.errors
-from nats.js.kv import KeyValue
+from router.store import Bucket
 
 State = Literal["processing", "done", "duplicate", "failed"]
 """`failed`: set aside too long and dead-lettered; a file of that name, size and mtime is left
@@ -62,15 +61,12 @@ def content_key(interface: str, sha256: str) -> str:
 class Manifest:
     """Reads and writes file entries in the `ficus-files` KV bucket."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: Bucket) -> None:
         self.kv = kv
 
     async def get(self, key: str) -> FileEntry | None:
-        try:
-            entry = await self.kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        return FileEntry.decode(entry.value) if entry.value else None
+        entry = await self.kv.get(key)
+        return FileEntry.decode(entry.value) if entry is not None and entry.value else None
 
     async def put(self, key: str, entry: FileEntry) -> None:
         entry.updated_at = time.time()

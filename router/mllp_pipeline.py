@@ -29,9 +29,6 @@ import logging
 import time
 from datetime import UTC, datetime
 
-import nats.errors
-import nats.js.errors
-
 from canonical.enrich import enrich
 from canonical.envelope import CloudEvent
 from canonical.errors import CanonicalError, NotHl7Error, TranslationError, UnsupportedMessageError
@@ -42,12 +39,12 @@ from canonical.reference import ReferenceStore
 from canonical.safe_text import bounded_id, safe_reason
 from canonical.translate import TranslationContext, translate_hl7
 from legacy.mllp_sender import LegacyError, MllpSender
-from router import names
+from router import ledger, names
 from router.config import MllpInterfaceConfig, Mode
 from router.dlq import DeadLetter, Kind, money, now_iso
 from router.routes import RouteTable
 from router.stats import InterfaceStats
-from router.store import Outgoing, Store, StoreUnavailable, event_message
+from router.store import Outgoing, Store, StoreError, StoreUnavailable, event_message
 from wrappers.mllp_listener import Peer
 
 log = logging.getLogger("ficus.pipeline")
@@ -90,6 +87,7 @@ class MllpPipeline:
         self._raw_subject = names.raw_subject(cfg.name)
         self._shadow_slots = asyncio.Semaphore(shadow_concurrency)
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._ledger_tasks: set[asyncio.Task[None]] = set()
 
     # -- the handler -------------------------------------------------------------------
 
@@ -168,7 +166,7 @@ class MllpPipeline:
             return await self._untranslatable(header, exc, raw_ref, raw_id)
         outgoing = [event_message(ev, self.name) for ev in events]
         try:
-            await self.store.publish(outgoing)
+            await self._commit(outgoing, raw_id, "modern", events, header)
         except StoreUnavailable as exc:
             return self._unavailable(header, exc)
         self.stats.published += len(outgoing)
@@ -206,6 +204,8 @@ class MllpPipeline:
             self.stats.nacked += 1
         if mode == "shadow" and header is not None:
             await self._spawn_shadow(payload, header, raw_ref, raw_id, code in POSITIVE, received, reused)
+        else:
+            self._count_forwarded(payload, header, raw_id, mode)
         return reply
 
     def _translate(self, payload: bytes, ctx: TranslationContext, header: MshHeader) -> list[CloudEvent]:
@@ -278,7 +278,7 @@ class MllpPipeline:
             return
         outgoing = [event_message(ev, self.name) for ev in events]
         try:
-            await self.store.publish(outgoing)
+            await self._commit(outgoing, raw_id or _content_id(self.name, payload), "shadow", events, header)
         except StoreUnavailable as exc:
             self.stats.store_unavailable += 1
             self.stats.error(f"shadow events not stored: {exc.reason}")
@@ -291,6 +291,38 @@ class MllpPipeline:
         """Waits for shadow work still running (at shutdown)."""
         if self._shadow_tasks:
             await asyncio.wait(set(self._shadow_tasks), timeout=timeout)
+        if self._ledger_tasks:
+            await asyncio.wait(set(self._ledger_tasks), timeout=timeout)
+
+    # -- ledger (router/ledger.py) -----------------------------------------------------
+
+    async def _commit(self, outgoing: list[Outgoing], raw_id: str, mode: str, events: list[CloudEvent],
+                      header: MshHeader) -> None:
+        """Publishes a unit's events with its ledger delta, last, in the same call. A delta that
+        comes back duplicate means the unit was committed before: this reception is a re-send."""
+        facility = ledger.facility_of(events, header.sending_facility)
+        delta = ledger.unit_delta(self.name, mode, raw_id, facility, "published" if events else "filtered",
+                                  len(events), ledger.money_of(events))
+        acks = await self.store.publish([*outgoing, delta])
+        if acks[-1].duplicate:
+            await self.store.publish([ledger.resend_delta(self.name, mode, facility)])
+
+    def _count_forwarded(self, payload: bytes, header: MshHeader | None, raw_id: str, mode: str) -> None:
+        """Counts a message forwarded untranslated, off the sender's path: the legacy path
+        never waits for the store (a crash in these milliseconds loses the count)."""
+        facility = header.sending_facility if header is not None else None
+        delta = ledger.unit_delta(self.name, mode, raw_id or _content_id(self.name, payload), facility, "legacy")
+        task = asyncio.create_task(self._publish_count(delta, mode, facility))
+        self._ledger_tasks.add(task)
+        task.add_done_callback(self._ledger_tasks.discard)
+
+    async def _publish_count(self, delta: Outgoing, mode: str, facility: str | None) -> None:
+        try:
+            (ack,) = await self.store.publish([delta])
+            if ack.duplicate:
+                await self.store.publish([ledger.resend_delta(self.name, mode, facility)])
+        except StoreUnavailable as exc:
+            log.warning("%s: ledger count of a forwarded message not stored: %s", self.name, exc.reason)
 
     # -- storage -----------------------------------------------------------------------
 
@@ -324,13 +356,14 @@ class MllpPipeline:
     async def _stored_bytes_are(self, stream: str, seq: int, payload: bytes) -> bool:
         """Whether raw message `seq` holds exactly `payload` (only after a duplicate PubAck)."""
         try:
-            stored = await self.store.js.get_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
+            stored = await self.store.get_msg(stream, seq)
+        except StoreError as exc:
+            kind = type(exc.__cause__ or exc).__name__
+            raise StoreUnavailable(f"stored raw message not readable: {kind}") from exc
+        if stored is None:
             # Gone (retention) while its id is still in the window: keep these bytes too.
             return False
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-            raise StoreUnavailable(f"stored raw message not readable: {type(exc).__name__}") from exc
-        return stored.data is not None and same_message(stored.data, payload)
+        return same_message(stored.data, payload)
 
     async def _dead_letter(
         self, header: MshHeader | None, raw_ref: str | None, kind: Kind, reason: str, mode: str,
@@ -347,7 +380,12 @@ class MllpPipeline:
             locator=getattr(exc, "locator", None),
             at=now_iso(),
         )
-        await self.store.publish([letter.outgoing(raw_id)])
+        mode = "modern" if mode == "live" else mode
+        count = ledger.unit_delta(self.name, mode, raw_id or f"{letter.unit}|{letter.reason}", letter.facility,
+                                  "dead_lettered", money=ledger.letter_money(letter.amount))
+        acks = await self.store.publish([letter.outgoing(raw_id), count])
+        if acks[-1].duplicate:  # a re-send of a message dead-lettered before
+            await self.store.publish([ledger.resend_delta(self.name, mode, letter.facility)])
         self.stats.dead_lettered += 1
         self.stats.error(letter.reason)
         log.info("%s: dead-lettered %s (%s): %s", self.name, letter.unit, kind, letter.reason)

@@ -54,22 +54,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import nats.errors
-import nats.js.errors
-from nats.js.kv import KeyValue
-
 from canonical.context import TranslationContext
 from canonical.enrich import enrich
 from canonical.envelope import CloudEvent
 from canonical.errors import TranslationError
 from canonical.records import map_record, row_values
 from canonical.reference import ReferenceStore
-from router import names
+from protocols.backoff import Backoff
+from router import ledger, names
 from router.config import Mode, OdbcInterfaceConfig
 from router.dlq import DeadLetter, money, now_iso
 from router.routes import RouteTable
 from router.stats import InterfaceStats
-from router.store import Outgoing, Store, StoreUnavailable, event_message
+from router.store import Bucket, Outgoing, RevisionConflict, Store, StoreError, event_message
 from wrappers.odbc_poller import Batch, OdbcPoller, OdbcSettings, QueryError
 from wrappers.watermark import Checkpoint, Key
 
@@ -100,6 +97,9 @@ class _Outcome:
 
     events: list[Outgoing] = field(default_factory=list)
     letters: list[Outgoing] = field(default_factory=list)
+    # One ledger delta per row (router/ledger.py), published after the events and letters: a
+    # batch read again after a crash may be longer, so only per-row ids dedupe exactly.
+    counts: list[Outgoing] = field(default_factory=list)
     live: int = 0
     shadow: int = 0
     marked_keys: list[Key] = field(default_factory=list)
@@ -114,16 +114,15 @@ class CheckpointStore:
     write is refused reloads the other's checkpoint instead of moving it backwards.
     """
 
-    def __init__(self, kv: KeyValue, key: str) -> None:
+    def __init__(self, kv: Bucket, key: str) -> None:
         self.kv = kv
         self.key = key
         self.revision: int | None = None
 
     async def load(self) -> Checkpoint:
         """The stored checkpoint, or the beginning when none is stored yet."""
-        try:
-            entry = await self.kv.get(self.key)
-        except nats.js.errors.KeyNotFoundError:
+        entry = await self.kv.get(self.key)
+        if entry is None:
             self.revision = None
             return Checkpoint()
         self.revision = entry.revision
@@ -139,7 +138,7 @@ class CheckpointStore:
                 self.revision = await self.kv.create(self.key, value)
             else:
                 self.revision = await self.kv.update(self.key, value, last=self.revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except RevisionConflict:
             log.warning("checkpoint %s was moved by another writer; continuing from it", self.key)
             return await self.load()
         return checkpoint
@@ -162,7 +161,8 @@ class OdbcPipeline:
         self.reference = reference
         self.checkpoint: Checkpoint | None = None
         self.batches = 0
-        self._retry = _FIRST_RETRY
+        cap = cfg.reconnect_max_backoff_seconds
+        self._retry = Backoff(min(_FIRST_RETRY, cap), cap)  # full jitter
         self.failing: str | None = None
         """Why the last poll failed (a query error, NATS away), until a poll succeeds; for readiness."""
         # The batch after the one being processed, read while it is processed (see run()).
@@ -218,9 +218,9 @@ class OdbcPipeline:
                     if stored is not batch.checkpoint_after:  # another writer's checkpoint
                         await self._drop_ahead()
                     self.checkpoint = stored
-                    self._retry = _FIRST_RETRY
+                    self._retry.reset()
                     self.failing = None
-                except (StoreUnavailable, nats.errors.Error, TimeoutError) as exc:
+                except (StoreError, TimeoutError) as exc:
                     # NATS is away: nothing was checkpointed, so the batch is read again later.
                     await self._drop_ahead()
                     self.stats.store_unavailable += 1
@@ -264,8 +264,8 @@ class OdbcPipeline:
         modes = self._modes(batch)
         refs = await self._archive(batch)
         outcome = self._translate(batch, modes, refs)
-        for start in range(0, len(outcome.events) + len(outcome.letters), PUBLISH_CHUNK):
-            await self.store.publish((outcome.events + outcome.letters)[start : start + PUBLISH_CHUNK])
+        for start in range(0, len(outcome.events) + len(outcome.letters) + len(outcome.counts), PUBLISH_CHUNK):
+            await self.store.publish((outcome.events + outcome.letters + outcome.counts)[start : start + PUBLISH_CHUNK])
         self.stats.published += outcome.live
         self.stats.shadow_published += outcome.shadow
         self.stats.dead_lettered += len(outcome.letters)
@@ -286,8 +286,7 @@ class OdbcPipeline:
         self.stats.error(reason)
         self.failing = f"{self.stats.last_error}; retrying"
         log.warning("%s: %s; retrying", self.name, reason)
-        wait = self._retry if delay is None else delay
-        self._retry = min(self._retry * 2, self.cfg.reconnect_max_backoff_seconds)
+        wait = self._retry.next_delay() if delay is None else delay
         await _sleep(stopping, wait)
 
     # -- modes -------------------------------------------------------------------------
@@ -303,7 +302,7 @@ class OdbcPipeline:
 
     async def _archive(self, batch: Batch) -> list[str]:
         """Stores the rows as JSON chunks; returns each row's raw reference."""
-        limit = self.store.nc.max_payload - _RAW_HEADROOM
+        limit = self.store.max_payload - _RAW_HEADROOM
         chunks: list[tuple[int, int]] = []  # [start, end) row ranges
         encoded = [json.dumps(row, default=str, separators=(",", ":")).encode() for row in batch.rows]
         start, size = 0, 0
@@ -337,6 +336,8 @@ class OdbcPipeline:
         contexts: dict[tuple[Mode, str], TranslationContext] = {}
         for row, key, mode, ref in zip(batch.rows, batch.keys, modes, refs, strict=True):
             if mode == "legacy":
+                facility = _facility(row_values(row, [self._facility_spec])) if self._facility_spec else None
+                out.counts.append(self._count(key, mode, facility, "legacy"))
                 continue
             ctx = contexts.get((mode, ref))
             if ctx is None:
@@ -347,12 +348,16 @@ class OdbcPipeline:
                 events = self._events(row, key, ctx)
             except TranslationError as exc:
                 out.letters.append(self._letter(key, mode, ref, exc))
+                out.counts.append(self._count(key, mode, exc.facility, "dead_lettered",
+                                              money=ledger.letter_money(exc.amount)))
                 if mode == "shadow":
                     out.parity.append((f"{self.cfg.table}:{key}", False, exc.reason))
                 continue
             if mode == "shadow":
                 out.parity.append((f"{self.cfg.table}:{key}", True, ""))
             out.events += [self._outgoing(ev, key) for ev in events]
+            out.counts.append(self._count(key, mode, ledger.facility_of(events), "published" if events else "filtered",
+                                          len(events), ledger.money_of(events)))
             if mode == "modern":
                 out.live += len(events)
                 out.marked_keys.append(key)
@@ -369,6 +374,10 @@ class OdbcPipeline:
         if self.reference is not None:
             events = enrich(events, self.reference.data)
         return events
+
+    def _count(self, key: Key, mode: Mode, facility: str | None, outcome: ledger.Outcome, events: int = 0,
+               money: ledger.Money | None = None) -> Outgoing:
+        return ledger.unit_delta(self.name, mode, f"odbc|{self.cfg.table}|{key}", facility, outcome, events, money)
 
     def _locator(self, key: Key) -> str:
         return f"{self.cfg.table} row {self.cfg.key_column}={key}"

@@ -22,13 +22,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import nats.errors
-import nats.js.errors
-from nats.js.kv import KeyValue
-
 from router.config import InterfaceConfig, Mode
 from router.routes import Route, RouteTable
 from router.stats import InterfaceStats, ParityStats
+from router.store import Bucket, StoreError
 
 log = logging.getLogger("ficus.parity")
 KV_PARITY = "ficus-parity"
@@ -105,21 +102,18 @@ def _describe(route: Route) -> str:
     return route.mode + (f" ({facilities})" if facilities else "")
 
 
-async def restore(kv: KeyValue, stats: dict[str, InterfaceStats], routes: RouteTable,
+async def restore(kv: Bucket, stats: dict[str, InterfaceStats], routes: RouteTable,
                   saved_changes: dict[str, int]) -> None:
     """Seeds each interface's parity with what was saved, then follows the route changes."""
     for name, st in stats.items():
-        try:
-            entry = await kv.get(name)
-            saved = json.loads(entry.value) if entry.value else None
-        except nats.js.errors.KeyNotFoundError:
-            saved = None
+        entry = await kv.get(name)
+        saved = json.loads(entry.value) if entry is not None and entry.value else None
         kept = restore_one(st.parity, saved, routes.get(name))
         saved_changes[name] = st.parity.changes if kept else -1  # -1: saved at the next round
     routes.on_change.append(tracker(stats))
 
 
-async def save(kv: KeyValue, stats: dict[str, InterfaceStats], saved: dict[str, int]) -> None:
+async def save(kv: Bucket, stats: dict[str, InterfaceStats], saved: dict[str, int]) -> None:
     """Saves the parity of interfaces that changed (a sample, a window) since `saved`."""
     for name, st in stats.items():
         if saved.get(name) == st.parity.changes:
@@ -127,11 +121,11 @@ async def save(kv: KeyValue, stats: dict[str, InterfaceStats], saved: dict[str, 
         try:
             await kv.put(name, json.dumps(st.parity.saved_form()).encode())
             saved[name] = st.parity.changes
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.debug("parity of %s not saved: %s", name, type(exc).__name__)
+        except StoreError as exc:
+            log.debug("parity of %s not saved: %s", name, exc.reason)
 
 
-async def keep_saved(kv: KeyValue, stats: dict[str, InterfaceStats], saved: dict[str, int],
+async def keep_saved(kv: Bucket, stats: dict[str, InterfaceStats], saved: dict[str, int],
                      every: float = 5.0) -> None:
     """Saves changed parity every few seconds, until cancelled."""
     while True:

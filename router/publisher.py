@@ -14,8 +14,14 @@ resolving one future per *batch* rather than one per message. The outcome rules 
 those of ``Store.publish``: all acknowledged, or an exception (the caller turns it into
 ``StoreUnavailable`` and never into success).
 
-It uses private attributes of ``nats.aio.client.Client``; :func:`supported` checks they
-are there, and the store falls back to ``publish_async`` when they are not.
+It reaches inside ``nats.aio.client.Client`` only where it must: the PubAck hook (the
+parser's ``_process_msg``, keyed by the subscription's ``_id``) and the write of
+pre-encoded commands (``_send_command``, ``_flush_pending``, ``_flush_queue``: the same
+calls ``Client.publish`` makes, without its per-header encoding). The reply inbox
+(``new_inbox()``) and the payload limit (``max_payload``) come from the public API.
+:func:`supported` checks the internals are there, the store falls back to
+``publish_async`` when they are not, and the store's start-up self-test
+(``Store.choose_publisher``) falls back when they are there but no longer behave.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ _CRLF = b"\r\n"
 # would break the protocol framing of this and every later command.
 _UNSAFE_SUBJECT = (" ", "\t", "\r", "\n")
 _NEWLINES = str.maketrans({"\r": None, "\n": None})
-_REQUIRED = ("_process_msg", "_send_command", "_flush_pending", "_flush_queue", "_inbox_prefix", "_nuid",
-             "_max_payload")
+# The internals used; everything else is nats-py's public API.
+_REQUIRED = ("_process_msg", "_send_command", "_flush_pending", "_flush_queue")
 
 
 class Item(Protocol):
@@ -177,7 +183,7 @@ class FastPublisher:
             if self._sid is not None:
                 return
             nc: Any = self._nc
-            prefix = f"{nc._inbox_prefix.decode()}.{nc._nuid.next().decode()}."
+            prefix = self._nc.new_inbox() + "."
             sub = await self._nc.subscribe(prefix + "*")
             self._prefix = prefix
             original: ProcessMsg = nc._process_msg
@@ -226,7 +232,7 @@ class FastPublisher:
         if self._sweeper is None:
             await self.start()
         nc: Any = self._nc
-        max_payload: int = nc._max_payload
+        max_payload = self._nc.max_payload
         loop = asyncio.get_running_loop()
         batch = _Batch(len(items), loop.create_future(), loop.time() + timeout)
         pending = self._pending

@@ -9,14 +9,11 @@ it as done. File records are replayed by dropping the file again (see the README
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-
-import nats.errors
-import nats.js.errors
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from canonical.errors import CanonicalError
 from router import dlq, names
@@ -75,12 +72,11 @@ async def replay_dead_letter(svc: Service, letter_id: int) -> dict[str, Any]:
                           "under a new control id")
     pipeline = _pipeline(svc, letter.interface)
     stream, seq = names.parse_raw_ref(letter.raw)
+    msg = await svc.store.get_msg(stream, seq)
+    if msg is None:
+        raise ReplayError(f"raw message {letter.raw} is no longer stored (retention)", 410)
     try:
-        msg = await svc.store.js.get_msg(stream, seq)
-    except nats.js.errors.NotFoundError as exc:
-        raise ReplayError(f"raw message {letter.raw} is no longer stored (retention)", 410) from exc
-    try:
-        events = await pipeline.replay(msg.data or b"", letter.raw)
+        events = await pipeline.replay(msg.data, letter.raw)
     except CanonicalError as exc:
         raise ReplayError(f"still not translatable: {exc.reason}", 422) from exc
     except StoreUnavailable as exc:
@@ -96,10 +92,7 @@ async def replayed_ids(svc: Service) -> set[int]:
     """Dead letters already replayed successfully."""
     assert svc.store is not None
     kv = await svc.store.kv(KV_REPLAYS, history=1)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return set()
+    keys = await kv.keys()
     return {int(k) for k in keys if k.isdigit()}
 
 
@@ -108,36 +101,24 @@ async def replay_since(svc: Service, interface: str, since: datetime, limit: int
     assert svc.store is not None
     pipeline = _pipeline(svc, interface)
     token = ".r" + datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
-                            opt_start_time=since.astimezone(UTC),
-                            inactive_threshold=30.0)
     subject = names.raw_subject(interface)
-    sub = await svc.store.js.subscribe(subject, stream=names.STREAM_RAW, ordered_consumer=True, config=config)
     result = ReplayResult(reasons=[])
-    try:
-        while result.replayed + result.failed < limit:
-            try:
-                msg = await sub.next_msg(timeout=1.0)
-            except nats.errors.TimeoutError:
-                break
-            ref = names.raw_ref(names.STREAM_RAW, msg.metadata.sequence.stream)
-            if (msg.headers or {}).get(names.HDR_REUSED):
+    async with contextlib.aclosing(svc.store.scan(names.STREAM_RAW, subject, since)) as stored:
+        async for msg in stored:
+            ref = names.raw_ref(names.STREAM_RAW, msg.seq)
+            if msg.headers.get(names.HDR_REUSED):
                 # See replay_dead_letter: never published under another message's event ids.
                 result.failed += 1
                 assert result.reasons is not None
                 result.reasons.append(f"{ref}: {REUSED_CONTROL_ID}")
-                if msg.metadata.num_pending == 0:
-                    break
-                continue
-            try:
-                result.events += await pipeline.replay(msg.data, ref, msg_id_suffix=token)
-                result.replayed += 1
-            except CanonicalError as exc:
-                result.failed += 1
-                assert result.reasons is not None
-                result.reasons.append(f"{ref}: {exc.reason}")
-            if msg.metadata.num_pending == 0:
+            else:
+                try:
+                    result.events += await pipeline.replay(msg.data, ref, msg_id_suffix=token)
+                    result.replayed += 1
+                except CanonicalError as exc:
+                    result.failed += 1
+                    assert result.reasons is not None
+                    result.reasons.append(f"{ref}: {exc.reason}")
+            if result.replayed + result.failed >= limit:
                 break
-    finally:
-        await sub.unsubscribe()
     return result

@@ -17,14 +17,11 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-import nats.errors
-import nats.js.errors
-from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
 from router import names
 from router.config import Mode
-from router.store import Outgoing, Store, StoreUnavailable
+from router.store import Bucket, Outgoing, RevisionConflict, Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("ficus.routes")
 
@@ -70,7 +67,7 @@ class RouteTable:
         self._routes: dict[str, Route] = {
             name: Route(mode=mode, reason="config", actor="config") for name, mode in defaults.items()
         }
-        self._kv: KeyValue | None = None
+        self._kv: Bucket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.on_change: list[Callable[[str, Route, Route], None]] = []
         """Called with (interface, before, after) for every newer route seen (a flip here or
@@ -91,7 +88,7 @@ class RouteTable:
         self._kv = await self.store.kv(names.KV_ROUTES)
         for name, mode in self.defaults.items():
             seed = Route(mode=mode, reason="seeded from config", actor="config", changed_at=_now())
-            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            with contextlib.suppress(RevisionConflict):  # seeded before (by us or another instance)
                 await self._kv.create(name, seed.model_dump_json().encode())
         await self.refresh()
         self._tasks = [
@@ -128,30 +125,27 @@ class RouteTable:
         """Re-reads every entry of the interfaces we run."""
         assert self._kv is not None
         for name in self.defaults:
-            try:
-                entry = await self._kv.get(name)
-            except nats.js.errors.KeyNotFoundError:
-                continue
-            self._apply(name, entry.value, entry.revision or 0)
+            entry = await self._kv.get(name)
+            if entry is not None:
+                self._apply(name, entry.value, entry.revision)
 
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_seconds)
             try:
                 await self.refresh()
-            except (nats.errors.Error, TimeoutError) as exc:
-                log.debug("routes: refresh failed: %s", type(exc).__name__)
+            except StoreError as exc:
+                log.debug("routes: refresh failed: %s", exc.reason)
 
     async def _watch(self) -> None:
         assert self._kv is not None
         while True:
             try:
-                watcher = await self._kv.watchall()
-                async for entry in watcher:
-                    if entry is not None:
-                        self._apply(entry.key, entry.value, entry.revision or 0)
-            except (nats.errors.Error, TimeoutError) as exc:
-                log.debug("routes: watch interrupted: %s", type(exc).__name__)
+                async for entry in self._kv.watch():
+                    # An empty value is a delete: nothing to apply.
+                    self._apply(entry.key, entry.value or None, entry.revision)
+            except StoreError as exc:
+                log.debug("routes: watch interrupted: %s", exc.reason)
             await asyncio.sleep(1)
 
     async def set(
@@ -178,12 +172,13 @@ class RouteTable:
         assert self._kv is not None
         try:
             entry = await self._kv.get(interface)
-            current = Route.model_validate_json(entry.value or b"{}")
-            last = entry.revision or 0
-        except nats.js.errors.KeyNotFoundError:
+        except StoreError as exc:
+            raise RouteError(f"routing table unavailable: {_kind(exc)}", 503) from exc
+        if entry is None:
             current, last = self._routes[interface], 0
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise RouteError(f"routing table unavailable: {type(exc).__name__}", 503) from exc
+        else:
+            current = Route.model_validate_json(entry.value or b"{}")
+            last = entry.revision
         facilities = dict(current.facilities)
         base_mode = current.mode
         cleared: dict[str, Mode] = {}
@@ -200,10 +195,10 @@ class RouteTable:
                       changed_at=_now())
         try:
             revision = await self._kv.update(interface, route.model_dump_json().encode(), last=last)
-        except nats.js.errors.KeyWrongLastSequenceError as exc:
+        except RevisionConflict as exc:
             raise RouteError("the route changed meanwhile; read it again and retry", 409) from exc
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise RouteError(f"routing table unavailable: {type(exc).__name__}", 503) from exc
+        except StoreError as exc:
+            raise RouteError(f"routing table unavailable: {_kind(exc)}", 503) from exc
         self._apply(interface, route.model_dump_json().encode(), revision)
         # A facility flip is audited as that facility's change: from the mode it had in effect
         # (its override, else the interface's), so undoing an override reads `legacy -> shadow`.
@@ -226,10 +221,16 @@ class RouteTable:
         """The audit trail of an interface's flips, oldest first."""
         try:
             rows = await self.store.read(names.STREAM_AUDIT, names.route_audit_subject(interface), 0, 10_000)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise RouteError(f"audit stream unavailable: {type(exc).__name__}", 503) from exc
+        except StoreError as exc:
+            raise RouteError(f"audit stream unavailable: {_kind(exc)}", 503) from exc
         out = [json.loads(data) for _, data, _ in rows]
         return out[-limit:]
+
+
+def _kind(exc: StoreError) -> str:
+    # The nats-py error's class name, as these messages said before the store had its own errors.
+    cause = exc.__cause__
+    return type(cause).__name__ if cause is not None else type(exc).__name__
 
 
 def modes(values: Iterable[str]) -> list[Mode]:

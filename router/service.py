@@ -17,7 +17,6 @@ from pathlib import Path
 from types import TracebackType
 
 from aiohttp import web
-from nats.js.kv import KeyValue
 
 from canonical.reference import ReferenceStore
 from canonical.safe_text import safe_reason
@@ -27,7 +26,7 @@ from router.embedded_nats import EmbeddedNats
 from router.interfaces import Deps, RunningInterface
 from router.interfaces import start as start_interface
 from router.routes import RouteTable
-from router.store import Store, connect
+from router.store import Bucket, Store, connect
 
 log = logging.getLogger("ficus.service")
 READY_REASON_MAX = 400
@@ -49,7 +48,7 @@ class Service:
         self._runner: web.AppRunner | None = None
         self.reference: ReferenceStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._parity_kv: KeyValue | None = None
+        self._parity_kv: Bucket | None = None
         self._parity_saved: dict[str, int] = {}
         self.api_url: str | None = None
         self.abandoned: list[str] = []

@@ -1,14 +1,19 @@
 """The hot-path JetStream publisher against a real nats-server: acks in order, dedupe,
-refusals, outages, and the rest of the connection left working."""
+refusals, outages, and the rest of the connection left working; `Store.publish` over both
+paths (fast and nats-py's publish_async) and the start-up self-test choosing between them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import nats
 import nats.js.errors
 import pytest
@@ -20,7 +25,8 @@ from router import names
 from router.config import NatsConfig
 from router.embedded_nats import EmbeddedNats
 from router.publisher import FastPublisher, encode_headers, supported
-from router.store import Outgoing, Store, StoreUnavailable, connect
+from router.store import FALLBACK, FAST, Outgoing, Store, StoreUnavailable, connect
+from tests.conftest import ServiceFactory, make_config
 
 
 async def _stream(nc: Client) -> None:
@@ -97,37 +103,6 @@ def test_header_values_cannot_break_the_framing() -> None:
     assert block == b"NATS/1.0\r\nNats-Msg-Id: idX: y\r\nFicus-Control-Id: ab\r\n\r\n"
 
 
-async def test_store_outage_is_unavailable_then_recovers(tmp_path: Path) -> None:
-    server = EmbeddedNats(tmp_path / "js")
-    await server.start()
-    cfg = NatsConfig(url=server.url, publish_timeout_seconds=1.0)
-    nc = await connect(cfg, [server.url])
-    store = Store(nc, cfg)
-    try:
-        assert store.fast is not None
-        await store.ensure()
-        subject = names.raw_subject("iface")
-        (ack,) = await store.publish([Outgoing(subject, b"one", "r1")])
-        await server.stop()
-        with pytest.raises(StoreUnavailable):
-            await store.publish([Outgoing(subject, b"two", "r2")])
-        await server.start()
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                (ack2,) = await store.publish([Outgoing(subject, b"two", "r2")])
-                break
-            except StoreUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-        assert ack2.seq == ack.seq + 1
-        assert store.fast.outstanding == 0
-    finally:
-        await store.close()
-        await server.stop()
-
-
 def test_pub_ack_shapes() -> None:
     from router.publisher import parse_pub_ack
 
@@ -184,3 +159,107 @@ async def test_oversize_is_refused_before_it_reaches_the_server(nats_server: Emb
     finally:
         await fp.stop()
         await nc.close()
+
+
+# -- Store.publish over both paths, and the start-up self-test that chooses (issue 12 item 8) --
+
+PATHS = pytest.mark.parametrize("fast", [True, False], ids=["fast", "publish_async"])
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str, *, fast: bool = True, timeout: float = 5.0) -> AsyncIterator[Store]:
+    cfg = NatsConfig(url=url, publish_timeout_seconds=timeout)
+    store = Store(await connect(cfg, [url]), cfg, fast=fast)
+    try:
+        await store.ensure()
+        yield store
+    finally:
+        await store.close()
+
+
+@PATHS
+async def test_acks_in_order_and_dedupe_on_both_paths(nats_server: EmbeddedNats, fast: bool) -> None:
+    async with opened(nats_server.url, fast=fast) as store:
+        assert store.publisher == (FAST if fast else FALLBACK)
+        assert (store.fast is not None) is fast
+        subject = names.raw_subject("p")
+        items = [Outgoing(subject, f"payload {i}".encode(), f"id-{i}", {names.HDR_INTERFACE: "p"})
+                 for i in range(40)]
+        acks = await store.publish(items)
+        assert [a.seq for a in acks] == list(range(acks[0].seq, acks[0].seq + 40))
+        assert not any(a.duplicate for a in acks)
+        again = await store.publish(items[:3])
+        assert [a.duplicate for a in again] == [True] * 3
+        assert [a.seq for a in again] == [a.seq for a in acks[:3]]
+        with pytest.raises(StoreUnavailable):  # no stream takes the subject
+            await store.publish([Outgoing("nostream.x", b"1", "n1")])
+        with pytest.raises(StoreUnavailable):  # larger than the server accepts
+            await store.publish([Outgoing(subject, b"x" * store.max_payload, "big")])
+        (ack,) = await store.publish([Outgoing(subject, b"after", "after")])
+        assert ack.seq == acks[-1].seq + 1
+
+
+@PATHS
+async def test_store_outage_is_unavailable_then_recovers(tmp_path: Path, fast: bool) -> None:
+    server = EmbeddedNats(tmp_path / "js")
+    await server.start()
+    try:
+        async with opened(server.url, fast=fast, timeout=1.0) as store:
+            subject = names.raw_subject("iface")
+            (ack,) = await store.publish([Outgoing(subject, b"one", "r1")])
+            await server.stop()
+            with pytest.raises(StoreUnavailable):
+                await store.publish([Outgoing(subject, b"two", "r2")])
+            await server.start()
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    (ack2,) = await store.publish([Outgoing(subject, b"two", "r2")])
+                    break
+                except StoreUnavailable:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+            assert ack2.seq == ack.seq + 1
+            if store.fast is not None:
+                assert store.fast.outstanding == 0
+    finally:
+        await server.stop()
+
+
+async def test_self_test_keeps_the_fast_path(nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ficus.store")
+    async with opened(nats_server.url) as store:
+        assert store.publisher == FAST and store.fast is not None
+    assert "publisher: fast (self-test acknowledged)" in caplog.text
+
+
+async def test_self_test_falls_back_when_the_pub_ack_hook_is_dead(
+    nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A nats-py whose parser no longer calls the hooked method: the fast path's acks never
+    arrive. The self-test notices, and every later publish goes through publish_async."""
+    caplog.set_level(logging.INFO, logger="ficus.store")
+    cfg = NatsConfig(url=nats_server.url, publish_timeout_seconds=1.0)
+    nc = await connect(cfg, [nats_server.url])
+    store = Store(nc, cfg)
+    try:
+        assert store.fast is not None
+        await store.fast.start()
+        del nc._process_msg  # the hook, gone: the class's method runs again
+        await store.ensure()
+        assert store.publisher == FALLBACK and store.fast is None
+        assert "publisher: publish_async; the fast path failed its self-test (TimeoutError)" in caplog.text
+        (ack,) = await store.publish([Outgoing(names.raw_subject("x"), b"1", "after-fallback")])
+        assert ack.stream == names.STREAM_RAW
+    finally:
+        await store.close()
+
+
+async def test_readyz_names_the_publisher(nats_server: EmbeddedNats, service_factory: ServiceFactory) -> None:
+    cfg = make_config(nats_server.url, [{"name": "his-adt", "mapping": "hl7v2.adt", "route": "modern"}])
+    async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
+        resp = await http.get(f"{svc.api_url}/readyz")
+        body = await resp.json()
+        assert resp.status == 200 and body["ready"] is True
+        assert body["publisher"] == FAST

@@ -4,6 +4,9 @@ Every publish carries a `Nats-Msg-Id`, and success means JetStream acknowledged 
 other outcome (server down, timeout, no stream) raises `StoreUnavailable`, which callers
 treat as "retry later" and never as success. Re-publishing with the same id after an
 unknown outcome is safe: the stream's duplicate window drops the copy.
+
+This package is the only door to nats-py (with router/publisher.py, its hot path): what is
+read comes back as Ficus types (`StoredMsg`, `kv.Entry`) and what fails as `StoreError`s.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -32,24 +37,32 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
 
 from canonical.envelope import CloudEvent
 from router import names
 from router.config import NatsConfig
-from router.publisher import FastPublisher, supported
+from router.publisher import FastPublisher, encode_headers, supported
+from router.store.errors import StoreUnavailable, mapped
+from router.store.kv import Bucket
+from router.store.objects import Objects
 
 log = logging.getLogger("ficus.store")
 DAY = 86400.0
+SELFTEST_STREAM = "FICUS_SELFTEST"
+SELFTEST_SUBJECT = "ficus.selftest"
+"""Where the start-up publish goes that chooses the publisher (one message kept, in memory)."""
+FAST = "fast"
+FALLBACK = "publish_async"
 
 
-class StoreUnavailable(Exception):
-    """JetStream did not acknowledge: the outcome is unknown, so nothing may be acked upstream."""
+@dataclass(frozen=True, slots=True)
+class StoredMsg:
+    """One message read back from a stream."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +109,12 @@ def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
                "shadow canonical events"),
         stream(names.STREAM_DLQ, names.SUBJECTS_DLQ, cfg.dlq_max_age_days, "dead letters"),
         stream(names.STREAM_AUDIT, names.SUBJECTS_AUDIT, 3650, "route flips and operator actions"),
+        # A year and a month: reconciliation looks back further than events are kept (router/ledger.py).
+        stream(names.STREAM_LEDGER, names.SUBJECTS_LEDGER, 400, "reconciliation ledger deltas"),
+        StreamConfig(name=SELFTEST_STREAM, description="the publisher's start-up self-test",
+                     subjects=[SELFTEST_SUBJECT], retention=RetentionPolicy.LIMITS,
+                     storage=StorageType.MEMORY, discard=DiscardPolicy.OLD, max_msgs=1, max_age=DAY,
+                     num_replicas=cfg.replicas, duplicate_window=60),
     ]
 
 
@@ -147,64 +166,124 @@ async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -
 class Store:
     """Streams, buckets and acknowledged publishing on one NATS connection."""
 
-    def __init__(self, nc: Client, cfg: NatsConfig) -> None:
-        self.nc = nc
+    def __init__(self, nc: Client, cfg: NatsConfig, *, fast: bool = True) -> None:
+        self._nc = nc
         self.cfg = cfg
-        self.js: JetStreamContext = nc.jetstream(publish_async_max_pending=4096)
+        self._js: JetStreamContext = nc.jetstream(publish_async_max_pending=4096)
         self.timeout = cfg.publish_timeout_seconds
-        # The hot path; nats-py's publish_async when this nats-py lacks what it needs.
-        self.fast: FastPublisher | None = FastPublisher(nc, names.HDR_MSG_ID) if supported(nc) else None
+        # The hot path; nats-py's publish_async when this nats-py lacks what it needs, when
+        # `fast` is off, or when the fast path fails its self-test (`ensure`).
+        self.fast: FastPublisher | None = (
+            FastPublisher(nc, names.HDR_MSG_ID) if fast and supported(nc) else None)
+        self.publisher = FAST if self.fast is not None else FALLBACK
+        """Which path publishes: "fast" or "publish_async" (shown by /readyz)."""
 
     @property
     def connected(self) -> bool:
-        return bool(self.nc.is_connected)
+        """Whether the connection is up now (it reconnects by itself)."""
+        return bool(self._nc.is_connected)
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server accepts, headers included."""
+        return int(self._nc.max_payload)
 
     async def ensure(self) -> None:
-        """Creates or updates every stream and bucket; safe to call at each start."""
+        """Creates or updates every stream and bucket, then chooses the publisher; safe at each start."""
         for sc in stream_configs(self.cfg):
-            try:
-                await self.js.add_stream(sc)
-            except nats.js.errors.BadRequestError:
-                # Exists with other settings (e.g. retention changed in the config).
-                await self.js.update_stream(sc)
+            with mapped(f"stream {sc.name}"):
+                try:
+                    await self._js.add_stream(sc)
+                except nats.js.errors.BadRequestError:
+                    # Exists with other settings (e.g. retention changed in the config).
+                    await self._js.update_stream(sc)
         await self.kv(names.KV_ROUTES)
+        await self.choose_publisher()
 
-    async def kv(self, bucket: str, history: int = 16) -> KeyValue:
+    async def choose_publisher(self) -> str:
+        """Publishes one self-test message on the fast path and keeps it only if JetStream acked it.
+
+        The fast path reaches inside nats-py (router/publisher.py); a nats-py whose insides
+        changed would show here as a missing or wrong PubAck, so that path is dropped for
+        `publish_async` and the log says why. When the fallback fails too, JetStream itself is
+        away: `StoreUnavailable`, as for any other start-up write.
+        """
+        if self.fast is None:
+            self.publisher = FALLBACK
+            log.info("publisher: %s (the fast path is off or unsupported by this nats-py)", FALLBACK)
+            return self.publisher
+        try:
+            (ack,) = await self.fast.publish([self._self_test_item()], self.timeout)
+            if ack.stream != SELFTEST_STREAM:
+                raise ValueError("PubAck from another stream")
+        except Exception as exc:  # noqa: BLE001 - any failure of the fast path is the verdict
+            why = type(exc).__name__
+            try:
+                await self._publish_async([self._self_test_item()])
+            except StoreUnavailable as again:
+                raise StoreUnavailable(f"publisher self-test: {again.reason}") from exc
+            await self.fast.stop()
+            self.fast = None
+            self.publisher = FALLBACK
+            log.warning("publisher: %s; the fast path failed its self-test (%s)", FALLBACK, why)
+            return self.publisher
+        self.publisher = FAST
+        log.info("publisher: %s (self-test acknowledged)", FAST)
+        return self.publisher
+
+    @staticmethod
+    def _self_test_item() -> Outgoing:
+        return Outgoing(SELFTEST_SUBJECT, b"publisher self-test", f"selftest-{secrets.token_hex(8)}")
+
+    async def kv(self, bucket: str, history: int = 16) -> Bucket:
         """A KV bucket, created on first use."""
-        try:
-            return await self.js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            return await self.js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE,
-                               replicas=self.cfg.replicas)
-            )
+        with mapped(f"bucket {bucket}"):
+            try:
+                kv = await self._js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                kv = await self._js.create_key_value(
+                    KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE,
+                                   replicas=self.cfg.replicas)
+                )
+        return Bucket(kv, bucket)
 
-    async def object_store(self, bucket: str) -> ObjectStore:
+    async def object_store(self, bucket: str) -> Objects:
         """An object store bucket (whole raw files), created on first use."""
-        try:
-            return await self.js.object_store(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            return await self.js.create_object_store(
-                bucket, config=ObjectStoreConfig(bucket=bucket, storage=StorageType.FILE, replicas=self.cfg.replicas))
+        with mapped(f"object store {bucket}"):
+            try:
+                obj = await self._js.object_store(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                obj = await self._js.create_object_store(
+                    bucket, config=ObjectStoreConfig(bucket=bucket, storage=StorageType.FILE,
+                                                     replicas=self.cfg.replicas))
+        return Objects(obj, bucket)
 
     async def publish(self, items: Sequence[Outgoing]) -> list[PubAck]:
         """Stores all items; returns their acks in order or raises StoreUnavailable."""
         if not items:
             return []
-        if not self.nc.is_connected:
+        if not self._nc.is_connected:
             raise StoreUnavailable("NATS is not connected")
         if self.fast is not None:
             try:
                 return await self.fast.publish(items, self.timeout)
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
                 raise StoreUnavailable(f"JetStream did not acknowledge: {type(exc).__name__}") from exc
+        return await self._publish_async(items)
+
+    async def _publish_async(self, items: Sequence[Outgoing]) -> list[PubAck]:
+        """nats-py's own publishing path: the fallback, same outcome rules."""
         futures: list[asyncio.Future[PubAck]] = []
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for costs a Task per call.
             async with asyncio.timeout(self.timeout):
                 for item in items:
+                    # nats-py checks the payload alone; the server counts the headers too and
+                    # answers an oversize command by closing the connection (as in publisher.py).
+                    if len(encode_headers(names.HDR_MSG_ID, item)) + len(item.payload) > self._nc.max_payload:
+                        raise nats.errors.MaxPayloadError()
                     headers = {names.HDR_MSG_ID: item.msg_id, **item.headers}
-                    futures.append(await self.js.publish_async(item.subject, item.payload, headers=headers))
+                    futures.append(await self._js.publish_async(item.subject, item.payload, headers=headers))
                 if len(futures) == 1:
                     return [await futures[0]]
                 return list(await asyncio.gather(*futures))
@@ -212,6 +291,48 @@ class Store:
             for fut in futures:
                 fut.cancel()
             raise StoreUnavailable(f"JetStream did not acknowledge: {type(exc).__name__}") from exc
+
+    async def get_msg(self, stream: str, seq: int) -> StoredMsg | None:
+        """Message `seq` of `stream`, or None when it is not there (never stored, or expired)."""
+        with mapped(f"{stream}: get message"):
+            try:
+                msg = await self._js.get_msg(stream, seq)
+            except nats.js.errors.NotFoundError:
+                return None
+        return StoredMsg(seq, msg.subject or "", msg.data or b"", dict(msg.headers or {}))
+
+    async def scan(self, stream: str, subject: str, since: datetime,
+                   idle: float = 1.0) -> AsyncGenerator[StoredMsg, None]:
+        """Every message of `subject` stored since `since`, in order, until the last one (or
+        until none arrives for `idle` seconds). Use with `contextlib.aclosing`."""
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                opt_start_time=since.astimezone(UTC),
+                                inactive_threshold=30.0)
+        with mapped(f"{stream}: scan"):
+            sub = await self._js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
+        try:
+            while True:
+                with mapped(f"{stream}: scan"):
+                    try:
+                        msg = await sub.next_msg(timeout=idle)
+                    except nats.errors.TimeoutError:
+                        return
+                yield StoredMsg(msg.metadata.sequence.stream, msg.subject, msg.data, dict(msg.headers or {}))
+                if msg.metadata.num_pending == 0:
+                    return
+        finally:
+            with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
+                await sub.unsubscribe()
+
+    async def subscribe(self, subject: str, handler: Callable[[StoredMsg], Awaitable[None]]) -> None:
+        """Core NATS delivery of `subject` to `handler` (seq 0: not read from a stream), for
+        the life of the connection; for displays such as the demo, never for processing."""
+
+        async def deliver(msg: Msg) -> None:
+            await handler(StoredMsg(0, msg.subject, msg.data, dict(msg.headers or {})))
+
+        with mapped(f"subscribe {subject}"):
+            await self._nc.subscribe(subject, cb=deliver)
 
     READ_BATCH = 256
 
@@ -226,8 +347,14 @@ class Store:
         """
         if limit <= 0:
             return []
+        with mapped(f"{stream}: read"):
+            return await self._read(stream, subject, after, limit)
+
+    async def _read(
+        self, stream: str, subject: str, after: int, limit: int
+    ) -> list[tuple[int, bytes, dict[str, str]]]:
         try:
-            info = await self.js.stream_info(stream)
+            info = await self._js.stream_info(stream)
         except nats.js.errors.NotFoundError:
             return []
         if info.state.messages == 0 or after >= info.state.last_seq:
@@ -243,14 +370,14 @@ class Store:
             mem_storage=True,
             num_replicas=1,
         )
-        consumer = await self.js.add_consumer(stream, config)
+        consumer = await self._js.add_consumer(stream, config)
         out: list[tuple[int, bytes, dict[str, str]]] = []
         # Never ask for more than exist: a fetch for absent messages waits for its timeout.
         wanted = min(limit, consumer.num_pending or 0)
         if wanted == 0:
             await self._delete_consumer(stream, name)
             return out
-        sub = await self.js.pull_subscribe_bind(name, stream=stream)
+        sub = await self._js.pull_subscribe_bind(name, stream=stream)
         try:
             while len(out) < wanted:
                 try:
@@ -270,7 +397,7 @@ class Store:
     async def _delete_consumer(self, stream: str, name: str) -> None:
         # Best effort: the inactive threshold removes it anyway.
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
-            await self.js.delete_consumer(stream, name)
+            await self._js.delete_consumer(stream, name)
 
     async def close(self, timeout: float | None = None) -> None:
         """Waits (bounded) for outstanding publishes, then closes the connection.
@@ -288,12 +415,12 @@ class Store:
                 await self.fast.stop()
 
     async def _close(self, deadline: float) -> None:
-        if self.nc.is_closed:
+        if self._nc.is_closed:
             return
         loop = asyncio.get_running_loop()
-        if self.nc.is_connected:
+        if self._nc.is_connected:
             try:
-                await asyncio.wait_for(self.js.publish_async_completed(), max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(self._js.publish_async_completed(), max(0.0, deadline - loop.time()))
                 if self.fast is not None and not await self.fast.wait_idle(max(0.0, deadline - loop.time())):
                     raise TimeoutError
             except (TimeoutError, nats.errors.Error, OSError) as exc:
@@ -302,7 +429,7 @@ class Store:
                 # A flush, then close: not nc.drain(), which swallows a cancellation and then
                 # waits on a flush of its own (a shutdown past its deadline).
                 try:
-                    await asyncio.wait_for(self.nc.flush(), max(0.001, deadline - loop.time()))
+                    await asyncio.wait_for(self._nc.flush(), max(0.001, deadline - loop.time()))
                 except (TimeoutError, nats.errors.Error, OSError) as exc:
                     log.info("nats: final flush not confirmed (%s); closing", type(exc).__name__)
         # Nothing to wait for while NATS is away; close() itself writes what is buffered and
@@ -315,6 +442,6 @@ class Store:
 
     async def _close_quietly(self) -> None:
         try:
-            await self.nc.close()
+            await self._nc.close()
         except (nats.errors.Error, OSError) as exc:
             log.warning("nats: close: %s", type(exc).__name__)

@@ -1,0 +1,39 @@
+"""JetStream behind one door: streams, KV and the object store, with Ficus's own errors.
+
+Nothing above this package imports nats-py (tests/test_store_door.py keeps it so), except
+router/publisher.py, the hot path the store drives. Errors: `StoreError` and its kinds
+`StoreUnavailable` (retry later), `NotFound`, `RevisionConflict`, `StoreRejected`.
+"""
+
+from router.store.core import (
+    FALLBACK,
+    FAST,
+    Outgoing,
+    Store,
+    StoredMsg,
+    connect,
+    event_message,
+    stream_configs,
+)
+from router.store.errors import NotFound, RevisionConflict, StoreError, StoreRejected, StoreUnavailable
+from router.store.kv import Bucket, Entry
+from router.store.objects import Objects
+
+__all__ = [
+    "FALLBACK",
+    "FAST",
+    "Bucket",
+    "Entry",
+    "NotFound",
+    "Objects",
+    "Outgoing",
+    "RevisionConflict",
+    "Store",
+    "StoreError",
+    "StoreRejected",
+    "StoreUnavailable",
+    "StoredMsg",
+    "connect",
+    "event_message",
+    "stream_configs",
+]

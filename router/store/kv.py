@@ -1,0 +1,92 @@
+"""A KV bucket as Ficus uses it: bytes values with revisions, Ficus types and errors only.
+
+Compare-and-set (`create`, `update` with the last revision) is how two instances agree on
+a route or a checkpoint: the loser gets `RevisionConflict` and reads the winner's value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from router.store.errors import mapped
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One key's current value and its revision (the bucket-wide sequence of that write)."""
+
+    key: str
+    value: bytes
+    revision: int
+
+
+class Bucket:
+    """One KV bucket; every method raises only `router.store` errors."""
+
+    def __init__(self, kv: KeyValue, name: str) -> None:
+        self._kv = kv
+        self.name = name
+
+    async def get(self, key: str) -> Entry | None:
+        """The key's entry, or None when it was never written or is deleted."""
+        with mapped(f"{self.name}: get"):
+            try:
+                entry = await self._kv.get(key)
+            except nats.js.errors.KeyNotFoundError:  # KeyDeletedError too: a deleted key reads as absent
+                return None
+        return Entry(key, entry.value or b"", entry.revision or 0)
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Writes unconditionally; returns the new revision."""
+        with mapped(f"{self.name}: put"):
+            return await self._kv.put(key, value)
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Writes only if the key is absent (or deleted); `RevisionConflict` otherwise."""
+        with mapped(f"{self.name}: create"):
+            return await self._kv.create(key, value)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        """Writes only if the key's revision is still `last`; `RevisionConflict` otherwise."""
+        with mapped(f"{self.name}: update"):
+            return await self._kv.update(key, value, last=last)
+
+    async def delete(self, key: str) -> None:
+        """Deletes the key (a tombstone: `get` answers None afterwards)."""
+        with mapped(f"{self.name}: delete"):
+            await self._kv.delete(key)
+
+    async def keys(self) -> list[str]:
+        """Every live key; an empty bucket gives an empty list."""
+        with mapped(f"{self.name}: keys"):
+            try:
+                return list(await self._kv.keys())
+            except nats.js.errors.NoKeysError:
+                return []
+
+    async def watch(self) -> AsyncIterator[Entry]:
+        """Every key's current value, then each later write, until the caller stops iterating.
+
+        A delete arrives with an empty value. Raises `StoreError` when the watch is lost.
+        """
+        with mapped(f"{self.name}: watch"):
+            watcher = await self._kv.watchall()
+        try:
+            while True:
+                with mapped(f"{self.name}: watch"):
+                    try:
+                        entry = await watcher.__anext__()  # type: ignore[no-untyped-call]
+                    except StopAsyncIteration:
+                        return
+                if entry is not None:  # None marks "initial values delivered"
+                    yield Entry(entry.key, entry.value or b"", entry.revision or 0)
+        finally:
+            # Best effort: the watch's subscription goes with the connection anyway.
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
