@@ -298,14 +298,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-async def ledger_balances(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+def ledger_balances(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a test that used ``nats_server``: the ledger balances (assert_ledger_balances).
 
-    Requested before the test's own fixtures are torn down, so the server is still up.
+    Set up before the test's own fixtures (usefixtures), and the server is requested here, so
+    it is torn down after this check. Sync on purpose: the check runs on a loop of its own,
+    after the test's.
     """
     server: EmbeddedNats | None = None
     if "nats_server" in request.fixturenames and request.node.get_closest_marker("ledger_unchecked") is None:
         server = request.getfixturevalue("nats_server")
     yield
     if server is not None and server.url:
-        await assert_ledger_balances(server.url)
+        asyncio.run(assert_ledger_balances(server.url))

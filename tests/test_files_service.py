@@ -17,7 +17,7 @@ from router.embedded_nats import EmbeddedNats
 from tests.conftest import ServiceFactory, make_config, stream_count, wait_for
 from tests.test_service_mllp import read_subject
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_balances")]
 REPO = Path(__file__).resolve().parent.parent
 BILLING = REPO / "fixtures/flat/billing_export.csv"
 

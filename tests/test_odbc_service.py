@@ -28,7 +28,7 @@ from tests.conftest import ServiceFactory, make_config, stream_count, wait_for
 from tests.odbc_db import COLUMNS, GOOD, UsageTable, usage_mapping, usage_table
 from tests.test_service_mllp import read_subject
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120), pytest.mark.usefixtures("ledger_balances")]
 REPO = Path(__file__).resolve().parent.parent
 USAGE = "canonical.supply.usage.recorded"
 

@@ -18,7 +18,7 @@ from router.embedded_nats import EmbeddedNats
 from tests.conftest import ServiceFactory, make_config, stream_count, wait_for
 from tests.mllp_client import MllpTestClient, msa, send_one
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_balances")]
 ENVELOPE = {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data",
             "ficusinterface", "ficusfacility", "ficusmode", "ficusraw", "ficuscorrelation"}
 
