@@ -121,7 +121,7 @@ class MllpPipeline:
         return self._reply(None, "AR", reason, ERR_SEGMENT)
 
     async def on_malformed(self, peer: Peer, payload: bytes, reason: str) -> bytes | None:
-        """A frame with a stray MLLP block byte inside (wrappers/mllp_framing.py): keep its
+        """A frame with a stray MLLP block byte inside (protocols/mllp.py): keep its
         bytes, dead-letter it, reject it (AR, CR in enhanced mode); never forwarded to the
         legacy engine, never AA, in every route mode -- it is not one whole message.
 
