@@ -1,6 +1,7 @@
 """The thin HTTP API (aiohttp): JSON under /api/v1, bearer tokens, health, metrics, dashboard.
 
-Handlers are plain functions reading the running `Service` from typed app state. The
+Handlers are plain functions reading what they need from typed app state, one key per
+resource (the config, the store, the routing table, the interfaces), all of it started. The
 `viewer` token reads; the `operator` token also flips routes and replays. With no tokens
 configured (allowed only on a loopback listener, or with `api.insecure = true`) the API is
 open. Request bodies are validated by strict models; a malformed request of any kind gets a
@@ -25,17 +26,25 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
 from router import dlq, ledger, names, parity, replay
-from router.config import INSECURE_WARNING, SLUG, ConfigError, Mode
+from router.config import INSECURE_WARNING, SLUG, ConfigError, FicusConfig, Mode
 from router.dashboard import SESSION_COOKIE, Sessions, login_page, render_dashboard
-from router.routes import RouteError
+from router.interfaces import RunningInterface
+from router.routes import RouteError, RouteTable
 from router.stats import ListenerCollector, StatsCollector
-from router.store import StoreError
+from router.store import Store, StoreError
 
 if TYPE_CHECKING:
-    from router.service import Service
+    from router.service import Running
 
 log = logging.getLogger("ficus.api")
-SERVICE: web.AppKey[Service] = web.AppKey("service")
+CONFIG: web.AppKey[FicusConfig] = web.AppKey("config")
+STORE: web.AppKey[Store] = web.AppKey("store")
+ROUTES: web.AppKey[RouteTable] = web.AppKey("routes")
+INTERFACES: web.AppKey[Mapping[str, RunningInterface]] = web.AppKey("interfaces")
+READY: web.AppKey[Callable[[], tuple[bool, list[str]]]] = web.AppKey("ready")
+STARTED_AT: web.AppKey[float] = web.AppKey("started_at")
+RUNNING: web.AppKey[Running] = web.AppKey("running")
+"""The whole started service, for the two consumers that take it whole: the dashboard and replay."""
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry")
 SESSIONS: web.AppKey[Sessions] = web.AppKey("sessions")
 LEDGER: web.AppKey[ledger.Reader] = web.AppKey("ledger")
@@ -102,7 +111,7 @@ def bearer_role(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         return None
-    return role_for(request.app[SERVICE].cfg.api.tokens, header.removeprefix("Bearer ").strip())
+    return role_for(request.app[CONFIG].api.tokens, header.removeprefix("Bearer ").strip())
 
 
 @web.middleware
@@ -111,7 +120,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     unmatched = request.match_info.http_exception
     if unmatched is not None:
         raise unmatched  # 404/405 before 401: the routes are documented, nothing to hide
-    tokens = request.app[SERVICE].cfg.api.tokens
+    tokens = request.app[CONFIG].api.tokens
     if request.path in OPEN_PATHS or request.path in DASHBOARD_PATHS or not tokens:
         request[ROLE] = "operator" if not tokens else "anonymous"
         return await handler(request)
@@ -187,15 +196,14 @@ def _interface_param(request: web.Request) -> str | None:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    uptime = round(time.time() - request.app[SERVICE].started_at, 1)
+    uptime = round(time.time() - request.app[STARTED_AT], 1)
     return web.json_response({"status": "ok", "uptime_seconds": uptime})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    ok, problems = svc.ready()
+    ok, problems = request.app[READY]()
     # Which publishing path the start-up self-test chose: information, never a reason to be unready.
-    publisher = svc.store.publisher if svc.store is not None else None
+    publisher = request.app[STORE].publisher
     return web.json_response({"ready": ok, "problems": problems, "publisher": publisher},
                              status=200 if ok else 503)
 
@@ -207,7 +215,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _dashboard_role(request: web.Request) -> str | None:
     """Who may see the dashboard: anyone without tokens; else a bearer token or a login session."""
-    if not request.app[SERVICE].cfg.api.tokens:
+    if not request.app[CONFIG].api.tokens:
         return "operator"
     return bearer_role(request) or request.app[SESSIONS].role(request.cookies.get(SESSION_COOKIE, ""))
 
@@ -224,27 +232,28 @@ async def dashboard(request: web.Request) -> web.Response:
     """The dashboard; with tokens configured, a 401 login form (and no data) until one is given."""
     if _dashboard_role(request) is None:
         return _html(login_page(), 401)
-    svc = request.app[SERVICE]
-    return _html(render_dashboard(svc, ledger=await _ledger_today(request.app[LEDGER], svc)))
+    today = await _ledger_today(request.app[LEDGER], request.app[STORE], request.app[INTERFACES])
+    return _html(render_dashboard(request.app[RUNNING], ledger=today))
 
 
-async def _ledger_today(reader: ledger.Reader, svc: Service) -> dict[str, str]:
+async def _ledger_today(
+    reader: ledger.Reader, store: Store, interfaces: Mapping[str, RunningInterface]
+) -> dict[str, str]:
     """Each interface's ledger today in one line, for the dashboard; "?" while NATS is away."""
     out: dict[str, str] = {}
     today = ledger.day_of()
-    for name in svc.interfaces:
+    for name in interfaces:
         try:
-            view = await reader.view(svc.store, name, today) if svc.store is not None else None
+            out[name] = ledger.summary((await reader.view(store, name, today))["days"][0])
         except StoreError:
-            view = None
-        out[name] = "?" if view is None else ledger.summary(view["days"][0])
+            out[name] = "?"
     return out
 
 
 async def login(request: web.Request) -> web.Response:
     """The login form's POST: a valid token opens an HttpOnly, SameSite=Strict session cookie."""
     raw = await request.content.read(4096)
-    role = role_for(request.app[SERVICE].cfg.api.tokens, Sessions.form_token(raw))
+    role = role_for(request.app[CONFIG].api.tokens, Sessions.form_token(raw))
     if role is None:
         return _html(login_page("unknown token"), 401)
     resp = web.Response(status=303, headers={"Location": "/"})
@@ -260,10 +269,10 @@ async def logout(request: web.Request) -> web.Response:
     return resp
 
 
-def interface_view(svc: Service, name: str) -> dict[str, Any]:
-    running = svc.interfaces[name]
-    assert svc.routes is not None
-    route = svc.routes.get(name)
+def interface_view(running: RunningInterface, routes: RouteTable) -> dict[str, Any]:
+    """One interface as the API lists it: config, route, counts, lag and its kind's details."""
+    name = running.cfg.name
+    route = routes.get(name)
     st = running.stats
     cfg = running.cfg
     return {
@@ -280,33 +289,30 @@ def interface_view(svc: Service, name: str) -> dict[str, Any]:
 
 
 async def list_interfaces(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    return web.json_response({"interfaces": [interface_view(svc, n) for n in svc.interfaces]})
+    routes = request.app[ROUTES]
+    return web.json_response({"interfaces": [interface_view(r, routes) for r in request.app[INTERFACES].values()]})
 
 
 async def list_routes(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    assert svc.routes is not None
-    return web.json_response({"routes": {n: r.model_dump() for n, r in svc.routes.all().items()}})
+    return web.json_response({"routes": {n: r.model_dump() for n, r in request.app[ROUTES].all().items()}})
 
 
 async def set_route(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    assert svc.routes is not None
+    routes, interfaces = request.app[ROUTES], request.app[INTERFACES]
     name = request.match_info["iface"]
-    if name not in svc.interfaces:
+    if name not in interfaces:
         return _error(404, "unknown interface")
     body = await _body(request, RouteChange)
     mode, facility, force = body.mode, body.facility or None, body.force
-    if mode in ("legacy", "shadow") and svc.interfaces[name].cfg.legacy is None:
+    running = interfaces[name]
+    if mode in ("legacy", "shadow") and running.cfg.legacy is None:
         return _error(409, f"{name} has no legacy destination, so it cannot run in {mode}")
-    running = svc.interfaces[name]
-    verdict = parity.gate(running.cfg, svc.routes.get(name), running.stats.parity, mode, facility)
+    verdict = parity.gate(running.cfg, routes.get(name), running.stats.parity, mode, facility)
     if verdict.refusal and not force:
         return web.json_response({"error": f"flip refused: {verdict.refusal}", "parity": verdict.window}, status=409)
     actor = request.headers.get("X-Ficus-Actor", request[ROLE])
     try:
-        route = await svc.routes.set(
+        route = await routes.set(
             name, mode, reason=body.reason, actor=actor, facility=facility, keep_facilities=body.keep_facilities,
             # The audit record names the parity window the gate judged (start, revision, counts).
             extra={"forced": force and verdict.refusal is not None, "parity": verdict.window},
@@ -317,13 +323,11 @@ async def set_route(request: web.Request) -> web.Response:
 
 
 async def route_history(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    assert svc.routes is not None
     name = request.match_info["iface"]
-    if name not in svc.interfaces:
+    if name not in request.app[INTERFACES]:
         return _error(404, "unknown interface")
     try:
-        history = await svc.routes.history(name)
+        history = await request.app[ROUTES].history(name)
     except RouteError as exc:
         return _error(exc.status, exc.reason)
     return web.json_response({"interface": name, "history": history})
@@ -363,8 +367,6 @@ async def list_events(request: web.Request) -> web.Response:
     messages per call, whatever it finds; `next_after` is the last sequence examined, so a
     client pages on (`after=next_after`) until `next_after` stops moving.
     """
-    svc = request.app[SERVICE]
-    assert svc.store is not None
     shadow = request.query.get("mode", "live") == "shadow"
     stream = names.STREAM_SHADOW if shadow else names.STREAM_CANONICAL
     etype = request.query.get("type") or None
@@ -374,7 +376,7 @@ async def list_events(request: web.Request) -> web.Response:
     iface = _interface_param(request)
     filtered = iface is not None or etype is not None
     scan = min(max(limit * EVENTS_SCAN_FACTOR, 100), EVENTS_SCAN_MAX) if filtered else limit
-    rows = await svc.store.read(stream, subject, after, scan) if limit else []
+    rows = await request.app[STORE].read(stream, subject, after, scan) if limit else []
     events: list[dict[str, Any]] = []
     last = after
     for seq, data, headers in rows:
@@ -391,30 +393,25 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 async def get_event(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    assert svc.store is not None
     seq = _seq(request.match_info["id"], "event")
     stream = names.STREAM_SHADOW if request.query.get("mode") == "shadow" else names.STREAM_CANONICAL
-    msg = await svc.store.get_msg(stream, seq)
+    msg = await request.app[STORE].get_msg(stream, seq)
     if msg is None:
         return _error(404, f"no event {seq}")
     return web.json_response({"seq": seq, "event": _decoded(msg.data or b"{}")})
 
 
 async def list_dlq(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    assert svc.store is not None
-    letters = await dlq.list_letters(svc.store, _interface_param(request),
+    store = request.app[STORE]
+    letters = await dlq.list_letters(store, _interface_param(request),
                                      _int(request, "after", 0), _int(request, "limit", 100, 1000))
-    done = await replay.replayed_ids(svc)
+    done = await replay.replayed_ids(request.app[RUNNING])
     return web.json_response({"dead_letters": [{**dlq.summary(x), "replayed": x.id in done} for x in letters]})
 
 
 async def get_dlq(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    assert svc.store is not None
     seq = _seq(request.match_info["id"], "dead letter")
-    letter = await dlq.get(svc.store, seq)
+    letter = await dlq.get(request.app[STORE], seq)
     if letter is None:
         return _error(404, f"no dead letter {seq}")
     return web.json_response(dlq.summary(letter))
@@ -422,27 +419,23 @@ async def get_dlq(request: web.Request) -> web.Response:
 
 async def get_ledger(request: web.Request) -> web.Response:
     """GET /api/v1/ledger/{iface}[?day=YYYY-MM-DD]: the reconciliation ledger (router/ledger.py)."""
-    svc = request.app[SERVICE]
     name = request.match_info["iface"]
-    if name not in svc.interfaces:
+    if name not in request.app[INTERFACES]:
         return _error(404, "unknown interface")
     day = request.query.get("day")
     if day is not None and not ledger.valid_day(day):
         return _error(400, "day must be a date, YYYY-MM-DD")
-    assert svc.store is not None
-    return web.json_response(await request.app[LEDGER].view(svc.store, name, day))
+    return web.json_response(await request.app[LEDGER].view(request.app[STORE], name, day))
 
 
 async def get_parity(request: web.Request) -> web.Response:
     """The current parity window of an interface (and a summary of the one before)."""
-    svc = request.app[SERVICE]
     name = request.match_info["iface"]
-    if name not in svc.interfaces:
+    running = request.app[INTERFACES].get(name)
+    if running is None:
         return _error(404, "unknown interface")
-    running = svc.interfaces[name]
-    assert svc.routes is not None
     return web.json_response({
-        "interface": name, "route": svc.routes.get(name).mode,
+        "interface": name, "route": request.app[ROUTES].get(name).mode,
         "gate": running.cfg.parity_gate, "min_samples": running.cfg.parity_min_samples,
         **running.stats.parity.as_dict(),
     })
@@ -469,7 +462,7 @@ async def replay_letter(request: web.Request) -> web.Response:
     seq = _seq(request.match_info["id"], "dead letter")
     await _body(request, ReplayLetter, empty_ok=True)
     try:
-        record = await replay.replay_dead_letter(request.app[SERVICE], seq)
+        record = await replay.replay_dead_letter(request.app[RUNNING], seq)
     except replay.ReplayError as exc:
         return _error(exc.status, exc.reason)
     return web.json_response(record)
@@ -491,28 +484,35 @@ async def replay_interface(request: web.Request) -> web.Response:
     body = await _body(request, ReplaySince)
     since = _since(body.since)
     try:
-        result = await replay.replay_since(request.app[SERVICE], request.match_info["iface"], since)
+        result = await replay.replay_since(request.app[RUNNING], request.match_info["iface"], since)
     except replay.ReplayError as exc:
         return _error(exc.status, exc.reason)
     return web.json_response(result.as_dict())
 
 
-def make_app(svc: Service) -> web.Application:
-    """The aiohttp application serving `svc`."""
-    problem = svc.cfg.api.exposure_problem()
+def make_app(running: Running) -> web.Application:
+    """The aiohttp application serving the started service: each resource under its own key."""
+    cfg = running.cfg
+    problem = cfg.api.exposure_problem()
     if problem:
         # A config built in code skips validation; the API still never runs open on the network.
         raise ConfigError("api", [problem])
-    if svc.cfg.api.insecure and not svc.cfg.api.tokens:
-        log.warning(INSECURE_WARNING.format(listen=svc.cfg.api.listen))
+    if cfg.api.insecure and not cfg.api.tokens:
+        log.warning(INSECURE_WARNING.format(listen=cfg.api.listen))
     app = web.Application(middlewares=[errors, auth])
-    app[SERVICE] = svc
+    app[CONFIG] = cfg
+    app[STORE] = running.store
+    app[ROUTES] = running.routes
+    app[INTERFACES] = running.interfaces
+    app[READY] = running.ready
+    app[STARTED_AT] = running.started_at
+    app[RUNNING] = running
     app[SESSIONS] = Sessions()
     app[LEDGER] = ledger.Reader()
     registry = CollectorRegistry()
-    registry.register(StatsCollector({n: r.stats for n, r in svc.interfaces.items()}))
+    registry.register(StatsCollector({n: r.stats for n, r in running.interfaces.items()}))
     registry.register(ListenerCollector({n: (lambda listener=r.listener: listener.stats)
-                                         for n, r in svc.interfaces.items() if r.listener is not None}))
+                                         for n, r in running.interfaces.items() if r.listener is not None}))
     app[REGISTRY] = registry
     app.router.add_get("/", dashboard)
     app.router.add_post("/login", login)

@@ -136,7 +136,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _setup_logging(cfg.log_level)
     raise_fd_limit(cfg)
-    _run(run_service(cfg))
+    from router.service import StartError  # `run` loads the service anyway; other commands need not
+
+    try:
+        _run(run_service(cfg))
+    except StartError as exc:  # a component that could not start (what had started is stopped): one line
+        print(f"ficus: {escape_controls(str(exc))}", file=sys.stderr)
+        return 1
     return 0
 
 

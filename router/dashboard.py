@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 from router.config import redact
 
 if TYPE_CHECKING:
-    from router.service import Service
+    from router.service import Running
 
 COLUMNS = ("received", "acked", "nacked", "published", "shadow_published", "dead_lettered",
            "legacy_forwarded", "legacy_errors", "errors")
@@ -81,7 +81,7 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
-def render_dashboard(svc: Service, ledger: Mapping[str, str] | None = None) -> str:
+def render_dashboard(svc: Running, ledger: Mapping[str, str] | None = None) -> str:
     """The page; every value escaped, the NATS URL without credentials.
 
     ``ledger`` is each interface's ledger today in one line (router/ledger.py `summary`).
@@ -89,7 +89,7 @@ def render_dashboard(svc: Service, ledger: Mapping[str, str] | None = None) -> s
     rows = []
     for name, running in svc.interfaces.items():
         st = running.stats
-        mode = svc.routes.mode_for(name) if svc.routes is not None else "?"
+        mode = svc.routes.mode_for(name)
         ratio = st.parity.ratio
         cells = "".join(f"<td>{_e(getattr(st, c))}</td>" for c in COLUMNS)
         parity = "-" if ratio is None else f"{ratio:.3f} ({st.parity.samples})"

@@ -100,7 +100,6 @@ async def _run_demo(duration: float | None, state: str) -> None:
         async with Service(cfg) as svc:
             loop = asyncio.get_running_loop()
             shutdown.install(loop, stop.set, cfg.shutdown_timeout_seconds + Service.GRACE + 5)
-            assert svc.store is not None
             await svc.store.subscribe("canonical.>", _show)
             await svc.store.subscribe("shadow.canonical.>", _show)
             print(_banner(svc, engine.port), flush=True)

@@ -1,8 +1,11 @@
 """Building each kind of interface from its config: the explicit registry `STARTERS`.
 
 Each starter wires a wrapper (intake), the legacy path and a pipeline, starts them, and
-returns a `RunningInterface` whose `stop_intake` and `finish` the service calls in that
-order at shutdown: first no new work, then the work in flight completes.
+returns an immutable `RunningInterface` whose `stop_intake` and `finish` the service calls
+in that order at shutdown: first no new work, then the work in flight completes. A starter
+builds its parts inside an AsyncExitStack: when a part fails to start (a listen port taken,
+a bucket refused), the parts already started are closed before the error goes up, so the
+service has nothing of a half-started interface to stop.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +43,7 @@ from wrappers.sftp_poller import SftpPoller, SftpSettings, open_sftp
 log = logging.getLogger("ficus.interfaces")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Deps:
     """What every starter may use."""
 
@@ -54,9 +57,9 @@ async def _nothing() -> None:
     return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunningInterface:
-    """One interface as running."""
+    """One interface as running (built once by its starter)."""
 
     cfg: InterfaceConfig
     stats: InterfaceStats
@@ -71,7 +74,6 @@ class RunningInterface:
     until one succeeds), a file set aside. Identifiers and error classes only, never data."""
     listener: MllpListener | None = None
     pipeline: MllpPipeline | FilePipeline | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 async def start_mllp(cfg: MllpInterfaceConfig, deps: Deps) -> RunningInterface:
@@ -79,22 +81,22 @@ async def start_mllp(cfg: MllpInterfaceConfig, deps: Deps) -> RunningInterface:
     stats = InterfaceStats()
     legacy: MllpSender | None = None
     hp = cfg.legacy_host_port
-    if hp is not None:
-        legacy = MllpSender(
-            cfg.name, hp[0], hp[1], connections=cfg.legacy_connections,
-            connect_timeout=cfg.legacy_connect_timeout_seconds,
-            ack_timeout=cfg.legacy_ack_timeout_seconds, max_message_bytes=cfg.max_message_bytes,
-        )
-        await legacy.__aenter__()
-    pipeline = MllpPipeline(cfg, deps.store, deps.routes, legacy, stats, reference=deps.reference)
-    host, port = cfg.listen_host_port
-    listener = MllpListener(
-        cfg.name, host, port, pipeline, max_message_bytes=cfg.max_message_bytes,
-        idle_timeout=cfg.idle_timeout_seconds, on_oversize=pipeline.on_oversize,
-        on_malformed=pipeline.on_malformed, max_connections=cfg.max_connections,
-        end_grace=cfg.frame_end_grace_seconds,
-    )
-    await listener.__aenter__()
+    async with contextlib.AsyncExitStack() as started:
+        if hp is not None:
+            legacy = await started.enter_async_context(MllpSender(
+                cfg.name, hp[0], hp[1], connections=cfg.legacy_connections,
+                connect_timeout=cfg.legacy_connect_timeout_seconds,
+                ack_timeout=cfg.legacy_ack_timeout_seconds, max_message_bytes=cfg.max_message_bytes,
+            ))
+        pipeline = MllpPipeline(cfg, deps.store, deps.routes, legacy, stats, reference=deps.reference)
+        host, port = cfg.listen_host_port
+        listener = await started.enter_async_context(MllpListener(
+            cfg.name, host, port, pipeline, max_message_bytes=cfg.max_message_bytes,
+            idle_timeout=cfg.idle_timeout_seconds, on_oversize=pipeline.on_oversize,
+            on_malformed=pipeline.on_malformed, max_connections=cfg.max_connections,
+            end_grace=cfg.frame_end_grace_seconds,
+        ))
+        started.pop_all()  # all started: from here `stop_intake` and `finish` own them
 
     async def finish() -> None:
         await pipeline.drain()
@@ -148,7 +150,7 @@ class _Runner(Protocol):
 def _polling(
     cfg: FileInterfaceConfig | OdbcInterfaceConfig, stats: InterfaceStats, runner: _Runner,
     close: Callable[[], Awaitable[None]], address: str, details: Callable[[], dict[str, Any]],
-    problem: Callable[[], str | None] = lambda: None,
+    problem: Callable[[], str | None] = lambda: None, pipeline: FilePipeline | None = None,
 ) -> RunningInterface:
     """A polling interface: one task running `runner.run(stopping)`; shutdown lets its unit finish."""
     stopping = asyncio.Event()
@@ -171,7 +173,7 @@ def _polling(
         await close()
 
     return RunningInterface(cfg, stats, address=lambda: address, stop_intake=stop_intake, finish=finish,
-                            details=details, tasks=[task], ready=lambda: not task.done(),
+                            details=details, pipeline=pipeline, ready=lambda: not task.done(),
                             problem=lambda: "pipeline stopped" if task.done() else supervision.problem() or problem())
 
 
@@ -231,25 +233,29 @@ async def _supervised(
 async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:
     """A folder or sftp interface: source, legacy file delivery, manifest, pipeline task."""
     stats = InterfaceStats()
-    source = _source(cfg)
-    spool = Path(cfg.spool_dir or deps.state_dir / "spool" / cfg.name)
-    await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
-    manifest = Manifest(await deps.store.kv(names.KV_FILES, history=1))
-    objects = await deps.store.object_store(names.OBJ_RAW_FILES)
-    pipeline = FilePipeline(cfg, deps.store, deps.routes, source, _delivery(cfg), stats, manifest, objects,
-                            spool, reference=deps.reference)
-    running = _polling(cfg, stats, pipeline, source.close, f"{cfg.kind}:{cfg.path}", pipeline.details,
-                       pipeline.problem)
-    running.pipeline = pipeline
-    return running
+    async with contextlib.AsyncExitStack() as started:
+        source = _source(cfg)
+        started.push_async_callback(source.close)
+        spool = Path(cfg.spool_dir or deps.state_dir / "spool" / cfg.name)
+        await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
+        manifest = Manifest(await deps.store.kv(names.KV_FILES, history=1))
+        objects = await deps.store.object_store(names.OBJ_RAW_FILES)
+        pipeline = FilePipeline(cfg, deps.store, deps.routes, source, _delivery(cfg), stats, manifest, objects,
+                                spool, reference=deps.reference)
+        started.pop_all()  # the pipeline task below owns the source from here (`finish` closes it)
+    return _polling(cfg, stats, pipeline, source.close, f"{cfg.kind}:{cfg.path}", pipeline.details,
+                    pipeline.problem, pipeline)
 
 
 async def start_odbc(cfg: OdbcInterfaceConfig, deps: Deps) -> RunningInterface:
     """An odbc interface (database job): poller, checkpoint in KV, pipeline task."""
     stats = InterfaceStats()
-    poller = OdbcPoller(cfg.name, odbc_settings(cfg))
-    checkpoints = CheckpointStore(await deps.store.kv(names.KV_CHECKPOINTS), cfg.name)
-    pipeline = OdbcPipeline(cfg, deps.store, deps.routes, poller, stats, checkpoints, reference=deps.reference)
+    async with contextlib.AsyncExitStack() as started:
+        poller = OdbcPoller(cfg.name, odbc_settings(cfg))
+        started.push_async_callback(poller.close)
+        checkpoints = CheckpointStore(await deps.store.kv(names.KV_CHECKPOINTS), cfg.name)
+        pipeline = OdbcPipeline(cfg, deps.store, deps.routes, poller, stats, checkpoints, reference=deps.reference)
+        started.pop_all()  # the pipeline task below owns the poller from here (`finish` closes it)
     return _polling(cfg, stats, pipeline, poller.close, f"odbc:{cfg.table}", pipeline.details, pipeline.problem)
 
 

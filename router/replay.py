@@ -21,7 +21,7 @@ from router.mllp_pipeline import REUSED_CONTROL_ID, MllpPipeline
 from router.store import StoreUnavailable
 
 if TYPE_CHECKING:
-    from router.service import Service
+    from router.service import Running
 
 KV_REPLAYS = "ficus-dlq-replays"
 
@@ -47,7 +47,7 @@ class ReplayResult:
                 "reasons": (self.reasons or [])[:20]}
 
 
-def _pipeline(svc: Service, interface: str) -> MllpPipeline:
+def _pipeline(svc: Running, interface: str) -> MllpPipeline:
     running = svc.interfaces.get(interface)
     if running is None:
         raise ReplayError(f"unknown interface {interface!r}", 404)
@@ -57,9 +57,8 @@ def _pipeline(svc: Service, interface: str) -> MllpPipeline:
     return running.pipeline
 
 
-async def replay_dead_letter(svc: Service, letter_id: int) -> dict[str, Any]:
+async def replay_dead_letter(svc: Running, letter_id: int) -> dict[str, Any]:
     """Re-translates the raw unit of one dead letter; raises ReplayError."""
-    assert svc.store is not None
     letter = await dlq.get(svc.store, letter_id)
     if letter is None:
         raise ReplayError(f"no dead letter {letter_id}", 404)
@@ -88,17 +87,15 @@ async def replay_dead_letter(svc: Service, letter_id: int) -> dict[str, Any]:
     return record
 
 
-async def replayed_ids(svc: Service) -> set[int]:
+async def replayed_ids(svc: Running) -> set[int]:
     """Dead letters already replayed successfully."""
-    assert svc.store is not None
     kv = await svc.store.kv(KV_REPLAYS, history=1)
     keys = await kv.keys()
     return {int(k) for k in keys if k.isdigit()}
 
 
-async def replay_since(svc: Service, interface: str, since: datetime, limit: int = 1_000_000) -> ReplayResult:
+async def replay_since(svc: Running, interface: str, since: datetime, limit: int = 1_000_000) -> ReplayResult:
     """Re-translates every raw unit of an interface stored since `since`."""
-    assert svc.store is not None
     pipeline = _pipeline(svc, interface)
     token = ".r" + datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     subject = names.raw_subject(interface)

@@ -1,9 +1,13 @@
 """Service assembly: NATS (embedded or not), the routing table, every interface, the API.
 
 This is the only place that wires wrappers, legacy senders and canonical mappings
-together. Start and stop are paired (`async with Service(cfg)`); stopping stops intake
-first, finishes what is in flight, then drains NATS and stops the embedded server, so
-nothing acknowledged to a sender is lost.
+together. Start and stop are paired (`async with Service(cfg)`). Start-up builds one
+immutable `Running` (every component, none optional but those that are: an embedded
+server, reference tables); each component, the moment it has started, registers how it
+stops with the service's `Lifetimes`, so a start-up that fails half-way stops exactly what
+was started and raises one `StartError` naming the component. Stopping stops intake first,
+finishes what is in flight, then drains NATS and stops the embedded server, so nothing
+acknowledged to a sender is lost.
 """
 
 from __future__ import annotations
@@ -11,152 +15,193 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
-from collections.abc import Awaitable
+import types
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from aiohttp import web
 
 from canonical.reference import ReferenceStore
 from canonical.safe_text import safe_reason
 from router import parity
-from router.config import FicusConfig
-from router.embedded_nats import EmbeddedNats
+from router.config import ConfigError, FicusConfig
+from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
 from router.interfaces import Deps, RunningInterface
 from router.interfaces import start as start_interface
 from router.routes import RouteTable
-from router.store import Bucket, Store, connect
+from router.store import Store, StoreError, connect
 
 log = logging.getLogger("ficus.service")
 READY_REASON_MAX = 400
 """The longest line /readyz shows per problem (escaped, cut with a hash of the whole)."""
 
 
-class Service:
-    """The whole running Ficus: `async with Service(cfg) as svc: await svc.wait()`."""
+class StartError(RuntimeError):
+    """A component could not start; what had started before it has been stopped.
 
-    def __init__(self, cfg: FicusConfig, *, api: bool = True) -> None:
-        self.cfg = cfg
-        self.with_api = api
-        self.embedded: EmbeddedNats | None = None
-        self.store: Store | None = None
-        self.routes: RouteTable | None = None
-        self.interfaces: dict[str, RunningInterface] = {}
-        self.started_at = time.time()
-        self.stopping = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self.reference: ReferenceStore | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._parity_kv: Bucket | None = None
-        self._parity_saved: dict[str, int] = {}
-        self.api_url: str | None = None
-        self.abandoned: list[str] = []
-        """Shutdown steps cut short by the deadline (then `ficus run` exits with code 1)."""
+    One line, `could not start <component>: <reason>` (an error class, an OS reason, a store
+    reason: never data). The original error is the `__cause__`.
+    """
+
+    def __init__(self, component: str, exc: BaseException) -> None:
+        self.component = component
+        self.reason = _reason(exc)
+        super().__init__(f"could not start {component}: {self.reason}")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # asyncio's bind error names the address: "error while attempting to bind ..."
+    if isinstance(exc, StoreError):
+        return exc.reason
+    return type(exc).__name__
+
+
+@contextlib.contextmanager
+def _starting(component: str) -> Iterator[None]:
+    """Turns a failure into a StartError naming `component` (config and store-lock errors are already one line)."""
+    try:
+        yield
+    except (StartError, ConfigError, EmbeddedNatsError):
+        raise
+    except Exception as exc:
+        raise StartError(component, exc) from exc
+
+
+def readiness(embedded: EmbeddedNats | None, store: Store,
+              interfaces: Mapping[str, RunningInterface]) -> tuple[bool, list[str]]:
+    """Readiness: the embedded server up, NATS connected, and every interface working.
+
+    One line per problem, `<interface>: <reason>` (identifiers and error classes, bounded):
+    a listener not bound, a pipeline stopped or crash-looping, a source, database or legacy
+    destination failing since the last pass (reported from the first failed pass, cleared
+    by the next good one), a file set aside.
+    """
+    problems = []
+    if embedded is not None and embedded.problem:
+        problems.append(embedded.problem)
+    if not store.connected:
+        problems.append("NATS not connected")
+    for name, running in interfaces.items():
+        problem = running.problem()
+        if problem is None and not running.ready():
+            problem = "not running"
+        if problem is not None:
+            problems.append(safe_reason(f"{name}: {problem}", READY_REASON_MAX))
+    return not problems, problems
+
+
+@dataclass(frozen=True)
+class Running:
+    """Ficus as started: built once by `Service.start`, never changed afterwards.
+
+    Each part is handed on to whoever needs only that part (the API gets the store, the
+    routes, the interfaces... each under its own key).
+    """
+
+    cfg: FicusConfig
+    store: Store
+    routes: RouteTable
+    interfaces: Mapping[str, RunningInterface]
+    """Read-only: every interface of the config, started."""
+    embedded: EmbeddedNats | None
+    reference: ReferenceStore | None
+    api_url: str | None
+    """None when the service runs without its API."""
+    started_at: float
 
     @property
     def nats_url(self) -> str:
         return self.embedded.url if self.embedded is not None else self.cfg.nats.url
 
-    async def start(self) -> None:
-        servers = self.cfg.nats.servers
-        if self.cfg.nats.url == "embedded":
-            emb = self.cfg.nats.embedded
-            store_dir = Path(emb.store_dir or Path(self.cfg.state_dir) / "nats")
-            self.embedded = EmbeddedNats(store_dir, host=emb.host, port=emb.port,
-                                         sync_interval=emb.sync_interval)
-            servers = [await self.embedded.start()]
-            self.embedded.supervise()  # a server that dies is started again, on the same store and port
-        nc = await connect(self.cfg.nats, servers)
-        self.store = Store(nc, self.cfg.nats)
-        await self.store.ensure()
-        self.routes = RouteTable(self.store, {i.name: i.route for i in self.cfg.interfaces})
-        await self.routes.start()
-        paths = self.cfg.reference.paths()
-        if paths:
-            self.reference = ReferenceStore(paths)
-            self._tasks.append(asyncio.create_task(self._reload_reference(), name="reference-reload"))
-        deps = Deps(self.store, self.routes, self.reference, Path(self.cfg.state_dir))
-        for icfg in self.cfg.interfaces:
-            self.interfaces[icfg.name] = await start_interface(icfg, deps)
-            log.info("interface %s (%s) on %s, route %s", icfg.name, icfg.kind,
-                     self.interfaces[icfg.name].address(), self.routes.mode_for(icfg.name))
-        stats = {name: running.stats for name, running in self.interfaces.items()}
-        self._parity_kv = await self.store.kv(parity.KV_PARITY, history=1)
-        await parity.restore(self._parity_kv, stats, self.routes, self._parity_saved)
-        self._tasks.append(asyncio.create_task(
-            parity.keep_saved(self._parity_kv, stats, self._parity_saved), name="parity-save"))
-        if self.with_api:
-            await self._start_api()
+    def ready(self) -> tuple[bool, list[str]]:
+        """See `readiness`."""
+        return readiness(self.embedded, self.store, self.interfaces)
 
-    async def _start_api(self) -> None:
-        from router.api import make_app
 
-        app = make_app(self)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        host, port = self.cfg.api.host_port
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = self._runner.addresses[0]
-        self.api_url = f"http://{host}:{bound[1]}"
-        log.info("API on %s", self.api_url)
+Phase = Literal["tasks", "intake", "finish", "api", "parity", "routes", "nats", "server"]
+Stopper = Callable[[float], Awaitable[object]]
+"""Stops one component; gets the seconds its step has (closing NATS and the server use them)."""
 
-    async def _reload_reference(self) -> None:
-        """Picks up changed reference tables without a restart; a bad file keeps the old table."""
-        assert self.reference is not None
-        while True:
-            await asyncio.sleep(self.cfg.reference.reload_seconds)
-            for problem in await asyncio.to_thread(self.reference.maybe_reload):
-                log.warning("reference: %s", problem)
+
+def _untimed(stop: Callable[[], Awaitable[object]]) -> Stopper:
+    """A stop that needs no seconds: the step's deadline bounds it from outside."""
+    return lambda _left: stop()
+
+
+@dataclass(frozen=True)
+class _PhaseRule:
+    name: Phase
+    work: bool = False
+    """Ends at the work deadline, a little before the shutdown deadline (see CLOSE_RESERVE)."""
+    minimum: float = 0.0
+    """Seconds its steps get even past the deadline (closing NATS, the embedded server)."""
+
+
+# The shutdown order. Not an exit stack's last-in-first-out order, on purpose: intake stops on
+# every interface before any finishes its work in flight (two phases across components), and
+# the API -- started last, because it serves the interfaces -- answers until the work is done.
+PHASES: tuple[_PhaseRule, ...] = (
+    _PhaseRule("tasks", work=True), _PhaseRule("intake", work=True), _PhaseRule("finish", work=True),
+    _PhaseRule("api"), _PhaseRule("parity"), _PhaseRule("routes"),
+    _PhaseRule("nats", minimum=1.0), _PhaseRule("server", minimum=2.0),
+)
+
+
+class Lifetimes:
+    """What has been started, each with how it stops, run in shutdown phases under one deadline.
+
+    Like an AsyncExitStack, a component registers its stop as soon as it has started, so a
+    failure later in start-up stops exactly what is running; unlike one, stops run by phase
+    (PHASES), the steps of a phase at the same time, each bounded by the deadline.
+    """
 
     CLOSE_RESERVE = 5.0
     """Seconds of the shutdown deadline kept for closing NATS and the embedded server."""
     MIN_STEP = 0.2
     """Seconds each step gets even when the deadline has passed."""
-    GRACE = 10.0
-    """What `stop` may take beyond the deadline at most: closing NATS and the server get a minimum."""
 
-    async def stop(self, timeout: float | None = None) -> None:
-        """Stops intake, finishes in-flight work, closes NATS, stops the embedded server.
+    def __init__(self) -> None:
+        self._steps: dict[Phase, list[tuple[str, Stopper]]] = {rule.name: [] for rule in PHASES}
+        self.abandoned: list[str] = []
+        """Steps cut short by the deadline."""
 
-        All of it within `timeout` seconds (default `shutdown_timeout_seconds`): each step gets
-        what is left of the deadline and is abandoned (cancelled, named in `abandoned`) when it
-        runs out. Abandoning is safe: a sender is acknowledged, a file moved and a checkpoint
-        advanced only after the unit is stored, so what was cut short is redone at the next start.
-        """
+    def on_stop(self, phase: Phase, what: str, stop: Stopper) -> None:
+        """Registers a started component's stop; `what` names the step in logs and `abandoned`."""
+        self._steps[phase].append((what, stop))
+
+    def on_stop_task(self, task: asyncio.Task[None]) -> None:
+        """A background task: cancelled first, not waited for."""
+        async def cancel(_left: float) -> None:
+            task.cancel()
+
+        self.on_stop("tasks", f"cancel {task.get_name()}", cancel)
+
+    async def close(self, total: float) -> None:
+        """Runs every registered stop, phase by phase, within `total` seconds (see Service.stop)."""
         loop = asyncio.get_running_loop()
-        total = self.cfg.shutdown_timeout_seconds if timeout is None else timeout
         deadline = loop.time() + total
         # Work (intake, in-flight units) ends a little early, so the connection and the embedded
         # server are still closed in order when the work had to be cut short.
         work_deadline = deadline - min(self.CLOSE_RESERVE, total / 4)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*(self._step(f"stop intake of {name}", running.stop_intake(), work_deadline)
-                               for name, running in self.interfaces.items()))
-        await asyncio.gather(*(self._step(f"finish {name}", running.finish(), work_deadline)
-                               for name, running in self.interfaces.items()))
-        if self._runner is not None:
-            await self._step("stop the API", self._runner.cleanup(), deadline)
-        if self._parity_kv is not None:
-            await self._step("save parity", parity.save(
-                self._parity_kv, {n: r.stats for n, r in self.interfaces.items()}, self._parity_saved), deadline)
-        if self.routes is not None:
-            await self._step("stop the routing table", self.routes.stop(), deadline)
-        # Closing gets a short minimum even past the deadline (GRACE bounds the whole overrun).
-        if self.store is not None:
-            left = max(1.0, deadline - loop.time())
-            await self._step("close NATS", self.store.close(left), loop.time() + left + 1)
-        if self.embedded is not None:
-            # Cut short, the server still stops cleanly: it gets SIGTERM when we exit (parent death).
-            left = max(2.0, deadline - loop.time())
-            await self._step("stop the embedded nats-server", self.embedded.stop(timeout=left), loop.time() + left + 1)
-        if self.abandoned:
-            log.error("shutdown deadline of %gs reached: abandoned %s; work not finished was not acknowledged "
-                      "and is taken again at the next start", total, ", ".join(self.abandoned))
-        else:
-            log.info("stopped")
+        for rule in PHASES:
+            steps, self._steps[rule.name] = self._steps[rule.name], []
+            if not steps:
+                continue
+            now = loop.time()
+            if rule.minimum:
+                # Closing gets a short minimum even past the deadline (Service.GRACE bounds the overrun).
+                left = max(rule.minimum, deadline - now)
+                until = now + left + 1
+            else:
+                until = work_deadline if rule.work else deadline
+                left = until - now
+            await asyncio.gather(*(self._step(what, stop(left), until) for what, stop in steps))
 
     async def _step(self, what: str, work: Awaitable[object], deadline: float) -> None:
         """Runs one shutdown step until `deadline`; past it the step is cancelled and abandoned.
@@ -174,29 +219,190 @@ class Service:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("shutdown: %s failed: %s", what, type(exc).__name__)
 
-    async def wait(self) -> None:
-        await self.stopping.wait()
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound before the API is built: the `Running` it serves names its URL."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Service:
+    """The whole running Ficus: `async with Service(cfg) as svc: await svc.wait()`.
+
+    After start, `running` (and the shortcuts `store`, `routes`, `interfaces`, `api_url`...)
+    are the started components; none of them is optional.
+    """
+
+    CLOSE_RESERVE = Lifetimes.CLOSE_RESERVE
+    MIN_STEP = Lifetimes.MIN_STEP
+    GRACE = 10.0
+    """What `stop` may take beyond the deadline at most: closing NATS and the server get a minimum."""
+
+    def __init__(self, cfg: FicusConfig, *, api: bool = True) -> None:
+        self.cfg = cfg
+        self.with_api = api
+        self.stopping = asyncio.Event()
+        self._lifetimes = Lifetimes()
+        self._running: Running | None = None
+
+    @property
+    def running(self) -> Running:
+        """The started service; RuntimeError before `start`."""
+        if self._running is None:
+            raise RuntimeError("the service is not started (use `async with Service(cfg)`)")
+        return self._running
+
+    @property
+    def abandoned(self) -> list[str]:
+        """Shutdown steps cut short by the deadline (then `ficus run` exits with code 1)."""
+        return self._lifetimes.abandoned
+
+    @property
+    def store(self) -> Store:
+        return self.running.store
+
+    @property
+    def routes(self) -> RouteTable:
+        return self.running.routes
+
+    @property
+    def interfaces(self) -> Mapping[str, RunningInterface]:
+        return self.running.interfaces
+
+    @property
+    def embedded(self) -> EmbeddedNats | None:
+        return self.running.embedded
+
+    @property
+    def reference(self) -> ReferenceStore | None:
+        return self.running.reference
+
+    @property
+    def api_url(self) -> str | None:
+        return self.running.api_url
+
+    @property
+    def nats_url(self) -> str:
+        return self.running.nats_url
 
     def ready(self) -> tuple[bool, list[str]]:
-        """Readiness: the embedded server up, NATS connected, and every interface working.
+        """See `readiness`."""
+        return self.running.ready()
 
-        One line per problem, `<interface>: <reason>` (identifiers and error classes, bounded):
-        a listener not bound, a pipeline stopped or crash-looping, a source, database or legacy
-        destination failing since the last pass (reported from the first failed pass, cleared
-        by the next good one), a file set aside.
+    async def start(self) -> None:
+        """Starts every component in order and builds `running`; raises StartError naming what failed.
+
+        A failure leaves the components started before it registered: `stop` (which
+        `async with` calls) stops them.
         """
-        problems = []
-        if self.embedded is not None and self.embedded.problem:
-            problems.append(self.embedded.problem)
-        if self.store is None or not self.store.connected:
-            problems.append("NATS not connected")
-        for name, running in self.interfaces.items():
-            problem = running.problem()
-            if problem is None and not running.ready():
-                problem = "not running"
-            if problem is not None:
-                problems.append(safe_reason(f"{name}: {problem}", READY_REASON_MAX))
-        return not problems, problems
+        if self._running is not None:
+            raise RuntimeError("the service is already started")
+        cfg, stops = self.cfg, self._lifetimes
+        started_at = time.time()
+        embedded: EmbeddedNats | None = None
+        servers = cfg.nats.servers
+        if cfg.nats.url == "embedded":
+            emb = cfg.nats.embedded
+            store_dir = Path(emb.store_dir or Path(cfg.state_dir) / "nats")
+            embedded = EmbeddedNats(store_dir, host=emb.host, port=emb.port, sync_interval=emb.sync_interval)
+            server = embedded
+            # Registered before it starts: a start that fails half-way leaves a process to stop.
+            stops.on_stop("server", "stop the embedded nats-server", lambda left: server.stop(timeout=left))
+            with _starting("the embedded nats-server"):
+                servers = [await embedded.start()]
+            embedded.supervise()  # a server that dies is started again, on the same store and port
+        with _starting("NATS"):
+            store = Store(await connect(cfg.nats, servers), cfg.nats)
+        stops.on_stop("nats", "close NATS", store.close)
+        with _starting("the JetStream streams and buckets"):
+            await store.ensure()
+        routes = RouteTable(store, {i.name: i.route for i in cfg.interfaces})
+        stops.on_stop("routes", "stop the routing table", _untimed(routes.stop))
+        with _starting("the routing table"):
+            await routes.start()
+        reference: ReferenceStore | None = None
+        paths = cfg.reference.paths()
+        if paths:
+            with _starting("the reference tables"):
+                reference = ReferenceStore(paths)
+            stops.on_stop_task(asyncio.create_task(self._reload_reference(reference), name="reference-reload"))
+        deps = Deps(store, routes, reference, Path(cfg.state_dir))
+        interfaces: dict[str, RunningInterface] = {}
+        for icfg in cfg.interfaces:
+            with _starting(f"interface {icfg.name} ({icfg.kind})"):
+                running = await start_interface(icfg, deps)
+            interfaces[icfg.name] = running
+            stops.on_stop("intake", f"stop intake of {icfg.name}", _untimed(running.stop_intake))
+            stops.on_stop("finish", f"finish {icfg.name}", _untimed(running.finish))
+            log.info("interface %s (%s) on %s, route %s", icfg.name, icfg.kind, running.address(),
+                     routes.mode_for(icfg.name))
+        stats = {name: r.stats for name, r in interfaces.items()}
+        saved: dict[str, int] = {}
+        with _starting("the parity windows"):
+            parity_kv = await store.kv(parity.KV_PARITY, history=1)
+            stops.on_stop("parity", "save parity", lambda _left: parity.save(parity_kv, stats, saved))
+            await parity.restore(parity_kv, stats, routes, saved)
+        stops.on_stop_task(asyncio.create_task(parity.keep_saved(parity_kv, stats, saved), name="parity-save"))
+        sock: socket.socket | None = None
+        api_url: str | None = None
+        if self.with_api:
+            host, port = cfg.api.host_port
+            with _starting(f"the API on {cfg.api.listen}"):
+                sock = _bind(host, port)
+            api_url = f"http://{host}:{sock.getsockname()[1]}"
+        self._running = Running(cfg, store, routes, types.MappingProxyType(interfaces), embedded, reference,
+                                api_url, started_at)
+        if sock is not None:
+            with _starting(f"the API on {cfg.api.listen}"):
+                await self._serve_api(self._running, sock)
+            log.info("API on %s", api_url)
+
+    async def _serve_api(self, running: Running, sock: socket.socket) -> None:
+        from router.api import make_app
+
+        try:
+            runner = web.AppRunner(make_app(running), access_log=None)
+        except BaseException:
+            sock.close()
+            raise
+        self._lifetimes.on_stop("api", "stop the API", _untimed(runner.cleanup))
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+
+    async def _reload_reference(self, reference: ReferenceStore) -> None:
+        """Picks up changed reference tables without a restart; a bad file keeps the old table."""
+        while True:
+            await asyncio.sleep(self.cfg.reference.reload_seconds)
+            for problem in await asyncio.to_thread(reference.maybe_reload):
+                log.warning("reference: %s", problem)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stops intake, finishes in-flight work, stops the API, saves parity, closes NATS, stops the embedded server.
+
+        All of it within `timeout` seconds (default `shutdown_timeout_seconds`): each step gets
+        what is left of the deadline and is abandoned (cancelled, named in `abandoned`) when it
+        runs out. Abandoning is safe: a sender is acknowledged, a file moved and a checkpoint
+        advanced only after the unit is stored, so what was cut short is redone at the next start.
+        Only what was started is stopped (also after a failed start); a second call does nothing.
+        """
+        total = self.cfg.shutdown_timeout_seconds if timeout is None else timeout
+        await self._lifetimes.close(total)
+        if self.abandoned:
+            log.error("shutdown deadline of %gs reached: abandoned %s; work not finished was not acknowledged "
+                      "and is taken again at the next start", total, ", ".join(self.abandoned))
+        else:
+            log.info("stopped")
+
+    async def wait(self) -> None:
+        await self.stopping.wait()
 
     async def __aenter__(self) -> Service:
         try:

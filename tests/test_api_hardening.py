@@ -278,7 +278,7 @@ async def test_fuzz_every_route_never_answers_5xx(
             port = svc.interfaces["his-charges"].listener.port
             # Something in every stream: an event, a dead letter, a flip.
             assert msa(await send_one(port, simulate.dft(1)))[0] == "AA"
-            _APP_ROUTES[:] = list(make_app(svc).router.routes())
+            _APP_ROUTES[:] = list(make_app(svc.running).router.routes())
             auth = {b"Authorization": b"Bearer op-secret"} if with_tokens else {}
             sent = await _fuzz(svc.api_url, auth)
             assert sent > 1000
