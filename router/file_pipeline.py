@@ -30,10 +30,11 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from canonical.context import TranslationContext
 from canonical.reference import ReferenceStore
@@ -44,6 +45,7 @@ from router.config import FileInterfaceConfig, Mode
 from router.dlq import DeadLetter, money, now_iso
 from router.file_units import Unit, file_units, sha256_of
 from router.manifest import FileEntry, Manifest
+from router.offload import gc_paused, off_loop
 from router.routes import RouteTable
 from router.stats import InterfaceStats
 from router.store import Objects, Outgoing, Store, StoreError, event_message
@@ -59,7 +61,9 @@ from wrappers.file_source import (
 )
 
 log = logging.getLogger("ficus.files")
+T = TypeVar("T")
 BATCH = 500
+"""Events (or dead letters) per chunk translated off the loop, and messages per publish call."""
 RETRY_MAX_SECONDS = 300.0
 """The longest pause between two attempts at a file set aside."""
 # Failures of everything, not of one file: the pass stops and is retried, no file is blamed.
@@ -365,44 +369,70 @@ class FilePipeline:
         return f"objectstore://{names.OBJ_RAW_FILES}/{obj}"
 
     async def _publish(self, local: Path, entry: FileEntry, mode: Mode) -> None:
-        """Streams units into events from the resume point, batch by batch."""
+        """Streams units into events from the resume point, chunk by chunk.
+
+        Reading, translating, enriching and serialising a chunk runs in a worker thread
+        (router/offload.py), so a big file never holds the event loop (and every MLLP ACK
+        of the process) for longer than a GIL switch interval; the loop only publishes each
+        chunk and advances the resume point. One chunk at a time, so units stay in order.
+        """
         ctx = TranslationContext(self.name, "shadow" if mode == "shadow" else "live", entry.raw,
                                  datetime.now(UTC), self.cfg.timezone)
-        batch: list[Outgoing] = []
-        letters: list[Outgoing] = []
-        parity: list[tuple[str, bool, str]] = []
-        counts = ledger.Batch()
-        last_index = entry.next_record - 1
         reference = self.reference.data if self.reference is not None else None
-        with local.open("rb") as fh:
-            for unit in file_units(fh, self.cfg.format, self.cfg.flat, ctx, name=printable(entry.name),
-                                   sha256=entry.sha256, reference=reference):
-                if unit.index < entry.next_record:
-                    continue
-                last_index = unit.index
-                if unit.error is not None:
-                    letters.append(self._letter(entry, unit, mode))
-                    counts.add(unit.index, unit.error.facility, "dead_lettered",
-                               money=ledger.letter_money(unit.error.amount, self.cfg.format))
-                else:
-                    batch.extend(event_message(ev, self.name) for ev in unit.events)
-                    counts.add(unit.index, ledger.facility_of(unit.events), "published" if unit.events else "filtered",
-                               len(unit.events), ledger.money_of(unit.events))
-                if mode == "shadow":
-                    parity.append((unit.locator, unit.error is None, unit.error.reason if unit.error else ""))
-                if len(batch) >= BATCH or len(letters) >= BATCH:
-                    await self._flush(entry, batch, letters, last_index + 1, mode, parity, counts)
-                    batch, letters, parity, counts = [], [], [], ledger.Batch()
-        await self._flush(entry, batch, letters, last_index + 1, mode, parity, counts)
+        with gc_paused() as gc_pause, local.open("rb") as fh:
+            units = file_units(fh, self.cfg.format, self.cfg.flat, ctx, name=printable(entry.name),
+                               sha256=entry.sha256, reference=reference)
+            last_index = entry.next_record - 1
+            while True:
+                chunk = await _finished_first(off_loop(self._chunk, units, entry, mode, last_index))
+                last_index = chunk.next_record - 1
+                await self._flush(entry, chunk.batch, chunk.letters, chunk.next_record, mode, chunk.parity,
+                                  chunk.counts)
+                if chunk.last:
+                    return
+                gc_pause.breathe()
+
+    def _chunk(self, units: Iterator[Unit], entry: FileEntry, mode: Mode, last_index: int) -> _Chunk:
+        """The next units (in a worker thread) up to BATCH events or dead letters, as messages.
+
+        The bound is a count, never a time: a retry from the resume point must cut the same
+        chunks, since each chunk's ledger delta is identified by its record range (_flush).
+        """
+        chunk = _Chunk()
+        for unit in units:
+            if unit.index < entry.next_record:
+                continue
+            last_index = unit.index
+            if unit.error is not None:
+                chunk.letters.append(self._letter(entry, unit, mode))
+                chunk.counts.add(unit.index, unit.error.facility, "dead_lettered",
+                                 money=ledger.letter_money(unit.error.amount, self.cfg.format))
+            else:
+                chunk.batch.extend(event_message(ev, self.name) for ev in unit.events)
+                chunk.counts.add(unit.index, ledger.facility_of(unit.events),
+                                 "published" if unit.events else "filtered", len(unit.events),
+                                 ledger.money_of(unit.events))
+            if mode == "shadow":
+                chunk.parity.append((unit.locator, unit.error is None, unit.error.reason if unit.error else ""))
+            if len(chunk.batch) >= BATCH or len(chunk.letters) >= BATCH:
+                chunk.next_record = last_index + 1
+                return chunk
+        chunk.next_record = last_index + 1
+        chunk.last = True
+        return chunk
 
     async def _flush(self, entry: FileEntry, batch: list[Outgoing], letters: list[Outgoing],
                      next_record: int, mode: Mode, parity: list[tuple[str, bool, str]],
                      counts: ledger.Batch | None = None) -> None:
-        # The batch's ledger delta goes last in the same publish; its id is the content and the
-        # record range, which a retry from the resume point reproduces exactly.
+        # The batch's ledger delta goes last; its id is the content and the record range,
+        # which a retry from the resume point reproduces exactly. Published in pieces of
+        # BATCH messages (an 835 transaction can hold thousands of events): each piece is
+        # one stretch of loop time, and a retry of the whole chunk dedupes by Msg-Id.
         extra = [] if not counts else [
             ledger.delta(self.name, mode, counts.entries, f"file|{entry.sha256}|{counts.first}|{counts.last}")]
-        await self.store.publish(batch + letters + extra)
+        items = batch + letters + extra
+        for start in range(0, len(items), BATCH):
+            await self.store.publish(items[start : start + BATCH])
         for unit, translated, why in parity:
             # The legacy consumer takes the whole file; Ficus agrees on each record it translates.
             self.stats.parity.record(legacy_ok=True, modern_ok=translated, unit=unit, detail=why)
@@ -418,6 +448,7 @@ class FilePipeline:
         await self.manifest.record(entry)
 
     def _letter(self, entry: FileEntry, unit: Unit, mode: Mode) -> Outgoing:
+        """A unit's dead letter (built in the chunk's worker thread)."""
         exc = unit.error
         assert exc is not None
         reason = exc.reason  # names file and position once (see file_units)
@@ -426,3 +457,28 @@ class FilePipeline:
             raw=entry.raw, facility=exc.facility, amount=money(exc.amount), locator=exc.locator, at=now_iso(),
         )
         return letter.outgoing(f"{entry.sha256}:{unit.index}")
+
+
+@dataclass
+class _Chunk:
+    """Units of a file translated off the loop, ready to publish: events, dead letters, parity
+    samples and ledger counts, and the resume point once they are acknowledged."""
+
+    batch: list[Outgoing] = field(default_factory=list)
+    letters: list[Outgoing] = field(default_factory=list)
+    parity: list[tuple[str, bool, str]] = field(default_factory=list)
+    counts: ledger.Batch = field(default_factory=ledger.Batch)
+    next_record: int = 0
+    last: bool = False
+    """No unit after this chunk."""
+
+
+async def _finished_first(work: Awaitable[T]) -> T:
+    """``work``'s result; when the caller is cancelled meanwhile, the worker thread is still
+    reading the open file: wait for it (one chunk) before the cancellation goes on."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise

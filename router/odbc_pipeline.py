@@ -64,6 +64,7 @@ from protocols.backoff import Backoff
 from router import ledger, names
 from router.config import Mode, OdbcInterfaceConfig
 from router.dlq import DeadLetter, money, now_iso
+from router.offload import gc_paused, off_loop
 from router.routes import RouteTable
 from router.stats import InterfaceStats
 from router.store import Bucket, Outgoing, RevisionConflict, Store, StoreError, event_message
@@ -261,11 +262,15 @@ class OdbcPipeline:
         """One batch end to end; returns the checkpoint now stored. Safe to repeat after a crash."""
         self.stats.received += len(batch.rows)
         self.stats.last_message_at = time.time()
-        modes = self._modes(batch)
-        refs = await self._archive(batch)
-        outcome = self._translate(batch, modes, refs)
-        for start in range(0, len(outcome.events) + len(outcome.letters) + len(outcome.counts), PUBLISH_CHUNK):
-            await self.store.publish((outcome.events + outcome.letters + outcome.counts)[start : start + PUBLISH_CHUNK])
+        with gc_paused():
+            # Encoding and translating a batch (up to batch_size rows) run in a worker thread
+            # (router/offload.py): the loop only publishes, so MLLP ACKs never wait for a batch.
+            modes = self._modes(batch)
+            refs = await self._archive(batch)
+            outcome = await off_loop(self._translate, batch, modes, refs)
+            items = outcome.events + outcome.letters + outcome.counts
+            for start in range(0, len(items), PUBLISH_CHUNK):
+                await self.store.publish(items[start : start + PUBLISH_CHUNK])
         self.stats.published += outcome.live
         self.stats.shadow_published += outcome.shadow
         self.stats.dead_lettered += len(outcome.letters)
@@ -302,8 +307,18 @@ class OdbcPipeline:
 
     async def _archive(self, batch: Batch) -> list[str]:
         """Stores the rows as JSON chunks; returns each row's raw reference."""
-        limit = self.store.max_payload - _RAW_HEADROOM
-        chunks: list[tuple[int, int]] = []  # [start, end) row ranges
+        chunks, items = await off_loop(self._raw_items, batch, self.store.max_payload - _RAW_HEADROOM)
+        acks = await self.store.publish(items)
+        refs: list[str] = []
+        for (a, b), ack in zip(chunks, acks, strict=True):
+            # A duplicate's ack carries the sequence of the copy stored first.
+            refs += [names.raw_ref(ack.stream, ack.seq)] * (b - a)
+        return refs
+
+    def _raw_items(self, batch: Batch, limit: int) -> tuple[list[tuple[int, int]], list[Outgoing]]:
+        """The batch's rows as JSON chunks of at most ``limit`` bytes (in a worker thread):
+        the [start, end) row range of each, and its message."""
+        chunks: list[tuple[int, int]] = []
         encoded = [json.dumps(row, default=str, separators=(",", ":")).encode() for row in batch.rows]
         start, size = 0, 0
         for i, row in enumerate(encoded):
@@ -312,13 +327,7 @@ class OdbcPipeline:
                 start, size = i, 0
             size += len(row) + 1
         chunks.append((start, len(encoded)))
-        items = [self._raw_item(batch, encoded, a, b) for a, b in chunks]
-        acks = await self.store.publish(items)
-        refs: list[str] = []
-        for (a, b), ack in zip(chunks, acks, strict=True):
-            # A duplicate's ack carries the sequence of the copy stored first.
-            refs += [names.raw_ref(ack.stream, ack.seq)] * (b - a)
-        return refs
+        return chunks, [self._raw_item(batch, encoded, a, b) for a, b in chunks]
 
     def _raw_item(self, batch: Batch, encoded: list[bytes], a: int, b: int) -> Outgoing:
         first, last = batch.keys[a], batch.keys[b - 1]
@@ -331,6 +340,7 @@ class OdbcPipeline:
     # -- translation -------------------------------------------------------------------
 
     def _translate(self, batch: Batch, modes: list[Mode], refs: list[str]) -> _Outcome:
+        """The batch's events, dead letters, ledger counts and parity (in a worker thread)."""
         out = _Outcome()
         received = datetime.now(UTC)
         contexts: dict[tuple[Mode, str], TranslationContext] = {}
