@@ -43,11 +43,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 async def send(port: int, rate: float, stop: threading.Event) -> list[tuple[float, float, str]]:
     """(scheduled wall time, ACK latency s, MSA-1) per message until ``stop`` is set."""
-    from protocols.mllp import FrameDecoder, frame
+    from protocols.mllp import FrameReader, frame
 
     feed = bench_messages.Feed("dft", int(time.time() * 10))
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    decoder = FrameDecoder(1 << 20)
+    frames = FrameReader(reader, 1 << 20)
     interval = 1.0 / rate
     out: list[tuple[float, float, str]] = []
     next_at = time.perf_counter()
@@ -62,13 +62,11 @@ async def send(port: int, rate: float, stop: threading.Event) -> list[tuple[floa
             next_at += interval
             writer.write(frame(feed.get(0, i)))
             i += 1
-            replies: list[bytes] = []
-            while not replies:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    return out
-                replies = [r for r in decoder.feed(chunk) if isinstance(r, bytes)]
-            code = replies[0].split(b"MSA", 1)[1][1:3].decode()
+            try:
+                reply = await frames.read()
+            except asyncio.IncompleteReadError:
+                return out
+            code = reply.split(b"MSA", 1)[1][1:3].decode()
             out.append((t0 + offset, time.perf_counter() - t0, code))
     finally:
         writer.close()

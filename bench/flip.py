@@ -27,7 +27,7 @@ import aiohttp
 from bench.common import VENV_BIN, Child, ficus_config, free_port, wait_http
 from bench.messages import Feed
 from legacy.simulated_engine import SimulatedEngine
-from protocols.mllp import FrameDecoder, frame
+from protocols.mllp import FrameReader, frame
 
 
 async def run(flips: int) -> dict[str, Any]:
@@ -47,18 +47,16 @@ async def run(flips: int) -> dict[str, Any]:
 
     async def sender() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", mllp)
-        decoder = FrameDecoder(1 << 20)
+        frames = FrameReader(reader, 1 << 20)
         i = 0
         while not stop.is_set():
             before = len(engine.received)
             writer.write(frame(feed.get(0, i)))
             i += 1
-            replies: list[bytes] = []
-            while not replies:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    return
-                replies = [r for r in decoder.feed(chunk) if isinstance(r, bytes)]
+            try:
+                await frames.read()
+            except asyncio.IncompleteReadError:
+                return
             log.append((time.perf_counter(), len(engine.received) > before))
         writer.close()
 

@@ -5,12 +5,10 @@ paths (fast and nats-py's publish_async) and the start-up self-test choosing bet
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -27,6 +25,7 @@ from router.embedded_nats import EmbeddedNats
 from router.publisher import FastPublisher, encode_headers, supported
 from router.store import FALLBACK, FAST, Outgoing, Store, StoreUnavailable, connect
 from tests.conftest import ServiceFactory, make_config
+from tests.test_store import opened
 
 
 async def _stream(nc: Client) -> None:
@@ -164,17 +163,6 @@ async def test_oversize_is_refused_before_it_reaches_the_server(nats_server: Emb
 # -- Store.publish over both paths, and the start-up self-test that chooses (issue 12 item 8) --
 
 PATHS = pytest.mark.parametrize("fast", [True, False], ids=["fast", "publish_async"])
-
-
-@contextlib.asynccontextmanager
-async def opened(url: str, *, fast: bool = True, timeout: float = 5.0) -> AsyncIterator[Store]:
-    cfg = NatsConfig(url=url, publish_timeout_seconds=timeout)
-    store = Store(await connect(cfg, [url]), cfg, fast=fast)
-    try:
-        await store.ensure()
-        yield store
-    finally:
-        await store.close()
 
 
 @PATHS
