@@ -324,19 +324,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 LEDGER_COLUMNS = ("received", "published", "dead_lettered", "filtered", "duplicates", "legacy", "shadow", "events")
+# Beside the equation (not received): shown only when a replay is in the view.
+LEDGER_REPLAY_COLUMNS = ("replayed", "replayed_events")
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     """The reconciliation ledger of an interface as a table, one line per day and facility."""
     query = f"?day={_q(args.day)}" if args.day else ""
     view = _client(args).call("GET", f"/api/v1/ledger/{_q(args.iface)}{query}")
-    head = ["day", "facility", *(c.replace("_", " ") for c in LEDGER_COLUMNS), "charges", "payments",
+    columns: tuple[str, ...] = LEDGER_COLUMNS
+    if any(d["total"].get("replayed") for d in view["days"]):
+        columns += LEDGER_REPLAY_COLUMNS
+    head = ["day", "facility", *(c.replace("_", " ") for c in columns), "charges", "payments",
             "adjustments", "balanced"]
     rows: list[list[str]] = []
     for day in (d for d in view["days"] if d["facilities"]):  # a day asked for may have nothing
         for who, row in [*((f["facility"] or "-", f) for f in day["facilities"]), ("total", day["total"])]:
             money = row["money"]["received"]
-            rows.append([day["day"], escape_controls(str(who)), *(str(row[c]) for c in LEDGER_COLUMNS),
+            rows.append([day["day"], escape_controls(str(who)), *(str(row.get(c, 0)) for c in columns),
                          money["charges"], money["payments"], money["adjustments"],
                          "yes" if row["balanced"] else "NO"])
     if not rows:

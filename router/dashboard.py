@@ -107,7 +107,8 @@ def render_dashboard(svc: Running, ledger: Mapping[str, str] | None = None) -> s
 <meta http-equiv="refresh" content="2"><title>Ficus</title>{_STYLE}</head>
 <body><h1>Ficus</h1><p>NATS {_e(redact(svc.nats_url, []))} &middot; {_e(state)}</p>
 <table><tr><th>interface</th><th>kind</th><th>route</th>{head}<th>parity</th>
-<th title="received = published + dead-lettered + filtered + duplicates + legacy">ledger today</th>
+<th title="received = published + dead-lettered + filtered + duplicates + legacy (then units replayed, \
+beside the equation)">ledger today</th>
 <th>last message</th><th>last error</th></tr>{''.join(rows)}</table>
 <p>API: <code>/api/v1/interfaces</code>, <code>/api/v1/routes</code>, <code>/api/v1/events</code>,
 <code>/api/v1/dlq</code>, <code>/metrics</code></p></body></html>"""

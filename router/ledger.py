@@ -26,6 +26,24 @@ Outcomes (exactly one per counted unit):
   shadow, an MLLP message that is not HL7 at all). Shadow units are forwarded too but count
   under their translation's outcome.
 
+Replayed -- a line beside the equation, not a reception. A replay re-translates stored raw
+units after a mapping fix (router/replay.py) and publishes their events again, under new ids
+(or, for a dead letter, events that were never published). Those units were already counted
+when received, so a replay counts them again under ``replayed`` (units re-translated and
+published again), ``replayed_events`` and ``money["replayed"]``, and never under ``received``
+or an outcome. So, per interface, after a replay:
+
+    stored events = published events + replayed events
+
+(money likewise), while received = published + dead_lettered + filtered + duplicates + legacy
+holds unchanged. A replayed dead letter still counts under ``dead_lettered`` (where it went
+when received); its events show under ``replayed``. A replay delta (:func:`replay_delta`,
+:func:`replay_batch_delta`) goes on the day of the replay -- the day its events were published
+-- and its id is derived from the unit, mode and the replay run's token: a replay retried with
+the same token (its events re-published under the same ids, in the same ``Store.publish`` call
+as the delta, last) counts once; another replay run counts again. A replay delta that comes
+back as a JetStream duplicate is that retry, not a re-send: no ``duplicates`` entry follows it.
+
 Money (Decimal, summed exactly): charges = FT1-11 of charge events (``ChargeData.amount``) and
 CLP03 of 835 claims; payments = CLP04 of 835 claims; adjustments = CAS totals of 835 claims
 (claim and line level) plus the PLB total of the remittance. A dead letter's ``amount`` is
@@ -74,6 +92,12 @@ log = logging.getLogger("ficus.ledger")
 
 Outcome = Literal["published", "dead_lettered", "filtered", "duplicates", "legacy"]
 OUTCOMES: tuple[Outcome, ...] = ("published", "dead_lettered", "filtered", "duplicates", "legacy")
+"""Where a received unit went: the right-hand side of the equation."""
+Replayed = Literal["replayed"]
+REPLAYED: Replayed = "replayed"
+"""Not a reception: a unit replayed and published again (beside the equation, see above)."""
+Line = Outcome | Replayed
+"""What an entry counts: a receipt outcome or a replay."""
 MONEY_KINDS = ("charges", "payments", "adjustments")
 ZERO = Decimal(0)
 _NO_FACILITY = ""
@@ -141,10 +165,10 @@ def facility_of(events: Sequence[CloudEvent], fallback: str | None = None) -> st
 
 @dataclass
 class Entry:
-    """Units of one facility with one outcome (one delta carries one or more)."""
+    """Units of one facility with one outcome, or replayed (one delta carries one or more)."""
 
     facility: str | None
-    outcome: Outcome
+    outcome: Line
     units: int = 1
     events: int = 0
     money: Money = field(default_factory=Money)
@@ -161,11 +185,11 @@ class Batch:
     """Entries of a batch of units, merged per (facility, outcome): one delta for a file batch."""
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str | None, Outcome], Entry] = {}
+        self._entries: dict[tuple[str | None, Line], Entry] = {}
         self.first: int | None = None
         self.last: int | None = None
 
-    def add(self, index: int, facility: str | None, outcome: Outcome, events: int = 0,
+    def add(self, index: int, facility: str | None, outcome: Line, events: int = 0,
             money: Money | None = None, units: int = 1) -> None:
         """Counts ``units`` units (at position ``index``) with this outcome."""
         if self.first is None:
@@ -199,9 +223,12 @@ def delta(interface: str, mode: str, entries: Sequence[Entry], unit_id: str, *,
 
     The day is not in the id: the same unit retried after midnight is still the same unit.
     """
-    day = day_of(at)
     outcomes = ",".join(sorted({e.outcome for e in entries}))
-    msg_id = "ledger-" + _digest(interface, unit_id, mode, outcomes)
+    return _delta(interface, mode, entries, "ledger-" + _digest(interface, unit_id, mode, outcomes), at)
+
+
+def _delta(interface: str, mode: str, entries: Sequence[Entry], msg_id: str, at: datetime | None) -> Outgoing:
+    day = day_of(at)
     body = {"v": 1, "i": interface, "d": day, "m": mode, "u": [e.as_json() for e in entries]}
     return Outgoing(names.ledger_subject(interface, day), json.dumps(body, separators=(",", ":")).encode(),
                     msg_id, {names.HDR_INTERFACE: interface})
@@ -216,6 +243,27 @@ def unit_delta(interface: str, mode: str, unit_id: str, facility: str | None, ou
 def resend_delta(interface: str, mode: str, facility: str | None) -> Outgoing:
     """A re-send recognised: one more unit received, under ``duplicates``; its own id per reception."""
     return unit_delta(interface, mode, "resend-" + secrets.token_hex(16), facility, "duplicates")
+
+
+def replay_delta(interface: str, mode: str, unit_id: str, token: str, facility: str | None, events: int,
+                 money: Money | None = None) -> Outgoing:
+    """The delta of one unit replayed: ``events`` events (with ``money``) published again.
+
+    ``token`` names the replay run: the same unit, mode and token give the same id (a retried
+    replay counts once), another token another id (another replay counts again).
+    """
+    return replay_batch_delta(interface, mode, [Entry(facility, REPLAYED, 1, events, money or Money())],
+                              unit_id, token)
+
+
+def replay_batch_delta(interface: str, mode: str, entries: Sequence[Entry], unit_id: str, token: str) -> Outgoing:
+    """The delta of a batch of replayed units (a file chunk), entries with outcome ``replayed``;
+    its id as :func:`replay_delta`'s, from ``unit_id`` (the batch's), mode and ``token``."""
+    if not entries or any(e.outcome != REPLAYED for e in entries):
+        raise ValueError("a replay delta holds replayed entries only, at least one")
+    # Five parts where a receipt delta's id has four: the two never collide.
+    return _delta(interface, mode, entries, "ledger-replay-" + _digest(interface, unit_id, mode, REPLAYED, token),
+                  None)
 
 
 def _digest(*parts: str) -> str:
@@ -237,10 +285,18 @@ class Tally:
     legacy: int = 0
     shadow: int = 0
     events: int = 0
-    money: dict[str, Money] = field(default_factory=lambda: {k: Money() for k in ("received", *OUTCOMES)})
+    replayed: int = 0
+    replayed_events: int = 0
+    money: dict[str, Money] = field(
+        default_factory=lambda: {k: Money() for k in ("received", *OUTCOMES, REPLAYED)})
 
     def add(self, entry: Entry, mode: str) -> None:
-        """Folds one entry in."""
+        """Folds one entry in (a replayed one beside the equation, never into ``received``)."""
+        if entry.outcome == REPLAYED:
+            self.replayed += entry.units
+            self.replayed_events += entry.events
+            self.money[REPLAYED].add(entry.money)
+            return
         self.received += entry.units
         setattr(self, entry.outcome, getattr(self, entry.outcome) + entry.units)
         if mode == "shadow" and entry.outcome in ("published", "dead_lettered", "filtered"):
@@ -251,7 +307,7 @@ class Tally:
 
     def merge(self, other: Tally) -> None:
         """Adds another row into this one (facilities into the day's total)."""
-        for name in ("received", *OUTCOMES, "shadow", "events"):
+        for name in _COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for key, m in other.money.items():
             self.money[key].add(m)
@@ -272,11 +328,13 @@ class Tally:
 
     def as_json(self) -> dict[str, Any]:
         """The API's view of the row."""
-        out: dict[str, Any] = {name: getattr(self, name) for name in ("received", *OUTCOMES, "shadow", "events")}
+        out: dict[str, Any] = {name: getattr(self, name) for name in _COUNTS}
         out["money"] = {k: m.as_json() for k, m in self.money.items()}
         out["balanced"] = not self.problems()
         return out
 
+
+_COUNTS = ("received", *OUTCOMES, "shadow", "events", REPLAYED, "replayed_events")
 
 Days = dict[str, dict[str, Tally]]
 """day -> facility ("" for none) -> row."""
@@ -301,7 +359,7 @@ def fold(payloads: Iterable[bytes], into: Days | None = None) -> Days:
 
 def _entry(raw: dict[str, Any]) -> Entry:
     outcome = raw["o"]
-    if outcome not in OUTCOMES:
+    if outcome not in OUTCOMES and outcome != REPLAYED:
         raise ValueError("unknown outcome")
     money = Money(Decimal(raw.get("c", 0)), Decimal(raw.get("p", 0)), Decimal(raw.get("a", 0)))
     return Entry(raw.get("f"), outcome, int(raw["n"]), int(raw.get("e", 0)), money)
@@ -364,8 +422,10 @@ def valid_day(text: str) -> bool:
 
 
 def summary(view: dict[str, Any]) -> str:
-    """One day's total in one line: received = published + dead-lettered + filtered + duplicates + legacy."""
+    """One day's total in one line: received = published + dead-lettered + filtered + duplicates + legacy,
+    then the units replayed that day when there are any."""
     t = view["total"]
     mark = "ok" if view["balanced"] else "UNBALANCED"
+    replayed = f", {t['replayed']} replayed" if t.get("replayed") else ""
     return (f"{t['received']} = {t['published']}+{t['dead_lettered']}+{t['filtered']}+{t['duplicates']}"
-            f"+{t['legacy']} {mark}")
+            f"+{t['legacy']} {mark}{replayed}")

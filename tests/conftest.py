@@ -256,8 +256,9 @@ def _event_money(body: dict[str, Any]) -> tuple[Decimal, Decimal, Decimal]:
 async def assert_ledger_balances(nats_url: str, *, events_match: bool = True) -> dict[str, Any]:
     """Fails unless, for every interface, day and facility of the ledger, received = published +
     dead-lettered + filtered + duplicates + legacy (money included), every delta is readable, and
-    (``events_match``) the events and money the ledger counts as published are the events stored
-    (live and shadow) for the interface. Returns the folded ledger: interface -> day -> facility."""
+    (``events_match``) the events and money stored (live and shadow) for the interface are the
+    ledger's published plus replayed ones (stored_vs_ledger). Returns the folded ledger:
+    interface -> day -> facility."""
     from router import ledger, names
 
     folded: dict[str, ledger.Days] = {}
@@ -279,17 +280,31 @@ async def assert_ledger_balances(nats_url: str, *, events_match: bool = True) ->
                 acc[1] += c
                 acc[2] += p
                 acc[3] += a
-        for iface in set(stored) | set(folded):
-            counted = ledger.Tally()
-            for rows in folded.get(iface, {}).values():
-                for row in rows.values():
-                    counted.merge(row)
-            pub = counted.money["published"]
-            want = [Decimal(counted.events), pub.charges, pub.payments, pub.adjustments]
-            have = stored.get(iface, [Decimal(0)] * 4)
-            assert have == want, (f"{iface}: stored events/charges/payments/adjustments {have} "
-                                  f"!= ledger's published {want}")
+        mismatches = stored_vs_ledger(stored, folded)
+        assert not mismatches, "\n".join(mismatches)
     return folded
+
+
+def stored_vs_ledger(stored: dict[str, list[Decimal]], folded: dict[str, Any]) -> list[str]:
+    """Per interface, where the events and money stored ([events, charges, payments, adjustments])
+    differ from the ledger's published plus replayed ones (``folded``: interface -> ledger.Days):
+    a replay publishes events again without a reception, under the ledger's ``replayed`` line."""
+    from router import ledger
+
+    out: list[str] = []
+    for iface in sorted(set(stored) | set(folded)):
+        counted = ledger.Tally()
+        for rows in folded.get(iface, {}).values():
+            for row in rows.values():
+                counted.merge(row)
+        pub, rep = counted.money["published"], counted.money[ledger.REPLAYED]
+        want = [Decimal(counted.events + counted.replayed_events), pub.charges + rep.charges,
+                pub.payments + rep.payments, pub.adjustments + rep.adjustments]
+        have = stored.get(iface, [Decimal(0)] * 4)
+        if have != want:
+            out.append(f"{iface}: stored events/charges/payments/adjustments {have} "
+                       f"!= ledger's published + replayed {want}")
+    return out
 
 
 def pytest_configure(config: pytest.Config) -> None:

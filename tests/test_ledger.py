@@ -20,7 +20,7 @@ from canonical.translate import translate_hl7
 from legacy.simulated_engine import SimulatedEngine
 from router import ledger, names, simulate
 from router.embedded_nats import EmbeddedNats
-from tests.conftest import ServiceFactory, assert_ledger_balances, make_config, wait_for
+from tests.conftest import ServiceFactory, assert_ledger_balances, make_config, stored_vs_ledger, wait_for
 from tests.mllp_client import MllpTestClient, msa
 from tests.test_files_service import BILLING, folder_iface, records
 from tests.test_service_mllp import _break_amount, read_subject
@@ -91,6 +91,125 @@ def test_valid_day() -> None:
     assert not ledger.valid_day("2026-2-3") and not ledger.valid_day("today")
 
 
+# -- replayed: beside the equation (pure) ----------------------------------------------------------
+
+
+def _replayed_day() -> dict[str, Any]:
+    """A day with two units received (one published, one dead-lettered) and both replayed."""
+    days = ledger.fold(_payloads(
+        ledger.unit_delta("a", "modern", "u1", "NORTH", "published", 2, ledger.Money(charges=Decimal("10"))),
+        ledger.unit_delta("a", "modern", "u2", "NORTH", "dead_lettered", money=ledger.letter_money("4")),
+        ledger.replay_delta("a", "modern", "u1", "run-1", "NORTH", 2, ledger.Money(charges=Decimal("10"))),
+        ledger.replay_delta("a", "modern", "u2", "run-1", "NORTH", 1, ledger.Money(charges=Decimal("4"))),
+        ledger.replay_delta("a", "shadow", "u3", "run-1", None, 3),
+    ))
+    (day,) = days
+    return ledger.day_view(day, days[day])
+
+
+def test_replayed_units_fold_beside_the_equation() -> None:
+    view = _replayed_day()
+    total = view["total"]
+    assert (total["received"], total["published"], total["dead_lettered"], total["shadow"], total["events"]) == (
+        2, 1, 1, 0, 2)
+    assert (total["replayed"], total["replayed_events"]) == (3, 6)
+    assert total["money"]["replayed"] == {"charges": "14", "payments": "0", "adjustments": "0"}
+    assert total["money"]["received"]["charges"] == "14" and total["money"]["published"]["charges"] == "10"
+    assert view["balanced"] and not view["problems"]
+    north, none = ({f["facility"]: f for f in view["facilities"]}[k] for k in ("NORTH", None))
+    assert (north["received"], north["replayed"], north["replayed_events"]) == (2, 2, 3)
+    # a facility with replays only: nothing received, and it balances
+    assert (none["received"], none["replayed"], none["replayed_events"], none["balanced"]) == (0, 1, 3, True)
+
+
+def test_replayed_does_not_hide_an_unbalanced_row() -> None:
+    row = ledger.Tally(received=2, published=1)
+    row.add(ledger.Entry("X", ledger.REPLAYED, 1, 1), "modern")
+    assert row.problems() == ["received 2 != published + dead_lettered + filtered + duplicates + legacy 1"]
+    receipt: tuple[str, ...] = ledger.OUTCOMES
+    assert ledger.REPLAYED not in receipt
+
+
+def test_replay_delta_ids_are_stable_per_token_and_differ_across_tokens() -> None:
+    a = ledger.replay_delta("a", "modern", "u1", "run-1", None, 2)
+    assert a.msg_id == ledger.replay_delta("a", "modern", "u1", "run-1", "X", 5, ledger.Money(Decimal(1))).msg_id
+    others = {ledger.replay_delta("a", "modern", "u1", "run-2", None, 2).msg_id,
+              ledger.replay_delta("a", "shadow", "u1", "run-1", None, 2).msg_id,
+              ledger.replay_delta("a", "modern", "u2", "run-1", None, 2).msg_id,
+              ledger.replay_delta("b", "modern", "u1", "run-1", None, 2).msg_id,
+              ledger.unit_delta("a", "modern", "u1", None, "published", 2).msg_id}
+    assert a.msg_id not in others and len(others) == 5
+    assert a.subject == names.ledger_subject("a", ledger.day_of())
+    assert a.headers == {names.HDR_INTERFACE: "a"}
+
+
+def test_replay_batch_delta_takes_replayed_entries_only() -> None:
+    batch = ledger.Batch()
+    batch.add(0, "NORTH", ledger.REPLAYED, 1, ledger.Money(charges=Decimal("2.5")))
+    batch.add(1, "NORTH", ledger.REPLAYED, 2, ledger.Money(charges=Decimal("1.25")))
+    batch.add(2, "SOUTH", ledger.REPLAYED, 1)
+    out = ledger.replay_batch_delta("f", "modern", batch.entries, "file:abc:0-2", "run-1")
+    assert out.msg_id == ledger.replay_batch_delta("f", "modern", batch.entries, "file:abc:0-2", "run-1").msg_id
+    assert out.msg_id != ledger.replay_batch_delta("f", "modern", batch.entries, "file:abc:0-2", "run-2").msg_id
+    (rows,) = ledger.fold([out.payload]).values()
+    assert {f: (r.received, r.replayed, r.replayed_events, r.money["replayed"].charges) for f, r in rows.items()} == {
+        "NORTH": (0, 2, 3, Decimal("3.75")), "SOUTH": (0, 1, 1, Decimal(0))}
+    with pytest.raises(ValueError):
+        ledger.replay_batch_delta("f", "modern", [ledger.Entry(None, "published")], "u", "run-1")
+    with pytest.raises(ValueError):
+        ledger.replay_batch_delta("f", "modern", [], "u", "run-1")
+
+
+def test_summary_shows_replayed_units_when_there_are_any() -> None:
+    assert ledger.summary(_replayed_day()) == "2 = 1+1+0+0+0 ok, 3 replayed"
+    days = ledger.fold(_payloads(ledger.unit_delta("a", "modern", "u1", None, "published", 1)))
+    ((day, rows),) = days.items()
+    assert ledger.summary(ledger.day_view(day, rows)) == "1 = 1+0+0+0+0 ok"
+
+
+def test_cli_ledger_shows_replayed_columns_only_when_replayed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from router import cli
+
+    views: list[dict[str, Any]] = []
+
+    class FakeApi:  # pure unit test of the table: the API's answer is given
+        def call(self, method: str, path: str) -> dict[str, Any]:
+            assert (method, path) == ("GET", "/api/v1/ledger/a")
+            day = views[-1]
+            return {"interface": "a", "days": [day], "balanced": day["balanced"]}
+
+    monkeypatch.setattr(cli, "_client", lambda args: FakeApi())
+    args = cli.build_parser().parse_args(["ledger", "a"])
+    views.append(_replayed_day())
+    assert cli.cmd_ledger(args) == 0
+    head, *_, total = capsys.readouterr().out.splitlines()
+    assert head.split()[11:15] == ["replayed", "replayed", "events", "charges"]
+    assert total.split()[1:4] == ["total", "2", "1"] and total.split()[10:12] == ["3", "6"]
+    days = ledger.fold(_payloads(ledger.unit_delta("a", "modern", "u1", None, "published", 1)))
+    ((day, rows),) = days.items()
+    views.append(ledger.day_view(day, rows))
+    assert cli.cmd_ledger(args) == 0
+    assert "replayed" not in capsys.readouterr().out
+
+
+def test_stored_events_must_be_published_plus_replayed() -> None:
+    folded = {"a": ledger.fold(_payloads(
+        ledger.unit_delta("a", "modern", "u1", None, "published", 2, ledger.Money(charges=Decimal("10"))),
+        ledger.replay_delta("a", "modern", "u1", "run-1", None, 2, ledger.Money(charges=Decimal("10"))),
+        ledger.replay_delta("a", "modern", "u1", "run-2", None, 2, ledger.Money(charges=Decimal("10"))),
+    ))}
+    # received once, replayed by two runs: 2 published + 4 replayed events are stored
+    assert stored_vs_ledger({"a": [Decimal(6), Decimal(30), Decimal(0), Decimal(0)]}, folded) == []
+    assert stored_vs_ledger({"a": [Decimal(4), Decimal(20), Decimal(0), Decimal(0)]}, folded) == [
+        "a: stored events/charges/payments/adjustments [Decimal('4'), Decimal('20'), Decimal('0'), Decimal('0')] "
+        "!= ledger's published + replayed [Decimal('6'), Decimal('30'), Decimal('0'), Decimal('0')]"]
+    # money must match too, and an interface with stored events but no ledger is a mismatch
+    assert stored_vs_ledger({"a": [Decimal(6), Decimal(29), Decimal(0), Decimal(0)]}, folded)
+    assert stored_vs_ledger({"b": [Decimal(1)] + [Decimal(0)] * 3}, {}) != []
+
+
 # -- with real traffic ---------------------------------------------------------------------------
 
 pytestmark_integration = pytest.mark.integration
@@ -151,10 +270,10 @@ async def test_mllp_shadow_and_legacy_are_counted(
             shadow_port = svc.interfaces["his-shadow"].listener.port
             legacy_port = svc.interfaces["his-legacy"].listener.port
             async with MllpTestClient(shadow_port) as client:
-                for payload in (simulate.dft(3), simulate.dft(3), _break_amount(simulate.dft(4)), b"not hl7"):
+                for payload in (dft := simulate.dft(3), dft, _break_amount(simulate.dft(4)), b"not hl7"):
                     await client.exchange(payload)
             async with MllpTestClient(legacy_port) as client:
-                for payload in (simulate.adt(5), simulate.adt(5), simulate.adt(6)):
+                for payload in (adt := simulate.adt(5), adt, simulate.adt(6)):
                     await client.exchange(payload)
 
             async def settled() -> bool:
@@ -198,15 +317,17 @@ async def test_folder_csv_with_a_bad_record(
 @pytest.mark.integration
 async def test_counts_survive_a_restart(nats_server: EmbeddedNats, service_factory: ServiceFactory) -> None:
     cfg = make_config(nats_server.url, [{"name": "his-charges", "mapping": "hl7v2.dft_p03", "route": "modern"}])
+    # made once: dft() stamps the current second, and a re-send must be the same bytes
+    messages = [simulate.dft(20 + i) for i in range(3)]
     async with service_factory(cfg) as svc:
         async with MllpTestClient(svc.interfaces["his-charges"].listener.port) as client:
-            for i in range(3):
-                assert msa(await client.exchange(simulate.dft(20 + i)))[0] == "AA"
+            for message in messages:
+                assert msa(await client.exchange(message))[0] == "AA"
         before = await api_ledger(svc.api_url, "his-charges")
     async with service_factory(cfg) as svc:
         after = await api_ledger(svc.api_url, "his-charges")
         async with MllpTestClient(svc.interfaces["his-charges"].listener.port) as client:
-            assert msa(await client.exchange(simulate.dft(20)))[0] == "AA"  # re-sent after the restart
+            assert msa(await client.exchange(messages[0]))[0] == "AA"  # re-sent after the restart
         again = today(await api_ledger(svc.api_url, "his-charges"))
     assert after == before and today(after)["received"] == 3
     assert (again["received"], again["duplicates"]) == (4, 1)
