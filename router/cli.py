@@ -211,7 +211,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
     failed = translate_files(
         [Path(f) for f in args.files], fmt=fmt, mapping=mapping, interface=args.interface or "offline",
         timezone=tz, encoding=encoding, fallback=fallback, out=sys.stdout, err=sys.stderr, reference=reference,
-        flat=flat,
+        # Progress on a terminal's stderr, unless the events scroll on the terminal too: they
+        # would tear its line, and show the progress themselves.
+        flat=flat, progress=False if sys.stdout.isatty() else None,
     )
     return 1 if failed else 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from canonical.reference import ReferenceData
 from canonical.safe_text import bounded_id
 from canonical.translate import TranslationContext, translate_hl7
 from router.file_units import file_units, sha256_of
+from router.progress import Progress
 
 DETECT_BYTES = 64 * 1024
 """How much of a file format detection reads."""
@@ -49,18 +51,26 @@ def _control_id(raw: bytes) -> str | None:
 
 
 def translate_stream_file(path: Path, fmt: str, flat: FlatSpec | None, interface: str, timezone: str,
-                          out: TextIO, err: TextIO, reference: ReferenceData | None = None) -> int:
-    """An 835, CSV or fixed-width file, streamed: events on `out`, one dead letter per bad unit on `err`."""
+                          out: TextIO, err: TextIO, reference: ReferenceData | None = None,
+                          progress: bool | None = False) -> int:
+    """An 835, CSV or fixed-width file, streamed: events on `out`, one dead letter per bad unit on `err`.
+
+    `progress` (see `translate_files`) counts the bytes of the file read so far.
+    """
     ctx = TranslationContext(interface, "live", f"file://{path.resolve()}", datetime.now(UTC), timezone)
     sha = sha256_of(path) if fmt != "x12-835" else ""
     failed = 0
-    with path.open("rb") as stream:
+    with path.open("rb") as stream, Progress(os.fstat(stream.fileno()).st_size, "bytes", err, label=path.name,
+                                             enabled=progress) as shown:
         for unit in file_units(stream, fmt, flat, ctx, name=path.name, sha256=sha, reference=reference):
+            # The readers read ahead (835: 1 MiB chunks), so this runs a little ahead of the units.
+            shown.update(stream.tell())
             if unit.error is None:
                 for event in unit.events:
                     out.write(event.to_json().decode() + "\n")
                 continue
             failed += 1
+            shown.clear()  # dead letters share its terminal line
             error = unit.error
             if fmt == "x12-835":
                 letter: dict[str, object] = {
@@ -76,11 +86,12 @@ def translate_stream_file(path: Path, fmt: str, flat: FlatSpec | None, interface
 def translate_files(
     files: list[Path], *, fmt: str, mapping: str, interface: str, timezone: str,
     encoding: str, fallback: str | None, out: TextIO, err: TextIO, reference: ReferenceData | None = None,
-    flat: FlatSpec | None = None,
+    flat: FlatSpec | None = None, progress: bool | None = False,
 ) -> int:
     """Writes events as JSON lines to `out`, dead letters to `err`; returns how many failed.
 
-    `fmt` None detects the format of each file from its first bytes.
+    `fmt` None detects the format of each file from its first bytes. `progress` None shows each
+    file's progress on `err` when it is a terminal (router.progress), True always, False never.
     """
     failed = 0
     for path in files:
@@ -100,23 +111,26 @@ def translate_files(
             continue
         if kind in ("x12-835", "csv", "fixed-width"):
             # Streamed: a 1 GB export or remittance file is never held in memory.
-            failed += translate_stream_file(path, kind, flat, interface, timezone, out, err, reference)
+            failed += translate_stream_file(path, kind, flat, interface, timezone, out, err, reference, progress)
             continue
-        for item in split_batch(path.read_bytes()):
-            ctx = TranslationContext(interface, "live", f"file://{path.resolve()}#L{item.line}",
-                                     datetime.now(UTC), timezone)
-            try:
-                result = translate_hl7(item.raw, mapping, ctx, encoding=encoding, fallback=fallback)
-                events = enrich(result.events, reference) if reference else result.events
-            except CanonicalError as exc:
-                failed += 1
-                err.write(json.dumps({
-                    "file": str(path), "line": item.line, "message": item.index + 1,
-                    "control_id": bounded_id(getattr(exc, "control_id", "") or "") or _control_id(item.raw),
-                    "error": type(exc).__name__,
-                    "reason": exc.reason,
-                }) + "\n")
-                continue
-            for event in events:
-                out.write(event.to_json().decode() + "\n")
+        with Progress(None, "messages", err, label=path.name, enabled=progress) as shown:
+            for item in split_batch(path.read_bytes()):
+                shown.advance()
+                ctx = TranslationContext(interface, "live", f"file://{path.resolve()}#L{item.line}",
+                                         datetime.now(UTC), timezone)
+                try:
+                    result = translate_hl7(item.raw, mapping, ctx, encoding=encoding, fallback=fallback)
+                    events = enrich(result.events, reference) if reference else result.events
+                except CanonicalError as exc:
+                    failed += 1
+                    shown.clear()
+                    err.write(json.dumps({
+                        "file": str(path), "line": item.line, "message": item.index + 1,
+                        "control_id": bounded_id(getattr(exc, "control_id", "") or "") or _control_id(item.raw),
+                        "error": type(exc).__name__,
+                        "reason": exc.reason,
+                    }) + "\n")
+                    continue
+                for event in events:
+                    out.write(event.to_json().decode() + "\n")
     return failed
