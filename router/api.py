@@ -10,6 +10,7 @@ open. Request bodies are validated by strict models; a malformed request of any 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
 from router import dlq, ledger, names, parity, replay
@@ -152,6 +153,8 @@ class ReplaySince(_Body):
     """POST /api/v1/replay/{iface}."""
 
     since: StrictStr = Field(max_length=64)
+    dry_run: StrictBool = False
+    limit: StrictInt | None = Field(default=None, ge=1, le=100_000_000)
 
 
 class ReplayLetter(_Body):
@@ -479,15 +482,46 @@ def _since(text: str) -> datetime:
         raise ApiProblem(400, 'since must be an ISO 8601 time, e.g. "2026-11-25T08:00:00Z"') from None
 
 
-async def replay_interface(request: web.Request) -> web.Response:
-    """Re-translate raw traffic: {"since": ISO 8601 time}."""
+async def replay_interface(request: web.Request) -> web.StreamResponse:
+    """Re-translate raw traffic: {"since": ISO 8601 time, "dry_run": false, "limit": N}.
+
+    With ``Accept: application/x-ndjson`` the answer streams: a ``{"progress": ...}`` line per
+    chunk, then ``{"result": ...}`` or ``{"error": ..., "status": ...}`` (the CLI's progress
+    display); otherwise one JSON object when done.
+    """
     body = await _body(request, ReplaySince)
     since = _since(body.since)
+    running, iface = request.app[RUNNING], request.match_info["iface"]
+    limit = body.limit or 1_000_000
+    if "application/x-ndjson" not in request.headers.get("Accept", ""):
+        try:
+            result = await replay.replay_since(running, iface, since, dry_run=body.dry_run, limit=limit)
+        except replay.ReplayError as exc:
+            return _error(exc.status, exc.reason)
+        return web.json_response(result.as_dict())
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    lines: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    async def work() -> None:
+        try:
+            result = await replay.replay_since(running, iface, since, dry_run=body.dry_run, limit=limit,
+                                               progress=lambda p: lines.put_nowait({"progress": p.as_dict()}))
+            lines.put_nowait({"result": result.as_dict()})
+        except replay.ReplayError as exc:
+            lines.put_nowait({"error": exc.reason, "status": exc.status})
+        finally:
+            lines.put_nowait(None)
+
+    task = asyncio.create_task(work())
     try:
-        result = await replay.replay_since(request.app[RUNNING], request.match_info["iface"], since)
-    except replay.ReplayError as exc:
-        return _error(exc.status, exc.reason)
-    return web.json_response(result.as_dict())
+        while (line := await lines.get()) is not None:
+            await resp.write(json.dumps(line).encode() + b"\n")
+    finally:
+        if not task.done():  # the client went away: the replay stops with it
+            task.cancel()
+    await resp.write_eof()
+    return resp
 
 
 def make_app(running: Running) -> web.Application:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,10 +75,10 @@ class ApiClient:
         self.token = token or os.environ.get("FICUS_TOKEN") or cfg_token
         self.timeout = timeout
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None, accept: str) -> urllib.request.Request:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base_url + path, data=data, method=method)
-        req.add_header("Accept", "application/json")
+        req.add_header("Accept", accept)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         if self.token:
@@ -84,9 +86,28 @@ class ApiClient:
         actor = os.environ.get("FICUS_ACTOR") or os.environ.get("USER")
         if actor:
             req.add_header("X-Ficus-Actor", actor)
+        return req
+
+    def stream(self, method: str, path: str, body: dict[str, Any] | None = None,
+               timeout: float = 300.0) -> Iterator[dict[str, Any]]:
+        """Calls an endpoint that answers in JSON lines (``application/x-ndjson``); yields each.
+        ``timeout`` bounds the wait for the next line, not the whole call."""
+        req = self._request(method, path, body, "application/x-ndjson")
+        with self._errors(method, path), urllib.request.urlopen(req, timeout=timeout) as resp:
+            for line in resp:
+                if line.strip():
+                    yield json.loads(line)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout: float | None = None) -> Any:
+        req = self._request(method, path, body, "application/json")
+        with self._errors(method, path), urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+            return json.loads(resp.read() or b"null")
+
+    @contextlib.contextmanager
+    def _errors(self, method: str, path: str) -> Iterator[None]:
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"null")
+            yield
         except urllib.error.HTTPError as exc:
             try:
                 reason = json.loads(exc.read()).get("error", exc.reason)

@@ -23,28 +23,29 @@ only span in which the events would have been dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 
-from canonical.enrich import enrich
-from canonical.envelope import CloudEvent
 from canonical.errors import CanonicalError, NotHl7Error, TranslationError, UnsupportedMessageError
 from canonical.hl7v2.ack import AckError, ack_code, build_ack
 from canonical.hl7v2.charsets import codec_for_charset
 from canonical.hl7v2.reader import MshHeader, peek_header
 from canonical.reference import ReferenceStore
 from canonical.safe_text import bounded_id, safe_reason
-from canonical.translate import TranslationContext, translate_hl7
+from canonical.translate import translate_hl7
 from legacy.mllp_sender import LegacyError, MllpSender
-from router import ledger, names
+from router import names
 from router.config import MllpInterfaceConfig, Mode
-from router.dlq import DeadLetter, Kind, money, now_iso
+from router.offload import off_loop
 from router.routes import RouteTable
+from router.stage import Outcome, Record, ReplayChunk, Stage
 from router.stats import InterfaceStats
-from router.store import Outgoing, Store, StoreError, StoreUnavailable, event_message
+from router.store import Store, StoredMsg, StoreError, StoreUnavailable
 from wrappers.mllp_listener import Peer
 
 log = logging.getLogger("ficus.pipeline")
@@ -60,11 +61,25 @@ REUSED_CONTROL_ID = "control id reused with different content"
 # MSH-10 is ST(199) from HL7 v2.7 (20 before): a longer one is refused in modern mode,
 # since its ACK would have to echo it whole (MSA-2) and its events would carry it.
 MAX_CONTROL_ID = 199
+REPLAY_CHUNK = 200
+"""Raw messages per chunk a replay translates off the loop."""
 TOO_LONG_CONTROL_ID = f"MSH-10 control id is longer than {MAX_CONTROL_ID} characters"
 
 
+class Refused(CanonicalError):
+    """A message modern mode refuses before translating it (see :func:`_refusal`)."""
+
+    def __init__(self, reason: str, hl7_code: str) -> None:
+        super().__init__(reason)
+        self.hl7_code = hl7_code
+
+
 class MllpPipeline:
-    """The message handler of one hl7-mllp interface (see the module docstring)."""
+    """The hl7-mllp input of the stage (router/stage.py): see the module docstring.
+
+    Its own parts: the raw archive under the control id (re-sends and reused control ids),
+    the legacy forward, and the answer (ACK) built from the committed outcome.
+    """
 
     def __init__(
         self,
@@ -77,17 +92,15 @@ class MllpPipeline:
         reference: ReferenceStore | None = None,
         shadow_concurrency: int = 256,
     ) -> None:
-        self.reference = reference
         self.cfg = cfg
         self.name = cfg.name
         self.store = store
-        self.routes = routes
         self.legacy = legacy
         self.stats = stats
-        self._raw_subject = names.raw_subject(cfg.name)
+        self.stage = Stage(cfg.name, store, routes, stats, reference=reference, timezone=cfg.timezone)
         self._shadow_slots = asyncio.Semaphore(shadow_concurrency)
         self._shadow_tasks: set[asyncio.Task[None]] = set()
-        self._ledger_tasks: set[asyncio.Task[None]] = set()
+        self._ledger_tasks: set[asyncio.Task[bool]] = set()
 
     # -- the handler -------------------------------------------------------------------
 
@@ -103,7 +116,7 @@ class MllpPipeline:
             except NotHl7Error as exc:
                 header, reject = None, exc.reason
             facility = header.sending_facility if header is not None else None
-            mode = self.routes.mode_for(self.name, facility)
+            mode = self.stage.mode_for(facility)
             if mode == "modern":
                 reply = await self._modern(payload, header, reject, peer)
             else:
@@ -117,7 +130,8 @@ class MllpPipeline:
         reason = f"message of {size} bytes exceeds max_message_bytes {self.cfg.max_message_bytes}"
         self.stats.received += 1
         self.stats.error(reason)
-        await self._dead_letter_quietly(None, None, "rejected", reason, "-", f"oversize-{peer.connection_id}-{size}")
+        record = self._record(None, "", f"oversize-{peer.connection_id}-{size}", NotHl7Error(reason))
+        await self._commit_quietly(record, "modern")
         return self._reply(None, "AR", reason, ERR_SEGMENT)
 
     async def on_malformed(self, peer: Peer, payload: bytes, reason: str) -> bytes | None:
@@ -133,12 +147,12 @@ class MllpPipeline:
             header: MshHeader | None = peek_header(payload)  # for MSA-2 and the letter's fields
         except NotHl7Error:
             header = None
-        reason = f"malformed MLLP frame: {reason}"
         try:
             raw_ref, raw_id, _ = await self._archive(payload, None, peer)
         except StoreUnavailable as exc:
             return self._unavailable(header, exc)
-        return await self._rejected(header, reason, raw_ref, raw_id, "-", ERR_SEGMENT)
+        record = self._record(header, raw_ref, raw_id, Refused(f"malformed MLLP frame: {reason}", ERR_SEGMENT))
+        return await self._answer(record, "modern")
 
     # -- modes -------------------------------------------------------------------------
 
@@ -150,27 +164,63 @@ class MllpPipeline:
             raw_ref, raw_id, reused = await self._archive(payload, header, peer)
         except StoreUnavailable as exc:
             return self._unavailable(header, exc)
+        record = self.translated(payload, header, reject, reused, raw_ref, raw_id, received)
+        return await self._answer(record, "modern")
+
+    def translated(
+        self, payload: bytes, header: MshHeader | None, reject: str | None, reused: bool, raw_ref: str,
+        raw_id: str, received: datetime | None = None,
+    ) -> Record:
+        """The message as a record of the stage: its events, or why it has none (a refusal
+        before translation: not HL7, a reused or over-long control id; or a translation error)."""
         if header is None:
-            return await self._rejected(None, reject or "not an HL7 v2 message", raw_ref, raw_id, "live",
-                                        ERR_SEGMENT)
+            return self._record(None, raw_ref, raw_id, NotHl7Error(reject or "not an HL7 v2 message"))
         refusal = _refusal(header, reused)
         if refusal is not None:
-            err = ERR_DUPLICATE_KEY if reused else ERR_DATA
-            return await self._rejected(header, refusal, raw_ref, raw_id, "live", err)
-        ctx = TranslationContext(self.name, "live", raw_ref, received, self.cfg.timezone)
+            return self._record(header, raw_ref, raw_id, Refused(refusal, ERR_DUPLICATE_KEY if reused else ERR_DATA))
+        ctx = self.stage.context(raw_ref, received=received)
         try:
-            events = self._translate(payload, ctx, header)
-        except (NotHl7Error, UnsupportedMessageError) as exc:
-            return await self._rejected(header, exc.reason, raw_ref, raw_id, "live", exc.hl7_code)
-        except TranslationError as exc:
-            return await self._untranslatable(header, exc, raw_ref, raw_id)
-        outgoing = [event_message(ev, self.name) for ev in events]
+            result = translate_hl7(payload, self.cfg.mapping, ctx, encoding=self.cfg.encoding,
+                                   fallback=self.cfg.fallback_encoding, header=header)
+            events = self.stage.enriched(result.events)
+        except CanonicalError as exc:
+            return self._record(header, raw_ref, raw_id, exc)
+        record = self._record(header, raw_ref, raw_id, None)
+        record.events = events
+        return record
+
+    def _record(self, header: MshHeader | None, raw_ref: str, raw_id: str, error: CanonicalError | None,
+                ) -> Record:
+        unit = (bounded_id(header.control_id) if header is not None else "") or "-"
+        return Record(
+            key=raw_id or f"{unit}|{error.reason if error else ''}", locator=unit, error=error,
+            facility=header.sending_facility if header is not None else None, raw=raw_ref,
+            sender=header.sender if header is not None else None, message_type=_message_type(header),
+            tag=header,
+        )
+
+    async def _answer(self, record: Record, mode: Mode) -> bytes | None:
+        """Commits a modern record and answers: AA/CA only once everything is stored."""
+        header: MshHeader | None = record.tag
+        record.mode = mode
+        out = Outcome(resends=True)
+        self.stage.add(out, record)
         try:
-            await self._commit(outgoing, raw_id, "modern", events, header)
+            await self.stage.commit(out)
         except StoreUnavailable as exc:
             return self._unavailable(header, exc)
-        self.stats.published += len(outgoing)
-        return self._positive(header)
+        error = record.error
+        if error is None:
+            assert header is not None
+            return self._positive(header)
+        if isinstance(error, TranslationError):
+            assert header is not None
+            if header.enhanced or self.cfg.on_untranslatable == "AA":
+                # Commit ACK (or the interface's policy): the message is safely stored, in the DLQ.
+                return self._positive(header)
+            return self._reply(header, "AE", error.reason, error.hl7_code or ERR_DATA)
+        err = error.hl7_code if isinstance(error, (Refused, UnsupportedMessageError, NotHl7Error)) else ERR_UNSUPPORTED
+        return self._reply(header, "AR", error.reason, err)
 
     async def _legacy(
         self, payload: bytes, header: MshHeader | None, peer: Peer, mode: Mode
@@ -203,39 +253,46 @@ class MllpPipeline:
         else:
             self.stats.nacked += 1
         if mode == "shadow" and header is not None:
-            await self._spawn_shadow(payload, header, raw_ref, raw_id, code in POSITIVE, received, reused)
+            await self._spawn_shadow(payload, header, raw_ref, raw_id or _content_id(self.name, payload),
+                                     code in POSITIVE, received, reused)
         else:
             self._count_forwarded(payload, header, raw_id, mode)
         return reply
 
-    def _translate(self, payload: bytes, ctx: TranslationContext, header: MshHeader) -> list[CloudEvent]:
-        result = translate_hl7(payload, self.cfg.mapping, ctx, encoding=self.cfg.encoding,
-                               fallback=self.cfg.fallback_encoding, header=header)
-        if self.reference is None:
-            return result.events
-        # One snapshot per unit: a table reload mid-message cannot mix two versions.
-        return enrich(result.events, self.reference.data)
+    # -- replay ------------------------------------------------------------------------
 
-    async def replay(self, payload: bytes, raw_ref: str, *, msg_id_suffix: str = "") -> int:
-        """Translates a stored raw message again (after a mapping or table fix) and publishes it.
+    async def replay_chunks(self, since: datetime) -> AsyncGenerator[ReplayChunk, None]:
+        """The raw messages stored since ``since``, translated again (router/replay.py), in
+        chunks translated off the loop. A copy kept for a reused control id stays refused: its
+        events would carry the ids of the other message under that control id."""
+        async with contextlib.aclosing(self.store.scan(names.STREAM_RAW, names.raw_subject(self.name), since)) as raw:
+            pending: list[StoredMsg] = []
+            async for msg in raw:
+                pending.append(msg)
+                if len(pending) >= REPLAY_CHUNK or msg.pending == 0:
+                    yield await off_loop(self.replay_records, pending)
+                    pending = []
+            if pending:
+                yield await off_loop(self.replay_records, pending)
 
-        Events go live when the interface is modern, else to shadow subjects. With no
-        suffix the usual ids are used, so replaying twice stores nothing twice; a suffix
-        makes JetStream accept corrected events whose ids it saw within the duplicate
-        window (consumers still see the same CloudEvents `id` and can upsert by it).
-        Raises CanonicalError when it still does not translate, StoreUnavailable.
-        """
-        header = peek_header(payload)
-        mode = self.routes.mode_for(self.name, header.sending_facility)
-        ctx = TranslationContext(self.name, "live" if mode == "modern" else "shadow", raw_ref,
-                                 datetime.now(UTC), self.cfg.timezone)
-        events = self._translate(payload, ctx, header)
-        await self.store.publish([event_message(ev, self.name, ev.id + msg_id_suffix) for ev in events])
-        if mode == "modern":
-            self.stats.published += len(events)
-        else:
-            self.stats.shadow_published += len(events)
-        return len(events)
+    def replay_records(self, msgs: list[StoredMsg]) -> ReplayChunk:
+        """Stored raw messages as records, translated with the mapping and tables of now."""
+        records: list[Record] = []
+        for msg in msgs:
+            ref = names.raw_ref(names.STREAM_RAW, msg.seq)
+            try:
+                header: MshHeader | None = peek_header(msg.data)
+                reject: str | None = None
+            except NotHl7Error as exc:
+                header, reject = None, exc.reason
+            reused = bool(msg.headers.get(names.HDR_REUSED))
+            if header is not None and header.control_id and not reused:
+                raw_id = _digest(b"msh10", self.name, header.sender, header.control_id)
+            else:
+                raw_id = _content_id(self.name, msg.data)
+            records.append(self.translated(msg.data, header, reject, reused, ref, raw_id))
+        label = f"raw {msgs[0].seq}..{msgs[-1].seq}"
+        return ReplayChunk(records, units=len(msgs), label=label)
 
     # -- shadow ------------------------------------------------------------------------
 
@@ -261,31 +318,22 @@ class MllpPipeline:
         self, payload: bytes, header: MshHeader, raw_ref: str, raw_id: str, legacy_ok: bool,
         received: datetime, reused: bool,
     ) -> None:
-        ctx = TranslationContext(self.name, "shadow", raw_ref, received, self.cfg.timezone)
-        unit = bounded_id(header.control_id) or "-"
-        refusal = _refusal(header, reused)
-        if refusal is not None:
-            # Modern mode would refuse it (see _modern): shadow evidence must say so.
-            await self._dead_letter_quietly(header, raw_ref, "rejected", refusal, "shadow", raw_id)
-            self.stats.parity.record(legacy_ok=legacy_ok, modern_ok=False, unit=unit, detail=refusal)
-            return
+        record = self.translated(payload, header, None, reused, raw_ref, raw_id, received)
+        record.mode, record.legacy_ok = "shadow", legacy_ok
+        await self._commit_quietly(record, "shadow")
+
+    async def _commit_quietly(self, record: Record, mode: Mode) -> bool:
+        """Commits a record off the sender's path: NATS away is counted and logged, not raised."""
+        record.mode = record.mode or mode
+        out = Outcome(resends=True)
+        self.stage.add(out, record)
         try:
-            events = self._translate(payload, ctx, header)
-        except CanonicalError as exc:
-            kind: Kind = "untranslatable" if isinstance(exc, TranslationError) else "rejected"
-            await self._dead_letter_quietly(header, raw_ref, kind, exc.reason, "shadow", raw_id, exc)
-            self.stats.parity.record(legacy_ok=legacy_ok, modern_ok=False, unit=unit, detail=exc.reason)
-            return
-        outgoing = [event_message(ev, self.name) for ev in events]
-        try:
-            await self._commit(outgoing, raw_id or _content_id(self.name, payload), "shadow", events, header)
+            await self.stage.commit(out)
         except StoreUnavailable as exc:
             self.stats.store_unavailable += 1
-            self.stats.error(f"shadow events not stored: {exc.reason}")
-            return
-        self.stats.shadow_published += len(outgoing)
-        self.stats.parity.record(legacy_ok=legacy_ok, modern_ok=True, unit=unit,
-                                 detail="legacy refused a message Ficus translated")
+            self.stats.error(f"{mode} outcome not stored: {exc.reason}")
+            return False
+        return True
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Waits for shadow work still running (at shutdown)."""
@@ -294,35 +342,14 @@ class MllpPipeline:
         if self._ledger_tasks:
             await asyncio.wait(set(self._ledger_tasks), timeout=timeout)
 
-    # -- ledger (router/ledger.py) -----------------------------------------------------
-
-    async def _commit(self, outgoing: list[Outgoing], raw_id: str, mode: str, events: list[CloudEvent],
-                      header: MshHeader) -> None:
-        """Publishes a unit's events with its ledger delta, last, in the same call. A delta that
-        comes back duplicate means the unit was committed before: this reception is a re-send."""
-        facility = ledger.facility_of(events, header.sending_facility)
-        delta = ledger.unit_delta(self.name, mode, raw_id, facility, "published" if events else "filtered",
-                                  len(events), ledger.money_of(events))
-        acks = await self.store.publish([*outgoing, delta])
-        if acks[-1].duplicate:
-            await self.store.publish([ledger.resend_delta(self.name, mode, facility)])
-
-    def _count_forwarded(self, payload: bytes, header: MshHeader | None, raw_id: str, mode: str) -> None:
+    def _count_forwarded(self, payload: bytes, header: MshHeader | None, raw_id: str, mode: Mode) -> None:
         """Counts a message forwarded untranslated, off the sender's path: the legacy path
         never waits for the store (a crash in these milliseconds loses the count)."""
-        facility = header.sending_facility if header is not None else None
-        delta = ledger.unit_delta(self.name, mode, raw_id or _content_id(self.name, payload), facility, "legacy")
-        task = asyncio.create_task(self._publish_count(delta, mode, facility))
+        record = self._record(header, "", raw_id or _content_id(self.name, payload), None)
+        record.mode = "legacy"
+        task = asyncio.create_task(self._commit_quietly(record, mode))
         self._ledger_tasks.add(task)
         task.add_done_callback(self._ledger_tasks.discard)
-
-    async def _publish_count(self, delta: Outgoing, mode: str, facility: str | None) -> None:
-        try:
-            (ack,) = await self.store.publish([delta])
-            if ack.duplicate:
-                await self.store.publish([ledger.resend_delta(self.name, mode, facility)])
-        except StoreUnavailable as exc:
-            log.warning("%s: ledger count of a forwarded message not stored: %s", self.name, exc.reason)
 
     # -- storage -----------------------------------------------------------------------
 
@@ -339,19 +366,19 @@ class MllpPipeline:
         else:
             raw_id = _content_id(self.name, payload)
         try:
-            (ack,) = await self.store.publish([Outgoing(self._raw_subject, payload, raw_id, headers)])
+            ref, ack = await self.stage.archive(payload, raw_id, headers)
             if ack.duplicate and control_id and not await self._stored_bytes_are(ack.stream, ack.seq, payload):
                 raw_id = _content_id(self.name, payload)
                 headers[names.HDR_REUSED] = "1"
-                (ack,) = await self.store.publish([Outgoing(self._raw_subject, payload, raw_id, headers)])
+                ref, ack = await self.stage.archive(payload, raw_id, headers)
                 self.stats.reused_control_ids += 1
                 log.warning("%s: control id %s reused with different content; raw kept as %s",
-                            self.name, bounded_id(control_id), names.raw_ref(ack.stream, ack.seq))
-                return names.raw_ref(ack.stream, ack.seq), raw_id, True
+                            self.name, bounded_id(control_id), ref)
+                return ref, raw_id, True
         except StoreUnavailable:
             self.stats.store_unavailable += 1
             raise
-        return names.raw_ref(ack.stream, ack.seq), raw_id, False
+        return ref, raw_id, False
 
     async def _stored_bytes_are(self, stream: str, seq: int, payload: bytes) -> bool:
         """Whether raw message `seq` holds exactly `payload` (only after a duplicate PubAck)."""
@@ -365,64 +392,7 @@ class MllpPipeline:
             return False
         return same_message(stored.data, payload)
 
-    async def _dead_letter(
-        self, header: MshHeader | None, raw_ref: str | None, kind: Kind, reason: str, mode: str,
-        raw_id: str, exc: CanonicalError | None = None,
-    ) -> None:
-        letter = DeadLetter(
-            interface=self.name, kind=kind, reason=reason, mode=mode,
-            unit=(bounded_id(header.control_id) if header is not None else "") or "-",
-            raw=raw_ref or None,
-            message_type=_message_type(header),
-            sender=header.sender if header is not None else None,
-            facility=getattr(exc, "facility", None) or (header.sending_facility if header else None),
-            amount=money(getattr(exc, "amount", None)),
-            locator=getattr(exc, "locator", None),
-            at=now_iso(),
-        )
-        mode = "modern" if mode == "live" else mode
-        count = ledger.unit_delta(self.name, mode, raw_id or f"{letter.unit}|{letter.reason}", letter.facility,
-                                  "dead_lettered", money=ledger.letter_money(letter.amount))
-        acks = await self.store.publish([letter.outgoing(raw_id), count])
-        if acks[-1].duplicate:  # a re-send of a message dead-lettered before
-            await self.store.publish([ledger.resend_delta(self.name, mode, letter.facility)])
-        self.stats.dead_lettered += 1
-        self.stats.error(letter.reason)
-        log.info("%s: dead-lettered %s (%s): %s", self.name, letter.unit, kind, letter.reason)
-
-    async def _dead_letter_quietly(
-        self, header: MshHeader | None, raw_ref: str | None, kind: Kind, reason: str, mode: str,
-        raw_id: str, exc: CanonicalError | None = None,
-    ) -> bool:
-        try:
-            await self._dead_letter(header, raw_ref, kind, reason, mode, raw_id, exc)
-        except StoreUnavailable:
-            self.stats.error(f"dead letter not stored: {safe_reason(reason)}")
-            return False
-        return True
-
     # -- answers -----------------------------------------------------------------------
-
-    async def _rejected(
-        self, header: MshHeader | None, reason: str, raw_ref: str, raw_id: str, mode: str,
-        err: str = ERR_UNSUPPORTED,
-    ) -> bytes | None:
-        if not await self._dead_letter_quietly(header, raw_ref, "rejected", reason, mode, raw_id):
-            return self._unavailable(header, StoreUnavailable("dead letter not stored"))
-        return self._reply(header, "AR", reason, err)
-
-    async def _untranslatable(
-        self, header: MshHeader, exc: TranslationError, raw_ref: str, raw_id: str
-    ) -> bytes | None:
-        if not await self._dead_letter_quietly(header, raw_ref, "untranslatable", exc.reason, "live",
-                                               raw_id, exc):
-            return self._unavailable(header, StoreUnavailable("dead letter not stored"))
-        if header.enhanced:
-            # Commit ACK: the message is safely stored (in the dead-letter stream).
-            return self._positive(header)
-        if self.cfg.on_untranslatable == "AA":
-            return self._positive(header)
-        return self._reply(header, "AE", exc.reason, exc.hl7_code or ERR_DATA)
 
     def _unavailable(self, header: MshHeader | None, exc: StoreUnavailable) -> bytes | None:
         self.stats.error(f"not stored: {exc.reason}")

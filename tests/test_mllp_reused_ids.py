@@ -49,7 +49,7 @@ async def test_modern_mode_rejects_and_keeps_a_reused_control_id(
         assert raw == [first, second], "both messages are kept in the raw archive, the re-send once"
         letters = await read_subject(nats_server.url, names.STREAM_DLQ, names.dlq_subject("his-charges"))
         assert [(x["kind"], x["reason"], x["unit"], x["mode"]) for x in letters] == [
-            ("rejected", REASON, "DFT00000001", "live")]
+            ("rejected", REASON, "DFT00000001", "modern")]
         assert letters[0]["raw"].startswith("jetstream://FICUS_RAW/")
         assert stats.reused_control_ids == 1
         text = await (await http.get(f"{svc.api_url}/metrics")).text()

@@ -5,6 +5,8 @@ router/publisher.py, the hot path the store drives. Errors: `StoreError` and its
 `StoreUnavailable` (retry later), `NotFound`, `RevisionConflict`, `StoreRejected`.
 """
 
+from nats.js.api import PubAck
+
 from router.store.core import (
     FALLBACK,
     FAST,
@@ -27,6 +29,7 @@ __all__ = [
     "NotFound",
     "Objects",
     "Outgoing",
+    "PubAck",
     "RevisionConflict",
     "Store",
     "StoreError",

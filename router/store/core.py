@@ -63,6 +63,8 @@ class StoredMsg:
     subject: str
     data: bytes
     headers: dict[str, str]
+    pending: int = 0
+    """Messages after this one still to come (a scan's; for progress)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +319,8 @@ class Store:
                         msg = await sub.next_msg(timeout=idle)
                     except nats.errors.TimeoutError:
                         return
-                yield StoredMsg(msg.metadata.sequence.stream, msg.subject, msg.data, dict(msg.headers or {}))
+                yield StoredMsg(msg.metadata.sequence.stream, msg.subject, msg.data, dict(msg.headers or {}),
+                                msg.metadata.num_pending)
                 if msg.metadata.num_pending == 0:
                     return
         finally:

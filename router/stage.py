@@ -1,0 +1,355 @@
+"""The one processing stage every interface kind shares.
+
+An interface kind is an *input* and a *delivery*, nothing more::
+
+      input (the kind's own)                 the stage (shared)                   input again
+    ┌────────────────────────┐   ┌─────────────────────────────────────────┐   ┌─────────────┐
+    │ MLLP frame, file chunk,│   │ archive ─▶ translate ─▶ route ─▶ commit │   │ acknowledge │
+    │ batch of rows          ├──▶│   raw      (off the     legacy/  events,├──▶│ ACK, resume │
+    │ (+ legacy delivery)    │   │            loop when    shadow/  letters│   │ point, mark │
+    └────────────────────────┘   │            big)         modern   parity,│   │ + checkpoint│
+                                 │                    (+ facility) ledger  │   └─────────────┘
+                                 └─────────────────────────────────────────┘
+
+The input hands the stage a unit's translation as :class:`Record` objects (one per counted
+unit: a message, a file record or 835 transaction, a row). The stage routes each record by
+its facility (the interface's mode, or the facility's override: the canary), turns it into
+what is stored -- its events on live or ``shadow.`` subjects, or a dead letter naming the
+interface, the unit and the reason -- adds its ledger delta (router/ledger.py) and its
+parity sample, and :meth:`Stage.commit` publishes the lot, ledger deltas last, in pieces
+that share the NATS connection fairly. Only then does the input acknowledge: an MLLP ACK, a
+file's resume point, a database mark and checkpoint. Replay (router/replay.py) runs the
+same records through the same :class:`Outcome` with a replay token: events under new
+Msg-Ids, counted as ``replayed`` in the ledger, nothing dead-lettered again.
+
+What stays with each kind (router/mllp_pipeline.py, file_pipeline.py, odbc_pipeline.py):
+how units arrive and are archived raw (an MLLP message under its control id, a file in the
+object store, rows as JSON chunks), how a unit becomes records, how it is acknowledged, and
+how the legacy path is delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from canonical.context import TranslationContext
+from canonical.enrich import enrich
+from canonical.envelope import CloudEvent
+from canonical.errors import CanonicalError, TranslationError
+from canonical.reference import ReferenceStore
+from canonical.safe_text import safe_reason
+from router import ledger, names
+from router.config import Mode
+from router.dlq import DeadLetter, Kind, money, now_iso
+from router.routes import Route, RouteTable
+from router.stats import InterfaceStats
+from router.store import Objects, Outgoing, PubAck, Store, event_message
+
+log = logging.getLogger("ficus.stage")
+
+PUBLISH_PIECE = 50
+"""Messages per publish call: they share the NATS connection with every other interface,
+whose messages wait behind those in flight (bench/ack_under_ingest.py: MLLP ACK p50 18 ms
+behind pieces of 500 file events, 7 ms behind 100, 3-4 ms behind 50)."""
+LOGGED_LETTERS = 20
+"""Dead letters logged one by one per commit; the rest are summed up in one line."""
+
+
+@dataclass
+class Record:
+    """One counted unit's translation: its events, or the error that kept it from having any.
+
+    ``key`` identifies the unit for the ledger (stable across retries: a raw id, a file's content
+    and record index, a table and row key); ``locator`` names it for people (a control id,
+    "x.csv line 4", "charges:17"). ``facility`` is the unit's facility when known before (or
+    without) translation -- MSH-4, a row's facility column; else its events' is used.
+    ``mode`` forces the route mode (MLLP decides before translating); None routes by facility.
+    """
+
+    key: str
+    locator: str
+    events: list[CloudEvent] = field(default_factory=list)
+    error: CanonicalError | None = None
+    facility: str | None = None
+    mode: Mode | None = None
+    index: int = 0
+    """Position in its unit (file record, row): batch ledger deltas name their range."""
+    letter_id: str = ""
+    """The dead letter's dedupe id (default: ``key``)."""
+    msg_ids: Sequence[str] | None = None
+    """Msg-Ids of the events (default: each event's id)."""
+    raw: str = ""
+    kind: Kind | None = None
+    """Dead-letter kind (default: untranslatable for a TranslationError, else rejected)."""
+    sender: str | None = None
+    message_type: str | None = None
+    legacy_ok: bool = True
+    """For parity: whether the legacy path took it (the legacy consumer of a file or a table
+    takes every unit; an MLLP engine answers per message)."""
+    tag: Any = None
+    """The input's own handle on the unit (a row key to mark), returned in Outcome.done."""
+
+    @property
+    def routed_facility(self) -> str | None:
+        return ledger.facility_of(self.events, self.facility)
+
+
+@dataclass(frozen=True)
+class Count:
+    """One record's ledger entry, before it becomes a delta message at commit."""
+
+    key: str
+    mode: Mode
+    entry: ledger.Entry
+
+
+@dataclass
+class Outcome:
+    """What some records came to, ready for :meth:`Stage.commit`: the messages to store (events,
+    dead letters; ledger deltas are made at commit, last), parity samples and counts for the
+    input's acknowledgement. ``replay`` is a replay run's token (see :meth:`Stage.add`)."""
+
+    replay: str = ""
+    keep: bool = False
+    """Keep the events themselves in ``published`` (a replay's dry run compares them)."""
+    events: list[Outgoing] = field(default_factory=list)
+    letters: list[Outgoing] = field(default_factory=list)
+    counts: list[Count] = field(default_factory=list)
+    parity: list[tuple[str, bool, bool, str]] = field(default_factory=list)
+    """(unit, legacy ok, Ficus ok, why they differ) of shadow records."""
+    live: int = 0
+    shadow: int = 0
+    legacy: int = 0
+    records: int = 0
+    money: ledger.Money = field(default_factory=ledger.Money)
+    """Money of the events (published, or that a replay would publish)."""
+    done: list[Any] = field(default_factory=list)
+    """Tags of the modern records whose events are in this outcome (ODBC marks those rows)."""
+    failed: list[Record] = field(default_factory=list)
+    """Records in error (dead-lettered; in a replay, still failing)."""
+    published: list[CloudEvent] = field(default_factory=list)
+    resends: bool = False
+    """A duplicate PubAck of a record's delta means a re-send of a unit committed before (MLLP):
+    counted once more, under ``duplicates``."""
+
+
+@dataclass
+class ReplayChunk:
+    """Records re-translated from the raw archive, as a kind's input yields them to replay
+    (router/replay.py): ``units`` raw units finished with this chunk (messages, rows, files),
+    ``batch`` the ledger batch id for :meth:`Stage.commit` ("" = a delta per record), ``label``
+    what progress may show (a file name, a key range; never content)."""
+
+    records: list[Record]
+    units: int = 0
+    batch: str = ""
+    label: str = ""
+
+
+class Stage:
+    """The shared stage of one interface: route, outcome, commit (see the module docstring)."""
+
+    def __init__(
+        self, name: str, store: Store, routes: RouteTable, stats: InterfaceStats, *,
+        reference: ReferenceStore | None = None, timezone: str = "UTC", money_format: str = "",
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.routes = routes
+        self.stats = stats
+        self.reference = reference
+        self.timezone = timezone
+        self.money_format = money_format
+        """``x12-835`` makes a dead letter's amount payments (else charges)."""
+        self.raw_subject = names.raw_subject(name)
+
+    # -- route ---------------------------------------------------------------------------
+
+    def route(self) -> Route:
+        """The interface's route now: read once per unit, so a flip mid-unit cannot split it."""
+        return self.routes.get(self.name)
+
+    def mode_for(self, facility: str | None = None) -> Mode:
+        return self.routes.mode_for(self.name, facility)
+
+    @staticmethod
+    def translates(route: Route) -> bool:
+        """Whether any unit on this route is translated (its mode, or a facility's, is not legacy)."""
+        return route.mode != "legacy" or any(m != "legacy" for m in route.facilities.values())
+
+    # -- translation ---------------------------------------------------------------------
+
+    def context(self, raw_ref: str, route: Route | None = None, received: datetime | None = None,
+                ) -> TranslationContext:
+        """The translation context of a unit; events are re-routed per record by :meth:`add`."""
+        mode = (route or self.route()).mode
+        return TranslationContext(self.name, "shadow" if mode == "shadow" else "live", raw_ref,
+                                  received or datetime.now(UTC), self.timezone)
+
+    def enriched(self, events: list[CloudEvent]) -> list[CloudEvent]:
+        """ERP fields from the reference tables (one snapshot per call: a reload mid-unit
+        cannot mix two versions); raises TranslationError for an unmapped code."""
+        if self.reference is None:
+            return events
+        return enrich(events, self.reference.data)
+
+    # -- outcome -------------------------------------------------------------------------
+
+    def add(self, out: Outcome, record: Record, route: Route | None = None) -> Mode:
+        """Routes one record and adds what it comes to into ``out``; returns its mode.
+
+        In a replay (``out.replay``, the run's token): events under Msg-Ids suffixed with the
+        token (JetStream takes corrected events it saw within the duplicate window; consumers
+        still see the same CloudEvents ``id`` and upsert by it), ledger ``replayed`` lines
+        instead of receptions, and no dead letter (a replay reports its failures).
+        """
+        route = route or self.route()
+        facility = record.routed_facility
+        mode = record.mode or route.mode_for(facility)
+        out.records += 1
+        if mode == "legacy":
+            out.legacy += 1
+            if not out.replay:
+                out.counts.append(Count(record.key, mode, ledger.Entry(facility, "legacy")))
+            return mode
+        if record.error is not None:
+            out.failed.append(record)
+            if mode == "shadow":
+                out.parity.append((record.locator, record.legacy_ok, False, record.error.reason))
+            if out.replay:
+                return mode
+            letter = self._letter(record, mode)
+            out.letters.append(letter.outgoing(record.letter_id or record.key))
+            amount = ledger.letter_money(letter.amount, self.money_format)
+            out.counts.append(Count(record.key, mode, ledger.Entry(letter.facility, "dead_lettered", money=amount)))
+            return mode
+        events = _in_mode(record.events, mode)
+        ids = record.msg_ids if record.msg_ids is not None else [ev.id for ev in events]
+        suffix = out.replay and ".r" + out.replay
+        out.events.extend(event_message(ev, self.name, msg_id + suffix) for ev, msg_id in zip(events, ids, strict=True))
+        amount = ledger.money_of(events)
+        out.money.add(amount)
+        if out.keep:
+            out.published.extend(events)
+        if mode == "modern":
+            out.live += len(events)
+            out.done.append(record.tag)
+        else:
+            out.shadow += len(events)
+            out.parity.append((record.locator, record.legacy_ok, True,
+                               "" if record.legacy_ok else "legacy refused a unit Ficus translated"))
+        outcome: ledger.Line = "published" if events else "filtered"
+        if out.replay:
+            outcome = ledger.REPLAYED
+        out.counts.append(Count(record.key, mode, ledger.Entry(facility, outcome, 1, len(events), amount)))
+        return mode
+
+    def _letter(self, record: Record, mode: Mode) -> DeadLetter:
+        exc = record.error
+        assert exc is not None
+        kind = record.kind or ("untranslatable" if isinstance(exc, TranslationError) else "rejected")
+        return DeadLetter(
+            interface=self.name, kind=kind, reason=exc.reason, mode=mode, unit=record.locator or "-",
+            raw=record.raw or None, message_type=record.message_type, sender=record.sender,
+            facility=getattr(exc, "facility", None) or record.facility,
+            amount=money(getattr(exc, "amount", None)), locator=getattr(exc, "locator", None), at=now_iso(),
+        )
+
+    # -- commit --------------------------------------------------------------------------
+
+    async def commit(self, out: Outcome, *, piece: int = PUBLISH_PIECE, batch: str = "") -> list[PubAck]:
+        """Stores an outcome -- events, dead letters, then ledger deltas -- and counts it.
+
+        Raises StoreUnavailable with nothing counted in the stats; a retry re-publishes the same
+        Msg-Ids, so what was stored before is not stored twice. ``batch`` (a file chunk: its
+        content and record range, which a retry from the resume point cuts again exactly) merges
+        the records' ledger entries into one delta per mode: 500 records, one ledger message.
+        """
+        deltas = self.deltas(out, batch)
+        items = [*out.events, *out.letters, *deltas]
+        acks: list[PubAck] = []
+        for start in range(0, len(items), piece):
+            acks += await self.store.publish(items[start : start + piece])
+        if out.resends and not batch:
+            first = len(out.events) + len(out.letters)
+            again = [ledger.resend_delta(self.name, c.mode, c.entry.facility)
+                     for c, ack in zip(out.counts, acks[first:], strict=True) if ack.duplicate]
+            if again:  # a re-send of a unit whose outcome was committed before
+                await self.store.publish(again)
+        self.counted(out)
+        return acks
+
+    def deltas(self, out: Outcome, batch: str = "") -> list[Outgoing]:
+        """The ledger delta messages of an outcome: one per record, or one per mode of a batch."""
+        if not batch:
+            if out.replay:
+                return [ledger.replay_batch_delta(self.name, c.mode, [c.entry], c.key, out.replay)
+                        for c in out.counts]
+            return [ledger.delta(self.name, c.mode, [c.entry], c.key) for c in out.counts]
+        by_mode: dict[Mode, ledger.Batch] = {}
+        for c in out.counts:
+            e = c.entry
+            by_mode.setdefault(c.mode, ledger.Batch()).add(0, e.facility, e.outcome, e.events, e.money, e.units)
+        if out.replay:
+            return [ledger.replay_batch_delta(self.name, mode, b.entries, batch, out.replay)
+                    for mode, b in by_mode.items()]
+        return [ledger.delta(self.name, mode, b.entries, batch) for mode, b in by_mode.items()]
+
+    def counted(self, out: Outcome) -> None:
+        """The stats, parity and log lines of a committed outcome."""
+        stats = self.stats
+        stats.published += out.live
+        stats.shadow_published += out.shadow
+        for unit, legacy_ok, ficus_ok, why in out.parity:
+            stats.parity.record(legacy_ok=legacy_ok, modern_ok=ficus_ok, unit=unit, detail=why)
+        if not out.letters:
+            return
+        stats.dead_lettered += len(out.letters)
+        for record in out.failed[:LOGGED_LETTERS]:
+            assert record.error is not None
+            log.info("%s: dead-lettered %s: %s", self.name, record.locator or "-", safe_reason(record.error.reason))
+        if len(out.failed) > LOGGED_LETTERS:
+            log.info("%s: %d more dead-lettered in the same batch", self.name, len(out.failed) - LOGGED_LETTERS)
+        last = out.failed[-1].error
+        stats.error(last.reason if last is not None else "dead-lettered")
+
+    # -- raw archive ---------------------------------------------------------------------
+
+    async def archive(self, payload: bytes, raw_id: str, headers: dict[str, str]) -> tuple[str, PubAck]:
+        """Stores a raw unit in ``raw.<interface>``; returns its reference and PubAck (a duplicate's
+        carries the sequence of the copy stored first)."""
+        (ack,) = await self.store.publish([Outgoing(self.raw_subject, payload, raw_id, headers)])
+        return names.raw_ref(ack.stream, ack.seq), ack
+
+    async def archive_many(self, items: list[Outgoing]) -> list[str]:
+        """Several raw units in one call; their references, in order."""
+        return [names.raw_ref(ack.stream, ack.seq) for ack in await self.store.publish(items)]
+
+    async def archive_file(self, objects: Objects, path: Any, sha256: str) -> str:
+        """A file's original bytes, once per content, in the raw object store; its reference."""
+        obj = f"{self.name}/{sha256}"
+        if not await objects.has(obj):
+            with path.open("rb") as fh:
+                await objects.put(obj, fh)
+        return f"objectstore://{names.OBJ_RAW_FILES}/{obj}"
+
+
+def _in_mode(events: list[CloudEvent], mode: Mode) -> list[CloudEvent]:
+    """The events as published in ``mode``: on ``shadow.`` subjects in shadow, live in modern.
+    Translation used the interface's mode; a facility override (canary) differs from it."""
+    want = "shadow" if mode == "shadow" else "live"
+    if all(ev.ficusmode == want for ev in events):
+        return events
+    return [ev if ev.ficusmode == want else ev.model_copy(update={"ficusmode": want}) for ev in events]
+
+
+def record_of(key: str, locator: str, work: Any, *args: Any, **kwargs: Any) -> Record:
+    """A record from a translation call: its events, or its CanonicalError."""
+    try:
+        return Record(key, locator, list(work(*args, **kwargs)))
+    except CanonicalError as exc:
+        return Record(key, locator, error=exc)
