@@ -31,6 +31,7 @@ from router.config import (
     redact,
 )
 from router.embedded_nats import EmbeddedNatsError
+from router.progress import Progress
 
 log = logging.getLogger("ficus")
 
@@ -318,11 +319,49 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    result = _client(args).call("POST", f"/api/v1/replay/{_q(args.iface)}", {"since": args.since})
-    print(f"{args.iface}: {result['replayed']} units replayed ({result['events']} events), {result['failed']} failed")
+    client = _client(args)
+    path = f"/api/v1/replay/{_q(args.iface)}"
+    body: dict[str, Any] = {"since": args.since, "dry_run": args.dry_run}
+    if args.limit:
+        body["limit"] = args.limit
+    with Progress(None, "units", label=args.iface) as progress:
+        if progress.enabled:  # JSON lines: a progress line per chunk, then the result
+            result: dict[str, Any] | None = None
+            for line in client.stream("POST", path, body):
+                if "progress" in line:
+                    progress.update(int(line["progress"]["units"]), line["progress"].get("total"))
+                elif "error" in line:
+                    raise ApiError(f"POST {path}: {line.get('status')} {line['error']}", line.get("status"))
+                else:
+                    result = line.get("result")
+            if result is None:
+                raise ApiError(f"POST {path}: the answer ended before the result")
+        else:
+            result = client.call("POST", path, body, timeout=3600.0)
+    verb = "would be replayed" if args.dry_run else "replayed"
+    money = result["money"]
+    print(f"{args.iface}: {result['replayed']} units {verb} ({result['events']} events), {result['failed']} failed; "
+          f"charges {money['charges']}, payments {money['payments']}, adjustments {money['adjustments']}")
+    if result.get("diff") is not None:
+        _print_diff(result["diff"])
     for reason in result["reasons"]:
         print(f"  {reason}", file=sys.stderr)
     return 1 if result["failed"] else 0
+
+
+def _print_diff(diff: dict[str, Any]) -> None:
+    """A dry run against what was published: counts and money, then the first differing events."""
+    before, after = diff["before"], diff["after"]
+    for name, side in (("published before", before), ("replay would publish", after)):
+        m = side["money"]
+        print(f"  {name}: {side['events']} events; charges {m['charges']}, payments {m['payments']}, "
+              f"adjustments {m['adjustments']}")
+    print(f"  {diff['changed']} changed, {diff['added']} added, {diff['removed']} removed, "
+          f"{diff['unchanged']} unchanged")
+    for entry in diff["first"]:
+        print(f"  {entry['change']}: {entry['id']} {entry.get('type') or ''}".rstrip())
+        for f in entry.get("fields", []):
+            print(f"    {f['field']}: {json.dumps(f['before'], default=str)} -> {json.dumps(f['after'], default=str)}")
 
 
 LEDGER_COLUMNS = ("received", "published", "dead_lettered", "filtered", "duplicates", "legacy", "shadow", "events")
@@ -496,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("iface", metavar="IFACE", help="interface name")
     p.add_argument("--since", required=True, type=_iso_time, metavar="TIME",
                    help="ISO 8601 time, e.g. 2026-11-25T08:00:00Z (no zone: UTC)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="publish nothing: show what would be published and how it differs from before")
+    p.add_argument("--limit", type=int, metavar="N", help="stop after N raw units (messages, files, rows)")
     api_opts(p)
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("ledger", help="the reconciliation ledger: units received and where each went, per day "

@@ -292,7 +292,7 @@ class MllpPipeline:
                 raw_id = _content_id(self.name, msg.data)
             records.append(self.translated(msg.data, header, reject, reused, ref, raw_id))
         label = f"raw {msgs[0].seq}..{msgs[-1].seq}"
-        return ReplayChunk(records, units=len(msgs), label=label)
+        return ReplayChunk(records, units=len(msgs), label=label, remaining=msgs[-1].pending)
 
     # -- shadow ------------------------------------------------------------------------
 

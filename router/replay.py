@@ -71,11 +71,13 @@ class Progress:
     units: int = 0
     records: int = 0
     events: int = 0
+    remaining: int | None = None
     started: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, Any]:
         seconds = time.monotonic() - self.started
         return {"units": self.units, "records": self.records, "events": self.events,
+                "total": None if self.remaining is None else self.units + self.remaining,
                 "seconds": round(seconds, 1), "rate": round(self.units / seconds, 1) if seconds > 0 else 0.0}
 
 
@@ -159,6 +161,7 @@ async def replay_since(
                 result.reasons += [f"{r.locator}: {r.error.reason}" for r in out.failed
                                    if r.error is not None][: max(0, MAX_REASONS - len(result.reasons))]
                 where.units, where.records, where.events = result.units, result.replayed, result.events
+                where.remaining = chunk.remaining
                 if progress is not None:
                     progress(where)
                 if result.units >= limit:

@@ -148,6 +148,8 @@ class ReplayChunk:
     units: int = 0
     batch: str = ""
     label: str = ""
+    remaining: int | None = None
+    """Raw units still to come, when the input knows (progress shows time left from it)."""
 
 
 class Stage:
