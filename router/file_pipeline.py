@@ -1,13 +1,23 @@
-"""What happens to one complete file on a `folder` or `sftp` interface, per route mode.
+"""The file input of the stage (router/stage.py): `folder` and `sftp` interfaces.
 
 For each file the source reports complete: skip it if the manifest has it done (by name,
 or by content when `dedupe_content`); fetch it: the source copies it into the spool and
 checks it is still the listed file (one snapshot per file; everything below reads only
-that copy); hash it; store the original in the raw object store; then
-- shadow/modern: stream its records into canonical events (`shadow.` subjects in shadow),
-  publishing in batches and advancing the manifest's resume point only after JetStream
-  acknowledged a batch; a bad record is dead-lettered with file, line and reason;
-- legacy/shadow: deliver the original bytes to the legacy destination (temp name, rename);
+that copy); hash it; store the original in the raw object store; read the route once (a
+flip while the file is read cannot split it); then
+- when the route translates anything (its mode, or a facility override, is not legacy):
+  stream the file's records through the stage, chunk by chunk -- each record routed by its
+  facility: events on live subjects (modern), on `shadow.` subjects (shadow), or only
+  counted (legacy); a bad record dead-lettered with file, line and reason -- and advance
+  the manifest's resume point only after JetStream acknowledged a chunk;
+- deliver the original bytes to the legacy destination (temp name, rename) when any of its
+  records is routed legacy or shadow: the interface's mode, or a facility override, is
+  legacy or shadow. A file cannot be split without changing the bytes the legacy consumer
+  receives, so in a canary (one facility `modern` while the interface is in shadow or
+  legacy) the legacy consumer still gets the whole file, that facility's records included,
+  while Ficus publishes that facility's events live;
+- a route that translates nothing (legacy, no facility override other than legacy) counts
+  the file as one legacy unit, unread;
 and only then mark the file done and archive, delete or leave the source file. A source
 file that is no longer the snapshot (replaced, grown) is left in place and taken again as
 a new file (counted as `changed_under_ficus`).
@@ -21,6 +31,9 @@ store (or the reason says where the file still is). While a file is set aside th
 interface reports not ready. Failures of the whole source, of NATS or of the legacy
 destination stop the pass instead and it is retried: no file is dead-lettered for them; the
 interface reports not ready from the first failed pass until a pass completes.
+
+Replay (:meth:`FilePipeline.replay_chunks`) reads the originals back from the raw object
+store by their manifest entries and yields their records as the live path builds them.
 """
 
 from __future__ import annotations
@@ -30,25 +43,26 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from canonical.context import TranslationContext
+from canonical.errors import CanonicalError
 from canonical.reference import ReferenceStore
 from legacy.file_delivery import DeliveryConflict, DeliveryError, DeliveryUnavailable
 from protocols.backoff import Backoff
-from router import ledger, names
-from router.config import FileInterfaceConfig, Mode
-from router.dlq import DeadLetter, money, now_iso
+from router import ledger
+from router.config import FileInterfaceConfig
+from router.dlq import DeadLetter, now_iso
 from router.file_units import Unit, file_units, sha256_of
 from router.manifest import FileEntry, Manifest
 from router.offload import gc_paused, off_loop
-from router.routes import RouteTable
+from router.routes import Route, RouteTable
+from router.stage import Outcome, Record, ReplayChunk, Stage
 from router.stats import InterfaceStats
-from router.store import Objects, Outgoing, Store, StoreError, event_message
+from router.store import NotFound, Objects, Store, StoreError
 from wrappers.file_source import (
     FileChanged,
     FileRef,
@@ -63,14 +77,14 @@ from wrappers.file_source import (
 log = logging.getLogger("ficus.files")
 T = TypeVar("T")
 BATCH = 500
-"""Events (or dead letters) per chunk translated off the loop."""
-PUBLISH_PIECE = 50
-"""Messages per publish call of a chunk: they share the NATS connection with every other
-interface, whose messages wait behind those in flight (bench/ack_under_ingest.py: MLLP ACK
-p50 18 ms behind pieces of 500 file events, 7 ms behind 100, 3-4 ms behind 50; the file
-takes about 20 % longer than with pieces of 500)."""
+"""Events (or dead letters) per chunk translated off the loop; records per replay chunk."""
+CHUNK_RECORDS = 5000
+"""Records per chunk at most, whatever they come to: records only counted (a facility routed
+legacy in a canary) or filtered publish nothing, and the resume point still has to advance."""
 RETRY_MAX_SECONDS = 300.0
 """The longest pause between two attempts at a file set aside."""
+REPLAYED_STATES = ("done", "duplicate")
+"""Manifest states whose content is replayed (and ``failed`` with a raw copy)."""
 # Failures of everything, not of one file: the pass stops and is retried, no file is blamed.
 _PASS_FAILURES = (SourceUnavailable, StoreError, TimeoutError, ConnectionError)
 
@@ -99,7 +113,13 @@ class Delivery(Protocol):
 
 
 class FilePipeline:
-    """Polls one file interface and processes each complete file exactly once."""
+    """The folder/sftp input of the stage: polls one file interface and processes each
+    complete file exactly once (see the module docstring).
+
+    Its own parts: the scan, fetch and spool snapshot, files set aside and stuck, the
+    manifest and its resume point (the acknowledgement), content dedupe, the legacy file
+    delivery and the finish action (archive, delete, leave).
+    """
 
     def __init__(
         self, cfg: FileInterfaceConfig, store: Store, routes: RouteTable, source: FileSource,
@@ -109,14 +129,15 @@ class FilePipeline:
         self.cfg = cfg
         self.name = cfg.name
         self.store = store
-        self.routes = routes
         self.source = source
         self.delivery = delivery
         self.stats = stats
         self.manifest = manifest
         self.objects = objects
         self.spool_dir = spool_dir
-        self.reference = reference
+        # An 835's dead letter holds up payments, any other file's charges.
+        self.stage = Stage(cfg.name, store, routes, stats, reference=reference, timezone=cfg.timezone,
+                           money_format=cfg.format)
         self.busy_file: str | None = None
         self.set_aside: dict[FileRef, SetAside] = {}
         self.changed_under_ficus = 0
@@ -130,6 +151,7 @@ class FilePipeline:
         self._local: Path | None = None
         self._raw = ""
         self._aside_ids = itertools.count(1)
+        self._replay_ids = itertools.count(1)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Scans and processes until `stopping` is set; the file in progress is finished first."""
@@ -274,7 +296,7 @@ class FilePipeline:
         reason = (f"{printable(ref.name)}: not processed after {aside.attempts} attempts in {seconds:.0f}s: "
                   f"{aside.cause}; {kept}")
         letter = DeadLetter(interface=self.name, kind="undeliverable", reason=reason,
-                            mode=self.routes.mode_for(self.name), unit=printable(ref.name),
+                            mode=self.stage.mode_for(), unit=printable(ref.name),
                             raw=aside.raw or None, locator="file", at=now_iso())
         count = ledger.unit_delta(self.name, letter.mode, f"aside|{ref.name}|{ref.size}|{ref.mtime}", None,
                                   "dead_lettered")  # one unit: the part of the file never read
@@ -331,7 +353,7 @@ class FilePipeline:
                             outcome=f"same content as {printable(entry.name)}", raw=entry.raw)
             # Its units are the units of the file it repeats (not read again, so no money).
             await self.store.publish([ledger.unit_delta(
-                self.name, self.routes.mode_for(self.name), f"file-dup|{ref.name}|{ref.size}|{ref.mtime}|{sha}",
+                self.name, self.stage.mode_for(), f"file-dup|{ref.name}|{ref.size}|{ref.mtime}|{sha}",
                 None, "duplicates", units=max(entry.next_record, 1))])
             await self.manifest.record(dup)
             await self._finish(ref, self.cfg.after)
@@ -340,13 +362,14 @@ class FilePipeline:
         if entry is None or entry.state not in ("processing", "failed"):
             entry = FileEntry(self.name, ref.name, ref.size, ref.mtime, sha)
         entry.state = "processing"  # a failed one resumes from its resume point
-        entry.raw = await self._archive(local, sha)
+        entry.raw = await self.stage.archive_file(self.objects, local, sha)
         self._raw = entry.raw
         await self.manifest.record(entry)
-        mode = self.routes.mode_for(self.name)
-        if mode in ("shadow", "modern"):
-            await self._publish(local, entry, mode)
-        if mode in ("legacy", "shadow") and self.delivery is not None and not entry.delivered:
+        route = self.stage.route()  # once per file: a flip while it is read cannot split it
+        translated = Stage.translates(route)
+        if translated:
+            await self._publish(local, entry, route)
+        if _delivered(route) and self.delivery is not None and not entry.delivered:
             try:
                 await self.delivery.deliver(local, ref.name)
             except DeliveryError:
@@ -354,128 +377,175 @@ class FilePipeline:
                 raise
             entry.delivered = True
             self.stats.legacy_forwarded += 1
-        if mode == "legacy":  # not read by Ficus: the file is one unit (router/ledger.py)
+        if not translated:  # not read by Ficus: the file is one unit (router/ledger.py)
             await self.store.publish([ledger.unit_delta(
-                self.name, mode, f"file|{ref.name}|{ref.size}|{ref.mtime}|{entry.sha256}", None, "legacy")])
+                self.name, route.mode, f"file|{ref.name}|{ref.size}|{ref.mtime}|{entry.sha256}", None, "legacy")])
         entry.state = "done"
-        entry.outcome = f"{mode}: {entry.events} events, {entry.dead_letters} dead letters"
+        entry.outcome = f"{_route_text(route)}: {entry.events} events, {entry.dead_letters} dead letters"
         await self.manifest.record(entry)
         self.stats.acked += 1
         await self._finish(ref, self.cfg.after)
         log.info("%s: %s done (%s)", self.name, shown, entry.outcome)
         return entry
 
-    async def _archive(self, local: Path, sha: str) -> str:
-        """Stores the original bytes once per content; returns the raw reference."""
-        obj = f"{self.name}/{sha}"
-        if not await self.objects.has(obj):
-            with local.open("rb") as fh:
-                await self.objects.put(obj, fh)
-        return f"objectstore://{names.OBJ_RAW_FILES}/{obj}"
+    async def _publish(self, local: Path, entry: FileEntry, route: Route) -> None:
+        """Streams the file's records through the stage from the resume point, chunk by chunk.
 
-    async def _publish(self, local: Path, entry: FileEntry, mode: Mode) -> None:
-        """Streams units into events from the resume point, chunk by chunk.
-
-        Reading, translating, enriching and serialising a chunk runs in a worker thread
-        (router/offload.py), so a big file never holds the event loop (and every MLLP ACK
-        of the process) for longer than a GIL switch interval; the loop only publishes each
-        chunk and advances the resume point. One chunk at a time, so units stay in order.
+        Reading, translating, enriching, routing and serialising a chunk runs in a worker
+        thread (router/offload.py), so a big file never holds the event loop (and every MLLP
+        ACK of the process) for longer than a GIL switch interval; the loop only commits each
+        chunk and advances the resume point. One chunk at a time, so records stay in order.
         """
-        ctx = TranslationContext(self.name, "shadow" if mode == "shadow" else "live", entry.raw,
-                                 datetime.now(UTC), self.cfg.timezone)
-        reference = self.reference.data if self.reference is not None else None
+        ctx = self.stage.context(entry.raw, route)
+        reference = self.stage.reference.data if self.stage.reference is not None else None
         with gc_paused() as gc_pause, local.open("rb") as fh:
             units = file_units(fh, self.cfg.format, self.cfg.flat, ctx, name=printable(entry.name),
                                sha256=entry.sha256, reference=reference)
-            last_index = entry.next_record - 1
             while True:
-                chunk = await _finished_first(off_loop(self._chunk, units, entry, mode, last_index))
-                last_index = chunk.next_record - 1
-                await self._flush(entry, chunk.batch, chunk.letters, chunk.next_record, mode, chunk.parity,
-                                  chunk.counts)
+                chunk = await _finished_first(off_loop(self._chunk, units, entry, route, entry.next_record))
+                await self._commit(entry, chunk)
                 if chunk.last:
                     return
                 gc_pause.breathe()
 
-    def _chunk(self, units: Iterator[Unit], entry: FileEntry, mode: Mode, last_index: int) -> _Chunk:
-        """The next units (in a worker thread) up to BATCH events or dead letters, as messages.
+    def _chunk(self, units: Iterator[Unit], entry: FileEntry, route: Route, start: int) -> _Chunk:
+        """The next records (in a worker thread), routed into one outcome: up to BATCH events or
+        dead letters, or CHUNK_RECORDS records.
 
-        The bound is a count, never a time: a retry from the resume point must cut the same
-        chunks, since each chunk's ledger delta is identified by its record range (_flush).
+        The bounds are counts, never a time: a retry from the resume point must cut the same
+        chunks, since each chunk's ledger delta is identified by its record range (_commit).
         """
-        chunk = _Chunk()
+        chunk = _Chunk(next_record=start)
+        out = chunk.out
         for unit in units:
-            if unit.index < entry.next_record:
+            if unit.index < start:
                 continue
-            last_index = unit.index
-            if unit.error is not None:
-                chunk.letters.append(self._letter(entry, unit, mode))
-                chunk.counts.add(unit.index, unit.error.facility, "dead_lettered",
-                                 money=ledger.letter_money(unit.error.amount, self.cfg.format))
-            else:
-                chunk.batch.extend(event_message(ev, self.name) for ev in unit.events)
-                chunk.counts.add(unit.index, ledger.facility_of(unit.events),
-                                 "published" if unit.events else "filtered", len(unit.events),
-                                 ledger.money_of(unit.events))
-            if mode == "shadow":
-                chunk.parity.append((unit.locator, unit.error is None, unit.error.reason if unit.error else ""))
-            if len(chunk.batch) >= BATCH or len(chunk.letters) >= BATCH:
-                chunk.next_record = last_index + 1
+            self.stage.add(out, file_record(entry.raw, entry.sha256, unit), route)
+            if chunk.first is None:
+                chunk.first = unit.index
+            chunk.next_record = unit.index + 1
+            if len(out.events) >= BATCH or len(out.letters) >= BATCH or out.records >= CHUNK_RECORDS:
                 return chunk
-        chunk.next_record = last_index + 1
         chunk.last = True
         return chunk
 
-    async def _flush(self, entry: FileEntry, batch: list[Outgoing], letters: list[Outgoing],
-                     next_record: int, mode: Mode, parity: list[tuple[str, bool, str]],
-                     counts: ledger.Batch | None = None) -> None:
-        # The batch's ledger delta goes last; its id is the content and the record range,
-        # which a retry from the resume point reproduces exactly. Published in pieces (an
-        # 835 transaction can hold thousands of events): each piece is one stretch of loop
-        # time and of the connection, and a retry of the whole chunk dedupes by Msg-Id.
-        extra = [] if not counts else [
-            ledger.delta(self.name, mode, counts.entries, f"file|{entry.sha256}|{counts.first}|{counts.last}")]
-        items = batch + letters + extra
-        for start in range(0, len(items), PUBLISH_PIECE):
-            await self.store.publish(items[start : start + PUBLISH_PIECE])
-        for unit, translated, why in parity:
-            # The legacy consumer takes the whole file; Ficus agrees on each record it translates.
-            self.stats.parity.record(legacy_ok=True, modern_ok=translated, unit=unit, detail=why)
-        if mode == "modern":
-            self.stats.published += len(batch)
-        else:
-            self.stats.shadow_published += len(batch)
-        self.stats.dead_lettered += len(letters)
-        entry.events += len(batch)
-        entry.dead_letters += len(letters)
-        entry.next_record = max(entry.next_record, next_record)
+    async def _commit(self, entry: FileEntry, chunk: _Chunk) -> None:
+        """Commits a chunk through the stage -- events, dead letters, then its ledger deltas, one
+        per mode, identified by the content and the record range, which a retry from the resume
+        point reproduces exactly -- and only then advances the resume point (the acknowledgement)."""
+        out = chunk.out
+        if out.records:
+            await self.stage.commit(out, batch=f"file|{entry.sha256}|{chunk.first}|{chunk.next_record - 1}")
+        entry.events += out.live + out.shadow
+        entry.dead_letters += len(out.letters)
+        entry.next_record = max(entry.next_record, chunk.next_record)
         # Only now is the resume point safe: everything below it is acknowledged.
         await self.manifest.record(entry)
 
-    def _letter(self, entry: FileEntry, unit: Unit, mode: Mode) -> Outgoing:
-        """A unit's dead letter (built in the chunk's worker thread)."""
-        exc = unit.error
-        assert exc is not None
-        reason = exc.reason  # names file and position once (see file_units)
-        letter = DeadLetter(
-            interface=self.name, kind="untranslatable", reason=reason, mode=mode, unit=unit.locator,
-            raw=entry.raw, facility=exc.facility, amount=money(exc.amount), locator=exc.locator, at=now_iso(),
-        )
-        return letter.outgoing(f"{entry.sha256}:{unit.index}")
+    # -- replay (router/replay.py) -------------------------------------------------------
+
+    async def replay_chunks(self, since: datetime) -> AsyncGenerator[ReplayChunk, None]:
+        """The records of every file read since ``since`` (its manifest entry done -- or dead-
+        lettered with a raw copy -- and written since then), translated again from the original
+        in the raw object store with the current mapping and reference tables: each record as
+        the live path built it (key, locator, raw, facility, event ids), in chunks of up to
+        BATCH records; ``units`` is 1 on the last chunk of each file. Nothing is committed here.
+
+        An original no longer stored comes back as one record in error naming the file.
+        """
+        cutoff = since.timestamp()
+        entries = [e for e in await self.manifest.contents(self.name)
+                   if e.updated_at >= cutoff and (e.state in REPLAYED_STATES or (e.state == "failed" and e.raw))]
+        entries.sort(key=lambda e: (e.updated_at, e.sha256))
+        for done, entry in enumerate(entries):
+            async for chunk in self._replay_file(entry):
+                chunk.remaining = len(entries) - done - chunk.units
+                yield chunk
+
+    async def _replay_file(self, entry: FileEntry) -> AsyncGenerator[ReplayChunk, None]:
+        label = printable(entry.name)
+        try:
+            data = await self.objects.get(f"{self.name}/{entry.sha256}")
+        except NotFound:
+            gone = CanonicalError(f"{label}: original no longer in {entry.raw or 'the raw object store'}")
+            yield ReplayChunk([Record(f"file|{entry.sha256}|raw", label, error=gone, raw=entry.raw)], 1, "", label)
+            return
+        # A copy of its own in the spool, whatever the live pipeline is doing with its files.
+        local = self.spool_dir / ".replay" / f"{next(self._replay_ids)}-{os.getpid()}"
+        try:
+            await asyncio.to_thread(_write, local, data)
+            del data
+            route = self.stage.route()
+            ctx = self.stage.context(entry.raw, route)
+            reference = self.stage.reference.data if self.stage.reference is not None else None
+            with gc_paused() as gc_pause, local.open("rb") as fh:
+                units = file_units(fh, self.cfg.format, self.cfg.flat, ctx, name=label, sha256=entry.sha256,
+                                   reference=reference)
+                while True:
+                    chunk = await _finished_first(off_loop(_replay_chunk, units, entry, label))
+                    if chunk.records or chunk.units:
+                        yield chunk
+                    if chunk.units:
+                        return
+                    gc_pause.breathe()
+        finally:
+            await asyncio.to_thread(local.unlink, missing_ok=True)
+
+
+def file_record(raw: str, sha256: str, unit: Unit) -> Record:
+    """A file unit (a record, an 835 transaction) as a record of the stage, live and in replay:
+    keyed by the content and its position; its dead letter's id is the one files always had."""
+    return Record(
+        key=f"file|{sha256}|{unit.index}", locator=unit.locator, events=unit.events, error=unit.error,
+        facility=unit.error.facility if unit.error is not None else None, index=unit.index,
+        letter_id=f"{sha256}:{unit.index}", raw=raw,
+    )
+
+
+def _replay_chunk(units: Iterator[Unit], entry: FileEntry, label: str) -> ReplayChunk:
+    """The next BATCH records of a file read again (in a worker thread); ``units`` = 1 at its end."""
+    records: list[Record] = []
+    for unit in units:
+        records.append(file_record(entry.raw, entry.sha256, unit))
+        if len(records) >= BATCH:
+            break
+    else:
+        return _replay_batch(records, entry, label, units=1)
+    return _replay_batch(records, entry, label, units=0)
+
+
+def _replay_batch(records: list[Record], entry: FileEntry, label: str, units: int) -> ReplayChunk:
+    batch = f"file|{entry.sha256}|{records[0].index}|{records[-1].index}" if records else ""
+    return ReplayChunk(records, units, batch, label)
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _delivered(route: Route) -> bool:
+    """Whether the legacy consumer gets the file: when any of its records is routed legacy or
+    shadow (the file goes whole; see the module docstring)."""
+    return route.mode != "modern" or any(m != "modern" for m in route.facilities.values())
+
+
+def _route_text(route: Route) -> str:
+    if not route.facilities:
+        return route.mode
+    return f"{route.mode} ({', '.join(f'{f}={m}' for f, m in sorted(route.facilities.items()))})"
 
 
 @dataclass
 class _Chunk:
-    """Units of a file translated off the loop, ready to publish: events, dead letters, parity
-    samples and ledger counts, and the resume point once they are acknowledged."""
+    """Records of a file translated and routed off the loop, ready to commit, and the resume
+    point once they are acknowledged."""
 
-    batch: list[Outgoing] = field(default_factory=list)
-    letters: list[Outgoing] = field(default_factory=list)
-    parity: list[tuple[str, bool, str]] = field(default_factory=list)
-    counts: ledger.Batch = field(default_factory=ledger.Batch)
+    out: Outcome = field(default_factory=Outcome)
+    first: int | None = None
     next_record: int = 0
     last: bool = False
-    """No unit after this chunk."""
+    """No record after this chunk."""
 
 
 async def _finished_first(work: Awaitable[T]) -> T:

@@ -5,11 +5,15 @@ place after a restart is recognised before it is even downloaded, and by content
 (`<iface>.c.<sha256>`) so the same bytes under another name are recognised too. The
 content entry also carries the resume point (`next_record`): records below it have all
 their events acknowledged by JetStream, so a crash in the middle of a file resumes there,
-and the records re-published after it are dropped by their `Nats-Msg-Id`.
+and the records re-published after it are dropped by their `Nats-Msg-Id`. A file skipped
+as a duplicate of another's content is written under its name only: the content entry stays
+the file that was read (its resume point counts the units the duplicate repeats). Replay
+lists the content entries of an interface (:meth:`Manifest.contents`): one per content read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -18,6 +22,8 @@ from typing import Literal
 
 from router.store import Bucket
 
+READ_AT_ONCE = 64
+"""Entries read concurrently when listing (one KV request each)."""
 State = Literal["processing", "done", "duplicate", "failed"]
 """`failed`: set aside too long and dead-lettered; a file of that name, size and mtime is left
 alone (touch or rename it to have it taken again, from its resume point if it was read)."""
@@ -79,7 +85,18 @@ class Manifest:
         return await self.get(content_key(interface, sha256))
 
     async def record(self, entry: FileEntry) -> None:
-        """Writes both keys of an entry (only the name key of a file never read: no content)."""
-        if entry.sha256:
+        """Writes both keys of an entry (only the name key of a file never read: no content,
+        or of a duplicate: the content entry is the file it repeats)."""
+        if entry.sha256 and entry.state != "duplicate":
             await self.put(content_key(entry.interface, entry.sha256), entry)
         await self.put(name_key(entry.interface, entry.name, entry.size, entry.mtime), entry)
+
+    async def contents(self, interface: str) -> list[FileEntry]:
+        """The content entries of an interface: one per distinct content it read (or began to)."""
+        prefix = content_key(interface, "")
+        keys = [key for key in await self.kv.keys() if key.startswith(prefix)]
+        out: list[FileEntry] = []
+        for start in range(0, len(keys), READ_AT_ONCE):
+            found = await asyncio.gather(*(self.get(key) for key in keys[start : start + READ_AT_ONCE]))
+            out += [entry for entry in found if entry is not None]
+        return out

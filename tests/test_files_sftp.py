@@ -79,7 +79,8 @@ async def test_slow_sftp_upload_shadow_events_and_sftp_legacy_delivery(
         await wait_for(lambda: stats.acked == 1, timeout=30)
         delivered = sshd.root / "legacy" / "remit.835"
         assert sha(delivered) == hashlib.sha256(data).hexdigest(), "legacy delivery over SFTP is byte-identical"
-        assert (sshd.root / "archive" / "remit.835").exists()
+        # Archived right after the file is counted acknowledged (a rename on the SFTP server).
+        await wait_for(lambda: (sshd.root / "archive" / "remit.835").exists(), timeout=10)
         assert stats.shadow_published > 0 and stats.dead_lettered == 0
         assert await stream_count(nats_server.url, names.STREAM_SHADOW) == stats.shadow_published
 
