@@ -464,17 +464,18 @@ class FilePipeline:
 
     async def _replay_file(self, entry: FileEntry) -> AsyncGenerator[ReplayChunk, None]:
         label = printable(entry.name)
-        try:
-            data = await self.objects.get(f"{self.name}/{entry.sha256}")
-        except NotFound:
-            gone = CanonicalError(f"{label}: original no longer in {entry.raw or 'the raw object store'}")
-            yield ReplayChunk([Record(f"file|{entry.sha256}|raw", label, error=gone, raw=entry.raw)], 1, "", label)
-            return
         # A copy of its own in the spool, whatever the live pipeline is doing with its files.
         local = self.spool_dir / ".replay" / f"{next(self._replay_ids)}-{os.getpid()}"
         try:
-            await asyncio.to_thread(_write, local, data)
-            del data
+            await asyncio.to_thread(local.parent.mkdir, parents=True, exist_ok=True)
+            try:
+                with local.open("wb") as out:
+                    await self.objects.get_into(f"{self.name}/{entry.sha256}", out)
+            except NotFound:
+                gone = CanonicalError(f"{label}: original no longer in {entry.raw or 'the raw object store'}")
+                yield ReplayChunk([Record(f"file|{entry.sha256}|raw", label, error=gone, raw=entry.raw)], 1, "",
+                                  label)
+                return
             route = self.stage.route()
             ctx = self.stage.context(entry.raw, route)
             reference = self.stage.reference.data if self.stage.reference is not None else None
@@ -517,11 +518,6 @@ def _replay_chunk(units: Iterator[Unit], entry: FileEntry, label: str) -> Replay
 def _replay_batch(records: list[Record], entry: FileEntry, label: str, units: int) -> ReplayChunk:
     batch = f"file|{entry.sha256}|{records[0].index}|{records[-1].index}" if records else ""
     return ReplayChunk(records, units, batch, label)
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
 
 
 def _delivered(route: Route) -> bool:

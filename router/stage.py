@@ -304,8 +304,11 @@ class Stage:
     def counted(self, out: Outcome) -> None:
         """The stats, parity and log lines of a committed outcome."""
         stats = self.stats
-        stats.published += out.live
-        stats.shadow_published += out.shadow
+        if out.replay:  # not traffic: counted apart, as the ledger does
+            stats.replayed_events += len(out.events)
+        else:
+            stats.published += out.live
+            stats.shadow_published += out.shadow
         for unit, legacy_ok, ficus_ok, why in out.parity:
             stats.parity.record(legacy_ok=legacy_ok, modern_ok=ficus_ok, unit=unit, detail=why)
         if not out.letters:

@@ -30,6 +30,7 @@ COUNTERS = (
     ("archive_errors", "raw units that could not be archived"),
     ("store_unavailable", "units refused because JetStream did not acknowledge"),
     ("reused_control_ids", "messages whose control id was already stored with other content"),
+    ("replayed_events", "canonical events published again by a replay (not traffic)"),
 )
 
 
@@ -129,6 +130,7 @@ class InterfaceStats:
     archive_errors: int = 0
     store_unavailable: int = 0
     reused_control_ids: int = 0
+    replayed_events: int = 0
     in_flight: int = 0
     shadow_backlog: int = 0
     last_message_at: float | None = None

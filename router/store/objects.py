@@ -36,3 +36,9 @@ class Objects:
         with mapped(f"{self.name}: get"):
             result = await self._store.get(name)
         return result.data or b""
+
+    async def get_into(self, name: str, fh: BinaryIO) -> None:
+        """Writes the object's bytes into ``fh`` chunk by chunk (never whole in memory);
+        `NotFound` when absent."""
+        with mapped(f"{self.name}: get"):
+            await self._store.get(name, writeinto=fh)  # type: ignore[arg-type]  # as put: narrow types
