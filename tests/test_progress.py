@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import select
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +13,8 @@ import pytest
 
 from router import simulate
 from router.progress import Progress
+from tests.terminal import run as run_in_terminal
+from tests.terminal import screen
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "router/examples/ficus.toml"
@@ -37,22 +35,6 @@ class Terminal(io.StringIO):
 
     def isatty(self) -> bool:
         return True
-
-
-def screen(written: str) -> str:
-    """What one terminal line shows after `written`: `\\r` returns to column 0, text overwrites."""
-    line: list[str] = []
-    col = 0
-    for ch in written.replace("\r\n", "\n").split("\n")[-1]:
-        if ch == "\r":
-            col = 0
-            continue
-        if col < len(line):
-            line[col] = ch
-        else:
-            line.append(ch)
-        col += 1
-    return "".join(line).rstrip()
 
 
 @pytest.fixture(autouse=True)
@@ -180,39 +162,9 @@ def translate(csv: Path, events: Path, *, stderr_tty: bool) -> tuple[int, bytes]
     """Runs `ficus translate` with events to a file and stderr on a pty or a pipe: (exit code, stderr)."""
     cmd = [sys.executable, "-m", "router.cli", "translate", "-c", str(EXAMPLE), "--interface", "billing-export",
            str(csv)]
-    env = {**os.environ, "TERM": "xterm"}
-    master, slave = os.openpty() if stderr_tty else (-1, -1)
     with events.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=slave if stderr_tty else subprocess.PIPE, cwd=REPO, env=env)
-    try:
-        if not stderr_tty:
-            _, err = proc.communicate(timeout=120)
-            return proc.returncode, err
-        os.close(slave)
-        slave = -1
-        got = bytearray()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if not select.select([master], [], [], 0.5)[0]:
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal (it exited)
-                break
-            if not chunk:
-                break
-            got += chunk
-        else:
-            raise AssertionError("ficus translate did not finish in 120 s")
-        return proc.wait(timeout=30), bytes(got)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for fd in (master, slave):
-            if fd >= 0:
-                os.close(fd)
+        code, _, err = run_in_terminal(cmd, stderr_tty=stderr_tty, stdout=out)
+    return code, err
 
 
 def without_time(path: Path) -> list[dict[str, Any]]:

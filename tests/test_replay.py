@@ -5,13 +5,9 @@ progress on a terminal and silence on a pipe."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import select
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,65 +17,21 @@ import pytest
 
 from router import names, simulate
 from router.embedded_nats import EmbeddedNats
+from tests import terminal
 from tests.conftest import ServiceFactory, make_config, stream_count, wait_for
 from tests.mllp_client import msa, send_one
-from tests.test_progress import screen
+from tests.test_enrichment import _with_code
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
 IFACE = "his-charges"
 
 
-def with_code(payload: bytes, code: str) -> bytes:
-    out = []
-    for seg in payload.split(b"\r"):
-        if seg.startswith(b"FT1"):
-            fields = seg.split(b"|")
-            fields[7] = code.encode() + b"^TEST^CPT"
-            seg = b"|".join(fields)
-        out.append(seg)
-    return b"\r".join(out)
-
-
 def cli(api_url: str, *args: str, stderr_tty: bool = False, timeout: float = 120) -> tuple[int, str, str]:
     """`ficus ARGS --api URL`: (exit code, stdout, stderr), stderr on a real pty or a pipe."""
     cmd = [sys.executable, "-m", "router.cli", *args, "--api", api_url]
-    env = {**os.environ, "TERM": "xterm"}
-    master, slave = os.openpty() if stderr_tty else (-1, -1)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=slave if stderr_tty else subprocess.PIPE, cwd=REPO, env=env)
-    try:
-        if not stderr_tty:
-            out, err = proc.communicate(timeout=timeout)
-            return proc.returncode, out.decode(), err.decode()
-        os.close(slave)
-        slave = -1
-        got = bytearray()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not select.select([master], [], [], 0.5)[0]:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            got += chunk
-        else:
-            raise AssertionError(f"ficus {args[0]} did not finish in {timeout} s")
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        return proc.wait(timeout=30), out.decode(), got.decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for fd in (master, slave):
-            if fd >= 0:
-                os.close(fd)
+    code, out, err = terminal.run(cmd, stderr_tty=stderr_tty, timeout=timeout)
+    return code, out.decode(), err.decode()
 
 
 async def test_mllp_dry_run_names_the_changed_events_and_the_real_replay_is_counted(
@@ -94,7 +46,7 @@ async def test_mllp_dry_run_names_the_changed_events_and_the_real_replay_is_coun
     async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
         port = svc.interfaces[IFACE].listener.port
         for n in (1, 2):
-            assert msa(await send_one(port, with_code(simulate.dft(n, lines=2), "80053")))[0] == "AA"
+            assert msa(await send_one(port, _with_code(simulate.dft(n, lines=2), "80053")))[0] == "AA"
         assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == 4
         api = svc.api_url or ""
 
@@ -167,7 +119,7 @@ async def test_replay_shows_progress_on_a_terminal_and_nothing_when_piped(
         # One line redrawn with \r: units of a known total, a rate, time left; erased at the end.
         drawn = rf"{IFACE}: [\d,]+ / {count:,} units \(\d+%\), [\d.,]+ units/s, \d+:\d\d left"
         assert re.search(drawn, err), repr(err[-500:])
-        assert screen(err) == "", repr(err[-200:])
+        assert terminal.screen(err) == "", repr(err[-200:])
 
         code, out, err = await asyncio.to_thread(cli, api, "replay", IFACE, "--since", "2000-01-01", "--dry-run")
         assert code == 0 and err == "", err
