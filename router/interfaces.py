@@ -73,7 +73,7 @@ class RunningInterface:
     crash-looping, its source, database or legacy destination failing (from the first failed pass
     until one succeeds), a file set aside. Identifiers and error classes only, never data."""
     listener: MllpListener | None = None
-    pipeline: MllpPipeline | FilePipeline | None = None
+    pipeline: MllpPipeline | FilePipeline | OdbcPipeline | None = None
 
 
 async def start_mllp(cfg: MllpInterfaceConfig, deps: Deps) -> RunningInterface:
@@ -150,7 +150,7 @@ class _Runner(Protocol):
 def _polling(
     cfg: FileInterfaceConfig | OdbcInterfaceConfig, stats: InterfaceStats, runner: _Runner,
     close: Callable[[], Awaitable[None]], address: str, details: Callable[[], dict[str, Any]],
-    problem: Callable[[], str | None] = lambda: None, pipeline: FilePipeline | None = None,
+    problem: Callable[[], str | None] = lambda: None, pipeline: FilePipeline | OdbcPipeline | None = None,
 ) -> RunningInterface:
     """A polling interface: one task running `runner.run(stopping)`; shutdown lets its unit finish."""
     stopping = asyncio.Event()
@@ -256,7 +256,8 @@ async def start_odbc(cfg: OdbcInterfaceConfig, deps: Deps) -> RunningInterface:
         checkpoints = CheckpointStore(await deps.store.kv(names.KV_CHECKPOINTS), cfg.name)
         pipeline = OdbcPipeline(cfg, deps.store, deps.routes, poller, stats, checkpoints, reference=deps.reference)
         started.pop_all()  # the pipeline task below owns the poller from here (`finish` closes it)
-    return _polling(cfg, stats, pipeline, poller.close, f"odbc:{cfg.table}", pipeline.details, pipeline.problem)
+    return _polling(cfg, stats, pipeline, poller.close, f"odbc:{cfg.table}", pipeline.details, pipeline.problem,
+                    pipeline)
 
 
 async def start(cfg: InterfaceConfig, deps: Deps) -> RunningInterface:
