@@ -56,7 +56,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -74,7 +73,7 @@ from router.offload import gc_paused, off_loop
 from router.routes import Route, RouteTable
 from router.stage import Outcome, Record, ReplayChunk, Stage
 from router.stats import InterfaceStats
-from router.store import Bucket, Outgoing, RevisionConflict, Store, StoredMsg, StoreError
+from router.store import Bucket, RevisionConflict, Store, StoredMsg, StoreError
 from wrappers.odbc_poller import Batch, OdbcPoller, OdbcSettings, QueryError
 from wrappers.watermark import Checkpoint, Key
 
@@ -159,7 +158,7 @@ class OdbcPipeline:
         self.poller = poller
         self.stats = stats
         self.checkpoints = checkpoints
-        self.stage = _RowStage(cfg.name, store, routes, stats, reference=reference, timezone=cfg.timezone)
+        self.stage = Stage(cfg.name, store, routes, stats, reference=reference, timezone=cfg.timezone)
         self.checkpoint: Checkpoint | None = None
         self.batches = 0
         cap = cfg.reconnect_max_backoff_seconds
@@ -301,11 +300,10 @@ class OdbcPipeline:
     def _outcome(self, batch: Batch, refs: list[str], route: Route) -> Outcome:
         """The batch's records routed into an outcome (in a worker thread); ``done`` lists the
         keys of the modern rows whose events it holds: those to mark."""
-        out = _Prepared()
+        out = Outcome()
         for record in self._records(self.cfg.table, self.cfg.key_column, batch.rows, batch.keys, refs, route):
             self.stage.add(out, record, route)
-        out.deltas = self.stage.deltas(out)
-        return out
+        return self.stage.prepare(out)
 
     def _records(self, table: str, key_column: str, rows: Sequence[Row], keys: Sequence[Key],
                  refs: Sequence[str], route: Route | None) -> list[Record]:
@@ -403,24 +401,6 @@ class OdbcPipeline:
             (table, first), (_, last) = where[start], where[end - 1]
             out.append(ReplayChunk(records[start:end], units=end - start, label=f"{table} {first}..{last}"))
         return out
-
-
-@dataclass
-class _Prepared(Outcome):
-    """An outcome with its ledger deltas already made, in the worker thread with the rest."""
-
-    deltas: list[Outgoing] | None = None
-
-
-class _RowStage(Stage):
-    """The stage, but for a batch's ledger deltas: made off the loop (:meth:`OdbcPipeline._outcome`),
-    where the rest of the batch's work is, since a delta per row of a batch of 5,000 takes
-    ~50 ms that would otherwise hold up every MLLP ACK of the process."""
-
-    def deltas(self, out: Outcome, batch: str = "") -> list[Outgoing]:
-        if isinstance(out, _Prepared) and out.deltas is not None and not batch:
-            return out.deltas
-        return super().deltas(out, batch)
 
 
 class _Recent:

@@ -126,7 +126,7 @@ def _routed(stage: Stage, records: list[Record]) -> None:
     """Fixes each record's mode for a replay: the route now; legacy means shadow (see above)."""
     route = stage.route()
     for record in records:
-        mode = record.mode or route.mode_for(record.routed_facility)
+        mode = record.mode or route.mode_for(record.route_facility)
         record.mode = "shadow" if mode == "legacy" else mode
 
 

@@ -95,7 +95,16 @@ class Record:
 
     @property
     def routed_facility(self) -> str | None:
+        """The facility the ledger counts it under: its events' (as the mapping and the
+        reference tables made it), else the one known before translation."""
         return ledger.facility_of(self.events, self.facility)
+
+    @property
+    def route_facility(self) -> str | None:
+        """The facility the route (the canary) is decided by: the one known before translation
+        (MSH-4, the row's facility column) -- a reference table may rename it in the events,
+        and a unit must be routed as it would be without being translated -- else its events'."""
+        return self.facility or ledger.facility_of(self.events)
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,8 @@ class Outcome:
     failed: list[Record] = field(default_factory=list)
     """Records in error (dead-lettered; in a replay, still failing)."""
     published: list[CloudEvent] = field(default_factory=list)
+    deltas: list[Outgoing] | None = None
+    """The ledger delta messages, when made ahead of the commit (:meth:`Stage.prepare`)."""
     resends: bool = False
     """A duplicate PubAck of a record's delta means a re-send of a unit committed before (MLLP):
     counted once more, under ``duplicates``."""
@@ -211,7 +222,7 @@ class Stage:
         """
         route = route or self.route()
         facility = record.routed_facility
-        mode = record.mode or route.mode_for(facility)
+        mode = record.mode or route.mode_for(record.route_facility)
         out.records += 1
         if mode == "legacy":
             out.legacy += 1
@@ -271,7 +282,7 @@ class Stage:
         content and record range, which a retry from the resume point cuts again exactly) merges
         the records' ledger entries into one delta per mode: 500 records, one ledger message.
         """
-        deltas = self.deltas(out, batch)
+        deltas = out.deltas if out.deltas is not None else self.deltas(out, batch)
         items = [*out.events, *out.letters, *deltas]
         acks: list[PubAck] = []
         for start in range(0, len(items), piece):
@@ -284,6 +295,13 @@ class Stage:
                 await self.store.publish(again)
         self.counted(out)
         return acks
+
+    def prepare(self, out: Outcome, batch: str = "") -> Outcome:
+        """Makes the outcome's ledger delta messages now, for :meth:`commit`: in the worker thread
+        that translated the unit, since a delta per row of a batch of 5,000 rows takes ~50 ms
+        that would otherwise hold up the event loop (and every MLLP ACK of the process)."""
+        out.deltas = self.deltas(out, batch)
+        return out
 
     def deltas(self, out: Outcome, batch: str = "") -> list[Outgoing]:
         """The ledger delta messages of an outcome: one per record, or one per mode of a batch."""
