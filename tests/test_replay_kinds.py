@@ -121,3 +121,42 @@ async def test_sftp_835_replay_after_a_reference_table_change(
         total = await ledger_total(http, api, "payer-835")
         assert total["replayed_events"] == total["events"] == events
         assert total["money"]["replayed"] == total["money"]["published"]
+
+
+async def test_odbc_replay_after_a_mapping_change(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    from tests.odbc_db import usage_table
+    from tests.test_odbc_replay import insert
+
+    with usage_table("postgresql") as db:
+        for _ in range(3):
+            await asyncio.to_thread(insert, db, "NORTH", "2")
+        iface = db.interface("usage")
+        since = datetime.now(UTC) - timedelta(seconds=5)
+        done = {"last_key": 3, "last_ts": None}
+        async with service_factory(make_config(nats_server.url, [iface], state_dir=str(tmp_path))) as svc:
+            await wait_for(lambda: svc.interfaces["usage"].details()["checkpoint"] == done, timeout=15)
+        assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == 3
+
+        # The fix: the job's timestamps are UTC, not Chicago time. Ficus restarts with it.
+        fixed = {**iface, "mapping": {**iface["mapping"], "timezone": "UTC"}}
+        async with service_factory(make_config(nats_server.url, [fixed], state_dir=str(tmp_path))) as svc, \
+                aiohttp.ClientSession() as http:
+            api = svc.api_url or ""
+            code, out, err = await asyncio.to_thread(cli, api, "replay", "usage", "--since", since.isoformat(),
+                                                     "--dry-run")
+            assert code == 0, err
+            assert "usage: 3 units would be replayed (3 events), 0 failed" in out
+            assert "3 changed, 0 added, 0 removed, 0 unchanged" in out
+            assert "data.used_at:" in out and out.count("changed: ") == 3
+            body = await replay(http, api, "usage", since, dry_run=True)
+            (field,) = body["diff"]["first"][0]["fields"]
+            assert field["field"] == "data.used_at" and field["before"] != field["after"]
+            assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == 3, "a dry run publishes nothing"
+
+            body = await replay(http, api, "usage", since)
+            assert (body["units"], body["replayed"], body["events"], body["failed"]) == (3, 3, 3, 0)
+            assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == 6
+            total = await ledger_total(http, api, "usage")
+            assert (total["received"], total["published"], total["replayed"], total["replayed_events"]) == (3, 3, 3, 3)
