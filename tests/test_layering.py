@@ -4,7 +4,9 @@
 * ``wrappers`` (intake) and ``legacy`` (legacy delivery) may import ``protocols``, never each
   other, nor ``canonical`` or ``router``;
 * ``canonical`` (translation) imports neither ``wrappers`` nor ``legacy`` nor ``router``;
-* ``router`` assembles them all.
+* ``router`` assembles them all; inside it, each kind's input module (``*_pipeline.py``) hands
+  its units to the one stage (``router/stage.py``) and imports no other input, and the stage
+  imports no input, wrapper or legacy delivery.
 
 Interfaces belong to the consumer: protocol code needed on both sides lives in ``protocols``
 instead of being copied (issue 12 item 3).
@@ -79,3 +81,29 @@ def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("import os\nfrom legacy.mllp_sender import MllpSender\nimport router.store\nfrom . import x\n")
     assert imported_packages(module) == {"legacy", "router"}
+
+
+# Inside router: the inputs sit on the one stage (router/stage.py), never on each other.
+INPUTS = ("router/mllp_pipeline.py", "router/file_pipeline.py", "router/odbc_pipeline.py")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every absolute module ``path`` imports, as dotted names."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_each_input_uses_the_stage_and_no_other_input() -> None:
+    inputs = {p.removesuffix(".py").replace("/", ".") for p in INPUTS}
+    for path in INPUTS:
+        modules = imported_modules(REPO / path)
+        assert "router.stage" in modules, f"{path} does not hand its units to the stage"
+        assert not modules & (inputs - {path.removesuffix('.py').replace('/', '.')}), f"{path} imports another input"
+    # The stage knows no kind: it may not import an input, a wrapper or a legacy delivery.
+    stage = imported_modules(REPO / "router/stage.py")
+    assert not {m for m in stage if m in inputs or m.split(".")[0] in ("wrappers", "legacy")}, stage
