@@ -106,7 +106,13 @@ def figures(samples: list[tuple[float, float, str]], start: float, end: float) -
 
     seconds = max(end - start, 1e-9)
     slowest = sorted((s for s in samples if start <= s[0] < end), key=lambda s: -s[1])[:5]
+    slow_seconds: dict[int, int] = {}
+    for s in samples:
+        if start <= s[0] < end and s[1] > 0.05:
+            slow_seconds[int(s[0] - start)] = slow_seconds.get(int(s[0] - start), 0) + 1
     return {"slowest_at_s_ms": [[round(s[0] - start, 2), round(s[1] * 1000, 1)] for s in slowest],
+            # Where the ACKs over 50 ms fell: [second after the start of the window, how many].
+            "over_50ms_at_s": sorted([[t, n] for t, n in slow_seconds.items()], key=lambda x: -x[1])[:12],
             "messages": len(lat), "msgs_per_s": round(len(lat) / seconds, 1), "p50_ms": pct(0.5),
             "p99_ms": pct(0.99), "max_ms": pct(1.0), "over_50ms": sum(1 for x in lat if x > 0.05), "codes": codes}
 
@@ -114,7 +120,7 @@ def figures(samples: list[tuple[float, float, str]], start: float, end: float) -
 async def run(megabytes: int, rate: float, baseline_seconds: float, on_loop: bool) -> dict[str, Any]:
     from router.config import parse_config
     from router.embedded_nats import EmbeddedNats
-    from router.offload import ON_LOOP_ENV
+    from router.offload import ON_LOOP_ENV, freeze_heap
     from router.service import Service
 
     if on_loop:
@@ -142,6 +148,7 @@ async def run(megabytes: int, rate: float, baseline_seconds: float, on_loop: boo
             ],
         }, "bench")
         async with Service(cfg) as svc:
+            freeze_heap()  # as `ficus run` does after start-up
             stats = svc.interfaces["remits"].stats
             sender = subprocess.Popen([sys.executable, "-m", "bench.ack_under_ingest", "--sender", str(mllp),  # noqa: ASYNC220 - a fork, not a wait
                                        "--rate", str(rate)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -80,11 +80,13 @@ async def run_service(cfg: FicusConfig) -> None:
     task or a thread that would make that teardown wait.
     """
     from router import shutdown
+    from router.offload import freeze_heap
     from router.service import Service
 
     limit = cfg.shutdown_timeout_seconds
     svc = Service(cfg)
     async with svc:
+        freeze_heap()  # once per process: what start-up made lives as long as the process
         shutdown.install(asyncio.get_running_loop(), svc.stopping.set, limit + Service.GRACE + 5)
         print(f"ficus: running; API {svc.api_url}, NATS {redact(svc.nats_url, [])}", file=sys.stderr)
         await svc.wait()

@@ -67,6 +67,16 @@ _paused_at = 0.0
 _switch = 0.005
 
 
+def freeze_heap() -> None:
+    """Moves every object alive now (modules, config, schemas, the started service) into the
+    collector's permanent generation, once start-up is done. A full collection -- the one a long
+    file gets every ``GC_PAUSE_MAX_SECONDS``, and Python's own -- then traverses only what was
+    made since: the imported modules alone cost 26 ms of each (72,000 objects), all of it a
+    pause of every MLLP connection of the process. They live as long as the process anyway."""
+    gc.collect()
+    gc.freeze()
+
+
 class GcPause:
     """A pipeline's hold on the paused collector; :meth:`breathe` between chunks."""
 

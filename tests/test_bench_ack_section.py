@@ -36,3 +36,21 @@ def test_render_adds_the_summary_row() -> None:
     rows = report.ack_under_ingest({"off": result(12.0)})
     assert any("PASS" in row for row in rows)
     assert any("**MISS**" in row for row in report.ack_under_ingest({"off": result(80.0)}))
+
+
+def test_the_summary_row_is_spliced_into_the_results_table(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\n## Results against the targets\n\n"
+                    "| # | what | target | measured | ratio | result |\n|---|---|---|---|---|---|\n"
+                    "| 6 | flip | < 1000 ms | 11.5 ms | 0.01 | PASS |\n\n## 1. MLLP\n\nx\n")
+    report.splice_summary_row(page, report.ack_summary_row({"off": result(30.5)}))
+    first = page.read_text()
+    rows = [line for line in first.splitlines() if line.startswith("| 7 |")]
+    assert len(rows) == 1 and "30.50 ms" in rows[0] and "PASS" in rows[0]
+    assert first.index("| 6 | flip") < first.index("| 7 |") < first.index("## 1. MLLP")
+
+    report.splice_summary_row(page, report.ack_summary_row({"off": result(80.0)}))
+    second = page.read_text()
+    rows = [line for line in second.splitlines() if line.startswith("| 7 |")]
+    assert len(rows) == 1 and "80.00 ms" in rows[0] and "**MISS**" in rows[0]
+    assert "| 6 | flip" in second and "x" in second.splitlines()
