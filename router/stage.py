@@ -368,11 +368,3 @@ def _in_mode(events: list[CloudEvent], mode: Mode) -> list[CloudEvent]:
     if all(ev.ficusmode == want for ev in events):
         return events
     return [ev if ev.ficusmode == want else ev.model_copy(update={"ficusmode": want}) for ev in events]
-
-
-def record_of(key: str, locator: str, work: Any, *args: Any, **kwargs: Any) -> Record:
-    """A record from a translation call: its events, or its CanonicalError."""
-    try:
-        return Record(key, locator, list(work(*args, **kwargs)))
-    except CanonicalError as exc:
-        return Record(key, locator, error=exc)
