@@ -74,14 +74,65 @@ class EmbeddedNatsConfig(_Model):
     store_dir: str | None = None
 
 
+def readable_file(value: str) -> str:
+    """`value` if it names a file Ficus can open; the error names the path, never what is in it."""
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"{value}: {'not a file' if path.exists() else 'file not found'}")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{value}: cannot read: {exc.strerror or type(exc).__name__}") from exc
+    return value
+
+
+def _head(value: str, limit: int = 64 * 1024) -> bytes:
+    with Path(value).open("rb") as f:
+        return f.read(limit)
+
+
+class NatsTlsConfig(_Model):
+    """TLS to an external NATS server: only `ca` is trusted (pinned); `cert` and `key` for a
+    server that verifies its clients."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None
+    """The name the server's certificate must carry, when it is not the URL's host."""
+
+    @field_validator("ca", "cert", "key")
+    @classmethod
+    def _file(cls, value: str | None) -> str | None:
+        return None if value is None else readable_file(value)
+
+    @model_validator(mode="after")
+    def _pair(self) -> NatsTlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both cert and key")
+        return self
+
+
+EXTERNAL_ONLY_KEYS = ("tls", "nkey_seed_file", "creds_file")
+
+
 class NatsConfig(_Model):
-    """How Ficus reaches NATS, and the retention of what it stores there."""
+    """How Ficus reaches NATS, and the retention of what it stores there.
+
+    An external server may need TLS (`tls`) and one credential: `user` + `password`, `token`,
+    `nkey_seed_file` or `creds_file` (a JWT and its seed). The embedded server is neither:
+    it listens on loopback only, in plain text, without credentials.
+    """
 
     url: str = "embedded"
     embedded: EmbeddedNatsConfig = EmbeddedNatsConfig()
+    tls: NatsTlsConfig | None = None
     user: str | None = None
     password: str | None = None
     token: str | None = None
+    nkey_seed_file: str | None = None
+    creds_file: str | None = None
     replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_seconds: float = Field(default=600, gt=0)
     publish_timeout_seconds: float = Field(default=5, gt=0)
@@ -100,6 +151,71 @@ class NatsConfig(_Model):
                 raise ValueError(f"expected 'embedded' or a comma-separated list of nats://, tls://, ws:// or "
                                  f"wss:// URLs without spaces; part {number} is not one")
         return value
+
+    @field_validator("nkey_seed_file")
+    @classmethod
+    def _seed_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        readable_file(value)
+        seed = _head(value).strip()
+        # A user seed is one line of 58 base32 characters starting SU (nkeys' encoding).
+        if not (seed.startswith(b"SU") and len(seed) == 58 and seed.isalnum()):
+            raise ValueError(f"{value}: does not hold a user nkey seed (one line starting with SU, as "
+                             "nsc or nk -gen user writes it)")
+        return value
+
+    @field_validator("creds_file")
+    @classmethod
+    def _creds_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        readable_file(value)
+        head = _head(value)
+        # nats-py reads these two blocks (and waits forever for a JWT block that is not there).
+        if b"BEGIN NATS USER JWT" not in head or b"BEGIN USER NKEY SEED" not in head:
+            raise ValueError(f"{value}: not a .creds file (it needs a NATS USER JWT block and a USER NKEY SEED "
+                             "block, as nsc writes them)")
+        return value
+
+    @model_validator(mode="after")
+    def _secured(self) -> NatsConfig:
+        if self.url == "embedded":
+            given = [key for key in EXTERNAL_ONLY_KEYS if getattr(self, key) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for an external NATS server (nats.url = \"tls://...\"); "
+                                 "the embedded server listens on loopback only, in plain text")
+            if not is_loopback(self.embedded.host):
+                # It has neither TLS nor credentials: reachable from the network, it would serve PHI to anyone.
+                raise ValueError(f"embedded.host {self.embedded.host} is not a loopback address: the embedded server "
+                                 "has no TLS and no credentials; reach NATS over a network with an external "
+                                 "cluster (nats.url, nats.tls)")
+            return self
+        kinds = self.credential_kinds()
+        if len(kinds) > 1:
+            raise ValueError(f"give one NATS credential, not {' and '.join(kinds)}")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password go together")
+        if self.tls is not None:
+            plain = [n for n, part in enumerate(self.servers, 1) if part.startswith("ws://")]
+            if plain:
+                raise ValueError(f"nats.tls is set but part {plain[0]} of nats.url is ws:// (plain); use wss://")
+        return self
+
+    def credential_kinds(self) -> list[str]:
+        """The kinds of credential configured (names of keys, never values)."""
+        kinds = []
+        if self.user is not None or self.password is not None:
+            kinds.append("user/password")
+        if self.token is not None:
+            kinds.append("token")
+        if self.nkey_seed_file is not None:
+            kinds.append("nkey_seed_file")
+        if self.creds_file is not None:
+            kinds.append("creds_file")
+        if self.url != "embedded" and any(_USERINFO.search(part) for part in self.servers):
+            kinds.append("credentials in nats.url")
+        return kinds
 
     @property
     def servers(self) -> list[str]:

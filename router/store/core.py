@@ -18,6 +18,7 @@ import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import nats
 import nats.errors
@@ -42,7 +43,8 @@ from canonical.envelope import CloudEvent
 from router import names
 from router.config import NatsConfig
 from router.publisher import FastPublisher, encode_headers, supported
-from router.store.errors import StoreUnavailable, mapped
+from router.store import secure
+from router.store.errors import StoreRejected, StoreUnavailable, mapped
 from router.store.kv import Bucket
 from router.store.objects import Objects
 
@@ -121,21 +123,38 @@ def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
 
 
 async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -> Client:
-    """Connects with settings for a long-lived service: reconnect forever, notice loss fast."""
+    """Connects with settings for a long-lived service: reconnect forever, notice loss fast.
 
-    client: list[Client] = []  # set below; the callbacks only run once it is
+    With `nats.tls` and a credential from the config (router/store/secure.py). A server
+    that is down is waited for, as ever; one that refuses Ficus (credentials refused, a
+    certificate that does not verify, no TLS where TLS is required) is not: once each
+    server has refused, `StoreRejected` names the URLs and why, never a secret.
+    """
+
+    nc = secure.GuardedClient(tls_everywhere=cfg.tls is not None)
+    connected = False
+    refusals = 0
+    loop = asyncio.get_running_loop()
+    refused: asyncio.Future[str] = loop.create_future()
 
     def closing() -> bool:
-        return bool(client) and (client[0].is_closed or client[0].is_draining)
+        return bool(nc.is_closed or nc.is_draining)
 
     async def on_error(exc: Exception) -> None:
+        nonlocal refusals
+        why = None if connected else secure.refusal(exc, cfg)
+        if why is not None:
+            refusals += 1
+            # The pool is tried in turn: as many refusals as servers and none would have Ficus.
+            if refusals >= len(servers) and not refused.done():
+                refused.set_result(why)
         if closing():  # our own close (a timed-out flush at shutdown, say): not an incident
             log.info("nats: while closing: %s", type(exc).__name__)
             return
         log.warning("nats: %s: %s", type(exc).__name__, exc)
 
     async def on_disconnect() -> None:
-        if closing():  # a clean stop disconnects too; only a lost connection deserves a warning
+        if closing() or not connected:  # a clean stop disconnects too; only a lost connection deserves a warning
             log.info("nats: connection closed")
             return
         log.warning("nats: disconnected")
@@ -143,16 +162,21 @@ async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -
     async def on_reconnect() -> None:
         log.info("nats: reconnected")
 
-    nc = await nats.connect(
+    tls = cfg.tls
+    connecting = asyncio.ensure_future(nc.connect(
         servers=servers,
         name=name,
+        tls=secure.tls_context(cfg, servers),
+        tls_hostname=tls.server_name if tls is not None else None,
         user=cfg.user,
         password=cfg.password,
         token=cfg.token,
+        nkeys_seed=cfg.nkey_seed_file,
+        user_credentials=cfg.creds_file,
         connect_timeout=2,
         # The default (60 attempts, then closed for good) would end an outage with a dead service.
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # typed int, used as seconds (a float)
         ping_interval=5,
         max_outstanding_pings=2,
         pending_size=8 * 1024 * 1024,
@@ -160,8 +184,21 @@ async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         allow_reconnect=True,
-    )
-    client.append(nc)
+    ))
+    first: set[asyncio.Future[Any]] = {connecting, refused}
+    try:
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            raise StoreRejected(f"{secure.shown(servers)} refused the connection: {refused.result()}")
+        connecting.result()
+    except BaseException:
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # what it raised is raised below
+            await connecting
+        with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+            await nc.close()
+        raise
+    connected = True
     return nc
 
 
