@@ -18,8 +18,17 @@ Error tree (``destination`` is the sender's name, ``reason`` a short text, no co
   retry can duplicate (MLLP is at-least-once).
 * :class:`LegacyAckMismatch` -- the reply is not about this message (MSA-2 differs, or
   there is no MSA segment). The engine's state for this message is unknown.
+* :class:`LegacyTlsError` -- the TLS handshake with the engine failed (a certificate
+  from a CA other than the pinned one, expired, for another name; our client
+  certificate refused). Nothing of the message was written. Not cured by retrying at
+  once, but counted as a failed connect, so the backoff below applies.
 * :class:`LegacyError` itself -- give up: the payload cannot be framed (it contains an
   MLLP block byte), the reply is over ``max_message_bytes``, or the sender is closed.
+
+TLS (issue 13): given ``tls`` (a function returning the client context for the next
+connection, e.g. ``ReloadingContext.fresh`` over ``protocols.tls.client_context``, which
+trusts only the configured CA), every connection is TLS, its name checked against
+``server_hostname`` (default: the host connected to).
 
 Framing is the listener's codec (``protocols.mllp``): the reply is read by a
 :class:`~protocols.mllp.FrameReader` over the same decoder, so both ends apply one
@@ -32,12 +41,15 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
 
 from protocols.backoff import Backoff
 from protocols.mllp import END_BLOCK, START_BLOCK, FrameReader, FrameTooLarge, frame
+from protocols.tls import ssl_reason
 
 logger = logging.getLogger("ficus.legacy")
 
@@ -60,6 +72,10 @@ class LegacyError(Exception):
 
 class LegacyUnavailable(LegacyError):
     """The engine could not be reached or did not answer in time: retry later."""
+
+
+class LegacyTlsError(LegacyError):
+    """The TLS handshake with the engine failed; ``reason`` says why (OpenSSL's words)."""
 
 
 class LegacyAckMismatch(LegacyError):
@@ -151,10 +167,13 @@ class MllpSender:
         connect_timeout: float = 5,
         ack_timeout: float = 30,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         """Configure the pool; connections are opened lazily by :meth:`send`.
 
-        ``max_message_bytes`` bounds the reply; outgoing payloads are never cut.
+        ``max_message_bytes`` bounds the reply; outgoing payloads are never cut. ``tls``
+        and ``server_hostname``: see the module docstring.
         """
         if connections < 1:
             raise ValueError("connections must be at least 1")
@@ -164,6 +183,8 @@ class MllpSender:
         self._connect_timeout = connect_timeout
         self._ack_timeout = ack_timeout
         self._max_message_bytes = max_message_bytes
+        self._tls = tls
+        self._server_hostname = server_hostname
         self._slots = [_Slot() for _ in range(connections)]
         self._idle: asyncio.Queue[_Slot] = asyncio.Queue()
         for slot in self._slots:
@@ -254,6 +275,10 @@ class MllpSender:
                 return await frames.read()
         except TimeoutError:
             raise LegacyUnavailable(self.name, f"no reply within {self._ack_timeout}s") from None
+        except ssl.SSLError as exc:
+            # TLS 1.3: the engine refuses our client certificate after our side saw the
+            # handshake end, so its alert arrives here, before anything was processed.
+            raise LegacyTlsError(self.name, f"TLS refused by the engine ({ssl_reason(exc)})") from exc
         except (OSError, asyncio.IncompleteReadError) as exc:
             reason = f"connection lost ({type(exc).__name__})"
             raise LegacyUnavailable(self.name, reason) from exc
@@ -287,7 +312,12 @@ class MllpSender:
             raise LegacyUnavailable(self.name, f"engine down, next connect in {wait:.2f}s")
         try:
             async with asyncio.timeout(self._connect_timeout):
-                streams = await asyncio.open_connection(self._host, self._port)
+                streams = await self._connect()
+        except ssl.SSLError as exc:  # before OSError, of which it is one
+            # One log line per failed message is the pipeline's; none here.
+            self._note_connect_failure(loop.time(), quiet=True)
+            reason = f"TLS handshake with {self._host}:{self._port} failed ({ssl_reason(exc)})"
+            raise LegacyTlsError(self.name, reason) from exc
         except OSError as exc:  # includes TimeoutError and ConnectionRefusedError
             self._note_connect_failure(loop.time())
             reason = f"connect to {self._host}:{self._port} failed ({type(exc).__name__})"
@@ -299,11 +329,21 @@ class MllpSender:
         self._retry_at = 0.0
         return streams
 
-    def _note_connect_failure(self, now: float) -> None:
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._tls is None:
+            return await asyncio.open_connection(self._host, self._port)
+        return await asyncio.open_connection(
+            self._host, self._port, ssl=self._tls(), server_hostname=self._server_hostname or self._host,
+            ssl_handshake_timeout=self._connect_timeout,
+        )
+
+    def _note_connect_failure(self, now: float, *, quiet: bool = False) -> None:
         """Back off (full jitter) from the second consecutive failure on: the first is
         retried at once, as an engine restart usually costs one refused connect."""
         self._connect_failures += 1
         if self._connect_failures >= 2:
             self._retry_at = now + self._backoff.next_delay()
+        if quiet:
+            return
         if self._connect_failures in (1, 10) or self._connect_failures % 100 == 0:
             logger.warning("legacy %s: connect failed %d time(s) in a row", self.name, self._connect_failures)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from types import TracebackType
 from typing import Self
 
@@ -59,12 +60,17 @@ class SimulatedEngine:
         reply: bool = True,
         wrong_control_id: bool = False,
         max_message_bytes: int = 16 * 1024 * 1024,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """Configure the engine; :meth:`start` binds 127.0.0.1 on an ephemeral port."""
+        """Configure the engine; :meth:`start` binds 127.0.0.1 on an ephemeral port.
+
+        ``ssl_context``: serve MLLP over TLS with it (read at each start()).
+        """
         self.ack_code = ack_code
         self.delay = delay
         self.reply = reply
         self.wrong_control_id = wrong_control_id
+        self.ssl_context = ssl_context
         self.received: list[bytes] = []
         """Every payload received, exactly as bytes, in arrival order."""
         self.replies: list[bytes] = []
@@ -89,7 +95,7 @@ class SimulatedEngine:
         if self._server is not None:
             return
         self._stopping = asyncio.Event()
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self._port)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self._port, ssl=self.ssl_context)
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

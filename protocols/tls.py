@@ -44,7 +44,7 @@ _SHORT_NAMES: Final = {
     "domainComponent": "DC",
     "userId": "UID",
 }
-_ESCAPED: Final = frozenset(',+"\\<>;=')
+_ESCAPED: Final = frozenset(',+"\\<>;')
 
 
 class TlsError(OSError):

@@ -299,6 +299,43 @@ class InterfaceBase(_Model):
         return value
 
 
+class MllpTlsConfig(_Model):
+    """TLS on an hl7-mllp listener (`tls`): PEM certificate chain and key; with `client_ca`,
+    client certificates are verified against that bundle (mutual TLS), and required with
+    `require_client_cert`. The files are read at start and again when they change or at SIGHUP."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+    require_client_cert: bool = False
+    # A client that connects and does not finish its handshake holds a connection slot until then.
+    handshake_timeout_seconds: float = Field(default=10, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _client_ca(self) -> MllpTlsConfig:
+        if self.require_client_cert and not self.client_ca:
+            raise ValueError("require_client_cert = true needs client_ca (the CA bundle client certificates "
+                             "are checked against)")
+        return self
+
+
+class LegacyTlsConfig(_Model):
+    """TLS to the legacy MLLP engine (`legacy_tls`): only `ca` is trusted (pinned, no system store);
+    `cert` and `key` for an engine that verifies its clients; `server_name`, the name the engine's
+    certificate must carry when it is not the host of `legacy`."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> LegacyTlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both cert and key")
+        return self
+
+
 class MllpInterfaceConfig(InterfaceBase):
     """An HL7 v2 feed over MLLP: Ficus listens where the legacy engine used to."""
 
@@ -321,12 +358,20 @@ class MllpInterfaceConfig(InterfaceBase):
     legacy_connections: int = Field(default=2, ge=1, le=64)
     legacy_connect_timeout_seconds: float = Field(default=5, gt=0)
     legacy_ack_timeout_seconds: float = Field(default=30, gt=0)
+    tls: MllpTlsConfig | None = None
+    legacy_tls: LegacyTlsConfig | None = None
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         parse_hostport(value, default_host="0.0.0.0")
         return value
+
+    @model_validator(mode="after")
+    def _legacy_tls(self) -> MllpInterfaceConfig:
+        if self.legacy_tls is not None and self.legacy is None:
+            raise ValueError("legacy_tls is set but there is no legacy destination (key 'legacy')")
+        return self
 
     @field_validator("legacy")
     @classmethod

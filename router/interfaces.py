@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,8 +24,18 @@ from canonical.reference import ReferenceStore
 from legacy.file_delivery import FolderDelivery, InPlaceDelivery, SftpDelivery
 from legacy.mllp_sender import MllpSender
 from protocols.backoff import Backoff
+from protocols.tls import ReloadingContext, TlsFiles, client_context, server_context
+from protocols.tls_server import DEFAULT_HANDSHAKE_TIMEOUT
 from router import names
-from router.config import FileInterfaceConfig, InterfaceConfig, MllpInterfaceConfig, OdbcInterfaceConfig, SftpConfig
+from router.config import (
+    FileInterfaceConfig,
+    InterfaceConfig,
+    LegacyTlsConfig,
+    MllpInterfaceConfig,
+    MllpTlsConfig,
+    OdbcInterfaceConfig,
+    SftpConfig,
+)
 from router.file_pipeline import Delivery, FilePipeline
 from router.manifest import Manifest
 from router.mllp_pipeline import MllpPipeline
@@ -74,6 +84,28 @@ class RunningInterface:
     until one succeeds), a file set aside. Identifiers and error classes only, never data."""
     listener: MllpListener | None = None
     pipeline: MllpPipeline | FilePipeline | OdbcPipeline | None = None
+    tls: tuple[ReloadingContext, ...] = ()
+    """The interface's TLS contexts, reloaded by `reload_certificates` (SIGHUP)."""
+
+
+def listener_tls(name: str, cfg: MllpTlsConfig) -> ReloadingContext:
+    """The listener's server context; raises TlsError (an OSError) when the files do not load."""
+    files = TlsFiles(Path(cfg.cert), Path(cfg.key), Path(cfg.client_ca) if cfg.client_ca else None)
+    return ReloadingContext(f"{name} listener",
+                            lambda: server_context(files, require_client_cert=cfg.require_client_cert), files.paths())
+
+
+def legacy_tls(name: str, cfg: LegacyTlsConfig) -> ReloadingContext:
+    """The legacy sender's client context (only `cfg.ca` trusted); raises TlsError."""
+    ca, cert, key = Path(cfg.ca), Path(cfg.cert) if cfg.cert else None, Path(cfg.key) if cfg.key else None
+    return ReloadingContext(f"{name} legacy", lambda: client_context(ca, cert, key), TlsFiles(cert, key, ca).paths())
+
+
+def reload_certificates(interfaces: Mapping[str, RunningInterface]) -> None:
+    """Reload every interface's TLS files now (SIGHUP); files that do not load keep the old ones."""
+    for running in interfaces.values():
+        for context in running.tls:
+            context.reload()
 
 
 async def start_mllp(cfg: MllpInterfaceConfig, deps: Deps) -> RunningInterface:
@@ -81,12 +113,16 @@ async def start_mllp(cfg: MllpInterfaceConfig, deps: Deps) -> RunningInterface:
     stats = InterfaceStats()
     legacy: MllpSender | None = None
     hp = cfg.legacy_host_port
+    server_tls = listener_tls(cfg.name, cfg.tls) if cfg.tls is not None else None
+    sender_tls = legacy_tls(cfg.name, cfg.legacy_tls) if cfg.legacy_tls is not None else None
     async with contextlib.AsyncExitStack() as started:
         if hp is not None:
             legacy = await started.enter_async_context(MllpSender(
                 cfg.name, hp[0], hp[1], connections=cfg.legacy_connections,
                 connect_timeout=cfg.legacy_connect_timeout_seconds,
                 ack_timeout=cfg.legacy_ack_timeout_seconds, max_message_bytes=cfg.max_message_bytes,
+                tls=sender_tls.fresh if sender_tls else None,
+                server_hostname=cfg.legacy_tls.server_name if cfg.legacy_tls else None,
             ))
         pipeline = MllpPipeline(cfg, deps.store, deps.routes, legacy, stats, reference=deps.reference)
         host, port = cfg.listen_host_port
@@ -94,7 +130,8 @@ async def start_mllp(cfg: MllpInterfaceConfig, deps: Deps) -> RunningInterface:
             cfg.name, host, port, pipeline, max_message_bytes=cfg.max_message_bytes,
             idle_timeout=cfg.idle_timeout_seconds, on_oversize=pipeline.on_oversize,
             on_malformed=pipeline.on_malformed, max_connections=cfg.max_connections,
-            end_grace=cfg.frame_end_grace_seconds,
+            end_grace=cfg.frame_end_grace_seconds, tls=server_tls.fresh if server_tls else None,
+            handshake_timeout=cfg.tls.handshake_timeout_seconds if cfg.tls else DEFAULT_HANDSHAKE_TIMEOUT,
         ))
         started.pop_all()  # all started: from here `stop_intake` and `finish` own them
 
@@ -108,6 +145,7 @@ async def start_mllp(cfg: MllpInterfaceConfig, deps: Deps) -> RunningInterface:
         details=lambda: {"listener": dataclasses.asdict(listener.stats)},
         ready=lambda: listener.port != 0, listener=listener, pipeline=pipeline,
         problem=lambda: None if listener.port else f"MLLP listener not bound ({cfg.listen})",
+        tls=tuple(c for c in (server_tls, sender_tls) if c is not None),
     )
 
 

@@ -360,6 +360,10 @@ class MllpPipeline:
         # The interface is in the subject and the arrival time in JetStream's own metadata;
         # every header costs on the hot path, so only what is not derivable travels.
         headers = {names.HDR_PEER: f"{peer.host}:{peer.port}"}
+        if peer.cert_subject:
+            # Who sent it, as the verified client certificate names it (issue 13): the
+            # sender's identity, bounded by protocols.tls.peer_subject, not message content.
+            headers[names.HDR_PEER_CERT] = peer.cert_subject
         if header is not None and control_id:
             raw_id = _digest(b"msh10", self.name, header.sender, control_id)
             headers[names.HDR_CONTROL_ID] = bounded_id(control_id)

@@ -30,6 +30,8 @@ HDR_MSG_ID = "Nats-Msg-Id"
 HDR_INTERFACE = "Ficus-Interface"
 HDR_CONTROL_ID = "Ficus-Control-Id"
 HDR_PEER = "Ficus-Peer"
+# On a raw copy received over mutual TLS: the client certificate's subject (RFC 4514, bounded).
+HDR_PEER_CERT = "Ficus-Peer-Cert"
 HDR_EVENT_TYPE = "Ficus-Event-Type"
 HDR_MODE = "Ficus-Mode"
 # On a raw copy whose control id was already stored with other bytes (router/mllp_pipeline.py).

@@ -63,3 +63,14 @@ def install(loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None], deadli
 
     for sig in SIGNALS:
         loop.add_signal_handler(sig, first, sig)
+
+
+def on_hangup(loop: asyncio.AbstractEventLoop, reload: Callable[[], None]) -> None:
+    """SIGHUP: `reload()` (TLS certificates read again) and keep running, instead of the default
+    of ending the process."""
+
+    def hangup() -> None:
+        logging.getLogger("ficus").info("SIGHUP: reloading TLS certificates")
+        reload()
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)

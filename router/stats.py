@@ -187,6 +187,7 @@ LISTENER_COUNTERS = (
     ("refused", "mllp_connections_refused", "MLLP connections refused over max_connections"),
     ("idle_closed", "mllp_idle_closed", "MLLP connections closed for being idle"),
     ("peer_resets", "mllp_peer_resets", "MLLP connections reset by the peer before the reply"),
+    ("tls_refused", "mllp_tls_refused", "MLLP connections refused at the TLS handshake (nothing read)"),
     ("malformed", "mllp_malformed_frames", "MLLP frames with a stray block byte, rejected and kept"),
     ("oversize", "mllp_oversize_frames", "MLLP frames over max_message_bytes, rejected"),
     ("aborted_frames", "mllp_aborted_frames", "MLLP connections that ended inside a frame"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 from protocols.mllp import FrameDecoder, Oversize, frame
 
@@ -11,16 +12,23 @@ from protocols.mllp import FrameDecoder, Oversize, frame
 class MllpTestClient:
     """One connection; `exchange` sends a payload and waits for one reply (or None on close)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", *, tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port = host, port
+        self.tls = tls
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._decoder = FrameDecoder(64 * 1024 * 1024)
         self._pending: list[bytes] = []
 
     async def __aenter__(self) -> MllpTestClient:
-        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port, ssl=self.tls)
         return self
+
+    @property
+    def writer(self) -> asyncio.StreamWriter:
+        """The open connection (TLS details: ``get_extra_info("ssl_object")``)."""
+        assert self._writer is not None
+        return self._writer
 
     async def __aexit__(self, *exc: object) -> None:
         if self._writer is not None:
@@ -50,8 +58,10 @@ class MllpTestClient:
         return await self.reply(timeout)
 
 
-async def send_one(port: int, payload: bytes, timeout: float = 10.0) -> bytes | None:
-    async with MllpTestClient(port) as client:
+async def send_one(
+    port: int, payload: bytes, timeout: float = 10.0, *, tls: ssl.SSLContext | None = None
+) -> bytes | None:
+    async with MllpTestClient(port, tls=tls) as client:
         return await client.exchange(payload, timeout)
 
 

@@ -26,6 +26,14 @@ Issue 10 hardening, all counted in :class:`ListenerStats`:
 * A peer that goes away (reset, or closed) before its reply is written costs one log
   line (interface, connection id, peer, exception type) and no traceback, on the
   stdlib loop and on uvloop (whose transport raises RuntimeError on such a write).
+
+Issue 13, TLS: given ``tls`` (a function returning the context for the next connection,
+e.g. ``ReloadingContext.fresh``), connections are accepted by ``protocols.tls_server`` and
+handed to the same code once their handshake passed. A plain-text client, an untrusted
+client certificate or a handshake that does not finish within ``handshake_timeout`` is
+refused before any byte reaches the decoder: one WARNING line (interface, peer address,
+OpenSSL's reason), counted in ``tls_refused``. Handshakes under way count towards
+``max_connections``. The verified client certificate's subject travels on :class:`Peer`.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -48,6 +57,8 @@ from protocols.mllp import (
     frame,
     read_some,
 )
+from protocols.tls import peer_subject
+from protocols.tls_server import DEFAULT_HANDSHAKE_TIMEOUT, TlsServer
 
 logger = logging.getLogger("ficus.mllp")
 
@@ -70,6 +81,8 @@ class Peer:
     port: int
     connection_id: int
     """Unique per listener, increasing; ties log lines of one connection together."""
+    cert_subject: str | None = None
+    """The verified client certificate's subject (RFC 4514, bounded); None without mutual TLS."""
 
 
 class MessageHandler(Protocol):
@@ -117,6 +130,8 @@ class ListenerStats:
     """Connections closed at once because ``max_connections`` were already open."""
     peer_resets: int = 0
     """Connections the peer reset or closed while a read or a reply write was under way."""
+    tls_refused: int = 0
+    """TLS connections whose handshake failed or timed out: never read, never counted above."""
 
 
 class _HandlerFailed(Exception):
@@ -159,13 +174,16 @@ class MllpListener:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         end_grace: float = DEFAULT_END_GRACE,
         read_size: int = 65536,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         """Configure the listener; nothing is bound until :meth:`start`.
 
         ``port`` 0 binds an ephemeral port (see :attr:`port`). Oversize frames are
         answered with ``on_oversize``'s reply, malformed ones with ``on_malformed``'s,
         or not answered at all when the handler is None. ``idle_timeout`` None keeps
-        idle connections open forever.
+        idle connections open forever. ``tls``: serve TLS only, each connection with
+        the context it returns at accept time (see the module docstring).
         """
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -180,6 +198,9 @@ class MllpListener:
         self._max_connections = max_connections
         self._end_grace = end_grace
         self._read_size = read_size
+        self._tls = tls
+        self._handshake_timeout = handshake_timeout
+        self._tls_server: TlsServer | None = None
         self._refused_unlogged = 0
         self._refused_log_at = 0.0
         self._server: asyncio.Server | None = None
@@ -192,6 +213,8 @@ class MllpListener:
     @property
     def port(self) -> int:
         """The bound port (the actual one when constructed with port 0); 0 when not listening."""
+        if self._tls_server is not None:
+            return self._tls_server.port
         if self._server is None or not self._server.sockets:
             return 0
         port: int = self._server.sockets[0].getsockname()[1]
@@ -210,13 +233,21 @@ class MllpListener:
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
-        if self._server is not None:
+        if self._server is not None or self._tls_server is not None:
             raise RuntimeError(f"listener {self.name} already started")
-        self._server = await asyncio.start_server(self._on_connect, self._host, self._requested_port)
+        if self._tls is None:
+            self._server = await asyncio.start_server(self._on_connect, self._host, self._requested_port)
+        else:
+            self._tls_server = TlsServer(
+                self._host, self._requested_port, self._tls, self._serve_connection, self._tls_refused,
+                admit=self._admit, handshake_timeout=self._handshake_timeout,
+            )
+            await self._tls_server.start()
         if self._idle_timeout is not None:
             self._sweeper = asyncio.create_task(self._sweep_idle(self._idle_timeout))
         logger.info(
-            "mllp listener %s on %s:%d (max %d connections)", self.name, self._host, self.port, self._max_connections
+            "mllp listener %s on %s:%d%s (max %d connections)",
+            self.name, self._host, self.port, " over TLS" if self._tls else "", self._max_connections,
         )
 
     async def close(self, drain_timeout: float = 10) -> None:
@@ -230,6 +261,9 @@ class MllpListener:
         self._closing = True
         if self._server is not None:
             self._server.close()  # before any await: refuse new connections now
+        if self._tls_server is not None:
+            self._tls_server.stop_accepting()
+            await self._tls_server.close()  # handshakes under way are dropped: nothing was read
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -280,6 +314,24 @@ class MllpListener:
         if len(self._connections) >= self._max_connections:
             self._refuse(writer)
             return
+        await self._serve_connection(reader, writer)
+
+    def _admit(self, host: str) -> bool:
+        """TLS: whether an accepted socket may start its handshake (the connection cap)."""
+        assert self._tls_server is not None
+        if len(self._connections) + self._tls_server.handshaking < self._max_connections:
+            return True
+        self._note_refused(host)
+        return False
+
+    def _tls_refused(self, host: str, port: int, reason: str) -> None:
+        if self._closing:
+            return  # close() dropped a handshake under way: not the peer's doing
+        self._stats.tls_refused += 1
+        logger.warning("mllp %s: TLS connection from %s:%d refused, nothing read (%s)", self.name, host, port, reason)
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one admitted connection (after its handshake, for TLS) until it ends."""
         conn = self._register(writer)
         try:
             if not self._closing:
@@ -310,18 +362,22 @@ class MllpListener:
     def _refuse(self, writer: asyncio.StreamWriter) -> None:
         """Close a connection over the limit at once; log at most every few seconds."""
         writer.transport.abort()  # frees the descriptor now, no lingering close
+        peername = writer.get_extra_info("peername") or ("?", 0)
+        self._note_refused(str(peername[0]))
+
+    def _note_refused(self, host: str) -> None:
+        """Count a connection refused over the cap; log at most every few seconds."""
         self._stats.refused += 1
         self._refused_unlogged += 1
         now = asyncio.get_running_loop().time()
         if now < self._refused_log_at:
             return
-        peername = writer.get_extra_info("peername") or ("?", 0)
         logger.warning(
             "mllp %s: %d connections open (max_connections); refused %d new connection(s), latest from %s",
             self.name,
             len(self._connections),
             self._refused_unlogged,
-            peername[0],
+            host,
         )
         self._refused_unlogged = 0
         self._refused_log_at = now + _REFUSED_LOG_EVERY
@@ -329,7 +385,8 @@ class MllpListener:
     def _register(self, writer: asyncio.StreamWriter) -> _Connection:
         self._next_id += 1
         peername = writer.get_extra_info("peername") or ("?", 0)
-        peer = Peer(host=str(peername[0]), port=int(peername[1]), connection_id=self._next_id)
+        subject = peer_subject(writer.get_extra_info("ssl_object"))
+        peer = Peer(host=str(peername[0]), port=int(peername[1]), connection_id=self._next_id, cert_subject=subject)
         conn = _Connection(peer, writer, self._max_message_bytes)
         self._connections[peer.connection_id] = conn
         self._stats.connections_total += 1
