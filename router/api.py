@@ -1,10 +1,16 @@
-"""The thin HTTP API (aiohttp): JSON under /api/v1, bearer tokens, health, metrics, dashboard.
+"""The thin HTTP API (aiohttp): JSON under /api/v1, named identities, health, metrics, dashboard.
 
 Handlers are plain functions reading what they need from typed app state, one key per
-resource (the config, the store, the routing table, the interfaces), all of it started. The
-`viewer` token reads; the `operator` token also flips routes and replays. With no tokens
-configured (allowed only on a loopback listener, or with `api.insecure = true`) the API is
-open. Request bodies are validated by strict models; a malformed request of any kind gets a
+resource (the config, the store, the routing table, the interfaces), all of it started.
+Every route has one access rule (`ENDPOINTS`, the table the app is built from): the role it
+needs (viewer < operator < admin, or none for the health probes and the login form) and,
+for the actions the audit trail records, the action's name. The caller is a named client
+or a JWT (router/auth.py); its name is the actor of everything it does, never a header.
+Message content (events, dead letters) is operator's and every read of it is audited
+before it is served (router/audit.py says in which order records and actions go). With no
+credentials configured (allowed only on a loopback listener, or with `api.insecure =
+true`) the API is open: every caller is "anonymous" with the admin role. Request bodies are
+bounded (MAX_BODY) and validated by strict models; a malformed request of any kind gets a
 4xx with a JSON reason that quotes no value, never a 5xx.
 """
 
@@ -13,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
-import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
@@ -26,8 +35,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
+from protocols.tls import ReloadingContext, TlsFiles, peer_subject, server_context
 from router import dlq, ledger, names, parity, replay
-from router.config import INSECURE_WARNING, SLUG, ConfigError, FicusConfig, Mode
+from router.audit import ACTIONS, Action, AuditTrail, AuditUnavailable, Record, result_of
+from router.auth import OPEN, Authenticator, Identity, RateLimiter, allows
+from router.config import SLUG, ApiTlsConfig, ConfigError, FicusConfig, Mode, Role
 from router.dashboard import SESSION_COOKIE, Sessions, login_page, render_dashboard
 from router.interfaces import RunningInterface
 from router.routes import RouteError, RouteTable
@@ -49,16 +61,23 @@ RUNNING: web.AppKey[Running] = web.AppKey("running")
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry")
 SESSIONS: web.AppKey[Sessions] = web.AppKey("sessions")
 LEDGER: web.AppKey[ledger.Reader] = web.AppKey("ledger")
-ROLE: web.RequestKey[str] = web.RequestKey("role")
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-# The dashboard checks its own credentials (a bearer token or the login form's cookie).
-DASHBOARD_PATHS = frozenset({"/", "/login", "/logout"})
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+AUDIT: web.AppKey[AuditTrail] = web.AppKey("audit")
+RULES: web.AppKey[dict[tuple[str, str], Rule]] = web.AppKey("rules")
+BACKGROUND: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("background")
+"""Audit writes that outlive their request (a client gone mid-replay)."""
+IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
+PENDING: web.RequestKey[Pending] = web.RequestKey("pending")
+MAX_BODY = 64 * 1024
+"""The largest request body (every body the API takes is a small JSON object); 413 beyond."""
 # A listing filtered by interface or type reads at most this many stream messages per call.
 EVENTS_SCAN_MAX = 1000
 EVENTS_SCAN_FACTOR = 10
 # Stream sequences are uint64 in JetStream; ids beyond that cannot exist.
 MAX_SEQ = 2**63 - 1
 TYPE_PART = re.compile(r"^[a-z0-9_-]{1,64}$")
+WWW_AUTHENTICATE = 'Bearer realm="ficus"'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 B = TypeVar("B", bound=BaseModel)
 
@@ -74,6 +93,40 @@ class ApiProblem(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Who may call a route, and what the audit trail records of it."""
+
+    role: Role | None
+    """The least role it needs; None: anyone (the health probes, the login form)."""
+    action: Action | None = None
+    """Audited as this action (router/audit.py)."""
+    content: bool = False
+    """A read of message content: served only once its audit record is stored."""
+    page: bool = False
+    """The dashboard: a login session counts, and a login form answers a missing credential."""
+
+
+@dataclass(slots=True)
+class Pending:
+    """What the audit record of the request in progress will say; handlers add to it."""
+
+    action: Action
+    interface: str | None
+    target: dict[str, Any] = field(default_factory=dict)
+    started: bool = False
+    outcome: int | None = None
+    """A status the handler reports where the answer's own cannot say it (a streamed replay's error)."""
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, ApiProblem | web.HTTPException):
+        return exc.status
+    if isinstance(exc, StoreError):
+        return 503
+    return 500
 
 
 @web.middleware
@@ -95,43 +148,154 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(503, f"JetStream unavailable: {exc.reason}")
 
 
-def role_for(tokens: Mapping[Any, str], given: str) -> str | None:
-    """The role whose token is `given` (compared in constant time, as bytes: any header is valid input)."""
-    try:
-        given_bytes = given.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return None
-    for role, token in tokens.items():
-        if token and secrets.compare_digest(token.encode(), given_bytes):
-            return str(role)
-    return None
+def source_of(request: web.Request) -> dict[str, str]:
+    """Where a request came from: the peer address, and the verified client certificate's subject."""
+    out = {"ip": request.remote or "?"}
+    transport = request.transport
+    subject = peer_subject(transport.get_extra_info("ssl_object")) if transport is not None else None
+    if subject:
+        out["cert"] = subject
+    return out
 
 
-def bearer_role(request: web.Request) -> str | None:
-    """The role of the request's bearer token, if any."""
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
+def rule_for(request: web.Request) -> Rule | None:
+    """The access rule of the route a request matched (HEAD as GET)."""
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None:
         return None
-    return role_for(request.app[CONFIG].api.tokens, header.removeprefix("Bearer ").strip())
+    method = "GET" if route.method == "HEAD" else route.method
+    return request.app[RULES].get((method, resource.canonical))
+
+
+async def bearer_identity(request: web.Request) -> Identity | None:
+    """Who the request's bearer credential names (the open API's caller without credentials)."""
+    auth = request.app[AUTH]
+    if auth.open:
+        return OPEN
+    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        return None
+    return await auth.identify(credential.strip())
+
+
+def _unauthorized(request: web.Request) -> web.Response:
+    resp = _error(401, "missing, unknown or expired bearer credential")
+    invalid = "Authorization" in request.headers
+    resp.headers["WWW-Authenticate"] = WWW_AUTHENTICATE + (', error="invalid_token"' if invalid else "")
+    return resp
+
+
+def _too_many(wait: float) -> web.Response:
+    resp = _error(429, "too many requests; retry after the time in Retry-After")
+    resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return resp
 
 
 @web.middleware
-async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer tokens: viewer for reads, operator for changes."""
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authentication, the rate limit, the role a route needs, and the audit records of its action."""
     unmatched = request.match_info.http_exception
     if unmatched is not None:
         raise unmatched  # 404/405 before 401: the routes are documented, nothing to hide
-    tokens = request.app[CONFIG].api.tokens
-    if request.path in OPEN_PATHS or request.path in DASHBOARD_PATHS or not tokens:
-        request[ROLE] = "operator" if not tokens else "anonymous"
+    rule = rule_for(request)
+    if rule is None:  # a route added outside ENDPOINTS: closed until it has a rule
+        return _error(403, "this route has no access rule")
+    if rule.role is None:
         return await handler(request)
-    role = bearer_role(request)
-    if role is None:
-        return _error(401, "missing or unknown bearer token")
-    if request.method not in ("GET", "HEAD") and role != "operator":
-        return _error(403, "this needs the operator token")
-    request[ROLE] = role
-    return await handler(request)
+    identity = await bearer_identity(request)
+    if identity is None and rule.page:
+        identity = request.app[SESSIONS].identity(request.cookies.get(SESSION_COOKIE, ""))
+        if identity is None:
+            return await handler(request)  # the login form; no data
+    limiter = request.app[LIMITER]
+    if identity is None:
+        wait = limiter.take("peer:" + (request.remote or "?"))
+        return _too_many(wait) if wait else _unauthorized(request)
+    if identity.via != "open" and (wait := limiter.take(f"{identity.via}:{identity.name}")):
+        return _too_many(wait)
+    request[IDENTITY] = identity
+    pending = Pending(rule.action, _interface_of(request)) if rule.action is not None else None
+    if not allows(identity.role, rule.role):
+        if pending is not None:
+            request[PENDING] = pending
+            await _record(request, 403)
+        return _error(403, f"this needs the {rule.role} role")
+    if pending is None:
+        return await handler(request)
+    request[PENDING] = pending
+    return await _audited(request, handler, rule)
+
+
+async def _audited(request: web.Request, handler: Handler, rule: Rule) -> web.StreamResponse:
+    """Runs an audited action's handler and records its outcome (see router/audit.py for the order)."""
+    pending = request[PENDING]
+    try:
+        resp = await handler(request)
+    except asyncio.CancelledError:
+        # The client went away (a streamed replay): recorded all the same, from outside this task.
+        task = asyncio.get_running_loop().create_task(_record(request, 499))
+        request.app[BACKGROUND].add(task)
+        task.add_done_callback(request.app[BACKGROUND].discard)
+        raise
+    except Exception as exc:
+        await _record(request, _status_of(exc))
+        raise
+    status = pending.outcome or resp.status
+    if rule.content and status < 400:
+        try:
+            await _record(request, status, must=True)
+        except AuditUnavailable as exc:
+            log.error("audit: a read of message content was refused: its audit record was not stored (%s)",
+                      exc.reason)
+            raise ApiProblem(503, f"audit trail unavailable ({exc.reason}): nothing is served unaudited") from None
+    else:
+        await _record(request, status)
+    return resp
+
+
+async def _record(request: web.Request, status: int | None, *, must: bool = False) -> None:
+    """Writes the request's audit record: `started` when `status` is None, else its outcome.
+
+    With `must`, AuditUnavailable is raised to the caller; otherwise a record that could not be
+    stored is an ERROR line (the action it was for is audited by its `started` record, or was refused).
+    """
+    pending, identity = request[PENDING], request[IDENTITY]
+    record = Record(
+        actor=identity.name, role=identity.role, via=identity.via, action=pending.action,
+        result="started" if status is None else result_of(status), status=status,
+        source=source_of(request), interface=pending.interface, target=dict(pending.target),
+    )
+    try:
+        await request.app[AUDIT].write(record)
+    except AuditUnavailable as exc:
+        if must or status is None:
+            raise
+        log.error("audit: the %s record of %s by %s (%s) was not stored: %s", record.result, record.action,
+                  identity.name, status, exc.reason)
+
+
+async def begin(request: web.Request, **target: Any) -> None:
+    """Records that an audited change is about to be made; ApiProblem 503 (and no change) when
+    that record cannot be stored."""
+    pending = request[PENDING]
+    pending.target.update(target)
+    try:
+        await _record(request, None)
+    except AuditUnavailable as exc:
+        log.error("audit: %s refused: its audit record was not stored (%s)", pending.action, exc.reason)
+        raise ApiProblem(503, f"audit trail unavailable ({exc.reason}): nothing was done") from None
+    pending.started = True
+
+
+def note(request: web.Request, **target: Any) -> None:
+    """Adds identifiers and counts (never content) to the audit record of this request."""
+    request[PENDING].target.update(target)
+
+
+def _interface_of(request: web.Request) -> str | None:
+    name = request.match_info.get("iface") or request.query.get("interface")
+    return name if name and SLUG.match(name) else None
 
 
 class _Body(BaseModel):
@@ -216,13 +380,6 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _dashboard_role(request: web.Request) -> str | None:
-    """Who may see the dashboard: anyone without tokens; else a bearer token or a login session."""
-    if not request.app[CONFIG].api.tokens:
-        return "operator"
-    return bearer_role(request) or request.app[SESSIONS].role(request.cookies.get(SESSION_COOKIE, ""))
-
-
 def _html(text: str, status: int = 200) -> web.Response:
     resp = web.Response(text=text, status=status, content_type="text/html")
     resp.headers["Cache-Control"] = "no-store"
@@ -232,11 +389,14 @@ def _html(text: str, status: int = 200) -> web.Response:
 
 
 async def dashboard(request: web.Request) -> web.Response:
-    """The dashboard; with tokens configured, a 401 login form (and no data) until one is given."""
-    if _dashboard_role(request) is None:
-        return _html(login_page(), 401)
+    """The dashboard; with credentials configured, a 401 login form (and no data) until one is given."""
+    identity = request.get(IDENTITY)
+    if identity is None:
+        resp = _html(login_page(), 401)
+        resp.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+        return resp
     today = await _ledger_today(request.app[LEDGER], request.app[STORE], request.app[INTERFACES])
-    return _html(render_dashboard(request.app[RUNNING], ledger=today))
+    return _html(render_dashboard(request.app[RUNNING], ledger=today, who=identity))
 
 
 async def _ledger_today(
@@ -254,14 +414,20 @@ async def _ledger_today(
 
 
 async def login(request: web.Request) -> web.Response:
-    """The login form's POST: a valid token opens an HttpOnly, SameSite=Strict session cookie."""
+    """The login form's POST: a client's token (or a JWT) opens an HttpOnly, SameSite=Strict
+    session cookie carrying that client's name and role; the token itself is never stored."""
+    wait = request.app[LIMITER].take("peer:" + (request.remote or "?"))
+    if wait:
+        return _too_many(wait)
     raw = await request.content.read(4096)
-    role = role_for(request.app[CONFIG].api.tokens, Sessions.form_token(raw))
-    if role is None:
+    auth = request.app[AUTH]
+    identity = None if auth.open else await auth.identify(Sessions.form_token(raw))
+    if identity is None:
         return _html(login_page("unknown token"), 401)
     resp = web.Response(status=303, headers={"Location": "/"})
-    resp.set_cookie(SESSION_COOKIE, request.app[SESSIONS].open(role), httponly=True, samesite="Strict",
-                    path="/", max_age=int(Sessions.LIFETIME))
+    sid, lifetime = request.app[SESSIONS].open(identity)
+    resp.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="Strict", path="/", max_age=lifetime,
+                    secure=request.app[CONFIG].api.tls is not None)
     return resp
 
 
@@ -307,21 +473,31 @@ async def set_route(request: web.Request) -> web.Response:
         return _error(404, "unknown interface")
     body = await _body(request, RouteChange)
     mode, facility, force = body.mode, body.facility or None, body.force
+    note(request, mode=mode, facility=facility, force=force)
+    identity = request[IDENTITY]
+    if force:
+        request[PENDING].action = "forced_flip"
+        if not allows(identity.role, "admin"):
+            return _error(403, "a forced flip needs the admin role")
     running = interfaces[name]
     if mode in ("legacy", "shadow") and running.cfg.legacy is None:
         return _error(409, f"{name} has no legacy destination, so it cannot run in {mode}")
     verdict = parity.gate(running.cfg, routes.get(name), running.stats.parity, mode, facility)
     if verdict.refusal and not force:
         return web.json_response({"error": f"flip refused: {verdict.refusal}", "parity": verdict.window}, status=409)
-    actor = request.headers.get("X-Ficus-Actor", request[ROLE])
+    forced = force and verdict.refusal is not None
+    await begin(request, forced=forced)
     try:
         route = await routes.set(
-            name, mode, reason=body.reason, actor=actor, facility=facility, keep_facilities=body.keep_facilities,
-            # The audit record names the parity window the gate judged (start, revision, counts).
-            extra={"forced": force and verdict.refusal is not None, "parity": verdict.window},
+            # The actor is who authenticated; a client's X-Ficus-Actor header is ignored.
+            name, mode, reason=body.reason, actor=identity.name, facility=facility,
+            keep_facilities=body.keep_facilities,
+            # The route history names the parity window the gate judged (start, revision, counts).
+            extra={"forced": forced, "parity": verdict.window},
         )
     except RouteError as exc:
         return _error(exc.status, exc.reason)
+    note(request, revision=route.revision)
     return web.json_response({"interface": name, "route": route.model_dump(), "parity": verdict.window})
 
 
@@ -381,6 +557,7 @@ async def list_events(request: web.Request) -> web.Response:
     scan = min(max(limit * EVENTS_SCAN_FACTOR, 100), EVENTS_SCAN_MAX) if filtered else limit
     rows = await request.app[STORE].read(stream, subject, after, scan) if limit else []
     events: list[dict[str, Any]] = []
+    seen: set[str] = set()
     last = after
     for seq, data, headers in rows:
         last = seq
@@ -390,17 +567,22 @@ async def list_events(request: web.Request) -> web.Response:
         if etype and (not isinstance(event, dict) or event.get("type") != etype):
             continue
         events.append({"seq": seq, "event": event})
+        seen.add(headers.get(names.HDR_INTERFACE, "?"))
         if len(events) >= limit:
             break
+    note(request, mode="shadow" if shadow else "live", type=etype, count=len(events),
+         seqs=[e["seq"] for e in events], interfaces=sorted(seen))
     return web.json_response({"events": events, "next_after": last})
 
 
 async def get_event(request: web.Request) -> web.Response:
     seq = _seq(request.match_info["id"], "event")
     stream = names.STREAM_SHADOW if request.query.get("mode") == "shadow" else names.STREAM_CANONICAL
+    note(request, mode="shadow" if stream == names.STREAM_SHADOW else "live", seq=seq)
     msg = await request.app[STORE].get_msg(stream, seq)
     if msg is None:
         return _error(404, f"no event {seq}")
+    request[PENDING].interface = msg.headers.get(names.HDR_INTERFACE)
     return web.json_response({"seq": seq, "event": _decoded(msg.data or b"{}")})
 
 
@@ -409,14 +591,17 @@ async def list_dlq(request: web.Request) -> web.Response:
     letters = await dlq.list_letters(store, _interface_param(request),
                                      _int(request, "after", 0), _int(request, "limit", 100, 1000))
     done = await replay.replayed_ids(request.app[RUNNING])
+    note(request, count=len(letters), ids=[x.id for x in letters], interfaces=sorted({x.interface for x in letters}))
     return web.json_response({"dead_letters": [{**dlq.summary(x), "replayed": x.id in done} for x in letters]})
 
 
 async def get_dlq(request: web.Request) -> web.Response:
     seq = _seq(request.match_info["id"], "dead letter")
+    note(request, dead_letter=seq)
     letter = await dlq.get(request.app[STORE], seq)
     if letter is None:
         return _error(404, f"no dead letter {seq}")
+    request[PENDING].interface = letter.interface
     return web.json_response(dlq.summary(letter))
 
 
@@ -463,11 +648,18 @@ async def get_schema(request: web.Request) -> web.Response:
 
 async def replay_letter(request: web.Request) -> web.Response:
     seq = _seq(request.match_info["id"], "dead letter")
+    note(request, dead_letter=seq)
     await _body(request, ReplayLetter, empty_ok=True)
+    letter = await dlq.get(request.app[STORE], seq)
+    if letter is None:
+        return _error(404, f"no dead letter {seq}")
+    request[PENDING].interface = letter.interface
+    await begin(request)
     try:
         record = await replay.replay_dead_letter(request.app[RUNNING], seq)
     except replay.ReplayError as exc:
         return _error(exc.status, exc.reason)
+    note(request, events=record.get("events"))
     return web.json_response(record)
 
 
@@ -493,11 +685,21 @@ async def replay_interface(request: web.Request) -> web.StreamResponse:
     since = _since(body.since)
     running, iface = request.app[RUNNING], request.match_info["iface"]
     limit = body.limit or 1_000_000
+    pending = request[PENDING]
+    if iface not in running.interfaces:
+        return _error(404, "unknown interface")
+    await begin(request, since=since.isoformat(), dry_run=body.dry_run, limit=body.limit)
+
+    def counted(result: replay.ReplayResult) -> None:
+        note(request, units=result.units, replayed=result.replayed, events=result.events, failed=result.failed,
+             token=result.token or None)
+
     if "application/x-ndjson" not in request.headers.get("Accept", ""):
         try:
             result = await replay.replay_since(running, iface, since, dry_run=body.dry_run, limit=limit)
         except replay.ReplayError as exc:
             return _error(exc.status, exc.reason)
+        counted(result)
         return web.json_response(result.as_dict())
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
@@ -507,8 +709,10 @@ async def replay_interface(request: web.Request) -> web.StreamResponse:
         try:
             result = await replay.replay_since(running, iface, since, dry_run=body.dry_run, limit=limit,
                                                progress=lambda p: lines.put_nowait({"progress": p.as_dict()}))
+            counted(result)
             lines.put_nowait({"result": result.as_dict()})
         except replay.ReplayError as exc:
+            pending.outcome = exc.status
             lines.put_nowait({"error": exc.reason, "status": exc.status})
         finally:
             lines.put_nowait(None)
@@ -524,6 +728,80 @@ async def replay_interface(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+AUDIT_LIMIT = 1000
+
+
+async def get_audit(request: web.Request) -> web.Response:
+    """GET /api/v1/audit?since=&after=&actor=&interface=&action=&limit= (admin): audit records, oldest first.
+
+    `since` defaults to 24 hours ago; `next_after` (a stream sequence) is set when more records
+    may follow: ask again with `after=next_after`.
+    """
+    query = request.query
+    since = _since(query["since"]) if query.get("since") else datetime.now(UTC) - timedelta(days=1)
+    action = query.get("action") or None
+    if action is not None and action not in ACTIONS:
+        raise ApiProblem(400, f"action is one of {', '.join(ACTIONS)}")
+    actor = query.get("actor") or None
+    if actor is not None and len(actor) > 128:
+        raise ApiProblem(400, "actor is at most 128 characters")
+    records, next_after = await request.app[AUDIT].query(
+        since=since, after=_int(request, "after", 0), actor=actor, interface=_interface_param(request),
+        action=action, limit=max(1, _int(request, "limit", 100, AUDIT_LIMIT)))
+    return web.json_response({"records": records, "next_after": next_after})
+
+
+VIEWER, OPERATOR, ADMIN = Rule("viewer"), Rule("operator"), Rule("admin")
+ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
+    ("GET", "/", dashboard, Rule("viewer", page=True)),
+    ("POST", "/login", login, Rule(None)),
+    ("POST", "/logout", logout, Rule(None)),
+    ("GET", "/healthz", healthz, Rule(None)),
+    ("GET", "/readyz", readyz, Rule(None)),
+    ("GET", "/metrics", metrics, VIEWER),
+    ("GET", "/api/v1/interfaces", list_interfaces, VIEWER),
+    ("GET", "/api/v1/routes", list_routes, VIEWER),
+    # Operator; with "force": true, admin (set_route checks it, the body says it).
+    ("PUT", "/api/v1/routes/{iface}", set_route, Rule("operator", "route_flip")),
+    ("GET", "/api/v1/routes/{iface}/history", route_history, VIEWER),
+    ("GET", "/api/v1/events", list_events, Rule("operator", "events_list", content=True)),
+    ("GET", "/api/v1/events/{id}", get_event, Rule("operator", "event_read", content=True)),
+    ("GET", "/api/v1/dlq", list_dlq, Rule("operator", "dlq_list", content=True)),
+    ("GET", "/api/v1/dlq/{id}", get_dlq, Rule("operator", "dlq_read", content=True)),
+    ("POST", "/api/v1/dlq/{id}/replay", replay_letter, Rule("operator", "dlq_replay")),
+    ("POST", "/api/v1/replay/{iface}", replay_interface, Rule("operator", "replay")),
+    ("GET", "/api/v1/parity/{iface}", get_parity, VIEWER),
+    ("GET", "/api/v1/ledger/{iface}", get_ledger, VIEWER),
+    ("GET", "/api/v1/schemas", list_schemas, VIEWER),
+    ("GET", "/api/v1/schemas/{type}", get_schema, VIEWER),
+    ("GET", "/api/v1/audit", get_audit, ADMIN),
+)
+"""Every route with its access rule: the README's role matrix is this table."""
+
+
+def tls_context(tls: ApiTlsConfig) -> ssl.SSLContext:
+    """The API's HTTPS context (protocols/tls.py: TLS 1.2 or later; client certificates checked
+    against `client_ca`, required with `require_client_cert`).
+
+    Certificates are reloaded when their files change: each handshake asks the holder for the
+    context in force and switches to it (the SNI callback runs for every handshake, SNI or
+    not), so the next connection gets a replaced certificate and open ones keep theirs.
+    Raises TlsError (an OSError naming the file) when the files do not load.
+    """
+    files = TlsFiles(Path(tls.cert), Path(tls.key), Path(tls.client_ca) if tls.client_ca else None)
+    holder = ReloadingContext("api", lambda: server_context(files, require_client_cert=tls.require_client_cert),
+                              files.paths())
+    front = holder.current
+
+    def pick(ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        fresh = holder.fresh()
+        if fresh is not front:
+            ssl_object.context = fresh
+
+    front.sni_callback = pick
+    return front
+
+
 def make_app(running: Running) -> web.Application:
     """The aiohttp application serving the started service: each resource under its own key."""
     cfg = running.cfg
@@ -531,9 +809,10 @@ def make_app(running: Running) -> web.Application:
     if problem:
         # A config built in code skips validation; the API still never runs open on the network.
         raise ConfigError("api", [problem])
-    if cfg.api.insecure and not cfg.api.tokens:
-        log.warning(INSECURE_WARNING.format(listen=cfg.api.listen))
-    app = web.Application(middlewares=[errors, auth])
+    warning = cfg.api.insecure_warning()
+    if warning:
+        log.warning(warning)
+    app = web.Application(middlewares=[errors, guard], client_max_size=MAX_BODY)
     app[CONFIG] = cfg
     app[STORE] = running.store
     app[ROUTES] = running.routes
@@ -543,29 +822,25 @@ def make_app(running: Running) -> web.Application:
     app[RUNNING] = running
     app[SESSIONS] = Sessions()
     app[LEDGER] = ledger.Reader()
+    app[AUTH] = auth = Authenticator(cfg.api)
+    app[LIMITER] = RateLimiter(cfg.api.rate_limit_per_minute)
+    app[AUDIT] = AuditTrail(running.store)
+    app[BACKGROUND] = set()
+    app[RULES] = {}
+
+    async def closing(_app: web.Application) -> None:
+        await auth.close()
+
+    app.on_cleanup.append(closing)
     registry = CollectorRegistry()
     registry.register(StatsCollector({n: r.stats for n, r in running.interfaces.items()}))
     registry.register(ListenerCollector({n: (lambda listener=r.listener: listener.stats)
                                          for n, r in running.interfaces.items() if r.listener is not None}))
     app[REGISTRY] = registry
-    app.router.add_get("/", dashboard)
-    app.router.add_post("/login", login)
-    app.router.add_post("/logout", logout)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/v1/interfaces", list_interfaces)
-    app.router.add_get("/api/v1/routes", list_routes)
-    app.router.add_put("/api/v1/routes/{iface}", set_route)
-    app.router.add_get("/api/v1/routes/{iface}/history", route_history)
-    app.router.add_get("/api/v1/events", list_events)
-    app.router.add_get("/api/v1/events/{id}", get_event)
-    app.router.add_get("/api/v1/dlq", list_dlq)
-    app.router.add_get("/api/v1/dlq/{id}", get_dlq)
-    app.router.add_post("/api/v1/dlq/{id}/replay", replay_letter)
-    app.router.add_post("/api/v1/replay/{iface}", replay_interface)
-    app.router.add_get("/api/v1/parity/{iface}", get_parity)
-    app.router.add_get("/api/v1/ledger/{iface}", get_ledger)
-    app.router.add_get("/api/v1/schemas", list_schemas)
-    app.router.add_get("/api/v1/schemas/{type}", get_schema)
+    for method, path, handler, rule in ENDPOINTS:
+        if method == "GET":
+            app.router.add_get(path, handler)  # and HEAD, under the same rule
+        else:
+            app.router.add_route(method, path, handler)
+        app[RULES][(method, path)] = rule
     return app

@@ -18,9 +18,9 @@ from typing import Any, NoReturn, TextIO
 from urllib.parse import quote
 
 from router import ledger
+from router.audit import ACTIONS as AUDIT_ACTIONS
 from router.client import ApiClient, ApiError, check_base_url
 from router.config import (
-    INSECURE_WARNING,
     MODES,
     ConfigError,
     ConfigFileError,
@@ -169,8 +169,9 @@ def _count(n: int, noun: str) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    if cfg.api.insecure and not cfg.api.tokens:
-        print(f"{args.config}: WARNING: {INSECURE_WARNING.format(listen=cfg.api.listen)}", file=sys.stderr)
+    warning = cfg.api.insecure_warning()
+    if warning:
+        print(f"{args.config}: WARNING: {warning}", file=sys.stderr)
     if not cfg.interfaces:
         # Valid, but `ficus run` would only start NATS and the API: most likely a mistake.
         print(f"{args.config}: WARNING: no interfaces: add [[interfaces]] tables (ficus run would move nothing)",
@@ -229,7 +230,7 @@ def _q(value: str) -> str:
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
-    return ApiClient(args.api, args.token, args.config)
+    return ApiClient(args.api, args.token, args.config, ca=args.ca)
 
 
 def _print(data: Any) -> None:
@@ -368,6 +369,47 @@ def _print_diff(diff: dict[str, Any]) -> None:
             print(f"    {f['field']}: {json.dumps(f['before'], default=str)} -> {json.dumps(f['after'], default=str)}")
 
 
+AUDIT_COLUMNS = ("at", "actor", "role", "source", "action", "interface", "target", "result")
+
+
+def _audit_target(target: dict[str, Any]) -> str:
+    """A record's target in one cell: `key=value` pairs, long lists as their size."""
+    cells = []
+    for key, value in target.items():
+        if value is None or value == []:
+            continue
+        if isinstance(value, list):
+            value = ",".join(map(str, value)) if len(value) <= 5 else f"{len(value)} items"
+        cells.append(f"{key}={value}")
+    return " ".join(cells)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The audit trail as a table, oldest first (admin only)."""
+    query = "&".join(f"{k}={_q(v)}" for k, v in (("since", args.since), ("actor", args.actor),
+                                                ("interface", args.interface), ("action", args.action),
+                                                ("limit", str(args.limit) if args.limit else None)) if v)
+    answer = _client(args).call("GET", "/api/v1/audit" + (f"?{query}" if query else ""))
+    rows = []
+    for r in answer["records"]:
+        source = r.get("source") or {}
+        where = source.get("ip", "?") + (f" ({source['cert']})" if source.get("cert") else "")
+        result = r.get("result", "?") + (f" {r['status']}" if r.get("status") else "")
+        rows.append([escape_controls(str(cell)) for cell in (
+            r.get("at", "?"), r.get("actor", "?"), r.get("role", "?"), where, r.get("action", "?"),
+            r.get("interface") or "-", _audit_target(r.get("target") or {}) or "-", result)])
+    if not rows:
+        print("no audit records" + (" since " + args.since if args.since else " in the last 24 hours"))
+        return 0
+    head = [c.upper() for c in AUDIT_COLUMNS]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    if answer.get("next_after"):
+        print(f"(more records: the API pages on with after={answer['next_after']})", file=sys.stderr)
+    return 0
+
+
 LEDGER_COLUMNS = ("received", "published", "dead_lettered", "filtered", "duplicates", "legacy", "shadow", "events")
 # Beside the equation (not received): shown only when a replay is in the view.
 LEDGER_REPLAY_COLUMNS = ("replayed", "replayed_events")
@@ -470,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "http://127.0.0.1:8080")
         p.add_argument("--token", help="bearer token; default $FICUS_TOKEN, else the config's "
                                        "(operator, else viewer)")
+        p.add_argument("--ca", metavar="FILE", help="CA bundle to trust for an https:// API; default $FICUS_CA, "
+                       "else the config's api.tls.cert, else the system's")
 
     p = sub.add_parser("run", help="run the service until SIGTERM or Ctrl-C")
     p.add_argument("-c", "--config", default="ficus.toml", help="config file (default ./ficus.toml)")
@@ -550,6 +594,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--day", type=_day, metavar="D", help="one UTC day, YYYY-MM-DD (default: every day kept)")
     api_opts(p)
     p.set_defaults(func=cmd_ledger)
+    p = sub.add_parser("audit", help="the audit trail: flips, replays and reads of message content, who, "
+                       "when, from where (admin)")
+    p.add_argument("--since", type=_iso_time, metavar="TIME", help="ISO 8601 time (default: 24 hours ago)")
+    p.add_argument("--actor", metavar="NAME", help="only this client's or user's records")
+    p.add_argument("--interface", metavar="IFACE", help="only records about this interface")
+    p.add_argument("--action", choices=AUDIT_ACTIONS, help="only this action")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N records (default 100, at most 1000)")
+    api_opts(p)
+    p.set_defaults(func=cmd_audit)
     return parser
 
 

@@ -234,14 +234,105 @@ def is_loopback(host: str) -> bool:
 
 INSECURE_WARNING = ("api.insecure = true: the API on {listen} has no tokens; anyone who can reach it can read "
                     "events and dead letters, flip routes and replay")
+CLEARTEXT_WARNING = ("api.insecure = true: the API on {listen} has no api.tls; its tokens and the messages it "
+                     "serves cross the network in clear text")
+Role = Literal["viewer", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+# The shortest `token` accepted for a named client: 128 bits of token_urlsafe are 22 characters.
+MIN_CLIENT_TOKEN = 22
+
+
+class ApiClientConfig(_Model):
+    """One named API client (`[[api.clients]]`): who it is, its role, and its token's SHA-256."""
+
+    name: str
+    role: Role
+    token_sha256: str | None = None
+    # A secret: only as `env:NAME` in practice (a literal in the file is accepted, not advised).
+    token: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not CLIENT_NAME.match(value):
+            raise ValueError("client names are 1-64 letters, digits, '.', '_', '@' or '-', starting with a "
+                             "letter or digit")
+        return value
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _digest(cls, value: str | None) -> str | None:
+        if value is not None and not SHA256_HEX.match(value):
+            raise ValueError("token_sha256 is the SHA-256 of the token in hex (64 characters), e.g. "
+                             "printf %s TOKEN | sha256sum")
+        return None if value is None else value.lower()
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ApiClientConfig:
+        if (self.token_sha256 is None) == (self.token is None):
+            raise ValueError(f"client {self.name}: give token_sha256 or token (env:NAME), one of them")
+        if self.token is not None and len(self.token) < MIN_CLIENT_TOKEN:
+            raise ValueError(f"client {self.name}: the token is shorter than {MIN_CLIENT_TOKEN} characters; make "
+                             "one with python -c 'import secrets;print(secrets.token_urlsafe(32))'")
+        return self
+
+
+class JwtConfig(_Model):
+    """Bearer JWTs from an identity provider, verified against its JWKS (`api.jwt`)."""
+
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    role_claim: str = Field(default="ficus_role", min_length=1)
+    name_claim: str = Field(default="sub", min_length=1)
+    leeway_seconds: float = Field(default=30, ge=0, le=300)
+    # A key id not in the cached set refetches the JWKS URL, at most once per this many seconds
+    # (a token with a made-up kid cannot make Ficus hammer the identity provider).
+    jwks_refresh_seconds: float = Field(default=60, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JwtConfig:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("api.jwt needs jwks_file or jwks_url, one of them")
+        if self.jwks_url is not None:
+            scheme, _, rest = self.jwks_url.partition("://")
+            host = rest.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+            if scheme != "https" and not (scheme == "http" and is_loopback(host)):
+                raise ValueError("api.jwt.jwks_url must be https:// (http:// only on a loopback address)")
+        return self
+
+
+class ApiTlsConfig(_Model):
+    """HTTPS for the API (`api.tls`): certificate and key, optionally client certificates (mutual TLS)."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _client_ca(self) -> ApiTlsConfig:
+        if self.require_client_cert and not self.client_ca:
+            raise ValueError("require_client_cert = true needs client_ca (the CA bundle client certificates "
+                             "are checked against)")
+        return self
 
 
 class ApiConfig(_Model):
     """The HTTP API and dashboard."""
 
     listen: str = "127.0.0.1:8080"
+    # Deprecated: two shared tokens, served as the clients named "viewer" and "operator".
     tokens: dict[Literal["viewer", "operator"], Annotated[str, Field(min_length=1)]] = {}
-    # An API without tokens on a non-loopback address lets anyone on the network flip routes.
+    clients: list[ApiClientConfig] = []
+    jwt: JwtConfig | None = None
+    tls: ApiTlsConfig | None = None
+    # Requests per minute and client (token bucket, bursts up to the same figure); 0: no limit.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    # An API without credentials or TLS on a non-loopback address: see exposure_problem.
     insecure: bool = False
 
     @field_validator("listen")
@@ -252,22 +343,57 @@ class ApiConfig(_Model):
 
     @model_validator(mode="after")
     def _exposed(self) -> ApiConfig:
+        names = [c.name for c in self.clients] + list(self.tokens)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"api client name used twice: {', '.join(twice)} (api.tokens are the clients "
+                             "named viewer and operator)")
         problem = self.exposure_problem()
         if problem:
             raise ValueError(problem)
         return self
 
+    @property
+    def credentials(self) -> bool:
+        """Whether any credential is configured; without one the API is open (loopback only)."""
+        return bool(self.tokens or self.clients or self.jwt)
+
     def exposure_problem(self) -> str | None:
-        """Why this API may not run as configured (open on the network), or None."""
+        """Why this API may not run as configured (open or in clear text on the network), or None."""
         host, _ = self.host_port
-        if self.tokens or self.insecure or is_loopback(host):
+        if self.insecure or is_loopback(host):
             return None
-        return (f"listen {self.listen} is not a loopback address and api.tokens is empty: anyone on the network "
-                "could flip routes; set api.tokens (or api.insecure = true to accept that)")
+        if not self.credentials:
+            return (f"listen {self.listen} is not a loopback address and no credentials are configured "
+                    "(api.clients, api.jwt or api.tokens): anyone on the network could flip routes; set them "
+                    "and api.tls (or api.insecure = true to accept that)")
+        if self.tls is None:
+            return (f"listen {self.listen} is not a loopback address and api.tls is not set: tokens and patient "
+                    "data would cross the network in clear text; set api.tls (or api.insecure = true to accept "
+                    "that)")
+        return None
+
+    def insecure_warning(self) -> str | None:
+        """The WARNING logged at every start when api.insecure lets an exposed API run anyway."""
+        host, _ = self.host_port
+        if not self.insecure:
+            return None
+        if not self.credentials:
+            return INSECURE_WARNING.format(listen=self.listen)
+        if self.tls is None and not is_loopback(host):
+            return CLEARTEXT_WARNING.format(listen=self.listen)
+        return None
 
     @property
     def host_port(self) -> tuple[str, int]:
         return parse_hostport(self.listen)
+
+
+class AuditConfig(_Model):
+    """The audit trail (`[audit]`): JetStream stream FICUS_AUDIT, append-only."""
+
+    # Six years: the HIPAA retention for documentation (45 CFR 164.316(b)(2)).
+    retention_days: float = Field(default=2190, gt=0)
 
 
 class InterfaceBase(_Model):
@@ -602,6 +728,7 @@ class FicusConfig(_Model):
     redone at the next start) and `ficus run` exits with code 1."""
     nats: NatsConfig = NatsConfig()
     api: ApiConfig = ApiConfig()
+    audit: AuditConfig = AuditConfig()
     reference: ReferenceConfig = ReferenceConfig()
     interfaces: list[InterfaceConfig] = []
 

@@ -1,9 +1,11 @@
 """The operator's one-page view at `/`: interfaces, routes, counts, parity. No payloads.
 
-With tokens configured the page needs one: a bearer token, or the login form, which opens a
-session (a random id in an HttpOnly, SameSite=Strict cookie; the token itself never goes into
-a cookie). Sessions live in memory: a restart asks for the token again. Everything rendered
-is HTML-escaped, whatever its origin (interface errors can carry text a sender chose).
+With credentials configured the page needs one (a viewer at least): a bearer token or JWT,
+or the login form, which opens a session carrying the client's name and role (a random id
+in an HttpOnly, SameSite=Strict cookie; the token itself never goes into a cookie). A
+session ends after 12 hours, or when the JWT it was opened with expires. Sessions live in
+memory: a restart asks for the token again. Everything rendered is HTML-escaped, whatever
+its origin (interface errors can carry text a sender chose).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
+from router.auth import Identity
 from router.config import redact
 
 if TYPE_CHECKING:
@@ -29,26 +32,29 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text
 
 
 class Sessions:
-    """Dashboard sessions opened by the login form: id -> (role, expiry)."""
+    """Dashboard sessions opened by the login form: id -> (identity, expiry on the monotonic clock)."""
 
     LIFETIME = 12 * 3600.0
     MAX = 1000  # only a valid token opens one; the cap bounds memory all the same
 
     def __init__(self) -> None:
-        self._open: dict[str, tuple[str, float]] = {}
+        self._open: dict[str, tuple[Identity, float]] = {}
 
-    def open(self, role: str) -> str:
-        """A new session for `role`; returns its id (the cookie's value)."""
+    def open(self, identity: Identity) -> tuple[str, int]:
+        """A new session for `identity`; returns its id (the cookie's value) and its lifetime in seconds."""
         now = time.monotonic()
         self._open = {k: v for k, v in self._open.items() if v[1] > now}
         while len(self._open) >= self.MAX:
             self._open.pop(next(iter(self._open)))
+        lifetime = self.LIFETIME
+        if identity.expires_at is not None:
+            lifetime = max(0.0, min(lifetime, identity.expires_at - time.time()))
         sid = secrets.token_urlsafe(32)
-        self._open[sid] = (role, now + self.LIFETIME)
-        return sid
+        self._open[sid] = (Identity(identity.name, identity.role, "session"), now + lifetime)
+        return sid, int(lifetime)
 
-    def role(self, sid: str) -> str | None:
-        """The role of a live session, or None."""
+    def identity(self, sid: str) -> Identity | None:
+        """Who a live session belongs to, or None."""
         entry = self._open.get(sid)
         if entry is None or entry[1] <= time.monotonic():
             return None
@@ -69,7 +75,7 @@ def login_page(problem: str = "") -> str:
     note = f"<p><strong>{html.escape(problem)}</strong></p>" if problem else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Ficus</title>{_STYLE}</head>
 <body><h1>Ficus</h1>{note}<form method="post" action="/login">
-<label>Token (viewer or operator) <input type="password" name="token" autocomplete="current-password"></label>
+<label>Token (of a named API client) <input type="password" name="token" autocomplete="current-password"></label>
 <button type="submit">Open the dashboard</button></form></body></html>"""
 
 
@@ -81,10 +87,11 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
-def render_dashboard(svc: Running, ledger: Mapping[str, str] | None = None) -> str:
+def render_dashboard(svc: Running, ledger: Mapping[str, str] | None = None, who: Identity | None = None) -> str:
     """The page; every value escaped, the NATS URL without credentials.
 
-    ``ledger`` is each interface's ledger today in one line (router/ledger.py `summary`).
+    ``ledger`` is each interface's ledger today in one line (router/ledger.py `summary`);
+    ``who`` the signed-in client, named at the top.
     """
     rows = []
     for name, running in svc.interfaces.items():
@@ -101,11 +108,12 @@ def render_dashboard(svc: Running, ledger: Mapping[str, str] | None = None) -> s
             f"<td>{_e(st.last_error or '')}</td></tr>"
         )
     head = "".join(f"<th>{_e(c.replace('_', ' '))}</th>" for c in COLUMNS)
+    signed_in = f" &middot; {_e(who.name)} ({_e(who.role)})" if who is not None and who.via != "open" else ""
     ok, problems = svc.ready()
     state = "ready" if ok else "NOT READY: " + ", ".join(problems)
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="2"><title>Ficus</title>{_STYLE}</head>
-<body><h1>Ficus</h1><p>NATS {_e(redact(svc.nats_url, []))} &middot; {_e(state)}</p>
+<body><h1>Ficus</h1><p>NATS {_e(redact(svc.nats_url, []))} &middot; {_e(state)}{signed_in}</p>
 <table><tr><th>interface</th><th>kind</th><th>route</th>{head}<th>parity</th>
 <th title="received = published + dead-lettered + filtered + duplicates + legacy (then units replayed, \
 beside the equation)">ledger today</th>

@@ -320,7 +320,7 @@ class Service:
                 servers = [await embedded.start()]
             embedded.supervise()  # a server that dies is started again, on the same store and port
         with _starting("NATS"):
-            store = Store(await connect(cfg.nats, servers), cfg.nats)
+            store = Store(await connect(cfg.nats, servers), cfg.nats, audit_days=cfg.audit.retention_days)
         stops.on_stop("nats", "close NATS", store.close)
         with _starting("the JetStream streams and buckets"):
             await store.ensure()
@@ -357,7 +357,7 @@ class Service:
             host, port = cfg.api.host_port
             with _starting(f"the API on {cfg.api.listen}"):
                 sock = _bind(host, port)
-            api_url = f"http://{host}:{sock.getsockname()[1]}"
+            api_url = f"{'https' if cfg.api.tls else 'http'}://{host}:{sock.getsockname()[1]}"
         self._running = Running(cfg, store, routes, types.MappingProxyType(interfaces), embedded, reference,
                                 api_url, started_at)
         if sock is not None:
@@ -366,16 +366,19 @@ class Service:
             log.info("API on %s", api_url)
 
     async def _serve_api(self, running: Running, sock: socket.socket) -> None:
-        from router.api import make_app
+        from router.api import make_app, tls_context
 
+        tls = running.cfg.api.tls
         try:
+            # HTTPS when api.tls is set; a certificate that does not load stops the start (TlsError, one line).
+            ssl_context = tls_context(tls) if tls is not None else None
             runner = web.AppRunner(make_app(running), access_log=None)
         except BaseException:
             sock.close()
             raise
         self._lifetimes.on_stop("api", "stop the API", _untimed(runner.cleanup))
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=ssl_context).start()
 
     async def _reload_reference(self, reference: ReferenceStore) -> None:
         """Picks up changed reference tables without a restart; a bad file keeps the old table."""

@@ -48,19 +48,22 @@ async def test_tokens_events_dlq_and_metrics(
             assert iface["counts"]["dead_lettered"] == 1
             assert iface["last_message_at"] is not None
 
-            resp = await http.get(f"{api}/api/v1/events?type=org.ficus.revenue.charge.posted.v1", headers=VIEWER)
+            # Message content is the operator's (and audited, tests/test_audit.py): not the viewer's.
+            assert (await http.get(f"{api}/api/v1/events", headers=VIEWER)).status == 403
+            assert (await http.get(f"{api}/api/v1/dlq", headers=VIEWER)).status == 403
+            resp = await http.get(f"{api}/api/v1/events?type=org.ficus.revenue.charge.posted.v1", headers=OPERATOR)
             body = await resp.json()
             assert [e["event"]["type"] for e in body["events"]] == ["org.ficus.revenue.charge.posted.v1"] * 2
             first = body["events"][0]
-            one = await (await http.get(f"{api}/api/v1/events/{first['seq']}", headers=VIEWER)).json()
+            one = await (await http.get(f"{api}/api/v1/events/{first['seq']}", headers=OPERATOR)).json()
             assert one["event"] == first["event"]
             page = await (await http.get(f"{api}/api/v1/events?after={first['seq']}&limit=1",
-                                         headers=VIEWER)).json()
+                                         headers=OPERATOR)).json()
             assert [e["seq"] for e in page["events"]] == [first["seq"] + 1]
 
-            letters = (await (await http.get(f"{api}/api/v1/dlq", headers=VIEWER)).json())["dead_letters"]
+            letters = (await (await http.get(f"{api}/api/v1/dlq", headers=OPERATOR)).json())["dead_letters"]
             assert len(letters) == 1 and letters[0]["kind"] == "untranslatable"
-            letter = await (await http.get(f"{api}/api/v1/dlq/{letters[0]['id']}", headers=VIEWER)).json()
+            letter = await (await http.get(f"{api}/api/v1/dlq/{letters[0]['id']}", headers=OPERATOR)).json()
             assert letter["unit"] == "DFT00000002" and letter["facility"] == "NORTH"
 
             # The viewer may not flip; the operator may.
@@ -70,7 +73,9 @@ async def test_tokens_events_dlq_and_metrics(
             assert msa(await send_one(port, simulate.dft(3)))[0] == "AA"
             assert len(engine.received) == 1
 
-            text = await (await http.get(f"{api}/metrics")).text()
+            # /metrics needs a viewer when credentials are configured (Prometheus sends a bearer token).
+            assert (await http.get(f"{api}/metrics")).status == 401
+            text = await (await http.get(f"{api}/metrics", headers=VIEWER)).text()
             assert 'ficus_received_total{interface="his-charges"} 3.0' in text
             assert 'ficus_dead_lettered_total{interface="his-charges"} 1.0' in text
             # With tokens configured the dashboard needs one too (test_api_hardening.py has the login form).

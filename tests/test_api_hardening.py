@@ -71,7 +71,11 @@ def test_a_non_loopback_api_without_tokens_is_a_config_error() -> None:
         assert problem.startswith("api") and "api.tokens" in problem and "api.insecure" in problem
     for listen in ("127.0.0.1:8080", "127.0.0.2:8080", "[::1]:8080", "localhost:8080", ":8080"):
         assert make_config("nats://127.0.0.1:1", [], api={"listen": listen}).api.listen == listen
-    assert make_config("nats://127.0.0.1:1", [], api={"listen": "0.0.0.0:8080", **TOKENS}).api.tokens
+    # Tokens on the network need TLS too (tests/test_api_identity.py serves HTTPS), or api.insecure.
+    with pytest.raises(ConfigError) as err:
+        make_config("nats://127.0.0.1:1", [], api={"listen": "0.0.0.0:8080", **TOKENS})
+    assert "api.tls" in str(err.value) and "api.insecure" in str(err.value)
+    assert make_config("nats://127.0.0.1:1", [], api={"listen": "0.0.0.0:8080", "insecure": True, **TOKENS}).api.tokens
     assert make_config("nats://127.0.0.1:1", [], api={"listen": "0.0.0.0:8080", "insecure": True}).api.insecure
 
 
@@ -114,8 +118,10 @@ async def test_dashboard_needs_a_token_and_escapes_what_it_shows(
         assert resp.status == 401
         assert "PLANTED" not in page and "his-charges" not in page
         assert "<form" in page, "the login form"
-        for path in ("/healthz", "/metrics"):
-            assert (await http.get(f"{svc.api_url}{path}")).status == 200
+        assert (await http.get(f"{svc.api_url}/healthz")).status == 200
+        # /metrics needs a viewer when credentials are configured (README, role matrix).
+        assert (await http.get(f"{svc.api_url}/metrics")).status == 401
+        assert (await http.get(f"{svc.api_url}/metrics", headers=VIEWER)).status == 200
         assert (await http.get(f"{svc.api_url}/readyz")).status in (200, 503)
 
         # A bearer token works, and what is shown is escaped.
@@ -272,7 +278,10 @@ async def test_fuzz_every_route_never_answers_5xx(
     nats_server: EmbeddedNats, service_factory: ServiceFactory, with_tokens: bool
 ) -> None:
     async with SimulatedEngine() as engine:
-        cfg = make_config(nats_server.url, [_charges(engine, route="shadow")], api=TOKENS if with_tokens else {})
+        # No rate limit here: over a thousand requests from one client is the point (tests/test_api_identity.py
+        # has the limit's 429).
+        api = {**TOKENS, "rate_limit_per_minute": 0} if with_tokens else {}
+        cfg = make_config(nats_server.url, [_charges(engine, route="shadow")], api=api)
         async with service_factory(cfg) as svc:
             assert svc.api_url is not None
             port = svc.interfaces["his-charges"].listener.port

@@ -218,7 +218,13 @@ def test_check_refuses_an_api_on_the_network_without_tokens(tmp_path: Path) -> N
     result = ficus("check", "-c", str(_api_config(tmp_path, 'listen = "0.0.0.0:8080"\ninsecure = true')))
     assert result.returncode == 0, result.stderr
     assert "api.insecure" in result.stderr and "WARNING" in result.stderr
+    # Tokens alone are not enough on the network: they would cross it in clear text without api.tls.
     result = ficus("check", "-c", str(_api_config(tmp_path, 'listen = "0.0.0.0:8080"\ntokens = {viewer = "v"}')))
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "api.tls" in line and "api.insecure" in line
+    api = 'listen = "0.0.0.0:8080"\ntokens = {viewer = "v"}\ntls = { cert = "api.pem", key = "api.key" }'
+    result = ficus("check", "-c", str(_api_config(tmp_path, api)))
     assert result.returncode == 0, result.stderr
 
 

@@ -89,8 +89,12 @@ def event_message(event: CloudEvent, interface: str, msg_id: str | None = None) 
                     {names.HDR_INTERFACE: interface, names.HDR_EVENT_TYPE: event.type})
 
 
-def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
-    """The streams Ficus owns, from the retention settings of the config."""
+AUDIT_DAYS = 2190.0
+"""The audit trail's retention when none is given (`[audit] retention_days`): six years."""
+
+
+def stream_configs(cfg: NatsConfig, audit_days: float = AUDIT_DAYS) -> list[StreamConfig]:
+    """The streams Ficus owns, from the retention settings of the config (`audit_days`: `[audit]`)."""
 
     def stream(name: str, subjects: str, days: float, description: str) -> StreamConfig:
         return StreamConfig(
@@ -112,7 +116,7 @@ def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
         stream(names.STREAM_SHADOW, names.SUBJECTS_SHADOW, cfg.events_max_age_days,
                "shadow canonical events"),
         stream(names.STREAM_DLQ, names.SUBJECTS_DLQ, cfg.dlq_max_age_days, "dead letters"),
-        stream(names.STREAM_AUDIT, names.SUBJECTS_AUDIT, 3650, "route flips and operator actions"),
+        audit_stream(cfg, audit_days),
         # A year and a month: reconciliation looks back further than events are kept (router/ledger.py).
         stream(names.STREAM_LEDGER, names.SUBJECTS_LEDGER, 400, "reconciliation ledger deltas"),
         StreamConfig(name=SELFTEST_STREAM, description="the publisher's start-up self-test",
@@ -120,6 +124,24 @@ def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
                      storage=StorageType.MEMORY, discard=DiscardPolicy.OLD, max_msgs=1, max_age=DAY,
                      num_replicas=cfg.replicas, duplicate_window=60),
     ]
+
+
+def audit_stream(cfg: NatsConfig, days: float) -> StreamConfig:
+    """The audit trail (router/audit.py, route flips): append-only, nothing in it can be deleted or
+    purged through the API; only `max_age` ends a record."""
+    return StreamConfig(
+        name=names.STREAM_AUDIT,
+        description="audit trail: route flips, replays, reads of message content",
+        subjects=[names.SUBJECTS_AUDIT],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=days * DAY,
+        num_replicas=cfg.replicas,
+        duplicate_window=cfg.duplicate_window_seconds,
+        deny_delete=True,
+        deny_purge=True,
+    )
 
 
 async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -> Client:
@@ -205,9 +227,10 @@ async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -
 class Store:
     """Streams, buckets and acknowledged publishing on one NATS connection."""
 
-    def __init__(self, nc: Client, cfg: NatsConfig, *, fast: bool = True) -> None:
+    def __init__(self, nc: Client, cfg: NatsConfig, *, fast: bool = True, audit_days: float = AUDIT_DAYS) -> None:
         self._nc = nc
         self.cfg = cfg
+        self.audit_days = audit_days
         self._js: JetStreamContext = nc.jetstream(publish_async_max_pending=4096)
         self.timeout = cfg.publish_timeout_seconds
         # The hot path; nats-py's publish_async when this nats-py lacks what it needs, when
@@ -229,7 +252,7 @@ class Store:
 
     async def ensure(self) -> None:
         """Creates or updates every stream and bucket, then chooses the publisher; safe at each start."""
-        for sc in stream_configs(self.cfg):
+        for sc in stream_configs(self.cfg, self.audit_days):
             with mapped(f"stream {sc.name}"):
                 try:
                     await self._js.add_stream(sc)
