@@ -116,7 +116,6 @@ class Pending:
     action: Action
     interface: str | None
     target: dict[str, Any] = field(default_factory=dict)
-    started: bool = False
     outcome: int | None = None
     """A status the handler reports where the answer's own cannot say it (a streamed replay's error)."""
 
@@ -285,7 +284,6 @@ async def begin(request: web.Request, **target: Any) -> None:
     except AuditUnavailable as exc:
         log.error("audit: %s refused: its audit record was not stored (%s)", pending.action, exc.reason)
         raise ApiProblem(503, f"audit trail unavailable ({exc.reason}): nothing was done") from None
-    pending.started = True
 
 
 def note(request: web.Request, **target: Any) -> None:

@@ -205,9 +205,10 @@ def _numeric(value: Any) -> TypeGuard[int | float]:
 class JwtVerifier:
     """Bearer JWTs from the configured identity provider."""
 
-    def __init__(self, cfg: JwtConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cfg: JwtConfig, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
-        self.jwks = Jwks(cfg)
+        self.jwks = Jwks(cfg, monotonic)
         self._clock = clock
 
     async def verify(self, token: str) -> Identity:

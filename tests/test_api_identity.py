@@ -479,3 +479,61 @@ async def test_mutual_tls_puts_the_client_subject_in_the_audit_record(
         (read,) = [r for r in records if r["action"] == "events_list"]
         assert read["actor"] == identities.names["operator"]
         assert read["source"]["ip"] == "127.0.0.1" and "CN=lab-workstation-7" in read["source"]["cert"]
+
+
+async def test_a_jwks_url_is_fetched_once_and_again_for_an_unknown_key_at_most_every_refresh(
+    identities: Identities,
+) -> None:
+    from aiohttp import web
+
+    from router.auth import JwtRefused, JwtVerifier
+    from router.config import JwtConfig
+
+    served_keys = [identities.key]
+    hits: list[float] = []
+
+    async def jwks(_request: web.Request) -> web.Response:
+        hits.append(time.monotonic())
+        return web.json_response(KeySet(served_keys).as_dict(private=False))
+
+    app = web.Application()
+    app.router.add_get("/jwks", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    verifier = JwtVerifier(JwtConfig(jwks_url=f"http://127.0.0.1:{port}/jwks", issuer=ISSUER, audience=AUDIENCE,
+                                     jwks_refresh_seconds=3600))
+    try:
+        assert hits == [], "fetched on the first JWT, not before"
+        assert (await verifier.verify(identities.jwt("viewer"))).name == JWT_USER
+        assert (await verifier.verify(identities.jwt("admin"))).role == "admin"
+        assert len(hits) == 1, "cached"
+        # A key id nobody published: refused, and the URL is not asked again within the refresh time.
+        rotated = RSAKey.generate_key(2048, parameters={"kid": "idp-2"})
+        unknown = jwt.encode({"alg": "RS256", "kid": "idp-2"},
+                             {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "ficus_role": "admin",
+                              "exp": int(time.time()) + 60}, rotated)
+        served_keys.append(rotated)
+        for _ in range(5):
+            with pytest.raises(JwtRefused):
+                await verifier.verify(unknown)
+        assert len(hits) == 1
+        # Past the refresh time, the provider's rotation is picked up by the next unknown kid.
+        now = [0.0]
+        served_keys[:] = [identities.key]
+        fresh = JwtVerifier(verifier.cfg.model_copy(update={"jwks_refresh_seconds": 60.0}),
+                            monotonic=lambda: now[0])
+        assert (await fresh.verify(identities.jwt("viewer"))).role == "viewer"
+        served_keys.append(rotated)
+        with pytest.raises(JwtRefused):
+            await fresh.verify(unknown)
+        assert len(hits) == 2
+        now[0] += 61
+        assert (await fresh.verify(unknown)).role == "admin"
+        assert len(hits) == 3
+        await fresh.close()
+    finally:
+        await verifier.close()
+        await runner.cleanup()
