@@ -777,14 +777,15 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
 """Every route with its access rule: the README's role matrix is this table."""
 
 
-def tls_context(tls: ApiTlsConfig) -> ssl.SSLContext:
+def tls_context(tls: ApiTlsConfig) -> tuple[ssl.SSLContext, ReloadingContext]:
     """The API's HTTPS context (protocols/tls.py: TLS 1.2 or later; client certificates checked
     against `client_ca`, required with `require_client_cert`).
 
     Certificates are reloaded when their files change: each handshake asks the holder for the
     context in force and switches to it (the SNI callback runs for every handshake, SNI or
     not), so the next connection gets a replaced certificate and open ones keep theirs.
-    Raises TlsError (an OSError naming the file) when the files do not load.
+    Returns the context to serve with and its holder (``reload()`` at SIGHUP). Raises TlsError
+    (an OSError naming the file) when the files do not load.
     """
     files = TlsFiles(Path(tls.cert), Path(tls.key), Path(tls.client_ca) if tls.client_ca else None)
     holder = ReloadingContext("api", lambda: server_context(files, require_client_cert=tls.require_client_cert),
@@ -797,7 +798,7 @@ def tls_context(tls: ApiTlsConfig) -> ssl.SSLContext:
             ssl_object.context = fresh
 
     front.sni_callback = pick
-    return front
+    return front, holder
 
 
 def make_app(running: Running) -> web.Application:

@@ -80,7 +80,6 @@ async def run_service(cfg: FicusConfig) -> None:
     task or a thread that would make that teardown wait.
     """
     from router import shutdown
-    from router.interfaces import reload_certificates
     from router.offload import freeze_heap
     from router.service import Service
 
@@ -89,7 +88,7 @@ async def run_service(cfg: FicusConfig) -> None:
     async with svc:
         freeze_heap()  # once per process: what start-up made lives as long as the process
         shutdown.install(asyncio.get_running_loop(), svc.stopping.set, limit + Service.GRACE + 5)
-        shutdown.on_hangup(asyncio.get_running_loop(), lambda: reload_certificates(svc.interfaces))
+        shutdown.on_hangup(asyncio.get_running_loop(), svc.reload_certificates)
         print(f"ficus: running; API {svc.api_url}, NATS {redact(svc.nats_url, [])}", file=sys.stderr)
         await svc.wait()
         print(f"ficus: stopping (finishing messages in flight, at most {limit:g}s; a second Ctrl-C or "

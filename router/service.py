@@ -28,6 +28,7 @@ from aiohttp import web
 
 from canonical.reference import ReferenceStore
 from canonical.safe_text import safe_reason
+from protocols.tls import ReloadingContext
 from router import parity
 from router.config import ConfigError, FicusConfig
 from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
@@ -252,6 +253,8 @@ class Service:
         self.stopping = asyncio.Event()
         self._lifetimes = Lifetimes()
         self._running: Running | None = None
+        self.api_tls: ReloadingContext | None = None
+        """The API's HTTPS certificates (api.tls), reloaded by :meth:`reload_certificates`."""
 
     @property
     def running(self) -> Running:
@@ -292,6 +295,15 @@ class Service:
     @property
     def nats_url(self) -> str:
         return self.running.nats_url
+
+    def reload_certificates(self) -> None:
+        """Reads every TLS file again now (SIGHUP): each MLLP interface's listener and legacy
+        certificates and the API's; files that do not load keep the old ones (logged)."""
+        from router.interfaces import reload_certificates
+
+        reload_certificates(self.interfaces)
+        if self.api_tls is not None:
+            self.api_tls.reload()
 
     def ready(self) -> tuple[bool, list[str]]:
         """See `readiness`."""
@@ -371,7 +383,7 @@ class Service:
         tls = running.cfg.api.tls
         try:
             # HTTPS when api.tls is set; a certificate that does not load stops the start (TlsError, one line).
-            ssl_context = tls_context(tls) if tls is not None else None
+            ssl_context, self.api_tls = tls_context(tls) if tls is not None else (None, None)
             runner = web.AppRunner(make_app(running), access_log=None)
         except BaseException:
             sock.close()

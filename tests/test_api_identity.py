@@ -453,6 +453,11 @@ async def test_https_serves_with_the_test_ca_and_refuses_plain_http(
             assert resp.status == 200
             with pytest.raises(aiohttp.ClientConnectorCertificateError):
                 await fresh.get(f"{svc.api_url}/healthz", ssl=pki.client_context())
+        # SIGHUP's path (ficus run calls Service.reload_certificates): the API's files are read again.
+        assert svc.api_tls is not None
+        before = svc.api_tls.reloads
+        svc.reload_certificates()
+        assert svc.api_tls.reloads == before + 1
 
 
 async def test_mutual_tls_puts_the_client_subject_in_the_audit_record(
