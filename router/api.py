@@ -323,6 +323,12 @@ class ReplayLetter(_Body):
     """POST /api/v1/dlq/{id}/replay: no fields (an empty body is fine too)."""
 
 
+class DiscardLetter(_Body):
+    """POST /api/v1/dlq/{id}/discard: why it needs no replay."""
+
+    reason: StrictStr = Field(min_length=1, max_length=2000)
+
+
 def _problems(exc: ValidationError) -> str:
     """Pydantic's problems as one line: locations and messages, never the input values."""
     parts = []
@@ -589,8 +595,10 @@ async def list_dlq(request: web.Request) -> web.Response:
     letters = await dlq.list_letters(store, _interface_param(request),
                                      _int(request, "after", 0), _int(request, "limit", 100, 1000))
     done = await replay.replayed_ids(request.app[RUNNING])
+    dropped = await replay.discarded_ids(request.app[RUNNING])
     note(request, count=len(letters), ids=[x.id for x in letters], interfaces=sorted({x.interface for x in letters}))
-    return web.json_response({"dead_letters": [{**dlq.summary(x), "replayed": x.id in done} for x in letters]})
+    return web.json_response({"dead_letters": [
+        {**dlq.summary(x), "replayed": x.id in done, "discarded": x.id in dropped} for x in letters]})
 
 
 async def get_dlq(request: web.Request) -> web.Response:
@@ -658,6 +666,24 @@ async def replay_letter(request: web.Request) -> web.Response:
     except replay.ReplayError as exc:
         return _error(exc.status, exc.reason)
     note(request, events=record.get("events"))
+    return web.json_response(record)
+
+
+async def discard_letter(request: web.Request) -> web.Response:
+    """Marks a dead letter as needing no replay, with a reason; the actor is who authenticated."""
+    seq = _seq(request.match_info["id"], "dead letter")
+    note(request, dead_letter=seq)
+    body = await _body(request, DiscardLetter)
+    letter = await dlq.get(request.app[STORE], seq)
+    if letter is None:
+        return _error(404, f"no dead letter {seq}")
+    request[PENDING].interface = letter.interface
+    await begin(request)
+    try:
+        record = await replay.discard_dead_letter(request.app[RUNNING], seq, body.reason,
+                                                  request[IDENTITY].name)
+    except replay.ReplayError as exc:
+        return _error(exc.status, exc.reason)
     return web.json_response(record)
 
 
@@ -767,6 +793,7 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("GET", "/api/v1/dlq", list_dlq, Rule("operator", "dlq_list", content=True)),
     ("GET", "/api/v1/dlq/{id}", get_dlq, Rule("operator", "dlq_read", content=True)),
     ("POST", "/api/v1/dlq/{id}/replay", replay_letter, Rule("operator", "dlq_replay")),
+    ("POST", "/api/v1/dlq/{id}/discard", discard_letter, Rule("operator", "dlq_discard")),
     ("POST", "/api/v1/replay/{iface}", replay_interface, Rule("operator", "replay")),
     ("GET", "/api/v1/parity/{iface}", get_parity, VIEWER),
     ("GET", "/api/v1/ledger/{iface}", get_ledger, VIEWER),

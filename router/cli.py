@@ -282,8 +282,12 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             return 0
         print(f"{'ID':>8} AT INTERFACE KIND UNIT: REASON")
         for d in letters:
-            done = " [replayed]" if d.get("replayed") else ""
+            done = " [replayed]" if d.get("replayed") else " [discarded]" if d.get("discarded") else ""
             print(f"{d['id']:>8} {d['at']} {d['interface']} {d['kind']} unit {d['unit']}: {d['reason']}{done}")
+        return 0
+    if args.action == "discard":
+        result = client.call("POST", f"/api/v1/dlq/{_q(args.id)}/discard", {"reason": args.reason})
+        print(f"{args.id}: discarded by {result['actor']}")
         return 0
     if args.action == "replay":
         if (args.id is None) == (args.interface is None):
@@ -293,7 +297,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print(f"{args.id}: replayed, {result['events']} events")
             return 0
         listing = f"/api/v1/dlq?interface={_q(args.interface)}&limit=1000"
-        ids = [d["id"] for d in client.call("GET", listing)["dead_letters"] if not d.get("replayed")]
+        ids = [d["id"] for d in client.call("GET", listing)["dead_letters"]
+               if not d.get("replayed") and not d.get("discarded")]
         if not ids:
             print(f"no dead letters to replay for {args.interface}")
         code = 0
@@ -575,6 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("replay", help="translate a dead letter's raw message again (after a fix)")
     d.add_argument("id", nargs="?", metavar="ID", help="the dead letter to replay")
     d.add_argument("--interface", metavar="IFACE", help="instead of ID: every dead letter of IFACE not yet replayed")
+    api_opts(d)
+    d = dsub.add_parser("discard", help="mark a dead letter as needing no replay (audited)")
+    d.add_argument("id", metavar="ID", help="the dead letter")
+    d.add_argument("--reason", required=True, metavar="TEXT", help="why it needs no replay")
     api_opts(d)
     p.set_defaults(func=cmd_dlq)
 

@@ -283,6 +283,8 @@ async def replay_dead_letter(svc: Running, letter_id: int) -> dict[str, Any]:
         # dropped as duplicates, or replace it at consumers that upsert by id).
         raise ReplayError(f"dead letter {letter_id}: {REUSED_CONTROL_ID}; the sender must send it again "
                           "under a new control id")
+    if letter_id in await discarded_ids(svc):
+        raise ReplayError(f"dead letter {letter_id} was discarded; it is not replayed")
     running = svc.interfaces.get(letter.interface)
     if running is None:
         raise ReplayError(f"unknown interface {letter.interface!r}", 404)
@@ -312,6 +314,31 @@ async def replay_dead_letter(svc: Running, letter_id: int) -> dict[str, Any]:
             "at": datetime.now(UTC).isoformat(timespec="seconds")}
     await kv.put(str(letter_id), json.dumps(done).encode())
     return done
+
+
+KV_DISCARDS = "ficus-dlq-discards"
+
+
+async def discard_dead_letter(svc: Running, letter_id: int, reason: str, actor: str) -> dict[str, Any]:
+    """Marks a dead letter as needing no replay (a test message, a unit sent again under a new
+    control id): it stays in the stream and in the ledger's ``dead_lettered``; listings show it
+    discarded, with who and why, and it is no longer replayed. Raises ReplayError."""
+    letter = await dlq.get(svc.store, letter_id)
+    if letter is None:
+        raise ReplayError(f"no dead letter {letter_id}", 404)
+    if letter_id in await replayed_ids(svc):
+        raise ReplayError(f"dead letter {letter_id} was replayed: nothing to discard")
+    kv = await svc.store.kv(KV_DISCARDS, history=1)
+    done = {"letter": letter_id, "interface": letter.interface, "reason": reason, "actor": actor,
+            "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    await kv.put(str(letter_id), json.dumps(done).encode())
+    return done
+
+
+async def discarded_ids(svc: Running) -> set[int]:
+    """Dead letters discarded (see :func:`discard_dead_letter`)."""
+    kv = await svc.store.kv(KV_DISCARDS, history=1)
+    return {int(k) for k in await kv.keys() if k.isdigit()}
 
 
 async def replayed_ids(svc: Running) -> set[int]:

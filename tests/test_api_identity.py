@@ -62,6 +62,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/dlq"): "operator",
     ("GET", "/api/v1/dlq/{id}"): "operator",
     ("POST", "/api/v1/dlq/{id}/replay"): "operator",
+    ("POST", "/api/v1/dlq/{id}/discard"): "operator",
     ("POST", "/api/v1/replay/{iface}"): "operator",
     ("GET", "/api/v1/parity/{iface}"): "viewer",
     ("GET", "/api/v1/ledger/{iface}"): "viewer",
@@ -73,6 +74,7 @@ RANK = {"viewer": 0, "operator": 1, "admin": 2}
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/api/v1/routes/{iface}"): {"mode": "legacy", "reason": "matrix"},
     ("POST", "/api/v1/dlq/{id}/replay"): {},
+    ("POST", "/api/v1/dlq/{id}/discard"): {"reason": "matrix"},
     ("POST", "/api/v1/replay/{iface}"): {"since": "2030-01-01T00:00:00Z", "dry_run": True},
 }
 

@@ -238,3 +238,45 @@ def test_record_filters() -> None:
     assert matches(record, since=None, actor="a", interface="y", action="events_list")
     assert not matches(record, since=None, actor="b", interface=None, action=None)
     assert not matches(record, since=None, actor=None, interface="z", action=None)
+
+
+async def test_a_dead_letter_discarded_is_audited_listed_and_not_replayed(
+    nats_server: EmbeddedNats, identities: Identities
+) -> None:
+    async with served(nats_server.url, identities.api()) as svc, aiohttp.ClientSession() as http:
+        api, port = svc.api_url, svc.interfaces["his-charges"].listener.port
+        operator = _auth(identities.tokens["operator"], **{"X-Ficus-Actor": "mallory"})
+        flip = await http.put(f"{api}/api/v1/routes/his-charges", json={"mode": "modern", "reason": "CHG-2",
+                                                                         "force": True},
+                              headers=_auth(identities.tokens["admin"]))
+        assert flip.status == 200, await flip.text()
+        assert msa(await send_one(port, _break_amount(simulate.dft(3))))[0] in ("AE", "AR")
+        await wait_for(lambda: svc.interfaces["his-charges"].stats.dead_lettered >= 1)
+        (letter,) = (await (await http.get(f"{api}/api/v1/dlq", headers=operator)).json())["dead_letters"]
+        assert letter["discarded"] is False
+
+        viewer = _auth(identities.tokens["viewer"])
+        assert (await http.post(f"{api}/api/v1/dlq/{letter['id']}/discard", json={"reason": "test message"},
+                                headers=viewer)).status == 403
+        assert (await http.post(f"{api}/api/v1/dlq/{letter['id']}/discard", json={},
+                                headers=operator)).status == 400, "a reason is required"
+        done = await http.post(f"{api}/api/v1/dlq/{letter['id']}/discard", json={"reason": "test message"},
+                               headers=operator)
+        assert done.status == 200, await done.text()
+        assert (await done.json())["actor"] == identities.names["operator"]
+        (listed,) = (await (await http.get(f"{api}/api/v1/dlq", headers=operator)).json())["dead_letters"]
+        assert listed["discarded"] is True and listed["replayed"] is False
+        again = await http.post(f"{api}/api/v1/dlq/{letter['id']}/replay", json={}, headers=operator)
+        assert again.status == 409 and "discarded" in (await again.json())["error"]
+
+        env = {**os.environ, "FICUS_TOKEN": identities.tokens["operator"]}
+        listing = await asyncio.to_thread(ficus, "dlq", "list", "--api", api or "", env=env)
+        assert "[discarded]" in listing.stdout, listing.stdout + listing.stderr
+
+        records = [r for r in await audit_records(nats_server.url) if r["action"] == "dlq_discard"]
+        assert [(r["result"], r["actor"]) for r in records if r["result"] != "refused"] == [
+            ("started", identities.names["operator"]), ("ok", identities.names["operator"])]
+        assert {r["actor"] for r in records if r["result"] == "refused"} == {identities.names["viewer"],
+                                                                           identities.names["operator"]}
+        # Refused for the role before the handler ran: no target; every other names the letter.
+        assert all(r["target"]["dead_letter"] == letter["id"] for r in records if r["role"] != "viewer")
