@@ -136,6 +136,7 @@ class NatsConfig(_Model):
     replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_seconds: float = Field(default=600, gt=0)
     publish_timeout_seconds: float = Field(default=5, gt=0)
+    start_timeout_seconds: float = Field(default=60, gt=0)
     raw_max_age_days: float = Field(default=30, gt=0)
     events_max_age_days: float = Field(default=30, gt=0)
     dlq_max_age_days: float = Field(default=90, gt=0)

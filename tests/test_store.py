@@ -25,6 +25,7 @@ from router.store import (
     StoreUnavailable,
     connect,
 )
+from tests.conftest import wait_for
 
 
 @contextlib.asynccontextmanager
@@ -119,3 +120,43 @@ def test_errors_are_one_tree() -> None:
     for kind in (StoreUnavailable, NotFound, RevisionConflict):
         assert issubclass(kind, StoreError)
     assert StoreUnavailable("x: TimeoutError").reason == "x: TimeoutError"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_server_down_at_start_is_waited_for_within_the_start_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from router.store import connect
+
+    port = _free_port()
+    url = f"nats://127.0.0.1:{port}"
+    cfg = NatsConfig(url=url, start_timeout_seconds=1.5)
+    with pytest.raises(StoreUnavailable) as caught:
+        await connect(cfg, [url])
+    assert f"{url} not reachable within 1.5s" in caught.value.reason and "ConnectionRefusedError" in caught.value.reason
+    waiting = [r for r in caplog.records if "waiting for" in r.getMessage()]
+    assert 1 <= len(waiting) <= 2, "one line every few seconds, not one a try"
+
+    # A server that comes up within the bound is connected to.
+    server = EmbeddedNats(tmp_path / "late", port=port)
+    later = NatsConfig(url=url, start_timeout_seconds=30)
+    connecting = asyncio.ensure_future(connect(later, [url]))
+    try:
+        # The first attempt fails (nothing listens yet) and is said once; then the server comes.
+        await wait_for(lambda: len([r for r in caplog.records if "waiting for" in r.getMessage()]) > len(waiting))
+        await server.start()
+        nc = await asyncio.wait_for(connecting, 30)
+        assert nc.is_connected
+        await nc.close()
+    finally:
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        await server.stop()

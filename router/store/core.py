@@ -144,13 +144,19 @@ def audit_stream(cfg: NatsConfig, days: float) -> StreamConfig:
     )
 
 
+WAIT_LOG_SECONDS = 5.0
+"""While the first connection is waited for, a log line at most this often."""
+
+
 async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -> Client:
     """Connects with settings for a long-lived service: reconnect forever, notice loss fast.
 
     With `nats.tls` and a credential from the config (router/store/secure.py). A server
     that is down is waited for, as ever; one that refuses Ficus (credentials refused, a
     certificate that does not verify, no TLS where TLS is required) is not: once each
-    server has refused, `StoreRejected` names the URLs and why, never a secret.
+    server has refused, `StoreRejected` names the URLs and why, never a secret. A first
+    connection not made within `nats.start_timeout_seconds` is `StoreUnavailable`; after it,
+    a lost connection is waited for without end (an outage must not stop the service).
     """
 
     nc = secure.GuardedClient(tls_everywhere=cfg.tls is not None)
@@ -162,8 +168,12 @@ async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -
     def closing() -> bool:
         return bool(nc.is_closed or nc.is_draining)
 
+    last_error = ""
+    attempts = 0
+    logged_at = -WAIT_LOG_SECONDS
+
     async def on_error(exc: Exception) -> None:
-        nonlocal refusals
+        nonlocal refusals, last_error, attempts, logged_at
         why = None if connected else secure.refusal(exc, cfg)
         if why is not None:
             refusals += 1
@@ -172,6 +182,16 @@ async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -
                 refused.set_result(why)
         if closing():  # our own close (a timed-out flush at shutdown, say): not an incident
             log.info("nats: while closing: %s", type(exc).__name__)
+            return
+        if not connected:
+            # Waiting for the first connection: one line every WAIT_LOG_SECONDS, not one a try.
+            attempts += 1
+            last_error = f"{type(exc).__name__}: {exc}"
+            if loop.time() - logged_at < WAIT_LOG_SECONDS:
+                return
+            logged_at = loop.time()
+            log.warning("nats: waiting for %s (attempt %d, at most %gs): %s", secure.shown(servers), attempts,
+                        cfg.start_timeout_seconds, last_error)
             return
         log.warning("nats: %s: %s", type(exc).__name__, exc)
 
@@ -209,9 +229,14 @@ async def connect(cfg: NatsConfig, servers: list[str], *, name: str = "ficus") -
     ))
     first: set[asyncio.Future[Any]] = {connecting, refused}
     try:
-        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
-        if not connecting.done():
+        await asyncio.wait(first, timeout=cfg.start_timeout_seconds, return_when=asyncio.FIRST_COMPLETED)
+        if refused.done() and not connecting.done():
             raise StoreRejected(f"{secure.shown(servers)} refused the connection: {refused.result()}")
+        if not connecting.done():
+            # A server that is down at start is waited for, within a bound: a service manager
+            # restarts Ficus, and the operator sees why, instead of a start that never ends.
+            raise StoreUnavailable(f"{secure.shown(servers)} not reachable within {cfg.start_timeout_seconds:g}s "
+                                   f"({attempts} attempts; last: {last_error or 'no answer'})")
         connecting.result()
     except BaseException:
         connecting.cancel()
