@@ -652,15 +652,22 @@ async def get_schema(request: web.Request) -> web.Response:
     return web.json_response(event_schemas({name: models[name]})[name])
 
 
-async def replay_letter(request: web.Request) -> web.Response:
+async def _letter_action(request: web.Request, model: type[B], *, empty_ok: bool = False) -> tuple[int, B]:
+    """The dead letter an action is about and the action's body: audited under its id and
+    interface, begun (ApiProblem 404 when there is no such letter)."""
     seq = _seq(request.match_info["id"], "dead letter")
     note(request, dead_letter=seq)
-    await _body(request, ReplayLetter, empty_ok=True)
+    body = await _body(request, model, empty_ok=empty_ok)
     letter = await dlq.get(request.app[STORE], seq)
     if letter is None:
-        return _error(404, f"no dead letter {seq}")
+        raise ApiProblem(404, f"no dead letter {seq}")
     request[PENDING].interface = letter.interface
     await begin(request)
+    return seq, body
+
+
+async def replay_letter(request: web.Request) -> web.Response:
+    seq, _ = await _letter_action(request, ReplayLetter, empty_ok=True)
     try:
         record = await replay.replay_dead_letter(request.app[RUNNING], seq)
     except replay.ReplayError as exc:
@@ -671,14 +678,7 @@ async def replay_letter(request: web.Request) -> web.Response:
 
 async def discard_letter(request: web.Request) -> web.Response:
     """Marks a dead letter as needing no replay, with a reason; the actor is who authenticated."""
-    seq = _seq(request.match_info["id"], "dead letter")
-    note(request, dead_letter=seq)
-    body = await _body(request, DiscardLetter)
-    letter = await dlq.get(request.app[STORE], seq)
-    if letter is None:
-        return _error(404, f"no dead letter {seq}")
-    request[PENDING].interface = letter.interface
-    await begin(request)
+    seq, body = await _letter_action(request, DiscardLetter)
     try:
         record = await replay.discard_dead_letter(request.app[RUNNING], seq, body.reason,
                                                   request[IDENTITY].name)

@@ -97,17 +97,7 @@ def stream_configs(cfg: NatsConfig, audit_days: float = AUDIT_DAYS) -> list[Stre
     """The streams Ficus owns, from the retention settings of the config (`audit_days`: `[audit]`)."""
 
     def stream(name: str, subjects: str, days: float, description: str) -> StreamConfig:
-        return StreamConfig(
-            name=name,
-            description=description,
-            subjects=[subjects],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
-            max_age=days * DAY,
-            num_replicas=cfg.replicas,
-            duplicate_window=cfg.duplicate_window_seconds,
-        )
+        return _file_stream(cfg, name, subjects, days, description)
 
     return [
         stream(names.STREAM_RAW, names.SUBJECTS_RAW, cfg.raw_max_age_days, "raw inbound units"),
@@ -129,18 +119,18 @@ def stream_configs(cfg: NatsConfig, audit_days: float = AUDIT_DAYS) -> list[Stre
 def audit_stream(cfg: NatsConfig, days: float) -> StreamConfig:
     """The audit trail (router/audit.py, route flips): append-only, nothing in it can be deleted or
     purged through the API; only `max_age` ends a record."""
+    return _file_stream(cfg, names.STREAM_AUDIT, names.SUBJECTS_AUDIT, days,
+                        "audit trail: route flips, replays, reads of message content", deny_delete=True,
+                        deny_purge=True)
+
+
+def _file_stream(cfg: NatsConfig, name: str, subjects: str, days: float, description: str,
+                 **extra: Any) -> StreamConfig:
+    """A stream on file, oldest messages dropped past ``days``, with the config's replicas and window."""
     return StreamConfig(
-        name=names.STREAM_AUDIT,
-        description="audit trail: route flips, replays, reads of message content",
-        subjects=[names.SUBJECTS_AUDIT],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_age=days * DAY,
-        num_replicas=cfg.replicas,
-        duplicate_window=cfg.duplicate_window_seconds,
-        deny_delete=True,
-        deny_purge=True,
+        name=name, description=description, subjects=[subjects], retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE, discard=DiscardPolicy.OLD, max_age=days * DAY, num_replicas=cfg.replicas,
+        duplicate_window=cfg.duplicate_window_seconds, **extra,
     )
 
 
