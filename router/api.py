@@ -6,7 +6,8 @@ Every route has one access rule (`ENDPOINTS`, the table the app is built from): 
 needs (viewer < operator < admin, or none for the health probes and the login form) and,
 for the actions the audit trail records, the action's name. The caller is a named client
 or a JWT (router/auth.py); its name is the actor of everything it does, never a header.
-Message content (events, dead letters) is operator's and every read of it is audited
+Message content (events, dead letters, the field values of a dry run's differences) is the
+admin's (PRODUCT.md: admin has the audit and content reads) and every read of it is audited
 before it is served (router/audit.py says in which order records and actions go). With no
 credentials configured (allowed only on a loopback listener, or with `api.insecure =
 true`) the API is open: every caller is "anonymous" with the admin role. Request bodies are
@@ -714,9 +715,15 @@ async def replay_interface(request: web.Request) -> web.StreamResponse:
         return _error(404, "unknown interface")
     await begin(request, since=since.isoformat(), dry_run=body.dry_run, limit=body.limit)
 
+    # A dry run's differences carry field values (message content): an admin's to read. Others
+    # see which fields of which events would change, not the values.
+    values = allows(request[IDENTITY].role, "admin")
+
     def counted(result: replay.ReplayResult) -> None:
         note(request, units=result.units, replayed=result.replayed, events=result.events, failed=result.failed,
-             token=result.token or None)
+             token=result.token or None, values_shown=values if body.dry_run else None)
+        if result.diff is not None and not values:
+            result.diff = replay.without_values(result.diff)
 
     if "application/x-ndjson" not in request.headers.get("Accept", ""):
         try:
@@ -788,10 +795,10 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     # Operator; with "force": true, admin (set_route checks it, the body says it).
     ("PUT", "/api/v1/routes/{iface}", set_route, Rule("operator", "route_flip")),
     ("GET", "/api/v1/routes/{iface}/history", route_history, VIEWER),
-    ("GET", "/api/v1/events", list_events, Rule("operator", "events_list", content=True)),
-    ("GET", "/api/v1/events/{id}", get_event, Rule("operator", "event_read", content=True)),
-    ("GET", "/api/v1/dlq", list_dlq, Rule("operator", "dlq_list", content=True)),
-    ("GET", "/api/v1/dlq/{id}", get_dlq, Rule("operator", "dlq_read", content=True)),
+    ("GET", "/api/v1/events", list_events, Rule("admin", "events_list", content=True)),
+    ("GET", "/api/v1/events/{id}", get_event, Rule("admin", "event_read", content=True)),
+    ("GET", "/api/v1/dlq", list_dlq, Rule("admin", "dlq_list", content=True)),
+    ("GET", "/api/v1/dlq/{id}", get_dlq, Rule("admin", "dlq_read", content=True)),
     ("POST", "/api/v1/dlq/{id}/replay", replay_letter, Rule("operator", "dlq_replay")),
     ("POST", "/api/v1/dlq/{id}/discard", discard_letter, Rule("operator", "dlq_discard")),
     ("POST", "/api/v1/replay/{iface}", replay_interface, Rule("operator", "replay")),

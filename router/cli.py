@@ -370,6 +370,9 @@ def _print_diff(diff: dict[str, Any]) -> None:
     for entry in diff["first"]:
         print(f"  {entry['change']}: {entry['id']} {entry.get('type') or ''}".rstrip())
         for f in entry.get("fields", []):
+            if "before" not in f:  # values are shown to an admin only (message content)
+                print(f"    {f['field']}")
+                continue
             print(f"    {f['field']}: {json.dumps(f['before'], default=str)} -> {json.dumps(f['after'], default=str)}")
 
 

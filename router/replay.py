@@ -270,6 +270,14 @@ class Diff:
                 "removed": removed, "unchanged": len(set(self.new) & set(self.old)) - changed, "first": first}
 
 
+def without_values(diff: dict[str, Any]) -> dict[str, Any]:
+    """A dry run's differences without the fields' values (for a caller who may not read
+    message content): which events and which fields would change, and the totals."""
+    first = [{**entry, "fields": [{"field": f["field"]} for f in entry.get("fields", [])]}
+             if "fields" in entry else entry for entry in diff.get("first", [])]
+    return {**diff, "first": first}
+
+
 # -- one dead letter ---------------------------------------------------------------------------
 
 

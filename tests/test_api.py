@@ -15,18 +15,21 @@ from tests.test_service_mllp import _break_amount
 pytestmark = pytest.mark.integration
 VIEWER = {"Authorization": "Bearer view-secret"}
 OPERATOR = {"Authorization": "Bearer op-secret"}
+ADMIN = {"Authorization": "Bearer records-admin-secret-0123456789"}
 
 
 async def test_tokens_events_dlq_and_metrics(
     nats_server: EmbeddedNats, service_factory: ServiceFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FICUS_TEST_OPERATOR", "op-secret")
+    monkeypatch.setenv("FICUS_TEST_ADMIN", "records-admin-secret-0123456789")
     async with SimulatedEngine() as engine:
         cfg = make_config(
             nats_server.url,
             [{"name": "his-charges", "mapping": "hl7v2.dft_p03", "route": "modern",
               "legacy": f"mllp://127.0.0.1:{engine.port}"}],
-            api={"tokens": {"viewer": "view-secret", "operator": "env:FICUS_TEST_OPERATOR"}},
+            api={"tokens": {"viewer": "view-secret", "operator": "env:FICUS_TEST_OPERATOR"},
+                 "clients": [{"name": "records-admin", "role": "admin", "token": "env:FICUS_TEST_ADMIN"}]},
         )
         async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
             api = svc.api_url
@@ -48,22 +51,24 @@ async def test_tokens_events_dlq_and_metrics(
             assert iface["counts"]["dead_lettered"] == 1
             assert iface["last_message_at"] is not None
 
-            # Message content is the operator's (and audited, tests/test_audit.py): not the viewer's.
+            # Message content is the admin's (PRODUCT.md; audited, tests/test_audit.py): not the viewer's
+            # nor the operator's.
             assert (await http.get(f"{api}/api/v1/events", headers=VIEWER)).status == 403
             assert (await http.get(f"{api}/api/v1/dlq", headers=VIEWER)).status == 403
-            resp = await http.get(f"{api}/api/v1/events?type=org.ficus.revenue.charge.posted.v1", headers=OPERATOR)
+            assert (await http.get(f"{api}/api/v1/events", headers=OPERATOR)).status == 403
+            resp = await http.get(f"{api}/api/v1/events?type=org.ficus.revenue.charge.posted.v1", headers=ADMIN)
             body = await resp.json()
             assert [e["event"]["type"] for e in body["events"]] == ["org.ficus.revenue.charge.posted.v1"] * 2
             first = body["events"][0]
-            one = await (await http.get(f"{api}/api/v1/events/{first['seq']}", headers=OPERATOR)).json()
+            one = await (await http.get(f"{api}/api/v1/events/{first['seq']}", headers=ADMIN)).json()
             assert one["event"] == first["event"]
             page = await (await http.get(f"{api}/api/v1/events?after={first['seq']}&limit=1",
-                                         headers=OPERATOR)).json()
+                                         headers=ADMIN)).json()
             assert [e["seq"] for e in page["events"]] == [first["seq"] + 1]
 
-            letters = (await (await http.get(f"{api}/api/v1/dlq", headers=OPERATOR)).json())["dead_letters"]
+            letters = (await (await http.get(f"{api}/api/v1/dlq", headers=ADMIN)).json())["dead_letters"]
             assert len(letters) == 1 and letters[0]["kind"] == "untranslatable"
-            letter = await (await http.get(f"{api}/api/v1/dlq/{letters[0]['id']}", headers=OPERATOR)).json()
+            letter = await (await http.get(f"{api}/api/v1/dlq/{letters[0]['id']}", headers=ADMIN)).json()
             assert letter["unit"] == "DFT00000002" and letter["facility"] == "NORTH"
 
             # The viewer may not flip; the operator may.

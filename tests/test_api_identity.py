@@ -57,10 +57,10 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/routes"): "viewer",
     ("PUT", "/api/v1/routes/{iface}"): "operator",
     ("GET", "/api/v1/routes/{iface}/history"): "viewer",
-    ("GET", "/api/v1/events"): "operator",
-    ("GET", "/api/v1/events/{id}"): "operator",
-    ("GET", "/api/v1/dlq"): "operator",
-    ("GET", "/api/v1/dlq/{id}"): "operator",
+    ("GET", "/api/v1/events"): "admin",
+    ("GET", "/api/v1/events/{id}"): "admin",
+    ("GET", "/api/v1/dlq"): "admin",
+    ("GET", "/api/v1/dlq/{id}"): "admin",
     ("POST", "/api/v1/dlq/{id}/replay"): "operator",
     ("POST", "/api/v1/dlq/{id}/discard"): "operator",
     ("POST", "/api/v1/replay/{iface}"): "operator",
@@ -478,13 +478,13 @@ async def test_mutual_tls_puts_the_client_subject_in_the_audit_record(
             await http.get(f"{svc.api_url}/api/v1/events", headers=operator, ssl=without)
         with_cert = pki.client_context()
         clients_ca.issue_cert("lab-workstation-7", common_name="lab-workstation-7").configure_cert(with_cert)
-        resp = await http.get(f"{svc.api_url}/api/v1/events", headers=operator, ssl=with_cert)
-        assert resp.status == 200, await resp.text()
         admin = {"Authorization": f"Bearer {identities.tokens['admin']}"}
+        resp = await http.get(f"{svc.api_url}/api/v1/events", headers=admin, ssl=with_cert)
+        assert resp.status == 200, await resp.text()
         records = (await (await http.get(f"{svc.api_url}/api/v1/audit", headers=admin, ssl=with_cert)).json()
                    )["records"]
         (read,) = [r for r in records if r["action"] == "events_list"]
-        assert read["actor"] == identities.names["operator"]
+        assert read["actor"] == identities.names["admin"]
         assert read["source"]["ip"] == "127.0.0.1" and "CN=lab-workstation-7" in read["source"]["cert"]
 
 

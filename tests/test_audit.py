@@ -72,7 +72,8 @@ async def test_flips_and_content_reads_are_audited_under_the_authenticated_name(
     async with served(nats_server.url, identities.api()) as svc, aiohttp.ClientSession() as http:
         api, port = svc.api_url, svc.interfaces["his-charges"].listener.port
         operator = _auth(identities.tokens["operator"], **{"X-Ficus-Actor": "mallory"})
-        as_jwt = _auth(identities.jwt("operator"), **{"X-Ficus-Actor": "mallory"})
+        admin = _auth(identities.tokens["admin"], **{"X-Ficus-Actor": "mallory"})
+        as_jwt = _auth(identities.jwt("admin"), **{"X-Ficus-Actor": "mallory"})
         flip = await http.put(f"{api}/api/v1/routes/his-charges", json={"mode": "shadow", "reason": "CHG-1"},
                               headers=operator)
         assert flip.status == 200, await flip.text()
@@ -83,8 +84,10 @@ async def test_flips_and_content_reads_are_audited_under_the_authenticated_name(
         events = await (await http.get(f"{api}/api/v1/events?mode=shadow", headers=as_jwt)).json()
         assert events["events"], events
         seq = events["events"][0]["seq"]
-        assert (await http.get(f"{api}/api/v1/events/{seq}?mode=shadow", headers=operator)).status == 200
-        letters = (await (await http.get(f"{api}/api/v1/dlq", headers=operator)).json())["dead_letters"]
+        assert (await http.get(f"{api}/api/v1/events/{seq}?mode=shadow", headers=admin)).status == 200
+        # Message content is the admin's (PRODUCT.md): an operator is refused, and recorded.
+        assert (await http.get(f"{api}/api/v1/events/{seq}?mode=shadow", headers=operator)).status == 403
+        letters = (await (await http.get(f"{api}/api/v1/dlq", headers=admin)).json())["dead_letters"]
         letter = letters[0]["id"]
         assert (await http.get(f"{api}/api/v1/dlq/{letter}", headers=as_jwt)).status == 200
         # Refused: a viewer may not read content; recorded all the same.
@@ -116,16 +119,18 @@ async def test_flips_and_content_reads_are_audited_under_the_authenticated_name(
         assert started["source"]["ip"] == "127.0.0.1"
         listed = one("events_list", "ok", actor=JWT_USER, via="jwt")
         assert seq in listed["target"]["seqs"] and listed["target"]["interfaces"] == ["his-charges"]
-        read = one("event_read", "ok", actor=operator_name)
+        read = one("event_read", "ok", actor=identities.names["admin"])
         assert read["target"]["seq"] == seq and read["interface"] == "his-charges"
-        one("dlq_list", "ok", actor=operator_name)
+        assert one("event_read", "refused", actor=operator_name)["status"] == 403
+        one("dlq_list", "ok", actor=identities.names["admin"])
         assert one("dlq_read", "ok", actor=JWT_USER)["target"]["dead_letter"] == letter
         refused = one("events_list", "refused", actor=identities.names["viewer"])
         assert refused["status"] == 403 and refused["role"] == "viewer"
         one("dlq_replay", "started", actor=operator_name)
         assert one("dlq_replay", "refused", actor=operator_name)["status"] == 422
         one("replay", "started", actor=JWT_USER)
-        assert one("replay", "ok", actor=JWT_USER)["target"]["dry_run"] is True
+        done = one("replay", "ok", actor=JWT_USER)
+        assert done["target"]["dry_run"] is True and done["target"]["values_shown"] is True
 
         # Identifiers and counts only: nothing of the messages themselves.
         for segment in payload.split(b"\r"):
@@ -143,7 +148,7 @@ async def test_get_audit_is_admin_only_and_filters(nats_server: EmbeddedNats, id
         operator, admin = _auth(identities.tokens["operator"]), _auth(identities.tokens["admin"])
         for who in (operator, _auth(identities.tokens["viewer"]), _auth(identities.jwt("operator"))):
             assert (await http.get(f"{api}/api/v1/audit", headers=who)).status == 403
-        assert (await http.get(f"{api}/api/v1/events", headers=operator)).status == 200
+        assert (await http.get(f"{api}/api/v1/events", headers=admin)).status == 200
         assert (await http.get(f"{api}/api/v1/dlq", headers=_auth(identities.jwt("admin")))).status == 200
         flip = {"mode": "legacy", "reason": "drill"}
         assert (await http.put(f"{api}/api/v1/routes/his-charges", json=flip, headers=operator)).status == 200
@@ -158,7 +163,7 @@ async def test_get_audit_is_admin_only_and_filters(nats_server: EmbeddedNats, id
         assert [(r["actor"], r["role"], r["via"]) for r in await query(actor=JWT_USER)] == [
             (JWT_USER, "admin", "jwt")]
         mine = await query(actor=identities.names["operator"])
-        assert {r["actor"] for r in mine} == {identities.names["operator"]} and len(mine) == 3
+        assert {r["actor"] for r in mine} == {identities.names["operator"]} and len(mine) == 2
         assert [r["result"] for r in await query(interface="his-charges")] == ["started", "ok"]
         assert await query(since="2999-01-01T00:00:00Z") == []
         assert [r["result"] for r in await query(action="route_flip", limit="1")] == ["started"]
@@ -171,7 +176,7 @@ async def test_get_audit_is_admin_only_and_filters(nats_server: EmbeddedNats, id
         assert table.returncode == 0, table.stderr
         lines = table.stdout.splitlines()
         assert lines[0].split()[:5] == ["AT", "ACTOR", "ROLE", "SOURCE", "ACTION"]
-        assert len(lines) == 4 and all(identities.names["operator"] in line for line in lines[1:])
+        assert len(lines) == 3 and all(identities.names["operator"] in line for line in lines[1:])
         assert "route_flip" in lines[-1] and "ok 200" in lines[-1]
         refused = await asyncio.to_thread(ficus, "audit", "--api", api,
                                           env={**env, "FICUS_TOKEN": identities.tokens["operator"]})
@@ -181,15 +186,15 @@ async def test_get_audit_is_admin_only_and_filters(nats_server: EmbeddedNats, id
 async def test_nothing_is_served_or_flipped_unaudited(nats_server: EmbeddedNats, identities: Identities) -> None:
     async with served(nats_server.url, identities.api()) as svc, aiohttp.ClientSession() as http:
         api = svc.api_url
-        operator = _auth(identities.tokens["operator"])
-        assert (await http.get(f"{api}/api/v1/events", headers=operator)).status == 200
+        operator, admin = _auth(identities.tokens["operator"]), _auth(identities.tokens["admin"])
+        assert (await http.get(f"{api}/api/v1/events", headers=admin)).status == 200
         # The audit stream goes away (by someone with NATS access): audit writes now fail.
         nc = await nats.connect(nats_server.url)
         try:
             await nc.jetstream().delete_stream(names.STREAM_AUDIT)
         finally:
             await nc.close()
-        resp = await http.get(f"{api}/api/v1/events", headers=operator)
+        resp = await http.get(f"{api}/api/v1/events", headers=admin)
         assert resp.status == 503 and "audit" in (await resp.json())["error"]
         assert "events" not in await resp.json()
         resp = await http.put(f"{api}/api/v1/routes/his-charges", json={"mode": "shadow", "reason": "x"},
@@ -212,7 +217,7 @@ async def test_the_stream_is_append_only_with_the_configured_retention(
                                          max_age=3650 * DAY))
         async with served(nats_server.url, identities.api(), audit={"retention_days": 7}) as svc, \
                 aiohttp.ClientSession() as http:
-            resp = await http.get(f"{svc.api_url}/api/v1/events", headers=_auth(identities.tokens["operator"]))
+            resp = await http.get(f"{svc.api_url}/api/v1/events", headers=_auth(identities.tokens["admin"]))
             assert resp.status == 200
             info = await js.stream_info(names.STREAM_AUDIT)
             assert info.config.deny_delete and info.config.deny_purge
@@ -252,7 +257,8 @@ async def test_a_dead_letter_discarded_is_audited_listed_and_not_replayed(
         assert flip.status == 200, await flip.text()
         assert msa(await send_one(port, _break_amount(simulate.dft(3))))[0] in ("AE", "AR")
         await wait_for(lambda: svc.interfaces["his-charges"].stats.dead_lettered >= 1)
-        (letter,) = (await (await http.get(f"{api}/api/v1/dlq", headers=operator)).json())["dead_letters"]
+        admin = _auth(identities.tokens["admin"])
+        (letter,) = (await (await http.get(f"{api}/api/v1/dlq", headers=admin)).json())["dead_letters"]
         assert letter["discarded"] is False
 
         viewer = _auth(identities.tokens["viewer"])
@@ -264,12 +270,12 @@ async def test_a_dead_letter_discarded_is_audited_listed_and_not_replayed(
                                headers=operator)
         assert done.status == 200, await done.text()
         assert (await done.json())["actor"] == identities.names["operator"]
-        (listed,) = (await (await http.get(f"{api}/api/v1/dlq", headers=operator)).json())["dead_letters"]
+        (listed,) = (await (await http.get(f"{api}/api/v1/dlq", headers=admin)).json())["dead_letters"]
         assert listed["discarded"] is True and listed["replayed"] is False
         again = await http.post(f"{api}/api/v1/dlq/{letter['id']}/replay", json={}, headers=operator)
         assert again.status == 409 and "discarded" in (await again.json())["error"]
 
-        env = {**os.environ, "FICUS_TOKEN": identities.tokens["operator"]}
+        env = {**os.environ, "FICUS_TOKEN": identities.tokens["admin"]}
         listing = await asyncio.to_thread(ficus, "dlq", "list", "--api", api or "", env=env)
         assert "[discarded]" in listing.stdout, listing.stdout + listing.stderr
 

@@ -124,3 +124,17 @@ async def test_replay_shows_progress_on_a_terminal_and_nothing_when_piped(
         code, out, err = await asyncio.to_thread(cli, api, "replay", IFACE, "--since", "2000-01-01", "--dry-run")
         assert code == 0 and err == "", err
         assert f"{count} units would be replayed ({count} events)" in out
+
+
+def test_a_dry_runs_differences_without_values_name_fields_only() -> None:
+    from router.replay import without_values
+
+    diff = {"changed": 1, "first": [
+        {"id": "e1", "type": "t", "change": "changed",
+         "fields": [{"field": "data.erp.gl_account", "before": "4100-310", "after": "4100-311"}]},
+        {"id": "e2", "type": "t", "change": "added"}]}
+    shown = without_values(diff)
+    assert shown["first"] == [
+        {"id": "e1", "type": "t", "change": "changed", "fields": [{"field": "data.erp.gl_account"}]},
+        {"id": "e2", "type": "t", "change": "added"}]
+    assert shown["changed"] == 1 and diff["first"][0]["fields"][0]["before"] == "4100-310", "the input is left whole"
