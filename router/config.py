@@ -6,6 +6,7 @@ are resolved here, so a missing variable is a configuration error like any other
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -13,6 +14,7 @@ import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -712,6 +714,117 @@ def ordering_clauses(query: str) -> list[str]:
     return [name for name, pattern in _ORDERING if pattern.search(outer)]
 
 
+class SinkFilter(_Model):
+    """Which events a sink gets: every list empty means all; within a list any entry matches."""
+
+    types: list[Annotated[str, Field(min_length=1)]] = []
+    """CloudEvents type prefixes by whole dotted segments (`org.ficus.revenue`,
+    `org.ficus.revenue.charge.posted.v1`); they become the consumer's subject filters."""
+    interfaces: list[str] = []
+    facilities: list[str] = []
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            parts = prefix.split(".")
+            if parts[:2] != ["org", "ficus"] or len(parts) < 3 or len(parts) > 6 or not all(parts):
+                raise ValueError(f"{prefix!r} is not a type prefix (org.ficus.<domain>[.<entity>[.<action>[.vN]]])")
+        return value
+
+
+class SinkOAuth2Config(_Model):
+    """OAuth2 client credentials (RFC 6749 4.4): the token is cached and fetched again before it expires."""
+
+    token_url: str
+    client_id: str = Field(min_length=1)
+    client_secret: str = Field(min_length=1)
+    scope: str | None = None
+
+    @field_validator("token_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return https_url(value)
+
+
+class SinkAuthConfig(_Model):
+    """How a sink proves itself to the receiver: a bearer token or OAuth2, one of them."""
+
+    bearer_token: str | None = Field(default=None, min_length=1)
+    oauth2: SinkOAuth2Config | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SinkAuthConfig:
+        if (self.bearer_token is None) == (self.oauth2 is None):
+            raise ValueError("give one of bearer_token or oauth2")
+        return self
+
+
+class SinkRetryConfig(_Model):
+    max_age_seconds: float = Field(default=86400, gt=0)
+    """An event still not accepted this long after its first attempt is dead-lettered."""
+    backoff_base_seconds: float = Field(default=1, gt=0)
+    backoff_max_seconds: float = Field(default=300, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> SinkRetryConfig:
+        if self.backoff_max_seconds < self.backoff_base_seconds:
+            raise ValueError("backoff_max_seconds must be at least backoff_base_seconds")
+        return self
+
+
+class SinkConfig(_Model):
+    """One push destination (`[[sinks]]`): canonical events POSTed as CloudEvents (router/sinks.py)."""
+
+    name: str
+    url: str
+    events: Literal["live", "shadow"] = "live"
+    mode: Literal["single", "batch"] = "single"
+    batch_size: int = Field(default=100, ge=1, le=1000)
+    filter: SinkFilter = SinkFilter()
+    auth: SinkAuthConfig | None = None
+    signing_secret: str | None = None
+    """Standard Webhooks secret, `whsec_` + base64 (give it as env:NAME)."""
+    max_in_flight: int = Field(default=8, ge=1, le=256)
+    timeout_seconds: float = Field(default=10, gt=0, le=300)
+    retry: SinkRetryConfig = SinkRetryConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError("sink name must be a lowercase slug ([a-z0-9_-])")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return https_url(value)
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except ValueError:  # binascii.Error is one
+            raise ValueError("signing_secret must be whsec_ followed by base64") from None
+        if len(key) < 24:
+            raise ValueError("signing_secret must hold at least 24 bytes (192 bits)")
+        return value
+
+
+def https_url(value: str) -> str:
+    """An https URL, or http to a loopback host only (a receiver on this machine, a test)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("expected an https:// URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError("plain http is allowed to a loopback host only; use https")
+    return value
+
+
 FileInterfaceConfig = FolderInterfaceConfig | SftpInterfaceConfig
 InterfaceConfig = Annotated[
     MllpInterfaceConfig | FolderInterfaceConfig | SftpInterfaceConfig | OdbcInterfaceConfig,
@@ -732,9 +845,13 @@ class FicusConfig(_Model):
     audit: AuditConfig = AuditConfig()
     reference: ReferenceConfig = ReferenceConfig()
     interfaces: list[InterfaceConfig] = []
+    sinks: list[SinkConfig] = []
 
     @model_validator(mode="after")
     def _unique(self) -> FicusConfig:
+        sink_names = [s.name for s in self.sinks]
+        if len(set(sink_names)) != len(sink_names):
+            raise ValueError("a sink name is used twice")
         seen: set[str] = set()
         listens: dict[tuple[str, int], str] = {}
         for iface in self.interfaces:
@@ -794,7 +911,8 @@ def _derived(location: str, unresolved: set[str]) -> bool:
 
 
 # Keys whose values are secrets wherever they appear (NATS URLs are checked for user:password@).
-SECRET_KEYS = frozenset({"password", "token", "tokens", "private_key_passphrase", "connection_string"})
+SECRET_KEYS = frozenset({"password", "token", "tokens", "private_key_passphrase", "connection_string",
+                         "bearer_token", "client_secret", "signing_secret"})
 _USERINFO = re.compile(r"://[^/@\s]*@")
 HIDDEN = "<hidden>"
 

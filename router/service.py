@@ -35,6 +35,7 @@ from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
 from router.interfaces import Deps, RunningInterface
 from router.interfaces import start as start_interface
 from router.routes import RouteTable
+from router.sinks import Sink, start_sinks
 from router.store import Store, StoreError, connect
 
 log = logging.getLogger("ficus.service")
@@ -115,6 +116,8 @@ class Running:
     api_url: str | None
     """None when the service runs without its API."""
     started_at: float
+    sinks: tuple[Sink, ...] = ()
+    """Every `[[sinks]]` entry, delivering (router/sinks.py)."""
 
     @property
     def nats_url(self) -> str:
@@ -356,6 +359,13 @@ class Service:
             stops.on_stop("finish", f"finish {icfg.name}", _untimed(running.finish))
             log.info("interface %s (%s) on %s, route %s", icfg.name, icfg.kind, running.address(),
                      routes.mode_for(icfg.name))
+        sinks: list[Sink] = []
+        if cfg.sinks:
+            with _starting("the sinks"):
+                sinks = await start_sinks(cfg.sinks, store)
+            for sink in sinks:
+                # After intake stopped: a request in flight finishes, the rest is delivered at the next start.
+                stops.on_stop("finish", f"stop sink {sink.cfg.name}", _untimed(sink.stop))
         stats = {name: r.stats for name, r in interfaces.items()}
         saved: dict[str, int] = {}
         with _starting("the parity windows"):
@@ -371,7 +381,7 @@ class Service:
                 sock = _bind(host, port)
             api_url = f"{'https' if cfg.api.tls else 'http'}://{host}:{sock.getsockname()[1]}"
         self._running = Running(cfg, store, routes, types.MappingProxyType(interfaces), embedded, reference,
-                                api_url, started_at)
+                                api_url, started_at, tuple(sinks))
         if sock is not None:
             with _starting(f"the API on {cfg.api.listen}"):
                 await self._serve_api(self._running, sock)

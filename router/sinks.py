@@ -1,0 +1,325 @@
+"""Push delivery: each `[[sinks]]` entry POSTs canonical events to a receiver as CloudEvents.
+
+Each sink reads its own durable JetStream pull consumer (`ficus-sink-<name>`, filtered by
+subject from its type prefixes) on the live or the shadow stream, so its position survives
+a restart and is shared by every instance. An event is acknowledged only once the receiver
+answered 2xx, or once it has been dead-lettered: at least once, and the receiver drops
+repeats by `Idempotency-Key` (the event id). Requests are structured-mode CloudEvents
+(`application/cloudevents+json`), or JSON arrays of them (`application/cloudevents-batch+json`),
+signed per Standard Webhooks when the sink has a `signing_secret`.
+
+Events are delivered one request at a time in stream order, so the order of every business
+key is kept. A failed request is retried with exponential backoff and full jitter, honouring
+`Retry-After` on 429 and 503; a 4xx other than 408, 425 and 429 is final and dead-letters the
+event at once, as does a failure that lasts past `retry.max_age_seconds`. Dead letters go to
+`dlq.sink.<name>` (kind "undeliverable", unit = the event id, the last status in the reason).
+
+A new consumer starts at the events stored from then on (`DeliverPolicy.NEW`): configuring a
+sink does not replay a month of history into the receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+from standardwebhooks.webhooks import Webhook
+
+from canonical.subjects import CANONICAL_PREFIX, SHADOW_PREFIX
+from protocols.backoff import Backoff
+from router import dlq, names
+from router.config import SinkConfig
+from router.sink_auth import SinkAuth, TokenError
+from router.store import Store, StoreError
+from router.store.pull import Held, PullConsumer
+
+log = logging.getLogger("ficus.sinks")
+
+SINGLE_TYPE = "application/cloudevents+json"
+BATCH_TYPE = "application/cloudevents-batch+json"
+RETRYABLE_4XX = frozenset({408, 425, 429})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+RETRY_AFTER_MAX = 3600.0
+"""A Retry-After longer than this is not believed (capped)."""
+FETCH_WAIT = 1.0
+SINGLE_FETCH = 32
+"""Events fetched at once in single mode (each held one is kept from redelivery while it waits)."""
+
+
+def consumer_name(sink: str) -> str:
+    return f"ficus-sink-{sink}"
+
+
+def dlq_interface(sink: str) -> str:
+    """The dead letters' `interface`: `sink.<name>`, so they go to `dlq.sink.<name>`."""
+    return f"sink.{sink}"
+
+
+def subject_filters(cfg: SinkConfig) -> list[str]:
+    """The consumer's subject filters: one per type prefix (a version is checked per event)."""
+    base = CANONICAL_PREFIX if cfg.events == "live" else SHADOW_PREFIX
+    if not cfg.filter.types:
+        return [f"{base}.>"]
+    out: list[str] = []
+    for prefix in cfg.filter.types:
+        parts = prefix.split(".")[2:5]  # domain, entity, action: the subject's tokens
+        subject = ".".join([base, *parts])
+        out.append(subject if len(parts) == 3 else f"{subject}.>")
+    # Overlapping filters are refused by the server: keep the widest.
+    return sorted({s for s in out if not any(o != s and o.endswith(".>") and s.startswith(o[:-1]) for o in out)})
+
+
+def wanted(cfg: SinkConfig, event: dict[str, object], interface: str | None) -> bool:
+    """The in-process part of the filter: full types (with a version), interfaces, facilities."""
+    f = cfg.filter
+    etype = str(event.get("type", ""))
+    if f.types and not any(etype == t or etype.startswith(t + ".") for t in f.types):
+        return False
+    if f.interfaces and (interface or event.get("ficusinterface")) not in f.interfaces:
+        return False
+    return not f.facilities or event.get("ficusfacility") in f.facilities
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), capped; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_MAX)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(max(0.0, when.timestamp() - (time.time() if now is None else now)), RETRY_AFTER_MAX)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one request came to: `status` 0 when no answer came (`reason` says why)."""
+
+    status: int
+    reason: str
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def final(self) -> bool:
+        """A refusal trying again will not change."""
+        return 400 <= self.status < 500 and self.status not in RETRYABLE_4XX
+
+
+@dataclass
+class SinkStatus:
+    """Counters of one sink since start (the API and metrics read them)."""
+
+    delivered: int = 0
+    attempts: int = 0
+    failures: int = 0
+    dead_lettered: int = 0
+    last_delivered_at: str | None = None
+    last_error: str | None = None
+    token_fetches: int = 0
+    latencies: list[float] = field(default_factory=list, repr=False)
+
+
+class Sink:
+    """One running sink: its consumer loop, its HTTP session, its counters."""
+
+    def __init__(self, cfg: SinkConfig, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.status = SinkStatus()
+        self._webhook = Webhook(cfg.signing_secret) if cfg.signing_secret else None
+        self._stopping = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._auth: SinkAuth | None = None
+        self._task: asyncio.Task[None] | None = None
+        stream = names.STREAM_CANONICAL if cfg.events == "live" else names.STREAM_SHADOW
+        self.consumer = PullConsumer(store, stream, consumer_name(cfg.name))
+
+    async def start(self) -> None:
+        """Creates (or updates) the durable consumer, then runs the delivery loop in a task."""
+        # A request may take timeout_seconds; held events are kept alive with in_progress().
+        await self.consumer.ensure(subject_filters(self.cfg), ack_wait=self.cfg.timeout_seconds + 10,
+                                   max_ack_pending=max(self.cfg.batch_size, SINGLE_FETCH) * 2)
+        self._session = aiohttp.ClientSession()
+        self._auth = SinkAuth(self.cfg.auth, self._session, self.cfg.timeout_seconds)
+        self._task = asyncio.create_task(self._run(), name=f"sink-{self.cfg.name}")
+
+    async def stop(self) -> None:
+        """Stops fetching; the request in flight finishes (unacknowledged events come again)."""
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        pause = Backoff(0.5, 10)
+        size = self.cfg.batch_size if self.cfg.mode == "batch" else SINGLE_FETCH
+        while not self._stopping.is_set():
+            try:
+                msgs = await self.consumer.fetch(size, timeout=FETCH_WAIT)
+                if msgs:
+                    await self._handle(msgs)
+                pause.reset()
+            except StoreError as exc:
+                # A lost connection, a dead letter not stored: what was not acknowledged comes again.
+                log.warning("sink %s: %s; retrying", self.cfg.name, exc.reason)
+                await self._sleep(pause.next_delay(), [])
+        with contextlib.suppress(StoreError):
+            await self.consumer.close()
+
+    async def _handle(self, msgs: list[Held]) -> None:
+        chosen: list[tuple[Held, dict[str, object]]] = []
+        for msg in msgs:
+            try:
+                event = json.loads(msg.data)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):  # not a canonical event: nothing any receiver could use
+                log.warning("sink %s: message %d is not a JSON event; skipped", self.cfg.name, msg.seq)
+                await msg.ack()
+            elif wanted(self.cfg, event, msg.headers.get(names.HDR_INTERFACE)):
+                chosen.append((msg, event))
+            else:
+                await msg.ack()
+        if self.cfg.mode == "batch":
+            if chosen:
+                await self._deliver(chosen)
+            return
+        for i, one in enumerate(chosen):
+            if self._stopping.is_set():
+                for msg, _ in chosen[i:]:
+                    await msg.nak()
+                return
+            await self._deliver([one], held=[m for m, _ in chosen[i + 1:]])
+
+    async def _deliver(self, batch: list[tuple[Held, dict[str, object]]], held: list[Held] | None = None) -> None:
+        """Sends one request until it is accepted or dead-lettered; then acknowledges its events."""
+        msgs = [m for m, _ in batch]
+        ids = [str(e.get("id", "")) for _, e in batch]
+        if self.cfg.mode == "batch":
+            body = b"[" + b",".join(m.data for m in msgs) + b"]"
+            key = "batch-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
+            ctype = BATCH_TYPE
+        else:
+            body, key, ctype = msgs[0].data, ids[0], SINGLE_TYPE
+        backoff = Backoff(self.cfg.retry.backoff_base_seconds, self.cfg.retry.backoff_max_seconds)
+        first = time.monotonic()
+        while True:
+            for msg in msgs + (held or []):
+                await msg.in_progress()
+            result = await self._post(body, key, ctype)
+            if result.ok:
+                for msg in msgs:
+                    await msg.ack()
+                self.status.delivered += len(msgs)
+                self.status.last_delivered_at = dlq.now_iso()
+                return
+            self.status.failures += 1
+            self.status.last_error = result.reason
+            if result.final or time.monotonic() - first >= self.cfg.retry.max_age_seconds:
+                await self._dead_letter(batch, result)
+                for msg in msgs:
+                    await msg.ack()
+                return
+            delay = backoff.next_delay()
+            if result.status in RETRY_AFTER_STATUSES and result.retry_after is not None:
+                delay = max(delay, result.retry_after)
+            delay = min(delay, max(0.0, self.cfg.retry.max_age_seconds - (time.monotonic() - first)))
+            if await self._sleep(delay, msgs + (held or [])):
+                for msg in msgs:
+                    await msg.nak()
+                return
+
+    async def _sleep(self, seconds: float, held: list[Held]) -> bool:
+        """Waits `seconds`, keeping `held` from redelivery; True when the sink is stopping."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        keepalive = max(1.0, (self.cfg.timeout_seconds + 10) / 3)
+        while (left := until - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=min(left, keepalive))
+            if self._stopping.is_set():
+                return True
+            for msg in held:
+                await msg.in_progress()
+        return self._stopping.is_set()
+
+    async def _post(self, body: bytes, key: str, ctype: str) -> Attempt:
+        assert self._session is not None and self._auth is not None
+        self.status.attempts += 1
+        headers = {"Content-Type": ctype, "Idempotency-Key": key}
+        if self._webhook is not None:
+            now = datetime.now(UTC)
+            headers["webhook-id"] = key
+            headers["webhook-timestamp"] = str(int(now.timestamp()))
+            headers["webhook-signature"] = self._webhook.sign(key, now, body.decode())
+        try:
+            headers.update(await self._auth.header())
+        except TokenError as exc:
+            return Attempt(0, str(exc))
+        finally:
+            self.status.token_fetches = self._auth.fetched
+        started = time.monotonic()
+        try:
+            async with self._session.post(self.cfg.url, data=body, headers=headers,
+                                          timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_seconds)) as resp:
+                await resp.read()
+                status = resp.status
+                after = retry_after(resp.headers.get("Retry-After"))
+        except TimeoutError:
+            return Attempt(0, f"no answer within {self.cfg.timeout_seconds:g}s")
+        except aiohttp.ClientError as exc:
+            return Attempt(0, type(exc).__name__)
+        self.status.latencies.append(time.monotonic() - started)
+        del self.status.latencies[:-1000]
+        if status == 401 and self.cfg.auth is not None and self.cfg.auth.oauth2 is not None:
+            self._auth.invalidate()
+            return Attempt(status, "401 (token refused; fetching a new one)")  # retried: not final
+        return Attempt(status, f"HTTP {status}", after)
+
+    async def _dead_letter(self, batch: list[tuple[Held, dict[str, object]]], result: Attempt) -> None:
+        """One dead letter per event; raises StoreError when it could not be stored (the events come again)."""
+        letters = []
+        for msg, event in batch:
+            reason = (f"status {result.status}: {result.reason}" if result.status else result.reason)
+            letter = dlq.DeadLetter(
+                interface=dlq_interface(self.cfg.name), kind="undeliverable", reason=reason,
+                mode=self.cfg.events, unit=str(event.get("id", "")), raw=str(event.get("ficusraw") or "") or None,
+                message_type=str(event.get("type", "")) or None,
+                facility=str(event.get("ficusfacility") or "") or None, at=dlq.now_iso())
+            letters.append(letter.outgoing(f"{self.cfg.name}|{msg.seq}"))
+        await self.store.publish(letters)
+        self.status.dead_lettered += len(letters)
+        log.warning("sink %s: %d event(s) dead-lettered: %s", self.cfg.name, len(letters), result.reason)
+
+
+async def start_sinks(configs: list[SinkConfig], store: Store) -> list[Sink]:
+    """Starts every sink; a failure stops those already started and raises."""
+    started: list[Sink] = []
+    try:
+        for cfg in configs:
+            sink = Sink(cfg, store)
+            await sink.start()
+            started.append(sink)
+    except BaseException:
+        await asyncio.gather(*(s.stop() for s in started), return_exceptions=True)
+        raise
+    return started

@@ -1,0 +1,85 @@
+"""A durable pull consumer whose messages the caller acknowledges one by one (push sinks).
+
+Unlike `durable.consume`, which acknowledges after its handler, the holder decides: `ack`
+after the receiver accepted, `nak` to have it again now, `in_progress` to keep a message
+it still works on from being delivered again after `ack_wait`. Every nats-py error comes
+out as a StoreError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from router.store.core import Store
+from router.store.errors import mapped
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """One delivered message, not yet acknowledged."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    _msg: Msg
+
+    async def ack(self) -> None:
+        with mapped("ack"):
+            await self._msg.ack()
+
+    async def nak(self) -> None:
+        with mapped("nak"):
+            await self._msg.nak()
+
+    async def in_progress(self) -> None:
+        with mapped("in progress"):
+            await self._msg.in_progress()
+
+
+class PullConsumer:
+    """A named durable consumer on `stream`, filtered by `subjects`, created or updated by `ensure`."""
+
+    def __init__(self, store: Store, stream: str, name: str) -> None:
+        self.stream = stream
+        self.name = name
+        self._js: JetStreamContext = store._js  # the store package's own door to nats-py
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def ensure(self, subjects: list[str], *, ack_wait: float, max_ack_pending: int) -> None:
+        """Creates the consumer (starting at new messages) or updates its filters and limits."""
+        config = ConsumerConfig(
+            durable_name=self.name, deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait, max_ack_pending=max_ack_pending,
+            filter_subjects=subjects if len(subjects) > 1 else None,
+            filter_subject=subjects[0] if len(subjects) == 1 else None)
+        with mapped(f"{self.stream}: consumer {self.name}"):
+            await self._js.add_consumer(self.stream, config)
+
+    async def fetch(self, batch: int, timeout: float) -> list[Held]:
+        """Up to `batch` messages, waiting at most `timeout` seconds for the first ([] if none)."""
+        with mapped(f"{self.stream}: consumer {self.name}"):
+            if self._sub is None:
+                self._sub = await self._js.pull_subscribe_bind(self.name, stream=self.stream)
+            try:
+                msgs = await self._sub.fetch(batch, timeout=timeout)
+            except nats.errors.TimeoutError:
+                return []
+        return [Held(m.metadata.sequence.stream, m.subject, m.data, dict(m.headers or {}), m) for m in msgs]
+
+    async def pending(self) -> int:
+        """Messages not yet delivered to the consumer (its lag)."""
+        with mapped(f"{self.stream}: consumer {self.name}"):
+            info = await self._js.consumer_info(self.stream, self.name)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with mapped("unsubscribe"):
+                await sub.unsubscribe()

@@ -1,0 +1,232 @@
+"""Push delivery (router/sinks.py) to a real HTTP receiver started here, playing the ERP.
+
+Events are stored on the canonical stream as the pipelines store them (a separate NATS
+connection, `Nats-Msg-Id` = event id); a real Service with `[[sinks]]` delivers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from router import dlq
+from router.config import ConfigError
+from router.embedded_nats import EmbeddedNats
+from router.sinks import BATCH_TYPE, SINGLE_TYPE, retry_after, subject_filters
+from tests.conftest import ServiceFactory, make_config, wait_for
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+CHARGE = "org.ficus.revenue.charge.posted.v1"
+ADMIT = "org.ficus.patient.encounter.admitted.v1"
+
+
+def event(n: int, etype: str = CHARGE, facility: str = "F1") -> dict[str, Any]:
+    domain, entity, action = etype.split(".")[2:5]
+    return {"specversion": "1.0", "id": f"ev-{n:04d}", "source": "ficus://adt", "type": etype,
+            "subject": f"acct-{n % 3}", "time": "2026-01-01T00:00:00Z", "datacontenttype": "application/json",
+            "data": {"n": n}, "ficusinterface": "hl7-in", "ficusfacility": facility, "ficusmode": "live",
+            "ficusraw": f"jetstream://FICUS_RAW/{n}", "ficuscorrelation": f"c{n}",
+            "_subject": f"canonical.{domain}.{entity}.{action}"}
+
+
+async def store_events(url: str, events: list[dict[str, Any]]) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for ev in events:
+            subject = ev.pop("_subject")
+            await js.publish(subject, json.dumps(ev).encode(),
+                             headers={"Nats-Msg-Id": ev["id"], "Ficus-Interface": ev["ficusinterface"]})
+    finally:
+        await nc.close()
+
+
+@dataclass
+class Erp:
+    """The receiver: verifies every signature, records every request, answers by plan."""
+
+    plan: Callable[[list[dict[str, Any]], int], web.StreamResponse | None] = lambda _events, _n: None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)
+    """Events of accepted requests, in arrival order."""
+    bad_signatures: int = 0
+    tokens: set[str] | None = None
+    """When set, the Bearer token must be one of these (the token endpoint adds and expires them)."""
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        try:
+            Webhook(SECRET).verify(body, dict(request.headers), json_parse=False)
+        except WebhookVerificationError:
+            self.bad_signatures += 1
+            return web.Response(status=400)
+        if self.tokens is not None:
+            auth = request.headers.get("Authorization", "")
+            if auth.removeprefix("Bearer ") not in self.tokens:
+                return web.Response(status=401)
+        parsed = json.loads(body)
+        events = parsed if isinstance(parsed, list) else [parsed]
+        self.requests.append({"at": time.monotonic(), "key": request.headers.get("Idempotency-Key"),
+                              "type": request.content_type, "ids": [e["id"] for e in events]})
+        answer = self.plan(events, len(self.requests))
+        if answer is not None:
+            return answer
+        self.received.extend(events)
+        return web.Response(status=204)
+
+
+@pytest.fixture
+async def erp() -> AsyncIterator[Erp]:
+    receiver = Erp()
+    app = web.Application()
+    app.router.add_post("/events", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    receiver.url = f"http://127.0.0.1:{port}/events"
+    try:
+        yield receiver
+    finally:
+        await runner.cleanup()
+
+
+def sink(url: str, **extra: Any) -> dict[str, Any]:
+    return {"name": "erp", "url": url, "signing_secret": SECRET,
+            "retry": {"backoff_base_seconds": 0.05, "backoff_max_seconds": 0.2, **extra.pop("retry", {})}, **extra}
+
+
+async def test_single_mode_signed_retried_ordered_and_a_400_dead_lettered(
+        nats_server: EmbeddedNats, erp: Erp, service_factory: ServiceFactory, tmp_path: Path) -> None:
+    failed_once: set[str] = set()
+    limited: list[float] = []
+
+    def plan(events: list[dict[str, Any]], _n: int) -> web.StreamResponse | None:
+        ev_id = events[0]["id"]
+        if ev_id == "ev-0003":
+            return web.Response(status=400, text="unknown account")
+        if ev_id in ("ev-0001", "ev-0005") and ev_id not in failed_once:
+            failed_once.add(ev_id)
+            return web.Response(status=500)
+        if ev_id == "ev-0007" and not limited:
+            limited.append(time.monotonic())
+            return web.Response(status=429, headers={"Retry-After": "1"})
+        return None
+
+    erp.plan = plan
+    cfg = make_config(nats_server.url, [], state_dir=tmp_path / "state",
+                      sinks=[sink(erp.url, filter={"types": ["org.ficus.revenue"], "facilities": ["F1"]})])
+    async with service_factory(cfg) as svc:
+        events = [event(n) for n in range(10)] + [event(10, ADMIT), event(11, facility="F2"), event(12)]
+        await store_events(nats_server.url, events)
+        await wait_for(lambda: "ev-0012" in {e["id"] for e in erp.received}, timeout=15)
+        status = svc.running.sinks[0].status
+        letters = await dlq.list_letters(svc.store, "sink.erp")
+
+    ids = [e["id"] for e in erp.received]
+    assert ids == [f"ev-{n:04d}" for n in (0, 1, 2, 4, 5, 6, 7, 8, 9, 12)]  # stream order, filtered
+    assert erp.bad_signatures == 0
+    assert all(r["type"] == SINGLE_TYPE and r["ids"] == [r["key"]] for r in erp.requests)
+    retried = [r["at"] for r in erp.requests if r["ids"] == ["ev-0007"]]
+    assert len(retried) == 2 and retried[1] - limited[0] >= 0.95  # Retry-After honoured
+    assert [(ltr.unit, ltr.kind, ltr.interface) for ltr in letters] == [("ev-0003", "undeliverable", "sink.erp")]
+    assert "400" in letters[0].reason
+    assert status.delivered == 10 and status.dead_lettered == 1 and status.failures == 4
+
+
+async def test_a_receiver_that_keeps_failing_dead_letters_past_max_age(
+        nats_server: EmbeddedNats, erp: Erp, service_factory: ServiceFactory, tmp_path: Path) -> None:
+    erp.plan = lambda events, _n: web.Response(status=503) if events[0]["id"] == "ev-0000" else None
+    cfg = make_config(nats_server.url, [], state_dir=tmp_path / "state",
+                      sinks=[sink(erp.url, retry={"max_age_seconds": 1})])
+    async with service_factory(cfg) as svc:
+        await store_events(nats_server.url, [event(0), event(1)])
+        await wait_for(lambda: [e["id"] for e in erp.received] == ["ev-0001"], timeout=15)
+        letters = await dlq.list_letters(svc.store, "sink.erp")
+    assert [ltr.unit for ltr in letters] == ["ev-0000"]
+    assert "503" in letters[0].reason
+    assert len([r for r in erp.requests if r["ids"] == ["ev-0000"]]) >= 2
+
+
+async def test_batch_mode_with_oauth2_tokens_refreshed_before_expiry(
+        nats_server: EmbeddedNats, erp: Erp, service_factory: ServiceFactory, tmp_path: Path) -> None:
+    erp.tokens = set()
+    grants: list[dict[str, str]] = []
+
+    async def token(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        grants.append({k: str(v) for k, v in form.items()})
+        value = secrets.token_urlsafe(16)
+        assert erp.tokens is not None
+        erp.tokens.add(value)
+        # Expires for real after 2 s: the receiver refuses it from then on.
+        asyncio.get_running_loop().call_later(2.0, erp.tokens.discard, value)
+        return web.json_response({"access_token": value, "token_type": "Bearer", "expires_in": 2})
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        oauth = {"token_url": f"http://127.0.0.1:{port}/token", "client_id": "ficus",
+                 "client_secret": "s3cret-value", "scope": "events.write"}
+        cfg = make_config(nats_server.url, [], state_dir=tmp_path / "state",
+                          sinks=[sink(erp.url, mode="batch", batch_size=5, auth={"oauth2": oauth})])
+        async with service_factory(cfg):
+            await store_events(nats_server.url, [event(n) for n in range(12)])
+            await wait_for(lambda: len(erp.received) == 12, timeout=15)
+            await asyncio.sleep(2.5)  # past the first token's lifetime: the next request needs a new one
+            await store_events(nats_server.url, [event(n) for n in range(12, 15)])
+            await wait_for(lambda: len(erp.received) == 15, timeout=15)
+    finally:
+        await runner.cleanup()
+    assert [e["id"] for e in erp.received] == [f"ev-{n:04d}" for n in range(15)]
+    assert all(r["type"] == BATCH_TYPE and 1 <= len(r["ids"]) <= 5 for r in erp.requests)
+    assert len(grants) >= 2
+    assert grants[0] == {"grant_type": "client_credentials", "client_id": "ficus",
+                         "client_secret": "s3cret-value", "scope": "events.write"}
+    assert erp.bad_signatures == 0
+
+
+def test_config_refuses_plain_http_off_loopback_a_bad_secret_and_two_auths() -> None:
+    def problems(**entry: Any) -> str:
+        with pytest.raises(ConfigError) as err:
+            make_config("nats://127.0.0.1:4222", [], sinks=[{"name": "erp", **entry}])
+        return str(err.value)
+
+    assert "loopback" in problems(url="http://erp.example.com/events")
+    assert "whsec_" in problems(url="https://erp.example.com/e", signing_secret="whsec_!!")
+    assert "one of" in problems(url="https://erp.example.com/e",
+                                auth={"bearer_token": "t", "oauth2": {"token_url": "https://idp/t",
+                                                                      "client_id": "c", "client_secret": "s"}})
+    assert "type prefix" in problems(url="https://erp.example.com/e", filter={"types": ["revenue"]})
+    leaked = problems(url="https://erp.example.com/e", auth={"bearer_token": "sekrit-token-value", "x": 1})
+    assert "sekrit-token-value" not in leaked
+
+
+def test_subject_filters_and_retry_after() -> None:
+    cfg = make_config("nats://127.0.0.1:4222", [], sinks=[{
+        "name": "erp", "url": "https://erp.example.com/e", "events": "shadow",
+        "filter": {"types": ["org.ficus.revenue", "org.ficus.revenue.charge.posted.v1",
+                             "org.ficus.patient.encounter"]}}]).sinks[0]
+    assert subject_filters(cfg) == ["shadow.canonical.patient.encounter.>", "shadow.canonical.revenue.>"]
+    assert retry_after("7") == 7.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412475.0) == 5.0
+    assert retry_after("soon") is None
