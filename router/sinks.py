@@ -8,8 +8,10 @@ repeats by `Idempotency-Key` (the event id). Requests are structured-mode CloudE
 (`application/cloudevents+json`), or JSON arrays of them (`application/cloudevents-batch+json`),
 signed per Standard Webhooks when the sink has a `signing_secret`.
 
-Events are delivered one request at a time in stream order, so the order of every business
-key is kept. A failed request is retried with exponential backoff and full jitter, honouring
+The order of every business key is kept (`business_key`: the claim, else the account, else
+the encounter): each key's events go one after the other in stream order, different keys at
+the same time, at most `max_in_flight` requests together (a batch sink sends one batch at a
+time, so stream order). A failed request is retried with exponential backoff and full jitter, honouring
 `Retry-After` on 429 and 503; a 4xx other than 408, 425 and 429 is final and dead-letters the
 event at once, as does a failure that lasts past `retry.max_age_seconds`. Dead letters go to
 `dlq.sink.<name>` (kind "undeliverable", unit = the event id, the last status in the reason).
@@ -21,6 +23,7 @@ sink does not replay a month of history into the receiver.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -50,8 +53,8 @@ RETRY_AFTER_STATUSES = frozenset({429, 503})
 RETRY_AFTER_MAX = 3600.0
 """A Retry-After longer than this is not believed (capped)."""
 FETCH_WAIT = 1.0
-SINGLE_FETCH = 32
-"""Events fetched at once in single mode (each held one is kept from redelivery while it waits)."""
+KEY_FIELDS = (("payer_claim_control_number", "claim"), ("account_number", "account"), ("encounter_number", "encounter"))
+"""Where an event's business key is, in order of preference: data field, key kind."""
 
 
 def consumer_name(sink: str) -> str:
@@ -86,6 +89,19 @@ def wanted(cfg: SinkConfig, event: dict[str, object], interface: str | None) -> 
     if f.interfaces and (interface or event.get("ficusinterface")) not in f.interfaces:
         return False
     return not f.facilities or event.get("ficusfacility") in f.facilities
+
+
+def business_key(event: dict[str, object]) -> str:
+    """What a receiver needs in order: the claim (payer claim control number), else the
+    account, else the encounter, from the event's data; an event with none of them (a
+    remittance's header) is ordered with the other events of its raw unit."""
+    data = event.get("data")
+    if isinstance(data, dict):
+        for name, kind in KEY_FIELDS:
+            value = data.get(name)
+            if value not in (None, ""):
+                return f"{kind}:{value}"
+    return f"unit:{event.get('ficusraw') or event.get('id')}"
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -148,32 +164,63 @@ class Sink:
         self._session: aiohttp.ClientSession | None = None
         self._auth: SinkAuth | None = None
         self._task: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(cfg.max_in_flight)
+        """Requests in flight across business keys."""
+        self._room = asyncio.Event()
+        self._held: dict[int, Held] = {}
+        """Fetched and not yet acknowledged, by stream sequence."""
+        self._queues: dict[str, collections.deque[tuple[Held, dict[str, object]]]] = {}
+        self._lanes: dict[str, asyncio.Task[None]] = {}
+        """One task per business key with events waiting."""
         stream = names.STREAM_CANONICAL if cfg.events == "live" else names.STREAM_SHADOW
         self.consumer = PullConsumer(store, stream, consumer_name(cfg.name))
 
+    @property
+    def window(self) -> int:
+        """Events held (fetched, not yet acknowledged) at most: the consumer's max_ack_pending."""
+        return max(self.cfg.batch_size, self.cfg.max_in_flight * 16, 64)
+
+    @property
+    def ack_wait(self) -> float:
+        return self.cfg.timeout_seconds + 10
+
     async def start(self) -> None:
         """Creates (or updates) the durable consumer, then runs the delivery loop in a task."""
-        # A request may take timeout_seconds; held events are kept alive with in_progress().
-        await self.consumer.ensure(subject_filters(self.cfg), ack_wait=self.cfg.timeout_seconds + 10,
-                                   max_ack_pending=max(self.cfg.batch_size, SINGLE_FETCH) * 2)
+        await self.consumer.ensure(subject_filters(self.cfg), ack_wait=self.ack_wait, max_ack_pending=self.window)
         self._session = aiohttp.ClientSession()
         self._auth = SinkAuth(self.cfg.auth, self._session, self.cfg.timeout_seconds)
+        self._slots = asyncio.Semaphore(self.cfg.max_in_flight)
         self._task = asyncio.create_task(self._run(), name=f"sink-{self.cfg.name}")
+        self._keepalive = asyncio.create_task(self._keep_held(), name=f"sink-{self.cfg.name}-keepalive")
 
     async def stop(self) -> None:
-        """Stops fetching; the request in flight finishes (unacknowledged events come again)."""
+        """Stops fetching; requests in flight finish, events not delivered are handed back (nak)."""
         self._stopping.set()
+        self._room.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._lanes:
+            await asyncio.gather(*self._lanes.values(), return_exceptions=True)
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        with contextlib.suppress(StoreError):
+            for msg in list(self._held.values()):
+                await msg.nak()
         if self._session is not None:
             await self._session.close()
 
     async def _run(self) -> None:
         pause = Backoff(0.5, 10)
-        size = self.cfg.batch_size if self.cfg.mode == "batch" else SINGLE_FETCH
         while not self._stopping.is_set():
             try:
+                room = self.window - len(self._held)
+                if room <= 0:
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
+                size = min(room, self.cfg.batch_size if self.cfg.mode == "batch" else room)
                 msgs = await self.consumer.fetch(size, timeout=FETCH_WAIT)
                 if msgs:
                     await self._handle(msgs)
@@ -181,13 +228,15 @@ class Sink:
             except StoreError as exc:
                 # A lost connection, a dead letter not stored: what was not acknowledged comes again.
                 log.warning("sink %s: %s; retrying", self.cfg.name, exc.reason)
-                await self._sleep(pause.next_delay(), [])
+                await self._sleep(pause.next_delay())
         with contextlib.suppress(StoreError):
             await self.consumer.close()
 
     async def _handle(self, msgs: list[Held]) -> None:
         chosen: list[tuple[Held, dict[str, object]]] = []
         for msg in msgs:
+            if msg.seq in self._held:
+                continue  # delivered again while still held here (ack_wait passed): the held one goes on
             try:
                 event = json.loads(msg.data)
             except ValueError:
@@ -197,21 +246,61 @@ class Sink:
                 await msg.ack()
             elif wanted(self.cfg, event, msg.headers.get(names.HDR_INTERFACE)):
                 chosen.append((msg, event))
+                self._held[msg.seq] = msg
             else:
                 await msg.ack()
         if self.cfg.mode == "batch":
+            # One request at a time: a batch holds every key's events in stream order.
             if chosen:
-                await self._deliver(chosen)
+                await self._delivered(chosen, await self._deliver(chosen))
             return
-        for i, one in enumerate(chosen):
-            if self._stopping.is_set():
-                for msg, _ in chosen[i:]:
-                    await msg.nak()
-                return
-            await self._deliver([one], held=[m for m, _ in chosen[i + 1:]])
+        for msg, event in chosen:
+            key = business_key(event)
+            self._queues.setdefault(key, collections.deque()).append((msg, event))
+            if key not in self._lanes:
+                self._lanes[key] = asyncio.create_task(self._lane(key), name=f"sink-{self.cfg.name}-lane")
 
-    async def _deliver(self, batch: list[tuple[Held, dict[str, object]]], held: list[Held] | None = None) -> None:
-        """Sends one request until it is accepted or dead-lettered; then acknowledges its events."""
+    async def _lane(self, key: str) -> None:
+        """Delivers one business key's events one after the other, in stream order."""
+        queue = self._queues[key]
+        pause = Backoff(0.5, 10)
+        try:
+            while queue and not self._stopping.is_set():
+                item = queue[0]
+                try:
+                    done = await self._deliver([item])
+                    await self._delivered([item], done)
+                except StoreError as exc:  # an ack or a dead letter not stored: the same event again
+                    log.warning("sink %s: %s; retrying", self.cfg.name, exc.reason)
+                    await self._sleep(pause.next_delay())
+                    continue
+                if not done:
+                    return  # stopping
+                queue.popleft()
+        finally:
+            if not queue or self._stopping.is_set():
+                self._queues.pop(key, None)
+                self._lanes.pop(key, None)
+
+    async def _delivered(self, items: list[tuple[Held, dict[str, object]]], done: bool) -> None:
+        """Acknowledges what was delivered or dead-lettered, and makes room for more."""
+        if not done:
+            return
+        for msg, _ in items:
+            await msg.ack()
+            self._held.pop(msg.seq, None)
+        self._room.set()
+
+    async def _keep_held(self) -> None:
+        """Keeps every held event from being delivered again while it waits its turn or its retry."""
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            with contextlib.suppress(StoreError):
+                for msg in list(self._held.values()):
+                    await msg.in_progress()
+
+    async def _deliver(self, batch: list[tuple[Held, dict[str, object]]]) -> bool:
+        """Sends one request until it is accepted (True), dead-lettered (True) or the sink stops (False)."""
         msgs = [m for m, _ in batch]
         ids = [str(e.get("id", "")) for _, e in batch]
         if self.cfg.mode == "batch":
@@ -223,43 +312,28 @@ class Sink:
         backoff = Backoff(self.cfg.retry.backoff_base_seconds, self.cfg.retry.backoff_max_seconds)
         first = time.monotonic()
         while True:
-            for msg in msgs + (held or []):
-                await msg.in_progress()
-            result = await self._post(body, key, ctype)
+            async with self._slots:
+                result = await self._post(body, key, ctype)
             if result.ok:
-                for msg in msgs:
-                    await msg.ack()
                 self.status.delivered += len(msgs)
                 self.status.last_delivered_at = dlq.now_iso()
-                return
+                return True
             self.status.failures += 1
             self.status.last_error = result.reason
             if result.final or time.monotonic() - first >= self.cfg.retry.max_age_seconds:
                 await self._dead_letter(batch, result)
-                for msg in msgs:
-                    await msg.ack()
-                return
+                return True
             delay = backoff.next_delay()
             if result.status in RETRY_AFTER_STATUSES and result.retry_after is not None:
                 delay = max(delay, result.retry_after)
             delay = min(delay, max(0.0, self.cfg.retry.max_age_seconds - (time.monotonic() - first)))
-            if await self._sleep(delay, msgs + (held or [])):
-                for msg in msgs:
-                    await msg.nak()
-                return
+            if await self._sleep(delay):
+                return False
 
-    async def _sleep(self, seconds: float, held: list[Held]) -> bool:
-        """Waits `seconds`, keeping `held` from redelivery; True when the sink is stopping."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + seconds
-        keepalive = max(1.0, (self.cfg.timeout_seconds + 10) / 3)
-        while (left := until - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=min(left, keepalive))
-            if self._stopping.is_set():
-                return True
-            for msg in held:
-                await msg.in_progress()
+    async def _sleep(self, seconds: float) -> bool:
+        """Waits `seconds` or until the sink stops; True when it is stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
         return self._stopping.is_set()
 
     async def _post(self, body: bytes, key: str, ctype: str) -> Attempt:
@@ -299,7 +373,7 @@ class Sink:
         """One dead letter per event; raises StoreError when it could not be stored (the events come again)."""
         letters = []
         for msg, event in batch:
-            reason = (f"status {result.status}: {result.reason}" if result.status else result.reason)
+            reason = f"last status {result.status}" if result.status else f"no answer ({result.reason})"
             letter = dlq.DeadLetter(
                 interface=dlq_interface(self.cfg.name), kind="undeliverable", reason=reason,
                 mode=self.cfg.events, unit=str(event.get("id", "")), raw=str(event.get("ficusraw") or "") or None,

@@ -24,7 +24,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from router import dlq
 from router.config import ConfigError
 from router.embedded_nats import EmbeddedNats
-from router.sinks import BATCH_TYPE, SINGLE_TYPE, retry_after, subject_filters
+from router.sinks import BATCH_TYPE, SINGLE_TYPE, business_key, retry_after, subject_filters
 from tests.conftest import ServiceFactory, make_config, wait_for
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -36,9 +36,19 @@ def event(n: int, etype: str = CHARGE, facility: str = "F1") -> dict[str, Any]:
     domain, entity, action = etype.split(".")[2:5]
     return {"specversion": "1.0", "id": f"ev-{n:04d}", "source": "ficus://adt", "type": etype,
             "subject": f"acct-{n % 3}", "time": "2026-01-01T00:00:00Z", "datacontenttype": "application/json",
-            "data": {"n": n}, "ficusinterface": "hl7-in", "ficusfacility": facility, "ficusmode": "live",
+            "data": {"n": n, "account_number": f"A{n % 3}"}, "ficusinterface": "hl7-in", "ficusfacility": facility,
+            "ficusmode": "live",
             "ficusraw": f"jetstream://FICUS_RAW/{n}", "ficuscorrelation": f"c{n}",
             "_subject": f"canonical.{domain}.{entity}.{action}"}
+
+
+def assert_key_order(received: list[dict[str, Any]]) -> None:
+    """Per business key, events arrived in stream order (ids are numbered in stream order)."""
+    by_key: dict[str, list[str]] = {}
+    for ev in received:
+        by_key.setdefault(business_key(ev), []).append(ev["id"])
+    for ids in by_key.values():
+        assert ids == sorted(ids)
 
 
 async def store_events(url: str, events: list[dict[str, Any]]) -> None:
@@ -92,7 +102,10 @@ class Erp:
 async def erp() -> AsyncIterator[Erp]:
     receiver = Erp()
     app = web.Application()
-    app.router.add_post("/events", receiver.handle)
+    async def route(request: web.Request) -> web.StreamResponse:
+        return await receiver.handle(request)  # looked up per request: a test may wrap it
+
+    app.router.add_post("/events", route)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -133,12 +146,12 @@ async def test_single_mode_signed_retried_ordered_and_a_400_dead_lettered(
     async with service_factory(cfg) as svc:
         events = [event(n) for n in range(10)] + [event(10, ADMIT), event(11, facility="F2"), event(12)]
         await store_events(nats_server.url, events)
-        await wait_for(lambda: "ev-0012" in {e["id"] for e in erp.received}, timeout=15)
+        await wait_for(lambda: len(erp.received) == 10, timeout=15)
         status = svc.running.sinks[0].status
-        letters = await dlq.list_letters(svc.store, "sink.erp")
+        letters = await wait_for(lambda: dlq.list_letters(svc.store, "sink.erp"), timeout=15)
 
-    ids = [e["id"] for e in erp.received]
-    assert ids == [f"ev-{n:04d}" for n in (0, 1, 2, 4, 5, 6, 7, 8, 9, 12)]  # stream order, filtered
+    assert sorted(e["id"] for e in erp.received) == [f"ev-{n:04d}" for n in (0, 1, 2, 4, 5, 6, 7, 8, 9, 12)]
+    assert_key_order(erp.received)
     assert erp.bad_signatures == 0
     assert all(r["type"] == SINGLE_TYPE and r["ids"] == [r["key"]] for r in erp.requests)
     retried = [r["at"] for r in erp.requests if r["ids"] == ["ev-0007"]]
@@ -155,8 +168,8 @@ async def test_a_receiver_that_keeps_failing_dead_letters_past_max_age(
                       sinks=[sink(erp.url, retry={"max_age_seconds": 1})])
     async with service_factory(cfg) as svc:
         await store_events(nats_server.url, [event(0), event(1)])
-        await wait_for(lambda: [e["id"] for e in erp.received] == ["ev-0001"], timeout=15)
-        letters = await dlq.list_letters(svc.store, "sink.erp")
+        await wait_for(lambda: [e["id"] for e in erp.received] == ["ev-0001"], timeout=15)  # another key: not held up
+        letters = await wait_for(lambda: dlq.list_letters(svc.store, "sink.erp"), timeout=15)
     assert [ltr.unit for ltr in letters] == ["ev-0000"]
     assert "503" in letters[0].reason
     assert len([r for r in erp.requests if r["ids"] == ["ev-0000"]]) >= 2
@@ -219,6 +232,50 @@ def test_config_refuses_plain_http_off_loopback_a_bad_secret_and_two_auths() -> 
     assert "type prefix" in problems(url="https://erp.example.com/e", filter={"types": ["revenue"]})
     leaked = problems(url="https://erp.example.com/e", auth={"bearer_token": "sekrit-token-value", "x": 1})
     assert "sekrit-token-value" not in leaked
+
+
+async def test_keys_in_order_with_a_bounded_number_in_flight_across_keys(
+        nats_server: EmbeddedNats, erp: Erp, service_factory: ServiceFactory, tmp_path: Path) -> None:
+    in_flight: list[int] = [0, 0]  # now, most seen
+    handle = erp.handle
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
+        try:
+            await asyncio.sleep(0.05)
+            return await handle(request)
+        finally:
+            in_flight[0] -= 1
+
+    erp.handle = slow  # type: ignore[method-assign]
+    failed: set[str] = set()
+
+    def plan(events: list[dict[str, Any]], _n: int) -> web.StreamResponse | None:
+        ev_id = events[0]["id"]
+        if int(ev_id[3:]) % 7 == 0 and ev_id not in failed:  # some events fail once: their key waits
+            failed.add(ev_id)
+            return web.Response(status=503, headers={"Retry-After": "0"})
+        return None
+
+    erp.plan = plan
+    cfg = make_config(nats_server.url, [], state_dir=tmp_path / "state", sinks=[sink(erp.url, max_in_flight=3)])
+    async with service_factory(cfg):
+        events = [event(n) for n in range(60)]
+        for n, ev in enumerate(events):
+            ev["data"] = {"n": n, "account_number": f"A{n % 10}"}
+        await store_events(nats_server.url, events)
+        await wait_for(lambda: len(erp.received) == 60, timeout=20)
+    assert sorted(e["id"] for e in erp.received) == [f"ev-{n:04d}" for n in range(60)]
+    assert_key_order(erp.received)
+    assert 1 < in_flight[1] <= 3
+
+
+def test_business_keys() -> None:
+    assert business_key({"data": {"payer_claim_control_number": "C1", "account_number": "A"}}) == "claim:C1"
+    assert business_key({"data": {"account_number": "A", "encounter_number": "E"}}) == "account:A"
+    assert business_key({"data": {"encounter_number": "E"}}) == "encounter:E"
+    assert business_key({"data": {}, "ficusraw": "jetstream://FICUS_RAW/9"}) == "unit:jetstream://FICUS_RAW/9"
 
 
 def test_subject_filters_and_retry_after() -> None:
