@@ -46,6 +46,7 @@ from router.interfaces import RunningInterface
 from router.routes import RouteError, RouteTable
 from router.stats import ListenerCollector, StatsCollector
 from router.store import Store, StoreError
+from router.views_api import get_charges, get_claim, get_remittance, rebuild_views
 
 if TYPE_CHECKING:
     from router.service import Running
@@ -807,6 +808,11 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("GET", "/api/v1/schemas", list_schemas, VIEWER),
     ("GET", "/api/v1/schemas/{type}", get_schema, VIEWER),
     ("GET", "/api/v1/audit", get_audit, ADMIN),
+    # Status lookups (router/views_api.py): claim and account money, i.e. message content.
+    ("GET", "/api/v1/claims/{claim}", get_claim, Rule("admin", "claim_read", content=True)),
+    ("GET", "/api/v1/remittances/{trace}", get_remittance, Rule("admin", "remittance_read", content=True)),
+    ("GET", "/api/v1/accounts/{account}/charges", get_charges, Rule("admin", "charges_read", content=True)),
+    ("POST", "/api/v1/views/rebuild", rebuild_views, Rule("operator", "views_rebuild")),
 )
 """Every route with its access rule: the README's role matrix is this table."""
 

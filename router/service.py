@@ -29,7 +29,7 @@ from aiohttp import web
 from canonical.reference import ReferenceStore
 from canonical.safe_text import safe_reason
 from protocols.tls import ReloadingContext
-from router import parity
+from router import parity, views
 from router.config import ConfigError, FicusConfig
 from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
 from router.interfaces import Deps, RunningInterface
@@ -373,6 +373,8 @@ class Service:
             stops.on_stop("parity", "save parity", lambda _left: parity.save(parity_kv, stats, saved))
             await parity.restore(parity_kv, stats, routes, saved)
         stops.on_stop_task(asyncio.create_task(parity.keep_saved(parity_kv, stats, saved), name="parity-save"))
+        # The status lookups' views (router/views.py): a durable consumer shared by every instance.
+        stops.on_stop_task(asyncio.create_task(views.keep(views.views_of(store)), name="views"))
         sock: socket.socket | None = None
         api_url: str | None = None
         if self.with_api:

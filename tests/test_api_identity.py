@@ -69,6 +69,10 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/schemas"): "viewer",
     ("GET", "/api/v1/schemas/{type}"): "viewer",
     ("GET", "/api/v1/audit"): "admin",
+    ("GET", "/api/v1/claims/{claim}"): "admin",
+    ("GET", "/api/v1/remittances/{trace}"): "admin",
+    ("GET", "/api/v1/accounts/{account}/charges"): "admin",
+    ("POST", "/api/v1/views/rebuild"): "operator",
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -162,7 +166,8 @@ async def served(nats_url: str, api: dict[str, Any], **top: Any) -> AsyncIterato
 
 
 def _fill(path: str) -> str:
-    return path.replace("{iface}", "his-charges").replace("{id}", "1").replace("{type}", EVENT_TYPE)
+    return (path.replace("{iface}", "his-charges").replace("{id}", "1").replace("{type}", EVENT_TYPE)
+            .replace("{claim}", "ICN1").replace("{trace}", "TRN1").replace("{account}", "ACC1"))
 
 
 def test_the_expected_matrix_covers_the_route_table() -> None:

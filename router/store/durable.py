@@ -1,0 +1,74 @@
+"""A durable JetStream pull consumer that hands each message to a handler, then acknowledges it.
+
+The consumer is named, so its position survives a restart and is shared by every instance
+that uses the name: each message goes to one of them. A handler that raises leaves the
+message unacknowledged; JetStream delivers it again after `ack_wait`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from router.store.core import Store, StoredMsg
+from router.store.errors import StoreError, mapped
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[StoredMsg], Awaitable[None]]
+
+
+async def consume(store: Store, stream: str, subject: str, durable: str, handler: Handler,
+                  *, batch: int = 100, wait: float = 1.0, ack_wait: float = 30.0) -> None:
+    """Runs until cancelled: fetches up to `batch` messages, handles and acknowledges each in order.
+
+    A lost connection or a failed handler is logged (kinds only) and retried after a pause.
+    """
+    js = store._js  # the store package's own door to nats-py
+    config = ConsumerConfig(durable_name=durable, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
+                            ack_wait=ack_wait, max_ack_pending=batch * 10, filter_subject=subject)
+    sub = None
+    while True:
+        try:
+            if sub is None:
+                with mapped(f"{stream}: consumer {durable}"):
+                    sub = await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+            try:
+                msgs = await sub.fetch(batch, timeout=wait)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                meta = msg.metadata
+                await handler(StoredMsg(meta.sequence.stream, msg.subject, msg.data, dict(msg.headers or {}),
+                                        meta.num_pending))
+                await msg.ack()
+        except asyncio.CancelledError:
+            raise
+        except nats.errors.ConnectionClosedError:
+            log.info("%s: consumer %s: the connection is closed; stopped", stream, durable)
+            return
+        except (StoreError, nats.errors.Error, nats.js.errors.Error, OSError, ValueError) as exc:
+            log.warning("%s: consumer %s: %s; retrying", stream, durable, type(exc).__name__)
+            with contextlib.suppress(Exception):
+                if sub is not None:
+                    await sub.unsubscribe()
+            sub = None
+            await asyncio.sleep(1.0)
+
+
+async def delete_consumer(store: Store, stream: str, durable: str) -> None:
+    """Deletes a durable consumer; absent is fine."""
+    with mapped(f"{stream}: delete consumer {durable}"), contextlib.suppress(nats.js.errors.NotFoundError):
+        await store._js.delete_consumer(stream, durable)
+
+
+async def delete_bucket(store: Store, bucket: str) -> None:
+    """Deletes a KV bucket and its history; absent is fine (`Store.kv` creates it again)."""
+    with mapped(f"bucket {bucket}: delete"), contextlib.suppress(nats.js.errors.NotFoundError):
+        await store._js.delete_key_value(bucket)

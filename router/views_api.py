@@ -1,0 +1,84 @@
+"""HTTP handlers of the status lookups (router/views.py): claims, remittances, account charges.
+
+Their answers are claim and account money of identified claims and accounts, i.e. message
+content: admin only, and each read is audited (router/api.py ENDPOINTS). The audit record
+names the view key (`views.key_of`: URL-safe base64 of the id), not the id in clear.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from router.views import charges_answer, claim_answer, key_of, remittance_answer, views_of
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MAX_ID = 200
+
+
+def _ident(request: web.Request, name: str) -> str:
+    from router.api import ApiProblem
+
+    ident = request.match_info[name]
+    if not ident or len(ident) > MAX_ID:
+        raise ApiProblem(400, f"{name} must be 1 to {MAX_ID} characters")
+    return ident
+
+
+def _date(request: web.Request, name: str) -> str | None:
+    from router.api import ApiProblem
+
+    value = request.query.get(name) or None
+    if value is not None and not _DATE.match(value):
+        raise ApiProblem(400, f"{name} must be a date, YYYY-MM-DD")
+    return value
+
+
+async def get_claim(request: web.Request) -> web.Response:
+    """GET /api/v1/claims/{claim}: a claim by payer claim control number (CLP07)."""
+    from router.api import STORE, _error, note
+
+    ident = _ident(request, "claim")
+    note(request, view="claims", key=key_of(ident))
+    entry = await views_of(request.app[STORE]).get("claims", ident)
+    if entry is None:
+        return _error(404, "no such claim in the views")
+    return web.json_response(claim_answer(entry))
+
+
+async def get_remittance(request: web.Request) -> web.Response:
+    """GET /api/v1/remittances/{trace}: a remittance by its trace number (TRN02)."""
+    from router.api import STORE, _error, note
+
+    ident = _ident(request, "trace")
+    note(request, view="remittances", key=key_of(ident))
+    entry = await views_of(request.app[STORE]).get("remittances", ident)
+    if entry is None:
+        return _error(404, "no such remittance in the views")
+    return web.json_response(remittance_answer(entry))
+
+
+async def get_charges(request: web.Request) -> web.Response:
+    """GET /api/v1/accounts/{account}/charges?from=&to=: an account's charges (service date, else posting)."""
+    from router.api import STORE, _error, note
+
+    ident = _ident(request, "account")
+    since, until = _date(request, "from"), _date(request, "to")
+    note(request, view="charges", key=key_of(ident))
+    entry = await views_of(request.app[STORE]).get("charges", ident)
+    if entry is None:
+        return _error(404, "no such account in the views")
+    answer = charges_answer(entry, since, until)
+    note(request, count=len(answer["charges"]))
+    return web.json_response(answer)
+
+
+async def rebuild_views(request: web.Request) -> web.Response:
+    """POST /api/v1/views/rebuild: drops the view buckets and applies the live stream again."""
+    from router.api import STORE, begin, note
+
+    await begin(request)
+    read = await views_of(request.app[STORE]).rebuild()
+    note(request, events=read)
+    return web.json_response({"events": read})
