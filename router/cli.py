@@ -314,6 +314,14 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_views(args: argparse.Namespace) -> int:
+    # Through the API (operator, audited as views_rebuild): the running service owns the
+    # buckets and its consumer, and every instance shares them, so one call rebuilds for all.
+    result = _client(args).call("POST", "/api/v1/views/rebuild", {}, timeout=3600.0)
+    print(f"views rebuilt from {result['events']} live events")
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from canonical.schemas import default_models, default_subjects, export
 
@@ -614,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="at most N records (default 100, at most 1000)")
     api_opts(p)
     p.set_defaults(func=cmd_audit)
+    p = sub.add_parser("views", help="the status lookups' views (claims, remittances, account charges)")
+    vsub = p.add_subparsers(dest="action", required=True)
+    v = vsub.add_parser("rebuild", help="drop the views and apply every live event again (operator)")
+    api_opts(v)
+    p.set_defaults(func=cmd_views)
     return parser
 
 

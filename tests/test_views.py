@@ -2,16 +2,18 @@
 corpus 835s and the reversal fixture through a folder interface, then each claim and
 remittance lookup equals what the stored events say (computed here, independently);
 a reversal shows reversed with the money netted; an account's charges from a CSV with
-from/to; a rebuild after the buckets are deleted gives the same answers; applying an
+from/to; a rebuild (`ficus views rebuild`) after the buckets are deleted gives the same answers; applying an
 event twice changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import json
 import os
 import shutil
+import sys
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -196,9 +198,13 @@ async def test_claim_and_remittance_lookups_equal_the_events(
         # Rebuild from the stream after the buckets are gone: the same answers.
         await delete_view_buckets(nats_server.url)
         assert (await lookup(http, f"{api}/api/v1/claims/ICN0003"))[0] in (404, 503)
-        async with http.post(f"{api}/api/v1/views/rebuild") as resp:
-            assert resp.status == 200, await resp.text()
-            assert (await resp.json())["events"] == len(events)
+        # `ficus views rebuild` calls POST /api/v1/views/rebuild on the running service.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router.cli", "views", "rebuild", "--api", api, cwd=REPO,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().strip() == f"views rebuilt from {len(events)} live events"
         assert await all_match(http, api, claims, remits)
         assert (await lookup(http, f"{api}/api/v1/claims/ICN0003"))[1] == rev
 
