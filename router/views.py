@@ -124,6 +124,7 @@ def claim_answer(entry: dict[str, Any]) -> dict[str, Any]:
     denial = denials[-1] if denials and latest.get("denied") else None
     return {
         "payer_claim_control_number": entry["id"],
+        "truncated": bool(entry.get("truncated")),
         "patient_control_number": latest.get("patient_control_number"),
         "status_code": latest.get("status_code"),
         "reversed": bool(reversals),
@@ -155,6 +156,7 @@ def remittance_answer(entry: dict[str, Any]) -> dict[str, Any]:
         "total_paid": _sum(transactions, "total_paid"),
         "total_provider_adjustment": _sum(transactions, "total_provider_adjustment"),
         "balanced": all(t["balanced"] for t in transactions),
+        "truncated": bool(entry.get("truncated")),
         "claims": [{k: c.get(k) for k in ("payer_claim_control_number", "patient_control_number", "st_control",
                                           "status_code", "charge", "paid", "patient_responsibility", "reversal",
                                           "denied")} for c in claims],
@@ -178,15 +180,20 @@ def charges_answer(entry: dict[str, Any], since: str | None, until: str | None) 
             continue
         picked.append({"event_id": fact["event_id"], "type": fact["type"], **fact["charge"]})
     return {"account": entry["id"], "from": since, "to": until, "charges": picked,
+            "truncated": bool(entry.get("truncated")),
             "net_amount": _sum(picked, "net_amount")}
 
 
 class Views:
     """The three view buckets and the consumer that keeps them."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, max_entry: int | None = None) -> None:
         self.store = store
         self._buckets: dict[View, Bucket] = {}
+        # A KV value is one NATS message: an entry stops growing below the server's max_payload.
+        self.max_entry = max_entry if max_entry is not None else max(4096, store.max_payload - 64 * 1024)
+        self._full: set[tuple[View, str]] = set()
+        """Entries known to be full here: later facts skip them without reading them."""
         self.applied = 0
         """Facts written since start (for tests and status)."""
 
@@ -220,6 +227,8 @@ class Views:
     async def _put(self, fact: Fact) -> int:
         bucket = await self.bucket(fact.view)
         key = key_of(fact.ident)
+        if (fact.view, key) in self._full:
+            return 0
         for _ in range(CAS_ATTEMPTS):
             current = await bucket.get(key)
             entry: dict[str, Any] = (json.loads(current.value) if current is not None and current.value
@@ -230,6 +239,17 @@ class Views:
                 return 0
             entry["facts"][fact.event_id] = fact.body
             value = json.dumps(entry, separators=(",", ":"), default=str).encode()
+            if len(value) > self.max_entry:
+                # A huge remittance (or account): the entry keeps what it has and says it is
+                # incomplete, rather than blocking the consumer on a write the server refuses.
+                self._full.add((fact.view, key))
+                if entry.get("truncated"):
+                    return 0
+                del entry["facts"][fact.event_id]
+                entry["truncated"] = True
+                log.warning("views: an entry of %s is full (%d bytes); later facts are not kept",
+                            BUCKETS[fact.view], len(value))
+                value = json.dumps(entry, separators=(",", ":"), default=str).encode()
             try:
                 if current is None:
                     await bucket.create(key, value)
@@ -257,6 +277,7 @@ class Views:
         for view, name in BUCKETS.items():
             await delete_bucket(self.store, name)
             self._buckets.pop(view, None)
+        self._full.clear()
         read = 0
         async with contextlib.aclosing(self.store.scan(names.STREAM_CANONICAL, names.SUBJECTS_CANONICAL,
                                                        datetime(1970, 1, 1, tzinfo=UTC))) as scan:

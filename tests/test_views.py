@@ -3,7 +3,7 @@ corpus 835s and the reversal fixture through a folder interface, then each claim
 remittance lookup equals what the stored events say (computed here, independently);
 a reversal shows reversed with the money netted; an account's charges from a CSV with
 from/to; a rebuild (`ficus views rebuild`) after the buckets are deleted gives the same answers; applying an
-event twice changes nothing."""
+event twice changes nothing; an entry too big for a KV value stops growing."""
 
 from __future__ import annotations
 
@@ -207,6 +207,17 @@ async def test_claim_and_remittance_lookups_equal_the_events(
         assert out.decode().strip() == f"views rebuilt from {len(events)} live events"
         assert await all_match(http, api, claims, remits)
         assert (await lookup(http, f"{api}/api/v1/claims/ICN0003"))[1] == rev
+
+        # An entry that would outgrow a KV value stops growing and says so; the consumer is not blocked.
+        small = views.Views(svc.store, max_entry=1500)
+        base = next(ev for _, ev in events if ".claim.adjudicated" in ev["type"])
+        for n in range(20):
+            data = {**base["data"], "trace_number": "BIG-TRACE", "payer_claim_control_number": f"BIG-{n}"}
+            await small.apply(StoredMsg(10_000 + n, "x", json.dumps({**base, "id": f"big-{n}", "data": data}).encode(),
+                                        {}))
+        status, big = await lookup(http, f"{api}/api/v1/remittances/BIG-TRACE")
+        assert status == 200 and big["truncated"] is True and 0 < len(big["claims"]) < 20
+        assert rev["truncated"] is False
 
 
 async def test_account_charges_from_a_billing_csv(
