@@ -44,6 +44,8 @@ from router.config import SLUG, ApiTlsConfig, ConfigError, FicusConfig, Mode, Ro
 from router.dashboard import SESSION_COOKIE, Sessions, login_page, render_dashboard
 from router.interfaces import RunningInterface
 from router.routes import RouteError, RouteTable
+from router.sinks import SinkCollector
+from router.sinks_api import list_sinks, pause_sink, replay_sink, resume_sink
 from router.stats import ListenerCollector, StatsCollector
 from router.store import Store, StoreError
 from router.views_api import get_charges, get_claim, get_remittance, rebuild_views
@@ -805,6 +807,10 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("POST", "/api/v1/replay/{iface}", replay_interface, Rule("operator", "replay")),
     ("GET", "/api/v1/parity/{iface}", get_parity, VIEWER),
     ("GET", "/api/v1/ledger/{iface}", get_ledger, VIEWER),
+    ("GET", "/api/v1/sinks", list_sinks, VIEWER),
+    ("POST", "/api/v1/sinks/{id}/pause", pause_sink, Rule("operator", "sink_pause")),
+    ("POST", "/api/v1/sinks/{id}/resume", resume_sink, Rule("operator", "sink_resume")),
+    ("POST", "/api/v1/sinks/{id}/replay", replay_sink, Rule("operator", "sink_replay")),
     ("GET", "/api/v1/schemas", list_schemas, VIEWER),
     ("GET", "/api/v1/schemas/{type}", get_schema, VIEWER),
     ("GET", "/api/v1/audit", get_audit, ADMIN),
@@ -872,6 +878,7 @@ def make_app(running: Running) -> web.Application:
 
     app.on_cleanup.append(closing)
     registry = CollectorRegistry()
+    registry.register(SinkCollector(running.sinks))
     registry.register(StatsCollector({n: r.stats for n, r in running.interfaces.items()}))
     registry.register(ListenerCollector({n: (lambda listener=r.listener: listener.stats)
                                          for n, r in running.interfaces.items() if r.listener is not None}))

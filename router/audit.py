@@ -41,9 +41,11 @@ SUBJECT_PREFIX = "ficus.audit.actions"
 """Under names.SUBJECTS_AUDIT, beside the route history's `ficus.audit.routes.<interface>`."""
 SUBJECTS = f"{SUBJECT_PREFIX}.>"
 Action = Literal["route_flip", "forced_flip", "replay", "dlq_replay", "dlq_discard", "events_list", "event_read",
+                 "sink_pause", "sink_resume", "sink_replay",
                  "claim_read", "remittance_read", "charges_read", "views_rebuild",
                  "dlq_list", "dlq_read"]
 ACTIONS: tuple[Action, ...] = ("route_flip", "forced_flip", "replay", "dlq_replay", "dlq_discard", "events_list",
+                               "sink_pause", "sink_resume", "sink_replay",
                                "event_read", "claim_read", "remittance_read", "charges_read", "views_rebuild",
                                "dlq_list", "dlq_read")
 Result = Literal["started", "ok", "refused", "failed"]

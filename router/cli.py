@@ -430,6 +430,30 @@ LEDGER_COLUMNS = ("received", "published", "dead_lettered", "filtered", "duplica
 LEDGER_REPLAY_COLUMNS = ("replayed", "replayed_events")
 
 
+def cmd_sinks(args: argparse.Namespace) -> int:
+    client = _client(args)
+    action = args.action or "status"
+    if action == "status":
+        sinks = client.call("GET", "/api/v1/sinks")["sinks"]
+        if not sinks:
+            print("no sinks configured")
+        for s in sinks:
+            state = f"paused by {s['paused_by']}" if s["paused"] else "delivering"
+            print(f"{s['name']}: {state}, lag {s['lag'] if s['lag'] is not None else '?'}, in flight {s['in_flight']}, "
+                  f"delivered {s['delivered']}, failures {s['failures']}, dead-lettered {s['dead_lettered']}, "
+                  f"last delivered {s['last_delivered_at'] or 'never'}"
+                  + (f", last error {s['last_error']}" if s["last_error"] else ""))
+        return 0
+    path = f"/api/v1/sinks/{_q(args.name)}/{action}"
+    if action == "replay":
+        result = client.call("POST", path, {"since": args.since})
+        print(f"{args.name}: replaying events stored since {result['replay_since']}")
+        return 0
+    client.call("POST", path, {"reason": args.reason} if args.reason else {})
+    print(f"{args.name}: {'paused' if action == 'pause' else 'resumed'}")
+    return 0
+
+
 def cmd_ledger(args: argparse.Namespace) -> int:
     """The reconciliation ledger of an interface as a table, one line per day and facility."""
     query = f"?day={_q(args.day)}" if args.day else ""
@@ -597,6 +621,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--reason", required=True, metavar="TEXT", help="why it needs no replay")
     api_opts(d)
     p.set_defaults(func=cmd_dlq)
+
+    p = sub.add_parser("sinks", help="push delivery to receivers (with no action: status)")
+    api_opts(p)
+    ksub = p.add_subparsers(dest="action", metavar="ACTION")
+    k = ksub.add_parser("status", help="lag, last delivered, failures of every sink")
+    api_opts(k)
+    for verb, text in (("pause", "stop delivering (kept across restarts and instances)"), ("resume", "deliver again")):
+        k = ksub.add_parser(verb, help=text)
+        k.add_argument("name", metavar="NAME", help="sink name")
+        k.add_argument("--reason", metavar="TEXT", help="why (recorded in the audit trail)")
+        api_opts(k)
+    k = ksub.add_parser("replay", help="deliver again every event stored since a time")
+    k.add_argument("name", metavar="NAME", help="sink name")
+    k.add_argument("--since", required=True, type=_iso_time, metavar="TIME",
+                   help="ISO 8601 time, e.g. 2026-11-25T08:00:00Z (no zone: UTC)")
+    api_opts(k)
+    p.set_defaults(func=cmd_sinks)
 
     p = sub.add_parser("replay", help="re-translate an interface's raw traffic since a time")
     p.add_argument("iface", metavar="IFACE", help="interface name")

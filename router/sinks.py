@@ -29,11 +29,14 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 import aiohttp
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from standardwebhooks.webhooks import Webhook
 
 from canonical.subjects import CANONICAL_PREFIX, SHADOW_PREFIX
@@ -53,6 +56,9 @@ RETRY_AFTER_STATUSES = frozenset({429, 503})
 RETRY_AFTER_MAX = 3600.0
 """A Retry-After longer than this is not believed (capped)."""
 FETCH_WAIT = 1.0
+KV_SINKS = "ficus-sinks"
+CONTROL_SECONDS = 1.0
+"""How often a sink reads its control (pause, replay) and its lag."""
 KEY_FIELDS = (("payer_claim_control_number", "claim"), ("account_number", "account"), ("encounter_number", "encounter"))
 """Where an event's business key is, in order of preference: data field, key kind."""
 
@@ -138,6 +144,9 @@ class Attempt:
         return 400 <= self.status < 500 and self.status not in RETRYABLE_4XX
 
 
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
 @dataclass
 class SinkStatus:
     """Counters of one sink since start (the API and metrics read them)."""
@@ -149,7 +158,45 @@ class SinkStatus:
     last_delivered_at: str | None = None
     last_error: str | None = None
     token_fetches: int = 0
-    latencies: list[float] = field(default_factory=list, repr=False)
+    lag: int | None = None
+    """Events stored and not yet acknowledged (the consumer's pending + unacknowledged), refreshed every second."""
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """One answered request's latency, into the histogram."""
+        index = next((i for i, edge in enumerate(LATENCY_BUCKETS) if seconds <= edge), len(LATENCY_BUCKETS))
+        self.latency_counts[index] += 1
+        self.latency_sum += seconds
+
+
+@dataclass(frozen=True)
+class Control:
+    """What operators asked of a sink, kept in KV `ficus-sinks` (key = sink name) for every instance."""
+
+    paused: bool = False
+    by: str | None = None
+    at: str | None = None
+    replay_since: str | None = None
+    replay_token: str | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Control:
+        raw = json.loads(data) if data else {}
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+
+async def control_of(store: Store, name: str) -> Control:
+    entry = await (await store.kv(KV_SINKS, history=5)).get(name)
+    return Control() if entry is None or not entry.value else Control.from_json(entry.value)
+
+
+async def set_control(store: Store, name: str, control: Control) -> None:
+    """Stores an operator's change; every instance's sink picks it up within CONTROL_SECONDS."""
+    await (await store.kv(KV_SINKS, history=5)).put(name, control.to_json())
 
 
 class Sink:
@@ -173,6 +220,8 @@ class Sink:
         self._queues: dict[str, collections.deque[tuple[Held, dict[str, object]]]] = {}
         self._lanes: dict[str, asyncio.Task[None]] = {}
         """One task per business key with events waiting."""
+        self.control = Control()
+        self._checked = 0.0
         stream = names.STREAM_CANONICAL if cfg.events == "live" else names.STREAM_SHADOW
         self.consumer = PullConsumer(store, stream, consumer_name(cfg.name))
 
@@ -188,6 +237,8 @@ class Sink:
     async def start(self) -> None:
         """Creates (or updates) the durable consumer, then runs the delivery loop in a task."""
         await self.consumer.ensure(subject_filters(self.cfg), ack_wait=self.ack_wait, max_ack_pending=self.window)
+        # A replay asked before this start has been done (or its consumer already made): not again.
+        self.control = await control_of(self.store, self.cfg.name)
         self._session = aiohttp.ClientSession()
         self._auth = SinkAuth(self.cfg.auth, self._session, self.cfg.timeout_seconds)
         self._slots = asyncio.Semaphore(self.cfg.max_in_flight)
@@ -215,10 +266,15 @@ class Sink:
         pause = Backoff(0.5, 10)
         while not self._stopping.is_set():
             try:
+                await self._check_control()
+                if self.control.paused:
+                    await self._sleep(CONTROL_SECONDS)
+                    continue
                 room = self.window - len(self._held)
                 if room <= 0:
                     self._room.clear()
-                    await self._room.wait()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), CONTROL_SECONDS)
                     continue
                 size = min(room, self.cfg.batch_size if self.cfg.mode == "batch" else room)
                 msgs = await self.consumer.fetch(size, timeout=FETCH_WAIT)
@@ -231,6 +287,43 @@ class Sink:
                 await self._sleep(pause.next_delay())
         with contextlib.suppress(StoreError):
             await self.consumer.close()
+
+    async def _check_control(self) -> None:
+        """At most every CONTROL_SECONDS: reads the sink's control and its lag; starts a replay asked for."""
+        now = time.monotonic()
+        if now - self._checked < CONTROL_SECONDS:
+            return
+        self._checked = now
+        control = await control_of(self.store, self.cfg.name)
+        if control.replay_token and control.replay_token != self.control.replay_token and control.replay_since:
+            await self._replay(datetime.fromisoformat(control.replay_since))
+        self.control = control
+        self.status.lag = await self.consumer.pending()
+
+    async def _replay(self, since: datetime) -> None:
+        """Drops what is held (the receiver may see it again) and makes the consumer again from `since`."""
+        lanes = list(self._lanes.values())
+        for lane in lanes:
+            lane.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        self._lanes.clear()
+        self._queues.clear()
+        self._held.clear()
+        await self.consumer.ensure(subject_filters(self.cfg), ack_wait=self.ack_wait, max_ack_pending=self.window,
+                                   since=since)
+        log.info("sink %s: replaying from %s", self.cfg.name, since.isoformat())
+
+    def view(self) -> dict[str, object]:
+        """The sink's status for the API (no credentials: the URL without user info or query)."""
+        url = urlsplit(self.cfg.url)
+        st = self.status
+        return {"name": self.cfg.name, "url": f"{url.scheme}://{url.hostname}{f':{url.port}' if url.port else ''}"
+                f"{url.path}", "events": self.cfg.events, "mode": self.cfg.mode, "paused": self.control.paused,
+                "paused_by": self.control.by if self.control.paused else None, "lag": st.lag,
+                "in_flight": len(self._held), "delivered": st.delivered, "attempts": st.attempts,
+                "failures": st.failures, "dead_lettered": st.dead_lettered,
+                "last_delivered_at": st.last_delivered_at, "last_error": st.last_error,
+                "replay_since": self.control.replay_since}
 
     async def _handle(self, msgs: list[Held]) -> None:
         chosen: list[tuple[Held, dict[str, object]]] = []
@@ -362,8 +455,7 @@ class Sink:
             return Attempt(0, f"no answer within {self.cfg.timeout_seconds:g}s")
         except aiohttp.ClientError as exc:
             return Attempt(0, type(exc).__name__)
-        self.status.latencies.append(time.monotonic() - started)
-        del self.status.latencies[:-1000]
+        self.status.observe(time.monotonic() - started)
         if status == 401 and self.cfg.auth is not None and self.cfg.auth.oauth2 is not None:
             self._auth.invalidate()
             return Attempt(status, "401 (token refused; fetching a new one)")  # retried: not final
@@ -397,3 +489,31 @@ async def start_sinks(configs: list[SinkConfig], store: Store) -> list[Sink]:
         await asyncio.gather(*(s.stop() for s in started), return_exceptions=True)
         raise
     return started
+
+
+class SinkCollector:
+    """Prometheus: per sink, its lag, its requests by outcome and their latency."""
+
+    def __init__(self, sinks: tuple[Sink, ...]) -> None:
+        self._sinks = sinks
+
+    def collect(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily("ficus_sink_lag", "Events not yet acknowledged by the sink", labels=["sink"])
+        attempts = CounterMetricFamily("ficus_sink_attempts", "Requests sent", labels=["sink"])
+        failures = CounterMetricFamily("ficus_sink_failures", "Requests not answered 2xx", labels=["sink"])
+        delivered = CounterMetricFamily("ficus_sink_delivered", "Events accepted", labels=["sink"])
+        dead = CounterMetricFamily("ficus_sink_dead_lettered", "Events dead-lettered", labels=["sink"])
+        latency = HistogramMetricFamily("ficus_sink_latency_seconds", "Request latency", labels=["sink"])
+        for sink in self._sinks:
+            st, name = sink.status, [sink.cfg.name]
+            lag.add_metric(name, float(st.lag or 0))
+            attempts.add_metric(name, st.attempts)
+            failures.add_metric(name, st.failures)
+            delivered.add_metric(name, st.delivered)
+            dead.add_metric(name, st.dead_lettered)
+            running, buckets = 0, []
+            for edge, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], st.latency_counts, strict=True):
+                running += count
+                buckets.append((edge, float(running)))
+            latency.add_metric(name, buckets, st.latency_sum)
+        yield from (lag, attempts, failures, delivered, dead, latency)

@@ -8,9 +8,12 @@ out as a StoreError.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
@@ -51,14 +54,25 @@ class PullConsumer:
         self._js: JetStreamContext = store._js  # the store package's own door to nats-py
         self._sub: JetStreamContext.PullSubscription | None = None
 
-    async def ensure(self, subjects: list[str], *, ack_wait: float, max_ack_pending: int) -> None:
-        """Creates the consumer (starting at new messages) or updates its filters and limits."""
+    async def ensure(self, subjects: list[str], *, ack_wait: float, max_ack_pending: int,
+                     since: datetime | None = None) -> None:
+        """Creates the consumer (starting at new messages) or updates its filters and limits.
+
+        With `since`, the consumer is made again, starting at the first message stored at or
+        after that time (a replay): what it had delivered and not acknowledged is forgotten.
+        """
         config = ConsumerConfig(
-            durable_name=self.name, deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT,
+            durable_name=self.name, ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.NEW if since is None else DeliverPolicy.BY_START_TIME,
+            opt_start_time=None if since is None else since.astimezone(UTC),
             ack_wait=ack_wait, max_ack_pending=max_ack_pending,
             filter_subjects=subjects if len(subjects) > 1 else None,
             filter_subject=subjects[0] if len(subjects) == 1 else None)
         with mapped(f"{self.stream}: consumer {self.name}"):
+            if since is not None:
+                await self.close()
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await self._js.delete_consumer(self.stream, self.name)
             await self._js.add_consumer(self.stream, config)
 
     async def fetch(self, batch: int, timeout: float) -> list[Held]:
