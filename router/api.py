@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import math
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
 from protocols.tls import ReloadingContext, TlsFiles, peer_subject, server_context
-from router import dlq, ledger, names, parity, replay
+from router import dlq, events_api, ledger, names, parity, replay
 from router.audit import ACTIONS, Action, AuditTrail, AuditUnavailable, Record, result_of
 from router.auth import OPEN, Authenticator, Identity, RateLimiter, allows
 from router.config import SLUG, ApiTlsConfig, ConfigError, FicusConfig, Mode, Role
@@ -75,12 +74,8 @@ IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
 PENDING: web.RequestKey[Pending] = web.RequestKey("pending")
 MAX_BODY = 64 * 1024
 """The largest request body (every body the API takes is a small JSON object); 413 beyond."""
-# A listing filtered by interface or type reads at most this many stream messages per call.
-EVENTS_SCAN_MAX = 1000
-EVENTS_SCAN_FACTOR = 10
 # Stream sequences are uint64 in JetStream; ids beyond that cannot exist.
 MAX_SEQ = 2**63 - 1
-TYPE_PART = re.compile(r"^[a-z0-9_-]{1,64}$")
 WWW_AUTHENTICATE = 'Bearer realm="ficus"'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 B = TypeVar("B", bound=BaseModel)
@@ -530,57 +525,11 @@ def _int(request: web.Request, key: str, default: int, high: int | None = None) 
     return min(value, high) if high else value
 
 
-def _event_subject(etype: str | None, shadow: bool) -> str:
-    """The subject a listing reads: every canonical event, or those of one type's domain.entity.action."""
-    if not etype:
-        return names.SUBJECTS_SHADOW if shadow else names.SUBJECTS_CANONICAL
-    parts = etype.split(".")
-    if len(parts) < 6 or parts[:2] != ["org", "ficus"] or not all(TYPE_PART.match(p) for p in parts[2:]):
-        raise ApiProblem(400, "type is org.ficus.<domain>.<entity>.<action>.v<N>")
-    return ("shadow." if shadow else "") + "canonical." + ".".join(parts[2:5])
-
-
 def _decoded(data: bytes) -> Any:
     try:
         return json.loads(data)
     except ValueError:
         return None  # not ours: something else published on a canonical subject
-
-
-async def list_events(request: web.Request) -> web.Response:
-    """Canonical events from JetStream: ?type=&interface=&after=&limit=&mode=live|shadow.
-
-    A filtered listing reads at most `min(limit * EVENTS_SCAN_FACTOR, EVENTS_SCAN_MAX)` stream
-    messages per call, whatever it finds; `next_after` is the last sequence examined, so a
-    client pages on (`after=next_after`) until `next_after` stops moving.
-    """
-    shadow = request.query.get("mode", "live") == "shadow"
-    stream = names.STREAM_SHADOW if shadow else names.STREAM_CANONICAL
-    etype = request.query.get("type") or None
-    subject = _event_subject(etype, shadow)
-    after = _int(request, "after", 0)
-    limit = _int(request, "limit", 100, 1000)
-    iface = _interface_param(request)
-    filtered = iface is not None or etype is not None
-    scan = min(max(limit * EVENTS_SCAN_FACTOR, 100), EVENTS_SCAN_MAX) if filtered else limit
-    rows = await request.app[STORE].read(stream, subject, after, scan) if limit else []
-    events: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    last = after
-    for seq, data, headers in rows:
-        last = seq
-        if iface and headers.get(names.HDR_INTERFACE) != iface:
-            continue
-        event = _decoded(data)
-        if etype and (not isinstance(event, dict) or event.get("type") != etype):
-            continue
-        events.append({"seq": seq, "event": event})
-        seen.add(headers.get(names.HDR_INTERFACE, "?"))
-        if len(events) >= limit:
-            break
-    note(request, mode="shadow" if shadow else "live", type=etype, count=len(events),
-         seqs=[e["seq"] for e in events], interfaces=sorted(seen))
-    return web.json_response({"events": events, "next_after": last})
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -798,7 +747,10 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     # Operator; with "force": true, admin (set_route checks it, the body says it).
     ("PUT", "/api/v1/routes/{iface}", set_route, Rule("operator", "route_flip")),
     ("GET", "/api/v1/routes/{iface}/history", route_history, VIEWER),
-    ("GET", "/api/v1/events", list_events, Rule("admin", "events_list", content=True)),
+    # The consumer API (router/events_api.py); the stream before {id}, which would match it.
+    ("GET", "/api/v1/events", events_api.list_events, Rule("admin", "events_list", content=True)),
+    # Audited once per connection: its start before the first byte, then its end.
+    ("GET", "/api/v1/events/stream", events_api.stream_events, Rule("admin", "events_stream")),
     ("GET", "/api/v1/events/{id}", get_event, Rule("admin", "event_read", content=True)),
     ("GET", "/api/v1/dlq", list_dlq, Rule("admin", "dlq_list", content=True)),
     ("GET", "/api/v1/dlq/{id}", get_dlq, Rule("admin", "dlq_read", content=True)),
@@ -877,11 +829,14 @@ def make_app(running: Running) -> web.Application:
         await auth.close()
 
     app.on_cleanup.append(closing)
+    app[events_api.FEEDS] = set()
+    app.on_shutdown.append(events_api.close_feeds)
     registry = CollectorRegistry()
     registry.register(SinkCollector(running.sinks))
     registry.register(StatsCollector({n: r.stats for n, r in running.interfaces.items()}))
     registry.register(ListenerCollector({n: (lambda listener=r.listener: listener.stats)
                                          for n, r in running.interfaces.items() if r.listener is not None}))
+    registry.register(events_api.SSE_DROPPED)
     app[REGISTRY] = registry
     for method, path, handler, rule in ENDPOINTS:
         if method == "GET":

@@ -6,6 +6,9 @@ happens in one place and a test can list what exists.
 
 from __future__ import annotations
 
+import base64
+import re
+
 STREAM_RAW = "FICUS_RAW"
 STREAM_CANONICAL = "FICUS_CANONICAL"
 STREAM_SHADOW = "FICUS_SHADOW"
@@ -13,6 +16,9 @@ STREAM_DLQ = "FICUS_DLQ"
 STREAM_AUDIT = "FICUS_AUDIT"
 # Reconciliation ledger deltas (router/ledger.py): one subject per interface and UTC day.
 STREAM_LEDGER = "FICUS_LEDGER"
+# The event index (router/events_api.py): a copy of each event under a subject that names its
+# mode, interface and facility, so the consumer API filters by them with subject filters.
+STREAM_EVIDX = "FICUS_EVIDX"
 
 SUBJECTS_RAW = "raw.>"
 SUBJECTS_CANONICAL = "canonical.>"
@@ -20,6 +26,7 @@ SUBJECTS_SHADOW = "shadow.>"
 SUBJECTS_DLQ = "dlq.>"
 SUBJECTS_AUDIT = "ficus.audit.>"
 SUBJECTS_LEDGER = "ledger.>"
+SUBJECTS_EVIDX = "evidx.>"
 
 KV_ROUTES = "ficus-routes"
 KV_FILES = "ficus-files"
@@ -36,6 +43,7 @@ HDR_EVENT_TYPE = "Ficus-Event-Type"
 HDR_MODE = "Ficus-Mode"
 # On a raw copy whose control id was already stored with other bytes (router/mllp_pipeline.py).
 HDR_REUSED = "Ficus-Reused-Control-Id"
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def raw_subject(interface: str) -> str:
@@ -46,6 +54,23 @@ def raw_subject(interface: str) -> str:
 def dlq_subject(interface: str) -> str:
     """Where the dead letters of an interface go."""
     return f"dlq.{interface}"
+
+
+def subject_token(value: str | None) -> str:
+    """A free-text value as one subject token: itself when it is [A-Za-z0-9_-]{1,64}, "-" for
+    none, else "~" and its UTF-8 in unpadded base64url (exact, so a filter never mixes two values)."""
+    if not value:
+        return "-"
+    if _TOKEN.match(value):
+        return value
+    return "~" + base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def evidx_subject(mode: str, interface: str, facility: str | None, event_subject: str) -> str:
+    """The index subject of an event stored on `event_subject` ([shadow.]canonical.<d>.<e>.<a>):
+    evidx.<live|shadow>.<interface>.<facility token>.<d>.<e>.<a>."""
+    rest = event_subject.split("canonical.", 1)[1]
+    return f"evidx.{mode}.{interface}.{subject_token(facility)}.{rest}"
 
 
 def ledger_subject(interface: str, day: str) -> str:

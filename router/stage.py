@@ -47,7 +47,7 @@ from router.config import Mode
 from router.dlq import DeadLetter, Kind, money, now_iso
 from router.routes import Route, RouteTable
 from router.stats import InterfaceStats
-from router.store import Objects, Outgoing, PubAck, Store, event_message
+from router.store import Objects, Outgoing, PubAck, Store, event_message, index_message
 
 log = logging.getLogger("ficus.stage")
 
@@ -127,6 +127,8 @@ class Outcome:
     """Keep the events themselves in ``published`` (a replay's dry run compares them)."""
     events: list[Outgoing] = field(default_factory=list)
     letters: list[Outgoing] = field(default_factory=list)
+    index: list[Outgoing] = field(default_factory=list)
+    """The event index's copies of `events` (router/events_api.py), published with them."""
     counts: list[Count] = field(default_factory=list)
     parity: list[tuple[str, bool, bool, str]] = field(default_factory=list)
     """(unit, legacy ok, Ficus ok, why they differ) of shadow records."""
@@ -243,7 +245,9 @@ class Stage:
         events = _in_mode(record.events, mode)
         ids = record.msg_ids if record.msg_ids is not None else [ev.id for ev in events]
         suffix = out.replay and ".r" + out.replay
-        out.events.extend(event_message(ev, self.name, msg_id + suffix) for ev, msg_id in zip(events, ids, strict=True))
+        stored = [event_message(ev, self.name, msg_id + suffix) for ev, msg_id in zip(events, ids, strict=True)]
+        out.events.extend(stored)
+        out.index.extend(index_message(item, self.name, facility) for item in stored)
         amount = ledger.money_of(events)
         out.money.add(amount)
         if out.keep:
@@ -283,12 +287,12 @@ class Stage:
         the records' ledger entries into one delta per mode: 500 records, one ledger message.
         """
         deltas = out.deltas if out.deltas is not None else self.deltas(out, batch)
-        items = [*out.events, *out.letters, *deltas]
+        items = [*out.events, *out.index, *out.letters, *deltas]
         acks: list[PubAck] = []
         for start in range(0, len(items), piece):
             acks += await self.store.publish(items[start : start + piece])
         if out.resends and not batch:
-            first = len(out.events) + len(out.letters)
+            first = len(out.events) + len(out.index) + len(out.letters)
             again = [ledger.resend_delta(self.name, c.mode, c.entry.facility)
                      for c, ack in zip(out.counts, acks[first:], strict=True) if ack.duplicate]
             if again:  # a re-send of a unit whose outcome was committed before

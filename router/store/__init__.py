@@ -15,6 +15,7 @@ from router.store.core import (
     StoredMsg,
     connect,
     event_message,
+    index_message,
     stream_configs,
 )
 from router.store.errors import NotFound, RevisionConflict, StoreError, StoreRejected, StoreUnavailable
@@ -38,5 +39,6 @@ __all__ = [
     "StoredMsg",
     "connect",
     "event_message",
+    "index_message",
     "stream_configs",
 ]

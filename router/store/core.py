@@ -67,6 +67,8 @@ class StoredMsg:
     headers: dict[str, str]
     pending: int = 0
     """Messages after this one still to come (a scan's; for progress)."""
+    time: datetime | None = None
+    """When the stream stored it (a page's or a tail's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,14 @@ def event_message(event: CloudEvent, interface: str, msg_id: str | None = None) 
                     {names.HDR_INTERFACE: interface, names.HDR_EVENT_TYPE: event.type})
 
 
+def index_message(event: Outgoing, interface: str, facility: str | None) -> Outgoing:
+    """The event index's copy of a stored event (names.evidx_subject): same bytes, headers and
+    Msg-Id (deduplication is per stream), on a subject that names mode, interface and facility."""
+    mode = "shadow" if event.subject.startswith("shadow.") else "live"
+    return Outgoing(names.evidx_subject(mode, interface, facility, event.subject), event.payload,
+                    event.msg_id, event.headers)
+
+
 AUDIT_DAYS = 2190.0
 """The audit trail's retention when none is given (`[audit] retention_days`): six years."""
 
@@ -105,6 +115,8 @@ def stream_configs(cfg: NatsConfig, audit_days: float = AUDIT_DAYS) -> list[Stre
                "live canonical events"),
         stream(names.STREAM_SHADOW, names.SUBJECTS_SHADOW, cfg.events_max_age_days,
                "shadow canonical events"),
+        stream(names.STREAM_EVIDX, names.SUBJECTS_EVIDX, cfg.events_max_age_days,
+               "canonical events by mode, interface and facility (the consumer API's index)"),
         stream(names.STREAM_DLQ, names.SUBJECTS_DLQ, cfg.dlq_max_age_days, "dead letters"),
         audit_stream(cfg, audit_days),
         # A year and a month: reconciliation looks back further than events are kept (router/ledger.py).
@@ -472,6 +484,78 @@ class Store:
             await self._delete_consumer(stream, name)
         return out[:limit]
 
+    async def page(self, stream: str, subject: str, *, start_seq: int = 0, start_time: datetime | None = None,
+                   limit: int = 100) -> list[StoredMsg]:
+        """Up to `limit` messages of `subject` from `start_seq` (or stored at/after `start_time`), in
+        order: one filtered consumer positioned by the server, so a page costs O(limit) whatever
+        the stream holds (the consumer API, router/events_api.py)."""
+        if limit <= 0:
+            return []
+        with mapped(f"{stream}: page"):
+            return await self._page(stream, subject, start_seq, start_time, limit)
+
+    async def _page(self, stream: str, subject: str, start_seq: int, start_time: datetime | None,
+                    limit: int) -> list[StoredMsg]:
+        name = f"ficus-page-{secrets.token_hex(8)}"
+        if start_time is not None and start_seq <= 0:
+            position: dict[str, Any] = {"deliver_policy": DeliverPolicy.BY_START_TIME,
+                                        "opt_start_time": start_time.astimezone(UTC)}
+        else:
+            position = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": max(1, start_seq)}
+        config = ConsumerConfig(name=name, filter_subject=subject, ack_policy=AckPolicy.NONE,
+                                inactive_threshold=10.0, mem_storage=True, num_replicas=1, **position)
+        try:
+            consumer = await self._js.add_consumer(stream, config)
+        except nats.js.errors.NotFoundError:
+            return []
+        out: list[StoredMsg] = []
+        # Never ask for more than exist: a fetch for absent messages waits for its timeout.
+        wanted = min(limit, consumer.num_pending or 0)
+        if wanted == 0:
+            await self._delete_consumer(stream, name)
+            return out
+        sub = await self._js.pull_subscribe_bind(name, stream=stream)
+        try:
+            while len(out) < wanted:
+                try:
+                    msgs = await sub.fetch(min(wanted - len(out), self.READ_BATCH), timeout=2.0)
+                except nats.errors.TimeoutError:
+                    break  # expired meanwhile (retention): return what there is
+                out += [_stored(msg) for msg in msgs]
+                if not msgs or msgs[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+            await self._delete_consumer(stream, name)
+        return out[:limit]
+
+    async def tail(self, stream: str, subject: str, start_seq: int = 0,
+                   start_time: datetime | None = None) -> AsyncGenerator[StoredMsg, None]:
+        """Every message of `subject` from `start_seq` (or `start_time`; else only new ones), then
+        each new one as it is stored, without end (an ordered consumer: the server pushes, flow
+        control and gaps handled by nats-py). Use with `contextlib.aclosing`."""
+        if start_seq > 0:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq,
+                                    inactive_threshold=30.0)
+        elif start_time is not None:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                    opt_start_time=start_time.astimezone(UTC), inactive_threshold=30.0)
+        else:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW, inactive_threshold=30.0)
+        with mapped(f"{stream}: tail"):
+            sub = await self._js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
+        try:
+            while True:
+                with mapped(f"{stream}: tail"):
+                    try:
+                        msg = await sub.next_msg(timeout=60.0)
+                    except nats.errors.TimeoutError:
+                        continue
+                yield _stored(msg)
+        finally:
+            with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
+                await sub.unsubscribe()
+
     async def _delete_consumer(self, stream: str, name: str) -> None:
         # Best effort: the inactive threshold removes it anyway.
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
@@ -523,3 +607,9 @@ class Store:
             await self._nc.close()
         except (nats.errors.Error, OSError) as exc:
             log.warning("nats: close: %s", type(exc).__name__)
+
+
+def _stored(msg: Msg) -> StoredMsg:
+    meta = msg.metadata
+    return StoredMsg(meta.sequence.stream, msg.subject, msg.data, dict(msg.headers or {}), meta.num_pending,
+                     meta.timestamp)
