@@ -232,11 +232,16 @@ class Sink:
 
     @property
     def ack_wait(self) -> float:
-        return self.cfg.timeout_seconds + 10
+        """Held events are kept alive every third of it (`_keep_held`), in flight or waiting."""
+        return self.cfg.timeout_seconds * 2 + 2
 
     async def start(self) -> None:
         """Creates (or updates) the durable consumer, then runs the delivery loop in a task."""
         await self.consumer.ensure(subject_filters(self.cfg), ack_wait=self.ack_wait, max_ack_pending=self.window)
+        if await self.consumer.restart_after_crash(subject_filters(self.cfg), ack_wait=self.ack_wait,
+                                                   max_ack_pending=self.window):
+            log.info("sink %s: events left unacknowledged by a stopped instance are delivered again, in order",
+                     self.cfg.name)
         # A replay asked before this start has been done (or its consumer already made): not again.
         self.control = await control_of(self.store, self.cfg.name)
         self._session = aiohttp.ClientSession()

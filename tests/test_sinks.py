@@ -342,3 +342,81 @@ async def test_status_pause_resume_replay_and_metrics_over_the_api_and_the_cli(
 
 async def _lag(status: Callable[[], Any], want: int) -> bool:
     return bool((await status())["lag"] == want)
+
+
+async def test_faults_and_three_kill9_deliver_every_event_once_effectively_in_key_order(
+        nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    """500s, timeouts, connection resets, a receiver down for 3 s (not 30: the same path, shorter),
+    and three kill -9 of `ficus run` while it delivers; then every event was received, each
+    accepted once per Idempotency-Key, first arrivals of a key in stream order, all signed."""
+    from tests.ficus_proc import Ficus, free_port
+
+    receiver = Erp()
+    attempts: dict[str, int] = {}
+
+    async def faulty(request: web.Request) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        n = int(body["id"][3:])
+        tries = attempts[body["id"]] = attempts.get(body["id"], 0) + 1
+        if tries == 1 and n % 5 == 1:
+            return web.Response(status=500)
+        if tries == 1 and n % 7 == 2:
+            await asyncio.sleep(3)  # past timeout_seconds: the sink gives up and retries
+        if tries == 1 and n % 11 == 3 and request.transport is not None:
+            request.transport.abort()  # a connection reset
+            return web.Response(status=500)
+        return await receiver.handle(request)
+
+    erp_port = free_port()
+    app = web.Application()
+    app.router.add_post("/events", faulty)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", erp_port, reuse_address=True)
+    await site.start()
+    api_port = free_port()
+    conf = tmp_path / "ficus.toml"
+    conf.write_text(f"""
+state_dir = "{tmp_path / 'state'}"
+[nats]
+url = "{nats_server.url}"
+[api]
+listen = "127.0.0.1:{api_port}"
+[[sinks]]
+name = "erp"
+url = "http://127.0.0.1:{erp_port}/events"
+signing_secret = "{SECRET}"
+timeout_seconds = 1
+retry = {{ backoff_base_seconds = 0.05, backoff_max_seconds = 0.5 }}
+""")
+    ficus = Ficus(conf, api_port, tmp_path / "ficus.log")
+    total = 150
+    try:
+        await (await ficus.start()).wait_ready()
+        await store_events(nats_server.url, [event(n) for n in range(total)])
+        for threshold in (20, 50, 80):
+            await wait_for(lambda t=threshold: len(receiver.received) >= t, timeout=60)  # type: ignore[misc]
+            await ficus.kill9()
+            await (await ficus.start()).wait_ready()
+        await wait_for(lambda: len(receiver.received) >= 100, timeout=60)
+        await site.stop()  # the receiver down for a while
+        await asyncio.sleep(3)
+        site = web.TCPSite(runner, "127.0.0.1", erp_port, reuse_address=True)
+        await site.start()
+        await wait_for(lambda: len({e["id"] for e in receiver.received}) == total, timeout=90)
+    finally:
+        ficus.kill_if_running()
+        await runner.cleanup()
+    ids = [e["id"] for e in receiver.received]
+    assert sorted(set(ids)) == [f"ev-{n:04d}" for n in range(total)]  # at least once each
+    keys = [r["key"] for r in receiver.requests]
+    assert all(r["ids"] == [r["key"]] for r in receiver.requests)  # Idempotency-Key = event id
+    assert len(set(keys)) == total  # once effectively, counted by Idempotency-Key
+    first: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for ev in receiver.received:
+        if ev["id"] not in seen:
+            seen.add(ev["id"])
+            first.append(ev)
+    assert_key_order(first)
+    assert receiver.bad_signatures == 0

@@ -9,6 +9,7 @@ out as a StoreError.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -73,7 +74,38 @@ class PullConsumer:
                 await self.close()
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     await self._js.delete_consumer(self.stream, self.name)
+            else:
+                try:
+                    info = await self._js.consumer_info(self.stream, self.name)
+                except nats.js.errors.NotFoundError:
+                    pass
+                else:
+                    # Its start (new, a sequence, a time) cannot change; filters and limits can.
+                    config = dataclasses.replace(
+                        info.config, ack_wait=config.ack_wait, max_ack_pending=max_ack_pending,
+                        filter_subject=config.filter_subject, filter_subjects=config.filter_subjects)
             await self._js.add_consumer(self.stream, config)
+
+    async def restart_after_crash(self, subjects: list[str], *, ack_wait: float, max_ack_pending: int) -> bool:
+        """Makes the consumer again from its ack floor when messages are delivered and not
+        acknowledged (a holder killed): JetStream would hand them out again only after
+        `ack_wait`, behind newer ones, and the newer ones of a key would overtake them.
+        Returns True when it did (what was acknowledged past the floor comes again too)."""
+        with mapped(f"{self.stream}: consumer {self.name}"):
+            info = await self._js.consumer_info(self.stream, self.name)
+            if not info.num_ack_pending:
+                return False
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            config = ConsumerConfig(
+                durable_name=self.name, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=(floor or 0) + 1, ack_wait=ack_wait, max_ack_pending=max_ack_pending,
+                filter_subjects=subjects if len(subjects) > 1 else None,
+                filter_subject=subjects[0] if len(subjects) == 1 else None)
+            await self.close()
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self._js.delete_consumer(self.stream, self.name)
+            await self._js.add_consumer(self.stream, config)
+        return True
 
     async def fetch(self, batch: int, timeout: float) -> list[Held]:
         """Up to `batch` messages, waiting at most `timeout` seconds for the first ([] if none)."""
