@@ -318,6 +318,25 @@ class Sink:
                                    since=since)
         log.info("sink %s: replaying from %s", self.cfg.name, since.isoformat())
 
+    async def redeliver(self, letter: dlq.DeadLetter) -> Attempt:
+        """Sends a dead-lettered event once more (one attempt, outside the consumer: its place
+        is unchanged); LookupError when the event is no longer stored or the letter is not this sink's."""
+        stream, _, seq = (letter.locator or "").partition("/")
+        if letter.interface != dlq_interface(self.cfg.name) or stream != self.consumer.stream or not seq.isdigit():
+            raise LookupError("not a dead letter of this sink")
+        msg = await self.store.get_msg(stream, int(seq))
+        if msg is None:
+            raise LookupError("the event is no longer stored (retention)")
+        if self.cfg.mode == "batch":
+            body, ctype = b"[" + msg.data + b"]", BATCH_TYPE
+        else:
+            body, ctype = msg.data, SINGLE_TYPE
+        result = await self._post(body, letter.unit, ctype)
+        if result.ok:
+            self.status.delivered += 1
+            self.status.last_delivered_at = dlq.now_iso()
+        return result
+
     def view(self) -> dict[str, object]:
         """The sink's status for the API (no credentials: the URL without user info or query)."""
         url = urlsplit(self.cfg.url)
@@ -475,11 +494,21 @@ class Sink:
                 interface=dlq_interface(self.cfg.name), kind="undeliverable", reason=reason,
                 mode=self.cfg.events, unit=str(event.get("id", "")), raw=str(event.get("ficusraw") or "") or None,
                 message_type=str(event.get("type", "")) or None,
-                facility=str(event.get("ficusfacility") or "") or None, at=dlq.now_iso())
+                facility=str(event.get("ficusfacility") or "") or None, at=dlq.now_iso(),
+                locator=f"{self.consumer.stream}/{msg.seq}")
             letters.append(letter.outgoing(f"{self.cfg.name}|{msg.seq}"))
         await self.store.publish(letters)
         self.status.dead_lettered += len(letters)
         log.warning("sink %s: %d event(s) dead-lettered: %s", self.cfg.name, len(letters), result.reason)
+
+
+async def redeliver_letter(sinks: tuple[Sink, ...], letter: dlq.DeadLetter) -> Attempt:
+    """A sink's dead letter sent again by its sink (the hook `ficus dlq replay ID` needs for
+    `sink.<name>` letters); LookupError for an unknown sink or an event no longer stored."""
+    for sink in sinks:
+        if dlq_interface(sink.cfg.name) == letter.interface:
+            return await sink.redeliver(letter)
+    raise LookupError("no such sink")
 
 
 async def start_sinks(configs: list[SinkConfig], store: Store) -> list[Sink]:

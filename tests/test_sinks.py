@@ -26,7 +26,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from router import dlq
 from router.config import ConfigError
 from router.embedded_nats import EmbeddedNats
-from router.sinks import BATCH_TYPE, SINGLE_TYPE, business_key, retry_after, subject_filters
+from router.sinks import BATCH_TYPE, SINGLE_TYPE, business_key, redeliver_letter, retry_after, subject_filters
 from tests.conftest import ServiceFactory, make_config, wait_for
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -129,10 +129,11 @@ async def test_single_mode_signed_retried_ordered_and_a_400_dead_lettered(
         nats_server: EmbeddedNats, erp: Erp, service_factory: ServiceFactory, tmp_path: Path) -> None:
     failed_once: set[str] = set()
     limited: list[float] = []
+    fixed: list[bool] = []
 
     def plan(events: list[dict[str, Any]], _n: int) -> web.StreamResponse | None:
         ev_id = events[0]["id"]
-        if ev_id == "ev-0003":
+        if ev_id == "ev-0003" and not fixed:
             return web.Response(status=400, text="unknown account")
         if ev_id in ("ev-0001", "ev-0005") and ev_id not in failed_once:
             failed_once.add(ev_id)
@@ -151,7 +152,15 @@ async def test_single_mode_signed_retried_ordered_and_a_400_dead_lettered(
         await wait_for(lambda: len(erp.received) == 10, timeout=15)
         status = svc.running.sinks[0].status
         letters = await wait_for(lambda: dlq.list_letters(svc.store, "sink.erp"), timeout=15)
+        assert (await redeliver_letter(svc.running.sinks, letters[0])).status == 400  # not fixed yet
+        fixed.append(True)  # the receiver learns the account
+        assert (await redeliver_letter(svc.running.sinks, letters[0])).ok
+        received_after_fix = [e["id"] for e in erp.received]
+        with pytest.raises(LookupError):
+            await redeliver_letter(svc.running.sinks, letters[0].model_copy(update={"interface": "sink.other"}))
 
+    assert received_after_fix[-1] == "ev-0003"
+    erp.received.pop()
     assert sorted(e["id"] for e in erp.received) == [f"ev-{n:04d}" for n in (0, 1, 2, 4, 5, 6, 7, 8, 9, 12)]
     assert_key_order(erp.received)
     assert erp.bad_signatures == 0
@@ -160,7 +169,7 @@ async def test_single_mode_signed_retried_ordered_and_a_400_dead_lettered(
     assert len(retried) == 2 and retried[1] - limited[0] >= 0.95  # Retry-After honoured
     assert [(ltr.unit, ltr.kind, ltr.interface) for ltr in letters] == [("ev-0003", "undeliverable", "sink.erp")]
     assert "400" in letters[0].reason
-    assert status.delivered == 10 and status.dead_lettered == 1 and status.failures == 4
+    assert status.delivered == 11 and status.dead_lettered == 1 and status.failures == 4
 
 
 async def test_a_receiver_that_keeps_failing_dead_letters_past_max_age(
