@@ -139,6 +139,11 @@ class NatsConfig(_Model):
     duplicate_window_seconds: float = Field(default=600, gt=0)
     publish_timeout_seconds: float = Field(default=5, gt=0)
     start_timeout_seconds: float = Field(default=60, gt=0)
+    # The event index (FICUS_EVIDX, router/events_api.py): a copy of every event on a subject
+    # that names interface and facility, for the API's interface and facility filters. Off by
+    # default: it doubles the messages of every unit (a 50 MB 835: ingest 35 % slower, MLLP ACK
+    # p99 over 50 ms; docs/benchmarks.md section 7).
+    event_index: bool = False
     raw_max_age_days: float = Field(default=30, gt=0)
     events_max_age_days: float = Field(default=30, gt=0)
     dlq_max_age_days: float = Field(default=90, gt=0)
@@ -397,6 +402,15 @@ class AuditConfig(_Model):
 
     # Six years: the HIPAA retention for documentation (45 CFR 164.316(b)(2)).
     retention_days: float = Field(default=2190, gt=0)
+
+
+class ViewsConfig(_Model):
+    """The status lookups' views (`[views]`, router/views.py)."""
+
+    # Off by default: each event rewrites its whole view entry (JSON up to max_payload) on the
+    # event loop, which a large 835 turns into seconds of MLLP ACK delay (docs/benchmarks.md
+    # section 7). On for deployments that serve the lookups and do not ingest such files.
+    enabled: bool = False
 
 
 class InterfaceBase(_Model):
@@ -843,6 +857,7 @@ class FicusConfig(_Model):
     nats: NatsConfig = NatsConfig()
     api: ApiConfig = ApiConfig()
     audit: AuditConfig = AuditConfig()
+    views: ViewsConfig = ViewsConfig()
     reference: ReferenceConfig = ReferenceConfig()
     interfaces: list[InterfaceConfig] = []
     sinks: list[SinkConfig] = []

@@ -271,12 +271,16 @@ async def feed(response: EventSourceResponse, source: Any, filters: Filters, sto
 # router.api names they use are imported when they run) ------------------------------------
 
 def _request_filters(request: web.Request) -> Filters:
-    from router.api import ApiProblem
+    from router.api import STORE, ApiProblem
 
     try:
-        return filters_of(request.query)
+        filters = filters_of(request.query)
     except BadRequest as exc:
         raise ApiProblem(400, str(exc)) from None
+    if filters.indexed and not request.app[STORE].cfg.event_index:
+        # Without the index an interface or facility filter could only be answered by a scan.
+        raise ApiProblem(409, "interface and facility filters need the event index (nats.event_index = true)")
+    return filters
 
 
 def _start(request: web.Request, filters: Filters, cursor: str | None) -> int:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from canonical.envelope import CloudEvent
 from router import dlq, ledger, names
 from router.mllp_pipeline import REUSED_CONTROL_ID, MllpPipeline
+from router.sinks import redeliver_letter
 from router.stage import Outcome, Record, ReplayChunk, Stage
 from router.store import Store, StoreError, StoreUnavailable
 
@@ -293,6 +294,8 @@ async def replay_dead_letter(svc: Running, letter_id: int) -> dict[str, Any]:
                           "under a new control id")
     if letter_id in await discarded_ids(svc):
         raise ReplayError(f"dead letter {letter_id} was discarded; it is not replayed")
+    if letter.interface.startswith(SINK_LETTERS):
+        return await _redeliver(svc, letter_id, letter)
     running = svc.interfaces.get(letter.interface)
     if running is None:
         raise ReplayError(f"unknown interface {letter.interface!r}", 404)
@@ -319,6 +322,26 @@ async def replay_dead_letter(svc: Running, letter_id: int) -> dict[str, Any]:
         raise ReplayError(exc.reason, 503) from exc
     kv = await svc.store.kv(KV_REPLAYS, history=1)
     done = {"letter": letter_id, "interface": letter.interface, "events": len(out.events),
+            "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    await kv.put(str(letter_id), json.dumps(done).encode())
+    return done
+
+
+SINK_LETTERS = "sink."
+"""A sink's dead letters are on `dlq.sink.<name>`, interface `sink.<name>` (router/sinks.py)."""
+
+
+async def _redeliver(svc: Running, letter_id: int, letter: dlq.DeadLetter) -> dict[str, Any]:
+    """A sink's dead letter: its event sent once more by its sink; done on a 2xx."""
+    try:
+        attempt = await redeliver_letter(svc.sinks, letter)
+    except LookupError as exc:
+        raise ReplayError(f"dead letter {letter_id}: {exc}", 410 if "no longer" in str(exc) else 409) from exc
+    if not attempt.ok:
+        raise ReplayError(f"dead letter {letter_id}: the receiver still refuses it ({attempt.status or 'no answer'}: "
+                          f"{attempt.reason})", 422)
+    kv = await svc.store.kv(KV_REPLAYS, history=1)
+    done = {"letter": letter_id, "interface": letter.interface, "events": 1, "status": attempt.status,
             "at": datetime.now(UTC).isoformat(timespec="seconds")}
     await kv.put(str(letter_id), json.dumps(done).encode())
     return done

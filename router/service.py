@@ -374,7 +374,8 @@ class Service:
             await parity.restore(parity_kv, stats, routes, saved)
         stops.on_stop_task(asyncio.create_task(parity.keep_saved(parity_kv, stats, saved), name="parity-save"))
         # The status lookups' views (router/views.py): a durable consumer shared by every instance.
-        stops.on_stop_task(asyncio.create_task(views.keep(views.views_of(store)), name="views"))
+        if cfg.views.enabled:
+            stops.on_stop_task(asyncio.create_task(views.keep(views.views_of(store)), name="views"))
         sock: socket.socket | None = None
         api_url: str | None = None
         if self.with_api:

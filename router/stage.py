@@ -247,7 +247,8 @@ class Stage:
         suffix = out.replay and ".r" + out.replay
         stored = [event_message(ev, self.name, msg_id + suffix) for ev, msg_id in zip(events, ids, strict=True)]
         out.events.extend(stored)
-        out.index.extend(index_message(item, self.name, facility) for item in stored)
+        if self.store.cfg.event_index:
+            out.index.extend(index_message(item, self.name, facility) for item in stored)
         amount = ledger.money_of(events)
         out.money.add(amount)
         if out.keep:

@@ -35,10 +35,19 @@ def _date(request: web.Request, name: str) -> str | None:
     return value
 
 
+def _views_on(request: web.Request) -> None:
+    """The lookups answer only where the views are kept (`[views] enabled`); else 409, saying so."""
+    from router.api import CONFIG, ApiProblem
+
+    if not request.app[CONFIG].views.enabled:
+        raise ApiProblem(409, "the status views are off on this service ([views] enabled = false)")
+
+
 async def get_claim(request: web.Request) -> web.Response:
     """GET /api/v1/claims/{claim}: a claim by payer claim control number (CLP07)."""
     from router.api import STORE, _error, note
 
+    _views_on(request)
     ident = _ident(request, "claim")
     note(request, view="claims", key=key_of(ident))
     entry = await views_of(request.app[STORE]).get("claims", ident)
@@ -51,6 +60,7 @@ async def get_remittance(request: web.Request) -> web.Response:
     """GET /api/v1/remittances/{trace}: a remittance by its trace number (TRN02)."""
     from router.api import STORE, _error, note
 
+    _views_on(request)
     ident = _ident(request, "trace")
     note(request, view="remittances", key=key_of(ident))
     entry = await views_of(request.app[STORE]).get("remittances", ident)
@@ -63,6 +73,7 @@ async def get_charges(request: web.Request) -> web.Response:
     """GET /api/v1/accounts/{account}/charges?from=&to=: an account's charges (service date, else posting)."""
     from router.api import STORE, _error, note
 
+    _views_on(request)
     ident = _ident(request, "account")
     since, until = _date(request, "from"), _date(request, "to")
     note(request, view="charges", key=key_of(ident))
@@ -78,6 +89,7 @@ async def rebuild_views(request: web.Request) -> web.Response:
     """POST /api/v1/views/rebuild: drops the view buckets and applies the live stream again."""
     from router.api import STORE, begin, note
 
+    _views_on(request)
     await begin(request)
     read = await views_of(request.app[STORE]).rebuild()
     note(request, events=read)

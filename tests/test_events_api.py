@@ -56,7 +56,7 @@ def _ids(items: list[dict[str, Any]]) -> list[str]:
 
 
 async def test_filters_and_cursor_pages(nats_server: EmbeddedNats, service_factory: ServiceFactory) -> None:
-    cfg = make_config(nats_server.url, _ifaces())
+    cfg = make_config(nats_server.url, _ifaces(), nats={"event_index": True})
     async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
         api = svc.api_url
         his = svc.interfaces["his-charges"].listener.port
@@ -157,7 +157,7 @@ class Sse:
 
 
 async def test_sse_resumes_with_last_event_id(nats_server: EmbeddedNats, service_factory: ServiceFactory) -> None:
-    cfg = make_config(nats_server.url, _ifaces())
+    cfg = make_config(nats_server.url, _ifaces(), nats={"event_index": True})
     async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
         api = svc.api_url
         his = svc.interfaces["his-charges"].listener.port
@@ -215,7 +215,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_ingest_goes_on(
     nats_server: EmbeddedNats, service_factory: ServiceFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(events_api, "QUEUE_MAX", 20)
-    cfg = make_config(nats_server.url, _ifaces())
+    cfg = make_config(nats_server.url, _ifaces(), nats={"event_index": True})
     async with service_factory(cfg) as svc:
         url = urlsplit(svc.api_url)
         his = svc.interfaces["his-charges"].listener.port

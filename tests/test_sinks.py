@@ -153,8 +153,16 @@ async def test_single_mode_signed_retried_ordered_and_a_400_dead_lettered(
         status = svc.running.sinks[0].status
         letters = await wait_for(lambda: dlq.list_letters(svc.store, "sink.erp"), timeout=15)
         assert (await redeliver_letter(svc.running.sinks, letters[0])).status == 400  # not fixed yet
+        # Through `ficus dlq replay ID` (router/replay.py): still refused, then sent once fixed.
+        from router.replay import ReplayError, replay_dead_letter
+
+        assert letters[0].id is not None
+        with pytest.raises(ReplayError) as refused:
+            await replay_dead_letter(svc.running, letters[0].id)
+        assert refused.value.status == 422 and "400" in refused.value.reason
         fixed.append(True)  # the receiver learns the account
-        assert (await redeliver_letter(svc.running.sinks, letters[0])).ok
+        done = await replay_dead_letter(svc.running, letters[0].id)
+        assert 200 <= done["status"] < 300 and done["interface"] == "sink.erp"
         received_after_fix = [e["id"] for e in erp.received]
         with pytest.raises(LookupError):
             await redeliver_letter(svc.running.sinks, letters[0].model_copy(update={"interface": "sink.other"}))

@@ -156,7 +156,7 @@ async def test_claim_and_remittance_lookups_equal_the_events(
     if not files:
         pytest.skip(f"no X12 corpus under {CORPUS} (set FICUS_CORPUS): only the reversal fixture is ingested")
     iface = folder_iface(tmp_path, name="remit", patterns=["*.835"], format="x12-835", flat=None, legacy=None)
-    cfg = make_config(nats_server.url, [iface], state_dir=str(tmp_path / "state"))
+    cfg = make_config(nats_server.url, [iface], state_dir=str(tmp_path / "state"), views={"enabled": True})
     async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
         stats = svc.interfaces["remit"].stats
         for n, path in enumerate([*files, REVERSAL]):
@@ -223,7 +223,8 @@ async def test_claim_and_remittance_lookups_equal_the_events(
 async def test_account_charges_from_a_billing_csv(
     nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
 ) -> None:
-    cfg = make_config(nats_server.url, [folder_iface(tmp_path, legacy=None)], state_dir=str(tmp_path / "state"))
+    cfg = make_config(nats_server.url, [folder_iface(tmp_path, legacy=None)], state_dir=str(tmp_path / "state"),
+                      views={"enabled": True})
     async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
         stats = svc.interfaces["billing"].stats
         shutil.copy(BILLING, tmp_path / "in" / "export.csv")
