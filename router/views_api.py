@@ -8,10 +8,11 @@ names the view key (`views.key_of`: URL-safe base64 of the id), not the id in cl
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from aiohttp import web
 
-from router.views import charges_answer, claim_answer, key_of, remittance_answer, views_of
+from router.views import View, charges_answer, claim_answer, key_of, remittance_answer, views_of
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_ID = 200
@@ -43,14 +44,21 @@ def _views_on(request: web.Request) -> None:
         raise ApiProblem(409, "the status views are off on this service ([views] enabled = false)")
 
 
+async def _lookup(request: web.Request, view: View, ident: str) -> dict[str, Any] | None:
+    """The view entry a lookup asks for (None: not in the views), its read noted for the audit."""
+    from router.api import STORE, note
+
+    note(request, view=view, key=key_of(ident))
+    entry: dict[str, Any] | None = await views_of(request.app[STORE]).get(view, ident)
+    return entry
+
+
 async def get_claim(request: web.Request) -> web.Response:
     """GET /api/v1/claims/{claim}: a claim by payer claim control number (CLP07)."""
-    from router.api import STORE, _error, note
+    from router.api import _error
 
     _views_on(request)
-    ident = _ident(request, "claim")
-    note(request, view="claims", key=key_of(ident))
-    entry = await views_of(request.app[STORE]).get("claims", ident)
+    entry = await _lookup(request, "claims", _ident(request, "claim"))
     if entry is None:
         return _error(404, "no such claim in the views")
     return web.json_response(claim_answer(entry))
@@ -58,12 +66,10 @@ async def get_claim(request: web.Request) -> web.Response:
 
 async def get_remittance(request: web.Request) -> web.Response:
     """GET /api/v1/remittances/{trace}: a remittance by its trace number (TRN02)."""
-    from router.api import STORE, _error, note
+    from router.api import _error
 
     _views_on(request)
-    ident = _ident(request, "trace")
-    note(request, view="remittances", key=key_of(ident))
-    entry = await views_of(request.app[STORE]).get("remittances", ident)
+    entry = await _lookup(request, "remittances", _ident(request, "trace"))
     if entry is None:
         return _error(404, "no such remittance in the views")
     return web.json_response(remittance_answer(entry))
@@ -71,13 +77,12 @@ async def get_remittance(request: web.Request) -> web.Response:
 
 async def get_charges(request: web.Request) -> web.Response:
     """GET /api/v1/accounts/{account}/charges?from=&to=: an account's charges (service date, else posting)."""
-    from router.api import STORE, _error, note
+    from router.api import _error, note
 
     _views_on(request)
     ident = _ident(request, "account")
     since, until = _date(request, "from"), _date(request, "to")
-    note(request, view="charges", key=key_of(ident))
-    entry = await views_of(request.app[STORE]).get("charges", ident)
+    entry = await _lookup(request, "charges", ident)
     if entry is None:
         return _error(404, "no such account in the views")
     answer = charges_answer(entry, since, until)

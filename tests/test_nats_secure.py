@@ -373,11 +373,11 @@ def problems(nats: dict[str, Any]) -> str:
 
 def test_config_one_credential_named_files_and_no_secret(tmp_path: Path, pki: Pki,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    url = "tls://nats.example:4222"
+    url = "tls://nats.example:14222"
     text = problems({"url": url, "user": "ficus", "password": PASSWORD, "token": TOKEN})
     assert "give one NATS credential, not user/password and token" in text
     assert PASSWORD not in text and TOKEN not in text
-    text = problems({"url": "tls://ficus:" + PASSWORD + "@nats.example:4222", "token": TOKEN})
+    text = problems({"url": "tls://ficus:" + PASSWORD + "@nats.example:14222", "token": TOKEN})
     assert "not token and credentials in nats.url" in text and PASSWORD not in text and TOKEN not in text, text
     assert "user and password go together" in problems({"url": url, "user": "ficus"})
 
@@ -427,5 +427,5 @@ def test_config_the_embedded_server_stays_plain(pki: Pki, tmp_path: Path) -> Non
     text = problems({"embedded": {"host": "0.0.0.0"}})
     assert "nats: embedded.host 0.0.0.0 is not a loopback address" in text, text
     assert parse_config({"nats": {"embedded": {"host": "localhost"}}}, "ficus.toml").nats.embedded.host == "localhost"
-    text = problems({"url": "nats://a:4222,ws://b:8080", "tls": {"ca": str(pki.ca)}})
+    text = problems({"url": "nats://a:14222,ws://b:8080", "tls": {"ca": str(pki.ca)}})
     assert "part 2 of nats.url is ws:// (plain); use wss://" in text, text

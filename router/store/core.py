@@ -461,9 +461,15 @@ class Store:
             num_replicas=1,
         )
         consumer = await self._js.add_consumer(stream, config)
-        out: list[tuple[int, bytes, dict[str, str]]] = []
+        msgs = await self._drain(stream, name, consumer.num_pending, limit)
+        return [(msg.metadata.sequence.stream, msg.data, dict(msg.headers or {})) for msg in msgs]
+
+    async def _drain(self, stream: str, name: str, pending: int | None, limit: int) -> list[Msg]:
+        """Up to `limit` messages of the ephemeral consumer `name` (made with `pending` waiting),
+        fetched in batches that yield to the loop between them; the consumer is deleted after."""
+        out: list[Msg] = []
         # Never ask for more than exist: a fetch for absent messages waits for its timeout.
-        wanted = min(limit, consumer.num_pending or 0)
+        wanted = min(limit, pending or 0)
         if wanted == 0:
             await self._delete_consumer(stream, name)
             return out
@@ -474,8 +480,7 @@ class Store:
                     msgs = await sub.fetch(min(wanted - len(out), self.READ_BATCH), timeout=2.0)
                 except nats.errors.TimeoutError:
                     break  # expired meanwhile (retention): return what there is
-                for msg in msgs:
-                    out.append((msg.metadata.sequence.stream, msg.data, dict(msg.headers or {})))
+                out += msgs
                 if not msgs or msgs[-1].metadata.num_pending == 0:
                     break
                 await asyncio.sleep(0)
@@ -508,26 +513,7 @@ class Store:
             consumer = await self._js.add_consumer(stream, config)
         except nats.js.errors.NotFoundError:
             return []
-        out: list[StoredMsg] = []
-        # Never ask for more than exist: a fetch for absent messages waits for its timeout.
-        wanted = min(limit, consumer.num_pending or 0)
-        if wanted == 0:
-            await self._delete_consumer(stream, name)
-            return out
-        sub = await self._js.pull_subscribe_bind(name, stream=stream)
-        try:
-            while len(out) < wanted:
-                try:
-                    msgs = await sub.fetch(min(wanted - len(out), self.READ_BATCH), timeout=2.0)
-                except nats.errors.TimeoutError:
-                    break  # expired meanwhile (retention): return what there is
-                out += [_stored(msg) for msg in msgs]
-                if not msgs or msgs[-1].metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
-            await self._delete_consumer(stream, name)
-        return out[:limit]
+        return [_stored(msg) for msg in await self._drain(stream, name, consumer.num_pending, limit)]
 
     async def tail(self, stream: str, subject: str, start_seq: int = 0,
                    start_time: datetime | None = None) -> AsyncGenerator[StoredMsg, None]:
