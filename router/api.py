@@ -8,7 +8,10 @@ for the actions the audit trail records, the action's name. The caller is a name
 or a JWT (router/auth.py); its name is the actor of everything it does, never a header.
 Message content (events, dead letters, the field values of a dry run's differences) is the
 admin's (PRODUCT.md: admin has the audit and content reads) and every read of it is audited
-before it is served (router/audit.py says in which order records and actions go). With no
+before it is served (router/audit.py says in which order records and actions go). The
+consumer API (event pages and feed, status lookups) also serves a client granted content
+(`content = true`, or a JWT's content scope) whatever its role, so an ERP reads events as a
+viewer that can neither flip nor replay. With no
 credentials configured (allowed only on a loopback listener, or with `api.insecure =
 true`) the API is open: every caller is "anonymous" with the admin role. Request bodies are
 bounded (MAX_BODY) and validated by strict models; a malformed request of any kind gets a
@@ -106,6 +109,9 @@ class Rule:
     """A read of message content: served only once its audit record is stored."""
     page: bool = False
     """The dashboard: a login session counts, and a login form answers a missing credential."""
+    consumer: bool = False
+    """The consumer API's content (events, status lookups): the role, and content access too
+    (an admin, or a client granted it: `content = true`, a JWT's content scope)."""
 
 
 @dataclass(slots=True)
@@ -219,6 +225,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             request[PENDING] = pending
             await _record(request, 403)
         return _error(403, f"this needs the {rule.role} role")
+    if rule.consumer and not identity.reads_content():
+        if pending is not None:
+            request[PENDING] = pending
+            await _record(request, 403)
+        return _error(403, "this is message content: it needs the admin role or a client with content = true")
     if pending is None:
         return await handler(request)
     request[PENDING] = pending
@@ -714,6 +725,13 @@ async def replay_interface(request: web.Request) -> web.StreamResponse:
 AUDIT_LIMIT = 1000
 
 
+
+def CONSUMER(action: Action) -> Rule:
+    """A content read of the consumer API: any role with content access, audited before it is served."""
+    return Rule("viewer", action, content=True, consumer=True)
+
+
+
 async def get_audit(request: web.Request) -> web.Response:
     """GET /api/v1/audit?since=&after=&actor=&interface=&action=&limit= (admin): audit records, oldest first.
 
@@ -748,10 +766,10 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("PUT", "/api/v1/routes/{iface}", set_route, Rule("operator", "route_flip")),
     ("GET", "/api/v1/routes/{iface}/history", route_history, VIEWER),
     # The consumer API (router/events_api.py); the stream before {id}, which would match it.
-    ("GET", "/api/v1/events", events_api.list_events, Rule("admin", "events_list", content=True)),
+    ("GET", "/api/v1/events", events_api.list_events, CONSUMER("events_list")),
     # Audited once per connection: its start before the first byte, then its end.
-    ("GET", "/api/v1/events/stream", events_api.stream_events, Rule("admin", "events_stream")),
-    ("GET", "/api/v1/events/{id}", get_event, Rule("admin", "event_read", content=True)),
+    ("GET", "/api/v1/events/stream", events_api.stream_events, Rule("viewer", "events_stream", consumer=True)),
+    ("GET", "/api/v1/events/{id}", get_event, CONSUMER("event_read")),
     ("GET", "/api/v1/dlq", list_dlq, Rule("admin", "dlq_list", content=True)),
     ("GET", "/api/v1/dlq/{id}", get_dlq, Rule("admin", "dlq_read", content=True)),
     ("POST", "/api/v1/dlq/{id}/replay", replay_letter, Rule("operator", "dlq_replay")),
@@ -767,9 +785,9 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("GET", "/api/v1/schemas/{type}", get_schema, VIEWER),
     ("GET", "/api/v1/audit", get_audit, ADMIN),
     # Status lookups (router/views_api.py): claim and account money, i.e. message content.
-    ("GET", "/api/v1/claims/{claim}", get_claim, Rule("admin", "claim_read", content=True)),
-    ("GET", "/api/v1/remittances/{trace}", get_remittance, Rule("admin", "remittance_read", content=True)),
-    ("GET", "/api/v1/accounts/{account}/charges", get_charges, Rule("admin", "charges_read", content=True)),
+    ("GET", "/api/v1/claims/{claim}", get_claim, CONSUMER("claim_read")),
+    ("GET", "/api/v1/remittances/{trace}", get_remittance, CONSUMER("remittance_read")),
+    ("GET", "/api/v1/accounts/{account}/charges", get_charges, CONSUMER("charges_read")),
     ("POST", "/api/v1/views/rebuild", rebuild_views, Rule("operator", "views_rebuild")),
 )
 """Every route with its access rule: the README's role matrix is this table."""

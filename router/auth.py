@@ -52,6 +52,12 @@ class Identity:
     via: Via
     expires_at: float | None = None
     """Epoch seconds after which the credential is no longer valid (a JWT's `exp`), if known."""
+    content: bool = False
+    """Granted message content for the consumer API (`content = true`, a JWT's content scope)."""
+
+    def reads_content(self) -> bool:
+        """Whether the consumer API's content routes serve it: an admin, or a granted client."""
+        return self.content or allows(self.role, "admin")
 
 
 OPEN = Identity("anonymous", "admin", "open")
@@ -72,12 +78,12 @@ class Clients:
     """The named clients of the config, each as (token digest, name, role)."""
 
     def __init__(self, api: ApiConfig) -> None:
-        self._entries: list[tuple[bytes, str, Role]] = []
+        self._entries: list[tuple[bytes, str, Role, bool]] = []
         for legacy_role, token in api.tokens.items():
-            self._entries.append((token_digest(token), legacy_role, legacy_role))
+            self._entries.append((token_digest(token), legacy_role, legacy_role, False))
         for client in api.clients:
             digest = bytes.fromhex(client.token_sha256) if client.token_sha256 else token_digest(client.token or "")
-            self._entries.append((digest, client.name, client.role))
+            self._entries.append((digest, client.name, client.role, client.content))
 
     def __bool__(self) -> bool:
         return bool(self._entries)
@@ -86,9 +92,9 @@ class Clients:
         """The client whose token is `given`, or None; every entry is compared, whatever matches."""
         digest = token_digest(given)
         found: Identity | None = None
-        for expected, name, role in self._entries:
+        for expected, name, role, content in self._entries:
             if hmac.compare_digest(expected, digest) and found is None:
-                found = Identity(name, role, "token")
+                found = Identity(name, role, "token", content=content)
         return found
 
 
@@ -251,7 +257,9 @@ class JwtVerifier:
         role = _highest_role(claims.get(self.cfg.role_claim))
         if role is None:
             raise JwtRefused(self.cfg.role_claim)
-        return Identity(name, role, "jwt", float(exp))
+        scopes = claims.get("scope", claims.get("scp"))
+        granted = scopes.split() if isinstance(scopes, str) else scopes if isinstance(scopes, list) else []
+        return Identity(name, role, "jwt", float(exp), content=self.cfg.content_scope in granted)
 
     async def close(self) -> None:
         await self.jwks.close()

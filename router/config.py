@@ -260,6 +260,9 @@ class ApiClientConfig(_Model):
     token_sha256: str | None = None
     # A secret: only as `env:NAME` in practice (a literal in the file is accepted, not advised).
     token: str | None = None
+    # Message content for a consumer (an ERP, a BI tool): the event pages and feed and the status
+    # lookups, whatever the role, each read audited. A viewer with it still cannot flip or replay.
+    content: bool = False
 
     @field_validator("name")
     @classmethod
@@ -296,6 +299,9 @@ class JwtConfig(_Model):
     audience: str = Field(min_length=1)
     role_claim: str = Field(default="ficus_role", min_length=1)
     name_claim: str = Field(default="sub", min_length=1)
+    # A token whose `scope` (or `scp`) holds this reads the consumer API's content, as a client
+    # with `content = true` does.
+    content_scope: str = Field(default="ficus.content", min_length=1)
     leeway_seconds: float = Field(default=30, ge=0, le=300)
     # A key id not in the cached set refetches the JWKS URL, at most once per this many seconds
     # (a token with a made-up kid cannot make Ficus hammer the identity provider).

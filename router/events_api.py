@@ -35,9 +35,10 @@ without a gap or a repeat. A feed sends a comment line every ``heartbeat`` secon
 disconnected and counted (``ficus_sse_dropped_total``): the feed's reader never waits on
 a client, so ingest is never slowed by one.
 
-Events are message content (PHI): both routes need the admin role (PRODUCT.md) and are
-audited; a page as a content read (router/api.py), a feed once per connection (its start
-recorded before the first byte, then its end).
+Events are message content (PHI): both routes need content access (the admin role, or a
+client granted `content = true`: router/api.py CONSUMER) and are audited; a page as a
+content read (router/api.py), a feed once per connection (its start recorded before the
+first byte, then its end).
 """
 
 from __future__ import annotations

@@ -44,8 +44,10 @@ AUDIENCE = "ficus-api"
 JWT_USER = "dr.quinn@hospital.example"
 EVENT_TYPE = "org.ficus.revenue.charge.posted.v1"
 
-# What each endpoint needs, as the README's role matrix says (None: open to anyone). Written
-# here, apart from router/api.py: an endpoint added to the app without a line here fails.
+# What each endpoint needs, as the README's role matrix says (None: open to anyone; "content":
+# the consumer API, any role with content access: an admin, a client with content = true, a JWT
+# with the content scope). Written here, apart from router/api.py: an endpoint added to the app
+# without a line here fails.
 EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/"): "viewer",
     ("POST", "/login"): None,
@@ -57,9 +59,9 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/routes"): "viewer",
     ("PUT", "/api/v1/routes/{iface}"): "operator",
     ("GET", "/api/v1/routes/{iface}/history"): "viewer",
-    ("GET", "/api/v1/events"): "admin",
-    ("GET", "/api/v1/events/stream"): "admin",
-    ("GET", "/api/v1/events/{id}"): "admin",
+    ("GET", "/api/v1/events"): "content",
+    ("GET", "/api/v1/events/stream"): "content",
+    ("GET", "/api/v1/events/{id}"): "content",
     ("GET", "/api/v1/dlq"): "admin",
     ("GET", "/api/v1/dlq/{id}"): "admin",
     ("POST", "/api/v1/dlq/{id}/replay"): "operator",
@@ -74,12 +76,14 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/schemas"): "viewer",
     ("GET", "/api/v1/schemas/{type}"): "viewer",
     ("GET", "/api/v1/audit"): "admin",
-    ("GET", "/api/v1/claims/{claim}"): "admin",
-    ("GET", "/api/v1/remittances/{trace}"): "admin",
-    ("GET", "/api/v1/accounts/{account}/charges"): "admin",
+    ("GET", "/api/v1/claims/{claim}"): "content",
+    ("GET", "/api/v1/remittances/{trace}"): "content",
+    ("GET", "/api/v1/accounts/{account}/charges"): "content",
     ("POST", "/api/v1/views/rebuild"): "operator",
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
+CONTENT = {"admin", "consumer", "jwt_content"}
+"""The credentials the consumer API's content routes serve."""
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/api/v1/routes/{iface}"): {"mode": "legacy", "reason": "matrix"},
     ("POST", "/api/v1/dlq/{id}/replay"): {},
@@ -101,9 +105,10 @@ class Identities:
     # Another key under the same kid: its signatures must not verify.
     stranger: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, parameters={"kid": "idp-1"}))
     tokens: dict[str, str] = field(default_factory=lambda: {
-        role: f"tok-{role}-{secrets.token_urlsafe(24)}" for role in ("viewer", "operator", "admin")})
+        role: f"tok-{role}-{secrets.token_urlsafe(24)}" for role in ("viewer", "operator", "admin", "consumer")})
     names: dict[str, str] = field(default_factory=lambda: {
-        "viewer": "ward-viewer", "operator": "integration-eng", "admin": "security-officer"})
+        "viewer": "ward-viewer", "operator": "integration-eng", "admin": "security-officer",
+        "consumer": "erp-fusion"})
 
     def __post_init__(self) -> None:
         self.jwks_file.write_text(json.dumps(KeySet([self.key]).as_dict(private=False)))
@@ -114,16 +119,20 @@ class Identities:
                 {"name": self.names["viewer"], "role": "viewer", "token_sha256": _sha256(self.tokens["viewer"])},
                 {"name": self.names["operator"], "role": "operator", "token": "env:FICUS_TEST_OPERATOR_TOKEN"},
                 {"name": self.names["admin"], "role": "admin", "token_sha256": _sha256(self.tokens["admin"])},
+                {"name": self.names["consumer"], "role": "viewer", "content": True,
+                 "token_sha256": _sha256(self.tokens["consumer"])},
             ],
             "jwt": {"jwks_file": str(self.jwks_file), "issuer": ISSUER, "audience": AUDIENCE},
             **extra,
         }
 
     def jwt(self, role: str | list[str] = "operator", *, audience: str = AUDIENCE, expires_in: float = 300,
-            key: RSAKey | None = None, name: str = JWT_USER) -> str:
+            key: RSAKey | None = None, name: str = JWT_USER, scope: str | None = None) -> str:
         now = int(time.time())
-        claims = {"iss": ISSUER, "aud": audience, "sub": name, "ficus_role": role, "iat": now,
-                  "nbf": now - 5, "exp": int(now + expires_in)}
+        claims: dict[str, Any] = {"iss": ISSUER, "aud": audience, "sub": name, "ficus_role": role, "iat": now,
+                                  "nbf": now - 5, "exp": int(now + expires_in)}
+        if scope is not None:
+            claims["scope"] = scope
         return jwt.encode({"alg": "RS256", "kid": "idp-1"}, claims, key or self.key)
 
     def credentials(self) -> dict[str, str | None]:
@@ -132,6 +141,8 @@ class Identities:
             "none": None, "wrong": "Bearer " + secrets.token_urlsafe(32),
             "viewer": "Bearer " + self.tokens["viewer"], "operator": "Bearer " + self.tokens["operator"],
             "admin": "Bearer " + self.tokens["admin"], "jwt": "Bearer " + self.jwt("operator"),
+            "consumer": "Bearer " + self.tokens["consumer"],
+            "jwt_content": "Bearer " + self.jwt("viewer", scope="openid ficus.content"),
             "jwt_expired": "Bearer " + self.jwt("admin", expires_in=-3600),
             "jwt_wrong_audience": "Bearer " + self.jwt("admin", audience="another-api"),
             "jwt_other_key": "Bearer " + self.jwt("admin", key=self.stranger),
@@ -145,7 +156,8 @@ class Identities:
 
 # The role each credential has, None when it must be refused (401).
 ROLE_OF = {"none": None, "wrong": None, "viewer": "viewer", "operator": "operator", "admin": "admin",
-           "jwt": "operator", "jwt_expired": None, "jwt_wrong_audience": None, "jwt_other_key": None}
+           "jwt": "operator", "consumer": "viewer", "jwt_content": "viewer",
+           "jwt_expired": None, "jwt_wrong_audience": None, "jwt_other_key": None}
 
 
 def make_identities(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Identities:
@@ -179,7 +191,9 @@ def test_the_expected_matrix_covers_the_route_table() -> None:
     table = {(method, path) for method, path, _, _ in ENDPOINTS}
     assert table == set(EXPECTED), "a route without an expected rule here, or the other way round"
     for method, path, _, rule in ENDPOINTS:
-        assert rule.role == EXPECTED[(method, path)], (method, path)
+        expected = EXPECTED[(method, path)]
+        assert rule.role == ("viewer" if expected == "content" else expected), (method, path)
+        assert rule.consumer == (expected == "content"), (method, path)
 
 
 @pytest.mark.parametrize(("method", "path"), [(m, p) for m, p, _, _ in ENDPOINTS])
@@ -205,6 +219,12 @@ async def test_the_401_403_matrix(
             if role is None:
                 assert resp.status == 401, (who, resp.status, await resp.text())
                 assert resp.headers["WWW-Authenticate"].startswith("Bearer"), who
+            elif needed == "content":
+                if who in CONTENT:
+                    assert resp.status not in (401, 403, 429), (who, resp.status, await resp.text())
+                else:
+                    assert resp.status == 403, (who, resp.status, await resp.text())
+                    assert "content" in (await resp.json())["error"]
             elif RANK[role] >= RANK[needed]:
                 assert resp.status not in (401, 403, 429), (who, resp.status, await resp.text())
             else:
