@@ -363,8 +363,8 @@ async def _lag(status: Callable[[], Any], want: int) -> bool:
 
 async def test_faults_and_three_kill9_deliver_every_event_once_effectively_in_key_order(
         nats_server: EmbeddedNats, tmp_path: Path) -> None:
-    """500s, timeouts, connection resets, a receiver down for 3 s (not 30: the same path, shorter),
-    and three kill -9 of `ficus run` while it delivers; then every event was received, each
+    """500s, timeouts, connection resets, a receiver down for 30 s, and three kill -9 of
+    `ficus run` while it delivers; then every event was received, each
     accepted once per Idempotency-Key, first arrivals of a key in stream order, all signed."""
     from tests.ficus_proc import Ficus, free_port
 
@@ -385,12 +385,16 @@ async def test_faults_and_three_kill9_deliver_every_event_once_effectively_in_ke
         return await receiver.handle(request)
 
     erp_port = free_port()
-    app = web.Application()
-    app.router.add_post("/events", faulty)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", erp_port, reuse_address=True)
-    await site.start()
+
+    async def serve() -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/events", faulty)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", erp_port, reuse_address=True).start()
+        return runner
+
+    runner = await serve()
     api_port = free_port()
     conf = tmp_path / "ficus.toml"
     conf.write_text(f"""
@@ -407,7 +411,7 @@ timeout_seconds = 1
 retry = {{ backoff_base_seconds = 0.05, backoff_max_seconds = 0.5 }}
 """)
     ficus = Ficus(conf, api_port, tmp_path / "ficus.log")
-    total = 150
+    total, late = 150, 30
     try:
         await (await ficus.start()).wait_ready()
         await store_events(nats_server.url, [event(n) for n in range(total)])
@@ -416,10 +420,13 @@ retry = {{ backoff_base_seconds = 0.05, backoff_max_seconds = 0.5 }}
             await ficus.kill9()
             await (await ficus.start()).wait_ready()
         await wait_for(lambda: len(receiver.received) >= 100, timeout=60)
-        await site.stop()  # the receiver down for a while
-        await asyncio.sleep(3)
-        site = web.TCPSite(runner, "127.0.0.1", erp_port, reuse_address=True)
-        await site.start()
+        await runner.cleanup()  # the receiver down for 30 s (kept-alive connections closed too)
+        down_at = len(receiver.received)
+        await store_events(nats_server.url, [event(n) for n in range(total, total + late)])  # waiting for it
+        await asyncio.sleep(30)
+        assert len(receiver.received) == down_at, "nothing can arrive while the receiver is down"
+        total += late
+        runner = await serve()
         await wait_for(lambda: len({e["id"] for e in receiver.received}) == total, timeout=90)
     finally:
         ficus.kill_if_running()
