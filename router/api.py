@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
 from protocols.tls import ReloadingContext, TlsFiles, peer_subject, server_context
-from router import dlq, events_api, ledger, names, parity, replay
+from router import dlq, events_api, ledger, names, parity, queries, replay
 from router.audit import ACTIONS, Action, AuditTrail, AuditUnavailable, Record, result_of
 from router.auth import OPEN, Authenticator, Identity, RateLimiter, allows
 from router.config import SLUG, ApiTlsConfig, ConfigError, FicusConfig, Mode, Role
@@ -369,13 +369,6 @@ def _seq(ident: str, what: str) -> int:
     return value
 
 
-def _interface_param(request: web.Request) -> str | None:
-    value = request.query.get("interface") or None
-    if value is not None and not SLUG.match(value):
-        raise ApiProblem(400, "interface names are slugs: lowercase letters, digits, - and _")
-    return value
-
-
 async def healthz(request: web.Request) -> web.Response:
     uptime = round(time.time() - request.app[STARTED_AT], 1)
     return web.json_response({"status": "ok", "uptime_seconds": uptime})
@@ -526,16 +519,6 @@ async def route_history(request: web.Request) -> web.Response:
     return web.json_response({"interface": name, "history": history})
 
 
-def _int(request: web.Request, key: str, default: int, high: int | None = None) -> int:
-    raw = request.query.get(key)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
-        raise ApiProblem(400, f"{key} must be a non-negative integer")
-    value = int(raw)
-    return min(value, high) if high else value
-
-
 def _decoded(data: bytes) -> Any:
     try:
         return json.loads(data)
@@ -545,7 +528,7 @@ def _decoded(data: bytes) -> Any:
 
 async def get_event(request: web.Request) -> web.Response:
     seq = _seq(request.match_info["id"], "event")
-    stream = names.STREAM_SHADOW if request.query.get("mode") == "shadow" else names.STREAM_CANONICAL
+    stream = names.STREAM_SHADOW if queries.of(request, queries.EventQuery).mode == "shadow" else names.STREAM_CANONICAL
     note(request, mode="shadow" if stream == names.STREAM_SHADOW else "live", seq=seq)
     msg = await request.app[STORE].get_msg(stream, seq)
     if msg is None:
@@ -556,8 +539,8 @@ async def get_event(request: web.Request) -> web.Response:
 
 async def list_dlq(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    letters = await dlq.list_letters(store, _interface_param(request),
-                                     _int(request, "after", 0), _int(request, "limit", 100, 1000))
+    query = queries.of(request, queries.DlqQuery)
+    letters = await dlq.list_letters(store, query.interface, query.after, min(query.limit, queries.PAGE_MAX))
     done = await replay.replayed_ids(request.app[RUNNING])
     dropped = await replay.discarded_ids(request.app[RUNNING])
     note(request, count=len(letters), ids=[x.id for x in letters], interfaces=sorted({x.interface for x in letters}))
@@ -580,7 +563,7 @@ async def get_ledger(request: web.Request) -> web.Response:
     name = request.match_info["iface"]
     if name not in request.app[INTERFACES]:
         return _error(404, "unknown interface")
-    day = request.query.get("day")
+    day = queries.of(request, queries.LedgerQuery).day
     if day is not None and not ledger.valid_day(day):
         return _error(400, "day must be a date, YYYY-MM-DD")
     return web.json_response(await request.app[LEDGER].view(request.app[STORE], name, day))
@@ -722,6 +705,13 @@ async def replay_interface(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def get_openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this API (router/openapi.py): no data, so no credential."""
+    from router.openapi import served  # it reads ENDPOINTS, below
+
+    return web.json_response(served())
+
+
 AUDIT_LIMIT = 1000
 
 
@@ -738,17 +728,12 @@ async def get_audit(request: web.Request) -> web.Response:
     `since` defaults to 24 hours ago; `next_after` (a stream sequence) is set when more records
     may follow: ask again with `after=next_after`.
     """
-    query = request.query
-    since = _since(query["since"]) if query.get("since") else datetime.now(UTC) - timedelta(days=1)
-    action = query.get("action") or None
-    if action is not None and action not in ACTIONS:
-        raise ApiProblem(400, f"action is one of {', '.join(ACTIONS)}")
-    actor = query.get("actor") or None
-    if actor is not None and len(actor) > 128:
-        raise ApiProblem(400, "actor is at most 128 characters")
+    query = queries.of(request, queries.AuditQuery)
+    since = query.since or datetime.now(UTC) - timedelta(days=1)
+    action = ACTIONS[ACTIONS.index(query.action)] if query.action else None  # as an Action (the model checked it)
     records, next_after = await request.app[AUDIT].query(
-        since=since, after=_int(request, "after", 0), actor=actor, interface=_interface_param(request),
-        action=action, limit=max(1, _int(request, "limit", 100, AUDIT_LIMIT)))
+        since=since, after=query.after, actor=query.actor, interface=query.interface,
+        action=action, limit=max(1, min(query.limit, AUDIT_LIMIT)))
     return web.json_response({"records": records, "next_after": next_after})
 
 
@@ -789,6 +774,7 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("GET", "/api/v1/remittances/{trace}", get_remittance, CONSUMER("remittance_read")),
     ("GET", "/api/v1/accounts/{account}/charges", get_charges, CONSUMER("charges_read")),
     ("POST", "/api/v1/views/rebuild", rebuild_views, Rule("operator", "views_rebuild")),
+    ("GET", "/api/v1/openapi.json", get_openapi, Rule(None)),
 )
 """Every route with its access rule: the README's role matrix is this table."""
 

@@ -49,26 +49,21 @@ import binascii
 import contextlib
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from prometheus_client import Counter
 
-from router import names
-from router.config import SLUG
+from router import names, queries
 from router.store import StoredMsg
 
-TYPE_PART = re.compile(r"^[a-z0-9_-]{1,64}$")
-VERSION = re.compile(r"^v[0-9]{1,4}$")
-PAGE_MAX = 1000
+PAGE_MAX = queries.PAGE_MAX
 QUEUE_MAX = 1000
 """Events waiting for one SSE client before it is dropped."""
-HEARTBEAT_SECONDS = 15.0
 FEEDS: web.AppKey[set[asyncio.Event]] = web.AppKey("sse_feeds")
 """The open feeds of an app, each by the event that ends it (set at shutdown: close_feeds)."""
 SSE_DROPPED = Counter("ficus_sse_dropped_total", "SSE clients disconnected for not keeping up", registry=None)
@@ -126,35 +121,16 @@ class Filters:
                 "to": self.end.isoformat() if self.end else None}
 
 
-def _time(text: str, key: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (ValueError, OverflowError):
-        raise BadRequest(f'{key} must be an ISO 8601 time, e.g. "2026-11-25T08:00:00Z"') from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
-
-
 def filters_of(query: Any) -> Filters:
-    """The filters of a request's query; BadRequest for one that is malformed."""
-    mode = query.get("mode", "live")
-    if mode not in ("live", "shadow"):
-        raise BadRequest("mode is live or shadow")
-    etype = query.get("type") or None
-    if etype is not None:
-        parts = etype.split(".")
-        if (not 3 <= len(parts) <= 6 or parts[:2] != ["org", "ficus"]
-                or not all(TYPE_PART.match(p) for p in parts[2:5])
-                or (len(parts) == 6 and not VERSION.match(parts[5]))):
-            raise BadRequest("type is org.ficus.<domain>[.<entity>[.<action>[.v<N>]]]")
-    iface = query.get("interface") or None
-    if iface is not None and not SLUG.match(iface):
-        raise BadRequest("interface names are slugs: lowercase letters, digits, - and _")
-    facility = query.get("facility") or None
-    if facility is not None and len(facility) > 64:
-        raise BadRequest("facility is at most 64 characters")
-    start = _time(query["from"], "from") if query.get("from") else None
-    end = _time(query["to"], "to") if query.get("to") else None
-    return Filters(mode, etype, iface, facility, start, end)
+    """The filters of a request's query (router/queries.py EventFilters); BadRequest for one that is malformed."""
+    try:
+        return filters_from(queries.parse(queries.EventFilters, query))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def filters_from(query: queries.EventFilters) -> Filters:
+    return Filters(query.mode, query.type, query.interface, query.facility, query.start, query.end)
 
 
 def encode_cursor(filters: Filters, next_seq: int) -> str:
@@ -271,20 +247,17 @@ async def feed(response: EventSourceResponse, source: Any, filters: Filters, sto
 # -- handlers (registered in router/api.py ENDPOINTS, which imports this module: the
 # router.api names they use are imported when they run) ------------------------------------
 
-def _request_filters(request: web.Request) -> Filters:
+def _request_filters(request: web.Request, query: queries.EventFilters) -> Filters:
     from router.api import STORE, ApiProblem
 
-    try:
-        filters = filters_of(request.query)
-    except BadRequest as exc:
-        raise ApiProblem(400, str(exc)) from None
+    filters = filters_from(query)
     if filters.indexed and not request.app[STORE].cfg.event_index:
         # Without the index an interface or facility filter could only be answered by a scan.
         raise ApiProblem(409, "interface and facility filters need the event index (nats.event_index = true)")
     return filters
 
 
-def _start(request: web.Request, filters: Filters, cursor: str | None) -> int:
+def _start(query: queries.EventFilters, filters: Filters, cursor: str | None) -> int:
     """The sequence to start from: the cursor's, else `after` + 1 (plain sequences, kept for the
     CLI and older clients), else 0 (from the `from` time, or the stream's first)."""
     from router.api import ApiProblem
@@ -294,24 +267,17 @@ def _start(request: web.Request, filters: Filters, cursor: str | None) -> int:
             return decode_cursor(cursor, filters)
         except BadRequest as exc:
             raise ApiProblem(400, str(exc)) from None
-    raw = request.query.get("after")
-    if raw is None:
-        return 0
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
-        raise ApiProblem(400, "after must be a non-negative integer")
-    return int(raw) + 1
+    return 0 if query.after is None else query.after + 1
 
 
 async def list_events(request: web.Request) -> web.Response:
     """GET /api/v1/events?type=&interface=&facility=&from=&to=&mode=&limit=&cursor= (admin, audited)."""
     from router import api
 
-    filters = _request_filters(request)
-    start = _start(request, filters, request.query.get("cursor"))
-    raw_limit = request.query.get("limit", "100")
-    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 9):
-        raise api.ApiProblem(400, "limit must be a non-negative integer")
-    limit = min(int(raw_limit), PAGE_MAX)
+    query = queries.of(request, queries.EventsQuery)
+    filters = _request_filters(request, query)
+    start = _start(query, filters, query.cursor)
+    limit = min(query.limit, PAGE_MAX)
     msgs = await request.app[api.STORE].page(filters.stream, filters.subject, start_seq=start,
                                              start_time=filters.start, limit=limit)
     events, seen = [], set()
@@ -339,14 +305,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     events; `heartbeat` seconds between comment lines (1-60, default 15)."""
     from router import api
 
-    filters = _request_filters(request)
-    start = _start(request, filters, request.headers.get("Last-Event-ID") or request.query.get("cursor"))
-    raw = request.query.get("heartbeat")
-    heartbeat = HEARTBEAT_SECONDS
-    if raw is not None:
-        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw[:3]) <= 60):
-            raise api.ApiProblem(400, "heartbeat is a number of seconds, 1 to 60")
-        heartbeat = float(raw)
+    query = queries.of(request, queries.StreamQuery)
+    filters = _request_filters(request, query)
+    start = _start(query, filters, request.headers.get("Last-Event-ID") or query.cursor)
+    heartbeat = float(query.heartbeat)
     await api.begin(request, **filters.audit(), stream=filters.stream, start=start or None)
     store = request.app[api.STORE]
     response = EventSourceResponse(ping_interval=heartbeat, send_timeout=None)

@@ -7,14 +7,13 @@ names the view key (`views.key_of`: URL-safe base64 of the id), not the id in cl
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
 
+from router import queries
 from router.views import View, charges_answer, claim_answer, key_of, remittance_answer, views_of
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_ID = 200
 
 
@@ -25,15 +24,6 @@ def _ident(request: web.Request, name: str) -> str:
     if not ident or len(ident) > MAX_ID:
         raise ApiProblem(400, f"{name} must be 1 to {MAX_ID} characters")
     return ident
-
-
-def _date(request: web.Request, name: str) -> str | None:
-    from router.api import ApiProblem
-
-    value = request.query.get(name) or None
-    if value is not None and not _DATE.match(value):
-        raise ApiProblem(400, f"{name} must be a date, YYYY-MM-DD")
-    return value
 
 
 def _views_on(request: web.Request) -> None:
@@ -81,7 +71,8 @@ async def get_charges(request: web.Request) -> web.Response:
 
     _views_on(request)
     ident = _ident(request, "account")
-    since, until = _date(request, "from"), _date(request, "to")
+    query = queries.of(request, queries.ChargesQuery)
+    since, until = query.since, query.until
     entry = await _lookup(request, "charges", ident)
     if entry is None:
         return _error(404, "no such account in the views")

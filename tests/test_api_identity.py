@@ -54,6 +54,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("POST", "/logout"): None,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
+    ("GET", "/api/v1/openapi.json"): None,
     ("GET", "/metrics"): "viewer",
     ("GET", "/api/v1/interfaces"): "viewer",
     ("GET", "/api/v1/routes"): "viewer",
