@@ -13,7 +13,6 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -114,7 +113,9 @@ class PullConsumer:
                 self._sub = await self._js.pull_subscribe_bind(self.name, stream=self.stream)
             try:
                 msgs = await self._sub.fetch(batch, timeout=timeout)
-            except nats.errors.TimeoutError:
+            except TimeoutError:
+                # nats.errors.TimeoutError, or nats-py's bare asyncio.TimeoutError when no answer
+                # came within `timeout` (seen under load): either way, nothing to deliver yet.
                 return []
         return [Held(m.metadata.sequence.stream, m.subject, m.data, dict(m.headers or {}), m) for m in msgs]
 
