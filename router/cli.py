@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 from urllib.parse import quote
 
 from router import ledger
@@ -34,6 +34,7 @@ from router.embedded_nats import EmbeddedNatsError
 from router.progress import Progress
 
 log = logging.getLogger("ficus")
+_T = TypeVar("_T")
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -97,14 +98,13 @@ async def run_service(cfg: FicusConfig) -> None:
         shutdown.exit_now("stopped with work abandoned at the shutdown deadline (exit code 1)", 1)
 
 
-def _run(coro: Coroutine[Any, Any, None]) -> None:
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
     """asyncio.run on uvloop when installed (faster publishing), else the stdlib loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro)
-        return
-    uvloop.run(coro)
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 FD_HEADROOM = 256
@@ -154,8 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from router.demo import run_demo
 
     _setup_logging("WARNING" if not args.verbose else "INFO")
-    _run(run_demo(duration=args.duration, state_dir=args.state_dir))
-    return 0
+    return _run(run_demo(duration=args.duration, state_dir=args.state_dir))
 
 
 class UsageError(Exception):

@@ -1,9 +1,12 @@
-"""`ficus demo`: the example config, a simulated HIS sending ADT and DFT traffic, and a
-simulated legacy interface engine, so a new user sees events flow within seconds."""
+"""`ficus demo`: the example config, a simulated HIS sending ADT and DFT traffic, a
+simulated legacy interface engine, a payer's 835 remittances, and a simulated ERP that the
+charge and remittance events are pushed to (a `[[sinks]]` entry), so a new user sees
+events flow, end to end, within seconds."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import random
@@ -12,6 +15,7 @@ import socket
 import sys
 import tempfile
 import tomllib
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from legacy.simulated_engine import SimulatedEngine
 from router import shutdown, simulate
 from router.client import ApiClient, ApiError
 from router.config import FicusConfig, FolderInterfaceConfig, parse_config
+from router.demo_erp import SINK_TYPES, DemoErp, new_secret
 from router.service import Service
 from router.store import StoredMsg
 
@@ -35,11 +40,23 @@ def _port_or_free(port: int) -> int:
             return int(sock.getsockname()[1])
 
 
-def demo_config(state_dir: str, legacy_port: int) -> FicusConfig:
-    """The bundled example, moved to free ports and pointed at the simulated engine."""
+REMITS = "payer-835"
+"""The demo's remittance drop folder (not in the bundled example: the demo adds it)."""
+
+
+def demo_config(state_dir: str, legacy_port: int, erp_url: str | None = None,
+                erp_secret: str | None = None) -> FicusConfig:
+    """The bundled example, moved to free ports and pointed at the simulated engine; with
+    `erp_url`, plus a payer's 835 drop folder and a sink pushing charges and remittances there."""
     text = resources.files("router").joinpath("examples/ficus.toml").read_text(encoding="utf-8")
     data: dict[str, Any] = tomllib.loads(text)
     data["state_dir"] = state_dir
+    if erp_url is not None:
+        data["interfaces"].append(_remits_interface())
+        # Live events only: charges once his-charges is flipped to modern, remittances from the start.
+        data["sinks"] = [{"name": "erp", "url": erp_url, "signing_secret": erp_secret,
+                          "filter": {"types": SINK_TYPES},
+                          "retry": {"backoff_base_seconds": 0.2, "backoff_max_seconds": 5}}]
     data["nats"]["embedded"]["port"] = _port_or_free(data["nats"]["embedded"]["port"])
     data["api"]["listen"] = f"127.0.0.1:{_port_or_free(8080)}"
     for iface in data["interfaces"]:
@@ -53,6 +70,15 @@ def demo_config(state_dir: str, legacy_port: int) -> FicusConfig:
         iface["listen"] = f"127.0.0.1:{_port_or_free(port)}"
         iface["legacy"] = f"mllp://127.0.0.1:{legacy_port}"
     return parse_config(data, "examples/ficus.toml")
+
+
+def _remits_interface() -> dict[str, Any]:
+    """The clearinghouse's 835 remittances, a feed the new ERP takes directly: `modern` from the
+    start (its legacy folder stays configured, so a flip back to shadow or legacy works)."""
+    return {"name": REMITS, "kind": "folder", "description": "835 remittances from the clearinghouse",
+            "path": "/var/lib/ficus/drop/remits", "patterns": ["*.835"], "complete": "rename",
+            "format": "x12-835", "after": "archive", "archive_dir": "/var/lib/ficus/archive/remits",
+            "legacy": "/var/lib/ficus/legacy/remits", "route": "modern"}
 
 
 async def _his(name: str, port: int, make: Any, interval: float, stop: asyncio.Event) -> None:
@@ -77,40 +103,43 @@ async def _show(msg: StoredMsg) -> None:
           flush=True)
 
 
-async def run_demo(duration: float | None = None, state_dir: str | None = None) -> None:
-    """Runs the demo until Ctrl-C (or `duration` seconds).
+async def run_demo(duration: float | None = None, state_dir: str | None = None) -> int:
+    """Runs the demo until Ctrl-C (or `duration` seconds); returns the exit code: 1 when the
+    simulated ERP refused a request's signature, else 0.
 
     Without `state_dir` the demo keeps its state in a temporary directory that it removes when
     it ends, Ctrl-C included (a second Ctrl-C exits at once and leaves it).
     """
     if state_dir is not None:
-        await _run_demo(duration, state_dir)
-        return
+        return await _run_demo(duration, state_dir)
     state = tempfile.mkdtemp(prefix="ficus-demo-")
     try:
-        await _run_demo(duration, state)
+        return await _run_demo(duration, state)
     finally:
         shutil.rmtree(state, ignore_errors=True)  # not in a thread: this runs on Ctrl-C's cancellation too
 
 
-async def _run_demo(duration: float | None, state: str) -> None:
+async def _run_demo(duration: float | None, state: str) -> int:
     stop = asyncio.Event()
-    async with SimulatedEngine() as engine:
-        cfg = demo_config(state, engine.port)
+    # The ERP is left last: the service stops its sink (requests in flight finish) before it.
+    async with SimulatedEngine() as engine, DemoErp(new_secret()) as erp:
+        cfg = demo_config(state, engine.port, erp.url, erp.secret)
         async with Service(cfg) as svc:
             loop = asyncio.get_running_loop()
             shutdown.install(loop, stop.set, cfg.shutdown_timeout_seconds + Service.GRACE + 5)
             await svc.store.subscribe("canonical.>", _show)
             await svc.store.subscribe("shadow.canonical.>", _show)
-            print(_banner(svc, engine.port), flush=True)
+            print(_banner(svc, engine.port, erp.url), flush=True)
+            # Accounts the HIS charged lately: the payer's next 835 pays (or denies) their claims.
+            charged: collections.deque[str] = collections.deque(maxlen=20)
             feeds = [
                 asyncio.create_task(_his("adt", _port(svc, "his-adt"),
                                          lambda s: simulate.adt(s, random.choice(["A01", "A03", "A08"])),
                                          1.0, stop)),
-                asyncio.create_task(_his("charges", _port(svc, "his-charges"),
-                                         lambda s: simulate.dft(s, lines=3), 0.7, stop)),
+                asyncio.create_task(_his("charges", _port(svc, "his-charges"), _charges(charged), 0.7, stop)),
                 asyncio.create_task(_flip_later(svc.api_url or "", stop)),
                 asyncio.create_task(_billing_exports(svc, stop)),
+                asyncio.create_task(_remittances(svc, charged, stop)),
             ]
             if duration is not None:
                 loop.call_later(duration, stop.set)
@@ -120,6 +149,12 @@ async def _run_demo(duration: float | None, state: str) -> None:
             await asyncio.gather(*feeds, return_exceptions=True)
             print(f"ficus demo: stopping; the legacy engine received {len(engine.received)} messages",
                   flush=True)
+    print(f"ficus demo: {erp.summary()}", flush=True)
+    if erp.counts.bad_signatures:
+        print("ficus demo: the ERP refused signatures: the sink's signing and the receiver disagree",
+              file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 async def _billing_exports(svc: Service, stop: asyncio.Event) -> None:
@@ -136,6 +171,31 @@ async def _billing_exports(svc: Service, stop: asyncio.Event) -> None:
         print(f"  file   export-{batch}.csv dropped into {drop}", flush=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 8)
+
+
+def _charges(charged: collections.deque[str]) -> Callable[[int], bytes]:
+    def make(seq: int) -> bytes:
+        charged.append(f"ACCT{seq:09d}")  # PID-18 of simulate.dft
+        return simulate.dft(seq, lines=3)
+    return make
+
+
+async def _remittances(svc: Service, charged: collections.deque[str], stop: asyncio.Event) -> None:
+    """A payer's 835 every 10 s, the first at once (written, then renamed into place), paying
+    the accounts charged since the last one."""
+    cfg = svc.interfaces[REMITS].cfg
+    assert isinstance(cfg, FolderInterfaceConfig)
+    drop = Path(cfg.path)
+    batch = random.randint(10_000, 99_999)
+    while not stop.is_set():
+        batch += 1
+        staging = drop / f".remit-{batch}.835.part"
+        accounts = [charged.popleft() for _ in range(min(3, len(charged)))]
+        staging.write_text(simulate.remit835(batch, accounts=accounts))
+        staging.rename(drop / f"remit-{batch}.835")
+        print(f"  file   remit-{batch}.835 dropped into {drop}", flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 10)
 
 
 def _port(svc: Service, name: str) -> int:
@@ -171,7 +231,7 @@ def cli_path() -> str:
     return str(script)
 
 
-def _banner(svc: Service, legacy_port: int) -> str:
+def _banner(svc: Service, legacy_port: int, erp_url: str) -> str:
     api = svc.api_url
     ficus = cli_path()
     lines = [
@@ -187,11 +247,16 @@ def _banner(svc: Service, legacy_port: int) -> str:
         f"  metrics        curl -s {api}/metrics",
         f"  routes         {ficus} routes --api {api}",
         f"  flip back      {ficus} routes set his-charges legacy --reason rollback --api {api}",
+        f"  sink status    {ficus} sinks --api {api}",
         f"  NATS           {svc.nats_url} (subjects canonical.>, shadow.canonical.>, raw.>, dlq.>)",
         "",
         "his-adt runs in shadow; his-charges starts in shadow and is flipped to modern after 12 s.",
         "billing-export (a drop folder) gets a CSV export every 8 s: delivered unchanged to the legacy",
         "folder and translated into shadow charge events.",
+        "payer-835 (a drop folder, modern from the start) gets an 835 remittance every 10 s.",
+        f"A simulated ERP ({erp_url}) receives the live charge and remittance events over",
+        "HTTP (sink 'erp': signed per Standard Webhooks, repeats dropped by Idempotency-Key) and prints",
+        "each as an 'erp  <-' line: remittances from the start, charges once his-charges is modern.",
         f"The ficus command is {ficus} (the CLI is installed in the project's .venv/bin, which is not on",
         "your PATH unless you run `source .venv/bin/activate`).",
         "Ctrl-C stops (and removes the demo's temporary state). Canonical events as they arrive:",

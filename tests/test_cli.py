@@ -151,6 +151,14 @@ def test_demo_shows_canonical_events(tmp_path: Path) -> None:
     assert "flipped his-charges shadow -> modern" in out
     live = [line for line in out.splitlines() if line.strip().startswith("event  canonical.revenue")]
     assert live, "live charge events after the flip"
+    # The simulated ERP (the demo's sink) received charges and remittances over HTTP, every
+    # request's Standard Webhooks signature verified (a bad one makes the demo exit 1).
+    erp = [line for line in out.splitlines() if line.startswith("erp  <- ")]
+    assert any(" org.ficus.revenue.charge." in line and " acct ACCT" in line for line in erp), erp[-5:]
+    assert any(" org.ficus.claims.remittance.received." in line and " payer-835 " in line for line in erp), erp[-5:]
+    summary = next(line for line in out.splitlines() if line.startswith("ficus demo: the ERP received"))
+    assert summary.endswith(" 0 bad signatures)"), summary
+    assert "bad signature" not in result.stderr
 
 
 async def test_demo_ctrl_c_removes_its_temporary_directory(tmp_path: Path) -> None:
