@@ -16,11 +16,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from canonical.schemas import _hoist_defs, _package_version, default_models, event_schemas
 from router import queries
 from router.api import ENDPOINTS, MAX_BODY, DiscardLetter, ReplayLetter, ReplaySince, RouteChange, Rule
+from router.audit import Record
 from router.config import SLUG
 from router.dashboard import SESSION_COOKIE
 from router.sinks_api import SinkReason, SinkReplay
@@ -31,6 +32,7 @@ REF = "#/components/schemas/{model}"
 PROBLEM = "Problem"
 EVENT = "CanonicalEvent"
 EVENT_ITEM = "EventItem"
+AUDIT_RECORD = "AuditRecord"
 
 
 # -- answers with a fixed shape, as models (serialization schemas) ---------------------------
@@ -176,7 +178,9 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                    _object("schemas", schemas={"type": "object"}, asyncapi={"type": "object"})),
     ("GET", "/api/v1/schemas/{type}"): Op("One event type's JSON Schema", _object("a JSON Schema"), errors=(404,)),
     ("GET", "/api/v1/audit"): Op("Audit records, oldest first", _object(
-        "records", records=_ARRAY_OF_OBJECTS, next_after={"type": ["integer", "null"]}), query=queries.AuditQuery),
+        "records", records={"type": "array", "items": {"$ref": REF.format(model=AUDIT_RECORD)}},
+        next_after={"type": ["integer", "null"], "description": "set when more may follow: ask again with after="}),
+        query=queries.AuditQuery),
     ("GET", "/api/v1/claims/{claim}"): Op("A claim's latest known state, by payer claim control number",
                                           _object("the claim"), errors=(404, 409)),
     ("GET", "/api/v1/remittances/{trace}"): Op("A remittance by trace number: transactions, totals, claims",
@@ -216,7 +220,7 @@ def access(rule: Rule) -> str:
     """Who may call a route and what is recorded of it, in words (from its Rule)."""
     if rule.role is None:
         return "No credential needed (no data)."
-    if getattr(rule, "consumer", False):  # router/api.py Rule.consumer: content access on top of the role
+    if rule.consumer:  # content access on top of the role (router/api.py CONSUMER)
         text = (f"Needs the {rule.role} role and content access: a client with `content = true` (or a JWT's "
                 "content scope), or the admin role.")
     else:
@@ -294,6 +298,15 @@ def _events(components: Schema) -> None:
                                     "title": "Events"}
 
 
+def _audit_record(components: Schema) -> None:
+    """An audit record as the API lists it: router/audit.py's Record, with its stream sequence."""
+    schema = TypeAdapter(Record).json_schema(mode="serialization", ref_template=REF)
+    components.update(schema.pop("$defs", {}))
+    schema["properties"]["seq"] = {"type": "integer", "minimum": 1, "description": "its sequence in FICUS_AUDIT"}
+    schema["required"] = ["seq", *schema["required"]]
+    components[AUDIT_RECORD] = schema
+
+
 def _answer(op: Op, components: Schema) -> Schema | None:
     if op.answer is None:
         return None
@@ -368,6 +381,7 @@ def openapi_document(endpoints: tuple[tuple[str, str, Any, Rule], ...] = ENDPOIN
     _component(Problem, components, mode="serialization")
     _component(EventsPage, components, mode="serialization")
     _events(components)
+    _audit_record(components)
     paths: Schema = {}
     for method, path, handler, rule in endpoints:
         paths.setdefault(path, {})[method.lower()] = _operation(method, path, handler.__name__, rule, components)
