@@ -715,13 +715,6 @@ async def get_openapi(request: web.Request) -> web.Response:
 AUDIT_LIMIT = 1000
 
 
-
-def CONSUMER(action: Action) -> Rule:
-    """A content read of the consumer API: any role with content access, audited before it is served."""
-    return Rule("viewer", action, content=True, consumer=True)
-
-
-
 async def get_audit(request: web.Request) -> web.Response:
     """GET /api/v1/audit?since=&after=&actor=&interface=&action=&limit= (admin): audit records, oldest first.
 
@@ -738,6 +731,13 @@ async def get_audit(request: web.Request) -> web.Response:
 
 
 VIEWER, OPERATOR, ADMIN = Rule("viewer"), Rule("operator"), Rule("admin")
+
+
+def CONSUMER(action: Action) -> Rule:
+    """A content read of the consumer API: any role with content access, audited before it is served."""
+    return Rule("viewer", action, content=True, consumer=True)
+
+
 ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("GET", "/", dashboard, Rule("viewer", page=True)),
     ("POST", "/login", login, Rule(None)),

@@ -1,7 +1,7 @@
 """HTTP handlers of the status lookups (router/views.py): claims, remittances, account charges.
 
 Their answers are claim and account money of identified claims and accounts, i.e. message
-content: admin only, and each read is audited (router/api.py ENDPOINTS). The audit record
+content: an admin or a client granted content (router/api.py CONSUMER), each read audited. The audit record
 names the view key (`views.key_of`: URL-safe base64 of the id), not the id in clear.
 """
 

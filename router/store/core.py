@@ -47,6 +47,7 @@ from router.store import secure
 from router.store.errors import StoreRejected, StoreUnavailable, mapped
 from router.store.kv import Bucket
 from router.store.objects import Objects
+from router.store.pages import direct_page
 
 log = logging.getLogger("ficus.store")
 DAY = 86400.0
@@ -142,7 +143,8 @@ def _file_stream(cfg: NatsConfig, name: str, subjects: str, days: float, descrip
     return StreamConfig(
         name=name, description=description, subjects=[subjects], retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE, discard=DiscardPolicy.OLD, max_age=days * DAY, num_replicas=cfg.replicas,
-        duplicate_window=cfg.duplicate_window_seconds, **extra,
+        # Direct gets: a page of the consumer API is one batched request (Store.page), no consumer.
+        duplicate_window=cfg.duplicate_window_seconds, allow_direct=True, **extra,
     )
 
 
@@ -256,6 +258,7 @@ class Store:
 
     def __init__(self, nc: Client, cfg: NatsConfig, *, fast: bool = True, audit_days: float = AUDIT_DAYS) -> None:
         self._nc = nc
+        self._page_slots = asyncio.Semaphore(self.PAGES_AT_ONCE)
         self.cfg = cfg
         self.audit_days = audit_days
         self._js: JetStreamContext = nc.jetstream(publish_async_max_pending=4096)
@@ -496,11 +499,21 @@ class Store:
         the stream holds (the consumer API, router/events_api.py)."""
         if limit <= 0:
             return []
-        with mapped(f"{stream}: page"):
-            return await self._page(stream, subject, start_seq, start_time, limit)
+        # Pages share the event loop with the listeners: a few at a time, the rest wait their turn
+        # (what one client may ask is bounded by api.rate_limit_per_minute).
+        async with self._page_slots:
+            with mapped(f"{stream}: page"):
+                return await self._page(stream, subject, start_seq, start_time, limit)
 
     async def _page(self, stream: str, subject: str, start_seq: int, start_time: datetime | None,
                     limit: int) -> list[StoredMsg]:
+        direct = await direct_page(self._nc, stream, subject, start_seq, start_time, limit)
+        if direct is not None:
+            return direct
+        return await self._page_by_consumer(stream, subject, start_seq, start_time, limit)
+
+    async def _page_by_consumer(self, stream: str, subject: str, start_seq: int, start_time: datetime | None,
+                                limit: int) -> list[StoredMsg]:
         name = f"ficus-page-{secrets.token_hex(8)}"
         if start_time is not None and start_seq <= 0:
             position: dict[str, Any] = {"deliver_policy": DeliverPolicy.BY_START_TIME,
@@ -514,6 +527,8 @@ class Store:
         except nats.js.errors.NotFoundError:
             return []
         return [_stored(msg) for msg in await self._drain(stream, name, consumer.num_pending, limit)]
+
+    PAGES_AT_ONCE = 2
 
     async def tail(self, stream: str, subject: str, start_seq: int = 0,
                    start_time: datetime | None = None) -> AsyncGenerator[StoredMsg, None]:
