@@ -1,0 +1,1 @@
+"""Posting: journal entries from canonical events (issue 15)."""
