@@ -62,10 +62,11 @@ def default_models() -> dict[str, type[BaseModel]]:
     """The event types this package emits: type name -> CloudEvent class."""
     # Imported here: callers passing their own models need neither family.
     from canonical.envelope import EVENT_CLASSES
+    from canonical.posting.model import POSTING_EVENT_CLASSES
     from canonical.record_events import RECORD_EVENT_CLASSES
     from canonical.x12.events import REMIT_EVENT_CLASSES
 
-    return {**EVENT_CLASSES, **REMIT_EVENT_CLASSES, **RECORD_EVENT_CLASSES}
+    return {**EVENT_CLASSES, **REMIT_EVENT_CLASSES, **RECORD_EVENT_CLASSES, **POSTING_EVENT_CLASSES}
 
 
 def default_subjects(models: Mapping[str, type[BaseModel]]) -> dict[str, str]:
