@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, Field, TypeAdapter
 
 from canonical.schemas import _hoist_defs, _package_version, default_models, event_schemas
-from router import queries
+from router import answers, queries
 from router.api import ENDPOINTS, MAX_BODY, DiscardLetter, ReplayLetter, ReplaySince, RouteChange, Rule
 from router.audit import Record
 from router.config import SLUG
@@ -43,17 +43,6 @@ class Problem(BaseModel):
     error: str
 
 
-class Health(BaseModel):
-    status: str
-    uptime_seconds: float
-
-
-class Readiness(BaseModel):
-    ready: bool
-    problems: list[str] = Field(description="one line per problem, `<interface>: <reason>`")
-    publisher: str = Field(description="the publishing path in use: fast or publish_async")
-
-
 class EventsPage(BaseModel):
     """A page of GET /api/v1/events: page on with `cursor` while `more`."""
 
@@ -64,30 +53,6 @@ class EventsPage(BaseModel):
     next_after: int = Field(description="the last sequence read (for `after`)")
 
 
-class SinkPaused(BaseModel):
-    sink: str
-    paused: bool
-    actor: str
-
-
-class SinkReplayed(BaseModel):
-    sink: str
-    replay_since: str
-    actor: str
-
-
-class Rebuilt(BaseModel):
-    events: int = Field(description="events read from the live stream")
-
-
-class Discarded(BaseModel):
-    letter: int
-    interface: str
-    reason: str
-    actor: str
-    at: str
-
-
 def _object(description: str, **properties: Schema) -> Schema:
     """An answer documented by its main keys only (built from the running service's state)."""
     out: Schema = {"type": "object", "description": description}
@@ -95,9 +60,6 @@ def _object(description: str, **properties: Schema) -> Schema:
         out["properties"] = properties
         out["required"] = sorted(properties)
     return out
-
-
-_ARRAY_OF_OBJECTS: Schema = {"type": "array", "items": {"type": "object"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,19 +87,17 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                            None, status=303, description="Form field `token` (application/x-www-form-urlencoded); "
                            "303 to `/` with the cookie, or 401 with the form again."),
     ("POST", "/logout"): Op("End the dashboard session", None, status=303),
-    ("GET", "/healthz"): Op("Liveness: the process answers", Health),
-    ("GET", "/readyz"): Op("Readiness: 503 with one line per problem", Readiness, errors=(503,)),
+    ("GET", "/healthz"): Op("Liveness: the process answers", answers.Health),
+    ("GET", "/readyz"): Op("Readiness: 503 with one line per problem", answers.Readiness, errors=(503,)),
     ("GET", "/metrics"): Op("Prometheus metrics (text exposition format)", None, media="text/plain"),
     ("GET", "/api/v1/interfaces"): Op("Every interface: kind, route, counts, lag, listener counters",
-                                      _object("interfaces", interfaces=_ARRAY_OF_OBJECTS)),
-    ("GET", "/api/v1/routes"): Op("The routing table", _object("routes by interface", routes={"type": "object"})),
+                                      answers.Interfaces),
+    ("GET", "/api/v1/routes"): Op("The routing table", answers.Routes),
     ("PUT", "/api/v1/routes/{iface}"): Op(
         "Flip an interface's route (legacy, shadow, modern); with force, past the parity gate (admin)",
-        _object("the new route", interface={"type": "string"}, route={"type": "object"}, parity={}),
-        body=RouteChange, errors=(404, 409)),
+        answers.RouteChanged, body=RouteChange, errors=(404, 409)),
     ("GET", "/api/v1/routes/{iface}/history"): Op("The flips of an interface, oldest first",
-                                                  _object("history", interface={"type": "string"},
-                                                          history=_ARRAY_OF_OBJECTS), errors=(404,)),
+                                                  answers.RouteHistory, errors=(404,)),
     ("GET", "/api/v1/events"): Op("A page of canonical events, with filters and a cursor", "EventsPage",
                                   query=queries.EventsQuery, errors=(409,)),
     ("GET", "/api/v1/events/stream"): Op(
@@ -150,29 +110,29 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/api/v1/events/{id}"): Op("One event by its stream sequence", _object(
         "the event", seq={"type": "integer"}, event={"$ref": REF.format(model=EVENT)}),
         query=queries.EventQuery, errors=(404,)),
-    ("GET", "/api/v1/dlq"): Op("Dead letters, oldest first", _object("dead letters", dead_letters=_ARRAY_OF_OBJECTS),
+    ("GET", "/api/v1/dlq"): Op("Dead letters, oldest first", answers.DeadLetters,
                                query=queries.DlqQuery),
-    ("GET", "/api/v1/dlq/{id}"): Op("One dead letter", _object("the dead letter"), errors=(404,)),
-    ("POST", "/api/v1/dlq/{id}/replay"): Op("Translate a dead letter's raw unit again", _object("the replay's record"),
+    ("GET", "/api/v1/dlq/{id}"): Op("One dead letter", answers.DeadLetter, errors=(404,)),
+    ("POST", "/api/v1/dlq/{id}/replay"): Op("Translate a dead letter's raw unit again", answers.LetterReplayed,
                                            body=ReplayLetter, body_optional=True, errors=(404, 409, 422)),
-    ("POST", "/api/v1/dlq/{id}/discard"): Op("Mark a dead letter as needing no replay", Discarded,
+    ("POST", "/api/v1/dlq/{id}/discard"): Op("Mark a dead letter as needing no replay", answers.Discarded,
                                              body=DiscardLetter, errors=(404, 409)),
     ("POST", "/api/v1/replay/{iface}"): Op(
-        "Translate an interface's raw traffic again since a time (or a dry run)", _object("the run's result"),
+        "Translate an interface's raw traffic again since a time (or a dry run)", answers.Replayed,
         body=ReplaySince, errors=(404, 409),
         description="With `Accept: application/x-ndjson` the answer streams one `{\"progress\": ...}` line per "
         "chunk, then `{\"result\": ...}` or `{\"error\", \"status\"}`."),
-    ("GET", "/api/v1/parity/{iface}"): Op("The current parity window of an interface", _object("parity"),
+    ("GET", "/api/v1/parity/{iface}"): Op("The current parity window of an interface", answers.Parity,
                                           errors=(404,)),
     ("GET", "/api/v1/ledger/{iface}"): Op("The reconciliation ledger of an interface, per day and facility",
-                                          _object("ledger"), query=queries.LedgerQuery, errors=(404,)),
+                                          answers.Ledger, query=queries.LedgerQuery, errors=(404,)),
     ("GET", "/api/v1/sinks"): Op("Every sink's state (no event content, no credentials)",
-                                 _object("sinks", sinks=_ARRAY_OF_OBJECTS)),
-    ("POST", "/api/v1/sinks/{id}/pause"): Op("Pause a sink (every instance, within a second)", SinkPaused,
+                                 answers.Sinks),
+    ("POST", "/api/v1/sinks/{id}/pause"): Op("Pause a sink (every instance, within a second)", answers.SinkPaused,
                                              body=SinkReason, body_optional=True, errors=(404,)),
-    ("POST", "/api/v1/sinks/{id}/resume"): Op("Resume a sink", SinkPaused, body=SinkReason, body_optional=True,
+    ("POST", "/api/v1/sinks/{id}/resume"): Op("Resume a sink", answers.SinkPaused, body=SinkReason, body_optional=True,
                                               errors=(404,)),
-    ("POST", "/api/v1/sinks/{id}/replay"): Op("Deliver again every event stored since a time", SinkReplayed,
+    ("POST", "/api/v1/sinks/{id}/replay"): Op("Deliver again every event stored since a time", answers.SinkReplayed,
                                               body=SinkReplay, errors=(404,)),
     ("GET", "/api/v1/schemas"): Op("JSON Schema of every canonical event type, and the AsyncAPI document",
                                    _object("schemas", schemas={"type": "object"}, asyncapi={"type": "object"})),
@@ -182,13 +142,13 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         next_after={"type": ["integer", "null"], "description": "set when more may follow: ask again with after="}),
         query=queries.AuditQuery),
     ("GET", "/api/v1/claims/{claim}"): Op("A claim's latest known state, by payer claim control number",
-                                          _object("the claim"), errors=(404, 409)),
+                                          answers.Claim, errors=(404, 409)),
     ("GET", "/api/v1/remittances/{trace}"): Op("A remittance by trace number: transactions, totals, claims",
-                                               _object("the remittance"), errors=(404, 409)),
+                                               answers.Remittance, errors=(404, 409)),
     ("GET", "/api/v1/accounts/{account}/charges"): Op(
         "An account's charges, by service date (else posting date)",
-        _object("the charges", charges=_ARRAY_OF_OBJECTS), query=queries.ChargesQuery, errors=(404, 409)),
-    ("POST", "/api/v1/views/rebuild"): Op("Drop the status views and apply the live stream again", Rebuilt,
+        answers.Charges, query=queries.ChargesQuery, errors=(404, 409)),
+    ("POST", "/api/v1/views/rebuild"): Op("Drop the status views and apply the live stream again", answers.Rebuilt,
                                           errors=(409,)),
     ("GET", "/api/v1/openapi.json"): Op("This document", _object("an OpenAPI 3.1 document")),
 }
@@ -270,8 +230,10 @@ def _path_params(method: str, path: str) -> list[Schema]:
 def _component(model: type[BaseModel], components: Schema, mode: str = "validation") -> Schema:
     """A model as a component (its $defs beside it); the $ref to it."""
     schema = model.model_json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
-    components.update(schema.pop("$defs", {}))
-    components[model.__name__] = schema
+    for name, sub in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
+        # Components are named by class: two models of one name would silently replace each other.
+        if components.setdefault(name, sub) != sub:
+            raise ValueError(f"two schemas named {name} in the OpenAPI components")
     return {"$ref": REF.format(model=model.__name__)}
 
 
@@ -342,7 +304,7 @@ def _operation(method: str, path: str, handler_name: str, rule: Rule, components
         if status == 401 and rule.page:
             responses["401"] = {"description": "the login form (no data)", "content": {"text/html": {
                 "schema": {"type": "string"}}}}
-        elif status == 503 and answer is not None and op.answer is Readiness:
+        elif status == 503 and answer is not None and op.answer is answers.Readiness:
             responses["503"] = {"description": "not ready", "content": {"application/json": {"schema": answer}}}
         else:
             responses[str(status)] = {"description": _STATUS_TEXT[status], **problem}
