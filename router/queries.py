@@ -57,6 +57,8 @@ def _action(value: str) -> str:
 Count = Annotated[int, Field(ge=0), BeforeValidator(_digits(20))]
 Time = Annotated[datetime, BeforeValidator(_iso_time)]
 Interface = Annotated[str, Field(pattern=SLUG.pattern, description="an interface name (a slug)")]
+LetterSource = Annotated[str, Field(pattern=r"^(sink\.)?" + SLUG.pattern.removeprefix("^"),
+                                    description="an interface name, or sink.<name> for a sink's dead letters")]
 Mode = Literal["live", "shadow"]
 
 
@@ -162,10 +164,11 @@ class EventQuery(Query):
 class DlqQuery(Query):
     """GET /api/v1/dlq."""
 
-    REASONS: ClassVar[dict[str, str]] = {"interface": _SLUG_REASON, "after": "after must be a non-negative integer",
-                                         "limit": "limit must be a non-negative integer"}
+    REASONS: ClassVar[dict[str, str]] = {
+        "interface": _SLUG_REASON.rstrip(".") + " (sink.<name> for a sink's dead letters)",
+        "after": "after must be a non-negative integer", "limit": "limit must be a non-negative integer"}
 
-    interface: Interface | None = None
+    interface: LetterSource | None = None
     after: Count = Field(0, description="dead letters after this one (an id)")
     limit: Count = Field(100, description=f"dead letters per page; at most {PAGE_MAX} are served")
 

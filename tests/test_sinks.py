@@ -152,6 +152,10 @@ async def test_single_mode_signed_retried_ordered_and_a_400_dead_lettered(
         await wait_for(lambda: len(erp.received) == 10, timeout=15)
         status = svc.running.sinks[0].status
         letters = await wait_for(lambda: dlq.list_letters(svc.store, "sink.erp"), timeout=15)
+        async with aiohttp.ClientSession() as http:  # the API filters by the sink's letters' interface too
+            listed = await (await http.get(f"{svc.api_url}/api/v1/dlq", params={"interface": "sink.erp"})).json()
+            refused_filter = await http.get(f"{svc.api_url}/api/v1/dlq", params={"interface": "sink."})
+        assert [ltr["unit"] for ltr in listed["dead_letters"]] == ["ev-0003"] and refused_filter.status == 400
         assert (await redeliver_letter(svc.running.sinks, letters[0])).status == 400  # not fixed yet
         # Through `ficus dlq replay ID` (router/replay.py): still refused, then sent once fixed.
         from router.replay import ReplayError, replay_dead_letter
