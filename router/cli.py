@@ -334,6 +334,38 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_post(args: argparse.Namespace) -> int:
+    """Journal entries from a JSONL file of canonical events (what `ficus translate` writes), offline."""
+    from contextlib import ExitStack
+
+    from canonical.posting.batch import BatchSummary, post_lines
+    from canonical.posting.rules import RulesError, load_rules
+
+    try:
+        rules = load_rules(Path(args.rules))
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(f"ficus: post: {escape_controls(problem)}", file=sys.stderr)
+        return 2
+    inputs = [Path(f) for f in args.files]
+    for path in inputs:
+        if str(path) != "-" and not path.is_file():
+            raise UsageError(f"post: {escape_controls(str(path))}: no such file")
+    total = BatchSummary()
+    with ExitStack() as stack:
+        out = stack.enter_context(open(args.out, "wb")) if args.out else sys.stdout.buffer
+        rejects = stack.enter_context(open(args.rejects, "wb")) if args.rejects else sys.stderr.buffer
+        for path in inputs:
+            stream = sys.stdin.buffer if str(path) == "-" else stack.enter_context(path.open("rb"))
+            summary = post_lines(stream, rules, out, rejects, source=str(path))
+            for name in ("events", "entries", "skipped", "refused", "money_at_risk", "debits", "credits"):
+                setattr(total, name, getattr(total, name) + getattr(summary, name))
+        out.flush()
+        rejects.flush()
+    print(f"ficus: post: {total.line(rules.version)}", file=sys.stderr)
+    return 1 if total.refused or not total.balanced else 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     client = _client(args)
     path = f"/api/v1/replay/{_q(args.iface)}"
@@ -585,6 +617,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = ssub.add_parser("export", help="write <type>.schema.json per event and asyncapi.json")
     e.add_argument("dir", metavar="DIR", help="directory to write to (created if missing)")
     p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser("post", help="post canonical events (JSONL, e.g. from ficus translate) to journal entries "
+                       "offline, by a rules file")
+    p.add_argument("files", nargs="+", metavar="EVENTS.jsonl", help="files of events, one per line (- for stdin)")
+    p.add_argument("--rules", required=True, metavar="R", help="the posting rules file (TOML, with its CSV tables)")
+    p.add_argument("--out", metavar="FILE", help="write the entries here (default stdout), one JSON line each")
+    p.add_argument("--rejects", metavar="FILE", help="write refusals here (default stderr): reason and money "
+                   "at risk, one JSON line each")
+    p.set_defaults(func=cmd_post)
 
     p = sub.add_parser("routes", help="the routing table (with no action: list it)")
     api_opts(p)

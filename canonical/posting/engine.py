@@ -104,6 +104,10 @@ class Posting:
     note: str = ""
 
 
+class _Skip(Exception):
+    """Raised by a handler for an event that carries no money to book; the text says why."""
+
+
 class _Refuse(Exception):
     """Raised inside the engine; becomes :class:`Unposted`."""
 
@@ -171,6 +175,8 @@ def post(event: Mapping[str, Any], rules: Rules) -> Posting:
         drafts = handler(rule, rules, data, parsed)
     except _Refuse as exc:
         return refuse(f"rule {rule.id}: {exc.reason}", exc.money)
+    except _Skip as exc:
+        return Posting(skipped=True, note=f"rule {rule.id}: {exc}")
     drafts = [d for d in drafts if any(leg.amount for leg in d.legs)]
     if not drafts:
         return Posting(skipped=True, note=f"rule {rule.id}: nothing to post (zero amount)")
@@ -366,6 +372,9 @@ def _charge(rule: Rule, rules: Rules, data: Any, event: Any) -> list[_Draft]:
     if amount is None:
         raise _Refuse("the charge has no amount (FT1-11)")
     money = abs(amount)
+    if data.currency and data.currency != rules.currency:
+        # Booking it as the ledger's currency would be wrong by the exchange rate: finance decides.
+        raise _Refuse(f"currency {data.currency} is not the rules' currency {rules.currency}", money)
     where = _where(rules, data.facility or event.ficusfacility, money)
     codes = (
         ("charge", data.charge_code.code if data.charge_code else None),
@@ -456,7 +465,7 @@ def _supply_usage(rule: Rule, rules: Rules, data: Any, event: Any) -> list[_Draf
 def _labor_time(rule: Rule, rules: Rules, data: Any, event: Any) -> list[_Draft]:
     amount: Decimal | None = data.amount
     if amount is None:
-        return []  # hours without a rate or amount: no money to book (the payroll run books it)
+        raise _Skip("hours without an amount: no money to book (the payroll run books it)")
     money = abs(amount)
     where = _where(rules, data.facility or event.ficusfacility, money)
     assert rule.debit is not None and rule.credit is not None
