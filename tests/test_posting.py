@@ -539,3 +539,18 @@ def test_denials_as_an_account_are_booked(tmp_path: Path) -> None:
     (entry,) = post(denial, load_rules(path)).entries
     assert not entry.data.memo
     assert net([entry]) == {"4600": Decimal("100.00"), "4500": Decimal("-100.00")}
+
+
+def test_entries_validate_against_the_exported_schema_and_asyncapi_lists_the_subject() -> None:
+    import jsonschema  # type: ignore[import-untyped]
+
+    from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
+
+    models = default_models()
+    schema = event_schemas(models)[T + "finance.journal_entry.created.v1"]
+    entries = post_all(events_835(X12 / "balanced_2claims_plb.835") + usd_hl7())
+    for entry in entries:
+        jsonschema.validate(json.loads(entry.to_json()), schema)
+    channels = asyncapi_document(models, default_subjects(models), version="0")["channels"]
+    subject = "canonical.finance.journal_entry.created"
+    assert {subject, f"shadow.{subject}"} <= set(channels)
