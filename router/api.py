@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
 from protocols.tls import ReloadingContext, TlsFiles, peer_subject, server_context
-from router import dlq, events_api, ledger, names, parity, queries, replay
+from router import dlq, events_api, gl_parity, ledger, names, parity, queries, replay
 from router.audit import ACTIONS, Action, AuditTrail, AuditUnavailable, Record, result_of
 from router.auth import OPEN, Authenticator, Identity, RateLimiter, allows
 from router.config import SLUG, ApiTlsConfig, ConfigError, FicusConfig, Mode, Role
@@ -489,7 +489,12 @@ async def set_route(request: web.Request) -> web.Response:
     running = interfaces[name]
     if mode in ("legacy", "shadow") and running.cfg.legacy is None:
         return _error(409, f"{name} has no legacy destination, so it cannot run in {mode}")
-    verdict = parity.gate(running.cfg, routes.get(name), running.stats.parity, mode, facility)
+    if running.cfg.format == "gl-export" and running.cfg.gl is not None:  # the posting path: GL parity days
+        verdict = await gl_parity.flip_verdict(request.app[STORE], name, running.cfg.gl.segments,
+                                               request.app[CONFIG].posting.gate_days, routes.get(name), mode,
+                                               facility)
+    else:
+        verdict = parity.gate(running.cfg, routes.get(name), running.stats.parity, mode, facility)
     if verdict.refusal and not force:
         return web.json_response({"error": f"flip refused: {verdict.refusal}", "parity": verdict.window}, status=409)
     forced = force and verdict.refusal is not None
@@ -580,6 +585,22 @@ async def get_parity(request: web.Request) -> web.Response:
         "gate": running.cfg.parity_gate, "min_samples": running.cfg.parity_min_samples,
         **running.stats.parity.as_dict(),
     })
+
+
+async def get_gl_parity(request: web.Request) -> web.Response:
+    """GET /api/v1/parity/{iface}/gl?day=D: the legacy GL export of a day against Ficus's journal
+    entries (router/gl_parity.py). A viewer's read: GL accounts, money, entry and event ids, export
+    file and line numbers; no message content."""
+    name = request.match_info["iface"]
+    running = request.app[INTERFACES].get(name)
+    if running is None:
+        return _error(404, "unknown interface")
+    day = queries.of(request, queries.GlParityQuery).day
+    if running.cfg.format != "gl-export" or running.cfg.gl is None:
+        return _error(409, f"{name} is not a GL export interface (format 'gl-export')")
+    result = await gl_parity.report(request.app[STORE], name, running.cfg.gl.segments, day)
+    return web.json_response({"interface": name, "route": request.app[ROUTES].get(name).mode,
+                              "gate_days": request.app[CONFIG].posting.gate_days, **result.as_dict()})
 
 
 async def list_schemas(request: web.Request) -> web.Response:
@@ -761,6 +782,7 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("POST", "/api/v1/dlq/{id}/discard", discard_letter, Rule("operator", "dlq_discard")),
     ("POST", "/api/v1/replay/{iface}", replay_interface, Rule("operator", "replay")),
     ("GET", "/api/v1/parity/{iface}", get_parity, VIEWER),
+    ("GET", "/api/v1/parity/{iface}/gl", get_gl_parity, VIEWER),
     ("GET", "/api/v1/ledger/{iface}", get_ledger, VIEWER),
     ("GET", "/api/v1/sinks", list_sinks, VIEWER),
     ("POST", "/api/v1/sinks/{id}/pause", pause_sink, Rule("operator", "sink_pause")),

@@ -167,6 +167,13 @@ def _count(n: int, noun: str) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    rules = cfg.posting.rules_path()
+    if rules is not None:  # the posting rules, against their chart of accounts (canonical/posting)
+        from canonical.posting.rules import check_rules
+
+        problems = check_rules(rules)
+        if problems:
+            raise ConfigError(args.config, [f"posting.rules: {p}" for p in problems])
     warning = cfg.api.insecure_warning()
     if warning:
         print(f"{args.config}: WARNING: {warning}", file=sys.stderr)
@@ -513,6 +520,35 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return 0 if view["balanced"] else 1
 
 
+def cmd_parity(args: argparse.Namespace) -> int:
+    """`ficus parity gl IFACE --day D`: GL parity of a day as a table (exit 1 when it differs)."""
+    view = _client(args).call("GET", f"/api/v1/parity/{_q(args.iface)}/gl?day={_q(args.day)}")
+    ex, us = view["export"], view["ficus"]
+    print(f"{args.iface} {view['day']}: export {ex['lines']} lines in {ex['files']} file(s), Ficus {us['entries']} "
+          f"entries ({us['memo_entries_left_out']} memo left out); {view['accounts_compared']} accounts compared, "
+          f"{len(view['accounts_differing'])} differ")
+    if view["zero_difference"]:
+        print(f"{args.iface} {view['day']}: zero difference")
+        return 0
+    head = ["kind", "money", "facility", "accounts", "entries", "source events", "export lines"]
+    rows = [[d["kind"], d["money"], escape_controls(d["facility"]),
+             " / ".join("-".join(escape_controls(v) for v in a.values()) for a in d["accounts"]),
+             _listed(d["entries"], d["entries_count"]), _listed(d["source_events"], d["source_events_count"]),
+             _listed([f"{x['file'][:12]}:{x['line']}" for x in d["export_lines"]], d["export_lines_count"])]
+            for d in view["differences"]]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    for d in view["differences"]:
+        print(f"{d['kind']}: {escape_controls(d['detail'])}", file=sys.stderr)
+    return 1
+
+
+def _listed(items: list[str], count: int) -> str:
+    shown = ",".join(escape_controls(i) for i in items[:3]) or "-"
+    return shown + (f" (+{count - 3})" if count > 3 else "")
+
+
 def _day(text: str) -> str:
     if not ledger.valid_day(text):
         raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}")
@@ -694,6 +730,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--day", type=_day, metavar="D", help="one UTC day, YYYY-MM-DD (default: every day kept)")
     api_opts(p)
     p.set_defaults(func=cmd_ledger)
+    p = sub.add_parser("parity", help="parity evidence beyond the sample window")
+    qsub = p.add_subparsers(dest="kind", required=True)
+    q = qsub.add_parser("gl", help="GL parity of a day: the legacy GL export against Ficus's journal entries")
+    q.add_argument("iface", metavar="IFACE", help="the GL export interface (format gl-export)")
+    q.add_argument("--day", type=_day, required=True, metavar="D", help="posting day, YYYY-MM-DD")
+    api_opts(q)
+    p.set_defaults(func=cmd_parity)
     p = sub.add_parser("audit", help="the audit trail: flips, replays and reads of message content, who, "
                        "when, from where (admin)")
     p.add_argument("--since", type=_iso_time, metavar="TIME", help="ISO 8601 time (default: 24 hours ago)")

@@ -30,6 +30,7 @@ from canonical.flat import FlatSpec
 from canonical.records import RecordMapping
 from canonical.reference import validate_tables
 from canonical.translate import check_mapping
+from router.gl_layout import GlExportSpec
 
 Mode = Literal["legacy", "shadow", "modern"]
 MODES: tuple[Mode, ...] = ("legacy", "shadow", "modern")
@@ -419,6 +420,37 @@ class ViewsConfig(_Model):
     enabled: bool = False
 
 
+class PostingConfig(_Model):
+    """Claims-to-cash posting (`[posting]`, issue 15): the live posting consumer and GL parity."""
+
+    rules: str | None = None
+    """The posting rules TOML (canonical/posting; relative paths are from the config file)."""
+    enabled: bool = False
+    """Run the durable posting consumer `ficus-posting` (router/posting.py)."""
+    mode: Literal["shadow", "live", "follow"] = "shadow"
+    """Where entries go: `shadow.canonical.finance...`, live `canonical.finance...`, or `follow` the
+    route of `gl_interface` (modern: live; legacy or shadow: shadow). An entry of a shadow event is
+    always shadow."""
+    gl_interface: str | None = None
+    """The legacy GL export interface (format "gl-export"): GL parity's reference."""
+    gate_days: int = Field(default=3, ge=1, le=366)
+    """Consecutive export days at zero difference before `gl_interface` may flip to modern."""
+    batch: int = Field(default=100, ge=1, le=1000)
+    ack_wait_seconds: float = Field(default=30, gt=0)
+    base_dir: str = "."
+
+    @model_validator(mode="after")
+    def _rules(self) -> PostingConfig:
+        if self.enabled and not self.rules:
+            raise ValueError("enabled = true needs rules (the posting rules file)")
+        if self.mode == "follow" and self.gl_interface is None:
+            raise ValueError("mode 'follow' follows the route of gl_interface: set gl_interface")
+        return self
+
+    def rules_path(self) -> Path | None:
+        return None if self.rules is None else Path(self.base_dir) / self.rules
+
+
 class InterfaceBase(_Model):
     """What every interface has, whatever its kind."""
 
@@ -613,8 +645,10 @@ class FileInterfaceBase(InterfaceBase):
     complete: Literal["stable", "marker", "rename"] = "stable"
     stable_seconds: float = Field(default=10, ge=0)
     marker_suffix: str = ".done"
-    format: Literal["csv", "fixed-width", "x12-835"]
+    format: Literal["csv", "fixed-width", "x12-835", "gl-export"]
     flat: FlatSpec | None = None
+    # format "gl-export": the legacy GL export, stored as GL parity's reference (router/gl_export.py).
+    gl: GlExportSpec | None = None
     after: Literal["archive", "delete", "leave"] = "archive"
     archive_dir: str | None = None
     # "in-place", a local directory, or sftp://host[:port]/dir (with legacy_sftp settings).
@@ -639,6 +673,9 @@ class FileInterfaceBase(InterfaceBase):
         problems = []
         if self.format in ("csv", "fixed-width") and self.flat is None:
             problems.append(f"format {self.format!r} needs a [interfaces.flat] layout and mapping")
+        if (self.format == "gl-export") != (self.gl is not None):
+            problems.append("format 'gl-export' needs an [interfaces.gl] layout and fields; gl is for that "
+                            "format only")
         if self.flat is not None and self.flat.layout.kind != self.format:
             problems.append(f"flat.layout.kind {self.flat.layout.kind!r} is not the format {self.format!r}")
         if self.after == "archive" and not self.archive_dir:
@@ -867,6 +904,18 @@ class FicusConfig(_Model):
     reference: ReferenceConfig = ReferenceConfig()
     interfaces: list[InterfaceConfig] = []
     sinks: list[SinkConfig] = []
+    posting: PostingConfig = PostingConfig()
+
+    @model_validator(mode="after")
+    def _gl_interface(self) -> FicusConfig:
+        name = self.posting.gl_interface
+        if name is not None:
+            found = [i for i in self.interfaces if i.name == name]
+            if not found:
+                raise ValueError(f"posting.gl_interface: no interface named {name!r}")
+            if found[0].format != "gl-export":
+                raise ValueError(f"posting.gl_interface: {name!r} has format {found[0].format!r}, not 'gl-export'")
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> FicusConfig:
@@ -996,6 +1045,8 @@ def parse_config(data: dict[str, Any], path: str = "<config>", *, check_tables: 
     _secret_values(resolved, False, secrets)
     if isinstance(resolved.get("reference"), dict):
         resolved["reference"].setdefault("base_dir", str(Path(path).parent) if path.endswith(".toml") else ".")
+    if isinstance(resolved.get("posting"), dict):
+        resolved["posting"].setdefault("base_dir", str(Path(path).parent) if path.endswith(".toml") else ".")
     try:
         config = FicusConfig.model_validate(resolved)
     except ValidationError as exc:

@@ -53,10 +53,11 @@ from canonical.errors import CanonicalError
 from canonical.reference import ReferenceStore
 from legacy.file_delivery import DeliveryConflict, DeliveryError, DeliveryUnavailable
 from protocols.backoff import Backoff
-from router import ledger
+from router import gl_export, ledger
 from router.config import FileInterfaceConfig
 from router.dlq import DeadLetter, now_iso
 from router.file_units import Unit, file_units, sha256_of
+from router.gl_layout import BadLine, GlLine, LayoutError, read_lines
 from router.manifest import FileEntry, Manifest
 from router.offload import gc_paused, off_loop
 from router.routes import Route, RouteTable
@@ -366,8 +367,11 @@ class FilePipeline:
         self._raw = entry.raw
         await self.manifest.record(entry)
         route = self.stage.route()  # once per file: a flip while it is read cannot split it
-        translated = Stage.translates(route)
-        if translated:
+        # The legacy GL export is read in every mode as GL parity's reference, never translated.
+        translated = Stage.translates(route) and self.cfg.gl is None
+        if self.cfg.gl is not None:
+            await self._reference(local, entry, route)
+        elif translated:
             await self._publish(local, entry, route)
         if _delivered(route) and self.delivery is not None and not entry.delivered:
             try:
@@ -407,6 +411,41 @@ class FilePipeline:
                 if chunk.last:
                     return
                 gc_pause.breathe()
+
+    async def _reference(self, local: Path, entry: FileEntry, route: Route) -> None:
+        """Stores a GL export's lines as GL parity's reference (router/gl_export.py), 500 at a time
+        read off the loop; a line that cannot be read is dead-lettered (the reference of its day
+        is then short of it, which parity shows as a difference). Idempotent: a file read again
+        stores the same messages (and the reader counts a line once)."""
+        assert self.cfg.gl is not None
+        label = printable(entry.name)
+        days: dict[str, int] = {}
+        with local.open("rb") as fh:
+            try:
+                lines = read_lines(fh, self.cfg.gl, entry.sha256)
+            except LayoutError as exc:
+                letter = DeadLetter(interface=self.name, kind="untranslatable", reason=f"{label}: {exc.reason}",
+                                    mode=route.mode, unit=label, raw=entry.raw or None, locator="file", at=now_iso())
+                await self.store.publish([letter.outgoing(f"{entry.sha256}:layout")])
+                entry.dead_letters += 1
+                self.stats.dead_lettered += 1
+                return
+            while True:
+                chunk = await asyncio.to_thread(lambda: list(itertools.islice(lines, BATCH)))
+                if not chunk:
+                    break
+                good = [x for x in chunk if isinstance(x, GlLine)]
+                letters = [DeadLetter(interface=self.name, kind="untranslatable", reason=f"{label} {x.reason}",
+                                      mode=route.mode, unit=f"{label} line {x.line}", raw=entry.raw or None,
+                                      locator=f"line {x.line}", at=now_iso()).outgoing(f"{entry.sha256}:{x.index}")
+                           for x in chunk if isinstance(x, BadLine)]
+                await self.store.publish([*gl_export.reference_messages(self.name, good), *letters])
+                for line in good:
+                    days[line.day] = days.get(line.day, 0) + 1
+                entry.events += len(good)
+                entry.dead_letters += len(letters)
+                self.stats.dead_lettered += len(letters)
+        await gl_export.mark_days(self.store, self.name, entry.sha256, days)
 
     def _chunk(self, units: Iterator[Unit], entry: FileEntry, route: Route, start: int) -> _Chunk:
         """The next records (in a worker thread), routed into one outcome: up to BATCH events or

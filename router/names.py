@@ -19,6 +19,10 @@ STREAM_LEDGER = "FICUS_LEDGER"
 # The event index (router/events_api.py): a copy of each event under a subject that names its
 # mode, interface and facility, so the consumer API filters by them with subject filters.
 STREAM_EVIDX = "FICUS_EVIDX"
+# GL parity (issue 15): the legacy GL export's lines by interface and posting day (router/gl_export.py),
+# and a copy of each journal entry by posting day (router/posting.py), so a day is read by subject.
+STREAM_GLREF = "FICUS_GLREF"
+STREAM_POSTIDX = "FICUS_POSTIDX"
 
 SUBJECTS_RAW = "raw.>"
 SUBJECTS_CANONICAL = "canonical.>"
@@ -27,6 +31,8 @@ SUBJECTS_DLQ = "dlq.>"
 SUBJECTS_AUDIT = "ficus.audit.>"
 SUBJECTS_LEDGER = "ledger.>"
 SUBJECTS_EVIDX = "evidx.>"
+SUBJECTS_GLREF = "glref.>"
+SUBJECTS_POSTIDX = "postidx.>"
 
 KV_ROUTES = "ficus-routes"
 KV_FILES = "ficus-files"

@@ -202,6 +202,14 @@ class LedgerQuery(Query):
     day: str | None = Field(None, pattern=DATE_PATTERN, description="one UTC day (YYYY-MM-DD); default every day kept")
 
 
+class GlParityQuery(Query):
+    """GET /api/v1/parity/{iface}/gl."""
+
+    REASONS: ClassVar[dict[str, str]] = {"day": "day must be a date, YYYY-MM-DD"}
+
+    day: str = Field(pattern=DATE_PATTERN, description="the posting day compared (YYYY-MM-DD)")
+
+
 class ChargesQuery(Query):
     """GET /api/v1/accounts/{account}/charges."""
 

@@ -26,10 +26,11 @@ from typing import Literal
 
 from aiohttp import web
 
+from canonical.posting.rules import load_rules
 from canonical.reference import ReferenceStore
 from canonical.safe_text import safe_reason
 from protocols.tls import ReloadingContext
-from router import parity, views
+from router import parity, posting, views
 from router.config import ConfigError, FicusConfig
 from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
 from router.interfaces import Deps, RunningInterface
@@ -376,6 +377,14 @@ class Service:
         # The status lookups' views (router/views.py): a durable consumer shared by every instance.
         if cfg.views.enabled:
             stops.on_stop_task(asyncio.create_task(views.keep(views.views_of(store)), name="views"))
+        # Live posting (router/posting.py): durable consumers shared by every instance.
+        if cfg.posting.enabled:
+            rules_path = cfg.posting.rules_path()
+            assert rules_path is not None  # the config requires rules when enabled
+            with _starting("the posting rules"):
+                rules = load_rules(rules_path)
+            poster = posting.Poster(cfg.posting, store, rules, routes)
+            stops.on_stop_task(asyncio.create_task(posting.keep(poster), name="posting"))
         sock: socket.socket | None = None
         api_url: str | None = None
         if self.with_api:

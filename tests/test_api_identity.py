@@ -69,6 +69,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("POST", "/api/v1/dlq/{id}/discard"): "operator",
     ("POST", "/api/v1/replay/{iface}"): "operator",
     ("GET", "/api/v1/parity/{iface}"): "viewer",
+    ("GET", "/api/v1/parity/{iface}/gl"): "viewer",
     ("GET", "/api/v1/ledger/{iface}"): "viewer",
     ("GET", "/api/v1/sinks"): "viewer",
     ("POST", "/api/v1/sinks/{id}/pause"): "operator",

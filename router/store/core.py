@@ -122,6 +122,9 @@ def stream_configs(cfg: NatsConfig, audit_days: float = AUDIT_DAYS) -> list[Stre
         audit_stream(cfg, audit_days),
         # A year and a month: reconciliation looks back further than events are kept (router/ledger.py).
         stream(names.STREAM_LEDGER, names.SUBJECTS_LEDGER, 400, "reconciliation ledger deltas"),
+        # GL parity looks back as far as the ledger: a month-end question about last quarter.
+        stream(names.STREAM_GLREF, names.SUBJECTS_GLREF, 400, "legacy GL export lines by posting day"),
+        stream(names.STREAM_POSTIDX, names.SUBJECTS_POSTIDX, 400, "journal entries by posting day"),
         StreamConfig(name=SELFTEST_STREAM, description="the publisher's start-up self-test",
                      subjects=[SELFTEST_SUBJECT], retention=RetentionPolicy.LIMITS,
                      storage=StorageType.MEMORY, discard=DiscardPolicy.OLD, max_msgs=1, max_age=DAY,
