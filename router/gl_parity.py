@@ -223,6 +223,13 @@ def _explain(segs: tuple[str, ...], residual: dict[Key, Decimal], ours: list[_En
              export: list[GlLine]) -> list[Difference]:
     """The differences of the accounts in `residual`, explained (see the module doc), money-ordered."""
     out: list[Difference] = []
+    ficus_net: dict[Key, Decimal] = defaultdict(Decimal)
+    export_net: dict[Key, Decimal] = defaultdict(Decimal)
+    for entry in ours:
+        for key, amount in entry.vector.items():
+            ficus_net[key] += amount
+    for gl in export:
+        export_net[_key(segs, {**gl.account, "facility": gl.facility})] += gl.debit - gl.credit
     left = dict(residual)
     exported_refs = {gl.reference for gl in export if gl.reference}
     groups: dict[str, list[GlLine]] = defaultdict(list)
@@ -233,20 +240,37 @@ def _explain(segs: tuple[str, ...], residual: dict[Key, Decimal], ours: list[_En
     def touching(key: Key) -> list[_Entry]:
         return [e for e in ours if e.vector.get(key)]
 
-    # Entries the export has no line for: by reference when the export carries references; else
-    # entries matching what their accounts are short of, exact matches first.
-    candidates = [e for e in ours if not (e.refs & exported_refs)] if exported_refs else ours
+    # Entries the export has no line for, exact matches first. With references in the export, an
+    # entry must also be what its reference is short of: a reference may be shared (an account
+    # number over several charges), so its being in the export does not mean the entry is.
+    by_ref: dict[str, dict[Key, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    ref_of: dict[str, str | None] = {}
+    for entry in ours:
+        ref = min(entry.refs & exported_refs, default=None)
+        ref_of[entry.data.entry_id] = ref
+        if ref is not None:
+            for key, amount in entry.vector.items():
+                by_ref[ref][key] += amount
+    for gl in export:
+        if gl.reference in by_ref:
+            by_ref[gl.reference][_key(segs, {**gl.account, "facility": gl.facility})] -= gl.debit - gl.credit
+    taken: set[str] = set()
     for exact in (True, False):
-        for entry in sorted(candidates, key=lambda e: (-e.total, e.data.entry_id)):
-            if entry.data.entry_id in {x for d in out for x in d.entries}:
+        for entry in sorted(ours, key=lambda e: (ref_of[e.data.entry_id] is not None, -e.total, e.data.entry_id)):
+            ref = ref_of[entry.data.entry_id]
+            if entry.data.entry_id in taken or not _fits(entry.vector, left, exact):
                 continue
-            if _fits(entry.vector, left, exact):
-                _take(entry.vector, left)
-                out.append(Difference(
-                    "missing_in_export", entry.total, entry.data.facility,
-                    [_label(segs, k) for k in sorted(entry.vector)],
-                    f"entry {entry.data.entry_id} ({entry.data.source_event_type}) has no line in the export",
-                    [entry.data.entry_id], list(entry.data.source_event_ids)))
+            if ref is not None and not _fits(entry.vector, by_ref[ref], exact=False):
+                continue
+            _take(entry.vector, left)
+            if ref is not None:
+                _take(entry.vector, by_ref[ref])
+            taken.add(entry.data.entry_id)
+            out.append(Difference(
+                "missing_in_export", entry.total, entry.data.facility,
+                [_label(segs, k) for k in sorted(entry.vector)],
+                f"entry {entry.data.entry_id} ({entry.data.source_event_type}) has no line in the export",
+                [entry.data.entry_id], list(entry.data.source_event_ids)))
     # Export lines no entry accounts for (a group: the lines of one reference, else one line).
     for ref, group in sorted(groups.items()):
         if exported_refs and ref in our_refs:
@@ -265,18 +289,29 @@ def _explain(segs: tuple[str, ...], residual: dict[Key, Decimal], ours: list[_En
                 "export line(s) of one reference with no entry in Ficus" if group[0].reference
                 else "export line with no entry in Ficus",
                 export_lines=[_line_ref(gl) for gl in group]))
-    # Two accounts of a facility whose differences cancel: the money is on the wrong account.
+    # Two accounts of a facility whose differences cancel, Ficus's lines making one of them and the
+    # export's the other: the money is on the wrong account. (Two accounts Ficus's lines make both,
+    # e.g. the AR and revenue of one entry, are not a move.)
+    def made_by(net: dict[Key, Decimal], key: Key, sign: int) -> bool:
+        have = net.get(key, ZERO) * sign
+        return have * left[key] > 0 and abs(have) >= abs(left[key])
+
     for a in sorted(left):
         if a not in left:
             continue
         for b in sorted(left):
             if b == a or b[0] != a[0] or left.get(b) != -left[a]:
                 continue
-            # Ficus's account: the one whose difference is the way Ficus's lines on it go.
-            ficus_key, export_key = (a, b) if any(e.vector.get(a, ZERO) * left[a] > 0 for e in ours) else (b, a)
+            if made_by(ficus_net, a, 1) and made_by(export_net, b, -1):
+                ficus_key, export_key = a, b
+            elif made_by(ficus_net, b, 1) and made_by(export_net, a, -1):
+                ficus_key, export_key = b, a
+            else:
+                continue
             moved = [s for s, x, y in zip(segs, ficus_key, export_key, strict=True) if x != y]
             amount = abs(left[a])
             behind = [e for e in touching(ficus_key) if abs(e.vector[ficus_key]) <= amount]
+            behind = [e for e in behind if abs(e.vector[ficus_key]) == amount] or behind
             lines = [gl for gl in export if _key(segs, {**gl.account, "facility": gl.facility}) == export_key]
             refs = {gl.reference for gl in lines if gl.reference}
             if refs:  # the export's lines on its account name the entries that went elsewhere
