@@ -258,6 +258,8 @@ class Service:
         self._lifetimes = Lifetimes()
         self._running: Running | None = None
         self.api_tls: ReloadingContext | None = None
+        self.poster: posting.Poster | None = None
+        """The posting consumers' holder when `[posting] enabled` (its counts: tests, diagnostics)."""
         """The API's HTTPS certificates (api.tls), reloaded by :meth:`reload_certificates`."""
 
     @property
@@ -383,8 +385,8 @@ class Service:
             assert rules_path is not None  # the config requires rules when enabled
             with _starting("the posting rules"):
                 rules = load_rules(rules_path)
-            poster = posting.Poster(cfg.posting, store, rules, routes)
-            stops.on_stop_task(asyncio.create_task(posting.keep(poster), name="posting"))
+            self.poster = posting.Poster(cfg.posting, store, rules, routes)
+            stops.on_stop_task(asyncio.create_task(posting.keep(self.poster), name="posting"))
         sock: socket.socket | None = None
         api_url: str | None = None
         if self.with_api:

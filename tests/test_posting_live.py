@@ -180,3 +180,45 @@ route = "modern"
     finally:
         first.kill_if_running()
         second.kill_if_running()
+
+
+async def test_follow_mode_and_two_instances_share_the_consumer(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    """mode = "follow": entries go to shadow while the GL interface is in shadow, live once it is
+    modern (flipped here by the table: the gate is tested in test_gl_parity). Two instances run the
+    posting consumers: an event is posted by one of them, never both, each entry stored once."""
+    from tests.test_gl_parity import gl_iface
+
+    (tmp_path / "gl").mkdir()
+    gl = gl_iface(tmp_path / "gl")
+    posting = {"enabled": True, "rules": str(RULES), "mode": "follow", "gl_interface": "erp-gl"}
+    first = make_config(nats_server.url, [billing_iface(tmp_path), gl], state_dir=str(tmp_path / "s1"),
+                        reference=reference(), posting=posting)
+    second = make_config(nats_server.url, [gl], state_dir=str(tmp_path / "s2"), reference=reference(),
+                         posting=posting)
+
+    async def entries(stream: str) -> dict[str, bytes]:
+        return {json.loads(d)["id"]: d for d, h in await _read_all(nats_server.url, stream)
+                if h.get(names.HDR_EVENT_TYPE, "").startswith("org.ficus.finance.")}
+
+    async with service_factory(first) as a, service_factory(second) as b:
+        assert a.poster is not None and b.poster is not None
+        posters = (a.poster, b.poster)
+        stats = a.interfaces["billing"].stats
+        shutil.copy(BILLING, tmp_path / "in" / "day1.csv")
+        await wait_for(lambda: stats.acked == 1, timeout=30)
+        await wait_for(lambda: sum(p.stats.events for p in posters) >= stats.published, timeout=30)
+        shadow = await entries(names.STREAM_SHADOW)
+        assert shadow and await entries(names.STREAM_CANONICAL) == {}, "GL interface in shadow: no live entry"
+        await a.routes.set("erp-gl", "modern", reason="test", actor="test")
+        await wait_for(lambda: b.routes.mode_for("erp-gl") == "modern", timeout=10)
+        # The same charges under other transaction ids: new events, new entries, now live.
+        header, *rows = BILLING.read_text().splitlines()
+        (tmp_path / "in" / "day2.csv").write_text("\n".join([header, *(r.replace("T-1", "T-2", 1) for r in rows)]))
+        await wait_for(lambda: stats.acked == 2, timeout=30)
+        await wait_for(lambda: sum(p.stats.events for p in posters) >= stats.published, timeout=30)
+        await wait_for(lambda: _len_at_least(lambda: entries(names.STREAM_CANONICAL), len(shadow)), timeout=30)
+        live = await entries(names.STREAM_CANONICAL)
+        assert len(live) == len(shadow) and not set(live) & set(shadow)
+        assert sum(p.stats.entries for p in posters) == len(live) + len(shadow), "each entry posted once"
