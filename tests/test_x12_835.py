@@ -142,3 +142,18 @@ def test_malformed_input_gives_error_results(data: bytes, reason: str) -> None:
     results = run(data)
     assert results and all(r.events is None for r in results)
     assert any(r.error is not None and reason in r.error.reason for r in results), [r.error for r in results]
+
+
+@pytest.mark.parametrize(("svc01", "qualifier", "code", "modifiers"), [
+    ("HC:99213:25", "HC", "99213", ["25"]),  # the declared separator (':' without an envelope)
+    ("HC>55669", "HC", "55669", []),  # '>' under ':' (seen in the corpus): the code is kept
+    ("HC>55669>59", "HC", "55669", ["59"]),
+    ("ZZ", "ZZ", None, []),  # a bare qualifier: nothing to split
+    ("A>B>C", "A>B>C", None, []),  # not a two-character qualifier and '>': not guessed
+])
+def test_svc01_components(svc01: str, qualifier: str, code: str | None, modifiers: list[str]) -> None:
+    data = _tx("BPR*I*10*C*CHK", "CLP*A*1*10*10*0*12", f"SVC*{svc01}*10*10")
+    [result] = run(data.encode())
+    assert result.error is None and result.events is not None
+    [line] = [p for t, p in payloads(result) if t.endswith("service_line.adjudicated.v1")]
+    assert (line["procedure_qualifier"], line["procedure_code"], line["modifiers"]) == (qualifier, code, modifiers)

@@ -295,7 +295,7 @@ class TransactionBuilder:
         self._line = ServiceLine(
             len(claim.lines) + 1,
             number,
-            el[1].split(self._component),
+            _procedure(el[1], self._component),
             amount(el[2], "SVC", 2, number),
             amount(el[3], "SVC", 3, number),
             el[4] or None,
@@ -354,3 +354,16 @@ class TransactionBuilder:
         if self._claim is None:
             raise ParseError(f"{sid} outside a claim (no CLP before it)", number)
         return self._claim
+
+
+_QUALIFIED_GT = re.compile(r"^[A-Z][A-Z0-9]>[^>]")
+
+
+def _procedure(composite: str, component: str) -> list[str]:
+    """SVC01's components. Some senders join it with '>' while ISA16 declares another separator
+    (seen in the public corpus: `HC>55669` under ISA16 ':'); read as one piece, the line would
+    lose its procedure code. So a composite without the declared separator that starts with a
+    two-character qualifier and '>' is split on '>'; nothing else is guessed."""
+    if component in composite or component == ">" or not _QUALIFIED_GT.match(composite):
+        return composite.split(component)
+    return composite.split(">")
