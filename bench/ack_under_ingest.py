@@ -11,6 +11,7 @@ of the baseline.
 
     python -m bench.ack_under_ingest --megabytes 50              # translation off the loop
     python -m bench.ack_under_ingest --megabytes 50 --on-loop    # the old path, for comparison
+    python -m bench.ack_under_ingest --megabytes 50 --views      # with the status views on
     python -m bench.ack_under_ingest --sender PORT --rate 200    # (the sender process itself)
 
 Prints one JSON line.
@@ -37,6 +38,8 @@ from bench.common import free_port
 from bench.x12_835 import generate
 
 REPO = Path(__file__).resolve().parent.parent
+VIEWS_WAIT_SECONDS = 900.0
+"""The longest the run waits, after the file, for the views to catch up."""
 
 
 # -- the sender (its own process) -----------------------------------------------------------
@@ -117,7 +120,17 @@ def figures(samples: list[tuple[float, float, str]], start: float, end: float) -
             "p99_ms": pct(0.99), "max_ms": pct(1.0), "over_50ms": sum(1 for x in lat if x > 0.05), "codes": codes}
 
 
-async def run(megabytes: int, rate: float, baseline_seconds: float, on_loop: bool) -> dict[str, Any]:
+async def views_lag(store: Any) -> int:
+    """Live events the views consumer has not yet acknowledged (0 when its views hold them all)."""
+    from router import names
+    from router.views import VIEWS_CONSUMER
+
+    info = await store._js.consumer_info(names.STREAM_CANONICAL, VIEWS_CONSUMER)
+    return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+
+async def run(megabytes: int, rate: float, baseline_seconds: float, on_loop: bool,
+              with_views: bool = False) -> dict[str, Any]:
     from router.config import parse_config
     from router.embedded_nats import EmbeddedNats
     from router.offload import ON_LOOP_ENV, freeze_heap
@@ -138,7 +151,7 @@ async def run(megabytes: int, rate: float, baseline_seconds: float, on_loop: boo
         mllp = free_port()
         cfg = parse_config({
             "state_dir": str(work / "state"), "log_level": "WARNING", "api": {"listen": "127.0.0.1:0"},
-            "nats": {"url": nats.url},
+            "nats": {"url": nats.url}, "views": {"enabled": with_views},
             "interfaces": [
                 {"name": "adt", "kind": "hl7-mllp", "listen": f"127.0.0.1:{mllp}", "mapping": "hl7v2",
                  "route": "modern"},
@@ -161,6 +174,14 @@ async def run(megabytes: int, rate: float, baseline_seconds: float, on_loop: boo
             while stats.acked < 1:  # noqa: ASYNC110 - polling a counter the pipeline bumps
                 await asyncio.sleep(0.05)
             ingest_end = time.time()
+            views_behind = await views_lag(svc.store) if with_views else None
+            views_end = ingest_end
+            views_left = None
+            if with_views:  # the sender goes on while the views catch up: those ACKs count too
+                while await views_lag(svc.store) and time.time() - ingest_end < VIEWS_WAIT_SECONDS:  # noqa: ASYNC110
+                    await asyncio.sleep(0.5)
+                views_end = time.time()
+                views_left = await views_lag(svc.store)
             await asyncio.sleep(1.0)
             out, _ = await asyncio.to_thread(sender.communicate, "", 60)  # the service keeps answering
             sender = None
@@ -168,12 +189,18 @@ async def run(megabytes: int, rate: float, baseline_seconds: float, on_loop: boo
             dead = stats.dead_lettered
         samples = [tuple(s) for s in json.loads(out)]
         return {
-            "translation": "on the loop" if on_loop else "off the loop", "megabytes": round(size / 1e6, 1),
+            "translation": "on the loop" if on_loop else "off the loop", "views": with_views,
+            "views_pending_at_file_end": views_behind,
+            "views_caught_up_s_after_file": round(views_end - ingest_end, 1) if with_views else None,
+            "views_pending_at_end": views_left,  # not 0: the views had not caught up in VIEWS_WAIT_SECONDS
+            "megabytes": round(size / 1e6, 1),
             "claims": claims, "events": published, "dead_letters": dead, "rate": rate,
             "ingest_seconds": round(ingest_end - ingest_start, 1),
             "ingest_mb_per_s": round(size / 1e6 / (ingest_end - ingest_start), 2),
             "baseline": figures(samples, base_start, ingest_start),
             "during_ingest": figures(samples, ingest_start, ingest_end),
+            # From the file done to the views holding every event (the consumer still busy).
+            "views_catching_up": figures(samples, ingest_end, views_end) if with_views else None,
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
     finally:
@@ -190,12 +217,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="DFT messages per second, one connection")
     parser.add_argument("--baseline-seconds", type=float, default=15.0, help="sending with no file first")
     parser.add_argument("--on-loop", action="store_true", help="translate on the event loop (the old path)")
+    parser.add_argument("--views", action="store_true", help="with the status views on ([views] enabled)")
     parser.add_argument("--sender", type=int, metavar="PORT", help="be the sender process (internal)")
     args = parser.parse_args()
     if args.sender:
         sender_main(args.sender, args.rate)
         return
-    coro = run(args.megabytes, args.rate, args.baseline_seconds, args.on_loop)
+    coro = run(args.megabytes, args.rate, args.baseline_seconds, args.on_loop, args.views)
     try:  # the event loop `ficus run` uses
         import uvloop
     except ImportError:

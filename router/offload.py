@@ -67,6 +67,12 @@ _paused_at = 0.0
 _switch = 0.005
 
 
+def busy() -> bool:
+    """True while a file or a batch is worked on (some pipeline holds :func:`gc_paused`): work
+    that can wait (the status views) gives the loop to it."""
+    return _holders > 0
+
+
 def freeze_heap() -> None:
     """Moves every object alive now (modules, config, schemas, the started service) into the
     collector's permanent generation, once start-up is done. A full collection -- the one a long

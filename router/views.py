@@ -8,6 +8,14 @@ sequence) replaces its earlier fact instead of counting twice, and the views can
 from the stream at any time (`rebuild`). Writes are compare-and-set on the entry's
 revision, so several instances sharing the consumer and the buckets never lose a fact.
 
+Cheap enough to leave on while a large file is ingested (docs/benchmarks.md section 7):
+the consumer applies a batch of events at a time, one write per entry per batch; an entry's
+head keeps only its newest facts and seals older ones into pages of their own (keys
+``<key>.<revision>``), so a write costs a few kilobytes however many claims a remittance or
+charges an account has; and the consumer takes a bounded share of the event loop, a small
+one while a file or a batch of rows is translated, so it lags behind a large file and
+catches up afterwards instead of delaying MLLP ACKs.
+
 Only live (modern) events are kept: shadow events are a rehearsal and have no views.
 Keys: KV keys allow only ``[-/_=.a-zA-Z0-9]``, so an id is stored under its URL-safe
 base64 form (`key_of`).
@@ -20,8 +28,9 @@ import base64
 import contextlib
 import json
 import logging
+import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,8 +38,9 @@ from typing import Any, Literal
 
 from canonical.subjects import CHARGE_CREDITED, CHARGE_POSTED
 from canonical.x12.events import ADJUSTMENT_RECORDED, CLAIM_ADJUDICATED, DENIAL_RECORDED, REMITTANCE_RECEIVED
-from router import names
-from router.store import Bucket, RevisionConflict, Store, StoredMsg, StoreError
+from router import names, offload
+from router.offload import off_loop
+from router.store import Bucket, Entry, RevisionConflict, Store, StoredMsg, StoreError
 from router.store.durable import consume, delete_bucket, delete_consumer
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,18 @@ BUCKETS: dict[View, str] = {
 VIEWS_CONSUMER = "ficus-views"
 """The durable consumer every instance shares on FICUS_CANONICAL."""
 CAS_ATTEMPTS = 50
+BATCH = 500
+"""Events the consumer fetches and applies together: each entry is written once per batch."""
+CONCURRENT_WRITES = 16
+"""Entries of a batch written at the same time (compare-and-set requests in flight)."""
+PAGE_BYTES = 8 * 1024
+"""An entry's head keeps its newest facts up to about this size, then seals them into a page."""
+HEADS_CACHED = 4096
+"""Entry heads remembered after writing them: the next batch's write needs no read first."""
+SHARE = 0.5
+"""The consumer's most of the loop's (wall) time, batch work against pauses."""
+SHARE_WHILE_INGESTING = 0.05
+"""... while a file or a batch of rows is worked on (`offload.busy`): ingest comes first."""
 
 
 def key_of(ident: str) -> str:
@@ -101,6 +123,37 @@ def facts_of(event: dict[str, Any], seq: int) -> list[Fact]:
     elif etype in (CHARGE_POSTED.name, CHARGE_CREDITED.name) and data.get("account_number"):
         out.append(Fact("charges", data["account_number"], eid, {**base, "event_id": eid, "charge": data}))
     return out
+
+
+def _encoded(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+def page_key(key: str, revision: int) -> str:
+    """The KV key of an entry's page sealed from its head at `revision` (``.`` is not in `key_of`)."""
+    return f"{key}.{revision}"
+
+
+def _keep_latest(into: dict[str, Any], facts: dict[str, Any]) -> None:
+    """Merges facts by event id, the copy with the highest sequence winning (a replayed event)."""
+    for eid, fact in facts.items():
+        old = into.get(eid)
+        if old is None or old["seq"] < fact["seq"]:
+            into[eid] = fact
+
+
+def _grouped(msgs: Sequence[StoredMsg]) -> dict[tuple[View, str], list[Fact]]:
+    """The facts of stored canonical events by entry (view, id), each entry's in stream order."""
+    groups: dict[tuple[View, str], list[Fact]] = {}
+    for msg in msgs:
+        try:
+            event = json.loads(msg.data)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            for fact in facts_of(event, msg.seq):
+                groups.setdefault((fact.view, fact.ident), []).append(fact)
+    return groups
 
 
 def _facts(entry: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -187,11 +240,14 @@ def charges_answer(entry: dict[str, Any], since: str | None, until: str | None) 
 class Views:
     """The three view buckets and the consumer that keeps them."""
 
-    def __init__(self, store: Store, max_entry: int | None = None) -> None:
+    def __init__(self, store: Store, max_entry: int | None = None, page_bytes: int = PAGE_BYTES) -> None:
         self.store = store
         self._buckets: dict[View, Bucket] = {}
         # A KV value is one NATS message: an entry stops growing below the server's max_payload.
         self.max_entry = max_entry if max_entry is not None else max(4096, store.max_payload - 64 * 1024)
+        self.page_bytes = page_bytes
+        self._heads: dict[tuple[View, str], Entry] = {}
+        """The heads this instance wrote last (at most `HEADS_CACHED`, oldest dropped first)."""
         self._full: set[tuple[View, str]] = set()
         """Entries known to be full here: later facts skip them without reading them."""
         self.applied = 0
@@ -203,70 +259,165 @@ class Views:
         return self._buckets[view]
 
     async def get(self, view: View, ident: str) -> dict[str, Any] | None:
-        """The stored entry of an id, or None."""
-        entry = await (await self.bucket(view)).get(key_of(ident))
-        return json.loads(entry.value) if entry is not None and entry.value else None
+        """The stored entry of an id (its head's facts and its sealed pages' together), or None."""
+        bucket = await self.bucket(view)
+        key = key_of(ident)
+        current = await bucket.get(key)
+        if current is None or not current.value:
+            return None
+        head = json.loads(current.value)
+        facts = await self._sealed(bucket, key, head)
+        _keep_latest(facts, head["facts"])
+        return {"id": head["id"], "facts": facts, "truncated": bool(head.get("truncated"))}
+
+    async def _sealed(self, bucket: Bucket, key: str, head: dict[str, Any]) -> dict[str, Any]:
+        """The facts of an entry's sealed pages (none for most entries), the latest copy of each event."""
+        facts: dict[str, Any] = {}
+        for page in await asyncio.gather(*(bucket.get(page_key(key, rev)) for rev in head.get("pages", []))):
+            if page is None or not page.value:  # written before the head that names it: only a lost bucket
+                raise StoreError(f"{bucket.name}: a page of an entry is missing")
+            _keep_latest(facts, json.loads(page.value))
+        return facts
 
     async def apply(self, msg: StoredMsg) -> int:
         """Applies one stored canonical event; returns how many entries changed."""
-        try:
-            event = json.loads(msg.data)
-        except ValueError:
-            return 0
-        if not isinstance(event, dict):
-            return 0
+        return await self.apply_batch([msg])
+
+    async def apply_batch(self, msgs: Sequence[StoredMsg]) -> int:
+        """Applies stored canonical events (in stream order); returns how many entries changed.
+
+        The facts are grouped by entry, so an entry is read and written once per batch, not
+        once per event: a remittance of a thousand claims is rewritten a few times, not a
+        thousand. The entries are written concurrently, `CONCURRENT_WRITES` at a time.
+        """
+        groups = await off_loop(_grouped, msgs) if len(msgs) > 1 else _grouped(msgs)
+        items = list(groups.items())
         changed = 0
         try:
-            for fact in facts_of(event, msg.seq):
-                changed += await self._put(fact)
+            for start in range(0, len(items), CONCURRENT_WRITES):
+                done = await asyncio.gather(*(self._merge(view, ident, facts)
+                                              for (view, ident), facts in items[start:start + CONCURRENT_WRITES]),
+                                            return_exceptions=True)
+                for result in done:  # every write of the chunk finished: no task is left behind
+                    if isinstance(result, BaseException):
+                        raise result
+                    changed += result
         except StoreError:
             self._buckets.clear()  # a rebuild may have replaced a bucket: look it up again next time
             raise
         return changed
 
-    async def _put(self, fact: Fact) -> int:
-        bucket = await self.bucket(fact.view)
-        key = key_of(fact.ident)
-        if (fact.view, key) in self._full:
+    async def _merge(self, view: View, ident: str, facts: list[Fact]) -> int:
+        """Adds an entry's facts of one batch with one compare-and-set write of its head; 1 if it changed."""
+        bucket = await self.bucket(view)
+        key = key_of(ident)
+        if (view, key) in self._full:
             return 0
+        # The head this instance wrote last is likely still current (else the write conflicts and
+        # reads it); an id not seen is likely new (a claim is adjudicated once): create it unread.
+        current: Entry | None = self._heads.pop((view, key), None)
+        read = False
         for _ in range(CAS_ATTEMPTS):
-            current = await bucket.get(key)
-            entry: dict[str, Any] = (json.loads(current.value) if current is not None and current.value
-                                     else {"id": fact.ident, "facts": {}})
-            old = entry["facts"].get(fact.event_id)
-            # The same event again (or an older copy of it) changes nothing; a later copy replaces it.
-            if old is not None and old["seq"] >= fact.body["seq"]:
+            if read:
+                current = await bucket.get(key)
+            head: dict[str, Any] = (json.loads(current.value) if current is not None and current.value
+                                    else {"id": ident, "facts": {}})
+            last = head.get("seq", max((f["seq"] for f in head["facts"].values()), default=0))
+            # A fact at or below the entry's last sequence may be there already (applied twice, or
+            # another instance's later batch came first): compare with every fact it keeps.
+            sealed = (await self._sealed(bucket, key, head) if any(f.body["seq"] <= last for f in facts)
+                      else None)
+            page, full = self._merged(head, last, facts, sealed)
+            if full and (view, key) not in self._full:
+                self._full.add((view, key))
+                log.warning("views: an entry of %s is full (%s bytes); later facts are not kept", BUCKETS[view],
+                            head.get("size"))
+            if page is None:
+                if current is not None:
+                    self._heads[(view, key)] = current
                 return 0
-            entry["facts"][fact.event_id] = fact.body
-            value = json.dumps(entry, separators=(",", ":"), default=str).encode()
-            if len(value) > self.max_entry:
-                # A huge remittance (or account): the entry keeps what it has and says it is
-                # incomplete, rather than blocking the consumer on a write the server refuses.
-                self._full.add((fact.view, key))
-                if entry.get("truncated"):
-                    return 0
-                del entry["facts"][fact.event_id]
-                entry["truncated"] = True
-                log.warning("views: an entry of %s is full (%d bytes); later facts are not kept",
-                            BUCKETS[fact.view], len(value))
-                value = json.dumps(entry, separators=(",", ":"), default=str).encode()
+            if page and current is not None:
+                # Sealed under the head revision it came from: a rival writer seals the same facts
+                # under the same key, so the unconditional write is safe; the head names it after.
+                await bucket.put(page_key(key, current.revision), _encoded(page))
+                head["pages"] = [*head.get("pages", []), current.revision]
+            value = _encoded(head)
             try:
                 if current is None:
-                    await bucket.create(key, value)
+                    revision = await bucket.create(key, value)
                 else:
-                    await bucket.update(key, value, current.revision)
+                    revision = await bucket.update(key, value, current.revision)
             except RevisionConflict:
-                continue  # another instance wrote first: read its value and apply on top
+                read = True  # it exists, or another instance wrote first: read its value and apply on top
+                continue
+            self._heads[(view, key)] = Entry(key, value, revision)
+            while len(self._heads) > HEADS_CACHED:
+                del self._heads[next(iter(self._heads))]  # the least recently written
             self.applied += 1
             return 1
-        raise RevisionConflict(f"{BUCKETS[fact.view]}: {CAS_ATTEMPTS} conflicting writes in a row")
+        raise RevisionConflict(f"{BUCKETS[view]}: {CAS_ATTEMPTS} conflicting writes in a row")
+
+    def _merged(self, head: dict[str, Any], last: int, facts: list[Fact],
+                sealed: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+        """Adds `facts` to `head` in place. Returns the page to seal first (None: nothing changes;
+        empty: nothing to seal) and whether the entry is full.
+
+        The same event again (or an older copy of it) changes nothing; a later copy is added
+        and the read keeps the latest copy of each event. An entry keeps its newest facts in its
+        head and seals them into a page of their own when they pass `page_bytes`, so a write
+        costs the head's size, not the entry's. A fact that would take the entry past
+        `max_entry` (a huge remittance or account) is not kept, nor any after it: the entry
+        keeps what it has and says it is incomplete (the lookup answers stay bounded).
+        """
+        kept: dict[str, Any] = head["facts"]
+        if "size" in head:
+            size, in_head = head["size"], head["head_size"]
+        else:  # a head written before pages: all its facts are in it
+            size = in_head = len(_encoded(kept))
+        page: dict[str, Any] = {}
+        if in_head >= self.page_bytes:
+            page, kept, in_head = kept, {}, 0
+            head["facts"] = kept
+        added = full = False
+        for fact in facts:
+            seq = fact.body["seq"]
+            if seq <= last:
+                old = kept.get(fact.event_id) or (sealed or {}).get(fact.event_id) or page.get(fact.event_id)
+                if old is not None and old["seq"] >= seq:
+                    continue
+            # "id":{...}, -- counted in full even when it replaces a fact: the size only errs high.
+            grows = len(_encoded({fact.event_id: fact.body}))
+            if size + grows > self.max_entry:
+                full = True
+                break
+            kept[fact.event_id] = fact.body
+            size += grows
+            in_head += grows
+            last = max(last, seq)
+            added = True
+        if full and not head.get("truncated"):
+            head["truncated"] = True
+        elif not added:
+            return None, full
+        head["size"], head["head_size"], head["seq"] = size, in_head, last
+        return page, full
 
     async def run(self) -> None:
-        """The durable consumer on the live canonical stream; runs until cancelled."""
-        async def handle(msg: StoredMsg) -> None:
-            await self.apply(msg)
+        """The durable consumer on the live canonical stream; runs until cancelled.
 
-        await consume(self.store, names.STREAM_CANONICAL, names.SUBJECTS_CANONICAL, VIEWS_CONSUMER, handle)
+        The views have a lower priority than ingest: after each batch the consumer pauses in
+        proportion to the time the batch took, so it uses at most `SHARE` of the loop's time
+        (`SHARE_WHILE_INGESTING` while a file or a batch of rows is worked on). The views may
+        lag behind a large file, then catch up; an MLLP ACK does not wait behind them.
+        """
+        async def handle(msgs: list[StoredMsg]) -> None:
+            started = time.monotonic()
+            await self.apply_batch(msgs)
+            share = SHARE_WHILE_INGESTING if offload.busy() else SHARE
+            await asyncio.sleep((time.monotonic() - started) * (1 - share) / share)
+
+        await consume(self.store, names.STREAM_CANONICAL, names.SUBJECTS_CANONICAL, VIEWS_CONSUMER, handle,
+                      batch=BATCH)
 
     async def rebuild(self) -> int:
         """Drops the view buckets and applies the whole live stream again; returns the events read.
@@ -278,12 +429,19 @@ class Views:
             await delete_bucket(self.store, name)
             self._buckets.pop(view, None)
         self._full.clear()
+        self._heads.clear()
         read = 0
+        batch: list[StoredMsg] = []
         async with contextlib.aclosing(self.store.scan(names.STREAM_CANONICAL, names.SUBJECTS_CANONICAL,
                                                        datetime(1970, 1, 1, tzinfo=UTC))) as scan:
             async for msg in scan:
-                await self.apply(msg)
+                batch.append(msg)
                 read += 1
+                if len(batch) >= BATCH:
+                    await self.apply_batch(batch)
+                    batch = []
+        if batch:
+            await self.apply_batch(batch)
         return read
 
 

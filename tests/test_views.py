@@ -256,3 +256,53 @@ async def test_account_charges_from_a_billing_csv(
             assert [c["event_id"] for c in one["charges"]] == [e["id"] for e in evs if day(e) == first]
             assert (await lookup(http, f"{api}/api/v1/accounts/{account}/charges?from={first}z"))[0] == 400
         assert (await lookup(http, f"{api}/api/v1/accounts/NO-SUCH/charges"))[0] == 404
+
+
+async def test_a_big_entry_is_paged_and_reads_the_same(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    """An entry past `page_bytes` keeps its newest facts in its head and seals the older ones
+    into pages (each write costs the head, not the entry): the lookup reads them together; a
+    fact applied again changes nothing wherever it is kept; a replayed event replaces its fact
+    even in a sealed page."""
+    cfg = make_config(nats_server.url, [folder_iface(tmp_path, legacy=None)], state_dir=str(tmp_path / "state"),
+                      views={"enabled": True})
+
+    def adjudicated(n: int, seq: int, paid: str = "10.00") -> StoredMsg:
+        data = {"trace_number": "PAGED-TRACE", "st_control": "0001", "interchange_control": "000000001",
+                "payer_claim_control_number": f"PAGED-{n}", "patient_control_number": f"P{n}", "status_code": "1",
+                "reversal": False, "denied": False, "claim_index": n, "charge": "12.00", "paid": paid,
+                "patient_responsibility": "2.00"}
+        event = {"id": f"paged-{n}", "type": "org.ficus.claims.claim.adjudicated.v1", "data": data}
+        return StoredMsg(seq, "x", json.dumps(event).encode(), {})
+
+    async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
+        api = svc.api_url
+        paged = views.Views(svc.store, page_bytes=1000)
+        msgs = [adjudicated(n, 20_000 + n) for n in range(40)]
+        for start in range(0, 28, 7):  # batches, then one event at a time
+            assert await paged.apply_batch(msgs[start:start + 7]) == 8  # 7 claim entries and the remittance
+        for msg in msgs[28:]:
+            assert await paged.apply(msg) == 2
+        bucket = await paged.bucket("remittances")
+        before = await bucket.get(views.key_of("PAGED-TRACE"))
+        assert before is not None and len(json.loads(before.value)["pages"]) >= 3
+
+        status, got = await lookup(http, f"{api}/api/v1/remittances/PAGED-TRACE")
+        assert status == 200 and got["truncated"] is False
+        assert [c["payer_claim_control_number"] for c in got["claims"]] == [f"PAGED-{n}" for n in range(40)]
+        assert sum((Decimal(c["paid"]) for c in got["claims"]), Decimal(0)) == Decimal("400.00")
+
+        # Applied again, by this instance or another (no remembered heads): nothing is written.
+        assert await paged.apply_batch(msgs) == 0
+        assert await views.Views(svc.store, page_bytes=1000).apply_batch(msgs) == 0
+        after = await bucket.get(views.key_of("PAGED-TRACE"))
+        assert after is not None and after.revision == before.revision
+
+        # A replayed event (same id, later sequence) replaces its fact, kept in the first sealed page.
+        assert await paged.apply(adjudicated(0, 30_000, paid="5.00")) == 2
+        status, got = await lookup(http, f"{api}/api/v1/remittances/PAGED-TRACE")
+        assert sorted(c["payer_claim_control_number"] for c in got["claims"]) == sorted(f"PAGED-{n}" for n in range(40))
+        assert sum((Decimal(c["paid"]) for c in got["claims"]), Decimal(0)) == Decimal("395.00")
+        status, claim = await lookup(http, f"{api}/api/v1/claims/PAGED-0")
+        assert status == 200 and claim["paid"] == "5.00" and len(claim["remittances"]) == 1

@@ -1,8 +1,9 @@
-"""A durable JetStream pull consumer that hands each message to a handler, then acknowledges it.
+"""A durable JetStream pull consumer that hands each fetched batch to a handler, then acknowledges it.
 
 The consumer is named, so its position survives a restart and is shared by every instance
 that uses the name: each message goes to one of them. A handler that raises leaves the
-message unacknowledged; JetStream delivers it again after `ack_wait`.
+batch unacknowledged; JetStream delivers it again after `ack_wait` (so a handler must be
+idempotent: a batch may be handled twice, in part or whole).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from router.store.errors import StoreError, mapped
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[StoredMsg], Awaitable[None]]
+Handler = Callable[[list[StoredMsg]], Awaitable[None]]
+"""Handles a batch of messages in stream order (one batch at a time)."""
 
 
 async def consume(store: Store, stream: str, subject: str, durable: str, handler: Handler,
                   *, batch: int = 100, wait: float = 1.0, ack_wait: float = 30.0) -> None:
-    """Runs until cancelled: fetches up to `batch` messages, handles and acknowledges each in order.
+    """Runs until cancelled: fetches up to `batch` messages, hands them to `handler` together,
+    then acknowledges each (a handler can group the writes of a batch).
 
     A lost connection or a failed handler is logged (kinds only) and retried after a pause.
     """
@@ -43,10 +46,13 @@ async def consume(store: Store, stream: str, subject: str, durable: str, handler
                 msgs = await sub.fetch(batch, timeout=wait)
             except nats.errors.TimeoutError:
                 continue
+            stored = []
             for msg in msgs:
                 meta = msg.metadata
-                await handler(StoredMsg(meta.sequence.stream, msg.subject, msg.data, dict(msg.headers or {}),
+                stored.append(StoredMsg(meta.sequence.stream, msg.subject, msg.data, dict(msg.headers or {}),
                                         meta.num_pending))
+            await handler(stored)
+            for msg in msgs:
                 await msg.ack()
         except asyncio.CancelledError:
             raise
