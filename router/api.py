@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
 from protocols.tls import ReloadingContext, TlsFiles, peer_subject, server_context
-from router import dlq, events_api, gl_parity, ledger, names, parity, queries, replay
+from router import browser, dlq, events_api, gl_parity, ledger, names, parity, queries, replay
 from router.audit import ACTIONS, Action, AuditTrail, AuditUnavailable, Record, result_of
 from router.auth import OPEN, Authenticator, Identity, RateLimiter, allows
 from router.config import SLUG, ApiTlsConfig, ConfigError, FicusConfig, Mode, Role
@@ -796,6 +796,9 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("GET", "/api/v1/remittances/{trace}", get_remittance, CONSUMER("remittance_read")),
     ("GET", "/api/v1/accounts/{account}/charges", get_charges, CONSUMER("charges_read")),
     ("POST", "/api/v1/views/rebuild", rebuild_views, Rule("operator", "views_rebuild")),
+    # The message browser (router/browser.py): business keys and the links of a unit, i.e. content.
+    ("GET", "/api/v1/messages", browser.search_messages, CONSUMER("message_search")),
+    ("GET", "/api/v1/messages/{correlation}", browser.get_message, CONSUMER("message_read")),
     ("GET", "/api/v1/openapi.json", get_openapi, Rule(None)),
 )
 """Every route with its access rule: the README's role matrix is this table."""

@@ -43,11 +43,13 @@ SUBJECTS = f"{SUBJECT_PREFIX}.>"
 Action = Literal["route_flip", "forced_flip", "replay", "dlq_replay", "dlq_discard", "events_list", "event_read",
                  "sink_pause", "sink_resume", "sink_replay",
                  "claim_read", "remittance_read", "charges_read", "views_rebuild",
-                 "dlq_list", "dlq_read", "events_stream"]
+                 "dlq_list", "dlq_read", "events_stream",
+                 "message_search", "message_read"]
 ACTIONS: tuple[Action, ...] = ("route_flip", "forced_flip", "replay", "dlq_replay", "dlq_discard", "events_list",
                                "sink_pause", "sink_resume", "sink_replay",
                                "event_read", "claim_read", "remittance_read", "charges_read", "views_rebuild",
-                               "dlq_list", "dlq_read", "events_stream")
+                               "dlq_list", "dlq_read", "events_stream",
+                               "message_search", "message_read")
 Result = Literal["started", "ok", "refused", "failed"]
 SCAN_MAX = 20_000
 """Records examined by one query at most; `next_after` says where to go on."""

@@ -544,6 +544,49 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 1
 
 
+MESSAGE_KEYS = (("control_id", "control_id"), ("account", "account"), ("encounter", "encounter"),
+                ("claim", "claim"), ("trace", "trace"), ("unit", "unit"))
+"""(option dest, API query parameter) of `ficus messages`."""
+
+
+def cmd_messages(args: argparse.Namespace) -> int:
+    """`ficus messages --control-id X ...` (a table) or `ficus messages show CORRELATION` (the chain)."""
+    client = _client(args)
+    if args.action == "show":
+        chain = client.call("GET", f"/api/v1/messages/{_q(args.correlation)}")
+        raw = chain.get("raw") or {}
+        print(f"correlation {chain['correlation']} ({chain.get('interface')}, "
+              f"{chain.get('control_id') or chain.get('unit') or '-'})")
+        size = f" ({raw['size']} bytes)" if raw.get("size") is not None else ""
+        print(f"raw          {raw.get('ref', '-')}{size}")
+        for ev in chain["events"]:
+            print(f"event        {ev['id']} {ev['type']} {ev['stream']}/{ev['seq']}")
+        for d in chain["dead_letters"]:
+            print(f"dead letter  {d['id']} {d['kind']}: {d['reason']}")
+        for r in chain["replays"]:
+            print(f"replay       {r.get('letter') or r.get('token')} at {r.get('at')}: {r.get('events')} events")
+        for d in chain["deliveries"]:
+            print(f"delivery     {d['sink']} {d['event_id']} status {d['status']} after {d['attempts']} "
+                  f"attempt(s) at {d['at']}")
+        return 0
+    params = [(name, getattr(args, dest)) for dest, name in MESSAGE_KEYS if getattr(args, dest)]
+    params += [(name, value) for name, value in (("interface", args.interface), ("from", args.since),
+                                                 ("to", args.until), ("limit", str(args.limit))) if value]
+    if not any(name in dict(MESSAGE_KEYS).values() or name in ("interface", "from") for name, _ in params):
+        raise UsageError("messages: give a key (--control-id, --account, --encounter, --claim, --trace, --unit), "
+                         "or --interface / --from")
+    found = client.call("GET", "/api/v1/messages?" + "&".join(f"{n}={_q(v)}" for n, v in params))["messages"]
+    if not found:
+        print("no messages found")
+        return 0
+    print(f"{'RECEIVED AT':29} {'INTERFACE':16} {'CONTROL ID / UNIT':24} {'EVENTS':>6} {'LETTERS':>7} CORRELATION")
+    for m in found:
+        print(f"{m.get('received_at') or '-':29} {m.get('interface') or '-':16} "
+              f"{m.get('control_id') or m.get('unit') or '-':24} {len(m['events']):>6} {len(m['dead_letters']):>7} "
+              f"{m['correlation']}")
+    return 0
+
+
 def _listed(items: list[str], count: int) -> str:
     shown = ",".join(escape_controls(i) for i in items[:3]) or "-"
     return shown + (f" (+{count - 3})" if count > 3 else "")
@@ -737,6 +780,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--day", type=_day, required=True, metavar="D", help="posting day, YYYY-MM-DD")
     api_opts(q)
     p.set_defaults(func=cmd_parity)
+    p = sub.add_parser("messages", help="find messages by business key (MSH-10, account, claim, trace) and "
+                       "follow one's links: raw, events, dead letters, replays, deliveries")
+    p.add_argument("--control-id", dest="control_id", metavar="ID", help="MSH-10")
+    p.add_argument("--account", metavar="A", help="account number (PID-18)")
+    p.add_argument("--encounter", metavar="E", help="encounter number (PV1-19)")
+    p.add_argument("--claim", metavar="C", help="claim number (CLP01 or CLP07)")
+    p.add_argument("--trace", metavar="T", help="EFT or check trace (TRN02)")
+    p.add_argument("--unit", metavar="U", help="a file name and line, a table and key")
+    p.add_argument("--interface", metavar="IFACE", help="only this interface's")
+    p.add_argument("--from", dest="since", type=_iso_time, metavar="TIME", help="committed at or after (ISO 8601)")
+    p.add_argument("--to", dest="until", type=_iso_time, metavar="TIME", help="committed up to (ISO 8601)")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="results at most (default 50)")
+    msub = p.add_subparsers(dest="action", metavar="ACTION")
+    m = msub.add_parser("show", help="one message's chain by its correlation id")
+    m.add_argument("correlation", metavar="CORRELATION", help="the correlation id a search printed")
+    api_opts(m)
+    api_opts(p)
+    p.set_defaults(func=cmd_messages)
     p = sub.add_parser("audit", help="the audit trail: flips, replays and reads of message content, who, "
                        "when, from where (admin)")
     p.add_argument("--since", type=_iso_time, metavar="TIME", help="ISO 8601 time (default: 24 hours ago)")

@@ -145,6 +145,10 @@ class NatsConfig(_Model):
     # default: it doubles the messages of every unit (a 50 MB 835: ingest 35 % slower, MLLP ACK
     # p99 over 50 ms; docs/benchmarks.md section 7).
     event_index: bool = False
+    # The business-key index (FICUS_KEYS, router/keyindex.py): the message browser's lookups by
+    # control id, account, encounter, claim and trace, written at each unit's commit. Off by
+    # default, as the event index: a unit stores one more message per key value it carries.
+    key_index: bool = False
     raw_max_age_days: float = Field(default=30, gt=0)
     events_max_age_days: float = Field(default=30, gt=0)
     dlq_max_age_days: float = Field(default=90, gt=0)

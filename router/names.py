@@ -7,6 +7,7 @@ happens in one place and a test can list what exists.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 
 STREAM_RAW = "FICUS_RAW"
@@ -23,6 +24,8 @@ STREAM_EVIDX = "FICUS_EVIDX"
 # and a copy of each journal entry by posting day (router/posting.py), so a day is read by subject.
 STREAM_GLREF = "FICUS_GLREF"
 STREAM_POSTIDX = "FICUS_POSTIDX"
+# The business-key index (router/keyindex.py): a unit's keys as keyed hashes, its links, and sink deliveries.
+STREAM_KEYS = "FICUS_KEYS"
 
 SUBJECTS_RAW = "raw.>"
 SUBJECTS_CANONICAL = "canonical.>"
@@ -33,11 +36,13 @@ SUBJECTS_LEDGER = "ledger.>"
 SUBJECTS_EVIDX = "evidx.>"
 SUBJECTS_GLREF = "glref.>"
 SUBJECTS_POSTIDX = "postidx.>"
+SUBJECTS_KEYS = "keys.>"
 
 KV_ROUTES = "ficus-routes"
 KV_FILES = "ficus-files"
 KV_CHECKPOINTS = "ficus-checkpoints"
 OBJ_RAW_FILES = "ficus-raw-files"
+KV_KEYS = "ficus-keys"
 
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_INTERFACE = "Ficus-Interface"
@@ -77,6 +82,26 @@ def evidx_subject(mode: str, interface: str, facility: str | None, event_subject
     evidx.<live|shadow>.<interface>.<facility token>.<d>.<e>.<a>."""
     rest = event_subject.split("canonical.", 1)[1]
     return f"evidx.{mode}.{interface}.{subject_token(facility)}.{rest}"
+
+
+def keys_msg_subject(interface: str, correlation_hash: str) -> str:
+    """A unit's own index record (router/keyindex.py): keys.msg.<interface>.<hash of its correlation>."""
+    return f"keys.msg.{interface}.{correlation_hash}"
+
+
+def keys_subject(kind: str, value_hash: str) -> str:
+    """The index records of one business key value: keys.<kind>.<its keyed hash>."""
+    return f"keys.{kind}.{value_hash}"
+
+
+_HEX = re.compile(r"^[0-9a-f]{1,64}$")
+
+
+def keys_delivery_subject(event_id: str) -> str:
+    """Where a sink's deliveries of an event are recorded: keys.dlv.<event id> (ids are hex hashes;
+    anything else is hashed to one)."""
+    token = event_id if _HEX.match(event_id) else hashlib.sha256(event_id.encode()).hexdigest()[:32]
+    return f"keys.dlv.{token}"
 
 
 def ledger_subject(interface: str, day: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, Field, TypeAdapter
 
 from canonical.schemas import _hoist_defs, _package_version, default_models, event_schemas
-from router import answers, queries
+from router import answers, browser, queries
 from router.api import ENDPOINTS, MAX_BODY, DiscardLetter, ReplayLetter, ReplaySince, RouteChange, Rule
 from router.audit import Record
 from router.config import SLUG
@@ -158,6 +158,19 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         answers.Charges, query=queries.ChargesQuery, errors=(404, 409)),
     ("POST", "/api/v1/views/rebuild"): Op("Drop the status views and apply the live stream again", answers.Rebuilt,
                                           errors=(409,)),
+    ("GET", "/api/v1/messages"): Op(
+        "Find units (messages, file records, rows) by business key, interface and time (the key index)",
+        _object("a page of units", messages={"type": "array", "items": {"type": "object"}},
+                cursor={"type": ["string", "null"], "description": "where the next page starts; null at the end"}),
+        query=browser.MessagesQuery, errors=(409,),
+        description="Each unit: correlation, interface, received_at, control_id, unit, raw, events (ids), "
+        "dead_letters (ids), keys (kind: keyed hash). Needs `nats.key_index = true` (409 otherwise)."),
+    ("GET", "/api/v1/messages/{correlation}"): Op(
+        "A unit's chain by correlation id: raw units, events, dead letters, replays, sink deliveries",
+        _object("the chain", correlation={"type": "string"}, raw={"type": ["object", "null"]},
+                events={"type": "array"}, dead_letters={"type": "array"}, replays={"type": "array"},
+                deliveries={"type": "array"}),
+        errors=(404, 409)),
     ("GET", "/api/v1/openapi.json"): Op("This document", _object("an OpenAPI 3.1 document")),
 }
 
@@ -168,6 +181,7 @@ PATH_PARAMS: dict[str, Schema] = {
     "claim": {"type": "string", "maxLength": 200, "description": "a payer claim control number (CLP07)"},
     "trace": {"type": "string", "maxLength": 200, "description": "a remittance's trace number (TRN02)"},
     "account": {"type": "string", "maxLength": 200, "description": "an account number (PID-18, the account column)"},
+    "correlation": {"type": "string", "maxLength": 1024, "description": "a unit's correlation id (ficuscorrelation)"},
 }
 _SEQUENCE = {"type": "string", "pattern": "^[0-9]+$", "description": "a stream sequence number"}
 

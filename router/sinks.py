@@ -41,7 +41,7 @@ from standardwebhooks.webhooks import Webhook
 
 from canonical.subjects import CANONICAL_PREFIX, SHADOW_PREFIX
 from protocols.backoff import Backoff
-from router import dlq, names
+from router import dlq, keyindex, names
 from router.config import SinkConfig
 from router.sink_auth import SinkAuth, TokenError
 from router.store import Store, StoreError
@@ -335,6 +335,10 @@ class Sink:
         if result.ok:
             self.status.delivered += 1
             self.status.last_delivered_at = dlq.now_iso()
+            if self.store.cfg.key_index:
+                with contextlib.suppress(StoreError):
+                    await self.store.publish([keyindex.delivery(self.cfg.name, letter.unit, result.status, 1,
+                                                                int(seq))])
         return result
 
     def view(self) -> dict[str, object]:
@@ -428,17 +432,21 @@ class Sink:
             body, key, ctype = msgs[0].data, ids[0], SINGLE_TYPE
         backoff = Backoff(self.cfg.retry.backoff_base_seconds, self.cfg.retry.backoff_max_seconds)
         first = time.monotonic()
+        tries = 0
         while True:
             async with self._slots:
                 result = await self._post(body, key, ctype)
+            tries += 1
             if result.ok:
                 self.status.delivered += len(msgs)
                 self.status.last_delivered_at = dlq.now_iso()
+                await self._note_delivery(batch, result.status, tries)
                 return True
             self.status.failures += 1
             self.status.last_error = result.reason
             if result.final or time.monotonic() - first >= self.cfg.retry.max_age_seconds:
                 await self._dead_letter(batch, result)
+                await self._note_delivery(batch, result.status, tries)
                 return True
             delay = backoff.next_delay()
             if result.status in RETRY_AFTER_STATUSES and result.retry_after is not None:
@@ -446,6 +454,18 @@ class Sink:
             delay = min(delay, max(0.0, self.cfg.retry.max_age_seconds - (time.monotonic() - first)))
             if await self._sleep(delay):
                 return False
+
+    async def _note_delivery(self, batch: list[tuple[Held, dict[str, object]]], status: int, tries: int) -> None:
+        """Records what a request came to per event (router/keyindex.py), for the message browser:
+        one publish per request, best effort (a record lost must not send the events again)."""
+        if not self.store.cfg.key_index:
+            return
+        items = [keyindex.delivery(self.cfg.name, str(event.get("id", "")), status, tries, msg.seq)
+                 for msg, event in batch]
+        try:
+            await self.store.publish(items)
+        except StoreError as exc:
+            log.warning("sink %s: delivery record not stored: %s", self.cfg.name, exc.reason)
 
     async def _sleep(self, seconds: float) -> bool:
         """Waits `seconds` or until the sink stops; True when it is stopping."""

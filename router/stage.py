@@ -42,7 +42,7 @@ from canonical.envelope import CloudEvent
 from canonical.errors import CanonicalError, TranslationError
 from canonical.reference import ReferenceStore
 from canonical.safe_text import safe_reason
-from router import ledger, names
+from router import keyindex, ledger, names
 from router.config import Mode
 from router.dlq import DeadLetter, Kind, money, now_iso
 from router.routes import Route, RouteTable
@@ -129,6 +129,8 @@ class Outcome:
     letters: list[Outgoing] = field(default_factory=list)
     index: list[Outgoing] = field(default_factory=list)
     """The event index's copies of `events` (router/events_api.py), published with them."""
+    keyed: list[keyindex.Unit] = field(default_factory=list)
+    """The units whose business keys :meth:`Stage.commit` indexes (router/keyindex.py)."""
     counts: list[Count] = field(default_factory=list)
     parity: list[tuple[str, bool, bool, str]] = field(default_factory=list)
     """(unit, legacy ok, Ficus ok, why they differ) of shadow records."""
@@ -239,6 +241,8 @@ class Stage:
                 return mode
             letter = self._letter(record, mode)
             out.letters.append(letter.outgoing(record.letter_id or record.key))
+            if self.store.cfg.key_index:
+                out.keyed.append(keyindex.Unit(record, len(out.events), 0, len(out.letters) - 1))
             amount = ledger.letter_money(letter.amount, self.money_format)
             out.counts.append(Count(record.key, mode, ledger.Entry(letter.facility, "dead_lettered", money=amount)))
             return mode
@@ -246,6 +250,8 @@ class Stage:
         ids = record.msg_ids if record.msg_ids is not None else [ev.id for ev in events]
         suffix = out.replay and ".r" + out.replay
         stored = [event_message(ev, self.name, msg_id + suffix) for ev, msg_id in zip(events, ids, strict=True)]
+        if self.store.cfg.key_index:
+            out.keyed.append(keyindex.Unit(record, len(out.events), len(stored), events=events))
         out.events.extend(stored)
         if self.store.cfg.event_index:
             out.index.extend(index_message(item, self.name, facility) for item in stored)
@@ -288,17 +294,28 @@ class Stage:
         the records' ledger entries into one delta per mode: 500 records, one ledger message.
         """
         deltas = out.deltas if out.deltas is not None else self.deltas(out, batch)
-        items = [*out.events, *out.index, *out.letters, *deltas]
+        items = [*out.events, *out.index, *out.letters]
         acks: list[PubAck] = []
-        for start in range(0, len(items), piece):
-            acks += await self.store.publish(items[start : start + piece])
+        keyed: list[Outgoing] = []
+        if out.keyed:  # the key index names the events' and letters' sequences: they are stored first
+            acks = await self._publish(items, piece)
+            keyed = keyindex.records(await keyindex.hasher(self.store), self.name, out.keyed, acks,
+                                     len(out.events) + len(out.index), out.replay)
+            items = []
+        acks += await self._publish([*items, *keyed, *deltas], piece)
         if out.resends and not batch:
-            first = len(out.events) + len(out.index) + len(out.letters)
+            first = len(out.events) + len(out.index) + len(out.letters) + len(keyed)
             again = [ledger.resend_delta(self.name, c.mode, c.entry.facility)
                      for c, ack in zip(out.counts, acks[first:], strict=True) if ack.duplicate]
             if again:  # a re-send of a unit whose outcome was committed before
                 await self.store.publish(again)
         self.counted(out)
+        return acks
+
+    async def _publish(self, items: list[Outgoing], piece: int) -> list[PubAck]:
+        acks: list[PubAck] = []
+        for start in range(0, len(items), piece):
+            acks += await self.store.publish(items[start : start + piece])
         return acks
 
     def prepare(self, out: Outcome, batch: str = "") -> Outcome:

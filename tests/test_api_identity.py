@@ -82,6 +82,8 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/remittances/{trace}"): "content",
     ("GET", "/api/v1/accounts/{account}/charges"): "content",
     ("POST", "/api/v1/views/rebuild"): "operator",
+    ("GET", "/api/v1/messages"): "content",
+    ("GET", "/api/v1/messages/{correlation}"): "content",
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 CONTENT = {"admin", "consumer", "jwt_content"}
@@ -186,7 +188,8 @@ async def served(nats_url: str, api: dict[str, Any], **top: Any) -> AsyncIterato
 
 def _fill(path: str) -> str:
     return (path.replace("{iface}", "his-charges").replace("{id}", "1").replace("{type}", EVENT_TYPE)
-            .replace("{claim}", "ICN1").replace("{trace}", "TRN1").replace("{account}", "ACC1"))
+            .replace("{claim}", "ICN1").replace("{trace}", "TRN1").replace("{account}", "ACC1")
+            .replace("{correlation}", "HIS^MAIN:1"))
 
 
 def test_the_expected_matrix_covers_the_route_table() -> None:

@@ -125,6 +125,9 @@ def stream_configs(cfg: NatsConfig, audit_days: float = AUDIT_DAYS) -> list[Stre
         # GL parity looks back as far as the ledger: a month-end question about last quarter.
         stream(names.STREAM_GLREF, names.SUBJECTS_GLREF, 400, "legacy GL export lines by posting day"),
         stream(names.STREAM_POSTIDX, names.SUBJECTS_POSTIDX, 400, "journal entries by posting day"),
+        # The business-key index (router/keyindex.py) points at raw units: kept as long as they are.
+        stream(names.STREAM_KEYS, names.SUBJECTS_KEYS, cfg.raw_max_age_days,
+               "business keys (keyed hashes) of committed units, their links and sink deliveries"),
         StreamConfig(name=SELFTEST_STREAM, description="the publisher's start-up self-test",
                      subjects=[SELFTEST_SUBJECT], retention=RetentionPolicy.LIMITS,
                      storage=StorageType.MEMORY, discard=DiscardPolicy.OLD, max_msgs=1, max_age=DAY,
