@@ -303,3 +303,41 @@ async def test_without_the_key_index_the_browser_says_how_to_enable_it(
         async with http.get(f"{svc.api_url}/api/v1/messages", params={"control_id": "DFT00000001"}) as resp:
             assert resp.status == 409 and "nats.key_index" in (await resp.json())["error"]
     assert await _subjects(nats_server.url) == []
+
+
+async def test_file_records_are_found_by_account_and_by_file_and_line(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    """A folder's CSV: each record a unit, found by its account and by its file name and line; a
+    record dead-lettered is found too, and its chain names its dead letter."""
+    from tests.test_files_service import BILLING
+
+    cfg = make_config(nats_server.url, [folder_iface(tmp_path)], state_dir=str(tmp_path / "state"),
+                      nats={"key_index": True})
+    async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
+        api = svc.api_url or ""
+        # One row more whose amount is not a number: dead-lettered.
+        bad_row = "T-199999,CG,01/05/2024,01/06/2024,ACC-5999,ENC-9999,99213,99213,1,abc,CLINIC,NORTH"
+        text = BILLING.read_text().rstrip("\n") + "\n" + bad_row + "\n"
+        (tmp_path / "billing.csv").write_text(text)
+        shutil.move(tmp_path / "billing.csv", tmp_path / "in" / "billing.csv")
+        await wait_for(lambda: svc.interfaces["billing"].stats.acked == 1, timeout=30)
+        status, body = await _get(http, f"{api}/api/v1/messages", interface="billing", limit="200",
+                                  **{"from": "2000-01-01T00:00:00Z"})
+        assert status == 200, body
+        units = body["messages"]
+        rows = sum(1 for line in text.splitlines()[1:] if line.strip())
+        assert len(units) == rows and all(u["unit"] and u["control_id"] is None for u in units)
+        by_account = await _search(http, api, account="ACC-5001")
+        assert len(by_account) == 2 and all(len(u["events"]) == 1 for u in by_account)
+        (one,) = await _search(http, api, unit=by_account[0]["unit"])
+        assert one["correlation"] == by_account[0]["correlation"] and "billing.csv" in one["unit"]
+        letters = [u for u in units if u["dead_letters"]]
+        assert len(letters) == 1 and letters[0]["events"] == []
+        (found,) = await _search(http, api, unit=letters[0]["unit"])
+        chain = await _chain(http, api, found["correlation"])
+        assert [d["id"] for d in chain["dead_letters"]] == found["dead_letters"] and chain["events"] == []
+        assert chain["raw"]["ref"].startswith("objectstore://")
+    leaked = [s for s in await _subjects(nats_server.url) for v in ("ACC-5001", "ENC-9001", "billing.csv", "T-1000")
+              if v in s]
+    assert leaked == [], leaked
