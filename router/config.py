@@ -418,9 +418,9 @@ class AuditConfig(_Model):
 class ViewsConfig(_Model):
     """The status lookups' views (`[views]`, router/views.py)."""
 
-    # Off by default: each event rewrites its whole view entry (JSON up to max_payload) on the
-    # event loop, which a large 835 turns into seconds of MLLP ACK delay (docs/benchmarks.md
-    # section 7). On for deployments that serve the lookups and do not ingest such files.
+    # Off by default: the views consumer now writes kilobytes per entry per batch and yields the
+    # loop to file ingest (router/views.py), but on this shared machine a 50 MB 835 still gave an
+    # ACK p99 of about 200 ms with it on (docs/benchmarks.md section 7), above the 100 ms target.
     enabled: bool = False
 
 
