@@ -66,6 +66,8 @@ SHARE = 0.5
 """The consumer's most of the loop's (wall) time, batch work against pauses."""
 SHARE_WHILE_INGESTING = 0.05
 """... while a file or a batch of rows is worked on (`offload.busy`): ingest comes first."""
+MAX_PAUSE_SECONDS = 10.0
+"""The longest pause after one batch (a batch slowed by a busy server does not stop the views)."""
 
 
 def key_of(ident: str) -> str:
@@ -322,7 +324,7 @@ class Views:
                 current = await bucket.get(key)
             head: dict[str, Any] = (json.loads(current.value) if current is not None and current.value
                                     else {"id": ident, "facts": {}})
-            last = head.get("seq", max((f["seq"] for f in head["facts"].values()), default=0))
+            last = head["seq"] if "seq" in head else max((f["seq"] for f in head["facts"].values()), default=0)
             # A fact at or below the entry's last sequence may be there already (applied twice, or
             # another instance's later batch came first): compare with every fact it keeps.
             sealed = (await self._sealed(bucket, key, head) if any(f.body["seq"] <= last for f in facts)
@@ -410,14 +412,20 @@ class Views:
         (`SHARE_WHILE_INGESTING` while a file or a batch of rows is worked on). The views may
         lag behind a large file, then catch up; an MLLP ACK does not wait behind them.
         """
+        spent = 0.0
+
         async def handle(msgs: list[StoredMsg]) -> None:
+            nonlocal spent
             started = time.monotonic()
             await self.apply_batch(msgs)
+            spent = time.monotonic() - started
+
+        async def rest() -> None:  # after the batch is acknowledged: a long pause is no redelivery
             share = SHARE_WHILE_INGESTING if offload.busy() else SHARE
-            await asyncio.sleep((time.monotonic() - started) * (1 - share) / share)
+            await asyncio.sleep(min(MAX_PAUSE_SECONDS, spent * (1 - share) / share))
 
         await consume(self.store, names.STREAM_CANONICAL, names.SUBJECTS_CANONICAL, VIEWS_CONSUMER, handle,
-                      batch=BATCH)
+                      batch=BATCH, after=rest)
 
     async def rebuild(self) -> int:
         """Drops the view buckets and applies the whole live stream again; returns the events read.

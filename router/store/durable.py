@@ -27,9 +27,11 @@ Handler = Callable[[list[StoredMsg]], Awaitable[None]]
 
 
 async def consume(store: Store, stream: str, subject: str, durable: str, handler: Handler,
-                  *, batch: int = 100, wait: float = 1.0, ack_wait: float = 30.0) -> None:
+                  *, batch: int = 100, wait: float = 1.0, ack_wait: float = 30.0,
+                  after: Callable[[], Awaitable[None]] | None = None) -> None:
     """Runs until cancelled: fetches up to `batch` messages, hands them to `handler` together,
-    then acknowledges each (a handler can group the writes of a batch).
+    then acknowledges each (a handler can group the writes of a batch), then awaits `after`
+    (a consumer that paces itself pauses there, its batch acknowledged, not in `ack_wait`).
 
     A lost connection or a failed handler is logged (kinds only) and retried after a pause.
     """
@@ -54,6 +56,8 @@ async def consume(store: Store, stream: str, subject: str, durable: str, handler
             await handler(stored)
             for msg in msgs:
                 await msg.ack()
+            if after is not None:
+                await after()
         except asyncio.CancelledError:
             raise
         except nats.errors.ConnectionClosedError:
