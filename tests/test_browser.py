@@ -341,3 +341,34 @@ async def test_file_records_are_found_by_account_and_by_file_and_line(
     leaked = [s for s in await _subjects(nats_server.url) for v in ("ACC-5001", "ENC-9001", "billing.csv", "T-1000")
               if v in s]
     assert leaked == [], leaked
+
+
+async def test_database_rows_are_found_by_table_and_key(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    """An odbc interface (PostgreSQL through its ODBC driver; skipped when absent): each row a
+    unit found by ``<table>:<key>``, a row with a bad quantity with its dead letter."""
+    from tests.odbc_db import usage_table
+
+    with usage_table("postgresql") as db:
+        cfg = make_config(nats_server.url, [db.interface("usage")], state_dir=str(tmp_path / "state"),
+                          nats={"key_index": True})
+        await asyncio.to_thread(db.insert, 2)
+        await asyncio.to_thread(db.insert, 1, "x")
+        async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
+            api = svc.api_url or ""
+
+            async def units() -> list[dict[str, Any]]:
+                found = await _search(http, api, interface="usage", **{"from": "2000-01-01T00:00:00Z"})
+                return found if len(found) == 3 else []
+
+            listed = await wait_for(units, timeout=30, interval=0.2)
+            assert sorted(u["unit"] for u in listed) == [f"{db.table}:{i}" for i in (1, 2, 3)]
+            (good,) = await _search(http, api, unit=f"{db.table}:1")
+            assert len(good["events"]) == 1 and good["dead_letters"] == []
+            (bad,) = await _search(http, api, unit=f"{db.table}:3")
+            assert bad["events"] == [] and len(bad["dead_letters"]) == 1
+            chain = await _chain(http, api, good["correlation"])
+            assert chain["events"][0]["event"]["data"]["record_key"] == f"{db.table}:1"
+            assert chain["raw"]["ref"].startswith("jetstream://FICUS_RAW/")
+    assert [s for s in await _subjects(nats_server.url) if db.table in s] == []
