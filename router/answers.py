@@ -447,9 +447,13 @@ class LetterReplayed(Answer):
 
     letter: int
     interface: str
-    events: int = Field(description="events published")
+    events: int = Field(description="events published (a dry run: that it would publish)")
     status: int | None = Field(None, description="a sink letter: the receiver's status")
     at: str
+    dry_run: bool = False
+    would_publish: list[dict[str, str]] | None = Field(None, description="a dry run: each event's type and id")
+    money: dict[str, str] | None = Field(None, description="a dry run: the money of those events")
+    error: str | None = Field(None, description="a dry run: why the replay would still fail")
 
 
 class Discarded(Answer):

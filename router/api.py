@@ -43,7 +43,8 @@ from router import browser, dlq, events_api, gl_parity, ledger, names, parity, q
 from router.audit import ACTIONS, Action, AuditTrail, AuditUnavailable, Record, result_of
 from router.auth import OPEN, Authenticator, Identity, RateLimiter, allows
 from router.config import SLUG, ApiTlsConfig, ConfigError, FicusConfig, Mode, Role
-from router.dashboard import SESSION_COOKIE, Sessions, login_page, render_dashboard
+from router.console import pages as console
+from router.dashboard import CSRF_HEADER, SESSION_COOKIE, Sessions
 from router.interfaces import RunningInterface
 from router.routes import RouteError, RouteTable
 from router.sinks import SinkCollector
@@ -212,6 +213,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         identity = request.app[SESSIONS].identity(request.cookies.get(SESSION_COOKIE, ""))
         if identity is None:
             return await handler(request)  # the login form; no data
+    elif identity is None and (csrf := request.headers.get(CSRF_HEADER)):
+        # The console's own API calls: the session cookie counts with its CSRF token in a header
+        # (which another site's page can neither read nor send), for reads and changes alike.
+        identity = request.app[SESSIONS].api_identity(request.cookies.get(SESSION_COOKIE, ""), csrf)
     limiter = request.app[LIMITER]
     if identity is None:
         wait = limiter.take("peer:" + (request.remote or "?"))
@@ -330,7 +335,9 @@ class ReplaySince(_Body):
 
 
 class ReplayLetter(_Body):
-    """POST /api/v1/dlq/{id}/replay: no fields (an empty body is fine too)."""
+    """POST /api/v1/dlq/{id}/replay: an empty body, or a dry run (nothing stored)."""
+
+    dry_run: StrictBool = False
 
 
 class DiscardLetter(_Body):
@@ -387,39 +394,6 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _html(text: str, status: int = 200) -> web.Response:
-    resp = web.Response(text=text, status=status, content_type="text/html")
-    resp.headers["Cache-Control"] = "no-store"
-    resp.headers["X-Frame-Options"] = "DENY"
-    resp.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
-    return resp
-
-
-async def dashboard(request: web.Request) -> web.Response:
-    """The dashboard; with credentials configured, a 401 login form (and no data) until one is given."""
-    identity = request.get(IDENTITY)
-    if identity is None:
-        resp = _html(login_page(), 401)
-        resp.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
-        return resp
-    today = await _ledger_today(request.app[LEDGER], request.app[STORE], request.app[INTERFACES])
-    return _html(render_dashboard(request.app[RUNNING], ledger=today, who=identity))
-
-
-async def _ledger_today(
-    reader: ledger.Reader, store: Store, interfaces: Mapping[str, RunningInterface]
-) -> dict[str, str]:
-    """Each interface's ledger today in one line, for the dashboard; "?" while NATS is away."""
-    out: dict[str, str] = {}
-    today = ledger.day_of()
-    for name in interfaces:
-        try:
-            out[name] = ledger.summary((await reader.view(store, name, today))["days"][0])
-        except StoreError:
-            out[name] = "?"
-    return out
-
-
 async def login(request: web.Request) -> web.Response:
     """The login form's POST: a client's token (or a JWT) opens an HttpOnly, SameSite=Strict
     session cookie carrying that client's name and role; the token itself is never stored."""
@@ -430,7 +404,7 @@ async def login(request: web.Request) -> web.Response:
     auth = request.app[AUTH]
     identity = None if auth.open else await auth.identify(Sessions.form_token(raw))
     if identity is None:
-        return _html(login_page("unknown token"), 401)
+        return console.login_response("unknown token")
     resp = web.Response(status=303, headers={"Location": "/"})
     sid, lifetime = request.app[SESSIONS].open(identity)
     resp.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="Strict", path="/", max_age=lifetime,
@@ -635,9 +609,10 @@ async def _letter_action(request: web.Request, model: type[B], *, empty_ok: bool
 
 
 async def replay_letter(request: web.Request) -> web.Response:
-    seq, _ = await _letter_action(request, ReplayLetter, empty_ok=True)
+    seq, body = await _letter_action(request, ReplayLetter, empty_ok=True)
+    note(request, dry_run=body.dry_run)
     try:
-        record = await replay.replay_dead_letter(request.app[RUNNING], seq)
+        record = await replay.replay_dead_letter(request.app[RUNNING], seq, dry_run=body.dry_run)
     except replay.ReplayError as exc:
         return _error(exc.status, exc.reason)
     note(request, events=record.get("events"))
@@ -760,7 +735,16 @@ def CONSUMER(action: Action) -> Rule:
 
 
 ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
-    ("GET", "/", dashboard, Rule("viewer", page=True)),
+    # The console (router/console/): HTML pages, fragments and its SSE stream; a session counts.
+    ("GET", "/", console.overview, Rule("viewer", page=True)),
+    ("GET", "/console/interfaces/{iface}", console.interface_page, Rule("viewer", page=True)),
+    ("GET", "/console/interfaces/{iface}/gate", console.gate_fragment, Rule("viewer", page=True)),
+    ("GET", "/console/interfaces/{iface}/history", console.history_fragment, Rule("viewer", page=True)),
+    ("GET", "/console/dead-letters", console.dead_letters_page, Rule("viewer", page=True)),
+    ("GET", "/console/messages", console.messages_page, Rule("viewer", page=True)),
+    ("GET", "/console/audit", console.audit_page, Rule("admin", page=True)),
+    ("GET", "/console/stream", console.stream, Rule("viewer", page=True)),
+    ("GET", "/static/{name}", console.static, Rule(None)),
     ("POST", "/login", login, Rule(None)),
     ("POST", "/logout", logout, Rule(None)),
     ("GET", "/healthz", healthz, Rule(None)),

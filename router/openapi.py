@@ -81,8 +81,23 @@ class Op:
 
 
 OPERATIONS: dict[tuple[str, str], Op] = {
-    ("GET", "/"): Op("The dashboard (HTML); without a credential, the login form (401, no data)",
-                     None, media="text/html", errors=(401,)),
+    ("GET", "/"): Op("The console's overview (HTML, live through /console/stream); without a credential, "
+                     "the login form (401, no data)", None, media="text/html", errors=(401,)),
+    ("GET", "/console/interfaces/{iface}"): Op("The console's page of an interface (HTML): route switch, parity, "
+                                               "ledger, route history", None, media="text/html", errors=(404,)),
+    ("GET", "/console/interfaces/{iface}/gate"): Op(
+        "The gate's verdict on a flip (?mode=&facility=), an HTML fragment for htmx, with the confirming "
+        "button when the gate allows it", None, media="text/html", errors=(404,)),
+    ("GET", "/console/interfaces/{iface}/history"): Op("The route history table, an HTML fragment for htmx",
+                                                       None, media="text/html", errors=(404,)),
+    ("GET", "/console/dead-letters"): Op("The console's dead letters page (HTML)", None, media="text/html"),
+    ("GET", "/console/messages"): Op("The console's message browser (HTML)", None, media="text/html"),
+    ("GET", "/console/audit"): Op("The console's audit trail (HTML; admin)", None, media="text/html"),
+    ("GET", "/console/stream"): Op("The overview's figures every second (Server-Sent Events, `figures` events: "
+                                   "counters, ledger today, sinks, alerts; no content)", None,
+                                   media="text/event-stream"),
+    ("GET", "/static/{name}"): Op("The console's script and style sheet (package data)", None,
+                                  media="text/javascript", errors=(404,)),
     ("POST", "/login"): Op("Log in to the dashboard with a client's token (or a JWT): a session cookie",
                            None, status=303, description="Form field `token` (application/x-www-form-urlencoded); "
                            "303 to `/` with the cookie, or 401 with the form again."),
@@ -181,6 +196,8 @@ PATH_PARAMS: dict[str, Schema] = {
     "claim": {"type": "string", "maxLength": 200, "description": "a payer claim control number (CLP07)"},
     "trace": {"type": "string", "maxLength": 200, "description": "a remittance's trace number (TRN02)"},
     "account": {"type": "string", "maxLength": 200, "description": "an account number (PID-18, the account column)"},
+    "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9.-]{0,63}\\.(js|css)$",
+             "description": "a file of the console: console.js, console.css, htmx.min.js"},
     "correlation": {"type": "string", "maxLength": 1024, "description": "a unit's correlation id (ficuscorrelation)"},
 }
 _SEQUENCE = {"type": "string", "pattern": "^[0-9]+$", "description": "a stream sequence number"}
@@ -208,7 +225,10 @@ def access(rule: Rule) -> str:
     else:
         text = f"Needs the {rule.role} role (viewer < operator < admin)."
     if rule.page:
-        text += " A dashboard session cookie counts too."
+        text += " A console session cookie counts too."
+    else:
+        text += (" A console session cookie counts too with its CSRF token in the X-Ficus-CSRF header "
+                 "(the console's own calls).")
     if rule.action is not None:
         text += f" Audited as `{rule.action}`."
     if rule.content:
@@ -352,6 +372,8 @@ def _operation(method: str, path: str, handler_name: str, rule: Rule, components
 
 def _tag(path: str) -> str:
     parts = path.split("/")
+    if parts[1] in ("console", "static") or path == "/":
+        return "console"
     if len(parts) < 4:
         return "service"
     name = parts[3]

@@ -282,8 +282,12 @@ def without_values(diff: dict[str, Any]) -> dict[str, Any]:
 # -- one dead letter ---------------------------------------------------------------------------
 
 
-async def replay_dead_letter(svc: Running, letter_id: int) -> dict[str, Any]:
-    """Re-translates the raw unit of one dead letter; raises ReplayError."""
+async def replay_dead_letter(svc: Running, letter_id: int, *, dry_run: bool = False) -> dict[str, Any]:
+    """Re-translates the raw unit of one dead letter; raises ReplayError.
+
+    A dry run translates and stores nothing: it answers what the replay would publish (each
+    event's type and id, their money) or why it would still fail (the console shows it before
+    the operator confirms)."""
     letter = await dlq.get(svc.store, letter_id)
     if letter is None:
         raise ReplayError(f"no dead letter {letter_id}", 404)
@@ -295,6 +299,9 @@ async def replay_dead_letter(svc: Running, letter_id: int) -> dict[str, Any]:
     if letter_id in await discarded_ids(svc):
         raise ReplayError(f"dead letter {letter_id} was discarded; it is not replayed")
     if letter.interface.startswith(SINK_LETTERS):
+        if dry_run:
+            return {"letter": letter_id, "interface": letter.interface, "events": 1, "dry_run": True,
+                    "would_publish": [], "error": None, "at": datetime.now(UTC).isoformat(timespec="seconds")}
         return await _redeliver(svc, letter_id, letter)
     running = svc.interfaces.get(letter.interface)
     if running is None:
@@ -314,6 +321,8 @@ async def replay_dead_letter(svc: Running, letter_id: int) -> dict[str, Any]:
     # One token per letter: replaying it twice stores and counts nothing twice.
     out = Outcome(replay=f"dlq{letter_id}")
     pipeline.stage.add(out, record)
+    if dry_run:
+        return _dry_letter(letter_id, letter.interface, out, record.error.reason if record.error else None)
     if record.error is not None:
         raise ReplayError(f"still not translatable: {record.error.reason}", 422)
     try:
@@ -325,6 +334,21 @@ async def replay_dead_letter(svc: Running, letter_id: int) -> dict[str, Any]:
             "at": datetime.now(UTC).isoformat(timespec="seconds")}
     await kv.put(str(letter_id), json.dumps(done).encode())
     return done
+
+
+def _dry_letter(letter_id: int, interface: str, out: Outcome, error: str | None) -> dict[str, Any]:
+    """A dead letter's dry run: the events a replay would publish (type and id) and their money."""
+    would = []
+    for item in out.events:
+        try:
+            body = json.loads(item.payload)
+        except ValueError:
+            continue
+        if isinstance(body, dict):
+            would.append({"type": str(body.get("type", "")), "id": str(body.get("id", ""))})
+    return {"letter": letter_id, "interface": interface, "events": 0 if error else len(would), "dry_run": True,
+            "would_publish": [] if error else would, "money": out.money.as_json(), "error": error,
+            "at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 SINK_LETTERS = "sink."

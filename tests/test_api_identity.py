@@ -50,6 +50,14 @@ EVENT_TYPE = "org.ficus.revenue.charge.posted.v1"
 # without a line here fails.
 EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/"): "viewer",
+    ("GET", "/console/interfaces/{iface}"): "viewer",
+    ("GET", "/console/interfaces/{iface}/gate"): "viewer",
+    ("GET", "/console/interfaces/{iface}/history"): "viewer",
+    ("GET", "/console/dead-letters"): "viewer",
+    ("GET", "/console/messages"): "viewer",
+    ("GET", "/console/audit"): "admin",
+    ("GET", "/console/stream"): "viewer",
+    ("GET", "/static/{name}"): None,
     ("POST", "/login"): None,
     ("POST", "/logout"): None,
     ("GET", "/healthz"): None,
@@ -369,7 +377,7 @@ async def test_no_credential_in_logs_errors_or_answers(
                     body = BODIES.get((method, path))
                     resp = await http.request(method, f"{svc.api_url}{_fill(path)}", headers=headers, json=body,
                                               allow_redirects=False)
-                    if path == "/api/v1/events/stream" and resp.status == 200:
+                    if path in ("/api/v1/events/stream", "/console/stream") and resp.status == 200:
                         # A live feed never ends: its head, and what it sent so far.
                         answers.append(f"{resp.status} {dict(resp.headers)} {resp.content.read_nowait()!r}")
                         resp.close()

@@ -365,5 +365,5 @@ async def test_cli_table_and_exit_codes(nats_server: EmbeddedNats, service_facto
                 assert resp.status == 400
             async with http.get(f"{svc.api_url}/") as resp:
                 page = await resp.text()
-        assert "ledger today" in page and "1 = 1+0+0+0+0 ok" in page
+        assert "Ledger today" in page and "1 = 1+0+0+0+0 ok" in page
     json.dumps(None)
