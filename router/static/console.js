@@ -138,7 +138,9 @@
       button.disabled = true;
       const res = await api("PUT", "/api/v1/routes/" + encodeURIComponent(form.dataset.iface), body);
       if (res.ok) {
-        say("flip-result", "Switched to " + res.data.route.mode + " (revision " + (res.data.route.revision || "") +
+        const what = body.facility ? "Facility " + body.facility + " switched to " + body.mode
+          : "Switched to " + res.data.route.mode;
+        say("flip-result", what + " (revision " + (res.data.route.revision || "") +
           "). Recorded in the route history and the audit trail.");
         const route = document.querySelector('[data-live="route"]');
         if (route) route.textContent = res.data.route.mode;
