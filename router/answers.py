@@ -395,6 +395,28 @@ class Sinks(Answer):
     sinks: list[Sink]
 
 
+class Alert(Answer):
+    """One alert rule's subject: its state and business context (router/alerts.py)."""
+
+    rule: str
+    kind: str
+    state: Literal["firing", "resolved", "ok"]
+    process: str
+    interfaces: list[str]
+    facilities: list[str]
+    money_at_risk: str | None
+    since: str | None
+    last_sent: str | None
+    repeats: int
+    summary: str
+
+
+class Alerts(Answer):
+    """GET /api/v1/alerts."""
+
+    alerts: list[Alert]
+
+
 class SinkPaused(Answer):
     sink: str
     paused: bool

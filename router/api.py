@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
 from protocols.tls import ReloadingContext, TlsFiles, peer_subject, server_context
 from router import browser, dlq, events_api, gl_parity, ledger, names, parity, queries, replay
+from router.alerts_api import NatsCollector, get_alerts
 from router.audit import ACTIONS, Action, AuditTrail, AuditUnavailable, Record, result_of
 from router.auth import OPEN, Authenticator, Identity, RateLimiter, allows
 from router.config import SLUG, ApiTlsConfig, ConfigError, FicusConfig, Mode, Role
@@ -783,6 +784,7 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     # The message browser (router/browser.py): business keys and the links of a unit, i.e. content.
     ("GET", "/api/v1/messages", browser.search_messages, CONSUMER("message_search")),
     ("GET", "/api/v1/messages/{correlation}", browser.get_message, CONSUMER("message_read")),
+    ("GET", "/api/v1/alerts", get_alerts, VIEWER),
     ("GET", "/api/v1/openapi.json", get_openapi, Rule(None)),
 )
 """Every route with its access rule: the README's role matrix is this table."""
@@ -850,6 +852,7 @@ def make_app(running: Running) -> web.Application:
     registry.register(ListenerCollector({n: (lambda listener=r.listener: listener.stats)
                                          for n, r in running.interfaces.items() if r.listener is not None}))
     registry.register(events_api.SSE_DROPPED)
+    registry.register(NatsCollector(running.store))
     app[REGISTRY] = registry
     for method, path, handler, rule in ENDPOINTS:
         if method == "GET":

@@ -62,32 +62,15 @@ class OneLineFormatter(logging.Formatter):
         return escape_controls(super().formatMessage(record))
 
 
-def log_handler(stream: TextIO, fmt: str = "text") -> logging.Handler:
-    """The handler `ficus run` and `ficus demo` log through: `text` lines, or `json` objects
-    (router/logjson.py; the unit being worked on is then kept for each line)."""
-    from router import tracing
-    from router.logjson import JsonFormatter
-
+def log_handler(stream: TextIO) -> logging.Handler:
+    """The handler `ficus run` and `ficus demo` log through."""
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else OneLineFormatter(LOG_FORMAT))
-    tracing.log_units(fmt == "json")
+    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
     return handler
 
 
-def _setup_logging(level: str, fmt: str = "text") -> None:
-    logging.basicConfig(level=getattr(logging, level), handlers=[log_handler(sys.stderr, fmt)])
-
-
-def _notice(cfg: FicusConfig, text: str, level: int = logging.INFO) -> None:
-    """A line `ficus run` always shows on stderr (whatever log_level): `ficus: text`, or a JSON
-    object like every log line when log_format is json."""
-    if cfg.log_format == "json":
-        from router.logjson import JsonFormatter
-
-        record = logging.LogRecord("ficus", level, __file__, 0, text, None, None)
-        print(JsonFormatter().format(record), file=sys.stderr, flush=True)
-    else:
-        print(f"ficus: {text}", file=sys.stderr, flush=True)
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), handlers=[log_handler(sys.stderr)])
 
 
 async def run_service(cfg: FicusConfig) -> None:
@@ -107,10 +90,10 @@ async def run_service(cfg: FicusConfig) -> None:
         freeze_heap()  # once per process: what start-up made lives as long as the process
         shutdown.install(asyncio.get_running_loop(), svc.stopping.set, limit + Service.GRACE + 5)
         shutdown.on_hangup(asyncio.get_running_loop(), svc.reload_certificates)
-        _notice(cfg, f"running; API {svc.api_url}, NATS {redact(svc.nats_url, [])}")
+        print(f"ficus: running; API {svc.api_url}, NATS {redact(svc.nats_url, [])}", file=sys.stderr)
         await svc.wait()
-        _notice(cfg, f"stopping (finishing messages in flight, at most {limit:g}s; a second Ctrl-C or "
-                "SIGTERM exits at once)")
+        print(f"ficus: stopping (finishing messages in flight, at most {limit:g}s; a second Ctrl-C or "
+              "SIGTERM exits at once)", file=sys.stderr, flush=True)
     if svc.abandoned:
         shutdown.exit_now("stopped with work abandoned at the shutdown deadline (exit code 1)", 1)
 
@@ -155,14 +138,14 @@ def raise_fd_limit(cfg: FicusConfig) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    _setup_logging(cfg.log_level, cfg.log_format)
+    _setup_logging(cfg.log_level)
     raise_fd_limit(cfg)
     from router.service import StartError  # `run` loads the service anyway; other commands need not
 
     try:
         _run(run_service(cfg))
     except StartError as exc:  # a component that could not start (what had started is stopped): one line
-        _notice(cfg, escape_controls(str(exc)), logging.ERROR)
+        print(f"ficus: {escape_controls(str(exc))}", file=sys.stderr)
         return 1
     return 0
 
@@ -170,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from router.demo import run_demo
 
-    _setup_logging("WARNING" if not args.verbose else "INFO", args.log_format)
+    _setup_logging("WARNING" if not args.verbose else "INFO")
     return _run(run_demo(duration=args.duration, state_dir=args.state_dir))
 
 
@@ -509,6 +492,28 @@ def cmd_sinks(args: argparse.Namespace) -> int:
     return 0
 
 
+def alerts_table(alerts: list[dict[str, Any]]) -> str:
+    """GET /api/v1/alerts as a table: firing first, then resolved, then the quiet rules."""
+    order = {"firing": 0, "resolved": 1, "ok": 2}
+    header = ("STATE", "RULE", "KIND", "PROCESS", "INTERFACES", "FACILITIES", "AT RISK", "SINCE", "SENT", "SUMMARY")
+    rows = [header] + [
+        (a["state"], a["rule"], a["kind"] or "", a["process"] or "", ",".join(a["interfaces"]) or "-",
+         ",".join(a["facilities"]) or "-", a["money_at_risk"] or "-", a["since"] or "-",
+         str(a["repeats"] + 1) if a["last_sent"] else "0", a["summary"])
+        for a in sorted(alerts, key=lambda a: (order.get(a["state"], 3), a["rule"]))]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    alerts = _client(args).call("GET", "/api/v1/alerts")["alerts"]
+    if not alerts:
+        print("no alert rules configured")
+        return 0
+    print(alerts_table(alerts))
+    return 0
+
+
 def cmd_ledger(args: argparse.Namespace) -> int:
     """The reconciliation ledger of an interface as a table, one line per day and facility."""
     query = f"?day={_q(args.day)}" if args.day else ""
@@ -691,8 +696,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=None, help="where the demo keeps its NATS store (default: a temporary "
                    "directory)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO instead of WARNING")
-    p.add_argument("--log-format", choices=("text", "json"), default="text",
-                   help="log lines as text (default) or one JSON object per line, as log_format does for run")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("check", help="validate a config and list every problem")
@@ -776,6 +779,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ISO 8601 time, e.g. 2026-11-25T08:00:00Z (no zone: UTC)")
     api_opts(k)
     p.set_defaults(func=cmd_sinks)
+
+    p = sub.add_parser("alerts", help="alert rules and their state: firing, resolved or ok, with process, "
+                                      "facilities and money at risk")
+    api_opts(p)
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("replay", help="re-translate an interface's raw traffic since a time")
     p.add_argument("iface", metavar="IFACE", help="interface name")

@@ -415,25 +415,6 @@ class AuditConfig(_Model):
     retention_days: float = Field(default=2190, gt=0)
 
 
-class TracingConfig(_Model):
-    """OpenTelemetry traces (`[tracing]`, router/tracing.py): off unless `otlp_endpoint` is set."""
-
-    otlp_endpoint: str | None = None
-    """The OTLP/HTTP traces URL of a collector, e.g. `http://127.0.0.1:4318/v1/traces`."""
-    service_name: str = Field(default="ficus", min_length=1)
-    sample_ratio: float = Field(default=1.0, ge=0, le=1)
-    """Share of units traced (new traces; a unit continues its inbound trace's decision)."""
-
-    @field_validator("otlp_endpoint")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("expected an http:// or https:// URL (the collector's /v1/traces)")
-        return value
-
-
 class ViewsConfig(_Model):
     """The status lookups' views (`[views]`, router/views.py)."""
 
@@ -905,6 +886,207 @@ def https_url(value: str) -> str:
     return value
 
 
+AlertKind = Literal["silent", "dead_letters", "parity", "legacy_errors", "nats_unavailable", "sink_lag",
+                    "sftp_auth", "cert_expiry"]
+Process = Literal["claims-to-cash", "supply", "workforce"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+
+
+class AlertScheduleConfig(_Model):
+    """When a silent feed matters: days and a clock range in a time zone (end exclusive)."""
+
+    days: list[Weekday] = ["mon", "tue", "wed", "thu", "fri"]
+    start: str = "00:00"
+    end: str = "24:00"
+    timezone: str = "UTC"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        if value != "24:00" and not _CLOCK.match(value):
+            raise ValueError("expected a time of day as HH:MM (24-hour clock, end may be 24:00)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as America/Chicago)") from None
+        return value
+
+
+class AlertWebhookConfig(_Model):
+    """A webhook alerts are POSTed to (`[[alerting.webhooks]]`)."""
+
+    name: str
+    url: str
+    format: Literal["json", "slack", "teams"] = "json"
+    bearer_token: str | None = Field(default=None, min_length=1)
+    timeout_seconds: float = Field(default=10, gt=0, le=120)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError("target name must be a lowercase slug ([a-z0-9_-])")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return https_url(value)
+
+
+class AlertEmailConfig(_Model):
+    """An SMTP relay alerts are mailed through (`[[alerting.email]]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "plain"] = "starttls"
+    """plain (no TLS) only to a loopback relay: alerts name facilities and money."""
+    sender: str = Field(alias="from")
+    to: list[str] = Field(min_length=1)
+    username: str | None = None
+    password: str | None = None
+    timeout_seconds: float = Field(default=10, gt=0, le=120)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError("target name must be a lowercase slug ([a-z0-9_-])")
+        return value
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        if not _EMAIL.match(value):
+            raise ValueError("from must be an e-mail address")
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, value: list[str]) -> list[str]:
+        for number, address in enumerate(value, 1):
+            if not _EMAIL.match(address):
+                raise ValueError(f"to: entry {number} is not an e-mail address")
+        return value
+
+    @model_validator(mode="after")
+    def _secure(self) -> AlertEmailConfig:
+        if self.security == "plain" and not is_loopback(self.host):
+            raise ValueError("security = \"plain\" is allowed to a loopback relay only; use starttls or tls")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+class AlertingConfig(_Model):
+    """How often alert rules are evaluated, and the targets they notify (by name)."""
+
+    evaluate_seconds: float = Field(default=15, gt=0, le=3600)
+    delivery_attempts: int = Field(default=3, ge=1, le=10)
+    """Tries per notice and target within one evaluation; a notice still not delivered is tried
+    again at the next evaluation."""
+    claim_seconds: float = Field(default=120, gt=0)
+    """A notice claimed by an instance that stopped before delivering it is taken over after this."""
+    webhooks: list[AlertWebhookConfig] = []
+    email: list[AlertEmailConfig] = []
+
+    @model_validator(mode="after")
+    def _names(self) -> AlertingConfig:
+        names_ = [t.name for t in self.webhooks] + [t.name for t in self.email]
+        twice = sorted({n for n in names_ if names_.count(n) > 1})
+        if twice:
+            raise ValueError(f"alerting target name {twice[0]!r} is used twice")
+        return self
+
+
+_KIND_NEEDS: dict[str, tuple[str, ...]] = {
+    "silent": ("silent_minutes",),
+    "sink_lag": ("sink", "lag"),
+    "cert_expiry": ("days",),
+}
+
+
+class AlertRuleConfig(_Model):
+    """One alert rule (`[[alerts]]`), evaluated by router/alerts.py."""
+
+    name: str
+    kind: AlertKind
+    interfaces: list[str] = []
+    """The interfaces it watches; empty: every interface (the kind applies to)."""
+    facilities: list[str] = []
+    """Only these facilities (dead letters, parity by facility route); empty: all."""
+    process: Process | None = None
+    """The business process named in the alert; default from the interfaces' event types."""
+    silent_minutes: float | None = Field(default=None, gt=0)
+    schedule: AlertScheduleConfig | None = None
+    """silent: only inside this schedule (none: always)."""
+    count: int | None = Field(default=None, ge=1)
+    """dead_letters: this many in the window (either this or money); legacy_errors: failures (default 1)."""
+    money: str | None = None
+    """dead_letters: this much money at risk in the window (a decimal)."""
+    window_minutes: float = Field(default=60, gt=0)
+    min_samples: int = Field(default=10, ge=1)
+    """parity: samples in the window before the ratio is judged."""
+    below: float | None = Field(default=None, gt=0, le=1)
+    """parity: the ratio that fires (default: the interface's parity_gate)."""
+    minutes: float = Field(default=1, gt=0)
+    """nats_unavailable: disconnected this long."""
+    sink: str | None = None
+    lag: int | None = Field(default=None, ge=1)
+    days: float | None = Field(default=None, gt=0)
+    """cert_expiry: a certificate expiring within this many days."""
+    repeat_minutes: float = Field(default=60, gt=0)
+    max_repeats: int = Field(default=3, ge=0, le=100)
+    """Reminders while it fires, at most every repeat_minutes; then silent until resolved."""
+    notify: list[str] = Field(default=[], min_length=1)
+    """Names of [[alerting.webhooks]] / [[alerting.email]] targets."""
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError("alert name must be a lowercase slug ([a-z0-9_-])")
+        return value
+
+    @field_validator("money")
+    @classmethod
+    def _money(cls, value: str | None) -> str | None:
+        from decimal import Decimal, InvalidOperation
+
+        if value is None:
+            return None
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:
+            raise ValueError("money must be a decimal such as \"1000.00\"") from None
+        if not amount.is_finite() or amount <= 0:
+            raise ValueError("money must be a positive decimal")
+        return value
+
+    @model_validator(mode="after")
+    def _kind(self) -> AlertRuleConfig:
+        missing = [key for key in _KIND_NEEDS.get(self.kind, ()) if getattr(self, key) is None]
+        if missing:
+            raise ValueError(f"kind {self.kind!r} needs {' and '.join(missing)}")
+        if self.kind == "dead_letters" and self.count is None and self.money is None:
+            raise ValueError("kind 'dead_letters' needs count or money (or both)")
+        if self.kind != "silent" and self.schedule is not None:
+            raise ValueError("schedule is for kind 'silent' only")
+        return self
+
+
 FileInterfaceConfig = FolderInterfaceConfig | SftpInterfaceConfig
 InterfaceConfig = Annotated[
     MllpInterfaceConfig | FolderInterfaceConfig | SftpInterfaceConfig | OdbcInterfaceConfig,
@@ -917,8 +1099,6 @@ class FicusConfig(_Model):
 
     state_dir: str = ".ficus"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = "text"
-    """`json`: one JSON object per line (router/logjson.py)."""
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
     """At SIGTERM/Ctrl-C, work in flight gets this long; then it is abandoned (not acknowledged,
     redone at the next start) and `ficus run` exits with code 1."""
@@ -926,11 +1106,12 @@ class FicusConfig(_Model):
     api: ApiConfig = ApiConfig()
     audit: AuditConfig = AuditConfig()
     views: ViewsConfig = ViewsConfig()
-    tracing: TracingConfig = TracingConfig()
     reference: ReferenceConfig = ReferenceConfig()
     interfaces: list[InterfaceConfig] = []
     sinks: list[SinkConfig] = []
     posting: PostingConfig = PostingConfig()
+    alerting: AlertingConfig = AlertingConfig()
+    alerts: list[AlertRuleConfig] = []
 
     @model_validator(mode="after")
     def _gl_interface(self) -> FicusConfig:
@@ -941,6 +1122,27 @@ class FicusConfig(_Model):
                 raise ValueError(f"posting.gl_interface: no interface named {name!r}")
             if found[0].format != "gl-export":
                 raise ValueError(f"posting.gl_interface: {name!r} has format {found[0].format!r}, not 'gl-export'")
+        return self
+
+    @model_validator(mode="after")
+    def _alerts(self) -> FicusConfig:
+        targets = {t.name for t in self.alerting.webhooks} | {t.name for t in self.alerting.email}
+        interfaces = {i.name for i in self.interfaces}
+        sinks = {s.name for s in self.sinks}
+        seen: set[str] = set()
+        for rule in self.alerts:
+            where = f"alerts[{rule.name}]"
+            if rule.name in seen:
+                raise ValueError(f"{where}: the alert name is used twice")
+            seen.add(rule.name)
+            for name in rule.interfaces:
+                if name not in interfaces:
+                    raise ValueError(f"{where}.interfaces: no interface named {name!r}")
+            for name in rule.notify:
+                if name not in targets:
+                    raise ValueError(f"{where}.notify: no [[alerting.webhooks]] or [[alerting.email]] named {name!r}")
+            if rule.sink is not None and rule.sink not in sinks:
+                raise ValueError(f"{where}.sink: no sink named {rule.sink!r}")
         return self
 
     @model_validator(mode="after")
@@ -971,7 +1173,8 @@ class FicusConfig(_Model):
 
 def _item_key(key: str, index: int, item: Any) -> str:
     """`interfaces[his-adt]` for a named interface (as validation errors say it), else `key[index]`."""
-    if key == "interfaces" and isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"]:
+    named = isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"]
+    if key in ("interfaces", "alerts") and named:
         return f"{key}[{item['name']}]"
     return f"{key}[{index}]"
 
@@ -1043,11 +1246,11 @@ def _location(loc: Iterable[int | str], raw: dict[str, Any]) -> str:
     i = 0
     while i < len(items):
         item = items[i]
-        if item == "interfaces" and i + 1 < len(items) and isinstance(items[i + 1], int):
+        if item in ("interfaces", "alerts") and i + 1 < len(items) and isinstance(items[i + 1], int):
             idx = int(items[i + 1])
-            ifaces = raw.get("interfaces", [])
+            ifaces = raw.get(str(item), [])
             name = ifaces[idx].get("name") if idx < len(ifaces) and isinstance(ifaces[idx], dict) else None
-            parts.append(f"interfaces[{name or idx}]")
+            parts.append(f"{item}[{name or idx}]")
             i += 2
             # The discriminated union adds the kind as a location step; it says nothing.
             if i < len(items) and isinstance(items[i], str) and items[i] in ("hl7-mllp", "folder", "sftp", "odbc"):

@@ -64,7 +64,6 @@ from router.routes import Route, RouteTable
 from router.stage import Outcome, Record, ReplayChunk, Stage
 from router.stats import InterfaceStats
 from router.store import NotFound, Objects, Store, StoreError
-from router.tracing import span, traced_sync, traced_unit
 from wrappers.file_source import (
     FileChanged,
     FileRef,
@@ -342,8 +341,6 @@ class FilePipeline:
             self.changed_under_ficus += 1
             log.warning("%s: %s", self.name, exc.reason)
 
-    @traced_unit("receive", lambda self, ref, _local: (self.name, printable(ref.name), {"bytes": ref.size}),
-                 lambda entry: f"{entry.state}: {entry.events} events, {entry.dead_letters} dead letters")
     async def _process(self, ref: FileRef, local: Path | None) -> FileEntry:
         if local is None:
             local = self._local = await self.source.fetch(ref, self.spool_dir)
@@ -378,8 +375,7 @@ class FilePipeline:
             await self._publish(local, entry, route)
         if _delivered(route) and self.delivery is not None and not entry.delivered:
             try:
-                with span("legacy forward", interface=self.name, unit=entry.sha256):
-                    await self.delivery.deliver(local, ref.name)
+                await self.delivery.deliver(local, ref.name)
             except DeliveryError:
                 self.stats.legacy_errors += 1
                 raise
@@ -451,8 +447,6 @@ class FilePipeline:
                 self.stats.dead_lettered += len(letters)
         await gl_export.mark_days(self.store, self.name, entry.sha256, days)
 
-    @traced_sync("translate", lambda self, _units, entry, _route, start: {"interface": self.name,
-                                                                         "unit": entry.sha256, "from_record": start})
     def _chunk(self, units: Iterator[Unit], entry: FileEntry, route: Route, start: int) -> _Chunk:
         """The next records (in a worker thread), routed into one outcome: up to BATCH events or
         dead letters, or CHUNK_RECORDS records.
@@ -480,7 +474,8 @@ class FilePipeline:
         point reproduces exactly -- and only then advances the resume point (the acknowledgement)."""
         out = chunk.out
         if out.records:
-            await self.stage.commit(out, batch=f"file|{entry.sha256}|{chunk.first}|{chunk.next_record - 1}")
+            with self.stats.commit_latency.timed():
+                await self.stage.commit(out, batch=f"file|{entry.sha256}|{chunk.first}|{chunk.next_record - 1}")
         entry.events += out.live + out.shadow
         entry.dead_letters += len(out.letters)
         entry.next_record = max(entry.next_record, chunk.next_record)

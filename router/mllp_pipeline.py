@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from canonical.errors import CanonicalError, NotHl7Error, TranslationError, UnsupportedMessageError
 from canonical.hl7v2.ack import AckError, ack_code, build_ack
 from canonical.hl7v2.charsets import codec_for_charset
+from canonical.hl7v2.dft import amount_at_risk
 from canonical.hl7v2.reader import MshHeader, peek_header
 from canonical.reference import ReferenceStore
 from canonical.safe_text import bounded_id, safe_reason
@@ -46,7 +47,6 @@ from router.routes import RouteTable
 from router.stage import Outcome, Record, ReplayChunk, Stage
 from router.stats import InterfaceStats
 from router.store import Store, StoredMsg, StoreError, StoreUnavailable
-from router.tracing import span, traced_sync, traced_unit
 from wrappers.mllp_listener import Peer
 
 log = logging.getLogger("ficus.pipeline")
@@ -110,6 +110,7 @@ class MllpPipeline:
         stats.received += 1
         stats.in_flight += 1
         stats.last_message_at = time.time()
+        started = time.perf_counter()
         try:
             try:
                 header: MshHeader | None = peek_header(payload)
@@ -124,6 +125,7 @@ class MllpPipeline:
                 reply = await self._legacy(payload, header, peer, mode)
         finally:
             stats.in_flight -= 1
+        stats.ack_latency.observe(time.perf_counter() - started)
         return reply
 
     async def on_oversize(self, peer: Peer, size: int) -> bytes | None:
@@ -157,8 +159,6 @@ class MllpPipeline:
 
     # -- modes -------------------------------------------------------------------------
 
-    @traced_unit("receive", lambda self, payload, header, *_: _unit_of(self.name, header),
-                 lambda reply: _ack_outcome(reply))
     async def _modern(
         self, payload: bytes, header: MshHeader | None, reject: str | None, peer: Peer
     ) -> bytes | None:
@@ -170,8 +170,6 @@ class MllpPipeline:
         record = self.translated(payload, header, reject, reused, raw_ref, raw_id, received)
         return await self._answer(record, "modern")
 
-    @traced_sync("translate", lambda self, payload, header, _r, _u, _ref, raw_id, *_: {
-        "interface": self.name, "unit": raw_id, "bytes": len(payload)})
     def translated(
         self, payload: bytes, header: MshHeader | None, reject: str | None, reused: bool, raw_ref: str,
         raw_id: str, received: datetime | None = None,
@@ -211,7 +209,8 @@ class MllpPipeline:
         out = Outcome(resends=True)
         self.stage.add(out, record)
         try:
-            await self.stage.commit(out)
+            with self.stats.commit_latency.timed():
+                await self.stage.commit(out)
         except StoreUnavailable as exc:
             return self._unavailable(header, exc)
         error = record.error
@@ -227,8 +226,6 @@ class MllpPipeline:
         err = error.hl7_code if isinstance(error, (Refused, UnsupportedMessageError, NotHl7Error)) else ERR_UNSUPPORTED
         return self._reply(header, "AR", error.reason, err)
 
-    @traced_unit("receive", lambda self, payload, header, *_: _unit_of(self.name, header),
-                 lambda reply: _ack_outcome(reply))
     async def _legacy(
         self, payload: bytes, header: MshHeader | None, peer: Peer, mode: Mode
     ) -> bytes | None:
@@ -245,16 +242,19 @@ class MllpPipeline:
             return self._reply(header, "AR", "no legacy destination configured", ERR_INTERNAL)
         try:
             # MSH-10 as sent: the engine echoes the field's bytes, escapes and all.
-            with span("legacy forward", interface=self.name):
-                reply = await self.legacy.send(payload, header.control_id_raw if header is not None else "")
+            reply = await self.legacy.send(payload, header.control_id_raw if header is not None else "")
         except LegacyError as exc:
             self.stats.legacy_errors += 1
+            # For the alerts (router/alerts.py): the facility and money this refusal leaves unsent.
+            self.stats.legacy_refused.append((time.time(), header.sending_facility if header is not None else None,
+                                              amount_at_risk(payload)))
             self.stats.error(f"legacy destination: {exc.reason}")
             log.warning("%s: legacy delivery of %s failed: %s", self.name, bounded_id(control_id) or "-",
                         safe_reason(exc.reason))
             return self._reply(header, "AR", "legacy destination unavailable; resend later", ERR_INTERNAL,
                                transient=True)
         self.stats.legacy_forwarded += 1
+        self.stats.legacy_ok_at = time.time()
         code = _reply_code(reply)
         if code in POSITIVE:
             self.stats.acked += 1
@@ -336,7 +336,8 @@ class MllpPipeline:
         out = Outcome(resends=True)
         self.stage.add(out, record)
         try:
-            await self.stage.commit(out)
+            with self.stats.commit_latency.timed():
+                await self.stage.commit(out)
         except StoreUnavailable as exc:
             self.stats.store_unavailable += 1
             self.stats.error(f"{mode} outcome not stored: {exc.reason}")
@@ -423,20 +424,6 @@ class MllpPipeline:
             code = "CE" if transient else "CR"
         text = safe_reason(text)  # the one boundary for ERR and MSA-3 text: bounded, no controls
         return build_ack(_echoable(header), code, text=text, error=AckError(err, text))
-
-
-def _unit_of(interface: str, header: MshHeader | None) -> tuple[str, str, dict[str, str]]:
-    """A message as a unit (router/tracing.py): its bounded control id for log lines, as the
-    text logs show it; for span attributes the hash its raw copy is stored under, not the id."""
-    if header is None or not header.control_id:
-        return interface, "-", {}
-    return interface, bounded_id(header.control_id), {"unit": _digest(b"msh10", interface, header.sender,
-                                                                       header.control_id)}
-
-
-def _ack_outcome(reply: bytes | None) -> str:
-    """A unit's outcome for its span and its log line: the ACK code it was answered with."""
-    return (_reply_code(reply) or "no ACK") if reply is not None else "no ACK"
 
 
 def _refusal(header: MshHeader, reused: bool) -> str | None:

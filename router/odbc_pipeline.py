@@ -74,7 +74,6 @@ from router.routes import Route, RouteTable
 from router.stage import Outcome, Record, ReplayChunk, Stage
 from router.stats import InterfaceStats
 from router.store import Bucket, RevisionConflict, Store, StoredMsg, StoreError
-from router.tracing import traced_sync, traced_unit
 from wrappers.odbc_poller import Batch, OdbcPoller, OdbcSettings, QueryError
 from wrappers.watermark import Checkpoint, Key
 
@@ -258,8 +257,6 @@ class OdbcPipeline:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await ahead
 
-    @traced_unit("receive", lambda self, batch: (self.name, f"{self.cfg.table}: {len(batch.rows)} rows",
-                                                 {"rows": len(batch.rows)}), lambda _checkpoint: "committed")
     async def process(self, batch: Batch) -> Checkpoint:
         """One batch end to end; returns the checkpoint now stored. Safe to repeat after a crash."""
         self.stats.received += len(batch.rows)
@@ -270,7 +267,8 @@ class OdbcPipeline:
             # Translating and routing a batch (up to batch_size rows) run in a worker thread
             # (router/offload.py): the loop only publishes, so MLLP ACKs never wait for a batch.
             out = await off_loop(self._outcome, batch, refs, route)
-            await self.stage.commit(out, piece=PUBLISH_CHUNK)
+            with self.stats.commit_latency.timed():
+                await self.stage.commit(out, piece=PUBLISH_CHUNK)
         if out.done and self.cfg.mark_statement is not None:
             # After the acknowledgement, before the checkpoint: see the module docstring. A read
             # ahead holds the poller's thread: the mark waits for it rather than spend its query
@@ -300,7 +298,6 @@ class OdbcPipeline:
 
     # -- rows to records -----------------------------------------------------------------
 
-    @traced_sync("translate", lambda self, batch, *_: {"interface": self.name, "rows": len(batch.rows)})
     def _outcome(self, batch: Batch, refs: list[str], route: Route) -> Outcome:
         """The batch's records routed into an outcome (in a worker thread); ``done`` lists the
         keys of the modern rows whose events it holds: those to mark."""

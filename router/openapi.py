@@ -149,6 +149,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         query=queries.GlParityQuery, errors=(404, 409)),
     ("GET", "/api/v1/ledger/{iface}"): Op("The reconciliation ledger of an interface, per day and facility",
                                           answers.Ledger, query=queries.LedgerQuery, errors=(404,)),
+    ("GET", "/api/v1/alerts"): Op("Every alert rule's state: process, facilities, money at risk (no content)",
+                                  answers.Alerts),
     ("GET", "/api/v1/sinks"): Op("Every sink's state (no event content, no credentials)",
                                  answers.Sinks),
     ("POST", "/api/v1/sinks/{id}/pause"): Op("Pause a sink (every instance, within a second)", answers.SinkPaused,

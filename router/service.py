@@ -31,6 +31,7 @@ from canonical.reference import ReferenceStore
 from canonical.safe_text import safe_reason
 from protocols.tls import ReloadingContext
 from router import parity, posting, views
+from router.alerts import Alerts
 from router.config import ConfigError, FicusConfig
 from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
 from router.interfaces import Deps, RunningInterface
@@ -259,6 +260,8 @@ class Service:
         self._running: Running | None = None
         self.api_tls: ReloadingContext | None = None
         self.poster: posting.Poster | None = None
+        self.alerts: Alerts | None = None
+        """The alert evaluator when `[[alerts]]` are configured (tests, diagnostics)."""
         """The posting consumers' holder when `[posting] enabled` (its counts: tests, diagnostics)."""
         """The API's HTTPS certificates (api.tls), reloaded by :meth:`reload_certificates`."""
 
@@ -325,10 +328,6 @@ class Service:
             raise RuntimeError("the service is already started")
         cfg, stops = self.cfg, self._lifetimes
         started_at = time.time()
-        from router import tracing  # OTLP spans when [tracing] says so (else nothing is imported)
-
-        if tracing.configure(cfg.tracing):  # the last spans are flushed once the work has stopped
-            stops.on_stop("routes", "flush traces", lambda _left: asyncio.to_thread(tracing.shutdown))
         embedded: EmbeddedNats | None = None
         servers = cfg.nats.servers
         if cfg.nats.url == "embedded":
@@ -391,6 +390,10 @@ class Service:
                 rules = load_rules(rules_path)
             self.poster = posting.Poster(cfg.posting, store, rules, routes)
             stops.on_stop_task(asyncio.create_task(posting.keep(self.poster), name="posting"))
+        # Alerts (router/alerts.py): every instance evaluates; each notice is sent once (KV ficus-alerts).
+        if cfg.alerts:
+            self.alerts = Alerts(cfg, store, routes, types.MappingProxyType(interfaces), sinks, started_at)
+            stops.on_stop_task(asyncio.create_task(self.alerts.run(), name="alerts"))
         sock: socket.socket | None = None
         api_url: str | None = None
         if self.with_api:

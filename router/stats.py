@@ -6,13 +6,16 @@ only when scraped, so counting costs an integer add. Labels carry interface name
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from canonical.safe_text import bounded_id, safe_reason
@@ -114,6 +117,40 @@ class ParityStats:
         self.route_revision = int(saved.get("route_revision", 0))
 
 
+ACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class Latency:
+    """A Prometheus-style histogram bumped on the hot path (a bisect and two adds)."""
+
+    __slots__ = ("buckets", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.sum += seconds
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Observes how long the block took, when it ends without an exception."""
+        started = time.perf_counter()
+        yield
+        self.observe(time.perf_counter() - started)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, count) pairs as Prometheus wants them, +Inf last."""
+        out, total = [], 0
+        for edge, count in zip([*map(str, self.buckets), "+Inf"], self.counts, strict=True):
+            total += count
+            out.append((edge, float(total)))
+        return out
+
+
 @dataclass
 class InterfaceStats:
     """The counters of one interface."""
@@ -137,6 +174,15 @@ class InterfaceStats:
     last_error: str | None = None
     last_error_at: float | None = None
     parity: ParityStats = field(default_factory=ParityStats)
+    legacy_refused: deque[tuple[float, str | None, Decimal | None]] = field(
+        default_factory=lambda: deque(maxlen=1000))
+    """Units the legacy destination could not take: (when, facility, amount at risk), for alerts."""
+    legacy_ok_at: float | None = None
+    """When the legacy destination last took a unit (the alerts' "it accepts again")."""
+    ack_latency: Latency = field(default_factory=lambda: Latency(ACK_BUCKETS))
+    """MLLP: from a message's arrival to its reply (the sender's ACK)."""
+    commit_latency: Latency = field(default_factory=lambda: Latency(COMMIT_BUCKETS))
+    """A unit's commit (events, dead letters and ledger delta stored)."""
 
     def error(self, reason: str) -> None:
         self.errors += 1
@@ -144,10 +190,12 @@ class InterfaceStats:
         self.last_error_at = time.time()
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("parity")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_SHOWN}
         out["parity_ratio"] = self.parity.ratio
         return out
+
+
+_NOT_SHOWN = frozenset({"parity", "legacy_refused", "legacy_ok_at", "ack_latency", "commit_latency"})
 
 
 class StatsCollector(Collector):
@@ -180,6 +228,17 @@ class StatsCollector(Collector):
             if st.last_message_at is not None:
                 last.add_metric([iface], st.last_message_at)
         yield last
+        for attr, metric, doc in (("ack_latency", "ficus_mllp_ack_latency_seconds",
+                                   "MLLP: from a message's arrival to the reply sent to the sender"),
+                                  ("commit_latency", "ficus_unit_commit_seconds",
+                                   "A unit's commit: its events, dead letters and ledger delta stored")):
+            hist = HistogramMetricFamily(metric, doc, labels=["interface"])
+            for iface, st in self.stats.items():
+                latency: Latency = getattr(st, attr)
+                if attr == "ack_latency" and not any(latency.counts):
+                    continue  # not an MLLP interface (or nothing received yet)
+                hist.add_metric([iface], latency.cumulative(), latency.sum)
+            yield hist
 
 
 LISTENER_COUNTERS = (

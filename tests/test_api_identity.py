@@ -80,6 +80,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/parity/{iface}/gl"): "viewer",
     ("GET", "/api/v1/ledger/{iface}"): "viewer",
     ("GET", "/api/v1/sinks"): "viewer",
+    ("GET", "/api/v1/alerts"): "viewer",
     ("POST", "/api/v1/sinks/{id}/pause"): "operator",
     ("POST", "/api/v1/sinks/{id}/resume"): "operator",
     ("POST", "/api/v1/sinks/{id}/replay"): "operator",

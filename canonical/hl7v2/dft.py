@@ -27,7 +27,7 @@ from canonical.errors import TranslationError
 from canonical.hl7v2.common import Fields, Identifiers, MessageReader, parse_number
 from canonical.hl7v2.reader import Hl7Message, MshHeader, Segment
 
-__all__ = ["CHARGE_TYPES", "CREDIT_TYPES", "SUPPORTED", "map_dft_p03"]
+__all__ = ["CHARGE_TYPES", "CREDIT_TYPES", "SUPPORTED", "amount_at_risk", "map_dft_p03"]
 
 #: FT1-6 codes (HL7 table 0017 and common practice) read as a charge / a credit.
 CHARGE_TYPES = frozenset(("CG",))
@@ -123,3 +123,15 @@ def _amount_at_risk(ft1s: list[Segment]) -> Decimal | None:
         if amount is not None:
             total = abs(amount) if total is None else total + abs(amount)
     return total
+
+
+def amount_at_risk(payload: bytes) -> Decimal | None:
+    """The gross FT1-11 total of a raw DFT message that could not be delivered (the alerts'
+    money at risk); None for a message that is not HL7 or has no amount that parses."""
+    from canonical.errors import NotHl7Error
+
+    try:
+        msg = Hl7Message(payload.decode("latin-1"))
+        return _amount_at_risk(msg.segments("FT1"))
+    except (NotHl7Error, ValueError):
+        return None
