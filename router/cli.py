@@ -62,15 +62,32 @@ class OneLineFormatter(logging.Formatter):
         return escape_controls(super().formatMessage(record))
 
 
-def log_handler(stream: TextIO) -> logging.Handler:
-    """The handler `ficus run` and `ficus demo` log through."""
+def log_handler(stream: TextIO, fmt: str = "text") -> logging.Handler:
+    """The handler `ficus run` and `ficus demo` log through: `text` lines, or `json` objects
+    (router/logjson.py; the unit being worked on is then kept for each line)."""
+    from router import tracing
+    from router.logjson import JsonFormatter
+
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else OneLineFormatter(LOG_FORMAT))
+    tracing.log_units(fmt == "json")
     return handler
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), handlers=[log_handler(sys.stderr)])
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    logging.basicConfig(level=getattr(logging, level), handlers=[log_handler(sys.stderr, fmt)])
+
+
+def _notice(cfg: FicusConfig, text: str, level: int = logging.INFO) -> None:
+    """A line `ficus run` always shows on stderr (whatever log_level): `ficus: text`, or a JSON
+    object like every log line when log_format is json."""
+    if cfg.log_format == "json":
+        from router.logjson import JsonFormatter
+
+        record = logging.LogRecord("ficus", level, __file__, 0, text, None, None)
+        print(JsonFormatter().format(record), file=sys.stderr, flush=True)
+    else:
+        print(f"ficus: {text}", file=sys.stderr, flush=True)
 
 
 async def run_service(cfg: FicusConfig) -> None:
@@ -90,10 +107,10 @@ async def run_service(cfg: FicusConfig) -> None:
         freeze_heap()  # once per process: what start-up made lives as long as the process
         shutdown.install(asyncio.get_running_loop(), svc.stopping.set, limit + Service.GRACE + 5)
         shutdown.on_hangup(asyncio.get_running_loop(), svc.reload_certificates)
-        print(f"ficus: running; API {svc.api_url}, NATS {redact(svc.nats_url, [])}", file=sys.stderr)
+        _notice(cfg, f"running; API {svc.api_url}, NATS {redact(svc.nats_url, [])}")
         await svc.wait()
-        print(f"ficus: stopping (finishing messages in flight, at most {limit:g}s; a second Ctrl-C or "
-              "SIGTERM exits at once)", file=sys.stderr, flush=True)
+        _notice(cfg, f"stopping (finishing messages in flight, at most {limit:g}s; a second Ctrl-C or "
+                "SIGTERM exits at once)")
     if svc.abandoned:
         shutdown.exit_now("stopped with work abandoned at the shutdown deadline (exit code 1)", 1)
 
@@ -138,14 +155,14 @@ def raise_fd_limit(cfg: FicusConfig) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    _setup_logging(cfg.log_level)
+    _setup_logging(cfg.log_level, cfg.log_format)
     raise_fd_limit(cfg)
     from router.service import StartError  # `run` loads the service anyway; other commands need not
 
     try:
         _run(run_service(cfg))
     except StartError as exc:  # a component that could not start (what had started is stopped): one line
-        print(f"ficus: {escape_controls(str(exc))}", file=sys.stderr)
+        _notice(cfg, escape_controls(str(exc)), logging.ERROR)
         return 1
     return 0
 
@@ -153,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from router.demo import run_demo
 
-    _setup_logging("WARNING" if not args.verbose else "INFO")
+    _setup_logging("WARNING" if not args.verbose else "INFO", args.log_format)
     return _run(run_demo(duration=args.duration, state_dir=args.state_dir))
 
 
@@ -696,6 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=None, help="where the demo keeps its NATS store (default: a temporary "
                    "directory)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO instead of WARNING")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines as text (default) or one JSON object per line, as log_format does for run")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("check", help="validate a config and list every problem")

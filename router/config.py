@@ -415,6 +415,25 @@ class AuditConfig(_Model):
     retention_days: float = Field(default=2190, gt=0)
 
 
+class TracingConfig(_Model):
+    """OpenTelemetry traces (`[tracing]`, router/tracing.py): off unless `otlp_endpoint` is set."""
+
+    otlp_endpoint: str | None = None
+    """The OTLP/HTTP traces URL of a collector, e.g. `http://127.0.0.1:4318/v1/traces`."""
+    service_name: str = Field(default="ficus", min_length=1)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Share of units traced (new traces; a unit continues its inbound trace's decision)."""
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("expected an http:// or https:// URL (the collector's /v1/traces)")
+        return value
+
+
 class ViewsConfig(_Model):
     """The status lookups' views (`[views]`, router/views.py)."""
 
@@ -1099,6 +1118,8 @@ class FicusConfig(_Model):
 
     state_dir: str = ".ficus"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object per line (router/logjson.py)."""
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
     """At SIGTERM/Ctrl-C, work in flight gets this long; then it is abandoned (not acknowledged,
     redone at the next start) and `ficus run` exits with code 1."""
@@ -1106,6 +1127,7 @@ class FicusConfig(_Model):
     api: ApiConfig = ApiConfig()
     audit: AuditConfig = AuditConfig()
     views: ViewsConfig = ViewsConfig()
+    tracing: TracingConfig = TracingConfig()
     reference: ReferenceConfig = ReferenceConfig()
     interfaces: list[InterfaceConfig] = []
     sinks: list[SinkConfig] = []

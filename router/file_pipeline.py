@@ -64,6 +64,7 @@ from router.routes import Route, RouteTable
 from router.stage import Outcome, Record, ReplayChunk, Stage
 from router.stats import InterfaceStats
 from router.store import NotFound, Objects, Store, StoreError
+from router.tracing import span, traced_sync, traced_unit
 from wrappers.file_source import (
     FileChanged,
     FileRef,
@@ -341,6 +342,8 @@ class FilePipeline:
             self.changed_under_ficus += 1
             log.warning("%s: %s", self.name, exc.reason)
 
+    @traced_unit("receive", lambda self, ref, _local: (self.name, printable(ref.name), {"bytes": ref.size}),
+                 lambda entry: f"{entry.state}: {entry.events} events, {entry.dead_letters} dead letters")
     async def _process(self, ref: FileRef, local: Path | None) -> FileEntry:
         if local is None:
             local = self._local = await self.source.fetch(ref, self.spool_dir)
@@ -375,7 +378,8 @@ class FilePipeline:
             await self._publish(local, entry, route)
         if _delivered(route) and self.delivery is not None and not entry.delivered:
             try:
-                await self.delivery.deliver(local, ref.name)
+                with span("legacy forward", interface=self.name, unit=entry.sha256):
+                    await self.delivery.deliver(local, ref.name)
             except DeliveryError:
                 self.stats.legacy_errors += 1
                 raise
@@ -447,6 +451,8 @@ class FilePipeline:
                 self.stats.dead_lettered += len(letters)
         await gl_export.mark_days(self.store, self.name, entry.sha256, days)
 
+    @traced_sync("translate", lambda self, _units, entry, _route, start: {"interface": self.name,
+                                                                         "unit": entry.sha256, "from_record": start})
     def _chunk(self, units: Iterator[Unit], entry: FileEntry, route: Route, start: int) -> _Chunk:
         """The next records (in a worker thread), routed into one outcome: up to BATCH events or
         dead letters, or CHUNK_RECORDS records.

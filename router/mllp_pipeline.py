@@ -47,6 +47,7 @@ from router.routes import RouteTable
 from router.stage import Outcome, Record, ReplayChunk, Stage
 from router.stats import InterfaceStats
 from router.store import Store, StoredMsg, StoreError, StoreUnavailable
+from router.tracing import span, traced_sync, traced_unit
 from wrappers.mllp_listener import Peer
 
 log = logging.getLogger("ficus.pipeline")
@@ -159,6 +160,8 @@ class MllpPipeline:
 
     # -- modes -------------------------------------------------------------------------
 
+    @traced_unit("receive", lambda self, payload, header, *_: _unit_of(self.name, header),
+                 lambda reply: _ack_outcome(reply))
     async def _modern(
         self, payload: bytes, header: MshHeader | None, reject: str | None, peer: Peer
     ) -> bytes | None:
@@ -170,6 +173,8 @@ class MllpPipeline:
         record = self.translated(payload, header, reject, reused, raw_ref, raw_id, received)
         return await self._answer(record, "modern")
 
+    @traced_sync("translate", lambda self, payload, header, _r, _u, _ref, raw_id, *_: {
+        "interface": self.name, "unit": raw_id, "bytes": len(payload)})
     def translated(
         self, payload: bytes, header: MshHeader | None, reject: str | None, reused: bool, raw_ref: str,
         raw_id: str, received: datetime | None = None,
@@ -226,6 +231,8 @@ class MllpPipeline:
         err = error.hl7_code if isinstance(error, (Refused, UnsupportedMessageError, NotHl7Error)) else ERR_UNSUPPORTED
         return self._reply(header, "AR", error.reason, err)
 
+    @traced_unit("receive", lambda self, payload, header, *_: _unit_of(self.name, header),
+                 lambda reply: _ack_outcome(reply))
     async def _legacy(
         self, payload: bytes, header: MshHeader | None, peer: Peer, mode: Mode
     ) -> bytes | None:
@@ -242,7 +249,8 @@ class MllpPipeline:
             return self._reply(header, "AR", "no legacy destination configured", ERR_INTERNAL)
         try:
             # MSH-10 as sent: the engine echoes the field's bytes, escapes and all.
-            reply = await self.legacy.send(payload, header.control_id_raw if header is not None else "")
+            with span("legacy forward", interface=self.name):
+                reply = await self.legacy.send(payload, header.control_id_raw if header is not None else "")
         except LegacyError as exc:
             self.stats.legacy_errors += 1
             # For the alerts (router/alerts.py): the facility and money this refusal leaves unsent.
@@ -424,6 +432,20 @@ class MllpPipeline:
             code = "CE" if transient else "CR"
         text = safe_reason(text)  # the one boundary for ERR and MSA-3 text: bounded, no controls
         return build_ack(_echoable(header), code, text=text, error=AckError(err, text))
+
+
+def _unit_of(interface: str, header: MshHeader | None) -> tuple[str, str, dict[str, str]]:
+    """A message as a unit (router/tracing.py): its bounded control id for log lines, as the
+    text logs show it; for span attributes the hash its raw copy is stored under, not the id."""
+    if header is None or not header.control_id:
+        return interface, "-", {}
+    return interface, bounded_id(header.control_id), {"unit": _digest(b"msh10", interface, header.sender,
+                                                                       header.control_id)}
+
+
+def _ack_outcome(reply: bytes | None) -> str:
+    """A unit's outcome for its span and its log line: the ACK code it was answered with."""
+    return (_reply_code(reply) or "no ACK") if reply is not None else "no ACK"
 
 
 def _refusal(header: MshHeader, reused: bool) -> str | None:

@@ -74,6 +74,7 @@ from router.routes import Route, RouteTable
 from router.stage import Outcome, Record, ReplayChunk, Stage
 from router.stats import InterfaceStats
 from router.store import Bucket, RevisionConflict, Store, StoredMsg, StoreError
+from router.tracing import traced_sync, traced_unit
 from wrappers.odbc_poller import Batch, OdbcPoller, OdbcSettings, QueryError
 from wrappers.watermark import Checkpoint, Key
 
@@ -257,6 +258,8 @@ class OdbcPipeline:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await ahead
 
+    @traced_unit("receive", lambda self, batch: (self.name, f"{self.cfg.table}: {len(batch.rows)} rows",
+                                                 {"rows": len(batch.rows)}), lambda _checkpoint: "committed")
     async def process(self, batch: Batch) -> Checkpoint:
         """One batch end to end; returns the checkpoint now stored. Safe to repeat after a crash."""
         self.stats.received += len(batch.rows)
@@ -298,6 +301,7 @@ class OdbcPipeline:
 
     # -- rows to records -----------------------------------------------------------------
 
+    @traced_sync("translate", lambda self, batch, *_: {"interface": self.name, "rows": len(batch.rows)})
     def _outcome(self, batch: Batch, refs: list[str], route: Route) -> Outcome:
         """The batch's records routed into an outcome (in a worker thread); ``done`` lists the
         keys of the modern rows whose events it holds: those to mark."""

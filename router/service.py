@@ -328,6 +328,10 @@ class Service:
             raise RuntimeError("the service is already started")
         cfg, stops = self.cfg, self._lifetimes
         started_at = time.time()
+        from router import tracing  # OTLP spans when [tracing] says so (else nothing is imported)
+
+        if tracing.configure(cfg.tracing):  # the last spans are flushed once the work has stopped
+            stops.on_stop("routes", "flush traces", lambda _left: asyncio.to_thread(tracing.shutdown))
         embedded: EmbeddedNats | None = None
         servers = cfg.nats.servers
         if cfg.nats.url == "embedded":

@@ -46,6 +46,7 @@ from router.config import SinkConfig
 from router.sink_auth import SinkAuth, TokenError
 from router.store import Store, StoreError
 from router.store.pull import Held, PullConsumer
+from router.tracing import annotate, outbound, traced_delivery
 
 log = logging.getLogger("ficus.sinks")
 
@@ -420,6 +421,9 @@ class Sink:
                 for msg in list(self._held.values()):
                     await msg.in_progress()
 
+    @traced_delivery("sink delivery", lambda self, batch: (
+        [str(e["traceparent"]) if "traceparent" in e else None for _, e in batch],
+        {"sink": self.cfg.name, "events": len(batch), "event_id": str(batch[0][1].get("id", ""))}))
     async def _deliver(self, batch: list[tuple[Held, dict[str, object]]]) -> bool:
         """Sends one request until it is accepted (True), dead-lettered (True) or the sink stops (False)."""
         msgs = [m for m, _ in batch]
@@ -477,6 +481,9 @@ class Sink:
         assert self._session is not None and self._auth is not None
         self.status.attempts += 1
         headers = {"Content-Type": ctype, "Idempotency-Key": key}
+        trace = outbound()
+        if trace is not None:  # the delivery span's context (W3C trace context), for the receiver
+            headers["traceparent"] = trace
         if self._webhook is not None:
             now = datetime.now(UTC)
             headers["webhook-id"] = key
@@ -500,6 +507,7 @@ class Sink:
         except aiohttp.ClientError as exc:
             return Attempt(0, type(exc).__name__)
         self.status.observe(time.monotonic() - started)
+        annotate(status=status)
         if status == 401 and self.cfg.auth is not None and self.cfg.auth.oauth2 is not None:
             self._auth.invalidate()
             return Attempt(status, "401 (token refused; fetching a new one)")  # retried: not final

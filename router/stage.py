@@ -48,6 +48,7 @@ from router.dlq import DeadLetter, Kind, money, now_iso
 from router.routes import Route, RouteTable
 from router.stats import InterfaceStats
 from router.store import Objects, Outgoing, PubAck, Store, event_message, index_message
+from router.tracing import current_traceparent, traced
 
 log = logging.getLogger("ficus.stage")
 
@@ -57,6 +58,8 @@ whose messages wait behind those in flight (bench/ack_under_ingest.py: MLLP ACK 
 behind pieces of 500 file events, 7 ms behind 100, 3-4 ms behind 50)."""
 LOGGED_LETTERS = 20
 """Dead letters logged one by one per commit; the rest are summed up in one line."""
+_LETTER_LOG = {"stage": "publish", "outcome": "dead_lettered"}
+"""What a JSON log line (router/logjson.py) says of a dead letter besides interface and unit."""
 
 
 @dataclass
@@ -150,6 +153,9 @@ class Outcome:
     resends: bool = False
     """A duplicate PubAck of a record's delta means a re-send of a unit committed before (MLLP):
     counted once more, under ``duplicates``."""
+    traceparent: str | None = field(default_factory=current_traceparent)
+    """The trace its events carry (the CloudEvents extension): the span current where the
+    outcome is made, in its unit's trace (router/tracing.py); None when tracing is off."""
 
 
 @dataclass
@@ -246,7 +252,7 @@ class Stage:
             amount = ledger.letter_money(letter.amount, self.money_format)
             out.counts.append(Count(record.key, mode, ledger.Entry(letter.facility, "dead_lettered", money=amount)))
             return mode
-        events = _in_mode(record.events, mode)
+        events = _in_mode(record.events, mode, out.traceparent)
         ids = record.msg_ids if record.msg_ids is not None else [ev.id for ev in events]
         suffix = out.replay and ".r" + out.replay
         stored = [event_message(ev, self.name, msg_id + suffix) for ev, msg_id in zip(events, ids, strict=True)]
@@ -285,6 +291,8 @@ class Stage:
 
     # -- commit --------------------------------------------------------------------------
 
+    @traced("publish", lambda self, out, **_: {"interface": self.name, "events": len(out.events),
+                                               "dead_letters": len(out.letters), "records": out.records})
     async def commit(self, out: Outcome, *, piece: int = PUBLISH_PIECE, batch: str = "") -> list[PubAck]:
         """Stores an outcome -- events, dead letters, then ledger deltas -- and counts it.
 
@@ -356,24 +364,30 @@ class Stage:
         stats.dead_lettered += len(out.letters)
         for record in out.failed[:LOGGED_LETTERS]:
             assert record.error is not None
-            log.info("%s: dead-lettered %s: %s", self.name, record.locator or "-", safe_reason(record.error.reason))
+            log.info("%s: dead-lettered %s: %s", self.name, record.locator or "-", safe_reason(record.error.reason),
+                     extra={"interface": self.name, "unit": record.locator or "-", **_LETTER_LOG})
         if len(out.failed) > LOGGED_LETTERS:
-            log.info("%s: %d more dead-lettered in the same batch", self.name, len(out.failed) - LOGGED_LETTERS)
+            log.info("%s: %d more dead-lettered in the same batch", self.name, len(out.failed) - LOGGED_LETTERS,
+                     extra={"interface": self.name, **_LETTER_LOG})
         last = out.failed[-1].error
         stats.error(last.reason if last is not None else "dead-lettered")
 
     # -- raw archive ---------------------------------------------------------------------
 
+    @traced("archive", lambda self, payload, raw_id, _h: {"interface": self.name, "unit": raw_id,
+                                                          "bytes": len(payload)})
     async def archive(self, payload: bytes, raw_id: str, headers: dict[str, str]) -> tuple[str, PubAck]:
         """Stores a raw unit in ``raw.<interface>``; returns its reference and PubAck (a duplicate's
         carries the sequence of the copy stored first)."""
         (ack,) = await self.store.publish([Outgoing(self.raw_subject, payload, raw_id, headers)])
         return names.raw_ref(ack.stream, ack.seq), ack
 
+    @traced("archive", lambda self, items: {"interface": self.name, "units": len(items)})
     async def archive_many(self, items: list[Outgoing]) -> list[str]:
         """Several raw units in one call; their references, in order."""
         return [names.raw_ref(ack.stream, ack.seq) for ack in await self.store.publish(items)]
 
+    @traced("archive", lambda self, _o, _p, sha256: {"interface": self.name, "unit": sha256})
     async def archive_file(self, objects: Objects, path: Any, sha256: str) -> str:
         """A file's original bytes, once per content, in the raw object store; its reference."""
         obj = f"{self.name}/{sha256}"
@@ -383,10 +397,13 @@ class Stage:
         return f"objectstore://{names.OBJ_RAW_FILES}/{obj}"
 
 
-def _in_mode(events: list[CloudEvent], mode: Mode) -> list[CloudEvent]:
+def _in_mode(events: list[CloudEvent], mode: Mode, trace: str | None = None) -> list[CloudEvent]:
     """The events as published in ``mode``: on ``shadow.`` subjects in shadow, live in modern.
-    Translation used the interface's mode; a facility override (canary) differs from it."""
+    Translation used the interface's mode; a facility override (canary) differs from it.
+    ``trace``: the ``traceparent`` they carry when tracing is on."""
     want = "shadow" if mode == "shadow" else "live"
+    if trace is not None:
+        return [ev.model_copy(update={"ficusmode": want, "traceparent": trace}) for ev in events]
     if all(ev.ficusmode == want for ev in events):
         return events
     return [ev if ev.ficusmode == want else ev.model_copy(update={"ficusmode": want}) for ev in events]

@@ -2,11 +2,13 @@
 or the dashboard (issue 10, item 10); control ids appear bounded and escaped.
 
 Planted text goes into MSH-18 (a charset the message cannot be decoded with), MSH-9, FT1-6
-and a 5,000-character MSH-10, on a real service with a real nats-server.
+and a 5,000-character MSH-10, on a real service with a real nats-server; JSON log lines and
+trace spans (issue 16) are checked the same way.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from typing import Any
@@ -107,6 +109,52 @@ async def test_shadow_mode_quotes_no_planted_value(
     for path, text in views.items():
         assert_clean(path, text)
     assert_clean("logs", caplog.text)
+
+
+async def test_json_logs_and_spans_quote_no_planted_value(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory
+) -> None:
+    """The same four messages with `log_format = "json"` and tracing on (issue 16): every line
+    is one JSON object, and neither a line nor a span attribute quotes a planted value."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from router import tracing
+    from router.cli import log_handler
+
+    stream = io.StringIO()
+    handler = log_handler(stream, "json")
+    handler.setLevel(logging.DEBUG)
+    root, ficus = logging.getLogger(), logging.getLogger("ficus")
+    old = ficus.level
+    root.addHandler(handler)
+    ficus.setLevel(logging.DEBUG)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        cfg = make_config(nats_server.url, [{"name": "his-charges", "mapping": "hl7v2.dft_p03", "route": "modern"}])
+        async with service_factory(cfg) as svc:
+            async with MllpTestClient(svc.interfaces["his-charges"].listener.port) as client:
+                for payload in hostile_messages():
+                    assert await client.exchange(payload) is not None
+            await wait_for(lambda: svc.interfaces["his-charges"].stats.dead_lettered == 4)
+    finally:
+        root.removeHandler(handler)
+        ficus.setLevel(old)
+        tracing.uninstall()
+        tracing.log_units(False)
+        provider.shutdown()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    letters = [line for line in lines if "dead-lettered" in line["message"]]
+    assert len(letters) == 4 and all(line["interface"] == "his-charges" and line["trace_id"] for line in letters)
+    assert_clean("JSON logs", stream.getvalue())
+    assert_clean("JSON log units", json.dumps([line.get("unit") for line in lines]))
+    spans = exporter.get_finished_spans()
+    assert {"receive", "archive", "translate", "publish"} <= {s.name for s in spans}
+    assert_clean("span attributes", json.dumps([dict(s.attributes or {}) for s in spans]))
 
 
 def test_safe_text_bounds_and_escapes_and_is_idempotent() -> None:
