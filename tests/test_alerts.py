@@ -45,6 +45,9 @@ class Receiver:
     posts: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     fail_next: int = 0
+    sink_down: bool = True
+    """The sink's path (/sink) answers 503 while this holds (a receiver down)."""
+    sink_posts: int = 0
 
     def notices(self, rule: str, kind: str | None = None) -> list[dict[str, Any]]:
         return [p for p in self.posts if p.get("rule") == rule and (kind is None or p["notice"] == kind)]
@@ -64,7 +67,15 @@ async def receiver() -> AsyncIterator[Receiver]:
         found.headers.append(dict(request.headers))
         return web.Response(status=204)
 
+    async def sink(request: web.Request) -> web.Response:
+        await request.read()
+        if found.sink_down:
+            return web.Response(status=503)
+        found.sink_posts += 1
+        return web.Response(status=204)
+
     app = web.Application()
+    app.router.add_post("/sink", sink)
     app.router.add_post("/{name}", take)
     runner = web.AppRunner(app)
     await runner.setup()
