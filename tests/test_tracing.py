@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -381,6 +382,18 @@ async def test_ficus_run_logs_json_lines_and_exports_spans_over_otlp(nats_server
     assert letters and all(p["interface"] == "his-charges" and p.get("trace_id") for p in letters), parsed
     assert {p.get("outcome") for p in letters} == {"dead_lettered"}
     assert not [p for p in parsed if "PATIENT" in json.dumps(p) or "ZZ" in p["message"]], parsed
+
+
+def test_ficus_demo_logs_json_lines(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "router.cli", "demo", "--duration", "10", "-v", "--log-format", "json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90,
+                          cwd=Path(__file__).resolve().parent.parent, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # every line is one JSON object
+    assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    assert any(line.get("interface") == "billing-export" for line in lines), lines[-5:]
+    assert "ficus demo: the ERP received" in done.stdout  # the demo's own output stays on stdout
 
 
 async def test_json_unit_context_names_interface_and_unit_and_ends_with_its_outcome() -> None:
