@@ -343,6 +343,8 @@ class Tally(Answer):
     events: int
     replayed: int
     replayed_events: int
+    parity_agree: int = Field(description="units in shadow where Ficus and the legacy path agreed (parity samples)")
+    parity_disagree: int = Field(description="units in shadow where they did not")
     money: MoneyByOutcome
     balanced: bool
 

@@ -483,6 +483,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 LEDGER_COLUMNS = ("received", "published", "dead_lettered", "filtered", "duplicates", "legacy", "shadow", "events")
 # Beside the equation (not received): shown only when a replay is in the view.
 LEDGER_REPLAY_COLUMNS = ("replayed", "replayed_events")
+# Parity samples of units in shadow: shown only when a day in the view has some.
+LEDGER_PARITY_COLUMNS = ("parity_agree", "parity_disagree")
 
 
 def cmd_sinks(args: argparse.Namespace) -> int:
@@ -538,6 +540,8 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     columns: tuple[str, ...] = LEDGER_COLUMNS
     if any(d["total"].get("replayed") for d in view["days"]):
         columns += LEDGER_REPLAY_COLUMNS
+    if any(d["total"].get("parity_agree") or d["total"].get("parity_disagree") for d in view["days"]):
+        columns += LEDGER_PARITY_COLUMNS
     head = ["day", "facility", *(c.replace("_", " ") for c in columns), "charges", "payments",
             "adjustments", "balanced"]
     rows: list[list[str]] = []

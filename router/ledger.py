@@ -63,6 +63,16 @@ only folds what is new); every instance folds the same stream, so every instance
 same ledger. The delta of an MLLP re-send comes back from JetStream as a duplicate: a
 second, per-reception delta then counts it under ``duplicates``.
 
+Parity, per day and facility. A unit translated in shadow is a parity sample: did Ficus and
+the legacy path agree (both took it, or both refused it)? Its entry says so (``parity_agree``
+or ``parity_disagree``, one of the two per shadow unit), so the evidence is kept by day and
+facility as durably as the counts, shared by every instance, and counted once under the same
+rules: a unit processed again re-publishes the same delta id (dropped), a re-send counts under
+``duplicates`` without a sample, and a replay is not a sample (it re-translates a unit whose
+sample was counted when it was received). The flip gate still judges the current window
+(router/parity.py); these rows are its history. Deltas written before these counts existed
+read as zero samples (their days show shadow units without samples).
+
 Counted once an outcome is committed: a unit answered "resend later" (NATS away, legacy
 destination down) is not counted -- its retry is. Legacy-mode MLLP counts are written just
 after the legacy reply, off the sender's path (the legacy path never waits for the store);
@@ -172,9 +182,17 @@ class Entry:
     units: int = 1
     events: int = 0
     money: Money = field(default_factory=Money)
+    agree: int = 0
+    """Parity samples (units in shadow) where Ficus and the legacy path agreed."""
+    disagree: int = 0
+    """Parity samples where they did not."""
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"f": self.facility, "o": self.outcome, "n": self.units, "e": self.events}
+        if self.agree:  # only when there are samples: most entries are not in shadow
+            out["pa"] = self.agree
+        if self.disagree:
+            out["pd"] = self.disagree
         if not self.money.is_zero():
             out["c"], out["p"], out["a"] = str(self.money.charges), str(self.money.payments), str(
                 self.money.adjustments)
@@ -190,8 +208,8 @@ class Batch:
         self.last: int | None = None
 
     def add(self, index: int, facility: str | None, outcome: Line, events: int = 0,
-            money: Money | None = None, units: int = 1) -> None:
-        """Counts ``units`` units (at position ``index``) with this outcome."""
+            money: Money | None = None, units: int = 1, *, agree: int = 0, disagree: int = 0) -> None:
+        """Counts ``units`` units (at position ``index``) with this outcome (and their parity samples)."""
         if self.first is None:
             self.first = index
         self.last = index
@@ -200,6 +218,8 @@ class Batch:
             entry = self._entries[(facility, outcome)] = Entry(facility, outcome, 0)
         entry.units += units
         entry.events += events
+        entry.agree += agree
+        entry.disagree += disagree
         if money is not None:
             entry.money.add(money)
 
@@ -287,6 +307,8 @@ class Tally:
     events: int = 0
     replayed: int = 0
     replayed_events: int = 0
+    parity_agree: int = 0
+    parity_disagree: int = 0
     money: dict[str, Money] = field(
         default_factory=lambda: {k: Money() for k in ("received", *OUTCOMES, REPLAYED)})
 
@@ -302,6 +324,8 @@ class Tally:
         if mode == "shadow" and entry.outcome in ("published", "dead_lettered", "filtered"):
             self.shadow += entry.units
         self.events += entry.events
+        self.parity_agree += entry.agree
+        self.parity_disagree += entry.disagree
         self.money["received"].add(entry.money)
         self.money[entry.outcome].add(entry.money)
 
@@ -334,7 +358,8 @@ class Tally:
         return out
 
 
-_COUNTS = ("received", *OUTCOMES, "shadow", "events", REPLAYED, "replayed_events")
+_COUNTS = ("received", *OUTCOMES, "shadow", "events", REPLAYED, "replayed_events", "parity_agree",
+           "parity_disagree")
 
 Days = dict[str, dict[str, Tally]]
 """day -> facility ("" for none) -> row."""
@@ -362,7 +387,9 @@ def _entry(raw: dict[str, Any]) -> Entry:
     if outcome not in OUTCOMES and outcome != REPLAYED:
         raise ValueError("unknown outcome")
     money = Money(Decimal(raw.get("c", 0)), Decimal(raw.get("p", 0)), Decimal(raw.get("a", 0)))
-    return Entry(raw.get("f"), outcome, int(raw["n"]), int(raw.get("e", 0)), money)
+    # "pa"/"pd" (parity samples) are absent from deltas written before them: zero.
+    return Entry(raw.get("f"), outcome, int(raw["n"]), int(raw.get("e", 0)), money,
+                 int(raw.get("pa", 0)), int(raw.get("pd", 0)))
 
 
 def day_view(day: str, rows: dict[str, Tally]) -> dict[str, Any]:

@@ -83,8 +83,9 @@ class Op:
 OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/"): Op("The console's overview (HTML, live through /console/stream); without a credential, "
                      "the login form (401, no data)", None, media="text/html", errors=(401,)),
-    ("GET", "/console/interfaces/{iface}"): Op("The console's page of an interface (HTML): route switch, parity, "
-                                               "ledger, route history", None, media="text/html", errors=(404,)),
+    ("GET", "/console/interfaces/{iface}"): Op("The console's page of an interface (HTML): route switch, parity "
+                                               "(window; by day and facility), ledger, route history", None,
+                                               media="text/html", errors=(404,)),
     ("GET", "/console/interfaces/{iface}/gate"): Op(
         "The gate's verdict on a flip (?mode=&facility=), an HTML fragment for htmx, with the confirming "
         "button when the gate allows it", None, media="text/html", errors=(404,)),

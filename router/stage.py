@@ -250,7 +250,10 @@ class Stage:
             if self.store.cfg.key_index:
                 out.keyed.append(keyindex.Unit(record, len(out.events), 0, len(out.letters) - 1))
             amount = ledger.letter_money(letter.amount, self.money_format)
-            out.counts.append(Count(record.key, mode, ledger.Entry(letter.facility, "dead_lettered", money=amount)))
+            entry = ledger.Entry(letter.facility, "dead_lettered", money=amount)
+            if mode == "shadow":
+                _sampled(entry, record.legacy_ok, False)
+            out.counts.append(Count(record.key, mode, entry))
             return mode
         events = _in_mode(record.events, mode, out.traceparent)
         ids = record.msg_ids if record.msg_ids is not None else [ev.id for ev in events]
@@ -275,7 +278,10 @@ class Stage:
         outcome: ledger.Line = "published" if events else "filtered"
         if out.replay:
             outcome = ledger.REPLAYED
-        out.counts.append(Count(record.key, mode, ledger.Entry(facility, outcome, 1, len(events), amount)))
+        entry = ledger.Entry(facility, outcome, 1, len(events), amount)
+        if mode == "shadow" and not out.replay:  # a replay is not a sample (router/ledger.py)
+            _sampled(entry, record.legacy_ok, True)
+        out.counts.append(Count(record.key, mode, entry))
         return mode
 
     def _letter(self, record: Record, mode: Mode) -> DeadLetter:
@@ -343,7 +349,8 @@ class Stage:
         by_mode: dict[Mode, ledger.Batch] = {}
         for c in out.counts:
             e = c.entry
-            by_mode.setdefault(c.mode, ledger.Batch()).add(0, e.facility, e.outcome, e.events, e.money, e.units)
+            by_mode.setdefault(c.mode, ledger.Batch()).add(0, e.facility, e.outcome, e.events, e.money, e.units,
+                                                           agree=e.agree, disagree=e.disagree)
         if out.replay:
             return [ledger.replay_batch_delta(self.name, mode, b.entries, batch, out.replay)
                     for mode, b in by_mode.items()]
@@ -395,6 +402,15 @@ class Stage:
             with path.open("rb") as fh:
                 await objects.put(obj, fh)
         return f"objectstore://{names.OBJ_RAW_FILES}/{obj}"
+
+
+def _sampled(entry: ledger.Entry, legacy_ok: bool, ficus_ok: bool) -> None:
+    """Marks a shadow unit's ledger entry with its parity sample, as ParityStats.record judges it:
+    agreeing when both paths took the unit or both refused it."""
+    if legacy_ok == ficus_ok:
+        entry.agree = 1
+    else:
+        entry.disagree = 1
 
 
 def _in_mode(events: list[CloudEvent], mode: Mode, trace: str | None = None) -> list[CloudEvent]:

@@ -8,8 +8,8 @@ Pages (router/console/pages.py; templates in router/console/templates/, string.T
   money, parity, ledger today and alerts, and each sink's lag; kept live by
   ``/console/stream`` (SSE, every second).
 - ``/console/interfaces/{iface}``: the route switch (operator; the gate's verdict before the
-  confirmation, a reason required), parity windows, the ledger by day and facility, the
-  route history.
+  confirmation, a reason required), parity windows, parity by day and facility (the ledger's samples,
+  the last 14 days), the ledger by day and facility, the route history.
 - ``/console/dead-letters``: filter, inspect (admin), replay with a dry run first, discard
   with a reason (operator; audited by the API).
 - ``/console/messages``: the message browser (GET /api/v1/messages, content: audited).

@@ -20,6 +20,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
+from datetime import date, timedelta
 from importlib import resources
 from typing import Any, cast
 
@@ -293,6 +294,37 @@ def _parity_html(running: RunningInterface) -> str:
                                empty="no disagreement in this window")
 
 
+PARITY_DAYS = 14
+"""Days (today and the ones before it, UTC) the parity-by-day table covers."""
+
+
+def _parity_days_html(running: RunningInterface, view: Mapping[str, Any] | None) -> str:
+    """Parity samples by UTC day and facility from the ledger (router/ledger.py keeps one per unit
+    in shadow), the last PARITY_DAYS days, each day's ratio set beside the gate for reference:
+    the gate itself judges the current window, not a day."""
+    cfg = running.cfg
+    note = (f'<p class="note">For reference, the gate needs {e(cfg.parity_gate)} over '
+            f"{e(cfg.parity_min_samples)} samples, judged on the current window (above).</p>")
+    if view is None:
+        return '<p class="note">parity by day cannot be read while NATS is unavailable</p>'
+    since = (date.fromisoformat(ledger.day_of()) - timedelta(days=PARITY_DAYS - 1)).isoformat()
+    rows = []
+    for day in view["days"]:
+        if day["day"] < since:
+            continue
+        for f in day["facilities"]:
+            agree, disagree = int(f.get("parity_agree", 0)), int(f.get("parity_disagree", 0))
+            samples = agree + disagree
+            if not samples:
+                continue
+            ratio = agree / samples
+            rows.append((day["day"], f.get("facility") or "-", samples, agree, disagree, f"{ratio:.4f}",
+                         f"at or above {cfg.parity_gate}" if ratio >= cfg.parity_gate else f"below {cfg.parity_gate}"))
+    return render.table(f"Parity by day and facility, the last {PARITY_DAYS} days, newest day first",
+                        ("Day (UTC)", "Facility", "Samples", "Agree", "Disagree", "Parity", "Against the gate"),
+                        rows, empty=f"no parity sample in the last {PARITY_DAYS} days") + note
+
+
 def _ledger_html(view: Mapping[str, Any] | None) -> str:
     if view is None:
         return '<p class="note">the ledger cannot be read while NATS is unavailable</p>'
@@ -334,7 +366,8 @@ async def interface_page(request: web.Request) -> web.Response:
     body = render.template("interface.html").substitute(
         kind=e(running.cfg.kind), route=e(route.mode),
         facilities=e(f"facility overrides: {overrides}" if overrides else "no facility override"),
-        flip=_flip_html(running, who, known), parity=_parity_html(running), ledger=_ledger_html(view),
+        flip=_flip_html(running, who, known), parity=_parity_html(running),
+        parity_days=_parity_days_html(running, view), ledger=_ledger_html(view),
         history=history)
     return _page(request, who, f"Interface {name}", f"/console/interfaces/{name}", body)
 
