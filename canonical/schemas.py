@@ -64,9 +64,11 @@ def default_models() -> dict[str, type[BaseModel]]:
     from canonical.envelope import EVENT_CLASSES
     from canonical.posting.model import POSTING_EVENT_CLASSES
     from canonical.record_events import RECORD_EVENT_CLASSES
+    from canonical.usermap import event_classes
     from canonical.x12.events import REMIT_EVENT_CLASSES
 
-    return {**EVENT_CLASSES, **REMIT_EVENT_CLASSES, **RECORD_EVENT_CLASSES, **POSTING_EVENT_CLASSES}
+    # The loaded user mappings' own types (config entrypoint:NAME) are published too.
+    return {**event_classes(), **EVENT_CLASSES, **REMIT_EVENT_CLASSES, **RECORD_EVENT_CLASSES, **POSTING_EVENT_CLASSES}
 
 
 def default_subjects(models: Mapping[str, type[BaseModel]]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from canonical import usermap
 from canonical.context import TranslationContext
 from canonical.envelope import CloudEvent
 from canonical.errors import NotHl7Error, TranslationError, UnsupportedMessageError
@@ -84,11 +85,27 @@ class Translation:
 
 def check_mapping(name: str) -> Hl7Mapping:
     """The mapping called ``name``; ValueError naming the known ones when unknown."""
-    try:
-        return MAPPINGS[name]
-    except KeyError:
-        known = ", ".join(sorted(MAPPINGS))
-        raise ValueError(f"unknown HL7 v2 mapping {name!r} (known: {known})") from None
+    found = MAPPINGS.get(name)
+    if found is not None:
+        return found
+    if name.startswith(usermap.PREFIX):
+        return _user_mapping(name)
+    known = ", ".join(sorted(MAPPINGS))
+    raise ValueError(f"unknown HL7 v2 mapping {name!r} (known: {known}, or {usermap.PREFIX}NAME: a "
+                     f"{usermap.ENTRY_POINT_GROUP} entry point)")
+
+
+def _user_mapping(name: str) -> Hl7Mapping:
+    """``entrypoint:NAME``: the installed user mapping, loaded and type-checked on first use
+    (the config's validation), then cached (UserMappingError, a ValueError, when unusable)."""
+    loaded = usermap.load(name.removeprefix(usermap.PREFIX))
+    found = _USER.get(name)
+    if found is None or found[0] is not loaded:  # usermap.forget() and a reload make a new one
+        found = _USER[name] = (loaded, Hl7Mapping(name, dict.fromkeys(loaded.messages, loaded.handler)))
+    return found[1]
+
+
+_USER: dict[str, tuple[usermap.LoadedMapping, Hl7Mapping]] = {}
 
 
 def translate_hl7(

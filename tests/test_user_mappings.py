@@ -1,0 +1,171 @@
+"""User code mappings (issue 17 item 2): a site package built into a wheel, pip-installed into a
+--target directory, found through the ``ficus.mappings`` entry point group.
+
+* ``ficus translate`` and ``ficus check`` as processes with the package on their PYTHONPATH:
+  custom ZCH^P03 messages become the mapping's own events; an exception inside it is a dead
+  letter naming the mapping (and the code position), the next message still translates; a
+  function that is not declared or typed right is refused at start-up with its key.
+* A real Service (nats-server, MLLP listener) on the same package: AA, AE (the exception), AA
+  again on one connection, the events on their own subject, one dead letter naming the
+  mapping, and the mapping's type in the served schemas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from canonical import usermap
+from router import names
+from router.embedded_nats import EmbeddedNats
+from tests import site_package
+from tests.conftest import ServiceFactory, make_config, stream_count, wait_for
+from tests.mllp_client import MllpTestClient, msa
+from tests.test_service_mllp import read_subject
+
+REPO = Path(__file__).resolve().parent.parent
+ZTYPE = "org.ficus.site.zcharge.recorded.v1"
+
+
+@pytest.fixture(scope="module")
+def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return site_package.install(tmp_path_factory.mktemp("site-wheel"))
+
+
+@pytest.fixture
+def on_path(site_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The installed package on this process's sys.path; loaded mappings forgotten after."""
+    monkeypatch.syspath_prepend(str(site_dir))
+    usermap.forget()
+    try:
+        yield site_dir
+    finally:
+        usermap.forget()
+
+
+def ficus(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(site), str(REPO)))}
+    return subprocess.run([sys.executable, "-m", "router.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env=env)
+
+
+def config(tmp: Path, mapping: str) -> Path:
+    path = tmp / "ficus.toml"
+    path.write_text(f"""
+state_dir = "{tmp / 'state'}"
+
+[[interfaces]]
+name = "site-z"
+kind = "hl7-mllp"
+listen = "127.0.0.1:0"
+mapping = "{mapping}"
+route = "modern"
+timezone = "Europe/Berlin"
+""")
+    return path
+
+
+def test_wheel_mapping_translates_custom_messages_and_dead_letters_its_exception(
+    site_dir: Path, tmp_path: Path,
+) -> None:
+    messages = tmp_path / "zch.hl7"
+    messages.write_bytes(b"".join((
+        site_package.zch("Z1", [("ACC-1", "CARDIO", "R1", "2"), ("ACC-1", "LAB", "R2", "")]),
+        site_package.zch("Z2", [("ACC-2", "CARDIO", "R9", "1")]),  # unknown rate: KeyError inside
+        site_package.zch("Z3", []),  # no ZFT: the mapping's own dead letter
+        site_package.zch("Z4", [("ACC-4", "ER", "R2", "3")]),
+    )).replace(b"\r", b"\n"))
+    result = ficus(site_dir, "translate", "-c", str(config(tmp_path, "entrypoint:zcharges")),
+                   "--interface", "site-z", str(messages))
+    assert result.returncode == 1, result.stderr  # two messages failed
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["type"], e["subject"]) for e in events] == [
+        (ZTYPE, "Z1/ZFT[1]"), (ZTYPE, "Z1/ZFT[2]"), (ZTYPE, "Z4/ZFT[1]")]
+    assert [e["data"] for e in events] == [
+        {"control_id": "Z1", "line": 1, "account_number": "ACC-1", "department": "CARDIO", "rate_code": "R1",
+         "quantity": "2", "amount": "25.00"},
+        {"control_id": "Z1", "line": 2, "account_number": "ACC-1", "department": "LAB", "rate_code": "R2",
+         "quantity": "1", "amount": "40.00"},
+        {"control_id": "Z4", "line": 1, "account_number": "ACC-4", "department": "ER", "rate_code": "R2",
+         "quantity": "3", "amount": "120.00"},
+    ]
+    assert {e["ficusinterface"] for e in events} == {"site-z"}
+    assert {e["ficusfacility"] for e in events} == {"NORTH"}
+    assert events[0]["time"] == "2026-11-30T10:15:00+01:00"  # MSH-7 in the interface's zone
+    letters = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [(x["control_id"], x["error"]) for x in letters] == [("Z2", "TranslationError"),
+                                                               ("Z3", "TranslationError")]
+    assert letters[0]["reason"].startswith("mapping entrypoint:zcharges raised KeyError at charges.py:")
+    assert letters[1]["reason"] == "mapping entrypoint:zcharges: ZCH^P03 has no ZFT segment"
+    assert "R9" not in result.stderr  # the exception's message (a value) stays out
+
+    # The same ids on a second run: a re-translation (replay) publishes nothing twice.
+    again = ficus(site_dir, "translate", "-c", str(config(tmp_path, "entrypoint:zcharges")),
+                  "--interface", "site-z", str(messages))
+    assert [json.loads(line)["id"] for line in again.stdout.splitlines()] == [e["id"] for e in events]
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("untyped", "parameter 'msg' must be annotated canonical.usermap.Hl7Input"),
+    ("wrong_return", "must be annotated to return list[CloudEvent]"),
+    ("undeclared", "is not a function declared with @canonical.usermap.mapping"),
+    ("nowhere", "no entry point 'nowhere' in group ficus.mappings (installed: "),
+])
+def test_check_refuses_a_mapping_that_is_not_typed_or_declared(
+    site_dir: Path, tmp_path: Path, name: str, problem: str,
+) -> None:
+    cfg = config(tmp_path, f"entrypoint:{name}")
+    result = ficus(site_dir, "check", "-c", str(cfg))
+    assert result.returncode == 1, result.stdout
+    assert f"{cfg}: interfaces[site-z].mapping: " in result.stderr
+    assert problem in result.stderr
+    if name == "nowhere":
+        assert "zcharges" in result.stderr  # what is installed, to fix a typo
+    ok = ficus(site_dir, "check", "-c", str(config(tmp_path, "entrypoint:zcharges")))
+    assert ok.returncode == 0, ok.stderr
+
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("ledger_balances")
+async def test_service_dead_letters_the_exception_and_keeps_listening(
+    on_path: Path, nats_server: EmbeddedNats, service_factory: ServiceFactory,
+) -> None:
+    cfg = make_config(nats_server.url, [{"name": "site-z", "mapping": "entrypoint:zcharges", "route": "modern"}])
+    good = site_package.zch("S1", [("ACC-7", "CARDIO", "R1", "4")])
+    raising = site_package.zch("S2", [("ACC-8", "CARDIO", "NOPE", "1")])
+    after = site_package.zch("S3", [("ACC-9", "LAB", "R2", "1"), ("ACC-9", "LAB", "R1", "1")])
+    async with service_factory(cfg) as svc:
+        port = svc.interfaces["site-z"].listener.port
+        async with MllpTestClient(port) as client:
+            assert msa(await client.exchange(good)) == ("AA", "S1")
+            reply = await client.exchange(raising)
+            assert msa(reply) == ("AE", "S2")
+            assert reply is not None and b"mapping entrypoint:zcharges raised KeyError" in reply
+            assert msa(await client.exchange(after)) == ("AA", "S3")  # same connection, same listener
+        subject = "canonical.site.zcharge.recorded"
+        await wait_for(lambda: stream_count(nats_server.url, names.STREAM_CANONICAL, subject), timeout=10)
+        events = await read_subject(nats_server.url, names.STREAM_CANONICAL, subject)
+        assert [(e["subject"], e["data"]["amount"]) for e in events] == [
+            ("S1/ZFT[1]", "50.00"), ("S3/ZFT[1]", "40.00"), ("S3/ZFT[2]", "12.50")]
+        assert {e["type"] for e in events} == {ZTYPE}
+        letters = await read_subject(nats_server.url, names.STREAM_DLQ, names.dlq_subject("site-z"))
+        assert [(x["kind"], x["unit"]) for x in letters] == [("untranslatable", "S2")]
+        assert letters[0]["reason"].startswith("mapping entrypoint:zcharges raised KeyError at charges.py:")
+        assert svc.interfaces["site-z"].stats.dead_lettered == 1
+        # The mapping's own type is part of the schemas consumers read.
+        async with aiohttp.ClientSession() as http:
+            resp = await http.get(f"{svc.api_url}/api/v1/schemas/{ZTYPE}")
+            assert resp.status == 200
+            schema = await resp.json()
+    data = schema["properties"]["data"]
+    ref = data.get("$ref", "").rsplit("/", 1)[-1]
+    props = (schema.get("$defs", {}).get(ref) or data)["properties"]
+    assert {"account_number", "department", "rate_code", "amount"} <= set(props)
