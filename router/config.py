@@ -668,8 +668,18 @@ class FileInterfaceBase(InterfaceBase):
     complete: Literal["stable", "marker", "rename"] = "stable"
     stable_seconds: float = Field(default=10, ge=0)
     marker_suffix: str = ".done"
-    format: Literal["csv", "fixed-width", "x12-835", "gl-export"]
+    format: Literal["csv", "fixed-width", "x12-835", "gl-export", "hl7v2"]
     flat: FlatSpec | None = None
+    # format "hl7v2": files of HL7 v2 messages, FHS/BHS batches or not; each message is a unit,
+    # translated as an hl7-mllp interface with these settings would (router/file_units.py).
+    mapping: str = "hl7v2"
+    encoding: str = "utf-8"
+    fallback_encoding: str | None = "windows-1252"
+    # A batch acknowledgement (FHS, BHS, an ACK per message, BTS, FTS) per file Ficus translates,
+    # named <file><ack_suffix>, in ack_dir (a local directory) or else the legacy destination.
+    ack_file: bool = False
+    ack_dir: str | None = None
+    ack_suffix: str = ".ack"
     # format "gl-export": the legacy GL export, stored as GL parity's reference (router/gl_export.py).
     gl: GlExportSpec | None = None
     after: Literal["archive", "delete", "leave"] = "archive"
@@ -701,6 +711,13 @@ class FileInterfaceBase(InterfaceBase):
                             "format only")
         if self.flat is not None and self.flat.layout.kind != self.format:
             problems.append(f"flat.layout.kind {self.flat.layout.kind!r} is not the format {self.format!r}")
+        if self.ack_file and self.format != "hl7v2":
+            problems.append("ack_file is for format 'hl7v2' only")
+        if self.ack_file and self.ack_dir is None and self.legacy in (None, "in-place"):
+            problems.append("ack_file needs ack_dir (a local directory) when there is no legacy destination "
+                            "directory to write it next to")
+        if not self.ack_suffix or "/" in self.ack_suffix or self.ack_suffix in (".", ".."):
+            problems.append("ack_suffix must be a non-empty file name suffix without '/'")
         if self.after == "archive" and not self.archive_dir:
             problems.append("after = 'archive' needs archive_dir")
         if self.legacy == "in-place" and self.after != "leave":
@@ -710,6 +727,27 @@ class FileInterfaceBase(InterfaceBase):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @field_validator("mapping")
+    @classmethod
+    def _file_mapping(cls, value: str) -> str:
+        try:
+            check_mapping(value)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(str(exc).strip("'\"")) from exc
+        return value
+
+    @field_validator("encoding", "fallback_encoding")
+    @classmethod
+    def _file_codec(cls, value: str | None) -> str | None:
+        import codecs
+
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError as exc:
+                raise ValueError(f"unknown encoding {value!r}") from exc
+        return value
 
 
 

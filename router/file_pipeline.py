@@ -9,7 +9,9 @@ flip while the file is read cannot split it); then
   stream the file's records through the stage, chunk by chunk -- each record routed by its
   facility: events on live subjects (modern), on `shadow.` subjects (shadow), or only
   counted (legacy); a bad record dead-lettered with file, line and reason -- and advance
-  the manifest's resume point only after JetStream acknowledged a chunk;
+  the manifest's resume point only after JetStream acknowledged a chunk. In an HL7 v2 file
+  (format "hl7v2", FHS/BHS batch or not) each message is a record, routed by its MSH-4;
+  with `ack_file` its batch ACK is written once the last chunk is committed (router/hl7_files.py);
 - deliver the original bytes to the legacy destination (temp name, rename) when any of its
   records is routed legacy or shadow: the interface's mode, or a facility override, is
   legacy or shadow. A file cannot be split without changing the bytes the legacy consumer
@@ -56,8 +58,9 @@ from protocols.backoff import Backoff
 from router import gl_export, ledger
 from router.config import FileInterfaceConfig
 from router.dlq import DeadLetter, now_iso
-from router.file_units import Unit, file_units, sha256_of
+from router.file_units import Hl7Spec, Unit, file_units, sha256_of
 from router.gl_layout import BadLine, GlLine, LayoutError, read_lines
+from router.hl7_files import HEAD_BYTES, AckFile
 from router.manifest import FileEntry, Manifest
 from router.offload import gc_paused, off_loop
 from router.routes import Route, RouteTable
@@ -126,7 +129,7 @@ class FilePipeline:
     def __init__(
         self, cfg: FileInterfaceConfig, store: Store, routes: RouteTable, source: FileSource,
         delivery: Delivery | None, stats: InterfaceStats, manifest: Manifest, objects: Objects,
-        spool_dir: Path, *, reference: ReferenceStore | None = None,
+        spool_dir: Path, *, reference: ReferenceStore | None = None, acks: Delivery | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -137,6 +140,9 @@ class FilePipeline:
         self.manifest = manifest
         self.objects = objects
         self.spool_dir = spool_dir
+        self.acks = acks
+        """Where an HL7 file's batch ACK is written (`ack_file`), else None."""
+        self.hl7 = Hl7Spec(cfg.mapping, cfg.encoding, cfg.fallback_encoding)
         # An 835's dead letter holds up payments, any other file's charges.
         self.stage = Stage(cfg.name, store, routes, stats, reference=reference, timezone=cfg.timezone,
                            money_format=cfg.format)
@@ -372,10 +378,12 @@ class FilePipeline:
         route = self.stage.route()  # once per file: a flip while it is read cannot split it
         # The legacy GL export is read in every mode as GL parity's reference, never translated.
         translated = Stage.translates(route) and self.cfg.gl is None
+        ack: AckFile | None = None
         if self.cfg.gl is not None:
             await self._reference(local, entry, route)
         elif translated:
-            await self._publish(local, entry, route)
+            ack = AckFile(entry.sha256, ref.mtime) if self.acks is not None and self.cfg.ack_file else None
+            await self._publish(local, entry, route, ack)
         if _delivered(route) and self.delivery is not None and not entry.delivered:
             try:
                 with span("legacy forward", interface=self.name, unit=entry.sha256):
@@ -385,6 +393,9 @@ class FilePipeline:
                 raise
             entry.delivered = True
             self.stats.legacy_forwarded += 1
+        if ack is not None and not entry.acked:
+            await self._write_ack(local, ref.name, ack)
+            entry.acked = True
         if not translated:  # not read by Ficus: the file is one unit (router/ledger.py)
             await self.store.publish([ledger.unit_delta(
                 self.name, route.mode, f"file|{ref.name}|{ref.size}|{ref.mtime}|{entry.sha256}", None, "legacy")])
@@ -396,7 +407,25 @@ class FilePipeline:
         log.info("%s: %s done (%s)", self.name, shown, entry.outcome)
         return entry
 
-    async def _publish(self, local: Path, entry: FileEntry, route: Route) -> None:
+    async def _write_ack(self, local: Path, name: str, ack: AckFile) -> None:
+        """The file's batch ACK, `<name><ack_suffix>`, through its own delivery (temp name, rename;
+        written over when there: the same ACK again after a crash)."""
+        assert self.acks is not None
+        ack_name = name + self.cfg.ack_suffix
+        with local.open("rb") as fh:
+            head = await asyncio.to_thread(fh.read, HEAD_BYTES)
+        content = await asyncio.to_thread(ack.content, head, name)
+        spooled = self.spool_dir / ".ack" / f"{next(self._aside_ids)}-{os.getpid()}"
+        try:
+            await asyncio.to_thread(spooled.parent.mkdir, exist_ok=True)
+            await asyncio.to_thread(spooled.write_bytes, content)
+            with span("ack file", interface=self.name, unit=ack.sha256):
+                await self.acks.deliver(spooled, ack_name)
+        finally:
+            await asyncio.to_thread(spooled.unlink, missing_ok=True)
+        log.info("%s: %s written (%d messages)", self.name, printable(ack_name), len(ack.acks))
+
+    async def _publish(self, local: Path, entry: FileEntry, route: Route, ack: AckFile | None = None) -> None:
         """Streams the file's records through the stage from the resume point, chunk by chunk.
 
         Reading, translating, enriching, routing and serialising a chunk runs in a worker
@@ -408,7 +437,9 @@ class FilePipeline:
         reference = self.stage.reference.data if self.stage.reference is not None else None
         with gc_paused() as gc_pause, local.open("rb") as fh:
             units = file_units(fh, self.cfg.format, self.cfg.flat, ctx, name=printable(entry.name),
-                               sha256=entry.sha256, reference=reference)
+                               sha256=entry.sha256, reference=reference, hl7=self.hl7)
+            if ack is not None:  # every unit's ACK, those below the resume point too
+                units = ack.collect(units)
             while True:
                 chunk = await _finished_first(off_loop(self._chunk, units, entry, route, entry.next_record))
                 await self._commit(entry, chunk)
@@ -527,7 +558,7 @@ class FilePipeline:
             reference = self.stage.reference.data if self.stage.reference is not None else None
             with gc_paused() as gc_pause, local.open("rb") as fh:
                 units = file_units(fh, self.cfg.format, self.cfg.flat, ctx, name=label, sha256=entry.sha256,
-                                   reference=reference)
+                                   reference=reference, hl7=self.hl7)
                 while True:
                     chunk = await _finished_first(off_loop(_replay_chunk, units, entry, label))
                     if chunk.records or chunk.units:
@@ -541,11 +572,13 @@ class FilePipeline:
 
 def file_record(raw: str, sha256: str, unit: Unit) -> Record:
     """A file unit (a record, an 835 transaction) as a record of the stage, live and in replay:
-    keyed by the content and its position; its dead letter's id is the one files always had."""
+    keyed by the content and its position; its dead letter's id is the one files always had. An
+    HL7 message is routed by its MSH-4 and its dead letter names its sender and type."""
+    header = unit.header
     return Record(
         key=f"file|{sha256}|{unit.index}", locator=unit.locator, events=unit.events, error=unit.error,
-        facility=unit.error.facility if unit.error is not None else None, index=unit.index,
-        letter_id=f"{sha256}:{unit.index}", raw=raw,
+        facility=unit.facility, index=unit.index, letter_id=f"{sha256}:{unit.index}", raw=raw,
+        sender=header.sender if header is not None else None, message_type=unit.message_type,
     )
 
 

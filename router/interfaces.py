@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from canonical.reference import ReferenceStore
-from legacy.file_delivery import FolderDelivery, InPlaceDelivery, SftpDelivery
+from legacy.file_delivery import FolderDelivery, InPlaceDelivery, OnConflict, SftpDelivery
 from legacy.mllp_sender import MllpSender
 from protocols.backoff import Backoff
 from protocols.tls import ReloadingContext, TlsFiles, client_context, server_context
@@ -167,7 +167,7 @@ def _source(cfg: FileInterfaceConfig) -> FileSource:
     return FolderWatcher(cfg.name, Path(cfg.path), cfg.patterns, rule, poll_seconds=cfg.poll_seconds)
 
 
-def _delivery(cfg: FileInterfaceConfig) -> Delivery | None:
+def _delivery(cfg: FileInterfaceConfig, on_conflict: OnConflict = "wait") -> Delivery | None:
     if cfg.legacy is None:
         return None
     if cfg.legacy == "in-place":
@@ -177,8 +177,20 @@ def _delivery(cfg: FileInterfaceConfig) -> Delivery | None:
         remote_dir = "/" + cfg.legacy.removeprefix("sftp://").partition("/")[2]
         settings = sftp_settings(cfg.legacy_sftp, remote_dir, ["*"])
         return SftpDelivery(lambda: open_sftp(settings), remote_dir,
-                            operation_timeout=cfg.legacy_sftp.operation_timeout_seconds)
-    return FolderDelivery(Path(cfg.legacy.removeprefix("file://")))
+                            operation_timeout=cfg.legacy_sftp.operation_timeout_seconds, on_conflict=on_conflict)
+    return FolderDelivery(Path(cfg.legacy.removeprefix("file://")), on_conflict=on_conflict)
+
+
+def _ack_delivery(cfg: FileInterfaceConfig) -> FolderDelivery | SftpDelivery | None:
+    """Where an HL7 file's batch ACK goes (ack_file): ack_dir, else next to the legacy delivery.
+    Ficus's own ACK of a file may be written over (a rewrite after a crash is the same ACK)."""
+    if not cfg.ack_file:
+        return None
+    if cfg.ack_dir is not None:
+        return FolderDelivery(Path(cfg.ack_dir), on_conflict="replace")
+    found = _delivery(cfg, on_conflict="replace")
+    assert isinstance(found, (FolderDelivery, SftpDelivery)), "config: ack_file without ack_dir needs a directory"
+    return found
 
 
 class _Runner(Protocol):
@@ -278,10 +290,17 @@ async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:
         await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
         manifest = Manifest(await deps.store.kv(names.KV_FILES, history=1))
         objects = await deps.store.object_store(names.OBJ_RAW_FILES)
+        acks = _ack_delivery(cfg)
         pipeline = FilePipeline(cfg, deps.store, deps.routes, source, _delivery(cfg), stats, manifest, objects,
-                                spool, reference=deps.reference)
+                                spool, reference=deps.reference, acks=acks)
         started.pop_all()  # the pipeline task below owns the source from here (`finish` closes it)
-    return _polling(cfg, stats, pipeline, source.close, f"{cfg.kind}:{cfg.path}", pipeline.details,
+
+    async def close() -> None:
+        await source.close()
+        if acks is not None:
+            await acks.close()
+
+    return _polling(cfg, stats, pipeline, close, f"{cfg.kind}:{cfg.path}", pipeline.details,
                     pipeline.problem, pipeline)
 
 

@@ -43,6 +43,8 @@ class FileEntry:
     events: int = 0
     dead_letters: int = 0
     delivered: bool = False
+    acked: bool = False
+    """An HL7 file's batch ACK is written (ack_file)."""
     outcome: str = ""
     raw: str = ""
     updated_at: float = field(default_factory=time.time)

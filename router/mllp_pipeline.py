@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import time
@@ -32,8 +31,7 @@ from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 
 from canonical.errors import CanonicalError, NotHl7Error, TranslationError, UnsupportedMessageError
-from canonical.hl7v2.ack import AckError, ack_code, build_ack
-from canonical.hl7v2.charsets import codec_for_charset
+from canonical.hl7v2.ack import AckError, ack_code, build_ack, echoable
 from canonical.hl7v2.dft import amount_at_risk
 from canonical.hl7v2.reader import MshHeader, peek_header
 from canonical.reference import ReferenceStore
@@ -475,24 +473,8 @@ def _message_type(header: MshHeader | None) -> str | None:
 
 
 def _echoable(header: MshHeader | None) -> MshHeader | None:
-    """The header as Ficus's own ACK may echo it: an over-long MSH-10 bounded, an unknown
-    MSH-18 and a trigger that is not a code left out (they would carry the sender's text)."""
-    if header is None:
-        return None
-    charset, trigger = header.charset, header.trigger
-    too_long = _too_long(header)
-    known_charset = not charset or codec_for_charset(charset) is not None
-    if not too_long and known_charset and (not trigger or _code_like(trigger)):
-        return header  # the usual header: nothing to do
-    header = dataclasses.replace(
-        header,
-        charset=charset if codec_for_charset(charset) is not None else "",
-        trigger=trigger if _code_like(trigger) else "",
-    )
-    if too_long:
-        # No raw field: build_ack then echoes the bounded id, escaped.
-        header = dataclasses.replace(header, control_id=bounded_id(header.control_id), control_id_raw="")
-    return header
+    """The header as Ficus's own ACK may echo it (canonical.hl7v2.ack.echoable)."""
+    return echoable(header, MAX_CONTROL_ID)
 
 
 def _digest(kind: bytes, *parts: str) -> str:

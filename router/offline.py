@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from canonical.enrich import enrich
-from canonical.errors import CanonicalError
+from canonical.errors import CanonicalError, TranslationError
 from canonical.flat import FlatSpec
 from canonical.hl7v2.batch import split_batch
 from canonical.hl7v2.reader import peek_header
@@ -72,7 +72,7 @@ def translate_stream_file(path: Path, fmt: str, flat: FlatSpec | None, interface
             failed += 1
             shown.clear()  # dead letters share its terminal line
             error = unit.error
-            if fmt == "x12-835":
+            if fmt == "x12-835" and isinstance(error, TranslationError):  # 835 errors always are
                 letter: dict[str, object] = {
                     "file": str(path), "st_control": unit.st_control, "error": type(error).__name__,
                     "reason": error.reason, "locator": error.locator, "facility": error.facility,

@@ -14,6 +14,7 @@ by the caller is first encoded with the message's declared charset (MSH-18).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import secrets
@@ -21,9 +22,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from canonical.errors import CanonicalError, NotHl7Error, TranslationError
-from canonical.hl7v2.charsets import encode_codec
+from canonical.hl7v2.charsets import codec_for_charset, encode_codec
 from canonical.hl7v2.escapes import DEFAULT_DELIMITERS, Delimiters, escape
 from canonical.hl7v2.reader import MshHeader, Segment, peek_header
+from canonical.safe_text import bounded_id
 
 __all__ = [
     "ACK_CODES",
@@ -32,6 +34,7 @@ __all__ = [
     "ack_code",
     "ack_error_for",
     "build_ack",
+    "echoable",
     "next_control_id",
 ]
 
@@ -113,6 +116,36 @@ def build_ack(
         version = header.version if header is not None else _GENERIC_VERSION
         segments.append(_err(error, d, version, codec))
     return ("\r".join(segments) + "\r").encode("latin-1")
+
+
+#: MSH-10 is ST(199) from HL7 v2.7 (20 before): a longer one is echoed bounded.
+MAX_CONTROL_ID = 199
+
+
+def echoable(header: MshHeader | None, max_control_id: int = MAX_CONTROL_ID) -> MshHeader | None:
+    """The header as Ficus's own ACK may echo it: an MSH-10 longer than ``max_control_id``
+    bounded, an unknown MSH-18 and a trigger that is not a code left out (they would carry the
+    sender's text)."""
+    if header is None:
+        return None
+    charset, trigger = header.charset, header.trigger
+    too_long = len(header.control_id) > max_control_id or len(header.control_id_raw) > max_control_id
+    known_charset = not charset or codec_for_charset(charset) is not None
+    if not too_long and known_charset and (not trigger or _code_like(trigger)):
+        return header  # the usual header: nothing to do
+    header = dataclasses.replace(
+        header,
+        charset=charset if codec_for_charset(charset) is not None else "",
+        trigger=trigger if _code_like(trigger) else "",
+    )
+    if too_long:
+        # No raw field: build_ack then echoes the bounded id, escaped.
+        header = dataclasses.replace(header, control_id=bounded_id(header.control_id), control_id_raw="")
+    return header
+
+
+def _code_like(value: str) -> bool:
+    return len(value) <= 8 and value.isascii() and value.isalnum()
 
 
 def _msh(header: MshHeader | None, d: Delimiters, stamp: str, control_id: str) -> str:

@@ -21,14 +21,19 @@ Rules, in order, for each line:
 Nothing is repaired: a message's ``raw`` is its lines joined by CR, ending with CR.
 Data without any MSH yields exactly one item holding the data as given, so the
 caller can reject it with a reason instead of seeing nothing.
+
+:func:`split_stream` applies the same rules to a file read in chunks (a batch file of
+any size is never held in memory whole); :func:`envelope_of` reads the FHS and BHS a
+batch acknowledgement answers (canonical/hl7v2/batch_ack.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
-__all__ = ["BatchItem", "split_batch"]
+__all__ = ["BatchItem", "Envelope", "envelope_of", "split_batch", "split_stream"]
 
 _BOM = b"\xef\xbb\xbf"
 _ENVELOPE = frozenset((b"FHS", b"BHS", b"BTS", b"FTS"))
@@ -57,7 +62,71 @@ class _Open:
 
 def split_batch(data: bytes) -> Iterator[BatchItem]:
     """Yield every message in ``data`` (see the module docstring for the rules)."""
-    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    count = yield from _split(_normalised(data))
+    if count == 0:
+        yield BatchItem(0, 1, data)
+
+
+READ_CHUNK = 1 << 20
+"""Bytes read at a time by :func:`split_stream`."""
+NO_MSH_HEAD = 64 * 1024
+"""How much of a file without any MSH its one item holds (what the translator rejects)."""
+
+
+def split_stream(stream: BinaryIO, chunk: int = READ_CHUNK) -> Iterator[BatchItem]:
+    """:func:`split_batch` over a binary file, read ``chunk`` bytes at a time: the same items.
+
+    A file without any MSH yields one item holding its first bytes (the stream is seekable: a
+    file), so it is rejected with a reason like :func:`split_batch`'s."""
+    count = yield from _split(_stream_lines(stream, chunk))
+    if count == 0:
+        stream.seek(0)
+        yield BatchItem(0, 1, stream.read(NO_MSH_HEAD))
+
+
+def _normalised(data: bytes) -> list[bytes]:
+    """Lines on CR, LF or CRLF (one terminator), as split_batch always cut them."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+
+
+def _stream_lines(stream: BinaryIO, chunk: int) -> Iterator[bytes]:
+    """The lines :func:`_normalised` cuts from the whole stream, read a chunk at a time: a CR at
+    the end of a chunk waits for the next one (CRLF split across two chunks is one line end)."""
+    carry = b""
+    while block := stream.read(chunk):
+        data = carry + block
+        held = b""
+        if data.endswith(b"\r"):
+            data, held = data[:-1], b"\r"
+        lines = _normalised(data)
+        carry = lines.pop() + held  # the last line is not complete yet
+        yield from lines
+    yield from _normalised(carry)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The first FHS and BHS of a file (``None`` when absent), as sent (latin-1 view)."""
+
+    fhs: str | None = None
+    bhs: str | None = None
+
+
+def envelope_of(head: bytes) -> Envelope:
+    """The FHS and BHS lines that come before the first MSH in ``head`` (a file's first bytes)."""
+    found: dict[bytes, str] = {}
+    for raw in _normalised(head):
+        line = _clean(raw)
+        kind = line[:3]
+        if kind == b"MSH":
+            break
+        if kind in (b"FHS", b"BHS") and line[3:4] and not line[3:4].isalnum() and kind not in found:
+            found[kind] = line.decode("latin-1")
+    return Envelope(found.get(b"FHS"), found.get(b"BHS"))
+
+
+def _split(lines: Iterable[bytes]) -> Generator[BatchItem, None, int]:
+    """The messages of ``lines``; returns how many (``yield from``)."""
     current: _Open | None = None
     count = 0
     for number, line in enumerate(lines, 1):
@@ -81,8 +150,7 @@ def split_batch(data: bytes) -> Iterator[BatchItem]:
     if current is not None:
         yield current.item(count)
         count += 1
-    if count == 0:
-        yield BatchItem(0, 1, data)
+    return count
 
 
 def _add_line(current: _Open, line: bytes) -> None:
