@@ -345,6 +345,15 @@ def cmd_views(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mapping(args: argparse.Namespace) -> int:
+    from router import mapping_test
+
+    try:
+        return mapping_test.main(args, cmd_translate)
+    except mapping_test.MappingTestError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from canonical.schemas import default_models, default_subjects, export
 
@@ -735,6 +744,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interface", metavar="IFACE",
                    help="translate as this interface of the config (mapping, time zone, layout)")
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("mapping", help="test an interface's mapping like code (for a site's CI)")
+    msub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    m = msub.add_parser("test", help="translate FILES as IFACE and compare the events and dead letters with "
+                        "EXPECTED (JSON lines, as ficus translate writes them): a field-level diff, exit 1 on a "
+                        "difference")
+    m.add_argument("interface", metavar="IFACE", help="the interface of the config whose mapping is tested")
+    m.add_argument("files", nargs="*", metavar="FILE",
+                   help="messages to translate; default: the files the expected lines name (ficusraw, file)")
+    m.add_argument("--expect", required=True, metavar="EXPECTED.jsonl", help="the expected events and dead letters")
+    m.add_argument("-c", "--config", default="ficus.toml", help="config file (default ./ficus.toml)")
+    m.add_argument("--ignore", action="append", metavar="FIELD",
+                   help="a field path not compared (data.erp, time); repeatable; ficusraw never is")
+    m.add_argument("--update", action="store_true", help="write EXPECTED from this translation instead")
+    m.set_defaults(func=cmd_mapping)
 
     p = sub.add_parser("schemas", help="JSON Schema and AsyncAPI for consumers")
     ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
