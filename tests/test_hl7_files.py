@@ -13,7 +13,7 @@ import json
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,25 @@ async def test_batch_on_sftp_each_message_a_unit_and_the_ack_next_to_the_sftp_le
     assert acks_of(content) == [("AA", "DFT000001"), ("AE", "DFT000002"), ("AA", "DFT000003")]
     _, letters = await events_and_letters(nats_server.url)
     assert [x["unit"] for x in letters] == ["remote.hl7 message 2 (line 13)"]
+
+
+
+@pytest.mark.integration
+async def test_replay_of_an_hl7_file_interface_translates_its_messages_again(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    cfg = make_config(nats_server.url, [folder_iface(tmp_path, route="modern", ack_file=False)],
+                      state_dir=str(tmp_path / "state"))
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
+        drop(tmp_path, "day.hl7", batch([message(1), message(2, bad=True), message(3)]))
+        await wait_for(lambda: svc.interfaces["charges"].stats.acked == 1, timeout=30)
+        resp = await http.post(f"{svc.api_url}/api/v1/replay/charges", json={"since": before.isoformat()})
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    assert (body["units"], body["replayed"], body["failed"], body["events"]) == (1, 2, 1, 4)
+    events, letters = await events_and_letters(nats_server.url)
+    assert len({e["id"] for e in events}) == 4 and len(letters) == 1  # same ids again; no second letter
 
 
 # -- exactly once across a kill -9 -----------------------------------------------------------------
