@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from canonical.context import TranslationContext
 from canonical.errors import TranslationError
 from canonical.hl7v2.ack import ack_code
 from router import names
+from router.config import ConfigError
 from router.embedded_nats import EmbeddedNats
 from router.file_units import Hl7Spec, file_units
 from router.hl7_files import AckFile
@@ -109,6 +111,24 @@ def test_a_control_id_repeated_in_the_file_is_refused_and_the_file_read_in_small
     ack = AckFile("cd" * 32, 0.0)
     list(ack.collect(iter(not_hl7)))
     assert acks_of(ack.content(b"hello", "g.hl7")) == [("AR", "")]
+
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    ({"format": "x12-835"}, "ack_file is for format 'hl7v2' only"),
+    ({"legacy": None, "route": "modern"}, "ack_file needs ack_dir"),
+    ({"legacy": "in-place", "after": "leave", "route": "shadow"}, "ack_file needs ack_dir"),
+    ({"ack_suffix": "/x"}, "ack_suffix must be"),
+    ({"mapping": "hl7v2.nope"}, "unknown HL7 v2 mapping 'hl7v2.nope'"),
+    ({"encoding": "klingon-8"}, "unknown encoding 'klingon-8'"),
+])
+def test_the_config_refuses_an_ack_file_it_cannot_write_and_an_unknown_mapping(
+    tmp_path: Path, extra: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        make_config("nats://127.0.0.1:4222", [folder_iface(tmp_path, **extra)])
+    make_config("nats://127.0.0.1:4222", [folder_iface(tmp_path, legacy=None, route="modern",
+                                                       ack_dir=str(tmp_path / "acks"))])
 
 
 # -- a real service on a real nats-server ---------------------------------------------------------
