@@ -2,6 +2,9 @@
 
 Run from the repository root:  PYTHONPATH=. .venv/bin/python bench/translate_hl7.py
 
+``--site-map``: the built-in mapping against the same under a 10-field site map
+(:func:`site_map_cost`).
+
 Prints messages per second (best of three one-second rounds, one core) for:
 peek_header alone; translate_hl7 (peek, decode, split, map, pydantic validation of
 every event); the same plus ``to_json`` of every event; and ``hl7.parse`` alone
@@ -89,7 +92,56 @@ def translate_only(kind: str, seconds: float) -> None:
             translate_hl7(raw, "hl7v2", ctx)
 
 
+SITE_MAP = FIXTURES.parent / "mappings" / "bench_ten_fields.toml"
+
+
+def site_map_cost(seconds: float = 0.3, rounds: int = 20, kind: str = "dft") -> dict[str, float]:
+    """The benchmark feed translated by the built-in mapping and by the same mapping under the
+    10-field site map (fixtures/mappings/bench_ten_fields.toml), in alternating rounds of
+    `seconds` on one core, best round of each: on a shared machine the best round is the one
+    least disturbed, and alternating exposes both to the same load. Events are also serialised
+    (`to_json`), as the router does, so the extensions' serialisation is counted too."""
+    from bench.messages import Feed
+    from canonical.hl7v2.fieldmap import load_field_map
+    from canonical.translate import with_field_map
+
+    ctx = TranslationContext("bench", "live", "raw.bench/1", datetime.now(UTC))
+    site = with_field_map("hl7v2", load_field_map(SITE_MAP))
+    feed = Feed(kind, 1)
+    msgs = [feed.get(0, i) for i in range(500)]
+
+    def rate_of(mapping: object, with_json: bool) -> float:
+        n, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            for raw in msgs:
+                events = translate_hl7(raw, mapping, ctx).events  # type: ignore[arg-type]  # a name or a mapping
+                if with_json:
+                    for event in events:
+                        event.to_json()
+            n += len(msgs)
+        return n / elapsed
+
+    best = {"builtin": 0.0, "site": 0.0, "builtin_json": 0.0, "site_json": 0.0}
+    for _ in range(rounds):
+        for with_json in (False, True):
+            suffix = "_json" if with_json else ""
+            best["builtin" + suffix] = max(best["builtin" + suffix], rate_of("hl7v2", with_json))
+            best["site" + suffix] = max(best["site" + suffix], rate_of(site, with_json))
+    best["ratio"] = best["site"] / best["builtin"]
+    best["ratio_json"] = best["site_json"] / best["builtin_json"]
+    return best
+
+
 def main() -> None:
+    if "--site-map" in sys.argv:
+        import os
+
+        result = site_map_cost()
+        print(f"DFT feed (3 FT1/message), one core, load average {os.getloadavg()[0]:.2f} at the end:")
+        for label, key in (("translate_hl7", ""), ("translate_hl7 + to_json", "_json")):
+            print(f"{label:>24}: built-in {result['builtin' + key]:>8,.0f} msg/s, 10-field site map "
+                  f"{result['site' + key]:>8,.0f} msg/s ({result['ratio' + key]:.1%} of built-in)")
+        return
     if "--only" in sys.argv:
         translate_only(sys.argv[sys.argv.index("--only") + 1], 1.0)
         return

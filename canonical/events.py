@@ -15,9 +15,9 @@ Rules every model follows:
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from canonical import subjects
 
@@ -28,6 +28,8 @@ __all__ = [
     "CodedValue",
     "EncounterData",
     "EventData",
+    "ExtensionValue",
+    "Extensions",
     "Location",
     "Money",
 ]
@@ -57,6 +59,44 @@ class Location(BaseModel):
     room: str | None = None
     bed: str | None = None
     facility: str | None = None
+
+
+#: One value of a site's own field (canonical/hl7v2/fieldmap.py): text, a decimal (as a JSON
+#: string), a coded value or a location, as the site map's converter made it.
+ExtensionValue = str | Money | CodedValue | Location | None
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """``extensions`` is left out of the JSON when there are none: no ``default`` to document."""
+    schema.pop("default", None)
+
+
+_TEXT = {"type": ["string", "null"]}
+_EXTENSIONS_SCHEMA: dict[str, Any] = {
+    "title": "Extensions",
+    "description": "the interface's site map fields that are not canonical ones (declared in its field map): "
+                   "text, a decimal as a string, a coded value or a location, by the field's converter",
+    "type": "object",
+    "propertyNames": {"pattern": "^[a-z][a-z0-9_]{0,63}$"},
+    "additionalProperties": {"anyOf": [
+        {"type": "string"},
+        {"type": "object", "title": "CodedValue", "additionalProperties": False, "required": ["code"],
+         "properties": {"code": {"type": "string"}, "text": _TEXT, "system": _TEXT}},
+        {"type": "object", "title": "Location", "additionalProperties": False,
+         "properties": {"point_of_care": _TEXT, "room": _TEXT, "bed": _TEXT, "facility": _TEXT}},
+        {"type": "null"},
+    ]},
+}
+
+#: A site map's fields that are not canonical ones, by name; absent (not null) from the JSON of an
+#: interface without a site map, so its events stay byte for byte what they were. The values are
+#: made by the map's converters only (typed there); held as Any here because pydantic's union
+#: serialiser costs ~6 us an event, more than the whole site map (bench/translate_hl7.py --site-map).
+Extensions = Annotated[
+    dict[str, Any] | None,
+    WithJsonSchema(_EXTENSIONS_SCHEMA, mode="serialization"),
+    WithJsonSchema(_EXTENSIONS_SCHEMA, mode="validation"),
+    Field(None, exclude_if=lambda value: value is None, json_schema_extra=_no_default),
+]
 
 
 class ChargeErp(BaseModel):
@@ -105,6 +145,7 @@ class ChargeData(BaseModel):
     patient_id: str | None = Field(None, description="PID-3, first identifier")
     facility: str | None = Field(None, description="MSH-4, else PV1-3 facility")
     erp: ChargeErp | None = Field(None, description="ERP coding from the reference tables")
+    extensions: Extensions = None
 
 
 class EncounterData(BaseModel):
@@ -127,6 +168,7 @@ class EncounterData(BaseModel):
     discharge_time: str | None = Field(None, description="PV1-45, ISO 8601")
     event_time: str = Field(description="EVN-2, else MSH-7, else receipt time; ISO 8601")
     facility: str | None = Field(None, description="MSH-4, else PV1-3 facility")
+    extensions: Extensions = None
 
 
 #: The payload of any event this package emits.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from canonical import usermap
 from canonical.context import TranslationContext
@@ -21,6 +22,7 @@ from canonical.envelope import CloudEvent
 from canonical.errors import NotHl7Error, TranslationError, UnsupportedMessageError
 from canonical.hl7v2 import adt, dft
 from canonical.hl7v2.common import MapFn
+from canonical.hl7v2.fieldmap import FieldMap
 from canonical.hl7v2.reader import Hl7Message, MshHeader, decode_text, peek_header
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "UnsupportedMessageError",
     "check_mapping",
     "translate_hl7",
+    "with_field_map",
 ]
 
 
@@ -75,6 +78,21 @@ MAPPINGS: dict[str, Hl7Mapping] = {
 }
 
 
+def with_field_map(base: str, site: FieldMap) -> Hl7Mapping:
+    """The mapping ``base`` under an interface's site map, compiled once (at configuration time):
+    its DFT handlers read the map's charge fields, its ADT handlers its encounter fields; a family
+    the map leaves out keeps the built-in handler. Reasons still name ``base``."""
+    handlers: dict[tuple[str, str], MapFn] = {}
+    for pair, handler in check_mapping(base).handlers.items():
+        # Only the built-in handlers read a site map (a user mapping reads what it reads).
+        if handler is dft.map_dft_p03 and site.charge is not None:
+            handler = partial(dft.map_dft_p03, site=site.charge)
+        elif handler is adt.map_adt and site.encounter is not None:
+            handler = partial(adt.map_adt, site=site.encounter)
+        handlers[pair] = handler
+    return Hl7Mapping(base, handlers)
+
+
 @dataclass(frozen=True)
 class Translation:
     """The result of one message: its header (for the ACK) and its events."""
@@ -110,14 +128,15 @@ _USER: dict[str, tuple[usermap.LoadedMapping, Hl7Mapping]] = {}
 
 def translate_hl7(
     raw: bytes,
-    mapping: str,
+    mapping: str | Hl7Mapping,
     ctx: TranslationContext,
     *,
     encoding: str = "utf-8",
     fallback: str | None = "windows-1252",
     header: MshHeader | None = None,
 ) -> Translation:
-    """Translate one raw HL7 v2 message with the named mapping.
+    """Translate one raw HL7 v2 message with the named mapping (or a compiled one, such as
+    :func:`with_field_map` gives).
 
     The type check comes before decoding, so unsupported traffic costs only the
     MSH read. ``encoding`` is the interface's default when MSH-18 is empty or
@@ -126,7 +145,7 @@ def translate_hl7(
     """
     if header is None:
         header = peek_header(raw)
-    handler = check_mapping(mapping).handler_for(header)
+    handler = (check_mapping(mapping) if isinstance(mapping, str) else mapping).handler_for(header)
     if not header.control_id:
         raise TranslationError(
             f"{header.message_type}^{header.trigger} has an empty MSH-10 control id",

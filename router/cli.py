@@ -207,9 +207,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_translate(args: argparse.Namespace) -> int:
     from canonical.reference import ReferenceStore
+    from canonical.translate import Hl7Mapping
     from router.offline import translate_files
 
-    mapping, tz = "hl7v2", "UTC"
+    tz = "UTC"
+    mapping: str | Hl7Mapping = "hl7v2"  # an interface's site map compiled in (its hl7_mapping)
     reference = None
     encoding: str = "utf-8"
     fallback: str | None = "windows-1252"
@@ -229,11 +231,12 @@ def cmd_translate(args: argparse.Namespace) -> int:
         icfg = cfg.interface(args.interface)
         tz = icfg.timezone
         if isinstance(icfg, MllpInterfaceConfig):
-            mapping, encoding, fallback = icfg.mapping, icfg.encoding, icfg.fallback_encoding
+            mapping, encoding, fallback = icfg.hl7_mapping, icfg.encoding, icfg.fallback_encoding
         elif isinstance(icfg, OdbcInterfaceConfig):
             raise UsageError(f"translate: {icfg.name} is an odbc interface: it has no files to translate")
         else:
             fmt, flat = fmt or icfg.format, icfg.flat
+            mapping, encoding, fallback = icfg.hl7_mapping, icfg.encoding, icfg.fallback_encoding
     if fmt in ("csv", "fixed-width") and flat is None:
         raise UsageError(f"translate: --format {fmt} needs -c CONFIG --interface IFACE (the interface's layout)")
     failed = translate_files(

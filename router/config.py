@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -27,9 +28,10 @@ from pydantic import (
 )
 
 from canonical.flat import FlatSpec
+from canonical.hl7v2.fieldmap import FieldMap, FieldMapError, compile_field_map, load_field_map
 from canonical.records import RecordMapping
 from canonical.reference import validate_tables
-from canonical.translate import check_mapping
+from canonical.translate import Hl7Mapping, check_mapping, with_field_map
 from router.gl_layout import GlExportSpec
 
 Mode = Literal["legacy", "shadow", "modern"]
@@ -503,6 +505,46 @@ class InterfaceBase(_Model):
         return value
 
 
+class SiteMapped(_Model):
+    """An HL7 v2 interface's site map (`field_map`, canonical/hl7v2/fieldmap.py): a TOML file
+    (relative to the config file) or an inline `[interfaces.field_map]` table, compiled here,
+    once, so `ficus check` names a bad path by its key and the hot path only reads fields."""
+
+    mapping: str = "hl7v2"
+    field_map: str | dict[str, Any] | None = None
+    _site_map: FieldMap | None = PrivateAttr(default=None)
+    _site_mapping: Hl7Mapping | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _compile_field_map(self, info: ValidationInfo) -> SiteMapped:
+        if self.field_map is None:
+            return self
+        if getattr(self, "format", "hl7v2") != "hl7v2":
+            raise ValueError("field_map is for HL7 v2 interfaces (format 'hl7v2')")
+        base = Path((info.context or {}).get("config_dir", "."))
+        try:
+            site = (load_field_map(base / self.field_map) if isinstance(self.field_map, str)
+                    else compile_field_map(self.field_map, "inline"))
+            self._site_mapping = with_field_map(self.mapping, site)
+        except FieldMapError as exc:
+            raise ValueError(f"field_map: {exc}") from None
+        except ValueError as exc:  # a mapping the site map cannot apply to
+            raise ValueError(f"field_map: {exc}") from None
+        self._site_map = site
+        return self
+
+    @property
+    def site_map(self) -> FieldMap | None:
+        """The compiled site map, None without one."""
+        return self._site_map
+
+    @property
+    def hl7_mapping(self) -> str | Hl7Mapping:
+        """What translate_hl7 takes for this interface: the mapping's name, or the mapping
+        compiled with the interface's site map."""
+        return self._site_mapping if self._site_mapping is not None else self.mapping
+
+
 class MllpTlsConfig(_Model):
     """TLS on an hl7-mllp listener (`tls`): PEM certificate chain and key; with `client_ca`,
     client certificates are verified against that bundle (mutual TLS), and required with
@@ -540,7 +582,7 @@ class LegacyTlsConfig(_Model):
         return self
 
 
-class MllpInterfaceConfig(InterfaceBase):
+class MllpInterfaceConfig(InterfaceBase, SiteMapped):
     """An HL7 v2 feed over MLLP: Ficus listens where the legacy engine used to."""
 
     kind: Literal["hl7-mllp"]
@@ -659,7 +701,7 @@ class SftpConfig(_Model):
         return self
 
 
-class FileInterfaceBase(InterfaceBase):
+class FileInterfaceBase(InterfaceBase, SiteMapped):
     """What folder and SFTP interfaces share: which files, when complete, what then."""
 
     path: str
@@ -1337,7 +1379,9 @@ def parse_config(data: dict[str, Any], path: str = "<config>", *, check_tables: 
     if isinstance(resolved.get("posting"), dict):
         resolved["posting"].setdefault("base_dir", str(Path(path).parent) if path.endswith(".toml") else ".")
     try:
-        config = FicusConfig.model_validate(resolved)
+        # A site map file named by an interface is found next to the config file.
+        config_dir = str(Path(path).parent) if path.endswith(".toml") else "."
+        config = FicusConfig.model_validate(resolved, context={"config_dir": config_dir})
     except ValidationError as exc:
         # Only `msg` is used, never pydantic's `input`; and a message may still quote a value.
         for err in exc.errors():

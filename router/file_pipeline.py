@@ -142,7 +142,7 @@ class FilePipeline:
         self.spool_dir = spool_dir
         self.acks = acks
         """Where an HL7 file's batch ACK is written (`ack_file`), else None."""
-        self.hl7 = Hl7Spec(cfg.mapping, cfg.encoding, cfg.fallback_encoding)
+        self.hl7 = Hl7Spec(cfg.hl7_mapping, cfg.encoding, cfg.fallback_encoding)
         # An 835's dead letter holds up payments, any other file's charges.
         self.stage = Stage(cfg.name, store, routes, stats, reference=reference, timezone=cfg.timezone,
                            money_format=cfg.format)

@@ -22,7 +22,7 @@ from canonical.hl7v2.batch import split_stream
 from canonical.hl7v2.reader import MshHeader, peek_header
 from canonical.reference import ReferenceData
 from canonical.safe_text import bounded_id
-from canonical.translate import translate_hl7
+from canonical.translate import Hl7Mapping, translate_hl7
 from canonical.x12.remit835 import translate_835
 
 
@@ -30,7 +30,7 @@ from canonical.x12.remit835 import translate_835
 class Hl7Spec:
     """How an interface translates the HL7 v2 messages of its files (as an MLLP interface would)."""
 
-    mapping: str = "hl7v2"
+    mapping: str | Hl7Mapping = "hl7v2"  # a name, or the interface's site map compiled in
     encoding: str = "utf-8"
     fallback: str | None = "windows-1252"
 

@@ -186,7 +186,7 @@ class MllpPipeline:
             return self._record(header, raw_ref, raw_id, Refused(refusal, ERR_DUPLICATE_KEY if reused else ERR_DATA))
         ctx = self.stage.context(raw_ref, received=received)
         try:
-            result = translate_hl7(payload, self.cfg.mapping, ctx, encoding=self.cfg.encoding,
+            result = translate_hl7(payload, self.cfg.hl7_mapping, ctx, encoding=self.cfg.encoding,
                                    fallback=self.cfg.fallback_encoding, header=header)
             events = self.stage.enriched(result.events)
         except CanonicalError as exc:

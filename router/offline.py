@@ -16,7 +16,7 @@ from canonical.hl7v2.batch import split_batch
 from canonical.hl7v2.reader import peek_header
 from canonical.reference import ReferenceData
 from canonical.safe_text import bounded_id
-from canonical.translate import TranslationContext, translate_hl7
+from canonical.translate import Hl7Mapping, TranslationContext, translate_hl7
 from router.file_units import file_units, sha256_of
 from router.progress import Progress
 
@@ -84,7 +84,7 @@ def translate_stream_file(path: Path, fmt: str, flat: FlatSpec | None, interface
 
 
 def translate_files(
-    files: list[Path], *, fmt: str, mapping: str, interface: str, timezone: str,
+    files: list[Path], *, fmt: str, mapping: str | Hl7Mapping, interface: str, timezone: str,
     encoding: str, fallback: str | None, out: TextIO, err: TextIO, reference: ReferenceData | None = None,
     flat: FlatSpec | None = None, progress: bool | None = False,
 ) -> int:

@@ -21,7 +21,7 @@ from canonical.hl7v2.escapes import Delimiters
 from canonical.hl7v2.reader import Hl7Message, MshHeader, Segment
 from canonical.timestamps import hl7_to_instant, hl7_to_iso
 
-__all__ = ["Fields", "Identifiers", "MapFn", "MessageReader", "parse_number"]
+__all__ = ["Fields", "Identifiers", "MapFn", "MessageReader", "parse_number", "shared_model"]
 
 #: Event data as field name -> value, validated by the event's pydantic model
 #: (:mod:`canonical.events`) when the envelope is built.
@@ -65,6 +65,11 @@ def _shared(model: type[_M], values: tuple[str | None, ...]) -> _M:
             _SHARED.clear()
         found = _SHARED[key] = model.model_validate(dict(zip(model.model_fields, values, strict=False)))
     return found  # type: ignore[return-value]  # keyed by model, so the instance is a _M
+
+
+def shared_model(model: type[_M], values: tuple[str | None, ...]) -> _M:
+    """The one frozen CodedValue or Location for these parts (a site map's values too)."""
+    return _shared(model, values)
 
 
 class Identifiers:

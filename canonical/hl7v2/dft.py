@@ -19,6 +19,7 @@ amounts that could be read, the money held up while it waits in the dead-letter 
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from canonical import subjects
 from canonical.context import TranslationContext
@@ -26,6 +27,9 @@ from canonical.envelope import CloudEvent, EventOrigin, make_event
 from canonical.errors import TranslationError
 from canonical.hl7v2.common import Fields, Identifiers, MessageReader, parse_number
 from canonical.hl7v2.reader import Hl7Message, MshHeader, Segment
+
+if TYPE_CHECKING:
+    from canonical.hl7v2.fieldmap import FamilyMap, MessageScope
 
 __all__ = ["CHARGE_TYPES", "CREDIT_TYPES", "SUPPORTED", "amount_at_risk", "map_dft_p03"]
 
@@ -38,14 +42,18 @@ _ACCEPTED_TYPES = ", ".join(sorted(CHARGE_TYPES | CREDIT_TYPES))
 SUPPORTED = frozenset((("DFT", "P03"),))
 
 
-def map_dft_p03(header: MshHeader, msg: Hl7Message, ctx: TranslationContext) -> list[CloudEvent]:
-    """One charge posted/credited event per FT1 of a DFT^P03."""
+def map_dft_p03(
+    header: MshHeader, msg: Hl7Message, ctx: TranslationContext, site: FamilyMap | None = None,
+) -> list[CloudEvent]:
+    """One charge posted/credited event per FT1 of a DFT^P03 (``site``: the interface's site map)."""
     r = MessageReader(header, msg, ctx)
     ft1s = msg.segments("FT1")
     try:
         if not ft1s:
             raise r.fail(f"{r.label} has no FT1 segment", "FT1", "100")
         pid = r.require("PID")
+        if site is not None:
+            return _site_charges(r, pid, ft1s, site)
         ids = r.identifiers(pid, msg.segment("PV1"))
         origin = r.origin(r.event_time())
         return [_charge(r, seg, i, ids, origin) for i, seg in enumerate(ft1s, 1)]
@@ -93,6 +101,67 @@ def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin
     etype = subjects.CHARGE_CREDITED if credited else subjects.CHARGE_POSTED
     subject = f"{r.header.control_id}/{at}"
     return make_event(etype, data, origin, index=index, subject=subject)
+
+
+def _site_charges(r: MessageReader, pid: Segment, ft1s: list[Segment], site: FamilyMap) -> list[CloudEvent]:
+    """:func:`map_dft_p03` under a site map: its fields replace the built-in reads, the identifier
+    check runs on what the event carries, its other fields go into ``extensions``."""
+    pv1 = r.msg.segment("PV1")
+    ids = Identifiers(pid.leaf(3), pid.leaf(18), pv1.leaf(19) if pv1 is not None else None)
+    origin = r.origin(r.event_time())
+    scope = site.scope(r.msg)
+    return [_site_charge(r, seg, i, ids, origin, site, scope) for i, seg in enumerate(ft1s, 1)]
+
+
+def _site_charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin: EventOrigin,
+                 site: FamilyMap, scope: MessageScope) -> CloudEvent:
+    at = f"FT1[{index}]"
+    v, extensions = site.values(r, scope, seg, index)
+    tid, batch, served, posted, ttype, qty, amt, unit, dept, performer, orderer = seg.leaves(_FT1_LEAVES)
+    quantity = v["quantity"] if "quantity" in v else r.number_of(qty, 10, at, "quantity")
+    amount = v["amount"] if "amount" in v else r.number_of(amt, 11, at, "extended amount")
+    if "transaction_type" in v:
+        ttype = v["transaction_type"]  # type: ignore[assignment]  # a string rule
+        if ttype not in CHARGE_TYPES and ttype not in CREDIT_TYPES:
+            reason = f"{at} site map field transaction_type is {'missing' if ttype is None else 'not one of'}"
+            raise r.fail(reason if ttype is None else f"{reason} {_ACCEPTED_TYPES}", at, "103")
+    ttype = _transaction_type(r, ttype, at)
+    credited = _is_credit(ttype, quantity, amount)  # type: ignore[arg-type]  # decimal rules
+    charge_code = v["charge_code"] if "charge_code" in v else r.coded(seg, 7)
+    procedure_code = v["procedure_code"] if "procedure_code" in v else r.coded(seg, 25)
+    if charge_code is None and procedure_code is None:
+        raise r.fail(f"{at} has no transaction code (FT1-7) or procedure code (FT1-25)", f"{at}-7", "101")
+    data: Fields = {  # ChargeData
+        "control_id": r.header.control_id,
+        "ft1_index": index,
+        "transaction_id": tid,
+        "transaction_batch_id": batch,
+        "transaction_type": ttype,
+        "service_date": v["service_date"] if "service_date" in v else r.timestamp_of(served, 4, at),
+        "posting_date": v["posting_date"] if "posting_date" in v else r.timestamp_of(posted, 5, at),
+        "charge_code": charge_code,
+        "procedure_code": procedure_code,
+        "quantity": quantity,
+        "amount": amount,
+        "currency": r.text(seg, 11, sub=2),
+        "net_amount": None if amount is None else (-abs(amount) if credited else abs(amount)),  # type: ignore[arg-type]
+        "unit_amount": v["unit_amount"] if "unit_amount" in v else r.number_of(unit, 12, at, "unit amount"),
+        "department": dept,
+        "performing_provider_id": performer,
+        "ordering_provider_id": orderer,
+        "account_number": ids.account_number,
+        "encounter_number": ids.encounter_number,
+        "patient_id": ids.patient_id,
+        "facility": r.facility,
+    }
+    data.update(v)  # the fields above read from the map are the same values
+    if not (data["patient_id"] or data["account_number"] or data["encounter_number"]):
+        reason = f"{r.label} {at} has no patient id, account or visit (site map and PID-3, PID-18, PV1-19)"
+        raise r.fail(reason, "PID-3", "101")
+    if extensions is not None:
+        data["extensions"] = extensions
+    etype = subjects.CHARGE_CREDITED if credited else subjects.CHARGE_POSTED
+    return make_event(etype, data, origin, index=index, subject=f"{r.header.control_id}/{at}")
 
 
 def _transaction_type(r: MessageReader, ttype: str | None, at: str) -> str:

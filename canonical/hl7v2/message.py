@@ -263,6 +263,15 @@ class Hl7Message:
         seg = self.segment(segment_name, occurrence)
         return seg.get(field, repetition, component, subcomponent) if seg else ""
 
+    def positions(self, name: str) -> list[int]:
+        """Where the segments called ``name`` are (0-based line numbers, in message order):
+        a site map finds the segments of an FT1's group with it (canonical/hl7v2/fieldmap.py)."""
+        return self._positions(name)
+
+    def segment_at(self, position: int, name: str) -> Segment:
+        """The segment at ``position`` (one of :meth:`positions`' answers for ``name``)."""
+        return self._segment_at(position, name)
+
     def _positions(self, name: str) -> list[int]:
         index = self._index
         if index is None:
