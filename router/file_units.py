@@ -18,7 +18,7 @@ from canonical.enrich import enrich
 from canonical.envelope import CloudEvent
 from canonical.errors import CanonicalError, TranslationError
 from canonical.flat import FlatRecord, FlatSpec, LayoutError, translate_flat
-from canonical.hl7v2.batch import split_stream
+from canonical.hl7v2.batch import envelope_of, split_stream
 from canonical.hl7v2.reader import MshHeader, peek_header
 from canonical.reference import ReferenceData
 from canonical.safe_text import bounded_id
@@ -109,6 +109,8 @@ def _hl7_units(stream: BinaryIO, spec: Hl7Spec, ctx: TranslationContext, name: s
     check covers the whole file on every read, a resume after a crash included."""
     seen: dict[tuple[str, str], int] = {}
     for item in split_stream(stream):
+        if not item.raw.startswith(b"MSH") and _empty_batch(item.raw):
+            return  # FHS/BHS ... BTS|0: a sender with nothing to send, not a bad file
         where = f"{name} message {item.index + 1}"
         locator = f"{where} (line {item.line})"
         header: MshHeader | None = None
@@ -129,6 +131,13 @@ def _hl7_units(stream: BinaryIO, spec: Hl7Spec, ctx: TranslationContext, name: s
             continue
         unit = Unit(item.index, locator, result.events, None, item.line, header=header)
         yield _enriched(unit, reference, where)
+
+
+def _empty_batch(head: bytes) -> bool:
+    """Whether a file without any MSH (its first bytes: split_stream's one item) is a batch
+    envelope holding no message."""
+    envelope = envelope_of(head)
+    return envelope.fhs is not None or envelope.bhs is not None
 
 
 def _code_like(value: str) -> bool:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from canonical.context import TranslationContext
 from canonical.errors import TranslationError
 from canonical.hl7v2.ack import ack_code
 from router import names
+from router.config import ConfigError
 from router.embedded_nats import EmbeddedNats
 from router.file_units import Hl7Spec, file_units
 from router.hl7_files import AckFile
@@ -111,6 +113,35 @@ def test_a_control_id_repeated_in_the_file_is_refused_and_the_file_read_in_small
     assert acks_of(ack.content(b"hello", "g.hl7")) == [("AR", "")]
 
 
+
+
+def test_an_empty_batch_has_no_unit_and_its_ack_counts_none() -> None:
+    data = batch([])
+    ctx = TranslationContext("charges", "live", "objectstore://x", datetime(2024, 3, 5, tzinfo=UTC))
+    ack = AckFile("ef" * 32, 0.0)
+    assert list(ack.collect(file_units(io.BytesIO(data), "hl7v2", None, ctx, name="none.hl7", sha256="z",
+                                       reference=None))) == []
+    lines = ack_lines(ack.content(data, "none.hl7"))
+    assert [line[:3] for line in lines] == ["FHS", "BHS", "BTS", "FTS"] and lines[2] == "BTS|0"
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    ({"format": "x12-835"}, "ack_file is for format 'hl7v2' only"),
+    ({"legacy": None, "route": "modern"}, "ack_file needs ack_dir"),
+    ({"legacy": "in-place", "after": "leave", "route": "shadow"}, "ack_file needs ack_dir"),
+    ({"ack_suffix": "/x"}, "ack_suffix must be"),
+    ({"mapping": "hl7v2.nope"}, "unknown HL7 v2 mapping 'hl7v2.nope'"),
+    ({"encoding": "klingon-8"}, "unknown encoding 'klingon-8'"),
+])
+def test_the_config_refuses_an_ack_file_it_cannot_write_and_an_unknown_mapping(
+    tmp_path: Path, extra: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        make_config("nats://127.0.0.1:4222", [folder_iface(tmp_path, **extra)])
+    make_config("nats://127.0.0.1:4222", [folder_iface(tmp_path, legacy=None, route="modern",
+                                                       ack_dir=str(tmp_path / "acks"))])
+
+
 # -- a real service on a real nats-server ---------------------------------------------------------
 
 
@@ -150,6 +181,10 @@ async def test_batch_in_a_drop_folder_one_unit_per_message_bad_one_dead_lettered
         drop(tmp_path, "charges.hl7", data)
         await wait_for(lambda: (tmp_path / "archive" / "charges.hl7").exists(), timeout=30)
         assert stats.acked == 1 and stats.dead_lettered == 1 and stats.shadow_published == 8
+        drop(tmp_path, "empty.hl7", batch([]))  # a sender with nothing to send: no unit, no dead letter
+        await wait_for(lambda: (tmp_path / "archive" / "empty.hl7").exists(), timeout=30)
+        assert stats.acked == 2 and stats.dead_lettered == 1
+    assert ack_lines((tmp_path / "legacy" / "empty.hl7.ack").read_bytes())[2:] == ["BTS|0", "FTS|1"]
     assert (tmp_path / "legacy" / "charges.hl7").read_bytes() == data  # the legacy consumer's file, unchanged
     content = (tmp_path / "legacy" / "charges.hl7.ack").read_bytes()
     assert [code for code, _ in acks_of(content)] == ["AA", "AA", "AE", "AA", "AA"]
@@ -200,6 +235,25 @@ async def test_batch_on_sftp_each_message_a_unit_and_the_ack_next_to_the_sftp_le
     assert acks_of(content) == [("AA", "DFT000001"), ("AE", "DFT000002"), ("AA", "DFT000003")]
     _, letters = await events_and_letters(nats_server.url)
     assert [x["unit"] for x in letters] == ["remote.hl7 message 2 (line 13)"]
+
+
+
+@pytest.mark.integration
+async def test_replay_of_an_hl7_file_interface_translates_its_messages_again(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    cfg = make_config(nats_server.url, [folder_iface(tmp_path, route="modern", ack_file=False)],
+                      state_dir=str(tmp_path / "state"))
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    async with service_factory(cfg) as svc, aiohttp.ClientSession() as http:
+        drop(tmp_path, "day.hl7", batch([message(1), message(2, bad=True), message(3)]))
+        await wait_for(lambda: svc.interfaces["charges"].stats.acked == 1, timeout=30)
+        resp = await http.post(f"{svc.api_url}/api/v1/replay/charges", json={"since": before.isoformat()})
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    assert (body["units"], body["replayed"], body["failed"], body["events"]) == (1, 2, 1, 4)
+    events, letters = await events_and_letters(nats_server.url)
+    assert len({e["id"] for e in events}) == 4 and len(letters) == 1  # same ids again; no second letter
 
 
 # -- exactly once across a kill -9 -----------------------------------------------------------------
