@@ -110,25 +110,42 @@ def _site_charges(r: MessageReader, pid: Segment, ft1s: list[Segment], site: Fam
     ids = Identifiers(pid.leaf(3), pid.leaf(18), pv1.leaf(19) if pv1 is not None else None)
     origin = r.origin(r.event_time())
     scope = site.scope(r.msg)
-    return [_site_charge(r, seg, i, ids, origin, site, scope) for i, seg in enumerate(ft1s, 1)]
+    # Most site maps move identifiers and codes: then the FT1 is read as the built-in mapping reads it.
+    special = not site.canonical.isdisjoint(_DECIDING)
+    return [_site_charge(r, seg, i, ids, origin, site, scope, special) for i, seg in enumerate(ft1s, 1)]
+
+
+# Charge fields that decide the event type or are converted by the built-in reads below.
+_DECIDING = frozenset(("quantity", "amount", "transaction_type", "charge_code", "procedure_code", "service_date",
+                       "posting_date", "unit_amount"))
 
 
 def _site_charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin: EventOrigin,
-                 site: FamilyMap, scope: MessageScope) -> CloudEvent:
+                 site: FamilyMap, scope: MessageScope, special: bool) -> CloudEvent:
     at = f"FT1[{index}]"
     v, extensions = site.values(r, scope, seg, index)
     tid, batch, served, posted, ttype, qty, amt, unit, dept, performer, orderer = seg.leaves(_FT1_LEAVES)
-    quantity = v["quantity"] if "quantity" in v else r.number_of(qty, 10, at, "quantity")
-    amount = v["amount"] if "amount" in v else r.number_of(amt, 11, at, "extended amount")
-    if "transaction_type" in v:
-        ttype = v["transaction_type"]  # type: ignore[assignment]  # a string rule
-        if ttype not in CHARGE_TYPES and ttype not in CREDIT_TYPES:
-            reason = f"{at} site map field transaction_type is {'missing' if ttype is None else 'not one of'}"
-            raise r.fail(reason if ttype is None else f"{reason} {_ACCEPTED_TYPES}", at, "103")
+    if special:
+        quantity = v["quantity"] if "quantity" in v else r.number_of(qty, 10, at, "quantity")
+        amount = v["amount"] if "amount" in v else r.number_of(amt, 11, at, "extended amount")
+        if "transaction_type" in v:
+            ttype = v["transaction_type"]  # type: ignore[assignment]  # a string rule
+            if ttype not in CHARGE_TYPES and ttype not in CREDIT_TYPES:
+                reason = f"{at} site map field transaction_type is {'missing' if ttype is None else 'not one of'}"
+                raise r.fail(reason if ttype is None else f"{reason} {_ACCEPTED_TYPES}", at, "103")
+        charge_code = v["charge_code"] if "charge_code" in v else r.coded(seg, 7)
+        procedure_code = v["procedure_code"] if "procedure_code" in v else r.coded(seg, 25)
+        service_date = v["service_date"] if "service_date" in v else r.timestamp_of(served, 4, at)
+        posting_date = v["posting_date"] if "posting_date" in v else r.timestamp_of(posted, 5, at)
+        unit_amount = v["unit_amount"] if "unit_amount" in v else r.number_of(unit, 12, at, "unit amount")
+    else:
+        quantity = r.number_of(qty, 10, at, "quantity")
+        amount = r.number_of(amt, 11, at, "extended amount")
+        charge_code, procedure_code = r.coded(seg, 7), r.coded(seg, 25)
+        service_date, posting_date = r.timestamp_of(served, 4, at), r.timestamp_of(posted, 5, at)
+        unit_amount = r.number_of(unit, 12, at, "unit amount")
     ttype = _transaction_type(r, ttype, at)
     credited = _is_credit(ttype, quantity, amount)  # type: ignore[arg-type]  # decimal rules
-    charge_code = v["charge_code"] if "charge_code" in v else r.coded(seg, 7)
-    procedure_code = v["procedure_code"] if "procedure_code" in v else r.coded(seg, 25)
     if charge_code is None and procedure_code is None:
         raise r.fail(f"{at} has no transaction code (FT1-7) or procedure code (FT1-25)", f"{at}-7", "101")
     data: Fields = {  # ChargeData
@@ -137,15 +154,15 @@ def _site_charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, o
         "transaction_id": tid,
         "transaction_batch_id": batch,
         "transaction_type": ttype,
-        "service_date": v["service_date"] if "service_date" in v else r.timestamp_of(served, 4, at),
-        "posting_date": v["posting_date"] if "posting_date" in v else r.timestamp_of(posted, 5, at),
+        "service_date": service_date,
+        "posting_date": posting_date,
         "charge_code": charge_code,
         "procedure_code": procedure_code,
         "quantity": quantity,
         "amount": amount,
         "currency": r.text(seg, 11, sub=2),
         "net_amount": None if amount is None else (-abs(amount) if credited else abs(amount)),  # type: ignore[arg-type]
-        "unit_amount": v["unit_amount"] if "unit_amount" in v else r.number_of(unit, 12, at, "unit amount"),
+        "unit_amount": unit_amount,
         "department": dept,
         "performing_provider_id": performer,
         "ordering_provider_id": orderer,

@@ -327,12 +327,13 @@ class _Source:
             self.hoisted[key] = f"_s{len(self.hoisted)}"
         return self.hoisted[key]
 
-    def extract(self, path: HlPath, kind: Kind) -> str:
+    def extract(self, path: HlPath, kind: Kind, seg: str = "s") -> str:
+        """An expression for the value a path gives from the segment in variable ``seg``."""
         if kind in ("coded", "location"):
-            return f"{self.ref(_parts_reader(path, kind))}(s)"
+            return f"{self.ref(_parts_reader(path, kind))}({seg})"
         if path.repetition == 1 and path.component == 1 and path.subcomponent == 1:
-            return f"s.leaf({path.field})"
-        return f"{self.ref(path)}.leaf(s)"
+            return f"{seg}.leaf({path.field})"
+        return f"{self.ref(path)}.leaf({seg})"
 
     def rule(self, rule: Rule, var: str) -> list[str]:
         """Statements that leave the rule's value in ``var``."""
@@ -343,12 +344,27 @@ class _Source:
             pad = "" if i == 0 else "    "
             if i:
                 lines.append(f"if {var} is None:")
-            lines += [f"{pad}s = {self.segment(path)}", f"{pad}if s is not None:",
+            seg = self.segment(path)
+            if seg == "anchor":  # the charge's own FT1 is always there
+                lines.append(f"{pad}{var} = {self.extract(path, rule.kind, 'anchor')}")
+                if finish is not None:
+                    lines.append(f"{pad}w = {path.text!r}")
+                continue
+            lines += [f"{pad}s = {seg}", f"{pad}if s is not None:",
                       f"{pad}    {var} = {self.extract(path, rule.kind)}"]
             if finish is not None:
                 lines.append(f"{pad}    w = {path.text!r}")
         if finish is not None:
-            lines += [f"if {var} is not None:", f"    {var} = {self.ref(finish)}(r, {var}, w, index)"]
+            fin = self.ref(finish)
+            # The usual conversions inline; on a failure the finisher runs again and raises the reason.
+            inline = {
+                "decimal": [f"    {var} = _dec({var}) if _num({var}) is not None else {fin}(r, {var}, w, index)"],
+                "timestamp": ["    try:", f"        {var} = _iso({var}, r.tz)", "    except ValueError:",
+                              f"        {fin}(r, {var}, w, index)"],
+                "date": ["    try:", f"        {var} = _iso({var}, r.tz)[:10]", "    except ValueError:",
+                         f"        {fin}(r, {var}, w, index)"],
+            }.get(rule.kind) if rule.lookup is None else None
+            lines += [f"if {var} is not None:", *(inline or [f"    {var} = {fin}(r, {var}, w, index)"])]
             if missing is not None:
                 lines += ["else:", f"    {var} = {self.ref(missing)}(r, index)"]
         elif missing is not None:
@@ -401,7 +417,7 @@ def _compile(family: str, rules: list[Rule]) -> tuple[_MessageFn, _ItemFn, str]:
     lines += [f"    {line}" for line in item_body]
     lines += [f"    return {{{canon}}}, {('{' + ext + '}') if ext else 'None'}"]
     source = "\n".join(lines) + "\n"
-    namespace = dict(src.env)
+    namespace = {**src.env, "_dec": Decimal, "_num": _NUMBER.fullmatch, "_iso": hl7_to_iso}
     # Generated from checked names and paths only (no text of the map reaches the code unquoted).
     exec(compile(source, f"<site map {family}>", "exec"), namespace)
     return namespace["message"], namespace["item"], source
