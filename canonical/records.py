@@ -23,6 +23,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from canonical import usermap
 from canonical.context import TranslationContext
 from canonical.envelope import EVENT_CLASSES, CloudEvent, event_id, source_for
 from canonical.errors import CanonicalError, TranslationError
@@ -98,7 +99,8 @@ class RecordMapping(BaseModel):
 
     model_config = _CONFIG
 
-    target: TargetName
+    # A built-in target, or "entrypoint:NAME": a site's record mapping (canonical/usermap.py).
+    target: TargetName | str
     key: list[str] = Field(default_factory=list)
     fields: list[FieldSpec] = Field(min_length=1)
     facility_field: str | None = None
@@ -131,10 +133,12 @@ def _with_type(spec: Any, catalog: Mapping[str, tuple[FieldType, ...]]) -> Any:
 
 
 def _problems(mapping: RecordMapping) -> list[str]:
-    target = TARGETS[mapping.target]
     names = [f.field for f in mapping.fields]
     mapped = set(names)
     problems = [f"field {n!r} is mapped twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    if mapping.target not in TARGETS:
+        return problems + _user_problems(mapping, mapped)
+    target = TARGETS[mapping.target]
     for spec in mapping.fields:
         allowed = target.fields.get(spec.field)
         if allowed is None and _FREE_TEXT.search(spec.field):
@@ -154,6 +158,23 @@ def _problems(mapping: RecordMapping) -> list[str]:
         zone(mapping.timezone)
     except (KeyError, ValueError):
         problems.append(f"unknown timezone {mapping.timezone!r}")
+    return problems
+
+
+def _user_problems(mapping: RecordMapping, mapped: set[str]) -> list[str]:
+    """A user record mapping's fields are its own (typed as declared; free text still refused),
+    and its entry point must load and be a record mapping."""
+    if not mapping.target.startswith(usermap.PREFIX):
+        return [f"target {mapping.target!r} is not one of {', '.join(TARGETS)} nor {usermap.PREFIX}NAME"]
+    problems = [f"field {spec.field!r}: free text is never carried by canonical events; map codes only"
+                for spec in mapping.fields if _FREE_TEXT.search(spec.field)]
+    problems += [f"key field {k!r} is not mapped" for k in mapping.key if k not in mapped]
+    if mapping.facility_field is not None and mapping.facility_field not in mapped:
+        problems.append(f"facility_field {mapping.facility_field!r} is not mapped")
+    try:
+        usermap.load(mapping.target.removeprefix(usermap.PREFIX), "record")
+    except usermap.UserMappingError as exc:
+        problems.append(str(exc))
     return problems
 
 
@@ -450,16 +471,18 @@ def _datetime_text(value: str, fmt: str | None, tz: str) -> str:
 class _Plan:
     """A mapping compiled for :func:`map_record`: what each record repeats, worked out once."""
 
-    __slots__ = ("amount_field", "build", "context", "facility_field", "key", "mapping", "readers")
+    __slots__ = ("amount_field", "build", "context", "facility_field", "key", "mapping", "readers", "user")
 
     def __init__(self, mapping: RecordMapping) -> None:
-        target = TARGETS[mapping.target]
         self.mapping = mapping  # held, so its id() is not reused while this plan is cached
         self.readers = tuple((spec.field, _reader(spec, mapping.timezone)) for spec in mapping.fields)
         self.key = tuple(mapping.key)
         self.facility_field = mapping.facility_field
-        self.amount_field = target.amount_field
-        self.build = target.build
+        target = TARGETS.get(mapping.target)
+        # A user record mapping (checked with the config): its function builds the events.
+        self.user = None if target else usermap.load(mapping.target.removeprefix(usermap.PREFIX), "record")
+        self.amount_field = target.amount_field if target else ""
+        self.build = target.build if target else None
         # (context, source, time) of the last context seen: a file or a batch shares one.
         self.context: tuple[TranslationContext, str, str] | None = None
 
@@ -523,6 +546,11 @@ def map_record(
         raise TranslationError(
             reason, control_id=key, locator=f"{locator} {problems[0].field}", facility=facility, amount=amount
         )
+    if plan.build is None:
+        assert plan.user is not None
+        user = plan.user
+        return user.record_handler(usermap.RecordInput(converted, key, unit, index, locator, facility, ctx,
+                                                       user.classes, user.label))
     etype, data = plan.build(converted, key, position)
     source, time = plan.envelope_of(ctx)
     envelope = {

@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError, create_model
 
 from canonical.context import TranslationContext
-from canonical.envelope import EVENT_CLASSES, CloudEvent, EventOrigin, event_id
+from canonical.envelope import EVENT_CLASSES, SOURCE_SCHEME, CloudEvent, EventOrigin, event_id
 from canonical.errors import TranslationError
 from canonical.hl7v2.common import MapFn, MessageReader
 from canonical.hl7v2.reader import Hl7Message, MshHeader
@@ -52,11 +52,13 @@ __all__ = [
     "DeadLetter",
     "Hl7Input",
     "LoadedMapping",
+    "RecordInput",
     "UserMappingError",
     "event_classes",
     "forget",
     "load",
     "mapping",
+    "record_mapping",
 ]
 
 #: The entry point group user mappings are installed under.
@@ -86,12 +88,26 @@ class DeadLetter:
 class _Declaration:
     messages: frozenset[tuple[str, str]]
     events: Mapping[EventType, type[BaseModel]]
+    kind: Literal["hl7", "record"] = "hl7"
 
 
 def mapping(*, messages: Iterable[tuple[str, str]], events: Mapping[EventType, type[BaseModel]]) -> Callable[[_F], _F]:
     """Declares a user mapping: the (message type, trigger) pairs it handles and the event
     types it emits with their data models (a built-in type with its built-in model)."""
     declared = _Declaration(frozenset((str(t), str(e)) for t, e in messages), dict(events))
+
+    def mark(fn: _F) -> _F:
+        setattr(fn, _ATTR, declared)
+        return fn
+
+    return mark
+
+
+def record_mapping(*, events: Mapping[EventType, type[BaseModel]]) -> Callable[[_F], _F]:
+    """Declares a user mapping of records (CSV, fixed-width, database rows): a function of one
+    :class:`RecordInput`, named by the interface's ``[interfaces.mapping]`` (or flat mapping)
+    as ``target = "entrypoint:NAME"``; ``events`` as for :func:`mapping`."""
+    declared = _Declaration(frozenset(), dict(events), "record")
 
     def mark(fn: _F) -> _F:
         setattr(fn, _ATTR, declared)
@@ -150,14 +166,63 @@ class Hl7Input:
                                    control_id=self.header.control_id, facility=self.reader.facility) from None
 
 
+@dataclass(slots=True)
+class RecordInput:
+    """One record handed to a user record mapping: ``values`` are the mapped fields converted to
+    their declared types (Decimal, int, date, datetime, str; None when absent), ``key`` the
+    record's key (its key fields, else its position), ``locator`` where it is for people
+    (``line 42``, ``row id=1234``), ``unit`` its source (a file's SHA-256, a table)."""
+
+    values: Mapping[str, object]
+    key: str
+    unit: str
+    index: int
+    locator: str
+    facility: str | None
+    ctx: TranslationContext
+    _classes: Mapping[str, type[CloudEvent]] = field(repr=False)
+    _label: str = field(repr=False)
+
+    def event(self, etype: EventType, data: Mapping[str, object], *, index: int = 1, subject: str | None = None,
+              time: str | None = None) -> CloudEvent:
+        """A canonical event of a declared type: ``index`` its position among the record's events
+        (with the type and key, it makes the id), ``subject`` default the key, ``time`` (ISO 8601)
+        default the receipt time."""
+        cls = self._classes.get(etype.name)
+        if cls is None:
+            raise TranslationError(f"{self.locator}: mapping {self._label} emits {etype.name}, which it does not "
+                                   "declare", control_id=self.key, locator=self.locator, facility=self.facility)
+        ctx = self.ctx
+        try:
+            event: CloudEvent = cls.__pydantic_validator__.validate_python({
+                "id": event_id(ctx.interface, self.unit, self.key, etype.name, index),
+                "source": SOURCE_SCHEME + ctx.interface, "type": etype.name, "subject": subject or self.key,
+                "time": time or ctx.received_iso, "data": data, "ficusinterface": ctx.interface,
+                "ficusfacility": self.facility or "", "ficusmode": ctx.mode, "ficusraw": ctx.raw_ref,
+                "ficuscorrelation": f"{self.unit}:{self.key}",
+            })
+            return event
+        except ValidationError as exc:
+            where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])} ({e['type']})" for e in exc.errors()[:5])
+            raise TranslationError(f"{self.locator}: mapping {self._label} built an invalid {etype.name} event: "
+                                   f"{where}", control_id=self.key, locator=self.locator,
+                                   facility=self.facility) from None
+
+
+#: A checked record mapping: one record -> its events (TranslationError naming the mapping).
+RecordFn = Callable[[RecordInput], list[CloudEvent]]
+
+
 @dataclass(frozen=True)
 class LoadedMapping:
     """A user mapping loaded and checked: its handlers and the envelope classes it adds."""
 
     name: str
     label: str
+    kind: Literal["hl7", "record"]
     messages: frozenset[tuple[str, str]]
     handler: MapFn = field(repr=False)
+    record_handler: RecordFn = field(repr=False)
     #: Type name -> envelope class, for every type it emits (built-in ones included).
     classes: Mapping[str, type[CloudEvent]] = field(repr=False)
     #: Type name -> envelope class of the types it adds to the schemas.
@@ -168,16 +233,20 @@ _LOCK = threading.Lock()
 _LOADED: dict[str, LoadedMapping] = {}
 
 
-def load(name: str) -> LoadedMapping:
-    """The user mapping installed as entry point ``name``, loaded and checked once (then cached)."""
+def load(name: str, kind: Literal["hl7", "record"] = "hl7") -> LoadedMapping:
+    """The user mapping installed as entry point ``name``, loaded and checked once (then cached);
+    UserMappingError when it is not usable, or not of ``kind`` (an HL7 or a record mapping)."""
     found = _LOADED.get(name)
-    if found is not None:
-        return found
-    with _LOCK:
-        found = _LOADED.get(name)
-        if found is None:
-            found = _LOADED[name] = _load(name)
-        return found
+    if found is None:
+        with _LOCK:
+            found = _LOADED.get(name)
+            if found is None:
+                found = _LOADED[name] = _load(name)
+    if found.kind != kind:
+        wanted = "@usermap.mapping (HL7 v2 messages)" if kind == "hl7" else "@usermap.record_mapping (records)"
+        raise UserMappingError(f"mapping {found.label} is a {found.kind} mapping; this interface needs one declared "
+                               f"with {wanted}")
+    return found
 
 
 def forget() -> None:
@@ -213,16 +282,17 @@ def _load(name: str) -> LoadedMapping:
     declared = getattr(fn, _ATTR, None)
     if not callable(fn) or not isinstance(declared, _Declaration):
         raise UserMappingError(f"entry point {name!r} ({points[0].value}) is not a function declared with "
-                               "@canonical.usermap.mapping(messages=..., events=...)")
-    _check_signature(fn, name)
+                               "@canonical.usermap.mapping(messages=..., events=...) or record_mapping(events=...)")
+    _check_signature(fn, name, Hl7Input if declared.kind == "hl7" else RecordInput)
     classes, contributed = _classes(declared, name)
-    if not declared.messages:
+    if declared.kind == "hl7" and not declared.messages:
         raise UserMappingError(f"mapping {label} declares no message types (messages=[(type, trigger), ...])")
-    return LoadedMapping(name, label, declared.messages, _handler(fn, label, classes), classes, contributed)
+    return LoadedMapping(name, label, declared.kind, declared.messages, _handler(fn, label, classes),
+                         _record_handler(fn, label, classes), classes, contributed)
 
 
-def _check_signature(fn: Callable[..., Any], name: str) -> None:
-    """One positional parameter typed :class:`Hl7Input`; returns a list of events and/or a DeadLetter."""
+def _check_signature(fn: Callable[..., Any], name: str, param: type) -> None:
+    """One positional parameter typed ``param``; returns a list of events and/or a DeadLetter."""
     label = PREFIX + name
     try:
         hints = typing.get_type_hints(fn)
@@ -233,11 +303,11 @@ def _check_signature(fn: Callable[..., Any], name: str) -> None:
     required = [p for p in params if p.default is inspect.Parameter.empty
                 and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
     if len(required) != 1 or required[0].kind not in positional:
-        raise UserMappingError(f"mapping {label} must take exactly one positional parameter (the message, "
-                               f"Hl7Input); it takes {len(required)} without default")
-    if hints.get(required[0].name) is not Hl7Input:
+        raise UserMappingError(f"mapping {label} must take exactly one positional parameter ({param.__name__}); "
+                               f"it takes {len(required)} without default")
+    if hints.get(required[0].name) is not param:
         raise UserMappingError(f"mapping {label}: parameter {required[0].name!r} must be annotated "
-                               "canonical.usermap.Hl7Input")
+                               f"canonical.usermap.{param.__name__}")
     if "return" not in hints or not _return_ok(hints["return"]):
         raise UserMappingError(f"mapping {label} must be annotated to return list[CloudEvent] "
                                "(or list[CloudEvent] | DeadLetter)")
@@ -322,6 +392,39 @@ def _handler(fn: Callable[[Hl7Input], object], label: str, classes: Mapping[str,
             seen.add(event.id)
         return list(result)
 
+    return run
+
+
+def _record_handler(fn: Callable[[RecordInput], object], label: str,
+                    classes: Mapping[str, type[CloudEvent]]) -> RecordFn:
+    """The RecordFn around a user function (see :func:`_handler`); reasons start with the locator."""
+
+    def run(record: RecordInput) -> list[CloudEvent]:
+        def fail(reason: str, amount: Decimal | None = None, locator: str | None = None) -> TranslationError:
+            return TranslationError(f"{record.locator}: {reason}", control_id=record.key,
+                                    locator=locator or record.locator, facility=record.facility, amount=amount)
+
+        try:
+            result = fn(record)
+        except TranslationError:  # an event that did not validate: already names the mapping
+            raise
+        except Exception as exc:  # the site's code may raise anything: a dead letter, never a crash
+            raise fail(f"mapping {label} raised {type(exc).__name__}{_where(exc)}") from exc
+        if isinstance(result, DeadLetter):
+            raise fail(f"mapping {label}: {result.reason}", result.amount, result.locator)
+        if not isinstance(result, (list, tuple)):
+            raise fail(f"mapping {label} returned {type(result).__name__}, not a list of events or a DeadLetter")
+        seen: set[str] = set()
+        for event in result:
+            if not isinstance(event, CloudEvent) or event.type not in classes:
+                what = event.type if isinstance(event, CloudEvent) else type(event).__name__
+                raise fail(f"mapping {label} returned an event it does not declare ({what})")
+            if event.id in seen:
+                raise fail(f"mapping {label} returned two {event.type} events with the same index")
+            seen.add(event.id)
+        return list(result)
+
+    run.__name__ = f"record mapping {label}"
     return run
 
 

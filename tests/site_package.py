@@ -79,6 +79,30 @@ def wrong_return(msg: usermap.Hl7Input) -> dict[str, str]:
 
 def undeclared(msg: usermap.Hl7Input) -> list[CloudEvent]:
     return []
+
+
+SUPPLY = EventType("site", "supply", "counted", 1)
+PRICES = {"GLV": Decimal("0.25"), "MSK": Decimal("1.10")}
+
+
+class SupplyCount(BaseModel):
+    """A shelf count valued at the site's prices."""
+
+    item: str
+    quantity: int
+    location: str | None
+    value: Decimal
+
+
+@usermap.record_mapping(events={SUPPLY: SupplyCount})
+def zsupply(rec: usermap.RecordInput) -> list[CloudEvent] | usermap.DeadLetter:
+    quantity = rec.values["quantity"]
+    if quantity == 0:
+        return usermap.DeadLetter("a count of zero is not sent by this site's scanners", locator="quantity")
+    item = str(rec.values["item"])
+    value = PRICES[item] * Decimal(str(quantity))
+    data = {"item": item, "quantity": quantity, "location": rec.values.get("location"), "value": value}
+    return [rec.event(SUPPLY, data)]
 '''
 
 ENTRY_POINTS = """\
@@ -87,6 +111,7 @@ zcharges = site_zmaps.charges:zcharges
 untyped = site_zmaps.charges:untyped
 wrong_return = site_zmaps.charges:wrong_return
 undeclared = site_zmaps.charges:undeclared
+zsupply = site_zmaps.charges:zsupply
 """
 
 

@@ -256,6 +256,34 @@ async def test_replay_of_an_hl7_file_interface_translates_its_messages_again(
     assert len({e["id"] for e in events}) == 4 and len(letters) == 1  # same ids again; no second letter
 
 
+
+@pytest.mark.integration
+async def test_a_site_map_applies_to_each_message_of_an_hl7_file_and_not_to_another_interface(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    site_dir, plain_dir = tmp_path / "north", tmp_path / "plain"
+    site_dir.mkdir()
+    plain_dir.mkdir()
+    north = (REPO / "fixtures/mappings/dft_north_site.hl7").read_bytes()
+    ifaces = [folder_iface(site_dir, name="north", route="modern", ack_file=False,
+                           field_map=str(REPO / "fixtures/mappings/north_dft.toml")),
+              folder_iface(plain_dir, name="plain", route="modern", ack_file=False)]
+    cfg = make_config(nats_server.url, ifaces, state_dir=str(tmp_path / "state"))
+    data = batch([north.replace(b"|DFTZ001|", b"|DFTZ%03d|" % n) for n in (1, 2)])
+    async with service_factory(cfg):
+        drop(site_dir, "site.hl7", data)
+        drop(plain_dir, "site.hl7", data)
+        await wait_for(lambda: all((d / "archive" / "site.hl7").exists() for d in (site_dir, plain_dir)), timeout=30)
+    events, letters = await events_and_letters(nats_server.url)
+    assert not letters
+    by = {name: [e["data"] for e in events if e["ficusinterface"] == name] for name in ("north", "plain")}
+    assert len(by["north"]) == len(by["plain"]) == 4
+    assert {(d["account_number"], d["department"]) for d in by["north"]} == {("NA-77001", "CARDIOLOGY")}
+    assert [d["extensions"]["cost_center"] for d in by["north"]] == ["CC-4410", "CC-5120"] * 2
+    assert {d["account_number"] for d in by["plain"]} == {"ACCT000456"}  # PID-18: the built-in mapping
+    assert all("extensions" not in d for d in by["plain"])
+
+
 # -- exactly once across a kill -9 -----------------------------------------------------------------
 
 MESSAGES = 12_000

@@ -133,6 +133,74 @@ def test_check_refuses_a_mapping_that_is_not_typed_or_declared(
 
 
 
+def record_config(tmp: Path, target: str) -> Path:
+    path = tmp / "records.toml"
+    path.write_text(f"""
+state_dir = "{tmp / 'state'}"
+
+[[interfaces]]
+name = "site-counts"
+kind = "folder"
+path = "{tmp / 'drop'}"
+format = "csv"
+route = "modern"
+after = "leave"
+
+[interfaces.flat.layout]
+kind = "csv"
+header = true
+
+[interfaces.flat.mapping]
+target = "{target}"
+key = ["count_id"]
+facility_field = "facility"
+fields = [
+  {{ field = "count_id", column = "ID" }},
+  {{ field = "item", column = "ITEM" }},
+  {{ field = "quantity", column = "QTY", type = "integer" }},
+  {{ field = "location", column = "BIN", required = false }},
+  {{ field = "facility", column = "SITE" }},
+]
+""")
+    return path
+
+
+def test_record_mapping_on_a_csv_interface(site_dir: Path, tmp_path: Path) -> None:
+    counts = tmp_path / "counts.csv"
+    counts.write_text("ID,ITEM,QTY,BIN,SITE\n"
+                      "C1,GLV,40,B-12,NORTH\n"
+                      "C2,XXX,1,B-13,NORTH\n"    # no price: KeyError inside the site's code
+                      "C3,MSK,0,,SOUTH\n"        # the mapping's own dead letter
+                      "C4,MSK,3,,SOUTH\n"
+                      "C5,GLV,many,B-1,NORTH\n")  # not an integer: the declared field type refuses it
+    cfg = record_config(tmp_path, "entrypoint:zsupply")
+    result = ficus(site_dir, "translate", "-c", str(cfg), "--interface", "site-counts", str(counts))
+    assert result.returncode == 1, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["type"], e["subject"], e["ficusfacility"], e["data"]) for e in events] == [
+        ("org.ficus.site.supply.counted.v1", "C1", "NORTH",
+         {"item": "GLV", "quantity": 40, "location": "B-12", "value": "10.00"}),
+        ("org.ficus.site.supply.counted.v1", "C4", "SOUTH",
+         {"item": "MSK", "quantity": 3, "location": None, "value": "3.30"}),
+    ]
+    letters = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [x["line"] for x in letters] == [3, 4, 6]
+    raised = "counts.csv line 3: mapping entrypoint:zsupply raised KeyError at charges.py:"
+    assert letters[0]["reason"].startswith(raised)
+    assert letters[1]["reason"] == ("counts.csv line 4: mapping entrypoint:zsupply: a count of zero is not sent "
+                                    "by this site's scanners")
+    assert letters[2]["reason"].startswith("counts.csv line 6: ") and "quantity" in letters[2]["reason"]
+
+    # An HL7 mapping named as a record target (and the other way round) is refused at start-up.
+    wrong = ficus(site_dir, "check", "-c", str(record_config(tmp_path, "entrypoint:zcharges")))
+    assert wrong.returncode == 1
+    assert "mapping entrypoint:zcharges is a hl7 mapping; this interface needs one declared with " \
+           "@usermap.record_mapping (records)" in wrong.stderr
+    wrong = ficus(site_dir, "check", "-c", str(config(tmp_path, "entrypoint:zsupply")))
+    assert wrong.returncode == 1 and "interfaces[site-z].mapping: " in wrong.stderr
+    assert "is a record mapping; this interface needs one declared with @usermap.mapping" in wrong.stderr
+
+
 @pytest.mark.integration
 @pytest.mark.usefixtures("ledger_balances")
 async def test_service_dead_letters_the_exception_and_keeps_listening(
