@@ -360,6 +360,8 @@ def cmd_mapping(args: argparse.Namespace) -> int:
 def cmd_schemas(args: argparse.Namespace) -> int:
     from canonical.schemas import default_models, default_subjects, export
 
+    if args.config:
+        load_config(args.config)  # loads its user mappings: their own event types are exported too
     models = default_models()
     try:
         written = export(Path(args.dir), models, default_subjects(models))
@@ -767,6 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     e = ssub.add_parser("export", help="write <type>.schema.json per event and asyncapi.json")
     e.add_argument("dir", metavar="DIR", help="directory to write to (created if missing)")
+    e.add_argument("-c", "--config", help="config file: the event types of its user mappings (entrypoint:NAME) "
+                   "are exported too")
     p.set_defaults(func=cmd_schemas)
 
     p = sub.add_parser("post", help="post canonical events (JSONL, e.g. from ficus translate) to journal entries "

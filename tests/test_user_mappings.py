@@ -237,3 +237,41 @@ async def test_service_dead_letters_the_exception_and_keeps_listening(
     ref = data.get("$ref", "").rsplit("/", 1)[-1]
     props = (schema.get("$defs", {}).get(ref) or data)["properties"]
     assert {"account_number", "department", "rate_code", "amount"} <= set(props)
+
+
+@pytest.mark.integration
+async def test_batch_file_in_a_drop_folder_the_raising_message_dead_lettered_alone(
+    on_path: Path, nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path,
+) -> None:
+    for d in ("in", "archive"):
+        (tmp_path / d).mkdir()
+    iface = {"name": "site-files", "kind": "folder", "path": str(tmp_path / "in"), "patterns": ["*.hl7"],
+             "poll_seconds": 0.2, "complete": "rename", "format": "hl7v2", "mapping": "entrypoint:zcharges",
+             "after": "archive", "archive_dir": str(tmp_path / "archive"), "route": "modern"}
+    cfg = make_config(nats_server.url, [iface], state_dir=str(tmp_path / "state"))
+    messages = [site_package.zch(f"F{i}", [(f"ACC-{i}", "LAB", "NOPE" if i == 2 else "R2", "1")]) for i in (1, 2, 3)]
+    data = b"FHS|^~\\&|SITEHIS|NORTH\rBHS|^~\\&|SITEHIS|NORTH\r" + b"".join(messages) + b"BTS|3\rFTS|1\r"
+    async with service_factory(cfg) as svc:
+        (tmp_path / "night.hl7.part").write_bytes(data)
+        (tmp_path / "night.hl7.part").rename(tmp_path / "in" / "night.hl7")
+        await wait_for(lambda: (tmp_path / "archive" / "night.hl7").exists(), timeout=30)
+        assert svc.interfaces["site-files"].stats.dead_lettered == 1
+    events = await read_subject(nats_server.url, names.STREAM_CANONICAL, "canonical.site.zcharge.recorded")
+    assert [e["subject"] for e in events] == ["F1/ZFT[1]", "F3/ZFT[1]"]
+    letters = await read_subject(nats_server.url, names.STREAM_DLQ, names.dlq_subject("site-files"))
+    assert [x["unit"] for x in letters] == ["night.hl7 message 2 (line 6)"]
+    assert "mapping entrypoint:zcharges raised KeyError at charges.py:" in letters[0]["reason"]
+
+
+def test_schemas_export_with_the_config_includes_the_mappings_types(site_dir: Path, tmp_path: Path) -> None:
+    cfg = config(tmp_path, "entrypoint:zcharges")
+    result = ficus(site_dir, "schemas", "export", str(tmp_path / "with"), "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    schema = json.loads((tmp_path / "with" / f"{ZTYPE}.schema.json").read_text())
+    assert schema["properties"]["type"] == {"const": ZTYPE, "type": "string", "title": "Type"}
+    asyncapi = (tmp_path / "with" / "asyncapi.json").read_text()
+    assert "canonical.site.zcharge.recorded" in asyncapi and "shadow.canonical.site.zcharge.recorded" in asyncapi
+    plain = ficus(site_dir, "schemas", "export", str(tmp_path / "without"))
+    assert plain.returncode == 0, plain.stderr
+    assert not (tmp_path / "without" / f"{ZTYPE}.schema.json").exists()
+    assert len(list((tmp_path / "with").iterdir())) == len(list((tmp_path / "without").iterdir())) + 1
