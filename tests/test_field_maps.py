@@ -321,6 +321,21 @@ def test_ficus_translate_uses_the_interfaces_site_map(tmp_path: Path) -> None:
     assert all("extensions" not in d for d in south_data)
 
 
+def test_mapping_test_catches_a_site_map_change(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, 'field_map = "maps/north.toml"')
+    site_map = tmp_path / "maps" / "north.toml"
+    site_map.write_text((MAPS / "north_dft.toml").read_text())
+    message, expected = tmp_path / "dft.hl7", tmp_path / "expected.jsonl"
+    message.write_bytes(DFT)
+    args = ("mapping", "test", "-c", str(cfg), "--expect", str(expected), "north-charges", str(message))
+    assert ficus(*args, "--update").returncode == 0
+    assert ficus(*args).returncode == 0
+    site_map.write_text(site_map.read_text().replace('department = "PV1-3.4"', 'department = "FT1-13"'))
+    result = ficus(*args)
+    assert result.returncode == 1
+    assert 'data.department: expected "CARDIOLOGY", got "LAB"' in result.stdout + result.stderr
+
+
 def test_an_hl7_file_interface_takes_a_site_map_too(tmp_path: Path) -> None:
     cfg = tmp_path / "ficus.toml"
     cfg.write_text(f"""
