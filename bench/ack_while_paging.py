@@ -110,8 +110,30 @@ async def api_instance(work: Path, nats_url: str, api: dict[str, Any]) -> tuple[
     raise RuntimeError("the API-only instance did not get ready in 60 s")
 
 
+async def store_pages(store: Any, readers: int, events: int, seconds: float, pace: float) -> dict[str, Any]:
+    """`readers` loops reading pages of 100 straight from the store at `pace` each (Store.page)."""
+    from router import names
+
+    counts: dict[str, Any] = {"pages": 0, "events": 0, "limited": 0, "started": time.time()}
+    deadline = time.perf_counter() + seconds
+
+    async def one(start: int) -> None:
+        seq, next_at = start, time.perf_counter()
+        while time.perf_counter() < deadline:
+            msgs = await store.page(names.STREAM_CANONICAL, "canonical.>", start_seq=seq, limit=PAGE)
+            counts["pages"] += 1
+            counts["events"] += len(msgs)
+            seq = msgs[-1].seq + 1 if msgs and msgs[-1].pending else 1
+            next_at += 1.0 / pace
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+
+    await asyncio.gather(*(one(1 + i * events // max(readers, 1)) for i in range(readers)))
+    counts["ended"] = time.time()
+    return counts
+
+
 async def run(events: int, readers: int, seconds: float, rate: float, greedy: bool, pace: float,
-              separate: bool = False) -> dict[str, Any]:
+              separate: bool = False, store_only: bool = False) -> dict[str, Any]:
     from router.config import parse_config
     from router.embedded_nats import EmbeddedNats
     from router.offload import freeze_heap
@@ -151,13 +173,16 @@ async def run(events: int, readers: int, seconds: float, rate: float, greedy: bo
             before = time.time()
             await asyncio.sleep(seconds)
             spawned = time.time()
-            pager = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.ack_while_paging", "--readers-of", target, "--readers",
-                str(readers), "--events", str(events), "--seconds", str(seconds), "--pages-per-second", str(pace),
-                *(["--greedy"] if greedy else []), stdout=subprocess.PIPE,
-                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "BENCH_READER_TOKENS": ",".join(tokens)})
-            read, _ = await pager.communicate()
-            counts = json.loads(read)
+            if store_only:  # the pages read from the store in the service's process: no HTTP, no JSON
+                counts = await store_pages(svc.store, readers, events, seconds, pace)
+            else:
+                pager = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "bench.ack_while_paging", "--readers-of", target, "--readers",
+                    str(readers), "--events", str(events), "--seconds", str(seconds), "--pages-per-second",
+                    str(pace), *(["--greedy"] if greedy else []), stdout=subprocess.PIPE,
+                    cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "BENCH_READER_TOKENS": ",".join(tokens)})
+                read, _ = await pager.communicate()
+                counts = json.loads(read)
             # The readers' own window (their process's start-up is in no window).
             paging, after = counts["started"], counts["ended"]
             await asyncio.sleep(seconds)
@@ -172,6 +197,7 @@ async def run(events: int, readers: int, seconds: float, rate: float, greedy: bo
         return {
             "events_in_stream": events, "fill_seconds": round(fill_s, 1), "readers": readers, "rate": rate,
             "greedy": greedy, "pages_per_second_per_reader": None if greedy else pace, "separate": separate,
+            "store_only": store_only,
             "pages_refused_429": counts["limited"], "pages": counts["pages"],
             "pages_per_s": round(counts["pages"] / (after - paging), 1),
             "events_read_per_s": round(counts["events"] / (after - paging)),
@@ -197,8 +223,10 @@ def section(runs: list[dict[str, Any]], note: str) -> list[str]:
            "message's scheduled send time) through three windows: no reader, readers (a process of their own) "
            "walking the stream with cursors (`limit=100`, half with a type filter), no reader again. Paced: each "
            "reader a named client (viewer with content access, every page audited) at the steady pace of the "
-           "default `api.rate_limit_per_minute`; greedy: no credentials (no rate limit), as fast as the API "
-           f"answers. {note}", "",
+           "default `api.rate_limit_per_minute` (or slower); greedy: no credentials (no rate limit), as fast as "
+           "the API answers; from the store in-process: the same pages read by Store.page inside the service's "
+           "process, without HTTP or JSON; from an API-only instance: the readers call a second Ficus "
+           f"(`ficus run`, no interfaces). {note}", "",
            "| readers | pages/s | events/s read | window | ACKs | ACK p50 | ACK p99 | max | ACKs over 50 ms |",
            "|---|---|---|---|---|---|---|---|---|"]
     for res in runs:
@@ -206,14 +234,16 @@ def section(runs: list[dict[str, Any]], note: str) -> list[str]:
                f"{res['readers']} at {res['pages_per_second_per_reader']:g} pages/s")
         if res.get("separate"):
             who += ", from an API-only instance"
+        if res.get("store_only"):
+            who += ", read from the store in-process (no HTTP)"
         for label, f in (("before", res["before"]), ("paging", res["while_paging"]), ("after", res["after"])):
             rate = (f"{res['pages_per_s']:,}", f"{res['events_read_per_s']:,}") if label == "paging" else ("", "")
             out.append(f"| {who} | {rate[0]} | {rate[1]} | {label} | {f['messages']:,} | {f['p50_ms']:.2f} ms | "
                        f"{f['p99_ms']:.2f} ms | {f['max_ms']:.1f} ms | {f['over_50ms']} |")
-    out += ["", "Readers and listeners share one event loop: a page is read by batched direct gets (nats-server "
-            "positions them; router/store/core.py `Store.page`), two pages at a time per instance, and what a "
-            "reader costs the listener is its share of that loop. The per-client rate limit is what keeps it "
-            "small; an API open without credentials has none.", ""]
+    out += ["", "A page is read by batched direct gets (nats-server positions them; router/store/pages.py), two "
+            "at a time per instance. Readers and listeners share the process's event loop and the machine's "
+            "cores (readers, nats-server, the sender and Ficus on two here): the per-client rate limit bounds "
+            "a reader's share; an API open without credentials has none.", ""]
     return out
 
 
@@ -247,10 +277,11 @@ def main() -> None:
     except ImportError:
         runner = asyncio.run
     runs = []
-    variants = ([(args.greedy, args.separate, args.pages_per_second)] if args.one else
-                [(False, False, 2.0), (False, False, 10.0), (True, False, 0.0), (False, True, 10.0)])
-    for greedy, separate, pace in variants:
-        res = runner(run(args.events, args.readers, args.seconds, args.rate, greedy, pace, separate))
+    variants = ([(args.greedy, args.separate, args.pages_per_second, False)] if args.one else
+                [(False, False, 2.0, True), (False, False, 2.0, False), (False, False, 10.0, False),
+                 (True, False, 0.0, False), (False, True, 10.0, False)])
+    for greedy, separate, pace, store_only in variants:
+        res = runner(run(args.events, args.readers, args.seconds, args.rate, greedy, pace, separate, store_only))
         print(json.dumps(res), flush=True)
         runs.append(res)
     splice(args.page, section(runs, args.note))
