@@ -307,6 +307,7 @@ class _Source:
         self.family = family
         self.env: dict[str, Any] = {}
         self.hoisted: dict[tuple[str, int], str] = {}
+        self.anchor_fields: list[int] = []  # the charge's FT1 fields read as plain leaves, in one call
 
     def ref(self, obj: object) -> str:
         name = f"_o{len(self.env)}"
@@ -332,6 +333,10 @@ class _Source:
         if kind in ("coded", "location"):
             return f"{self.ref(_parts_reader(path, kind))}({seg})"
         if path.repetition == 1 and path.component == 1 and path.subcomponent == 1:
+            if seg == "anchor":  # read with the charge's other plain FT1 fields: one Segment.leaves call
+                if path.field not in self.anchor_fields:
+                    self.anchor_fields.append(path.field)
+                return f"_a[{self.anchor_fields.index(path.field)}]"
             return f"{seg}.leaf({path.field})"
         return f"{self.ref(path)}.leaf({seg})"
 
@@ -339,7 +344,8 @@ class _Source:
         """Statements that leave the rule's value in ``var``."""
         finish = _finisher(rule)
         missing = _missing(rule, finish)
-        lines = [f"{var} = None"]
+        first_is_anchor = self.segment(rule.paths[0]) == "anchor"
+        lines = [] if first_is_anchor else [f"{var} = None"]  # the FT1's read sets it
         for i, path in enumerate(rule.paths):
             pad = "" if i == 0 else "    "
             if i:
@@ -414,6 +420,7 @@ def _compile(family: str, rules: list[Rule]) -> tuple[_MessageFn, _ItemFn, str]:
     lines += [f"    return ({''.join(v + ', ' for v in shared)})", "",
               "def item(r, scope, anchor, index, m):"]
     lines += [f"    {', '.join(shared)}, = m"] if shared else []
+    lines += [f"    _a = anchor.leaves({tuple(src.anchor_fields)!r})"] if src.anchor_fields else []
     lines += [f"    {line}" for line in item_body]
     lines += [f"    return {{{canon}}}, {('{' + ext + '}') if ext else 'None'}"]
     source = "\n".join(lines) + "\n"
