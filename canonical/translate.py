@@ -82,6 +82,9 @@ def with_field_map(base: str, site: FieldMap) -> Hl7Mapping:
     """The mapping ``base`` under an interface's site map, compiled once (at configuration time):
     its DFT handlers read the map's charge fields, its ADT handlers its encounter fields; a family
     the map leaves out keeps the built-in handler. Reasons still name ``base``."""
+    if base.startswith(usermap.PREFIX):
+        # Its code reads what it reads: a site map beside it would be silently ignored.
+        raise ValueError(f"a site map applies to the built-in mappings, not to {base} (its code reads the fields)")
     handlers: dict[tuple[str, str], MapFn] = {}
     for pair, handler in check_mapping(base).handlers.items():
         # Only the built-in handlers read a site map (a user mapping reads what it reads).

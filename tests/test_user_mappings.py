@@ -133,6 +133,15 @@ def test_check_refuses_a_mapping_that_is_not_typed_or_declared(
 
 
 
+def test_check_refuses_a_site_map_beside_a_user_mapping(site_dir: Path, tmp_path: Path) -> None:
+    cfg = config(tmp_path, "entrypoint:zcharges")
+    cfg.write_text(cfg.read_text() + '\n[interfaces.field_map.charge]\naccount_number = "ZFT-2"\n')
+    result = ficus(site_dir, "check", "-c", str(cfg))
+    assert result.returncode == 1, result.stdout
+    assert ("field_map: a site map applies to the built-in mappings, not to entrypoint:zcharges (its code reads "
+            "the fields)") in result.stderr
+
+
 def record_config(tmp: Path, target: str) -> Path:
     path = tmp / "records.toml"
     path.write_text(f"""
