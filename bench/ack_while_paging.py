@@ -45,13 +45,13 @@ PAGE = 100
 
 
 async def reader(http: aiohttp.ClientSession, api: str, start: int, typed: bool, stop: asyncio.Event,
-                 counts: dict[str, Any], token: str | None, pace: float) -> None:
+                 counts: dict[str, Any], token: str | None, pace: float, phase: float = 0.0) -> None:
     """Pages through the stream from `start` with the cursor until `stop`; wraps to the start at the
     end. With a token, as a named client: a 429 is waited out (its Retry-After)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     filters = {"type": "org.ficus.revenue"} if typed else {}
     params: dict[str, str] = {"limit": str(PAGE), "after": str(start), **filters}
-    next_at = time.perf_counter()
+    next_at = time.perf_counter() + phase  # independent clients: not all on the same beat
     while not stop.is_set():
         if pace > 0:  # a client keeping to its rate limit's steady pace
             next_at += 1.0 / pace
@@ -83,7 +83,8 @@ async def readers_main(api: str, readers: int, events: int, seconds: float, toke
     counts: dict[str, Any] = {"pages": 0, "events": 0, "limited": 0, "started": time.time()}
     async with aiohttp.ClientSession() as http:
         tasks = [asyncio.create_task(reader(http, api, 1 + i * events // max(readers, 1), i % 2 == 1, stop, counts,
-                                            tokens[i] if tokens else None, pace)) for i in range(readers)]
+                                            tokens[i] if tokens else None, pace, _phase(i, readers, pace)))
+                 for i in range(readers)]
         await asyncio.sleep(seconds)
         stop.set()
         await asyncio.gather(*tasks)
@@ -110,6 +111,11 @@ async def api_instance(work: Path, nats_url: str, api: dict[str, Any]) -> tuple[
     raise RuntimeError("the API-only instance did not get ready in 60 s")
 
 
+def _phase(i: int, readers: int, pace: float) -> float:
+    """Reader i's offset within the beat: paced readers spread evenly, as independent clients are."""
+    return i / (readers * pace) if pace > 0 else 0.0
+
+
 async def store_pages(store: Any, readers: int, events: int, seconds: float, pace: float) -> dict[str, Any]:
     """`readers` loops reading pages of 100 straight from the store at `pace` each (Store.page)."""
     from router import names
@@ -117,8 +123,8 @@ async def store_pages(store: Any, readers: int, events: int, seconds: float, pac
     counts: dict[str, Any] = {"pages": 0, "events": 0, "limited": 0, "started": time.time()}
     deadline = time.perf_counter() + seconds
 
-    async def one(start: int) -> None:
-        seq, next_at = start, time.perf_counter()
+    async def one(start: int, phase: float) -> None:
+        seq, next_at = start, time.perf_counter() + phase
         while time.perf_counter() < deadline:
             msgs = await store.page(names.STREAM_CANONICAL, "canonical.>", start_seq=seq, limit=PAGE)
             counts["pages"] += 1
@@ -127,7 +133,7 @@ async def store_pages(store: Any, readers: int, events: int, seconds: float, pac
             next_at += 1.0 / pace
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
 
-    await asyncio.gather(*(one(1 + i * events // max(readers, 1)) for i in range(readers)))
+    await asyncio.gather(*(one(1 + i * events // max(readers, 1), _phase(i, readers, pace)) for i in range(readers)))
     counts["ended"] = time.time()
     return counts
 
