@@ -582,6 +582,27 @@ class LegacyTlsConfig(_Model):
         return self
 
 
+
+def checked_mapping(value: str) -> str:
+    """An HL7 mapping name the translator knows (built-in or entry point), for a config validator."""
+    try:
+        check_mapping(value)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(str(exc).strip("'\"")) from exc
+    return value
+
+
+def checked_codec(value: str | None) -> str | None:
+    """A text encoding Python knows (or None), for a config validator."""
+    import codecs
+
+    if value is not None:
+        try:
+            codecs.lookup(value)
+        except LookupError as exc:
+            raise ValueError(f"unknown encoding {value!r}") from exc
+    return value
+
 class MllpInterfaceConfig(InterfaceBase, SiteMapped):
     """An HL7 v2 feed over MLLP: Ficus listens where the legacy engine used to."""
 
@@ -634,23 +655,12 @@ class MllpInterfaceConfig(InterfaceBase, SiteMapped):
     @field_validator("mapping")
     @classmethod
     def _mapping(cls, value: str) -> str:
-        try:
-            check_mapping(value)
-        except (KeyError, ValueError) as exc:
-            raise ValueError(str(exc).strip("'\"")) from exc
-        return value
+        return checked_mapping(value)
 
     @field_validator("encoding", "fallback_encoding")
     @classmethod
     def _codec(cls, value: str | None) -> str | None:
-        import codecs
-
-        if value is not None:
-            try:
-                codecs.lookup(value)
-            except LookupError as exc:
-                raise ValueError(f"unknown encoding {value!r}") from exc
-        return value
+        return checked_codec(value)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -773,23 +783,12 @@ class FileInterfaceBase(InterfaceBase, SiteMapped):
     @field_validator("mapping")
     @classmethod
     def _file_mapping(cls, value: str) -> str:
-        try:
-            check_mapping(value)
-        except (KeyError, ValueError) as exc:
-            raise ValueError(str(exc).strip("'\"")) from exc
-        return value
+        return checked_mapping(value)
 
     @field_validator("encoding", "fallback_encoding")
     @classmethod
     def _file_codec(cls, value: str | None) -> str | None:
-        import codecs
-
-        if value is not None:
-            try:
-                codecs.lookup(value)
-            except LookupError as exc:
-                raise ValueError(f"unknown encoding {value!r}") from exc
-        return value
+        return checked_codec(value)
 
 
 

@@ -235,17 +235,17 @@ def test_paths_with_repetitions_components_and_occurrences() -> None:
 
 
 def test_config_inline_and_file_maps(tmp_path: Path) -> None:
-    inline = make_config("nats://127.0.0.1:4222", [{
+    inline = make_config("nats://127.0.0.1:14222", [{
         "name": "north-charges", "route": "modern",
         "field_map": {"charge": {"account_number": {"path": "ZAC-2", "fallback": ["PID-18"]},
                                  "department": "PV1-3.4"}}}])
     iface = inline.interfaces[0]
     assert isinstance(iface, MllpInterfaceConfig) and iface.site_map is not None
     assert [d["account_number"] for d in data_of(DFT, iface.hl7_mapping)] == ["NA-77001", "NA-77001"]
-    plain = make_config("nats://127.0.0.1:4222", [{"name": "south-charges", "route": "modern"}]).interfaces[0]
+    plain = make_config("nats://127.0.0.1:14222", [{"name": "south-charges", "route": "modern"}]).interfaces[0]
     assert isinstance(plain, MllpInterfaceConfig) and plain.hl7_mapping == "hl7v2"
     with pytest.raises(ConfigError) as caught:
-        make_config("nats://127.0.0.1:4222", [{"name": "north-charges", "route": "modern",
+        make_config("nats://127.0.0.1:14222", [{"name": "north-charges", "route": "modern",
                                                "field_map": {"charge": {"department": "PV1-3,4"}}}])
     assert caught.value.problems == [
         "interfaces[north-charges]: field_map: charge.department.path: 'PV1-3,4' is not an HL7 path "

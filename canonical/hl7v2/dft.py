@@ -18,8 +18,9 @@ amounts that could be read, the money held up while it waits in the dead-letter 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from canonical import subjects
 from canonical.context import TranslationContext
@@ -67,12 +68,27 @@ _FT1_LEAVES = (2, 3, 4, 5, 6, 10, 11, 12, 13, 20, 21)
 
 def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin: EventOrigin) -> CloudEvent:
     at = f"FT1[{index}]"
-    tid, batch, served, posted, ttype, qty, amt, unit, dept, performer, orderer = seg.leaves(_FT1_LEAVES)
-    quantity = r.number_of(qty, 10, at, "quantity")
-    amount = r.number_of(amt, 11, at, "extended amount")
+    leaves = seg.leaves(_FT1_LEAVES)
+    _, _, served, posted, ttype, qty, amt, unit, _, _, _ = leaves
+    data, credited = _charge_data(
+        r, index, ids, leaves, ttype,
+        quantity=r.number_of(qty, 10, at, "quantity"), amount=r.number_of(amt, 11, at, "extended amount"),
+        charge_code=r.coded(seg, 7), procedure_code=r.coded(seg, 25),
+        service_date=r.timestamp_of(served, 4, at), posting_date=r.timestamp_of(posted, 5, at),
+        unit_amount=r.number_of(unit, 12, at, "unit amount"), currency=r.text(seg, 11, sub=2))
+    etype = subjects.CHARGE_CREDITED if credited else subjects.CHARGE_POSTED
+    return make_event(etype, data, origin, index=index, subject=f"{r.header.control_id}/{at}")
+
+
+def _charge_data(r: MessageReader, index: int, ids: Identifiers, leaves: Sequence[str | None], ttype: str | None,
+                 *, quantity: Any, amount: Any, charge_code: Any, procedure_code: Any, service_date: Any,
+                 posting_date: Any, unit_amount: Any, currency: str | None) -> tuple[Fields, bool]:
+    """A charge's ChargeData fields from its reads (built-in or site-mapped), and whether it is a
+    credit: the transaction type checked, a code required, the net amount signed."""
+    at = f"FT1[{index}]"
+    tid, batch, _, _, _, _, _, _, dept, performer, orderer = leaves
     ttype = _transaction_type(r, ttype, at)
     credited = _is_credit(ttype, quantity, amount)
-    charge_code, procedure_code = r.coded(seg, 7), r.coded(seg, 25)
     if charge_code is None and procedure_code is None:
         raise r.fail(f"{at} has no transaction code (FT1-7) or procedure code (FT1-25)", f"{at}-7", "101")
     data: Fields = {  # ChargeData
@@ -81,15 +97,15 @@ def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin
         "transaction_id": tid,
         "transaction_batch_id": batch,
         "transaction_type": ttype,
-        "service_date": r.timestamp_of(served, 4, at),
-        "posting_date": r.timestamp_of(posted, 5, at),
+        "service_date": service_date,
+        "posting_date": posting_date,
         "charge_code": charge_code,
         "procedure_code": procedure_code,
         "quantity": quantity,
         "amount": amount,
-        "currency": r.text(seg, 11, sub=2),
+        "currency": currency,
         "net_amount": None if amount is None else (-abs(amount) if credited else abs(amount)),
-        "unit_amount": r.number_of(unit, 12, at, "unit amount"),
+        "unit_amount": unit_amount,
         "department": dept,
         "performing_provider_id": performer,
         "ordering_provider_id": orderer,
@@ -98,9 +114,7 @@ def _charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin
         "patient_id": ids.patient_id,
         "facility": r.facility,
     }
-    etype = subjects.CHARGE_CREDITED if credited else subjects.CHARGE_POSTED
-    subject = f"{r.header.control_id}/{at}"
-    return make_event(etype, data, origin, index=index, subject=subject)
+    return data, credited
 
 
 def _site_charges(r: MessageReader, pid: Segment, ft1s: list[Segment], site: FamilyMap) -> list[CloudEvent]:
@@ -124,7 +138,8 @@ def _site_charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, o
                  site: FamilyMap, scope: MessageScope, special: bool) -> CloudEvent:
     at = f"FT1[{index}]"
     v, extensions = site.values(r, scope, seg, index)
-    tid, batch, served, posted, ttype, qty, amt, unit, dept, performer, orderer = seg.leaves(_FT1_LEAVES)
+    leaves = seg.leaves(_FT1_LEAVES)
+    _, _, served, posted, ttype, qty, amt, unit, _, _, _ = leaves
     if special:
         quantity = v["quantity"] if "quantity" in v else r.number_of(qty, 10, at, "quantity")
         amount = v["amount"] if "amount" in v else r.number_of(amt, 11, at, "extended amount")
@@ -144,33 +159,10 @@ def _site_charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, o
         charge_code, procedure_code = r.coded(seg, 7), r.coded(seg, 25)
         service_date, posting_date = r.timestamp_of(served, 4, at), r.timestamp_of(posted, 5, at)
         unit_amount = r.number_of(unit, 12, at, "unit amount")
-    ttype = _transaction_type(r, ttype, at)
-    credited = _is_credit(ttype, quantity, amount)  # type: ignore[arg-type]  # decimal rules
-    if charge_code is None and procedure_code is None:
-        raise r.fail(f"{at} has no transaction code (FT1-7) or procedure code (FT1-25)", f"{at}-7", "101")
-    data: Fields = {  # ChargeData
-        "control_id": r.header.control_id,
-        "ft1_index": index,
-        "transaction_id": tid,
-        "transaction_batch_id": batch,
-        "transaction_type": ttype,
-        "service_date": service_date,
-        "posting_date": posting_date,
-        "charge_code": charge_code,
-        "procedure_code": procedure_code,
-        "quantity": quantity,
-        "amount": amount,
-        "currency": r.text(seg, 11, sub=2),
-        "net_amount": None if amount is None else (-abs(amount) if credited else abs(amount)),  # type: ignore[arg-type]
-        "unit_amount": unit_amount,
-        "department": dept,
-        "performing_provider_id": performer,
-        "ordering_provider_id": orderer,
-        "account_number": ids.account_number,
-        "encounter_number": ids.encounter_number,
-        "patient_id": ids.patient_id,
-        "facility": r.facility,
-    }
+    data, credited = _charge_data(
+        r, index, ids, leaves, ttype, quantity=quantity, amount=amount, charge_code=charge_code,
+        procedure_code=procedure_code, service_date=service_date, posting_date=posting_date,
+        unit_amount=unit_amount, currency=r.text(seg, 11, sub=2))
     data.update(v)  # the fields above read from the map are the same values
     if not (data["patient_id"] or data["account_number"] or data["encounter_number"]):
         reason = f"{r.label} {at} has no patient id, account or visit (site map and PID-3, PID-18, PV1-19)"
