@@ -1192,6 +1192,35 @@ InterfaceConfig = Annotated[
 ]
 
 
+def _default_instance() -> str:
+    import os
+    import socket
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ClusterConfig(_Model):
+    """Several Ficus instances on one NATS (cluster): who they are and how polling is shared.
+
+    Folder, SFTP and ODBC interfaces are polled by one instance at a time, the holder of the
+    interface's lease in KV `ficus-leases`; MLLP listeners run on every instance.
+    """
+
+    instance: str = Field(default_factory=_default_instance, min_length=1, max_length=100,
+                          pattern=r"^[A-Za-z0-9_.:-]+$")
+    """This instance's name in leases, `/api/v1/instances` and the dashboard (default: host-pid)."""
+    lease_seconds: float = Field(default=15.0, ge=2, le=3600)
+    """A poller's lease lives this long unless renewed; another instance takes the interface over
+    at most `lease_seconds + renew_seconds` after its owner stopped renewing."""
+    renew_seconds: float = Field(default=5.0, gt=0)
+    """How often the owner renews its leases (and each instance its heartbeat)."""
+
+    @model_validator(mode="after")
+    def _renew(self) -> ClusterConfig:
+        if self.renew_seconds * 2 > self.lease_seconds:
+            raise ValueError("renew_seconds must be at most half of lease_seconds")
+        return self
+
+
 class FicusConfig(_Model):
     """The whole configuration file."""
 
@@ -1213,6 +1242,7 @@ class FicusConfig(_Model):
     posting: PostingConfig = PostingConfig()
     alerting: AlertingConfig = AlertingConfig()
     alerts: list[AlertRuleConfig] = []
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _gl_interface(self) -> FicusConfig:
