@@ -18,7 +18,7 @@ amounts that could be read, the money held up while it waits in the dead-letter 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from canonical.hl7v2.common import Fields, Identifiers, MessageReader, parse_num
 from canonical.hl7v2.reader import Hl7Message, MshHeader, Segment
 
 if TYPE_CHECKING:
-    from canonical.hl7v2.fieldmap import FamilyMap, MessageScope
+    from canonical.hl7v2.fieldmap import FamilyMap
 
 __all__ = ["CHARGE_TYPES", "CREDIT_TYPES", "SUPPORTED", "amount_at_risk", "map_dft_p03"]
 
@@ -119,58 +119,103 @@ def _charge_data(r: MessageReader, index: int, ids: Identifiers, leaves: Sequenc
 
 def _site_charges(r: MessageReader, pid: Segment, ft1s: list[Segment], site: FamilyMap) -> list[CloudEvent]:
     """:func:`map_dft_p03` under a site map: its fields replace the built-in reads, the identifier
-    check runs on what the event carries, its other fields go into ``extensions``."""
+    check runs on what the event carries, its other fields go into ``extensions``. The charge is
+    built by one function generated for the map (:func:`site_charge_code`), which reads only the
+    built-in fields the map does not replace."""
     pv1 = r.msg.segment("PV1")
     ids = Identifiers(pid.leaf(3), pid.leaf(18), pv1.leaf(19) if pv1 is not None else None)
     origin = r.origin(r.event_time())
-    scope = site.scope(r.msg)
-    # Most site maps move identifiers and codes: then the FT1 is read as the built-in mapping reads it.
-    special = not site.canonical.isdisjoint(_DECIDING)
-    return [_site_charge(r, seg, i, ids, origin, site, scope, special) for i, seg in enumerate(ft1s, 1)]
+    return site.charges(r, ft1s, ids, origin)
 
 
-# Charge fields that decide the event type or are converted by the built-in reads below.
-_DECIDING = frozenset(("quantity", "amount", "transaction_type", "charge_code", "procedure_code", "service_date",
-                       "posting_date", "unit_amount"))
+def _bad_site_type(r: MessageReader, at: str, ttype: object) -> TranslationError:
+    reason = f"{at} site map field transaction_type is {'missing' if ttype is None else 'not one of'}"
+    return r.fail(reason if ttype is None else f"{reason} {_ACCEPTED_TYPES}", at, "103")
 
 
-def _site_charge(r: MessageReader, seg: Segment, index: int, ids: Identifiers, origin: EventOrigin,
-                 site: FamilyMap, scope: MessageScope, special: bool) -> CloudEvent:
-    at = f"FT1[{index}]"
-    v, extensions = site.values(r, scope, seg, index)
-    leaves = seg.leaves(_FT1_LEAVES)
-    _, _, served, posted, ttype, qty, amt, unit, _, _, _ = leaves
-    if special:
-        quantity = v["quantity"] if "quantity" in v else r.number_of(qty, 10, at, "quantity")
-        amount = v["amount"] if "amount" in v else r.number_of(amt, 11, at, "extended amount")
-        if "transaction_type" in v:
-            ttype = v["transaction_type"]  # type: ignore[assignment]  # a string rule
-            if ttype not in CHARGE_TYPES and ttype not in CREDIT_TYPES:
-                reason = f"{at} site map field transaction_type is {'missing' if ttype is None else 'not one of'}"
-                raise r.fail(reason if ttype is None else f"{reason} {_ACCEPTED_TYPES}", at, "103")
-        charge_code = v["charge_code"] if "charge_code" in v else r.coded(seg, 7)
-        procedure_code = v["procedure_code"] if "procedure_code" in v else r.coded(seg, 25)
-        service_date = v["service_date"] if "service_date" in v else r.timestamp_of(served, 4, at)
-        posting_date = v["posting_date"] if "posting_date" in v else r.timestamp_of(posted, 5, at)
-        unit_amount = v["unit_amount"] if "unit_amount" in v else r.number_of(unit, 12, at, "unit amount")
+def _no_identifier(r: MessageReader, at: str) -> TranslationError:
+    reason = f"{r.label} {at} has no patient id, account or visit (site map and PID-3, PID-18, PV1-19)"
+    return r.fail(reason, "PID-3", "101")
+
+
+def _no_code(r: MessageReader, at: str) -> TranslationError:
+    return r.fail(f"{at} has no transaction code (FT1-7) or procedure code (FT1-25)", f"{at}-7", "101")
+
+
+def site_charge_code(mapped: dict[str, str], extensions: str | None, leaf: Callable[[int], str],
+                     same: dict[tuple[str, int], str]) -> tuple[list[str], dict[str, object]]:
+    """The statements that end a site map's generated charge function, and the names they use.
+
+    ``mapped``: canonical field -> the local holding the map's value; ``extensions``: the dict
+    expression of the site fields (None without any); ``leaf(n)``: an expression for the plain
+    FT1-n of the charge (read with the map's FT1 fields in one ``Segment.leaves`` call);
+    ``same``: (converter, n) -> the local of a map field that is FT1-n through that converter,
+    the value the built-in read of FT1-n gives (a bad value already failed in the map). The
+    statements do what :func:`_charge` and :func:`_charge_data` do -- reads in the same order,
+    the same checks and reasons, the same ChargeData keys in the same order -- except the reads
+    the map replaces, which are not done at all (the map's value is the event's).
+    """
+    env: dict[str, object] = {
+        "_tt": _transaction_type, "_make": make_event, "_POSTED": subjects.CHARGE_POSTED,
+        "_CREDITED": subjects.CHARGE_CREDITED, "_CHARGE": CHARGE_TYPES, "_CREDIT": CREDIT_TYPES,
+        "_bad_type": _bad_site_type, "_no_id": _no_identifier, "_no_code": _no_code,
+    }
+
+    def value(name: str, builtin: Callable[[], str]) -> str:
+        # The built-in read is generated only for a field the map leaves alone (it reads its leaf).
+        return mapped[name] if name in mapped else builtin()
+
+    def number(name: str, n: int, what: str) -> str:
+        return value(name, lambda: same.get(("decimal", n)) or f"r.number_of({leaf(n)}, {n}, at, {what!r})")
+
+    def timestamp(name: str, n: int) -> str:
+        return value(name, lambda: same.get(("timestamp", n)) or f"r.timestamp_of({leaf(n)}, {n}, at)")
+
+    def plain(name: str, n: int) -> str:
+        return value(name, lambda: leaf(n))
+
+    lines = ['at = f"FT1[{index}]"', f"quantity = {number('quantity', 10, 'quantity')}",
+             f"amount = {number('amount', 11, 'extended amount')}"]
+    if "transaction_type" in mapped:
+        lines += [f"ttype = {mapped['transaction_type']}",
+                  "if ttype not in _CHARGE and ttype not in _CREDIT:", "    raise _bad_type(r, at, ttype)"]
     else:
-        quantity = r.number_of(qty, 10, at, "quantity")
-        amount = r.number_of(amt, 11, at, "extended amount")
-        charge_code, procedure_code = r.coded(seg, 7), r.coded(seg, 25)
-        service_date, posting_date = r.timestamp_of(served, 4, at), r.timestamp_of(posted, 5, at)
-        unit_amount = r.number_of(unit, 12, at, "unit amount")
-    data, credited = _charge_data(
-        r, index, ids, leaves, ttype, quantity=quantity, amount=amount, charge_code=charge_code,
-        procedure_code=procedure_code, service_date=service_date, posting_date=posting_date,
-        unit_amount=unit_amount, currency=r.text(seg, 11, sub=2))
-    data.update(v)  # the fields above read from the map are the same values
-    if not (data["patient_id"] or data["account_number"] or data["encounter_number"]):
-        reason = f"{r.label} {at} has no patient id, account or visit (site map and PID-3, PID-18, PV1-19)"
-        raise r.fail(reason, "PID-3", "101")
+        lines.append(f"ttype = {leaf(6)}")
+    lines += [
+        f"charge_code = {value('charge_code', lambda: 'r.coded(anchor, 7)')}",
+        f"procedure_code = {value('procedure_code', lambda: 'r.coded(anchor, 25)')}",
+        f"service_date = {timestamp('service_date', 4)}",
+        f"posting_date = {timestamp('posting_date', 5)}",
+        f"unit_amount = {number('unit_amount', 12, 'unit amount')}",
+        f"currency = {value('currency', lambda: 'r.text(anchor, 11, sub=2)')}",
+        "ttype = _tt(r, ttype, at)",
+        "credited = ttype in _CREDIT or (quantity is not None and quantity < 0) or (amount is not None and amount < 0)",
+        "if charge_code is None and procedure_code is None:", "    raise _no_code(r, at)",
+        f"patient_id = {value('patient_id', lambda: 'ids.patient_id')}",
+        f"account_number = {value('account_number', lambda: 'ids.account_number')}",
+        f"encounter_number = {value('encounter_number', lambda: 'ids.encounter_number')}",
+        "if not (patient_id or account_number or encounter_number):", "    raise _no_id(r, at)",
+    ]
+    fields = {  # ChargeData, in _charge_data's order
+        "control_id": "r.header.control_id", "ft1_index": "index",
+        "transaction_id": plain("transaction_id", 2),
+        "transaction_batch_id": plain("transaction_batch_id", 3),
+        "transaction_type": "ttype", "service_date": "service_date", "posting_date": "posting_date",
+        "charge_code": "charge_code", "procedure_code": "procedure_code", "quantity": "quantity",
+        "amount": "amount", "currency": "currency",
+        "net_amount": "None if amount is None else (-abs(amount) if credited else abs(amount))",
+        "unit_amount": "unit_amount", "department": plain("department", 13),
+        "performing_provider_id": plain("performing_provider_id", 20),
+        "ordering_provider_id": plain("ordering_provider_id", 21),
+        "account_number": "account_number", "encounter_number": "encounter_number",
+        "patient_id": "patient_id", "facility": "r.facility",
+    }
     if extensions is not None:
-        data["extensions"] = extensions
-    etype = subjects.CHARGE_CREDITED if credited else subjects.CHARGE_POSTED
-    return make_event(etype, data, origin, index=index, subject=f"{r.header.control_id}/{at}")
+        fields["extensions"] = extensions
+    lines.append("data = {" + ", ".join(f"{k!r}: {v}" for k, v in fields.items()) + "}")
+    lines.append('return _make(_CREDITED if credited else _POSTED, data, origin, index=index, '
+                 'subject=f"{r.header.control_id}/{at}")')
+    return lines, env
 
 
 def _transaction_type(r: MessageReader, ttype: str | None, at: str) -> str:

@@ -308,6 +308,7 @@ class _Source:
         self.env: dict[str, Any] = {}
         self.hoisted: dict[tuple[str, int], str] = {}
         self.anchor_fields: list[int] = []  # the charge's FT1 fields read as plain leaves, in one call
+        self.batches: dict[str, list[int]] = {}  # a message segment's local -> its plain fields read, in one call
 
     def ref(self, obj: object) -> str:
         name = f"_o{len(self.env)}"
@@ -328,20 +329,44 @@ class _Source:
             self.hoisted[key] = f"_s{len(self.hoisted)}"
         return self.hoisted[key]
 
+    def anchor_leaf(self, field: int) -> str:
+        """An expression for the plain FT1-``field`` of the charge, read in the one ``leaves`` call."""
+        if field not in self.anchor_fields:
+            self.anchor_fields.append(field)
+        return f"_a[{self.anchor_fields.index(field)}]"
+
+    def batched(self, path: HlPath, kind: Kind) -> str | None:
+        """For a plain field of a message-level segment: an expression for its value, read with
+        the segment's other plain fields in one ``Segment.leaves`` call (None on absence)."""
+        seg = self.segment(path)
+        if (not seg.startswith("_s") or kind in ("coded", "location")
+                or (path.field < 3 and path.segment in ("MSH", "BHS", "FHS"))  # the delimiters: not leaves
+                or (path.repetition, path.component, path.subcomponent) != (1, 1, 1)):
+            return None
+        fields = self.batches.setdefault(seg, [])
+        if path.field not in fields:
+            fields.append(path.field)
+        return f"_b{seg[2:]}[{fields.index(path.field)}]"
+
+    def batch_lines(self) -> list[str]:
+        """The message function's reads of the batched fields (after the segments are found)."""
+        return [f"_b{seg[2:]} = {seg}.leaves({tuple(fields)!r}) if {seg} is not None else {(None,) * len(fields)!r}"
+                for seg, fields in self.batches.items()]
+
     def extract(self, path: HlPath, kind: Kind, seg: str = "s") -> str:
         """An expression for the value a path gives from the segment in variable ``seg``."""
         if kind in ("coded", "location"):
             return f"{self.ref(_parts_reader(path, kind))}({seg})"
         if path.repetition == 1 and path.component == 1 and path.subcomponent == 1:
             if seg == "anchor":  # read with the charge's other plain FT1 fields: one Segment.leaves call
-                if path.field not in self.anchor_fields:
-                    self.anchor_fields.append(path.field)
-                return f"_a[{self.anchor_fields.index(path.field)}]"
+                return self.anchor_leaf(path.field)
             return f"{seg}.leaf({path.field})"
         return f"{self.ref(path)}.leaf({seg})"
 
     def rule(self, rule: Rule, var: str) -> list[str]:
         """Statements that leave the rule's value in ``var``."""
+        if _direct(rule):
+            return self._direct(rule, var)
         finish = _finisher(rule)
         missing = _missing(rule, finish)
         first_is_anchor = self.segment(rule.paths[0]) == "anchor"
@@ -351,8 +376,9 @@ class _Source:
             if i:
                 lines.append(f"if {var} is None:")
             seg = self.segment(path)
-            if seg == "anchor":  # the charge's own FT1 is always there
-                lines.append(f"{pad}{var} = {self.extract(path, rule.kind, 'anchor')}")
+            batched = self.batched(path, rule.kind)
+            if seg == "anchor" or batched is not None:  # the charge's own FT1 is always there
+                lines.append(f"{pad}{var} = {batched or self.extract(path, rule.kind, 'anchor')}")
                 if finish is not None:
                     lines.append(f"{pad}w = {path.text!r}")
                 continue
@@ -370,12 +396,49 @@ class _Source:
                 "date": ["    try:", f"        {var} = _iso({var}, r.tz)[:10]", "    except ValueError:",
                          f"        {fin}(r, {var}, w, index)"],
             }.get(rule.kind) if rule.lookup is None else None
+            if rule.lookup is not None and rule.kind == "string" and rule.lookup_miss != "error":
+                # A miss keeps the value or is null: one dict read, no call.
+                keep = f", {var}" if rule.lookup_miss == "keep" else ""
+                inline = [f"    {var} = {self.ref(rule.lookup)}.get({var}{keep})"]
             lines += [f"if {var} is not None:", *(inline or [f"    {var} = {fin}(r, {var}, w, index)"])]
             if missing is not None:
                 lines += ["else:", f"    {var} = {self.ref(missing)}(r, index)"]
         elif missing is not None:
             lines += [f"if {var} is None:", f"    {var} = {self.ref(missing)}(r, index)"]
         return lines
+
+
+    def _direct(self, rule: Rule, var: str) -> list[str]:
+        """A coded value or a location read from whole fields as the built-in mapping reads one
+        (``MessageReader.coded``, which keeps each distinct field's value: the same codes recur)."""
+        read = "coded" if rule.kind == "coded" else "location"
+        missing = _missing(rule, None)
+        lines: list[str] = [f"{var} = None"]
+        for i, path in enumerate(rule.paths):
+            pad = "    " if i else ""
+            if i:
+                lines.append(f"if {var} is None:")
+            lines.append(f"{pad}{var} = r.{read}({self.segment(path)}, {path.field})")
+        if missing is not None:
+            lines += [f"if {var} is None:", f"    {var} = {self.ref(missing)}(r, index)"]
+        return lines
+
+
+def _direct(rule: Rule) -> bool:
+    """A rule read by ``MessageReader.coded``/``location``: first repetitions, no lookup."""
+    return rule.kind in ("coded", "location") and rule.lookup is None and all(
+        p.repetition == 1 for p in rule.paths)
+
+
+def _plain_ft1(rule: Rule) -> tuple[str, int] | None:
+    """(kind, n) when the rule is the charge's own FT1-n, converted and nothing else: the
+    built-in read of the same field with the same converter is the same value."""
+    if len(rule.paths) != 1 or rule.lookup is not None or rule.default is not None or rule.required:
+        return None
+    p = rule.paths[0]
+    if p.segment != "FT1" or p.occurrence or (p.repetition, p.component, p.subcomponent) != (1, 1, 1):
+        return None
+    return (rule.kind, p.field) if rule.kind in ("timestamp", "decimal") else None
 
 
 _MessageFn = Callable[[MessageReader, "MessageScope"], tuple[object, ...]]
@@ -385,14 +448,21 @@ _ItemFn = Callable[
 ]
 
 
-def _compile(family: str, rules: list[Rule]) -> tuple[_MessageFn, _ItemFn, str]:
-    """Two functions generated for one family, so that a field costs what the built-in read of
-    a field costs: ``message`` reads the fields that are the same for every item of a message
-    (once per message), ``item`` those of one charge (its FT1, the segments of its group)."""
+_ChargeFn = Callable[[MessageReader, "MessageScope", "Segment", int, tuple[object, ...], Any, Any], Any]
+
+
+def _compile(family: str, rules: list[Rule]) -> tuple[_MessageFn, _ItemFn, _ChargeFn | None, str]:
+    """Functions generated for one family, so that a field costs what the built-in read of a
+    field costs: ``message`` reads the fields that are the same for every item of a message
+    (once per message), ``item`` those of one item (its FT1, the segments of its group). For
+    the charge family, ``charge`` is ``item`` and the rest of the built-in charge mapping in
+    one function (:func:`canonical.hl7v2.dft.site_charge_code`): the built-in reads the map
+    replaces are not done, the others share the map's one ``leaves`` call on the FT1."""
     src = _Source(family)
     names = {rule.name: f"v{i}" for i, rule in enumerate(rules)}
     message_body: list[str] = []
     item_body: list[str] = []
+    in_groups: dict[tuple[str, ...], str] = {}  # segments -> the local saying whether they sit in FT1 groups
     for rule in rules:
         var = names[rule.name]
         anchored = family == "charge" and any(p.segment == "FT1" and not p.occurrence for p in rule.paths)
@@ -401,50 +471,83 @@ def _compile(family: str, rules: list[Rule]) -> tuple[_MessageFn, _ItemFn, str]:
             item_body += src.rule(rule, var)
             continue
         if groups:  # read per charge when in this message's FT1 groups, else once here
-            message_body += [f"if scope.in_groups({groups!r}):", f"    {var} = None", "else:",
+            if groups not in in_groups:
+                in_groups[groups] = f"_g{len(in_groups)}"
+                message_body.append(f"{in_groups[groups]} = scope.in_groups({groups!r})")
+            message_body += [f"if {in_groups[groups]}:", f"    {var} = None", "else:",
                              *(f"    {line}" for line in src.rule(rule, var))]
         else:
             message_body += src.rule(rule, var)
         if groups:
             # A Z-segment (or an order, an observation) inside the FT1 groups of this message is
             # read per charge; before the FT1s, or absent, it is one value for the message.
-            item_body += [f"if scope.in_groups({groups!r}):", *(f"    {line}" for line in src.rule(rule, var))]
+            item_body += [f"if {in_groups[groups]}:", *(f"    {line}" for line in src.rule(rule, var))]
     message_vars = [names[r.name] for r in rules if not (family == "charge" and any(
         p.segment == "FT1" and not p.occurrence for p in r.paths))]
-    shared = message_vars + list(src.hoisted.values())
+    batches = [f"_b{seg[2:]}" for seg in src.batches]
+    shared = message_vars + list(src.hoisted.values()) + list(in_groups.values()) + batches
     canon = ", ".join(f"{r.name!r}: {names[r.name]}" for r in rules if r.canonical)
     ext = ", ".join(f"{r.name!r}: {names[r.name]}" for r in rules if not r.canonical)
+    item_fields = tuple(src.anchor_fields)
+    tail: list[str] = []
+    tail_env: dict[str, object] = {}
+    if family == "charge":
+        from canonical.hl7v2.dft import site_charge_code  # dft reads site maps: imported when one is compiled
+
+        same = {key: names[r.name] for r in rules if (key := _plain_ft1(r)) is not None}
+        tail, tail_env = site_charge_code({r.name: names[r.name] for r in rules if r.canonical},
+                                          "{" + ext + "}" if ext else None, src.anchor_leaf, same)
     lines = ["def message(r, scope):", "    msg = scope.msg", "    index = 0"]
     lines += [f"    {var} = msg.segment({seg!r}, {occ})" for (seg, occ), var in src.hoisted.items()]
+    lines += [f"    {line}" for line in src.batch_lines()]
     lines += [f"    {line}" for line in message_body]
-    lines += [f"    return ({''.join(v + ', ' for v in shared)})", "",
-              "def item(r, scope, anchor, index, m):"]
-    lines += [f"    {', '.join(shared)}, = m"] if shared else []
-    lines += [f"    _a = anchor.leaves({tuple(src.anchor_fields)!r})"] if src.anchor_fields else []
-    lines += [f"    {line}" for line in item_body]
-    lines += [f"    return {{{canon}}}, {('{' + ext + '}') if ext else 'None'}"]
+    lines += [f"    return ({''.join(v + ', ' for v in shared)})", ""]
+    for fn, params, fields, end in (
+            ("item", "r, scope, anchor, index, m", item_fields,
+             [f"return {{{canon}}}, {('{' + ext + '}') if ext else 'None'}"]),
+            ("charge", "r, scope, anchor, index, m, ids, origin", tuple(src.anchor_fields), tail)):
+        if fn == "charge" and family != "charge":
+            continue
+        lines.append(f"def {fn}({params}):")
+        lines += [f"    {', '.join(shared)}, = m"] if shared else []
+        lines += [f"    _a = anchor.leaves({fields!r})"] if fields else []
+        lines += [f"    {line}" for line in item_body]
+        lines += [f"    {line}" for line in end]
+        lines.append("")
     source = "\n".join(lines) + "\n"
-    namespace = {**src.env, "_dec": Decimal, "_num": _NUMBER.fullmatch, "_iso": hl7_to_iso}
+    namespace = {**src.env, **tail_env, "_dec": Decimal, "_num": _NUMBER.fullmatch, "_iso": hl7_to_iso}
     # Generated from checked names and paths only (no text of the map reaches the code unquoted).
     exec(compile(source, f"<site map {family}>", "exec"), namespace)
-    return namespace["message"], namespace["item"], source
+    found: Any = namespace
+    return found["message"], found["item"], found.get("charge"), source
 
 
 class FamilyMap:
     """The compiled rules of one event family (charge or encounter)."""
 
-    __slots__ = ("_item", "_message", "canonical", "extensions", "family", "rules", "source")
+    __slots__ = ("_charge", "_grouped", "_item", "_message", "canonical", "extensions", "family", "rules", "source")
 
     def __init__(self, family: str, rules: list[Rule]) -> None:
         self.family = family
         self.rules = tuple(rules)
         self.canonical = frozenset(r.name for r in rules if r.canonical)
         self.extensions = tuple(r.name for r in rules if not r.canonical)
-        self._message, self._item, self.source = _compile(family, rules)
+        self._message, self._item, self._charge, self.source = _compile(family, rules)
+        # The FT1 groups are found only for a map that reads a segment of a group.
+        self._grouped = family == "charge" and any(
+            not p.occurrence and _by_group(p.segment) for r in rules for p in r.paths)
 
     def scope(self, msg: Hl7Message) -> MessageScope:
         """What one message's items share (call once per message)."""
-        return MessageScope(msg, self.family == "charge")
+        return MessageScope(msg, self._grouped)
+
+    def charges(self, r: MessageReader, ft1s: list[Segment], ids: Any, origin: Any) -> list[Any]:
+        """The charge events of a DFT under this (charge) map: one per FT1."""
+        charge = self._charge
+        assert charge is not None, "a charge map"
+        scope = MessageScope(r.msg, self._grouped)
+        shared = scope.shared = self._message(r, scope)
+        return [charge(r, scope, seg, i, shared, ids, origin) for i, seg in enumerate(ft1s, 1)]
 
     def values(
         self, r: MessageReader, scope: MessageScope, anchor: Segment | None = None, index: int = 0,
