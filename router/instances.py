@@ -116,25 +116,25 @@ def _not_draining() -> bool:
 
 
 class Registry:
-    """This instance's entry: written at `start`, refreshed every `renew_seconds`, deleted at `stop`.
+    """This instance's entry in `bucket` (see `bucket_of`): written at `start`, refreshed every
+    `renew_seconds`, deleted at `stop`.
 
     `ready` gives the readiness as /readyz does; `held` the interfaces whose lease this
     instance holds now (router/leases.py); `draining` whether it is stopping.
     """
 
-    def __init__(self, store: Store, cfg: ClusterConfig, *, api: str | None, interfaces: Sequence[str],
+    def __init__(self, bucket: Bucket, cfg: ClusterConfig, *, api: str | None, interfaces: Sequence[str],
                  started_at: float, ready: Callable[[], tuple[bool, list[str]]],
                  held: Callable[[], list[str]] = _no_leases, draining: Callable[[], bool] = _not_draining) -> None:
-        self._store = store
         self.cfg = cfg
         self.name = cfg.instance
-        self._api = api
         self._interfaces = list(interfaces)
         self._started_at = started_at
         self._ready = ready
         self._held = held
         self._draining = draining
-        self._bucket: Bucket | None = None
+        self._api = api
+        self._bucket = bucket
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self.writes = 0
@@ -152,7 +152,6 @@ class Registry:
 
     async def start(self) -> None:
         """Writes the entry (raises `StoreError` if it cannot) and keeps it fresh from then on."""
-        self._bucket = await bucket_of(self._store)
         await self._warn_if_taken(self._bucket)
         await self._bucket.put(self.name, self.record().model_dump_json().encode())
         self.writes += 1
@@ -179,7 +178,6 @@ class Registry:
 
     async def write(self) -> bool:
         """Writes the entry now; False (logged once per outage) when NATS does not take it."""
-        assert self._bucket is not None, "start() first"
         try:
             await self._bucket.put(self.name, self.record().model_dump_json().encode())
         except StoreError as exc:
@@ -206,8 +204,6 @@ class Registry:
             # Waited for: a write still in flight after the delete would bring the entry back.
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        if self._bucket is None:
-            return
         try:
             await self._bucket.delete(self.name)
         except StoreError as exc:

@@ -30,7 +30,7 @@ from canonical.posting.rules import load_rules
 from canonical.reference import ReferenceStore
 from canonical.safe_text import safe_reason
 from protocols.tls import ReloadingContext
-from router import parity, posting, views
+from router import instances, parity, posting, views
 from router.alerts import Alerts
 from router.config import ConfigError, FicusConfig
 from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
@@ -352,6 +352,7 @@ class Service:
         stops.on_stop("nats", "close NATS", store.close)
         with _starting("the JetStream streams and buckets"):
             await store.ensure()
+            instances_kv = await instances.bucket_of(store)
         routes = RouteTable(store, {i.name: i.route for i in cfg.interfaces})
         stops.on_stop("routes", "stop the routing table", _untimed(routes.stop))
         with _starting("the routing table"):
@@ -416,7 +417,7 @@ class Service:
             log.info("API on %s", api_url)
         # The instance registry (router/instances.py): this instance in KV ficus-instances, kept
         # fresh every cluster.renew_seconds until the work is done, then removed (a clean stop).
-        self.registry = Registry(store, cfg.cluster, api=api_url, interfaces=[i.name for i in cfg.interfaces],
+        self.registry = Registry(instances_kv, cfg.cluster, api=api_url, interfaces=[i.name for i in cfg.interfaces],
                                  started_at=started_at, ready=self._running.ready, draining=self.stopping.is_set)
         stops.on_stop("routes", "leave the instance registry", _untimed(self.registry.stop))
         with _starting("the instance registry"):

@@ -166,8 +166,9 @@ async def test_leases_draining_and_a_clean_stop_in_the_entry(
     async with service_factory(cfg) as svc:
         held: list[str] = ["folder-lab"]
         draining = False
-        other = Registry(svc.store, ClusterConfig(instance="poller-2", lease_seconds=LEASE, renew_seconds=RENEW),
-                         api=None, interfaces=["folder-lab", "odbc-adt"], started_at=time.time(),
+        cluster = ClusterConfig(instance="poller-2", lease_seconds=LEASE, renew_seconds=RENEW)
+        other = Registry(await bucket_of(svc.store), cluster, api=None, interfaces=["folder-lab", "odbc-adt"],
+                         started_at=time.time(),
                          ready=lambda: (False, ["odbc-adt: database unavailable"]),
                          held=lambda: list(held), draining=lambda: draining)
         await other.start()
