@@ -165,7 +165,6 @@ def instance_cells(view: Mapping[str, Any], this: str) -> dict[str, str]:
         "draining": "draining" if view.get("draining") else "",
         "host": f"{view.get('host', '')} pid {view.get('pid', '')}", "version": str(view.get("version", "")),
         "api": str(view.get("api") or "-"), "leases": ", ".join(view.get("leases") or []) or "none",
-        "interfaces": ", ".join(view.get("interfaces") or []) or "none",
         "seen": f"{view.get('seen_seconds_ago', '?')}s ago", "problems": "; ".join(view.get("problems") or []),
     }
 
@@ -235,7 +234,7 @@ OVERVIEW_COLUMNS = ("route", "throughput", "received", "published", "errors", "d
                     "alerts", "last_message", "last_error")
 
 
-INSTANCE_COLUMNS = ("health", "draining", "host", "version", "api", "leases", "interfaces", "seen", "problems")
+INSTANCE_COLUMNS = ("health", "draining", "host", "version", "api", "leases", "seen", "problems")
 
 
 def _instance_rows(items: list[dict[str, str]] | None) -> str:

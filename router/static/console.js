@@ -94,8 +94,7 @@
   }
 
   // The instance registry's rows, as the server renders them (router/console/pages.py instance_cells).
-  const INSTANCE_COLUMNS = ["health", "draining", "host", "version", "api", "leases", "interfaces", "seen",
-                            "problems"];
+  const INSTANCE_COLUMNS = ["health", "draining", "host", "version", "api", "leases", "seen", "problems"];
   function renderInstances(instances) {
     const body = document.querySelector("#instances tbody");
     if (!body) return;
