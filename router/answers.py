@@ -419,6 +419,37 @@ class Alerts(Answer):
     alerts: list[Alert]
 
 
+# -- instances (router/instances.py) ---------------------------------------------------------------
+
+class Instance(Answer):
+    """One Ficus instance as the registry has it (KV ficus-instances)."""
+
+    instance: str = Field(description="its cluster.instance")
+    host: str
+    pid: int
+    version: str
+    started_at: float = Field(description="Unix seconds")
+    seen_at: float = Field(description="when it last wrote its entry (Unix seconds, its clock)")
+    seen_seconds_ago: float
+    api: str | None = Field(description="its API's address; null when it runs without one")
+    ready: bool = Field(description="what its /readyz said when it wrote")
+    problems: list[str]
+    draining: bool = Field(description="stopping: finishing work in flight")
+    leases: list[str] = Field(description="the interfaces whose lease it holds (it polls them)")
+    interfaces: list[str] = Field(description="the interfaces of its config")
+    health: Literal["ready", "not ready", "stale"] = Field(
+        description="stale: not refreshed within cluster.lease_seconds (stopped without a clean stop, "
+        "or cut off from NATS)")
+
+
+class Instances(Answer):
+    """GET /api/v1/instances: every instance of the registry, by name."""
+
+    instance: str = Field(description="the instance that answered")
+    lease_seconds: float = Field(description="the bound after which an entry is stale")
+    instances: list[Instance]
+
+
 class SinkPaused(Answer):
     sink: str
     paused: bool

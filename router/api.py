@@ -46,6 +46,7 @@ from router.auth import OPEN, Authenticator, Identity, RateLimiter, allows
 from router.config import SLUG, ApiTlsConfig, ConfigError, FicusConfig, Mode, Role
 from router.console import pages as console
 from router.dashboard import CSRF_HEADER, SESSION_COOKIE, Sessions
+from router.instances_api import list_instances
 from router.interfaces import RunningInterface
 from router.routes import RouteError, RouteTable
 from router.sinks import SinkCollector
@@ -785,6 +786,8 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("GET", "/api/v1/messages", browser.search_messages, CONSUMER("message_search")),
     ("GET", "/api/v1/messages/{correlation}", browser.get_message, CONSUMER("message_read")),
     ("GET", "/api/v1/alerts", get_alerts, VIEWER),
+    # The instance registry (router/instances.py): every instance, its leases and health.
+    ("GET", "/api/v1/instances", list_instances, VIEWER),
     ("GET", "/api/v1/openapi.json", get_openapi, Rule(None)),
 )
 """Every route with its access rule: the README's role matrix is this table."""

@@ -547,6 +547,28 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def instances_table(answer: dict[str, Any]) -> str:
+    """GET /api/v1/instances as a table, one row per instance; `*` marks the one that answered."""
+    header = ("INSTANCE", "HEALTH", "HOST", "PID", "VERSION", "API", "LEASES", "SEEN", "PROBLEMS")
+    rows = [header] + [
+        (("*" if i["instance"] == answer["instance"] else "") + i["instance"],
+         i["health"] + (", draining" if i["draining"] else ""), i["host"], str(i["pid"]), i["version"],
+         i["api"] or "-", ",".join(i["leases"]) or "-", f"{i['seen_seconds_ago']:g}s ago",
+         "; ".join(i["problems"]) or "-")
+        for i in answer["instances"]]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+
+
+def cmd_instances(args: argparse.Namespace) -> int:
+    answer = _client(args).call("GET", "/api/v1/instances")
+    if not answer["instances"]:
+        print("no instance registered")
+        return 0
+    print(instances_table(answer))
+    return 0
+
+
 def cmd_ledger(args: argparse.Namespace) -> int:
     """The reconciliation ledger of an interface as a table, one line per day and facility."""
     query = f"?day={_q(args.day)}" if args.day else ""
@@ -838,6 +860,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "facilities and money at risk")
     api_opts(p)
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("instances", help="every Ficus instance on this NATS: health (ready, not ready, stale), "
+                                         "the leases it holds, when it was last seen")
+    api_opts(p)
+    p.set_defaults(func=cmd_instances)
 
     p = sub.add_parser("replay", help="re-translate an interface's raw traffic since a time")
     p.add_argument("iface", metavar="IFACE", help="interface name")

@@ -43,6 +43,8 @@ KV_FILES = "ficus-files"
 KV_CHECKPOINTS = "ficus-checkpoints"
 OBJ_RAW_FILES = "ficus-raw-files"
 KV_KEYS = "ficus-keys"
+# The instance registry (router/instances.py): one entry per running Ficus, keyed by cluster.instance.
+KV_INSTANCES = "ficus-instances"
 
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_INTERFACE = "Ficus-Interface"

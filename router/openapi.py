@@ -152,6 +152,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                           answers.Ledger, query=queries.LedgerQuery, errors=(404,)),
     ("GET", "/api/v1/alerts"): Op("Every alert rule's state: process, facilities, money at risk (no content)",
                                   answers.Alerts),
+    ("GET", "/api/v1/instances"): Op("Every Ficus instance on this NATS: leases held, readiness, health "
+                                     "(ready, not ready, stale)", answers.Instances),
     ("GET", "/api/v1/sinks"): Op("Every sink's state (no event content, no credentials)",
                                  answers.Sinks),
     ("POST", "/api/v1/sinks/{id}/pause"): Op("Pause a sink (every instance, within a second)", answers.SinkPaused,

@@ -30,10 +30,11 @@ from canonical.posting.rules import load_rules
 from canonical.reference import ReferenceStore
 from canonical.safe_text import safe_reason
 from protocols.tls import ReloadingContext
-from router import parity, posting, views
+from router import instances, parity, posting, views
 from router.alerts import Alerts
 from router.config import ConfigError, FicusConfig
 from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
+from router.instances import Registry
 from router.interfaces import Deps, RunningInterface
 from router.interfaces import start as start_interface
 from router.routes import RouteTable
@@ -264,6 +265,8 @@ class Service:
         """The alert evaluator when `[[alerts]]` are configured (tests, diagnostics)."""
         """The posting consumers' holder when `[posting] enabled` (its counts: tests, diagnostics)."""
         """The API's HTTPS certificates (api.tls), reloaded by :meth:`reload_certificates`."""
+        self.registry: Registry | None = None
+        """This instance's entry in the instance registry, once started (router/instances.py)."""
 
     @property
     def running(self) -> Running:
@@ -349,6 +352,7 @@ class Service:
         stops.on_stop("nats", "close NATS", store.close)
         with _starting("the JetStream streams and buckets"):
             await store.ensure()
+            instances_kv = await instances.bucket_of(store)
         routes = RouteTable(store, {i.name: i.route for i in cfg.interfaces})
         stops.on_stop("routes", "stop the routing table", _untimed(routes.stop))
         with _starting("the routing table"):
@@ -411,6 +415,13 @@ class Service:
             with _starting(f"the API on {cfg.api.listen}"):
                 await self._serve_api(self._running, sock)
             log.info("API on %s", api_url)
+        # The instance registry (router/instances.py): this instance in KV ficus-instances, kept
+        # fresh every cluster.renew_seconds until the work is done, then removed (a clean stop).
+        self.registry = Registry(instances_kv, cfg.cluster, api=api_url, interfaces=[i.name for i in cfg.interfaces],
+                                 started_at=started_at, ready=self._running.ready, draining=self.stopping.is_set)
+        stops.on_stop("routes", "leave the instance registry", _untimed(self.registry.stop))
+        with _starting("the instance registry"):
+            await self.registry.start()
 
     async def _serve_api(self, running: Running, sock: socket.socket) -> None:
         from router.api import make_app, tls_context

@@ -81,6 +81,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/ledger/{iface}"): "viewer",
     ("GET", "/api/v1/sinks"): "viewer",
     ("GET", "/api/v1/alerts"): "viewer",
+    ("GET", "/api/v1/instances"): "viewer",
     ("POST", "/api/v1/sinks/{id}/pause"): "operator",
     ("POST", "/api/v1/sinks/{id}/resume"): "operator",
     ("POST", "/api/v1/sinks/{id}/replay"): "operator",

@@ -147,7 +147,8 @@ async def test_overview_live_flip_with_the_gate_and_its_audit_entry(nats_server:
         page = c.page
         # The overview: both interfaces, their route, live figures through SSE (the clock moves).
         await pw_expect(page.get_by_role("heading", name="Overview")).to_be_visible()
-        row = page.get_by_role("row", name="his-charges")
+        # In the interfaces table: the instances table names interfaces too (leases).
+        row = page.locator("#interfaces").get_by_role("row", name="his-charges")
         await pw_expect(row).to_contain_text("modern")
         await pw_expect(page.locator('td[data-iface="payer-835"][data-field="received"]')).to_have_text("1")
         await pw_expect(page.locator('[data-live="clock"]')).to_contain_text("updated")

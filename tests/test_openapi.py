@@ -281,6 +281,8 @@ async def test_consumer_answers_validate_against_their_documented_schemas(
             assert replayed["status"] == 204
             await api.call("POST", f"/api/v1/dlq/{letter['id']}/discard", "/api/v1/dlq/{id}/discard",
                            json={"reason": "a test message"})
+            instances = await api.call("GET", "/api/v1/instances")
+            assert [i["health"] for i in instances["instances"]] == ["ready"]
             sinks = await api.call("GET", "/api/v1/sinks")
             assert sinks["sinks"][0]["dead_lettered"] >= 1
             await api.call("POST", "/api/v1/sinks/erp/pause", "/api/v1/sinks/{id}/pause", json={"reason": "test"})
@@ -320,7 +322,7 @@ async def test_consumer_answers_validate_against_their_documented_schemas(
     # Every route of the brief was called and answered as documented.
     assert {key.split(" ", 1)[1] for key in api.seen} >= {
         "/api/v1/claims/{claim}", "/api/v1/remittances/{trace}", "/api/v1/accounts/{account}/charges",
-        "/api/v1/sinks", "/api/v1/interfaces", "/api/v1/routes", "/api/v1/routes/{iface}/history",
+        "/api/v1/sinks", "/api/v1/instances", "/api/v1/interfaces", "/api/v1/routes", "/api/v1/routes/{iface}/history",
         "/api/v1/parity/{iface}", "/api/v1/ledger/{iface}", "/api/v1/dlq", "/api/v1/dlq/{id}",
         "/api/v1/routes/{iface}", "/api/v1/dlq/{id}/replay", "/api/v1/dlq/{id}/discard", "/api/v1/replay/{iface}",
         "/healthz", "/readyz"}
@@ -333,6 +335,7 @@ async def test_consumer_answers_validate_against_their_documented_schemas(
             ("GET /api/v1/accounts/{account}/charges", ()),
             ("GET /api/v1/accounts/{account}/charges", ("charges", 0)),
             ("GET /api/v1/sinks", ("sinks", 0)), ("GET /api/v1/interfaces", ("interfaces", 0)),
+            ("GET /api/v1/instances", ()), ("GET /api/v1/instances", ("instances", 0)),
             ("GET /api/v1/interfaces", ("interfaces", 0, "lag")), ("GET /api/v1/routes", ("routes", "his-charges")),
             ("GET /api/v1/routes/{iface}/history", ("history", 1)),
             ("GET /api/v1/routes/{iface}/history", ("history", 1, "parity")),

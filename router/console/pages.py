@@ -143,6 +143,32 @@ async def ledger_today(request: web.Request) -> dict[str, dict[str, Any] | None]
     return out
 
 
+async def instances_now(request: web.Request) -> list[dict[str, str]] | None:
+    """Every instance of the registry (router/instances.py) as the page shows it; None while NATS is away."""
+    from router import instances
+    from router.api import CONFIG, STORE
+    from router.store import StoreError
+
+    cluster = request.app[CONFIG].cluster
+    try:
+        found = await instances.list_instances(request.app[STORE], cluster.lease_seconds)
+    except StoreError:
+        return None
+    return [instance_cells(i, cluster.instance) for i in found]
+
+
+def instance_cells(view: Mapping[str, Any], this: str) -> dict[str, str]:
+    """One instance's row as text by column (`this`: the instance serving the page)."""
+    name = str(view.get("instance", ""))
+    return {
+        "instance": name + (" (this one)" if name == this else ""), "health": str(view.get("health", "")),
+        "draining": "draining" if view.get("draining") else "",
+        "host": f"{view.get('host', '')} pid {view.get('pid', '')}", "version": str(view.get("version", "")),
+        "api": str(view.get("api") or "-"), "leases": ", ".join(view.get("leases") or []) or "none",
+        "seen": f"{view.get('seen_seconds_ago', '?')}s ago", "problems": "; ".join(view.get("problems") or []),
+    }
+
+
 def interface_cells(running: RunningInterface, mode: str, day: dict[str, Any] | str | None,
                     rate: str, firing: int) -> dict[str, str]:
     """One overview row as text by column (the page and the live stream show the same strings);
@@ -184,6 +210,7 @@ async def snapshot(request: web.Request, rates: Mapping[str, str], *, slow: bool
 
     days: Mapping[str, dict[str, Any] | str | None] = await ledger_today(request) if slow else {}
     now_alerts = await alerts(request) if slow else last_alerts
+    now_instances = await instances_now(request) if slow else None
     routes = request.app[ROUTES]
     ok, problems = request.app[READY]()
     return {
@@ -195,6 +222,8 @@ async def snapshot(request: web.Request, rates: Mapping[str, str], *, slow: bool
             for name, r in request.app[INTERFACES].items()},
         "sinks": {str(v["name"]): _sink_cells(v) for v in (s.view() for s in request.app[RUNNING].sinks)},
         "alerts": now_alerts,
+        # Read with the slow figures only (a read of JetStream); absent from the other ticks.
+        **({"instances": now_instances} if slow else {}),
     }
 
 
@@ -203,6 +232,25 @@ async def snapshot(request: web.Request, rates: Mapping[str, str], *, slow: bool
 
 OVERVIEW_COLUMNS = ("route", "throughput", "received", "published", "errors", "dead_letters", "parity", "ledger",
                     "alerts", "last_message", "last_error")
+
+
+INSTANCE_COLUMNS = ("health", "draining", "host", "version", "api", "leases", "seen", "problems")
+
+
+def _instance_rows(items: list[dict[str, str]] | None) -> str:
+    if items is None:
+        return f'<tr><td colspan="{len(INSTANCE_COLUMNS) + 1}">the instances cannot be read while NATS is ' \
+               "unavailable</td></tr>"
+    if not items:
+        return f'<tr><td colspan="{len(INSTANCE_COLUMNS) + 1}">no instance registered</td></tr>'
+    return "".join(
+        f'<tr><th scope="row">{e(i["instance"])}</th>'
+        + "".join(f'<td data-field="{col}"{_health_class(i, col)}>{e(i[col])}</td>' for col in INSTANCE_COLUMNS)
+        + "</tr>" for i in items)
+
+
+def _health_class(cells: Mapping[str, str], col: str) -> str:
+    return f' class="{cells["health"].replace(" ", "-")}"' if col == "health" else ""
 
 
 def _alert_items(items: list[dict[str, str]] | None) -> str:
@@ -239,7 +287,7 @@ async def overview(request: web.Request) -> web.Response:
         for n, cells in snap["sinks"].items()) or '<tr><td colspan="6">no sinks</td></tr>'
     body = render.template("overview.html").substitute(
         nats=e(redact(request.app[RUNNING].nats_url, [])), ready=e(snap["ready"]), rows="".join(rows),
-        alerts=_alert_items(snap["alerts"]), sinks=sinks)
+        alerts=_alert_items(snap["alerts"]), sinks=sinks, instances=_instance_rows(snap["instances"]))
     return _page(request, who, "Overview", "/", body)
 
 

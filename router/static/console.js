@@ -85,11 +85,36 @@
         }
       }
       if ("alerts" in snap) renderAlerts(snap.alerts);
+      if ("instances" in snap) renderInstances(snap.instances);
     });
     source.onerror = function () {
       const clock = document.querySelector('[data-live="clock"]');
       if (clock) clock.textContent = "live updates interrupted; retrying";
     };
+  }
+
+  // The instance registry's rows, as the server renders them (router/console/pages.py instance_cells).
+  const INSTANCE_COLUMNS = ["health", "draining", "host", "version", "api", "leases", "seen", "problems"];
+  function renderInstances(instances) {
+    const body = document.querySelector("#instances tbody");
+    if (!body) return;
+    body.replaceChildren();
+    if (!instances || instances.length === 0) {
+      const td = el("td", instances ? "no instance registered"
+        : "the instances cannot be read while NATS is unavailable", { "colspan": String(INSTANCE_COLUMNS.length + 1) });
+      const tr = el("tr"); tr.appendChild(td); body.appendChild(tr);
+      return;
+    }
+    for (const i of instances) {
+      const tr = el("tr");
+      tr.appendChild(el("th", i.instance, { "scope": "row" }));
+      for (const col of INSTANCE_COLUMNS) {
+        const attrs = { "data-field": col };
+        if (col === "health") attrs["class"] = i.health.replace(" ", "-");
+        tr.appendChild(el("td", i[col], attrs));
+      }
+      body.appendChild(tr);
+    }
   }
 
   let alertsShown = null;

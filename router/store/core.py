@@ -333,17 +333,18 @@ class Store:
     def _self_test_item() -> Outgoing:
         return Outgoing(SELFTEST_SUBJECT, b"publisher self-test", f"selftest-{secrets.token_hex(8)}")
 
-    async def kv(self, bucket: str, history: int = 16) -> Bucket:
-        """A KV bucket, created on first use."""
+    async def kv(self, bucket: str, history: int = 16, max_age: float | None = None) -> Bucket:
+        """A KV bucket, created on first use; `max_age`: a value not written again for this many
+        seconds is removed (the bucket's TTL; set when the bucket is created)."""
         with mapped(f"bucket {bucket}"):
             try:
                 kv = await self._js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
                 kv = await self._js.create_key_value(
                     KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE,
-                                   replicas=self.cfg.replicas)
+                                   replicas=self.cfg.replicas, ttl=max_age)
                 )
-        return Bucket(kv, bucket)
+        return Bucket(kv, bucket, self._js)
 
     async def object_store(self, bucket: str) -> Objects:
         """An object store bucket (whole raw files), created on first use."""

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import nats.js.errors
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from router.store.errors import mapped
+from router.store.errors import StoreError, mapped
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +29,10 @@ class Entry:
 class Bucket:
     """One KV bucket; every method raises only `router.store` errors."""
 
-    def __init__(self, kv: KeyValue, name: str) -> None:
+    def __init__(self, kv: KeyValue, name: str, js: JetStreamContext | None = None) -> None:
         self._kv = kv
         self.name = name
+        self._js = js
 
     async def get(self, key: str) -> Entry | None:
         """The key's entry, or None when it was never written or is deleted."""
@@ -68,6 +70,26 @@ class Bucket:
                 return list(await self._kv.keys())
             except nats.js.errors.NoKeysError:
                 return []
+
+    MAX_INDEXED = 100_000
+
+    async def indexed_keys(self) -> list[str]:
+        """Every live key of a small bucket (a registry, leases), from the stream's subject index.
+
+        One request to the stream's leader, right while keys are being written: nats-py's
+        watch-based `keys` may answer "no keys" when a write lands during its listing (seen about
+        once in 200 listings beside a writer). The index still lists a deleted key (its tombstone),
+        so callers `get` each key. More than the server lists at once (100,000) is a `StoreError`.
+        """
+        if self._js is None:
+            return await self.keys()
+        prefix = f"$KV.{self.name}."
+        with mapped(f"{self.name}: keys"):
+            info = await self._js.stream_info(f"KV_{self.name}", subjects_filter=f"{prefix}>")
+        subjects = info.state.subjects or {}
+        if len(subjects) >= self.MAX_INDEXED:  # the server lists this many at most: some may be missing
+            raise StoreError(f"{self.name}: keys: more keys than one listing holds")
+        return sorted(subject[len(prefix):] for subject in subjects)
 
     async def watch(self) -> AsyncIterator[Entry]:
         """Every key's current value, then each later write, until the caller stops iterating.
