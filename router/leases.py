@@ -25,6 +25,8 @@ and no instance judges another's lease by its own clock (``expires_at`` is for p
 - Takeover: a standby tries every ``renew_seconds``, so it owns the interface at most
   ``lease_seconds + renew_seconds`` (and the TTL rounding up to whole seconds) after the last
   renew.
+- A single instance on the embedded server (`sole`) takes a lease recorded for another owner
+  (itself before a restart) at once, with the next epoch, rather than wait for it to expire.
 - Release (operator, ``ficus leases release IFACE``): the record is rewritten without an
   owner (compare-and-set, TTL ``lease_seconds``); the owner steps down at once when it is
   the instance that released, else at its next renew. Any other instance may take it at
@@ -161,8 +163,13 @@ class Lease:
 class Leases:
     """This instance's leases: acquired, renewed, released; see the module docstring."""
 
-    def __init__(self, bucket: Bucket, instance: str, lease_seconds: float, renew_seconds: float) -> None:
+    def __init__(self, bucket: Bucket, instance: str, lease_seconds: float, renew_seconds: float, *,
+                 sole: bool = False) -> None:
         self.bucket = bucket
+        self.sole = sole
+        """The only instance there can be (an embedded server, whose store one process locks): a
+        lease still recorded for another owner (this process before a restart) is taken over at
+        once instead of after it expires. Fencing is unchanged: the epoch goes up."""
         self.instance = instance
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
@@ -210,8 +217,10 @@ class Leases:
             return
         entry = await self.bucket.get(lease.name)
         record = LeaseRecord.decode(entry.value) if entry is not None else None
-        if entry is not None and (record is None or record.owner or record.released_from == self.instance):
-            return  # held (until it expires), or released from this instance: not before it expires
+        if entry is not None and record is not None and record.released_from == self.instance:
+            return  # released from this instance: not before that record expires (one lease period)
+        if entry is not None and (record is None or record.owner) and not self.sole:
+            return  # held by another instance until it expires
         counter = await self.bucket.get(epoch_key(lease.name))
         epoch = max(_int(counter.value) if counter else 0, record.epoch if record else 0) + 1
         try:
