@@ -47,6 +47,7 @@ from router.config import SLUG, ApiTlsConfig, ConfigError, FicusConfig, Mode, Ro
 from router.console import pages as console
 from router.dashboard import CSRF_HEADER, SESSION_COOKIE, Sessions
 from router.interfaces import RunningInterface
+from router.leases_api import get_leases, release_lease
 from router.routes import RouteError, RouteTable
 from router.sinks import SinkCollector
 from router.sinks_api import list_sinks, pause_sink, replay_sink, resume_sink
@@ -785,6 +786,9 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("GET", "/api/v1/messages", browser.search_messages, CONSUMER("message_search")),
     ("GET", "/api/v1/messages/{correlation}", browser.get_message, CONSUMER("message_read")),
     ("GET", "/api/v1/alerts", get_alerts, VIEWER),
+    # One owner per polling interface (router/leases_api.py): who holds which; a release is audited.
+    ("GET", "/api/v1/leases", get_leases, VIEWER),
+    ("POST", "/api/v1/leases/{iface}/release", release_lease, Rule("operator", "lease_release")),
     ("GET", "/api/v1/openapi.json", get_openapi, Rule(None)),
 )
 """Every route with its access rule: the README's role matrix is this table."""
