@@ -448,6 +448,38 @@ class Instances(Answer):
     instance: str = Field(description="the instance that answered")
     lease_seconds: float = Field(description="the bound after which an entry is stale")
     instances: list[Instance]
+# -- leases ------------------------------------------------------------------------------------------
+
+class Lease(Answer):
+    """A polling interface's lease (router/leases.py); all null but `interface` when no one holds it."""
+
+    interface: str
+    owner: str | None = Field(description="the instance polling it (cluster.instance); null when none does")
+    epoch: int | None = Field(description="one more at each new owner; checkpoints and manifest entries carry it")
+    acquired_at: float | None
+    renewed_at: float | None
+    expires_at: float | None = Field(description="Unix seconds; the server removes the record then")
+    expires_in: float | None = Field(description="seconds until it expires unless renewed")
+    released_from: str | None = Field(description="after a release: the instance that held it")
+    released_by: str | None = Field(description="after a release: who released it")
+    here: bool = Field(description="held by the instance that answered")
+
+
+class Leases(Answer):
+    """GET /api/v1/leases."""
+
+    instance: str = Field(description="the instance that answered")
+    leases: list[Lease]
+
+
+class LeaseReleased(Answer):
+    """POST /api/v1/leases/{iface}/release."""
+
+    interface: str
+    released_from: str
+    epoch: int
+    actor: str
+    retry_after_seconds: float = Field(description="the instance released from waits this long before it tries again")
 
 
 class SinkPaused(Answer):

@@ -48,6 +48,7 @@ from router.console import pages as console
 from router.dashboard import CSRF_HEADER, SESSION_COOKIE, Sessions
 from router.instances_api import list_instances
 from router.interfaces import RunningInterface
+from router.leases_api import get_leases, release_lease
 from router.routes import RouteError, RouteTable
 from router.sinks import SinkCollector
 from router.sinks_api import list_sinks, pause_sink, replay_sink, resume_sink
@@ -788,6 +789,9 @@ ENDPOINTS: tuple[tuple[str, str, Handler, Rule], ...] = (
     ("GET", "/api/v1/alerts", get_alerts, VIEWER),
     # The instance registry (router/instances.py): every instance, its leases and health.
     ("GET", "/api/v1/instances", list_instances, VIEWER),
+    # One owner per polling interface (router/leases_api.py): who holds which; a release is audited.
+    ("GET", "/api/v1/leases", get_leases, VIEWER),
+    ("POST", "/api/v1/leases/{iface}/release", release_lease, Rule("operator", "lease_release")),
     ("GET", "/api/v1/openapi.json", get_openapi, Rule(None)),
 )
 """Every route with its access rule: the README's role matrix is this table."""

@@ -44,12 +44,12 @@ Action = Literal["route_flip", "forced_flip", "replay", "dlq_replay", "dlq_disca
                  "sink_pause", "sink_resume", "sink_replay",
                  "claim_read", "remittance_read", "charges_read", "views_rebuild",
                  "dlq_list", "dlq_read", "events_stream",
-                 "message_search", "message_read"]
+                 "message_search", "message_read", "lease_release"]
 ACTIONS: tuple[Action, ...] = ("route_flip", "forced_flip", "replay", "dlq_replay", "dlq_discard", "events_list",
                                "sink_pause", "sink_resume", "sink_replay",
                                "event_read", "claim_read", "remittance_read", "charges_read", "views_rebuild",
                                "dlq_list", "dlq_read", "events_stream",
-                               "message_search", "message_read")
+                               "message_search", "message_read", "lease_release")
 Result = Literal["started", "ok", "refused", "failed"]
 SCAN_MAX = 20_000
 """Records examined by one query at most; `next_after` says where to go on."""

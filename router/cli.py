@@ -525,6 +525,36 @@ def cmd_sinks(args: argparse.Namespace) -> int:
     return 0
 
 
+def leases_table(answer: dict[str, Any]) -> str:
+    """GET /api/v1/leases as a table: interface, owner, epoch, expires in."""
+    header = ("INTERFACE", "OWNER", "EPOCH", "EXPIRES IN")
+    rows = [header]
+    for lease in answer["leases"]:
+        owner = lease["owner"] or (f"(released from {lease['released_from']})" if lease["released_from"] else "-")
+        if lease["here"]:
+            owner += " *"
+        left = "-" if lease["expires_in"] is None else f"{lease['expires_in']:g}s"
+        rows.append((lease["interface"], owner, "-" if lease["epoch"] is None else str(lease["epoch"]), left))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join([*lines, f"(* held by {answer['instance']}, the instance that answered)"])
+
+
+def cmd_leases(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.action == "release":
+        done = client.call("POST", f"/api/v1/leases/{_q(args.iface)}/release", {"reason": args.reason})
+        print(f"{args.iface}: released from {done['released_from']} (epoch {done['epoch']}); another instance "
+              f"takes it over, {done['released_from']} waits {done['retry_after_seconds']:g}s before trying again")
+        return 0
+    answer = client.call("GET", "/api/v1/leases")
+    if not answer["leases"]:
+        print("no polling interfaces (MLLP listeners run on every instance and have no lease)")
+        return 0
+    print(leases_table(answer))
+    return 0
+
+
 def alerts_table(alerts: list[dict[str, Any]]) -> str:
     """GET /api/v1/alerts as a table: firing first, then resolved, then the quiet rules."""
     order = {"firing": 0, "resolved": 1, "ok": 2}
@@ -855,6 +885,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ISO 8601 time, e.g. 2026-11-25T08:00:00Z (no zone: UTC)")
     api_opts(k)
     p.set_defaults(func=cmd_sinks)
+
+    p = sub.add_parser("leases", help="who polls each folder, SFTP and ODBC interface (with no action: list)")
+    api_opts(p)
+    lsub = p.add_subparsers(dest="action", metavar="ACTION")
+    k = lsub.add_parser("release", help="hand a polling interface over: its owner steps down (operator, audited)")
+    k.add_argument("iface", metavar="IFACE", help="interface name")
+    k.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded in the audit trail)")
+    api_opts(k)
+    p.set_defaults(func=cmd_leases)
 
     p = sub.add_parser("alerts", help="alert rules and their state: firing, resolved or ok, with process, "
                                       "facilities and money at risk")

@@ -61,6 +61,7 @@ from router.dlq import DeadLetter, now_iso
 from router.file_units import Hl7Spec, Unit, file_units, sha256_of
 from router.gl_layout import BadLine, GlLine, LayoutError, read_lines
 from router.hl7_files import HEAD_BYTES, AckFile
+from router.leases import Fence, LeaseLost
 from router.manifest import FileEntry, Manifest
 from router.offload import gc_paused, off_loop
 from router.routes import Route, RouteTable
@@ -130,6 +131,7 @@ class FilePipeline:
         self, cfg: FileInterfaceConfig, store: Store, routes: RouteTable, source: FileSource,
         delivery: Delivery | None, stats: InterfaceStats, manifest: Manifest, objects: Objects,
         spool_dir: Path, *, reference: ReferenceStore | None = None, acks: Delivery | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -142,6 +144,9 @@ class FilePipeline:
         self.spool_dir = spool_dir
         self.acks = acks
         """Where an HL7 file's batch ACK is written (`ack_file`), else None."""
+        self.fence = fence
+        """The interface's lease (router/leases.py): checked before every publish, delivery, manifest
+        write and finish action, so an instance that lost it acts on no file any more."""
         self.hl7 = Hl7Spec(cfg.hl7_mapping, cfg.encoding, cfg.fallback_encoding)
         # An 835's dead letter holds up payments, any other file's charges.
         self.stage = Stage(cfg.name, store, routes, stats, reference=reference, timezone=cfg.timezone,
@@ -162,7 +167,11 @@ class FilePipeline:
         self._replay_ids = itertools.count(1)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Scans and processes until `stopping` is set; the file in progress is finished first."""
+        """Scans and processes until `stopping` is set; the file in progress is finished first.
+
+        `LeaseLost` (a fenced step refused) ends the run at once: the file in hand is left as
+        it is, for the next owner to resume from its manifest entry.
+        """
         while not stopping.is_set():
             try:
                 ready = await self.source.scan()
@@ -237,6 +246,10 @@ class FilePipeline:
         self._raw = aside.raw if aside is not None else ""
         try:
             await self.process(ref, self._local)
+        except LeaseLost:
+            if aside is None or aside.local is None:
+                self._drop_copy()
+            raise
         except FileChanged as exc:  # from fetch: still being written, or replaced: scan again
             log.info("%s: %s", self.name, exc.reason)
             if aside is not None:  # replaced before it was ever read: the new file is a new unit
@@ -260,6 +273,11 @@ class FilePipeline:
             self._drop_copy()
             self.set_aside.pop(ref, None)
             self.failing = None  # a file went through: source, NATS and legacy all answered
+
+    def _fenced(self) -> None:
+        """Raises `LeaseLost` unless this instance still holds the interface's lease."""
+        if self.fence is not None:
+            self.fence.check()
 
     def _drop_copy(self) -> None:
         if self._local is not None and self._local.is_relative_to(self.spool_dir):
@@ -308,6 +326,7 @@ class FilePipeline:
                             raw=aside.raw or None, locator="file", at=now_iso())
         count = ledger.unit_delta(self.name, letter.mode, f"aside|{ref.name}|{ref.size}|{ref.mtime}", None,
                                   "dead_lettered")  # one unit: the part of the file never read
+        self._fenced()
         await self.store.publish([letter.outgoing(f"aside:{ref.name}:{ref.size}:{ref.mtime}"), count])
         self.stats.dead_lettered += 1
         entry = await self.manifest.by_name(self.name, ref.name, ref.size, ref.mtime)
@@ -342,6 +361,7 @@ class FilePipeline:
 
     async def _finish(self, ref: FileRef, action: FinishAction) -> None:
         """Archive, delete or leave the source file; one changed under us is left, counted."""
+        self._fenced()
         try:
             await self.source.finish(ref, action, self.cfg.archive_dir)
         except FileChanged as exc:
@@ -362,6 +382,7 @@ class FilePipeline:
             dup = FileEntry(self.name, ref.name, ref.size, ref.mtime, sha, "duplicate",
                             outcome=f"same content as {printable(entry.name)}", raw=entry.raw)
             # Its units are the units of the file it repeats (not read again, so no money).
+            self._fenced()
             await self.store.publish([ledger.unit_delta(
                 self.name, self.stage.mode_for(), f"file-dup|{ref.name}|{ref.size}|{ref.mtime}|{sha}",
                 None, "duplicates", units=max(entry.next_record, 1))])
@@ -372,6 +393,7 @@ class FilePipeline:
         if entry is None or entry.state not in ("processing", "failed"):
             entry = FileEntry(self.name, ref.name, ref.size, ref.mtime, sha)
         entry.state = "processing"  # a failed one resumes from its resume point
+        self._fenced()
         entry.raw = await self.stage.archive_file(self.objects, local, sha)
         self._raw = entry.raw
         await self.manifest.record(entry)
@@ -387,6 +409,7 @@ class FilePipeline:
         if _delivered(route) and self.delivery is not None and not entry.delivered:
             try:
                 with span("legacy forward", interface=self.name, unit=entry.sha256):
+                    self._fenced()
                     await self.delivery.deliver(local, ref.name)
             except DeliveryError:
                 self.stats.legacy_errors += 1
@@ -397,6 +420,7 @@ class FilePipeline:
             await self._write_ack(local, ref.name, ack)
             entry.acked = True
         if not translated:  # not read by Ficus: the file is one unit (router/ledger.py)
+            self._fenced()
             await self.store.publish([ledger.unit_delta(
                 self.name, route.mode, f"file|{ref.name}|{ref.size}|{ref.mtime}|{entry.sha256}", None, "legacy")])
         entry.state = "done"
@@ -420,6 +444,7 @@ class FilePipeline:
             await asyncio.to_thread(spooled.parent.mkdir, exist_ok=True)
             await asyncio.to_thread(spooled.write_bytes, content)
             with span("ack file", interface=self.name, unit=ack.sha256):
+                self._fenced()
                 await self.acks.deliver(spooled, ack_name)
         finally:
             await asyncio.to_thread(spooled.unlink, missing_ok=True)
@@ -461,6 +486,7 @@ class FilePipeline:
             except LayoutError as exc:
                 letter = DeadLetter(interface=self.name, kind="untranslatable", reason=f"{label}: {exc.reason}",
                                     mode=route.mode, unit=label, raw=entry.raw or None, locator="file", at=now_iso())
+                self._fenced()
                 await self.store.publish([letter.outgoing(f"{entry.sha256}:layout")])
                 entry.dead_letters += 1
                 self.stats.dead_lettered += 1
@@ -474,12 +500,14 @@ class FilePipeline:
                                       mode=route.mode, unit=f"{label} line {x.line}", raw=entry.raw or None,
                                       locator=f"line {x.line}", at=now_iso()).outgoing(f"{entry.sha256}:{x.index}")
                            for x in chunk if isinstance(x, BadLine)]
+                self._fenced()
                 await self.store.publish([*gl_export.reference_messages(self.name, good), *letters])
                 for line in good:
                     days[line.day] = days.get(line.day, 0) + 1
                 entry.events += len(good)
                 entry.dead_letters += len(letters)
                 self.stats.dead_lettered += len(letters)
+        self._fenced()
         await gl_export.mark_days(self.store, self.name, entry.sha256, days)
 
     @traced_sync("translate", lambda self, _units, entry, _route, start: {"interface": self.name,
@@ -512,7 +540,8 @@ class FilePipeline:
         out = chunk.out
         if out.records:
             with self.stats.commit_latency.timed():
-                await self.stage.commit(out, batch=f"file|{entry.sha256}|{chunk.first}|{chunk.next_record - 1}")
+                await self.stage.commit(out, batch=f"file|{entry.sha256}|{chunk.first}|{chunk.next_record - 1}",
+                                        fence=self._fenced)
         entry.events += out.live + out.shadow
         entry.dead_letters += len(out.letters)
         entry.next_record = max(entry.next_record, chunk.next_record)

@@ -37,6 +37,7 @@ from router.config import (
     SftpConfig,
 )
 from router.file_pipeline import Delivery, FilePipeline
+from router.leases import Lease, Leases, while_held
 from router.manifest import Manifest
 from router.mllp_pipeline import MllpPipeline
 from router.odbc_pipeline import CheckpointStore, OdbcPipeline, odbc_settings
@@ -61,6 +62,11 @@ class Deps:
     routes: RouteTable
     reference: ReferenceStore | None
     state_dir: Path
+    leases: Leases | None = None
+    """One owner per polling interface (router/leases.py); None: every poller always runs."""
+
+    def lease(self, name: str) -> Lease | None:
+        return self.leases.lease(name) if self.leases is not None else None
 
 
 async def _nothing() -> None:
@@ -197,13 +203,31 @@ class _Runner(Protocol):
     async def run(self, stopping: asyncio.Event) -> None: ...
 
 
+@dataclass(frozen=True)
+class _Leased:
+    """A runner that runs only while the interface's lease is held here."""
+
+    runner: _Runner
+    lease: Lease
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await while_held(self.lease, self.runner.run, stopping)
+
+
 def _polling(
     cfg: FileInterfaceConfig | OdbcInterfaceConfig, stats: InterfaceStats, runner: _Runner,
     close: Callable[[], Awaitable[None]], address: str, details: Callable[[], dict[str, Any]],
     problem: Callable[[], str | None] = lambda: None, pipeline: FilePipeline | OdbcPipeline | None = None,
+    lease: Lease | None = None,
 ) -> RunningInterface:
-    """A polling interface: one task running `runner.run(stopping)`; shutdown lets its unit finish."""
+    """A polling interface: one task running `runner.run(stopping)`; shutdown lets its unit finish.
+
+    With a `lease` the runner runs only while this instance holds the interface's lease
+    (router/leases.py): it waits for it, stops when it is lost, and waits for it again.
+    """
     stopping = asyncio.Event()
+    if lease is not None:
+        runner = _Leased(runner, lease)
     supervision = Supervision()
     task = asyncio.create_task(_supervised(cfg.name, stats, runner, stopping, supervision),
                                name=f"{cfg.kind}-{cfg.name}")
@@ -288,11 +312,12 @@ async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:
         started.push_async_callback(source.close)
         spool = Path(cfg.spool_dir or deps.state_dir / "spool" / cfg.name)
         await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
-        manifest = Manifest(await deps.store.kv(names.KV_FILES, history=1))
+        lease = deps.lease(cfg.name)
+        manifest = Manifest(await deps.store.kv(names.KV_FILES, history=1), fence=lease)
         objects = await deps.store.object_store(names.OBJ_RAW_FILES)
         acks = _ack_delivery(cfg)
         pipeline = FilePipeline(cfg, deps.store, deps.routes, source, _delivery(cfg), stats, manifest, objects,
-                                spool, reference=deps.reference, acks=acks)
+                                spool, reference=deps.reference, acks=acks, fence=lease)
         started.pop_all()  # the pipeline task below owns the source from here (`finish` closes it)
 
     async def close() -> None:
@@ -301,7 +326,7 @@ async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:
             await acks.close()
 
     return _polling(cfg, stats, pipeline, close, f"{cfg.kind}:{cfg.path}", pipeline.details,
-                    pipeline.problem, pipeline)
+                    pipeline.problem, pipeline, lease)
 
 
 async def start_odbc(cfg: OdbcInterfaceConfig, deps: Deps) -> RunningInterface:
@@ -310,11 +335,13 @@ async def start_odbc(cfg: OdbcInterfaceConfig, deps: Deps) -> RunningInterface:
     async with contextlib.AsyncExitStack() as started:
         poller = OdbcPoller(cfg.name, odbc_settings(cfg))
         started.push_async_callback(poller.close)
-        checkpoints = CheckpointStore(await deps.store.kv(names.KV_CHECKPOINTS), cfg.name)
-        pipeline = OdbcPipeline(cfg, deps.store, deps.routes, poller, stats, checkpoints, reference=deps.reference)
+        lease = deps.lease(cfg.name)
+        checkpoints = CheckpointStore(await deps.store.kv(names.KV_CHECKPOINTS), cfg.name, fence=lease)
+        pipeline = OdbcPipeline(cfg, deps.store, deps.routes, poller, stats, checkpoints, reference=deps.reference,
+                                fence=lease)
         started.pop_all()  # the pipeline task below owns the poller from here (`finish` closes it)
     return _polling(cfg, stats, pipeline, poller.close, f"odbc:{cfg.table}", pipeline.details, pipeline.problem,
-                    pipeline)
+                    pipeline, lease)
 
 
 async def start(cfg: InterfaceConfig, deps: Deps) -> RunningInterface:

@@ -9,6 +9,12 @@ and the records re-published after it are dropped by their `Nats-Msg-Id`. A file
 as a duplicate of another's content is written under its name only: the content entry stays
 the file that was read (its resume point counts the units the duplicate repeats). Replay
 lists the content entries of an interface (:meth:`Manifest.contents`): one per content read.
+
+Fenced (a `fence`, the interface's lease: router/leases.py): each write first checks the
+lease is still held, stores the writer's `epoch` in the entry, and is a compare-and-set on
+the revision this instance last read or wrote for that key; a key not known here is read
+first, and an entry of a later epoch is never written over (`LeaseLost`). A former owner
+that wakes up after a pause therefore cannot write over its successor's entries.
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ import asyncio
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from router.store import Bucket
+from router.leases import Fence, LeaseLost
+from router.store import Bucket, RevisionConflict
 
 READ_AT_ONCE = 64
 """Entries read concurrently when listing (one KV request each)."""
+REVISIONS_KEPT = 4096
+"""Keys whose last revision a fenced manifest remembers (older ones are read again before a write)."""
 State = Literal["processing", "done", "duplicate", "failed"]
 """`failed`: set aside too long and dead-lettered; a file of that name, size and mtime is left
 alone (touch or rename it to have it taken again, from its resume point if it was read)."""
@@ -48,6 +58,8 @@ class FileEntry:
     outcome: str = ""
     raw: str = ""
     updated_at: float = field(default_factory=time.time)
+    epoch: int = 0
+    """The lease epoch of the instance that wrote it (0: not fenced)."""
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -69,16 +81,51 @@ def content_key(interface: str, sha256: str) -> str:
 class Manifest:
     """Reads and writes file entries in the `ficus-files` KV bucket."""
 
-    def __init__(self, kv: Bucket) -> None:
+    def __init__(self, kv: Bucket, fence: Fence | None = None) -> None:
         self.kv = kv
+        self.fence = fence
+        self._revisions: OrderedDict[str, int] = OrderedDict()
 
     async def get(self, key: str) -> FileEntry | None:
         entry = await self.kv.get(key)
+        if self.fence is not None:
+            self._remember(key, entry.revision if entry is not None else 0)
         return FileEntry.decode(entry.value) if entry is not None and entry.value else None
 
     async def put(self, key: str, entry: FileEntry) -> None:
         entry.updated_at = time.time()
-        await self.kv.put(key, entry.encode())
+        if self.fence is None:
+            await self.kv.put(key, entry.encode())
+            return
+        last = self._revisions.get(key)
+        if last is None:
+            stored = await self.kv.get(key)
+            self._refuse_later(key, stored.value if stored is not None else b"")
+            last = stored.revision if stored is not None else 0
+        self.fence.check()  # immediately before the write
+        entry.epoch = self.fence.epoch
+        try:
+            if last == 0:
+                revision = await self.kv.create(key, entry.encode())
+            else:
+                revision = await self.kv.update(key, entry.encode(), last=last)
+        except RevisionConflict:
+            self._revisions.pop(key, None)
+            stored = await self.kv.get(key)
+            self._refuse_later(key, stored.value if stored is not None else b"")
+            raise  # a StoreError: the pass is retried from what is stored
+        self._remember(key, revision)
+
+    def _refuse_later(self, key: str, value: bytes) -> None:
+        assert self.fence is not None
+        if value and FileEntry.decode(value).epoch > self.fence.epoch:
+            raise LeaseLost(f"manifest entry {key} written by a later owner")
+
+    def _remember(self, key: str, revision: int) -> None:
+        self._revisions[key] = revision
+        self._revisions.move_to_end(key)
+        while len(self._revisions) > REVISIONS_KEPT:
+            self._revisions.popitem(last=False)
 
     async def by_name(self, interface: str, name: str, size: int, mtime: float) -> FileEntry | None:
         return await self.get(name_key(interface, name, size, mtime))

@@ -41,6 +41,8 @@ SUBJECTS_KEYS = "keys.>"
 KV_ROUTES = "ficus-routes"
 KV_FILES = "ficus-files"
 KV_CHECKPOINTS = "ficus-checkpoints"
+KV_LEASES = "ficus-leases"
+"""Polling interfaces' leases (router/leases.py): values with a per-key TTL."""
 OBJ_RAW_FILES = "ficus-raw-files"
 KV_KEYS = "ficus-keys"
 # The instance registry (router/instances.py): one entry per running Ficus, keyed by cluster.instance.

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Sequence
@@ -67,6 +68,7 @@ from canonical.reference import ReferenceStore
 from protocols.backoff import Backoff
 from router import names
 from router.config import OdbcInterfaceConfig
+from router.leases import Fence, LeaseLost
 from router.odbc_raw import Row, raw_chunks, read_chunk
 from router.odbc_raw import digest as _digest
 from router.offload import gc_paused, off_loop
@@ -110,35 +112,66 @@ class CheckpointStore:
 
     Compare-and-set fences a second instance polling the same interface: the one whose
     write is refused reloads the other's checkpoint instead of moving it backwards.
+
+    With a `fence` (the interface's lease, router/leases.py) the value also carries the
+    writer's ``epoch``: every write first checks the lease is still held; the first load of a
+    new owner rewrites the checkpoint with its epoch, so a former owner's compare-and-set on
+    the revision it read fails; and a checkpoint of a later epoch is never written over
+    (`LeaseLost`: this instance is not the owner any more).
     """
 
-    def __init__(self, kv: Bucket, key: str) -> None:
+    def __init__(self, kv: Bucket, key: str, fence: Fence | None = None) -> None:
         self.kv = kv
         self.key = key
+        self.fence = fence
         self.revision: int | None = None
 
     async def load(self) -> Checkpoint:
         """The stored checkpoint, or the beginning when none is stored yet."""
+        checkpoint, epoch = await self._read()
+        if self.fence is not None and epoch != self.fence.epoch:
+            if epoch > self.fence.epoch:
+                raise LeaseLost(f"{self.key}: checkpoint of a later owner (epoch {epoch})")
+            # A takeover: stored again under this owner's epoch, so a former owner's write fails.
+            try:
+                await self._write(checkpoint)
+            except RevisionConflict:
+                return await self.load()  # moved meanwhile: judged again
+        return checkpoint
+
+    async def _read(self) -> tuple[Checkpoint, int]:
         entry = await self.kv.get(self.key)
         if entry is None:
             self.revision = None
-            return Checkpoint()
+            return Checkpoint(), 0
         self.revision = entry.revision
         if not entry.value:
-            return Checkpoint()
-        return Checkpoint.from_json(entry.value)
+            return Checkpoint(), 0
+        epoch = json.loads(entry.value).get("epoch", 0)
+        return Checkpoint.from_json(entry.value), epoch if isinstance(epoch, int) else 0
+
+    async def _write(self, checkpoint: Checkpoint) -> None:
+        if self.fence is None:
+            value = checkpoint.to_json().encode()
+        else:
+            self.fence.check()  # immediately before the write
+            value = json.dumps({**json.loads(checkpoint.to_json()), "epoch": self.fence.epoch},
+                               separators=(",", ":")).encode()
+        if self.revision is None:
+            self.revision = await self.kv.create(self.key, value)
+        else:
+            self.revision = await self.kv.update(self.key, value, last=self.revision)
 
     async def save(self, checkpoint: Checkpoint) -> Checkpoint:
         """Stores ``checkpoint``; returns what is stored now (another writer's on a conflict)."""
-        value = checkpoint.to_json().encode()
         try:
-            if self.revision is None:
-                self.revision = await self.kv.create(self.key, value)
-            else:
-                self.revision = await self.kv.update(self.key, value, last=self.revision)
+            await self._write(checkpoint)
         except RevisionConflict:
+            stored, epoch = await self._read()
+            if self.fence is not None and epoch > self.fence.epoch:
+                raise LeaseLost(f"{self.key}: checkpoint moved by a later owner (epoch {epoch})") from None
             log.warning("checkpoint %s was moved by another writer; continuing from it", self.key)
-            return await self.load()
+            return stored
         return checkpoint
 
 
@@ -152,6 +185,7 @@ class OdbcPipeline:
     def __init__(
         self, cfg: OdbcInterfaceConfig, store: Store, routes: RouteTable, poller: OdbcPoller,
         stats: InterfaceStats, checkpoints: CheckpointStore, *, reference: ReferenceStore | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -159,6 +193,8 @@ class OdbcPipeline:
         self.poller = poller
         self.stats = stats
         self.checkpoints = checkpoints
+        self.fence = fence
+        """The interface's lease: checked before each publish, mark and checkpoint (router/leases.py)."""
         self.stage = Stage(cfg.name, store, routes, stats, reference=reference, timezone=cfg.timezone)
         self.checkpoint: Checkpoint | None = None
         self.batches = 0
@@ -198,7 +234,13 @@ class OdbcPipeline:
         return None
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Polls until ``stopping`` is set; a batch in progress is finished first."""
+        """Polls until ``stopping`` is set; a batch in progress is finished first.
+
+        Each run starts from the stored checkpoint (another owner may have moved it since the
+        last run). `LeaseLost` from a fenced write ends the run; nothing of the batch after it
+        is written.
+        """
+        self.checkpoint = None
         try:
             while not stopping.is_set():
                 try:
@@ -266,21 +308,28 @@ class OdbcPipeline:
         self.stats.last_message_at = time.time()
         with gc_paused():
             route = self.stage.route()
+            self._fenced()
             refs = await self._archive(batch)
             # Translating and routing a batch (up to batch_size rows) run in a worker thread
             # (router/offload.py): the loop only publishes, so MLLP ACKs never wait for a batch.
             out = await off_loop(self._outcome, batch, refs, route)
             with self.stats.commit_latency.timed():
-                await self.stage.commit(out, piece=PUBLISH_CHUNK)
+                await self.stage.commit(out, piece=PUBLISH_CHUNK, fence=self._fenced)
         if out.done and self.cfg.mark_statement is not None:
             # After the acknowledgement, before the checkpoint: see the module docstring. A read
             # ahead holds the poller's thread: the mark waits for it rather than spend its query
             # timeout queued behind it.
             await self._settle_ahead()
+            self._fenced()
             await self.poller.mark_exported(Batch([], list(out.done), batch.checkpoint_after))
         stored = await self.checkpoints.save(batch.checkpoint_after)
         self.batches += 1
         return stored
+
+    def _fenced(self) -> None:
+        """Raises `LeaseLost` unless this instance still holds the interface's lease."""
+        if self.fence is not None:
+            self.fence.check()
 
     async def _failed(self, stopping: asyncio.Event, reason: str, delay: float | None = None) -> None:
         self.stats.error(reason)

@@ -3,7 +3,7 @@
 Made from what the API runs on, so it cannot drift: every route and method of
 `router.api.ENDPOINTS` with the access its `Rule` gives (the role, content access, the audit
 action); the query strings of `router/queries.py` and the request bodies of `router/api.py`
-and `router/sinks_api.py`, the models the handlers validate with; the canonical events of
+and `router/sinks_api.py` and `router/leases_api.py`, the models the handlers validate with; the canonical events of
 `canonical.schemas` in the pages and feed of the consumer API. What the table below adds per
 route is only what the handlers do not declare: a summary, the answer's schema, and which
 error statuses it may give. A route without an entry here fails the document (and its test).
@@ -24,6 +24,7 @@ from router.api import ENDPOINTS, MAX_BODY, DiscardLetter, ReplayLetter, ReplayS
 from router.audit import Record
 from router.config import SLUG
 from router.dashboard import SESSION_COOKIE
+from router.leases_api import LeaseRelease
 from router.sinks_api import SinkReason, SinkReplay
 
 OPENAPI_VERSION = "3.1.0"
@@ -154,6 +155,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                   answers.Alerts),
     ("GET", "/api/v1/instances"): Op("Every Ficus instance on this NATS: leases held, readiness, health "
                                      "(ready, not ready, stale)", answers.Instances),
+    ("GET", "/api/v1/leases"): Op("Who polls each folder, SFTP and ODBC interface: owner, epoch, time left",
+                                  answers.Leases),
+    ("POST", "/api/v1/leases/{iface}/release"): Op(
+        "Hand a polling interface over (maintenance): its owner steps down, another instance takes it over",
+        answers.LeaseReleased, body=LeaseRelease, errors=(404, 409)),
     ("GET", "/api/v1/sinks"): Op("Every sink's state (no event content, no credentials)",
                                  answers.Sinks),
     ("POST", "/api/v1/sinks/{id}/pause"): Op("Pause a sink (every instance, within a second)", answers.SinkPaused,

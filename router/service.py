@@ -30,13 +30,14 @@ from canonical.posting.rules import load_rules
 from canonical.reference import ReferenceStore
 from canonical.safe_text import safe_reason
 from protocols.tls import ReloadingContext
-from router import instances, parity, posting, views
+from router import instances, names, parity, posting, views
 from router.alerts import Alerts
 from router.config import ConfigError, FicusConfig
 from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
 from router.instances import Registry
 from router.interfaces import Deps, RunningInterface
 from router.interfaces import start as start_interface
+from router.leases import Leases
 from router.routes import RouteTable
 from router.sinks import Sink, start_sinks
 from router.store import Store, StoreError, connect
@@ -121,6 +122,8 @@ class Running:
     started_at: float
     sinks: tuple[Sink, ...] = ()
     """Every `[[sinks]]` entry, delivering (router/sinks.py)."""
+    leases: Leases | None = None
+    """This instance's leases of polling interfaces (router/leases.py); `leases.held()` lists them."""
 
     @property
     def nats_url(self) -> str:
@@ -363,7 +366,20 @@ class Service:
             with _starting("the reference tables"):
                 reference = ReferenceStore(paths)
             stops.on_stop_task(asyncio.create_task(self._reload_reference(reference), name="reference-reload"))
-        deps = Deps(store, routes, reference, Path(cfg.state_dir))
+        # One owner per polling interface (router/leases.py). Renewed until the pipelines have
+        # finished at shutdown, then handed over: the next instance takes them over at once.
+        with _starting("the leases"):
+            leases = Leases(await store.kv(names.KV_LEASES, history=1), cfg.cluster.instance,
+                            cfg.cluster.lease_seconds, cfg.cluster.renew_seconds, sole=embedded is not None)
+        leases_task = asyncio.create_task(leases.run(), name="leases")
+
+        async def hand_over(_left: float) -> None:
+            leases_task.cancel()
+            await asyncio.wait({leases_task})
+            await leases.close()
+
+        stops.on_stop("routes", "hand the leases over", hand_over)
+        deps = Deps(store, routes, reference, Path(cfg.state_dir), leases)
         interfaces: dict[str, RunningInterface] = {}
         for icfg in cfg.interfaces:
             with _starting(f"interface {icfg.name} ({icfg.kind})"):
@@ -410,7 +426,7 @@ class Service:
                 sock = _bind(host, port)
             api_url = f"{'https' if cfg.api.tls else 'http'}://{host}:{sock.getsockname()[1]}"
         self._running = Running(cfg, store, routes, types.MappingProxyType(interfaces), embedded, reference,
-                                api_url, started_at, tuple(sinks))
+                                api_url, started_at, tuple(sinks), leases)
         if sock is not None:
             with _starting(f"the API on {cfg.api.listen}"):
                 await self._serve_api(self._running, sock)
@@ -418,7 +434,8 @@ class Service:
         # The instance registry (router/instances.py): this instance in KV ficus-instances, kept
         # fresh every cluster.renew_seconds until the work is done, then removed (a clean stop).
         self.registry = Registry(instances_kv, cfg.cluster, api=api_url, interfaces=[i.name for i in cfg.interfaces],
-                                 started_at=started_at, ready=self._running.ready, draining=self.stopping.is_set)
+                                 started_at=started_at, ready=self._running.ready, draining=self.stopping.is_set,
+                                 held=leases.held)
         stops.on_stop("routes", "leave the instance registry", _untimed(self.registry.stop))
         with _starting("the instance registry"):
             await self.registry.start()

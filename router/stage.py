@@ -31,7 +31,7 @@ how the legacy path is delivered.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -299,36 +299,44 @@ class Stage:
 
     @traced("publish", lambda self, out, **_: {"interface": self.name, "events": len(out.events),
                                                "dead_letters": len(out.letters), "records": out.records})
-    async def commit(self, out: Outcome, *, piece: int = PUBLISH_PIECE, batch: str = "") -> list[PubAck]:
+    async def commit(self, out: Outcome, *, piece: int = PUBLISH_PIECE, batch: str = "",
+                     fence: Callable[[], None] | None = None) -> list[PubAck]:
         """Stores an outcome -- events, dead letters, then ledger deltas -- and counts it.
 
         Raises StoreUnavailable with nothing counted in the stats; a retry re-publishes the same
         Msg-Ids, so what was stored before is not stored twice. ``batch`` (a file chunk: its
         content and record range, which a retry from the resume point cuts again exactly) merges
         the records' ledger entries into one delta per mode: 500 records, one ledger message.
+        ``fence`` (a polling interface's lease check, router/leases.py) is called before each
+        piece is published and raises to stop: nothing more is published once the lease is lost.
         """
         deltas = out.deltas if out.deltas is not None else self.deltas(out, batch)
         items = [*out.events, *out.index, *out.letters]
         acks: list[PubAck] = []
         keyed: list[Outgoing] = []
         if out.keyed:  # the key index names the events' and letters' sequences: they are stored first
-            acks = await self._publish(items, piece)
+            acks = await self._publish(items, piece, fence)
             keyed = keyindex.records(await keyindex.hasher(self.store), self.name, out.keyed, acks,
                                      len(out.events) + len(out.index), out.replay)
             items = []
-        acks += await self._publish([*items, *keyed, *deltas], piece)
+        acks += await self._publish([*items, *keyed, *deltas], piece, fence)
         if out.resends and not batch:
             first = len(out.events) + len(out.index) + len(out.letters) + len(keyed)
             again = [ledger.resend_delta(self.name, c.mode, c.entry.facility)
                      for c, ack in zip(out.counts, acks[first:], strict=True) if ack.duplicate]
             if again:  # a re-send of a unit whose outcome was committed before
+                if fence is not None:
+                    fence()
                 await self.store.publish(again)
         self.counted(out)
         return acks
 
-    async def _publish(self, items: list[Outgoing], piece: int) -> list[PubAck]:
+    async def _publish(self, items: list[Outgoing], piece: int,
+                       fence: Callable[[], None] | None = None) -> list[PubAck]:
         acks: list[PubAck] = []
         for start in range(0, len(items), piece):
+            if fence is not None:
+                fence()
             acks += await self.store.publish(items[start : start + piece])
         return acks
 

@@ -82,6 +82,8 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/sinks"): "viewer",
     ("GET", "/api/v1/alerts"): "viewer",
     ("GET", "/api/v1/instances"): "viewer",
+    ("GET", "/api/v1/leases"): "viewer",
+    ("POST", "/api/v1/leases/{iface}/release"): "operator",
     ("POST", "/api/v1/sinks/{id}/pause"): "operator",
     ("POST", "/api/v1/sinks/{id}/resume"): "operator",
     ("POST", "/api/v1/sinks/{id}/replay"): "operator",
@@ -103,6 +105,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/dlq/{id}/replay"): {},
     ("POST", "/api/v1/dlq/{id}/discard"): {"reason": "matrix"},
     ("POST", "/api/v1/replay/{iface}"): {"since": "2030-01-01T00:00:00Z", "dry_run": True},
+    ("POST", "/api/v1/leases/{iface}/release"): {"reason": "matrix"},
 }
 
 

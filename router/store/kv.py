@@ -7,6 +7,7 @@ a route or a checkpoint: the loser gets `RevisionConflict` and reads the winner'
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -24,6 +25,11 @@ class Entry:
     key: str
     value: bytes
     revision: int
+
+
+def _whole(ttl: float | None) -> float | None:
+    """A TTL in whole seconds (nats-py sends whole seconds): rounded up, never shorter than asked."""
+    return None if ttl is None else float(math.ceil(ttl))
 
 
 class Bucket:
@@ -48,15 +54,23 @@ class Bucket:
         with mapped(f"{self.name}: put"):
             return await self._kv.put(key, value)
 
-    async def create(self, key: str, value: bytes) -> int:
-        """Writes only if the key is absent (or deleted); `RevisionConflict` otherwise."""
-        with mapped(f"{self.name}: create"):
-            return await self._kv.create(key, value)
+    async def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        """Writes only if the key is absent (or deleted); `RevisionConflict` otherwise.
 
-    async def update(self, key: str, value: bytes, last: int) -> int:
-        """Writes only if the key's revision is still `last`; `RevisionConflict` otherwise."""
+        `ttl`: this value's own time to live in whole seconds (rounded up; per-message TTL,
+        nats-server 2.11+): the server removes it then unless a later write replaced it.
+        """
+        with mapped(f"{self.name}: create"):
+            return await self._kv.create(key, value, msg_ttl=_whole(ttl))
+
+    async def update(self, key: str, value: bytes, last: int, *, ttl: float | None = None) -> int:
+        """Writes only if the key's revision is still `last`; `RevisionConflict` otherwise
+        (`ttl` as for `create`)."""
         with mapped(f"{self.name}: update"):
-            return await self._kv.update(key, value, last=last)
+            if ttl is None:
+                return await self._kv.update(key, value, last=last)
+            # nats-py's public update takes no TTL; its compare-and-set write does.
+            return await self._kv._update(key, value, last=last, msg_ttl=_whole(ttl))
 
     async def delete(self, key: str) -> None:
         """Deletes the key (a tombstone: `get` answers None afterwards)."""
