@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -268,6 +269,8 @@ class Store:
         self.cfg = cfg
         self.audit_days = audit_days
         self._js: JetStreamContext = nc.jetstream(publish_async_max_pending=4096)
+        self._replicated: set[str] = set()
+        """Bucket streams whose replicas `_replicate` has checked."""
         self.timeout = cfg.publish_timeout_seconds
         # The hot path; nats-py's publish_async when this nats-py lacks what it needs, when
         # `fast` is off, or when the fast path fails its self-test (`ensure`).
@@ -343,7 +346,38 @@ class Store:
                     KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE,
                                    replicas=self.cfg.replicas)
                 )
+            else:
+                await self._replicate(f"KV_{bucket}")
         return Bucket(kv, bucket)
+
+    async def _replicate(self, stream: str) -> None:
+        """Gives an existing bucket's stream `nats.replicas` (once per bucket and process).
+
+        Streams are updated by `ensure`; a bucket made before `nats.replicas` was raised (a single
+        server grown into a cluster) would otherwise stay on one server and be lost with it.
+        """
+        if stream in self._replicated:
+            return
+        info = await self._js.stream_info(stream)
+        if info.config.num_replicas != self.cfg.replicas:
+            log.info("stream %s: replicas %s -> %d", stream, info.config.num_replicas, self.cfg.replicas)
+            await self._js.update_stream(dataclasses.replace(info.config, num_replicas=self.cfg.replicas))
+            await self._settled(stream)
+        self._replicated.add(stream)
+
+    async def _settled(self, stream: str, timeout: float = 10.0) -> None:
+        """Waits (bounded) until a stream whose replicas changed has a leader and current peers:
+        until then its writes time out, and the first write is usually the next thing done."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            cluster = (await self._js.stream_info(stream)).cluster
+            peers = cluster.replicas or [] if cluster is not None else []
+            if cluster is not None and cluster.leader and len(peers) + 1 >= self.cfg.replicas \
+                    and all(peer.current for peer in peers):
+                return
+            await asyncio.sleep(0.2)
+        log.warning("stream %s: replicas not caught up within %gs", stream, timeout)
 
     async def object_store(self, bucket: str) -> Objects:
         """An object store bucket (whole raw files), created on first use."""
@@ -354,6 +388,8 @@ class Store:
                 obj = await self._js.create_object_store(
                     bucket, config=ObjectStoreConfig(bucket=bucket, storage=StorageType.FILE,
                                                      replicas=self.cfg.replicas))
+            else:
+                await self._replicate(f"OBJ_{bucket}")
         return Objects(obj, bucket)
 
     async def publish(self, items: Sequence[Outgoing]) -> list[PubAck]:
