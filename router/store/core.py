@@ -298,6 +298,7 @@ class Store:
                 except nats.js.errors.BadRequestError:
                     # Exists with other settings (e.g. retention changed in the config).
                     await self._js.update_stream(sc)
+                await self._settled(sc.name or "")
         await self.kv(names.KV_ROUTES)
         await self.choose_publisher()
 
@@ -346,12 +347,12 @@ class Store:
                     KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE,
                                    replicas=self.cfg.replicas)
                 )
-            else:
-                await self._replicate(f"KV_{bucket}")
+            await self._replicate(f"KV_{bucket}")
         return Bucket(kv, bucket)
 
     async def _replicate(self, stream: str) -> None:
-        """Gives an existing bucket's stream `nats.replicas` (once per bucket and process).
+        """Gives a bucket's stream `nats.replicas` and waits until they serve it (once per bucket
+        and process).
 
         Streams are updated by `ensure`; a bucket made before `nats.replicas` was raised (a single
         server grown into a cluster) would otherwise stay on one server and be lost with it.
@@ -362,16 +363,22 @@ class Store:
         if info.config.num_replicas != self.cfg.replicas:
             log.info("stream %s: replicas %s -> %d", stream, info.config.num_replicas, self.cfg.replicas)
             await self._js.update_stream(dataclasses.replace(info.config, num_replicas=self.cfg.replicas))
-            await self._settled(stream)
+        await self._settled(stream)
         self._replicated.add(stream)
 
     async def _settled(self, stream: str, timeout: float = 10.0) -> None:
-        """Waits (bounded) until a stream whose replicas changed has a leader and current peers:
-        until then its writes time out, and the first write is usually the next thing done."""
+        """Waits (bounded) until a replicated stream has a leader and current peers. A stream just
+        made or changed (by this instance, or by another one starting at the same time) times out
+        reads and writes until then, and the first of them is usually the next thing done."""
+        if self.cfg.replicas == 1:
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
-            cluster = (await self._js.stream_info(stream)).cluster
+            try:
+                cluster = (await self._js.stream_info(stream)).cluster
+            except (TimeoutError, nats.js.errors.ServiceUnavailableError):
+                cluster = None  # no leader yet to answer
             peers = cluster.replicas or [] if cluster is not None else []
             if cluster is not None and cluster.leader and len(peers) + 1 >= self.cfg.replicas \
                     and all(peer.current for peer in peers):
@@ -388,8 +395,7 @@ class Store:
                 obj = await self._js.create_object_store(
                     bucket, config=ObjectStoreConfig(bucket=bucket, storage=StorageType.FILE,
                                                      replicas=self.cfg.replicas))
-            else:
-                await self._replicate(f"OBJ_{bucket}")
+            await self._replicate(f"OBJ_{bucket}")
         return Objects(obj, bucket)
 
     async def publish(self, items: Sequence[Outgoing]) -> list[PubAck]:
