@@ -367,9 +367,11 @@ class Store:
         self._replicated.add(stream)
 
     async def _settled(self, stream: str, timeout: float = 10.0) -> None:
-        """Waits (bounded) until a replicated stream has a leader and current peers. A stream just
-        made or changed (by this instance, or by another one starting at the same time) times out
-        reads and writes until then, and the first of them is usually the next thing done."""
+        """Waits (bounded) until a replicated stream has a leader and a majority of current peers.
+        A stream just made or changed (by this instance, or by another one starting at the same
+        time) times out reads and writes until then, and the first of them is usually the next
+        thing done. A majority, not all: with one server of three down, writes go on, and so
+        must a start."""
         if self.cfg.replicas == 1:
             return
         loop = asyncio.get_running_loop()
@@ -380,8 +382,8 @@ class Store:
             except (TimeoutError, nats.js.errors.ServiceUnavailableError):
                 cluster = None  # no leader yet to answer
             peers = cluster.replicas or [] if cluster is not None else []
-            if cluster is not None and cluster.leader and len(peers) + 1 >= self.cfg.replicas \
-                    and all(peer.current for peer in peers):
+            current = 1 + sum(1 for peer in peers if peer.current and not peer.offline)
+            if cluster is not None and cluster.leader and current > self.cfg.replicas // 2:
                 return
             await asyncio.sleep(0.2)
         log.warning("stream %s: replicas not caught up within %gs", stream, timeout)
