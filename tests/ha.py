@@ -52,7 +52,8 @@ class Instance:
 
 def instance_config(tmp: Path, name: str, nats_url: str, *, replicas: int = 3, extra: str = "",
                     legacy: str | None = None) -> Instance:
-    """A Ficus config on the cluster (`nats.replicas`), one MLLP interface in modern mode."""
+    """A Ficus config on the cluster (`nats.replicas`), one MLLP interface in modern mode; `extra`:
+    more lines of its `[cluster]` table."""
     api_port, mllp_port = free_port(), free_port()
     conf = tmp / f"ficus-{name}.toml"
     legacy_line = f'legacy = "{legacy}"\n' if legacy else ""

@@ -4,6 +4,7 @@
   deploy/haproxy/ficus.cfg with this test's addresses); two senders at a fixed rate that resend
   as interface engines do; one instance killed with SIGKILL three times and restarted: every
   message that got AA is stored exactly once (raw and events), resends included.
+- A rolling restart (SIGTERM with `cluster.drain_seconds`) through HAProxy needs no resend.
 - Kill the NATS node that leads the canonical stream during load: ACKs keep coming (after a
   short pause), nothing acknowledged is lost.
 - A route flip through one instance's API is obeyed by every instance within one second.
@@ -89,6 +90,39 @@ async def test_mllp_through_haproxy_survives_three_kill9_of_an_instance(tmp_path
         assert sum(s.resends for s in stats) > 0, "no resend happened: the kills did not hit traffic"
         print(f"acked {len(acked)}, resends {sum(s.resends for s in stats)}, "
               f"negative {[dict(s.negative) for s in stats]}, longest gap {max(s.longest_gap for s in stats):.2f}s")
+
+
+async def test_a_rolling_restart_through_haproxy_with_drain_needs_no_resend(tmp_path: Path) -> None:
+    """SIGTERM with `cluster.drain_seconds`: HAProxy sees /readyz 503 and sends new connections to
+    the other instance while the stopping one still answers, so senders that reconnect now and
+    then (every 5 messages here) never meet a closed listener: no resend, no negative ACK."""
+    async with nats_cluster(tmp_path / "cluster") as cluster, \
+            instances(tmp_path, cluster.url, ["a", "b"], extra="drain_seconds = 3") as (a, b), \
+            haproxy(tmp_path, [a, b]) as port:
+        sender = ResendingSender(port, dft_messages(5, 900, LINES), rate=15, reconnect_every=5)
+        sending = asyncio.create_task(sender.run())
+        loop = asyncio.get_running_loop()
+
+        async def acks_grow(by: int, timeout: float = 30) -> None:
+            target = len(sender.stats.acked) + by
+            deadline = loop.time() + timeout
+            while len(sender.stats.acked) < target:
+                assert loop.time() < deadline, f"ACKs stalled: {sender.stats}"
+                assert not sending.done(), sending.exception()
+                await asyncio.sleep(0.05)
+
+        try:
+            await acks_grow(30)
+            for inst in (a, b, a):  # a rolling restart, then one more
+                assert await inst.ficus.terminate() == 0, inst.ficus.tail()
+                await inst.restart()
+                await acks_grow(30)
+            sender.stopped.set()
+            stats = await asyncio.wait_for(sending, 60)
+        finally:
+            sending.cancel()
+        assert stats.resends == 0 and not stats.negative, f"resends {stats.resends}: {dict(stats.negative)}"
+        check_exactly_once(stats.acked, await stored_events(cluster.url), await raw_control_ids(cluster.url), LINES)
 
 
 async def _canonical_leader(url: str) -> str:
