@@ -105,10 +105,17 @@ async def run_service(cfg: FicusConfig) -> None:
     svc = Service(cfg)
     async with svc:
         freeze_heap()  # once per process: what start-up made lives as long as the process
-        shutdown.install(asyncio.get_running_loop(), svc.stopping.set, limit + Service.GRACE + 5)
+
+        def first_signal() -> None:
+            svc.draining.set()  # /readyz says "draining" from this instant, not from the next loop turn
+            svc.stopping.set()
+
+        backstop = cfg.cluster.drain_seconds + limit + Service.GRACE + 5
+        shutdown.install(asyncio.get_running_loop(), first_signal, backstop)
         shutdown.on_hangup(asyncio.get_running_loop(), svc.reload_certificates)
         _notice(cfg, f"running; API {svc.api_url}, NATS {redact(svc.nats_url, [])}")
         await svc.wait()
+        await svc.drain()  # cluster.drain_seconds still serving, not ready, for a load balancer
         _notice(cfg, f"stopping (finishing messages in flight, at most {limit:g}s; a second Ctrl-C or "
                 "SIGTERM exits at once)")
     if svc.abandoned:

@@ -1213,6 +1213,9 @@ class ClusterConfig(_Model):
     at most `lease_seconds + renew_seconds` after its owner stopped renewing."""
     renew_seconds: float = Field(default=5.0, gt=0)
     """How often the owner renews its leases (and each instance its heartbeat)."""
+    drain_seconds: float = Field(default=0.0, ge=0, le=3600)
+    """At SIGTERM, `/readyz` answers 503 "draining" at once and the MLLP listeners keep serving
+    this long before the shutdown proceeds, so a load balancer moves senders away first."""
 
     @model_validator(mode="after")
     def _renew(self) -> ClusterConfig:

@@ -19,7 +19,7 @@ import socket
 import time
 import types
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -45,6 +45,8 @@ from router.store import Store, StoreError, connect
 log = logging.getLogger("ficus.service")
 READY_REASON_MAX = 400
 """The longest line /readyz shows per problem (escaped, cut with a hash of the whole)."""
+DRAINING = "draining"
+"""/readyz's problem from the first SIGTERM on: a load balancer stops sending new connections."""
 
 
 class StartError(RuntimeError):
@@ -124,14 +126,19 @@ class Running:
     """Every `[[sinks]]` entry, delivering (router/sinks.py)."""
     leases: Leases | None = None
     """This instance's leases of polling interfaces (router/leases.py); `leases.held()` lists them."""
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set at the first SIGTERM (`Service.drain`) and at stop: `/readyz` says "draining"."""
 
     @property
     def nats_url(self) -> str:
         return self.embedded.url if self.embedded is not None else self.cfg.nats.url
 
     def ready(self) -> tuple[bool, list[str]]:
-        """See `readiness`."""
-        return readiness(self.embedded, self.store, self.interfaces)
+        """See `readiness`; "draining" first once the service is stopping."""
+        ok, problems = readiness(self.embedded, self.store, self.interfaces)
+        if self.draining.is_set():
+            return False, [DRAINING, *problems]
+        return ok, problems
 
 
 Phase = Literal["tasks", "intake", "finish", "api", "parity", "routes", "nats", "server"]
@@ -260,6 +267,8 @@ class Service:
         self.cfg = cfg
         self.with_api = api
         self.stopping = asyncio.Event()
+        self.draining = asyncio.Event()
+        """Set by `drain` (and `stop`): readiness false with problem "draining"."""
         self._lifetimes = Lifetimes()
         self._running: Running | None = None
         self.api_tls: ReloadingContext | None = None
@@ -426,7 +435,7 @@ class Service:
                 sock = _bind(host, port)
             api_url = f"{'https' if cfg.api.tls else 'http'}://{host}:{sock.getsockname()[1]}"
         self._running = Running(cfg, store, routes, types.MappingProxyType(interfaces), embedded, reference,
-                                api_url, started_at, tuple(sinks), leases)
+                                api_url, started_at, tuple(sinks), leases, self.draining)
         if sock is not None:
             with _starting(f"the API on {cfg.api.listen}"):
                 await self._serve_api(self._running, sock)
@@ -434,7 +443,7 @@ class Service:
         # The instance registry (router/instances.py): this instance in KV ficus-instances, kept
         # fresh every cluster.renew_seconds until the work is done, then removed (a clean stop).
         self.registry = Registry(instances_kv, cfg.cluster, api=api_url, interfaces=[i.name for i in cfg.interfaces],
-                                 started_at=started_at, ready=self._running.ready, draining=self.stopping.is_set,
+                                 started_at=started_at, ready=self._running.ready, draining=self.draining.is_set,
                                  held=leases.held)
         stops.on_stop("routes", "leave the instance registry", _untimed(self.registry.stop))
         with _starting("the instance registry"):
@@ -472,6 +481,7 @@ class Service:
         Only what was started is stopped (also after a failed start); a second call does nothing.
         """
         total = self.cfg.shutdown_timeout_seconds if timeout is None else timeout
+        self.draining.set()
         await self._lifetimes.close(total)
         if self.abandoned:
             log.error("shutdown deadline of %gs reached: abandoned %s; work not finished was not acknowledged "
@@ -481,6 +491,16 @@ class Service:
 
     async def wait(self) -> None:
         await self.stopping.wait()
+
+    async def drain(self) -> None:
+        """Before `stop`: readiness false ("draining") at once, everything still serving for
+        `cluster.drain_seconds`, so a load balancer checking `/readyz` sends new connections
+        elsewhere before the listeners close (deploy/haproxy/ficus.cfg)."""
+        self.draining.set()
+        seconds = self.cfg.cluster.drain_seconds
+        if seconds > 0:
+            log.info("draining: /readyz answers 503; still serving for %gs", seconds)
+            await asyncio.sleep(seconds)
 
     async def __aenter__(self) -> Service:
         try:

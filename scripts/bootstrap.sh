@@ -5,8 +5,10 @@ set -euo pipefail
 VENV=${1:-.venv}
 cd "$(dirname "$0")/.."
 
-# Debian packages: Python venv support, ODBC drivers, OpenSSH server for the SFTP tests.
-DEB_PKGS=(python3 python3-venv python3-dev gcc unixodbc unixodbc-dev odbc-postgresql odbc-mariadb openssh-server openssh-client)
+# Debian packages: Python venv support, ODBC drivers, OpenSSH server for the SFTP tests, HAProxy
+# for the high-availability tests (they start their own haproxy on free ports; Debian's own
+# service, if systemd starts it, serves its empty default config).
+DEB_PKGS=(python3 python3-venv python3-dev gcc unixodbc unixodbc-dev odbc-postgresql odbc-mariadb openssh-server openssh-client haproxy)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${DEB_PKGS[@]}"; do

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -268,6 +269,8 @@ class Store:
         self.cfg = cfg
         self.audit_days = audit_days
         self._js: JetStreamContext = nc.jetstream(publish_async_max_pending=4096)
+        self._replicated: set[str] = set()
+        """Bucket streams whose replicas `_replicate` has checked."""
         self.timeout = cfg.publish_timeout_seconds
         # The hot path; nats-py's publish_async when this nats-py lacks what it needs, when
         # `fast` is off, or when the fast path fails its self-test (`ensure`).
@@ -295,6 +298,7 @@ class Store:
                 except nats.js.errors.BadRequestError:
                     # Exists with other settings (e.g. retention changed in the config).
                     await self._js.update_stream(sc)
+                await self._settled(sc.name or "")
         await self.kv(names.KV_ROUTES)
         await self.choose_publisher()
 
@@ -344,7 +348,46 @@ class Store:
                     KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE,
                                    replicas=self.cfg.replicas, ttl=max_age)
                 )
+            await self._replicate(f"KV_{bucket}")
         return Bucket(kv, bucket, self._js)
+
+    async def _replicate(self, stream: str) -> None:
+        """Gives a bucket's stream `nats.replicas` and waits until they serve it (once per bucket
+        and process).
+
+        Streams are updated by `ensure`; a bucket made before `nats.replicas` was raised (a single
+        server grown into a cluster) would otherwise stay on one server and be lost with it.
+        """
+        if stream in self._replicated:
+            return
+        info = await self._js.stream_info(stream)
+        if info.config.num_replicas != self.cfg.replicas:
+            log.info("stream %s: replicas %s -> %d", stream, info.config.num_replicas, self.cfg.replicas)
+            await self._js.update_stream(dataclasses.replace(info.config, num_replicas=self.cfg.replicas))
+        await self._settled(stream)
+        self._replicated.add(stream)
+
+    async def _settled(self, stream: str, timeout: float = 10.0) -> None:
+        """Waits (bounded) until a replicated stream has a leader and a majority of current peers.
+        A stream just made or changed (by this instance, or by another one starting at the same
+        time) times out reads and writes until then, and the first of them is usually the next
+        thing done. A majority, not all: with one server of three down, writes go on, and so
+        must a start."""
+        if self.cfg.replicas == 1:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            try:
+                cluster = (await self._js.stream_info(stream)).cluster
+            except (TimeoutError, nats.js.errors.ServiceUnavailableError):
+                cluster = None  # no leader yet to answer
+            peers = cluster.replicas or [] if cluster is not None else []
+            current = 1 + sum(1 for peer in peers if peer.current and not peer.offline)
+            if cluster is not None and cluster.leader and current > self.cfg.replicas // 2:
+                return
+            await asyncio.sleep(0.2)
+        log.warning("stream %s: replicas not caught up within %gs", stream, timeout)
 
     async def object_store(self, bucket: str) -> Objects:
         """An object store bucket (whole raw files), created on first use."""
@@ -355,6 +398,7 @@ class Store:
                 obj = await self._js.create_object_store(
                     bucket, config=ObjectStoreConfig(bucket=bucket, storage=StorageType.FILE,
                                                      replicas=self.cfg.replicas))
+            await self._replicate(f"OBJ_{bucket}")
         return Objects(obj, bucket)
 
     async def publish(self, items: Sequence[Outgoing]) -> list[PubAck]:
