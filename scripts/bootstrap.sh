@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: Python venv support, ODBC drivers, OpenSSH server for the SFTP tests, HAProxy
 # for the high-availability tests (they start their own haproxy on free ports; Debian's own
-# service, if systemd starts it, serves its empty default config).
-DEB_PKGS=(python3 python3-venv python3-dev gcc unixodbc unixodbc-dev odbc-postgresql odbc-mariadb openssh-server openssh-client haproxy)
+# service, if systemd starts it, serves its empty default config), systemd for `systemd-analyze
+# verify` of deploy/systemd/ficus.service (tests/test_deploy.py; nothing is started by it).
+DEB_PKGS=(python3 python3-venv python3-dev gcc unixodbc unixodbc-dev odbc-postgresql odbc-mariadb openssh-server openssh-client haproxy systemd)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${DEB_PKGS[@]}"; do
