@@ -6,15 +6,19 @@ a route or a checkpoint: the loser gets `RevisionConflict` and reads the winner'
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
-from router.store.errors import StoreError, mapped
+from router.store.errors import StoreUnavailable, mapped
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,33 +67,83 @@ class Bucket:
         with mapped(f"{self.name}: delete"):
             await self._kv.delete(key)
 
+    LIST_BATCH = 10_000  # keys per pull request (headers only: well under 4 MB a batch)
+    LIST_SECONDS = 300.0  # a listing that has not caught up with the writers by then fails
+
     async def keys(self) -> list[str]:
-        """Every live key; an empty bucket gives an empty list."""
-        with mapped(f"{self.name}: keys"):
-            try:
-                return list(await self._kv.keys())
-            except nats.js.errors.NoKeysError:
-                return []
+        """Every live key (deleted and purged keys left out); an empty bucket gives [].
 
-    MAX_INDEXED = 100_000
-
-    async def indexed_keys(self) -> list[str]:
-        """Every live key of a small bucket (a registry, leases), from the stream's subject index.
-
-        One request to the stream's leader, right while keys are being written: nats-py's
-        watch-based `keys` may answer "no keys" when a write lands during its listing (seen about
-        once in 200 listings beside a writer). The index still lists a deleted key (its tombstone),
-        so callers `get` each key. More than the server lists at once (100,000) is a `StoreError`.
+        Read with an ephemeral pull consumer of the bucket's stream, headers only, from the
+        stream's first message to its end: the newest message of each key says whether the key
+        lives. The read ends when the consumer has nothing pending, so a key that exists
+        throughout the listing is in it even while it is being rewritten; a key written or
+        deleted during the listing may or may not be. nats-py's `KeyValue.keys` is not used: its
+        watch can answer "no keys", or leave out a key being rewritten, while keys are written.
+        Raises `StoreUnavailable` when the listing cannot finish (NATS away, or writers outpacing
+        it for `LIST_SECONDS`).
         """
-        if self._js is None:
-            return await self.keys()
+        js = self._js if self._js is not None else self._kv._js
+        stream, name = f"KV_{self.name}", f"ficus-keys-{secrets.token_hex(8)}"
         prefix = f"$KV.{self.name}."
+        # DeliverPolicy.ALL, not LAST_PER_SUBJECT: with history 1 the server reads the two alike
+        # (from the first message), and with more history its last-per-subject skip list keeps a
+        # pending count that drops when older revisions are removed, so "nothing pending" could
+        # come early. Every revision is read then; the newest of each key decides.
+        config = ConsumerConfig(name=name, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
+                                filter_subject=f"{prefix}>", headers_only=True, mem_storage=True,
+                                num_replicas=1, inactive_threshold=60.0)
         with mapped(f"{self.name}: keys"):
-            info = await self._js.stream_info(f"KV_{self.name}", subjects_filter=f"{prefix}>")
-        subjects = info.state.subjects or {}
-        if len(subjects) >= self.MAX_INDEXED:  # the server lists this many at most: some may be missing
-            raise StoreError(f"{self.name}: keys: more keys than one listing holds")
-        return sorted(subject[len(prefix):] for subject in subjects)
+            info = await js.add_consumer(stream, config)
+        try:
+            if not info.num_pending:  # exact at creation: nothing stored under the bucket
+                return []
+            with mapped(f"{self.name}: keys"):
+                live = await self._read_all(js, stream, name, prefix)
+        finally:
+            with contextlib.suppress(Exception):  # the inactive threshold removes it otherwise
+                await js.delete_consumer(stream, name)
+        return sorted(key for key, alive in live.items() if alive)
+
+    async def _read_all(self, js: JetStreamContext, stream: str, name: str, prefix: str) -> dict[str, bool]:
+        """Key -> lives, from the consumer's messages until it has nothing pending.
+
+        Only the pending count ends the read: the server may end a `no_wait` pull early (it does
+        when a message it was about to send was removed meanwhile), so an ended pull with
+        nothing in it is checked against the consumer's own count before the listing stops.
+        """
+        nc = js._nc
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        wait = max(js._timeout, 5.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.LIST_SECONDS
+        request = json.dumps({"batch": self.LIST_BATCH, "no_wait": True}).encode()
+        live: dict[str, bool] = {}
+        try:
+            while loop.time() < deadline:
+                await nc.publish(f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{name}", request, reply=inbox)
+                got = 0
+                while got < self.LIST_BATCH:
+                    msg = await sub.next_msg(timeout=wait)
+                    status = JetStreamContext.is_status_msg(msg)
+                    if status in ("404", "408"):  # this pull ended: nothing more for it now
+                        break
+                    if status == "100":  # idle heartbeat
+                        continue
+                    if status:
+                        raise StoreUnavailable(f"{self.name}: keys: the pull was answered {status}")
+                    got += 1
+                    headers = msg.headers or {}
+                    live[msg.subject[len(prefix):]] = (headers.get(KV_OP) not in (KV_DEL, KV_PURGE)
+                                                       and KV_MARKER_REASON not in headers)
+                    if msg.metadata.num_pending == 0:
+                        return live
+                if got == 0 and (await js.consumer_info(stream, name)).num_pending == 0:
+                    return live
+            raise StoreUnavailable(f"{self.name}: keys: writers outpaced the listing")
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def watch(self) -> AsyncIterator[Entry]:
         """Every key's current value, then each later write, until the caller stops iterating.
