@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from router.store.errors import StoreUnavailable, mapped
@@ -67,35 +68,31 @@ class Bucket:
         with mapped(f"{self.name}: delete"):
             await self._kv.delete(key)
 
-    LIST_BATCH = 10_000  # keys per pull request (headers only: well under 4 MB a batch)
+    LIST_BATCH = 10_000  # messages per pull request (headers only: well under 4 MB a batch)
     LIST_SECONDS = 300.0  # a listing that has not caught up with the writers by then fails
+    PULL_EXPIRES = 2.0  # a pull with nothing to send ends after this long
 
     async def keys(self) -> list[str]:
         """Every live key (deleted and purged keys left out); an empty bucket gives [].
 
-        Read with an ephemeral pull consumer of the bucket's stream, headers only, from the
-        stream's first message to its end: the newest message of each key says whether the key
-        lives. The read ends when the consumer has nothing pending, so a key that exists
-        throughout the listing is in it even while it is being rewritten; a key written or
-        deleted during the listing may or may not be. nats-py's `KeyValue.keys` is not used: its
-        watch can answer "no keys", or leave out a key being rewritten, while keys are written.
-        Raises `StoreUnavailable` when the listing cannot finish (NATS away, or writers outpacing
-        it for `LIST_SECONDS`).
+        Read with an ephemeral pull consumer of the bucket's stream (each key's last message,
+        headers only), then on to the stream's end; the newest message read of each key says
+        whether it lives. A key that exists throughout the listing is in it, even while it is
+        being rewritten; a key created or deleted during the listing may or may not be.
+        nats-py's `KeyValue.keys` is not used: its watch can answer "no keys", or leave out a
+        key being rewritten, while keys are written. Raises `StoreUnavailable` when the listing
+        cannot finish (NATS away, or writers never pausing for `LIST_SECONDS`).
         """
         js = self._js if self._js is not None else self._kv._js
         stream, name = f"KV_{self.name}", f"ficus-keys-{secrets.token_hex(8)}"
         prefix = f"$KV.{self.name}."
-        # DeliverPolicy.ALL, not LAST_PER_SUBJECT: with history 1 the server reads the two alike
-        # (from the first message), and with more history its last-per-subject skip list keeps a
-        # pending count that drops when older revisions are removed, so "nothing pending" could
-        # come early. Every revision is read then; the newest of each key decides.
-        config = ConsumerConfig(name=name, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
-                                filter_subject=f"{prefix}>", headers_only=True, mem_storage=True,
-                                num_replicas=1, inactive_threshold=60.0)
+        config = ConsumerConfig(name=name, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                                ack_policy=AckPolicy.NONE, filter_subject=f"{prefix}>", headers_only=True,
+                                mem_storage=True, num_replicas=1, inactive_threshold=60.0)
         with mapped(f"{self.name}: keys"):
             info = await js.add_consumer(stream, config)
         try:
-            if not info.num_pending:  # exact at creation: nothing stored under the bucket
+            if not info.num_pending:  # counted at creation: the bucket holds no message at all
                 return []
             with mapped(f"{self.name}: keys"):
                 live = await self._read_all(js, stream, name, prefix)
@@ -105,45 +102,74 @@ class Bucket:
         return sorted(key for key, alive in live.items() if alive)
 
     async def _read_all(self, js: JetStreamContext, stream: str, name: str, prefix: str) -> dict[str, bool]:
-        """Key -> lives, from the consumer's messages until it has nothing pending.
+        """Key -> lives, from the consumer's messages until the stream holds none past the last read.
 
-        Only the pending count ends the read: the server may end a `no_wait` pull early (it does
-        when a message it was about to send was removed meanwhile), so an ended pull with
-        nothing in it is checked against the consumer's own count before the listing stops.
+        The end is checked against the stream itself, not the pending counts: the server's
+        counts lag writes (a message can report 0 pending while a rewrite is on its way), and a
+        pull can end before the stream's end. Once a message was read and afterwards the stream
+        holds nothing past it, every message that was a key's newest at that moment was read
+        (the consumer reads in stream order and passes only messages already stored).
         """
         nc = js._nc
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        wait = max(js._timeout, 5.0)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.LIST_SECONDS
-        request = json.dumps({"batch": self.LIST_BATCH, "no_wait": True}).encode()
         live: dict[str, bool] = {}
+        got = 0
+        last: Msg | None = None
+        ended: asyncio.Future[str] = loop.create_future()
+
+        async def take(msg: Msg) -> None:
+            nonlocal got, last
+            headers = msg.headers or {}
+            status = headers.get(Header.STATUS)
+            if status:
+                if status != "100" and not ended.done():  # 100: an idle heartbeat
+                    ended.set_result(status)
+                return
+            got += 1
+            last = msg
+            live[msg.subject[len(prefix):]] = (headers.get(KV_OP) not in (KV_DEL, KV_PURGE)
+                                               and KV_MARKER_REASON not in headers)
+            if got == self.LIST_BATCH and not ended.done():
+                ended.set_result("full")
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=take)
+        idle = max(js._timeout, 5.0) + self.PULL_EXPIRES
+        deadline = loop.time() + self.LIST_SECONDS
+        # no_wait: answer as soon as the stream's end is reached; expires: do not answer
+        # "no messages" from the consumer's pending count alone.
+        request = json.dumps({"batch": self.LIST_BATCH, "no_wait": True,
+                              "expires": int(self.PULL_EXPIRES * 1e9)}).encode()
         try:
             while loop.time() < deadline:
+                ended, got = loop.create_future(), 0
                 await nc.publish(f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{name}", request, reply=inbox)
-                got = 0
-                while got < self.LIST_BATCH:
-                    msg = await sub.next_msg(timeout=wait)
-                    status = JetStreamContext.is_status_msg(msg)
-                    if status in ("404", "408"):  # this pull ended: nothing more for it now
-                        break
-                    if status == "100":  # idle heartbeat
-                        continue
-                    if status:
-                        raise StoreUnavailable(f"{self.name}: keys: the pull was answered {status}")
-                    got += 1
-                    headers = msg.headers or {}
-                    live[msg.subject[len(prefix):]] = (headers.get(KV_OP) not in (KV_DEL, KV_PURGE)
-                                                       and KV_MARKER_REASON not in headers)
-                    if msg.metadata.num_pending == 0:
-                        return live
-                if got == 0 and (await js.consumer_info(stream, name)).num_pending == 0:
+                while not ended.done():
+                    before = got
+                    await asyncio.wait([ended], timeout=idle)
+                    if not ended.done() and got == before:
+                        raise StoreUnavailable(f"{self.name}: keys: the pull went silent")
+                status = ended.result()
+                if status not in ("full", "404", "408"):
+                    raise StoreUnavailable(f"{self.name}: keys: the pull was answered {status}")
+                if status == "full":
+                    continue
+                after = last.metadata.sequence.stream + 1 if last is not None else 1
+                if not await self._holds_from(js, stream, prefix, after):
                     return live
-            raise StoreUnavailable(f"{self.name}: keys: writers outpaced the listing")
+            raise StoreUnavailable(f"{self.name}: keys: writers did not pause for {self.LIST_SECONDS:.0f} s")
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    @staticmethod
+    async def _holds_from(js: JetStreamContext, stream: str, prefix: str, seq: int) -> bool:
+        """Whether the stream holds a message of the bucket at `seq` or later."""
+        try:
+            await js.get_msg(stream, seq, subject=f"{prefix}>", next=True)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
 
     async def watch(self) -> AsyncIterator[Entry]:
         """Every key's current value, then each later write, until the caller stops iterating.
