@@ -136,6 +136,7 @@ class Bucket:
         sub = await nc.subscribe(inbox, cb=take)
         idle = max(js._timeout, 5.0) + self.PULL_EXPIRES
         deadline = loop.time() + self.LIST_SECONDS
+        unheard = loop.time() + idle  # until when "no responders" is waited out
         # no_wait: answer as soon as the stream's end is reached; expires: do not answer
         # "no messages" from the consumer's pending count alone.
         request = json.dumps({"batch": self.LIST_BATCH, "no_wait": True,
@@ -150,6 +151,11 @@ class Bucket:
                     if not ended.done() and got == before:
                         raise StoreUnavailable(f"{self.name}: keys: the pull went silent")
                 status = ended.result()
+                if status == "503" and loop.time() < unheard:
+                    # No responders: in a cluster the consumer's server may not have told the
+                    # others yet that it takes pulls for it. Asked again shortly.
+                    await asyncio.sleep(0.05)
+                    continue
                 if status not in ("full", "404", "408"):
                     raise StoreUnavailable(f"{self.name}: keys: the pull was answered {status}")
                 if status == "full":
