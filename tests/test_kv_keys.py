@@ -4,7 +4,8 @@ nats-py's `KeyValue.keys()` (a watch) now and then answers "no keys" or leaves o
 rewritten when a write lands during the listing; `Bucket.keys()` reads its own consumer until
 nothing is pending. Here: every listing beside a rewriter and a deleter holds every key that
 exists throughout and none that stays deleted; empty and tombstone-only buckets list nothing; a
-20,000-key bucket lists whole; the listing's consumer is gone afterwards.
+20,000-key bucket lists whole; an R3 bucket lists through every node of a cluster; the
+listing's consumer is gone afterwards.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from router.config import NatsConfig
 from router.embedded_nats import EmbeddedNats
 from router.store import Bucket, Store, connect
+from tests.conftest import wait_for
+from tests.nats_cluster import nats_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +34,8 @@ GONE = [f"gone.{i:02d}" for i in range(20)]
 
 
 @contextlib.asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Store]:
-    cfg = NatsConfig(url=url, publish_timeout_seconds=5.0)
+async def opened(url: str, replicas: int = 1) -> AsyncIterator[Store]:
+    cfg = NatsConfig(url=url, publish_timeout_seconds=5.0, replicas=replicas)
     store = Store(await connect(cfg, [url]), cfg, fast=False)
     try:
         await store.ensure()
@@ -83,7 +87,7 @@ async def test_every_listing_beside_writers_holds_every_stable_key(nats_server: 
 
         tasks = [asyncio.create_task(rewriter()), asyncio.create_task(flapper())]
         try:
-            await asyncio.wait_for(_wait_until(lambda: rewrites > 50 and flaps > 10), 30)
+            await wait_for(lambda: rewrites > 50 and flaps > 10, 30)
             for n in range(300):
                 listed = await bucket.keys()
                 assert len(listed) == len(set(listed))
@@ -96,12 +100,6 @@ async def test_every_listing_beside_writers_holds_every_stable_key(nats_server: 
             await asyncio.gather(*tasks)
         assert rewrites > 300 and flaps > 30, (rewrites, flaps)  # the writers ran beside the listings
         assert await consumers_of(store, name) == 0  # each listing removed its consumer
-
-
-async def _wait_until(predicate: object) -> None:
-    assert callable(predicate)
-    while not predicate():
-        await asyncio.sleep(0.01)
 
 
 async def test_empty_and_tombstone_only_buckets_list_nothing(nats_server: EmbeddedNats) -> None:
@@ -130,3 +128,32 @@ async def test_a_large_bucket_lists_whole(nats_server: EmbeddedNats) -> None:
         want = sorted(set(keys) - set(keys[::1000]))
         assert await bucket.keys() == want
         assert await consumers_of(store, "ficus-keys-large") == 0
+
+
+async def test_listings_from_every_node_of_a_cluster(tmp_path: Path) -> None:
+    """An R3 bucket on three routed servers, listed through each node in turn beside a rewriter:
+    the listing's consumer lives on one node, its pulls may arrive through another."""
+    async with nats_cluster(tmp_path / "cluster") as cluster:
+        urls = [node.url for node in cluster.nodes]
+        async with opened(urls[0], replicas=3) as writers_store:
+            writers = await writers_store.kv("ficus-keys-r3", history=1)
+            await put_all(writers, STABLE[:100])
+            writing, rewrites = True, 0
+
+            async def rewriter() -> None:
+                nonlocal rewrites
+                while writing:
+                    await writers.put(STABLE[rewrites % 100], b"again")
+                    rewrites += 1
+
+            task = asyncio.create_task(rewriter())
+            try:
+                for url in urls:
+                    async with opened(url, replicas=3) as store:
+                        bucket = await store.kv("ficus-keys-r3", history=1)
+                        for _ in range(20):
+                            assert await bucket.keys() == STABLE[:100]
+            finally:
+                writing = False
+                await task
+            assert rewrites > 20
