@@ -87,7 +87,7 @@ async def list_instances(store: Store, lease_seconds: float, now: float | None =
     """
     bucket = await bucket_of(store)
     out = []
-    for key in await bucket.indexed_keys():
+    for key in await bucket.keys():
         entry = await bucket.get(key)
         if entry is None:  # deleted between the listing and the read: a clean stop
             continue

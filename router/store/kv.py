@@ -6,16 +6,21 @@ a route or a checkpoint: the loser gets `RevisionConflict` and reads the winner'
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import math
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
+from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
-from router.store.errors import StoreError, mapped
+from router.store.errors import StoreUnavailable, mapped
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,33 +82,114 @@ class Bucket:
         with mapped(f"{self.name}: delete"):
             await self._kv.delete(key)
 
+    LIST_BATCH = 10_000  # messages per pull request (headers only: well under 4 MB a batch)
+    LIST_SECONDS = 300.0  # a listing that has not caught up with the writers by then fails
+    PULL_EXPIRES = 2.0  # a pull with nothing to send ends after this long
+
     async def keys(self) -> list[str]:
-        """Every live key; an empty bucket gives an empty list."""
-        with mapped(f"{self.name}: keys"):
-            try:
-                return list(await self._kv.keys())
-            except nats.js.errors.NoKeysError:
-                return []
+        """Every live key (deleted and purged keys left out); an empty bucket gives [].
 
-    MAX_INDEXED = 100_000
-
-    async def indexed_keys(self) -> list[str]:
-        """Every live key of a small bucket (a registry, leases), from the stream's subject index.
-
-        One request to the stream's leader, right while keys are being written: nats-py's
-        watch-based `keys` may answer "no keys" when a write lands during its listing (seen about
-        once in 200 listings beside a writer). The index still lists a deleted key (its tombstone),
-        so callers `get` each key. More than the server lists at once (100,000) is a `StoreError`.
+        Read with an ephemeral pull consumer of the bucket's stream (each key's last message,
+        headers only), then on to the stream's end; the newest message read of each key says
+        whether it lives. A key that exists throughout the listing is in it, even while it is
+        being rewritten; a key created or deleted during the listing may or may not be.
+        nats-py's `KeyValue.keys` is not used: its watch can answer "no keys", or leave out a
+        key being rewritten, while keys are written. Raises `StoreUnavailable` when the listing
+        cannot finish (NATS away, or writers never pausing for `LIST_SECONDS`).
         """
-        if self._js is None:
-            return await self.keys()
+        js = self._js if self._js is not None else self._kv._js
+        stream, name = f"KV_{self.name}", f"ficus-keys-{secrets.token_hex(8)}"
         prefix = f"$KV.{self.name}."
+        config = ConsumerConfig(name=name, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                                ack_policy=AckPolicy.NONE, filter_subject=f"{prefix}>", headers_only=True,
+                                mem_storage=True, num_replicas=1, inactive_threshold=60.0)
         with mapped(f"{self.name}: keys"):
-            info = await self._js.stream_info(f"KV_{self.name}", subjects_filter=f"{prefix}>")
-        subjects = info.state.subjects or {}
-        if len(subjects) >= self.MAX_INDEXED:  # the server lists this many at most: some may be missing
-            raise StoreError(f"{self.name}: keys: more keys than one listing holds")
-        return sorted(subject[len(prefix):] for subject in subjects)
+            info = await js.add_consumer(stream, config)
+        try:
+            if not info.num_pending:  # counted at creation: the bucket holds no message at all
+                return []
+            with mapped(f"{self.name}: keys"):
+                live = await self._read_all(js, stream, name, prefix)
+        finally:
+            with contextlib.suppress(Exception):  # the inactive threshold removes it otherwise
+                await js.delete_consumer(stream, name)
+        return sorted(key for key, alive in live.items() if alive)
+
+    async def _read_all(self, js: JetStreamContext, stream: str, name: str, prefix: str) -> dict[str, bool]:
+        """Key -> lives, from the consumer's messages until the stream holds none past the last read.
+
+        The end is checked against the stream itself, not the pending counts: the server's
+        counts lag writes (a message can report 0 pending while a rewrite is on its way), and a
+        pull can end before the stream's end. Once a message was read and afterwards the stream
+        holds nothing past it, every message that was a key's newest at that moment was read
+        (the consumer reads in stream order and passes only messages already stored).
+        """
+        nc = js._nc
+        loop = asyncio.get_running_loop()
+        live: dict[str, bool] = {}
+        got = 0
+        last: Msg | None = None
+        ended: asyncio.Future[str] = loop.create_future()
+
+        async def take(msg: Msg) -> None:
+            nonlocal got, last
+            headers = msg.headers or {}
+            status = headers.get(Header.STATUS)
+            if status:
+                if status != "100" and not ended.done():  # 100: an idle heartbeat
+                    ended.set_result(status)
+                return
+            got += 1
+            last = msg
+            live[msg.subject[len(prefix):]] = (headers.get(KV_OP) not in (KV_DEL, KV_PURGE)
+                                               and KV_MARKER_REASON not in headers)
+            if got == self.LIST_BATCH and not ended.done():
+                ended.set_result("full")
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=take)
+        idle = max(js._timeout, 5.0) + self.PULL_EXPIRES
+        deadline = loop.time() + self.LIST_SECONDS
+        unheard = loop.time() + idle  # until when "no responders" is waited out
+        # no_wait: answer as soon as the stream's end is reached; expires: do not answer
+        # "no messages" from the consumer's pending count alone.
+        request = json.dumps({"batch": self.LIST_BATCH, "no_wait": True,
+                              "expires": int(self.PULL_EXPIRES * 1e9)}).encode()
+        try:
+            while loop.time() < deadline:
+                ended, got = loop.create_future(), 0
+                await nc.publish(f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{name}", request, reply=inbox)
+                while not ended.done():
+                    before = got
+                    await asyncio.wait([ended], timeout=idle)
+                    if not ended.done() and got == before:
+                        raise StoreUnavailable(f"{self.name}: keys: the pull went silent")
+                status = ended.result()
+                if status == "503" and loop.time() < unheard:
+                    # No responders: in a cluster the consumer's server may not have told the
+                    # others yet that it takes pulls for it. Asked again shortly.
+                    await asyncio.sleep(0.05)
+                    continue
+                if status not in ("full", "404", "408"):
+                    raise StoreUnavailable(f"{self.name}: keys: the pull was answered {status}")
+                if status == "full":
+                    continue
+                after = last.metadata.sequence.stream + 1 if last is not None else 1
+                if not await self._holds_from(js, stream, prefix, after):
+                    return live
+            raise StoreUnavailable(f"{self.name}: keys: writers did not pause for {self.LIST_SECONDS:.0f} s")
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    @staticmethod
+    async def _holds_from(js: JetStreamContext, stream: str, prefix: str, seq: int) -> bool:
+        """Whether the stream holds a message of the bucket at `seq` or later."""
+        try:
+            await js.get_msg(stream, seq, subject=f"{prefix}>", next=True)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
 
     async def watch(self) -> AsyncIterator[Entry]:
         """Every key's current value, then each later write, until the caller stops iterating.
