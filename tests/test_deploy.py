@@ -268,7 +268,7 @@ async def test_the_example_cluster_forms_and_runs_ficus_with_three_replicas(
         await ficus.start()
         tls = ssl.create_default_context(cafile=str(tmp_path / "ficus" / "tls" / "ca.pem"))
         token = env["FICUS_PROMETHEUS_TOKEN"]
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             async def instances() -> list[dict[str, object]] | None:
                 assert ficus is not None and ficus.proc is not None and ficus.proc.returncode is None, ficus.tail()
                 try:
@@ -278,7 +278,7 @@ async def test_the_example_cluster_forms_and_runs_ficus_with_three_replicas(
                             return None
                         found: list[dict[str, object]] = (await resp.json())["instances"]
                         return found if found and found[0]["health"] == "ready" else None
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, TimeoutError):
                     return None
 
             from tests.conftest import wait_for
@@ -286,7 +286,8 @@ async def test_the_example_cluster_forms_and_runs_ficus_with_three_replicas(
             found = await wait_for(instances, timeout=90, interval=0.3)
             assert [i["instance"] for i in found] == ["ficus-a"]
         # Every stream and bucket Ficus made is on all three nodes.
-        nc = await nats.connect(servers=cluster.url("ficus", env["FICUS_NATS_PASSWORD"]).split(","))
+        nc = await nats.connect(servers=cluster.url("ficus", env["FICUS_NATS_PASSWORD"]).split(","),
+                                connect_timeout=5, max_reconnect_attempts=3)
         try:
             js = nc.jetstream()
             replicas = {s.config.name: s.config.num_replicas for s in await js.streams_info()}
