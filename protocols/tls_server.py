@@ -38,13 +38,18 @@ _ACCEPT_RETRY: Final = 1.0  # seconds between accepts after EMFILE and the like,
 _BACKLOG: Final = 128
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A non-blocking listening socket on (host, port); OSError as asyncio's bind would raise."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking listening socket on (host, port); OSError as asyncio's bind would raise.
+
+    ``reuse_port``: SO_REUSEPORT, so the worker processes of one Ficus each bind the port and
+    the kernel spreads the connections among them."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio.start_server binds
         sock.bind(address)
@@ -75,8 +80,10 @@ class TlsServer:
         *,
         admit: Callable[[str], bool] = lambda _host: True,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        reuse_port: bool = False,
     ) -> None:
         self._host = host
+        self._reuse_port = reuse_port
         self._requested_port = port
         self._context = context
         self._on_connection = on_connection
@@ -103,7 +110,7 @@ class TlsServer:
 
     async def start(self) -> None:
         """Bind and start accepting; raises OSError when the address cannot be bound."""
-        self._sock = bind(self._host, self._requested_port)
+        self._sock = bind(self._host, self._requested_port, reuse_port=self._reuse_port)
         self._acceptor = asyncio.create_task(self._accept(self._sock), name=f"tls-accept-{self.port}")
 
     def stop_accepting(self) -> None:

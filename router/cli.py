@@ -32,6 +32,7 @@ from router.config import (
 )
 from router.embedded_nats import EmbeddedNatsError
 from router.progress import Progress
+from router.worker import Role, siblings, signal_started, worker_config
 
 log = logging.getLogger("ficus")
 _T = TypeVar("_T")
@@ -62,35 +63,45 @@ class OneLineFormatter(logging.Formatter):
         return escape_controls(super().formatMessage(record))
 
 
-def log_handler(stream: TextIO, fmt: str = "text") -> logging.Handler:
+def log_handler(stream: TextIO, fmt: str = "text", worker: int | None = None) -> logging.Handler:
     """The handler `ficus run` and `ficus demo` log through: `text` lines, or `json` objects
-    (router/logjson.py; the unit being worked on is then kept for each line)."""
+    (router/logjson.py; the unit being worked on is then kept for each line). A worker of
+    `workers` > 1 says which it is: `w2` before the logger's name, or `"worker": 2`."""
     from router import tracing
     from router.logjson import JsonFormatter
 
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else OneLineFormatter(LOG_FORMAT))
+    text_format = LOG_FORMAT if worker is None else LOG_FORMAT.replace("%(name)s", f"w{worker} %(name)s")
+    handler.setFormatter(JsonFormatter() if fmt == "json" else OneLineFormatter(text_format))
+    if worker is not None:
+        def tag(record: logging.LogRecord) -> bool:
+            record.worker = worker
+            return True
+
+        handler.addFilter(tag)
     tracing.log_units(fmt == "json")
     return handler
 
 
-def _setup_logging(level: str, fmt: str = "text") -> None:
-    logging.basicConfig(level=getattr(logging, level), handlers=[log_handler(sys.stderr, fmt)])
+def _setup_logging(level: str, fmt: str = "text", worker: int | None = None) -> None:
+    logging.basicConfig(level=getattr(logging, level), handlers=[log_handler(sys.stderr, fmt, worker)])
 
 
-def _notice(cfg: FicusConfig, text: str, level: int = logging.INFO) -> None:
+def _notice(cfg: FicusConfig, text: str, level: int = logging.INFO, worker: int | None = None) -> None:
     """A line `ficus run` always shows on stderr (whatever log_level): `ficus: text`, or a JSON
-    object like every log line when log_format is json."""
+    object like every log line when log_format is json; a worker's says which (`ficus w2: text`)."""
     if cfg.log_format == "json":
         from router.logjson import JsonFormatter
 
         record = logging.LogRecord("ficus", level, __file__, 0, text, None, None)
+        if worker is not None:
+            record.worker = worker
         print(JsonFormatter().format(record), file=sys.stderr, flush=True)
     else:
-        print(f"ficus: {text}", file=sys.stderr, flush=True)
+        print(f"ficus{'' if worker is None else f' w{worker}'}: {text}", file=sys.stderr, flush=True)
 
 
-async def run_service(cfg: FicusConfig) -> None:
+async def run_service(cfg: FicusConfig, role: Role | None = None) -> None:
     """Runs until SIGTERM or Ctrl-C, then stops within `shutdown_timeout_seconds`.
 
     A second signal exits at once. A stop that had to abandon work (the deadline passed) exits
@@ -102,7 +113,9 @@ async def run_service(cfg: FicusConfig) -> None:
     from router.service import Service
 
     limit = cfg.shutdown_timeout_seconds
-    svc = Service(cfg)
+    worker = None if role is None else role.number
+    # Of several workers, the first serves the API (its /readyz answers for the others too).
+    svc = Service(cfg) if role is None else Service(cfg, api=role.number == 1, siblings=siblings(cfg, role))
     async with svc:
         freeze_heap()  # once per process: what start-up made lives as long as the process
 
@@ -113,11 +126,14 @@ async def run_service(cfg: FicusConfig) -> None:
         backstop = cfg.cluster.drain_seconds + limit + Service.GRACE + 5
         shutdown.install(asyncio.get_running_loop(), first_signal, backstop)
         shutdown.on_hangup(asyncio.get_running_loop(), svc.reload_certificates)
-        _notice(cfg, f"running; API {svc.api_url}, NATS {redact(svc.nats_url, [])}")
+        api = svc.api_url or "served by worker 1"
+        _notice(cfg, f"running; API {api}, NATS {redact(svc.nats_url, [])}", worker=worker)
+        if role is not None:
+            signal_started(role)
         await svc.wait()
         await svc.drain()  # cluster.drain_seconds still serving, not ready, for a load balancer
         _notice(cfg, f"stopping (finishing messages in flight, at most {limit:g}s; a second Ctrl-C or "
-                "SIGTERM exits at once)")
+                "SIGTERM exits at once)", worker=worker)
     if svc.abandoned:
         shutdown.exit_now("stopped with work abandoned at the shutdown deadline (exit code 1)", 1)
 
@@ -162,16 +178,31 @@ def raise_fd_limit(cfg: FicusConfig) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    _setup_logging(cfg.log_level, cfg.log_format)
+    role: Role | None = None
+    if args.worker is not None:  # started by the supervisor of `workers` > 1
+        role = Role(args.worker, args.instance or cfg.cluster.instance, args.nats_url, args.ready_fd)
+        cfg = worker_config(cfg, role)
+    elif cfg.workers > 1:
+        return _supervise(cfg, args.config)
+    worker = None if role is None else role.number
+    _setup_logging(cfg.log_level, cfg.log_format, worker)
     raise_fd_limit(cfg)
     from router.service import StartError  # `run` loads the service anyway; other commands need not
 
     try:
-        _run(run_service(cfg))
+        _run(run_service(cfg, role))
     except StartError as exc:  # a component that could not start (what had started is stopped): one line
-        _notice(cfg, escape_controls(str(exc)), logging.ERROR)
+        _notice(cfg, escape_controls(str(exc)), logging.ERROR, worker)
         return 1
     return 0
+
+
+def _supervise(cfg: FicusConfig, path: str) -> int:
+    """`workers` > 1: this process supervises that many `ficus run` workers (router/workers.py)."""
+    _setup_logging(cfg.log_level, cfg.log_format)
+    from router.workers import supervise
+
+    return asyncio.run(supervise(cfg, path, lambda text: _notice(cfg, text)))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -782,6 +813,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the service until SIGTERM or Ctrl-C")
     p.add_argument("-c", "--config", default="ficus.toml", help="config file (default ./ficus.toml)")
+    # A worker of `workers` > 1, started by the supervisor (router/workers.py); not for people.
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--instance", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--nats-url", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run on the example config with simulated legacy systems")

@@ -1198,6 +1198,14 @@ def _default_instance() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+MAX_WORKERS = 64
+
+
+def worker_suffix(k: int) -> str:
+    """What a worker's instance name adds to `cluster.instance` (`-w2` for worker 2)."""
+    return f"-w{k}"
+
+
 class ClusterConfig(_Model):
     """Several Ficus instances on one NATS (cluster): who they are and how polling is shared.
 
@@ -1246,6 +1254,23 @@ class FicusConfig(_Model):
     alerting: AlertingConfig = AlertingConfig()
     alerts: list[AlertRuleConfig] = []
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
+    """`ficus run` with more than one: that many worker processes under one supervisor
+    (router/workers.py), sharing the MLLP ports and the polling leases."""
+
+    @model_validator(mode="after")
+    def _workers(self) -> FicusConfig:
+        if self.workers == 1:
+            return self
+        suffix = len(worker_suffix(self.workers))
+        if len(self.cluster.instance) + suffix > 100:
+            raise ValueError(f"workers: cluster.instance is too long for worker names (at most {100 - suffix} "
+                             "characters, each worker is <instance>-w<k>)")
+        for iface in self.interfaces:
+            if isinstance(iface, MllpInterfaceConfig) and iface.listen_host_port[1] == 0:
+                # Port 0 would give each worker a port of its own: senders could reach only one.
+                raise ValueError(f"workers: interface {iface.name!r} listens on port 0; workers share a fixed port")
+        return self
 
     @model_validator(mode="after")
     def _gl_interface(self) -> FicusConfig:

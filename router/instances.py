@@ -59,6 +59,9 @@ class InstanceRecord(BaseModel):
     draining: bool = False
     leases: list[str] = Field(default_factory=list)
     interfaces: list[str] = Field(default_factory=list)
+    received: int = 0
+    """Units this instance received since it started, all interfaces together (with `workers`,
+    how the kernel spread the MLLP connections)."""
 
 
 def health(record: InstanceRecord, lease_seconds: float, now: float) -> Health:
@@ -111,6 +114,10 @@ def _no_leases() -> list[str]:
     return []
 
 
+def _nothing_received() -> int:
+    return 0
+
+
 def _not_draining() -> bool:
     return False
 
@@ -125,7 +132,8 @@ class Registry:
 
     def __init__(self, bucket: Bucket, cfg: ClusterConfig, *, api: str | None, interfaces: Sequence[str],
                  started_at: float, ready: Callable[[], tuple[bool, list[str]]],
-                 held: Callable[[], list[str]] = _no_leases, draining: Callable[[], bool] = _not_draining) -> None:
+                 held: Callable[[], list[str]] = _no_leases, draining: Callable[[], bool] = _not_draining,
+                 received: Callable[[], int] = _nothing_received) -> None:
         self.cfg = cfg
         self.name = cfg.instance
         self._interfaces = list(interfaces)
@@ -133,6 +141,7 @@ class Registry:
         self._ready = ready
         self._held = held
         self._draining = draining
+        self._received = received
         self._api = api
         self._bucket = bucket
         self._task: asyncio.Task[None] | None = None
@@ -148,7 +157,7 @@ class Registry:
             instance=self.name, host=socket.gethostname(), pid=os.getpid(), version=_version(),
             started_at=self._started_at, seen_at=time.time(), api=self._api, ready=ok,
             problems=problems[:MAX_PROBLEMS], draining=draining, leases=sorted(self._held()),
-            interfaces=self._interfaces)
+            interfaces=self._interfaces, received=self._received())
 
     async def start(self) -> None:
         """Writes the entry (raises `StoreError` if it cannot) and keeps it fresh from then on."""
@@ -209,3 +218,50 @@ class Registry:
         except StoreError as exc:
             log.warning("instances: entry %s not removed (%s); shown stale after %gs", self.name, exc.reason,
                         self.cfg.lease_seconds)
+
+
+class Siblings:
+    """The other workers of this `ficus run` (`workers` > 1), as the instance registry shows them:
+    what worker 1's `/readyz` adds to its own problems, so it answers for the whole host.
+
+    A sibling that is up (its entry fresh) and not ready is a problem: the kernel still hands it
+    MLLP connections. One that is gone (no entry, or stale) is not: its listening socket died
+    with it, so connections go to the workers that run, and the supervisor restarts it. One
+    draining is not either: it closes its listeners and the others take its connections.
+    """
+
+    def __init__(self, bucket: Bucket, names_: Sequence[str], lease_seconds: float, renew_seconds: float) -> None:
+        self._bucket = bucket
+        self.names = list(names_)
+        self._lease_seconds = lease_seconds
+        self._renew_seconds = renew_seconds
+        self._problems: list[str] = []
+
+    def problems(self) -> list[str]:
+        """`worker <name>: <problem>` for each problem of a sibling up and not ready (at most
+        `renew_seconds` old, plus the sibling's own refresh interval)."""
+        return list(self._problems)
+
+    async def refresh(self) -> None:
+        found: list[str] = []
+        now = time.time()
+        for name in self.names:
+            try:
+                entry = await self._bucket.get(name)
+            except StoreError:
+                continue  # NATS away: this worker's own readiness says so
+            if entry is None:
+                continue
+            try:
+                record = InstanceRecord.model_validate_json(entry.value)
+            except ValidationError:
+                continue
+            if record.draining or health(record, self._lease_seconds, now) != "not ready":
+                continue
+            found.extend(f"worker {name}: {problem}" for problem in record.problems or ["not ready"])
+        self._problems = found[:MAX_PROBLEMS]
+
+    async def keep(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._renew_seconds)

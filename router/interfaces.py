@@ -64,6 +64,8 @@ class Deps:
     state_dir: Path
     leases: Leases | None = None
     """One owner per polling interface (router/leases.py); None: every poller always runs."""
+    reuse_port: bool = False
+    """MLLP listeners bind with SO_REUSEPORT (`workers` > 1: every worker binds the same port)."""
 
     def lease(self, name: str) -> Lease | None:
         return self.leases.lease(name) if self.leases is not None else None
@@ -138,6 +140,7 @@ async def start_mllp(cfg: MllpInterfaceConfig, deps: Deps) -> RunningInterface:
             on_malformed=pipeline.on_malformed, max_connections=cfg.max_connections,
             end_grace=cfg.frame_end_grace_seconds, tls=server_tls.fresh if server_tls else None,
             handshake_timeout=cfg.tls.handshake_timeout_seconds if cfg.tls else DEFAULT_HANDSHAKE_TIMEOUT,
+            reuse_port=deps.reuse_port,
         ))
         started.pop_all()  # all started: from here `stop_intake` and `finish` own them
 

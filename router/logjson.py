@@ -4,8 +4,8 @@ Each line has ``time`` (UTC, ISO 8601, milliseconds), ``level``, ``logger`` and 
 (the same text the plain format shows, with the same rules: identifiers and reasons, never
 a payload or a field value), and when known: ``interface`` and ``unit`` (the unit being
 worked on, kept by router/tracing.py's :func:`~router.tracing.unit`, or passed by the log
-call as ``extra``), ``stage``, ``outcome``, ``duration_ms`` (``extra`` of the log call) and
-``trace_id`` (when tracing is on). A traceback goes in ``exception``, as one string.
+call as ``extra``), ``stage``, ``outcome``, ``duration_ms`` (``extra`` of the log call),
+``worker`` (its number, with ``workers`` > 1) and ``trace_id`` (when tracing is on). A traceback goes in ``exception``, as one string.
 
 JSON escapes every control character (and ``ensure_ascii`` every non-ASCII one, U+2028
 included), so no value can forge a second line, as OneLineFormatter guarantees for text.
@@ -20,7 +20,7 @@ from typing import Any
 
 from router import tracing
 
-FIELDS = ("interface", "unit", "stage", "outcome", "duration_ms")
+FIELDS = ("interface", "unit", "stage", "outcome", "duration_ms", "worker")
 """Attributes a log call may pass in ``extra`` (they override the unit's context)."""
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -34,7 +35,7 @@ from router import instances, names, parity, posting, views
 from router.alerts import Alerts
 from router.config import ConfigError, FicusConfig
 from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
-from router.instances import Registry
+from router.instances import Registry, Siblings
 from router.interfaces import Deps, RunningInterface
 from router.interfaces import start as start_interface
 from router.leases import Leases
@@ -128,14 +129,19 @@ class Running:
     """This instance's leases of polling interfaces (router/leases.py); `leases.held()` lists them."""
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     """Set at the first SIGTERM (`Service.drain`) and at stop: `/readyz` says "draining"."""
+    siblings: Siblings | None = None
+    """Worker 1 of several (`workers`): the other workers' problems, added to this one's readiness."""
 
     @property
     def nats_url(self) -> str:
         return self.embedded.url if self.embedded is not None else self.cfg.nats.url
 
-    def ready(self) -> tuple[bool, list[str]]:
-        """See `readiness`; "draining" first once the service is stopping."""
+    def ready(self, *, siblings: bool = True) -> tuple[bool, list[str]]:
+        """See `readiness`; "draining" first once the service is stopping; with `siblings`
+        (/readyz), the other workers' problems too (see `Siblings`)."""
         ok, problems = readiness(self.embedded, self.store, self.interfaces)
+        if siblings and self.siblings is not None and (others := self.siblings.problems()):
+            ok, problems = False, [*problems, *others]
         if self.draining.is_set():
             return False, [DRAINING, *problems]
         return ok, problems
@@ -237,6 +243,13 @@ class Lifetimes:
             log.warning("shutdown: %s failed: %s", what, type(exc).__name__)
 
 
+def embedded_server(cfg: FicusConfig) -> EmbeddedNats:
+    """The embedded nats-server of `cfg` (not started): its store under the state directory."""
+    emb = cfg.nats.embedded
+    store_dir = Path(emb.store_dir or Path(cfg.state_dir) / "nats")
+    return EmbeddedNats(store_dir, host=emb.host, port=emb.port, sync_interval=emb.sync_interval)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     """The API's listening socket, bound before the API is built: the `Running` it serves names its URL."""
     family, kind, proto, _, address = socket.getaddrinfo(
@@ -263,9 +276,11 @@ class Service:
     GRACE = 10.0
     """What `stop` may take beyond the deadline at most: closing NATS and the server get a minimum."""
 
-    def __init__(self, cfg: FicusConfig, *, api: bool = True) -> None:
+    def __init__(self, cfg: FicusConfig, *, api: bool = True, siblings: Sequence[str] = ()) -> None:
         self.cfg = cfg
         self.with_api = api
+        self.sibling_names = list(siblings)
+        """The other workers' instance names (worker 1 of `workers`): its /readyz answers for them too."""
         self.stopping = asyncio.Event()
         self.draining = asyncio.Event()
         """Set by `drain` (and `stop`): readiness false with problem "draining"."""
@@ -350,9 +365,7 @@ class Service:
         embedded: EmbeddedNats | None = None
         servers = cfg.nats.servers
         if cfg.nats.url == "embedded":
-            emb = cfg.nats.embedded
-            store_dir = Path(emb.store_dir or Path(cfg.state_dir) / "nats")
-            embedded = EmbeddedNats(store_dir, host=emb.host, port=emb.port, sync_interval=emb.sync_interval)
+            embedded = embedded_server(cfg)
             server = embedded
             # Registered before it starts: a start that fails half-way leaves a process to stop.
             stops.on_stop("server", "stop the embedded nats-server", lambda left: server.stop(timeout=left))
@@ -388,7 +401,7 @@ class Service:
             await leases.close()
 
         stops.on_stop("routes", "hand the leases over", hand_over)
-        deps = Deps(store, routes, reference, Path(cfg.state_dir), leases)
+        deps = Deps(store, routes, reference, Path(cfg.state_dir), leases, reuse_port=cfg.workers > 1)
         interfaces: dict[str, RunningInterface] = {}
         for icfg in cfg.interfaces:
             with _starting(f"interface {icfg.name} ({icfg.kind})"):
@@ -434,17 +447,23 @@ class Service:
             with _starting(f"the API on {cfg.api.listen}"):
                 sock = _bind(host, port)
             api_url = f"{'https' if cfg.api.tls else 'http'}://{host}:{sock.getsockname()[1]}"
+        siblings: Siblings | None = None
+        if self.sibling_names:
+            siblings = Siblings(instances_kv, self.sibling_names, cfg.cluster.lease_seconds, cfg.cluster.renew_seconds)
+            stops.on_stop_task(asyncio.create_task(siblings.keep(), name="sibling-workers"))
         self._running = Running(cfg, store, routes, types.MappingProxyType(interfaces), embedded, reference,
-                                api_url, started_at, tuple(sinks), leases, self.draining)
+                                api_url, started_at, tuple(sinks), leases, self.draining, siblings)
         if sock is not None:
             with _starting(f"the API on {cfg.api.listen}"):
                 await self._serve_api(self._running, sock)
             log.info("API on %s", api_url)
         # The instance registry (router/instances.py): this instance in KV ficus-instances, kept
         # fresh every cluster.renew_seconds until the work is done, then removed (a clean stop).
+        # Its own readiness: worker 1's /readyz adds the other workers' from their entries.
         self.registry = Registry(instances_kv, cfg.cluster, api=api_url, interfaces=[i.name for i in cfg.interfaces],
-                                 started_at=started_at, ready=self._running.ready, draining=self.draining.is_set,
-                                 held=leases.held)
+                                 started_at=started_at, ready=functools.partial(self._running.ready, siblings=False),
+                                 draining=self.draining.is_set, held=leases.held,
+                                 received=lambda: sum(r.stats.received for r in interfaces.values()))
         stops.on_stop("routes", "leave the instance registry", _untimed(self.registry.stop))
         with _starting("the instance registry"):
             await self.registry.start()

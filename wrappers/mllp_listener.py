@@ -176,6 +176,7 @@ class MllpListener:
         read_size: int = 65536,
         tls: Callable[[], ssl.SSLContext] | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        reuse_port: bool = False,
     ) -> None:
         """Configure the listener; nothing is bound until :meth:`start`.
 
@@ -183,7 +184,9 @@ class MllpListener:
         answered with ``on_oversize``'s reply, malformed ones with ``on_malformed``'s,
         or not answered at all when the handler is None. ``idle_timeout`` None keeps
         idle connections open forever. ``tls``: serve TLS only, each connection with
-        the context it returns at accept time (see the module docstring).
+        the context it returns at accept time (see the module docstring). ``reuse_port``:
+        SO_REUSEPORT, so the worker processes of one Ficus bind the same port and the kernel
+        spreads the connections among them.
         """
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -200,6 +203,7 @@ class MllpListener:
         self._read_size = read_size
         self._tls = tls
         self._handshake_timeout = handshake_timeout
+        self._reuse_port = reuse_port
         self._tls_server: TlsServer | None = None
         self._refused_unlogged = 0
         self._refused_log_at = 0.0
@@ -236,11 +240,12 @@ class MllpListener:
         if self._server is not None or self._tls_server is not None:
             raise RuntimeError(f"listener {self.name} already started")
         if self._tls is None:
-            self._server = await asyncio.start_server(self._on_connect, self._host, self._requested_port)
+            self._server = await asyncio.start_server(self._on_connect, self._host, self._requested_port,
+                                                      reuse_port=self._reuse_port or None)
         else:
             self._tls_server = TlsServer(
                 self._host, self._requested_port, self._tls, self._serve_connection, self._tls_refused,
-                admit=self._admit, handshake_timeout=self._handshake_timeout,
+                admit=self._admit, handshake_timeout=self._handshake_timeout, reuse_port=self._reuse_port,
             )
             await self._tls_server.start()
         if self._idle_timeout is not None:
