@@ -5,7 +5,8 @@ Each line has ``time`` (UTC, ISO 8601, milliseconds), ``level``, ``logger`` and 
 a payload or a field value), and when known: ``interface`` and ``unit`` (the unit being
 worked on, kept by router/tracing.py's :func:`~router.tracing.unit`, or passed by the log
 call as ``extra``), ``stage``, ``outcome``, ``duration_ms`` (``extra`` of the log call),
-``worker`` (its number, with ``workers`` > 1) and ``trace_id`` (when tracing is on). A traceback goes in ``exception``, as one string.
+``worker`` (its number, with ``workers`` > 1) and ``trace_id`` (when tracing is on). A
+traceback goes in ``exception``, as one string.
 
 JSON escapes every control character (and ``ensure_ascii`` every non-ASCII one, U+2028
 included), so no value can forge a second line, as OneLineFormatter guarantees for text.
