@@ -151,7 +151,21 @@ def section(res: dict[str, Any]) -> list[str]:
                      f"**{s['python_cpu_ms_per_msg']:.3f} ms** | {s['nats_cpu_ms_per_msg']:.3f} ms | "
                      f"{s['python_cores_busy']:.2f} | |")
     ratio = two["msgs_per_s"] / one_["msgs_per_s"] if one_["msgs_per_s"] else 0.0
-    lines += ["", f"Scaling 1 -> 2 workers: **{ratio:.2f}x** msgs/s (medians)."]
+    cost = max(one_["python_cpu_ms_per_msg"], two["python_cpu_ms_per_msg"])
+    nats_cost = max(one_["nats_cpu_ms_per_msg"], two["nats_cpu_ms_per_msg"])
+    lines += [
+        "", f"Scaling 1 -> 2 workers: **{ratio:.2f}x** msgs/s (medians). \"Python cores busy\" is the workers' CPU "
+        "seconds over the run's seconds: below 1 per worker when the machine is shared (the workers wait for the "
+        "CPU as well as for NATS), so the throughput here says less than the CPU per message, which does not depend "
+        "on how long a message waited. **Sizing**: a DFT (3 FT1, 4 acknowledged writes) costs about "
+        f"{cost:.2f} ms of Ficus CPU and {nats_cost:.2f} ms of nats-server CPU (the larger median of the two "
+        f"variants), so one core of workers carries at most about {1000 / cost:,.0f} DFT/s and one core of "
+        f"nats-server about {1000 / nats_cost:,.0f}: for R messages per second, plan R x {cost:.2f} ms of worker "
+        f"cores (`workers` = that, rounded up, plus headroom) and R x {nats_cost:.2f} ms for the server, on top "
+        "of the senders and the rest of the host. That is arithmetic from two cores, not a measurement on more.",
+    ]
+    if res.get("note"):
+        lines += ["", str(res["note"])]
     return [*lines, ""]
 
 
@@ -162,8 +176,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--page", type=Path, help="put section 11 into this page")
     parser.add_argument("--render", type=Path, help="only render a result file (one JSON line) into --page")
+    parser.add_argument("--note", help="a line about this run, shown under the table (what else ran)")
     args = parser.parse_args()
     res = json.loads(args.render.read_text()) if args.render else run(args.rounds, args.seconds, args.connections)
+    if args.note:
+        res["note"] = args.note
     if args.page is not None:
         from bench.report import splice
 
