@@ -99,15 +99,24 @@ class Workload:
         self.spec = FlatSpec.model_validate(tomllib.loads((directory / "billing.toml").read_text(encoding="utf-8")))
         self.remit = (directory / "remit.835").read_bytes()
 
-    def run(self, kind: str, sink: Callable[[Any], None]) -> int:
+    def run(self, kind: str, sink: Callable[[Any], None], serialise: bool = True) -> int:
         if kind in ("adt", "dft"):
-            return hl7_pass(self.hl7[kind], self.ctx, sink)
+            return hl7_pass(self.hl7[kind], self.ctx, sink, serialise)
         if kind == "csv":
-            return csv_pass(self.csv, self.spec, self.ctx, sink)
-        return remit_pass(self.remit, "remit.835", self.ctx, sink)
+            return csv_pass(self.csv, self.spec, self.ctx, sink, serialise)
+        return remit_pass(self.remit, "remit.835", self.ctx, sink, serialise)
 
 
-def hl7_pass(messages: list[bytes], ctx: Any, sink: Callable[[Any], None]) -> int:
+def _json(event: Any) -> bytes:
+    body: bytes = event.to_json()
+    return body
+
+
+def _unserialised(event: Any) -> Any:
+    return event
+
+
+def hl7_pass(messages: list[bytes], ctx: Any, sink: Callable[[Any], None], serialise: bool = True) -> int:
     from canonical.errors import CanonicalError
     from canonical.translate import translate_hl7
 
@@ -117,31 +126,34 @@ def hl7_pass(messages: list[bytes], ctx: Any, sink: Callable[[Any], None]) -> in
         except CanonicalError as exc:
             sink(exc)
             continue
+        out = _json if serialise else _unserialised
         for event in events:
-            sink(event.to_json())
+            sink(out(event))
     return len(messages)
 
 
-def csv_pass(data: bytes, spec: Any, ctx: Any, sink: Callable[[Any], None]) -> int:
+def csv_pass(data: bytes, spec: Any, ctx: Any, sink: Callable[[Any], None], serialise: bool = True) -> int:
     import io
 
     from canonical.flat import translate_flat
 
+    out = _json if serialise else _unserialised
     rows = 0
     for outcome in translate_flat(io.BytesIO(data), spec, ctx, unit="sha-bench"):
         rows += 1
         if outcome.error is not None:
             sink(outcome.error)
         for event in outcome.events:
-            sink(event.to_json())
+            sink(out(event))
     return rows
 
 
-def remit_pass(data: bytes, name: str, ctx: Any, sink: Callable[[Any], None]) -> int:
+def remit_pass(data: bytes, name: str, ctx: Any, sink: Callable[[Any], None], serialise: bool = True) -> int:
     import io
 
     from canonical.x12.remit835 import translate_835
 
+    out = _json if serialise else _unserialised
     claims = 0
     stream: BinaryIO = io.BytesIO(data)
     for result in translate_835(stream, ctx, source_name=name):
@@ -150,9 +162,8 @@ def remit_pass(data: bytes, name: str, ctx: Any, sink: Callable[[Any], None]) ->
             continue
         assert result.events is not None
         for event in result.events:
-            body = event.to_json()
             claims += event.type.startswith("org.ficus.claims.claim.")
-            sink(body)
+            sink(out(event))
     return claims
 
 
@@ -160,11 +171,12 @@ def _drop(_item: Any) -> None:
     pass
 
 
-def rate(work: Workload, kind: str, seconds: float) -> float:
-    """Units per CPU second of this process over at least ``seconds`` of CPU time."""
+def rate(work: Workload, kind: str, seconds: float, serialise: bool = True) -> float:
+    """Units per CPU second of this process over at least ``seconds`` of CPU time (``serialise``
+    False: events built but not serialised, the translation without ``to_json``)."""
     units, start = 0, time.process_time()
     while (elapsed := time.process_time() - start) < seconds:
-        units += work.run(kind, _drop)
+        units += work.run(kind, _drop, serialise)
     return units / elapsed
 
 
@@ -230,7 +242,7 @@ def worker(directory: Path, code: Path) -> None:
     for line in sys.stdin:
         command, *args = line.split()
         if command == "rate":
-            answer: dict[str, Any] = {"rate": rate(work, args[0], float(args[1]))}
+            answer: dict[str, Any] = {"rate": rate(work, args[0], float(args[1]), args[2:] != ["nojson"])}
         elif command == "dump":
             with open(args[1], "wb") as out:
                 dump(work, args[0], out, Path(args[2]) if len(args) > 2 else None)
@@ -278,8 +290,10 @@ class Worker:
             self.proc.wait()
 
 
-def compare(base: str, rounds: int, seconds: float, units: int, kinds: tuple[str, ...]) -> dict[str, dict[str, float]]:
+def compare(base: str, rounds: int, seconds: float, units: int, kinds: tuple[str, ...], *, serialise: bool = True,
+            ) -> dict[str, dict[str, float]]:
     """{kind: {base, current, ratio}}: best rate of each side over alternating rounds."""
+    extra = "" if serialise else " nojson"
     with tempfile.TemporaryDirectory(prefix="ficus-vs-base-") as tmp:
         code, feeds = Path(tmp) / "base", Path(tmp) / "feeds"
         code.mkdir()
@@ -296,7 +310,8 @@ def compare(base: str, rounds: int, seconds: float, units: int, kinds: tuple[str
                 order = list(sides.items()) if n % 2 == 0 else list(reversed(sides.items()))
                 for kind in kinds:
                     for name, side in order:
-                        best[kind][name] = max(best[kind][name], side.ask(f"rate {kind} {seconds}")["rate"])
+                        rate = side.ask(f"rate {kind} {seconds}{extra}")["rate"]
+                        best[kind][name] = max(best[kind][name], rate)
         finally:
             for side in sides.values():
                 side.close()
@@ -311,6 +326,7 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=500, help="units per feed")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--no-json", action="store_true", help="build the events without serialising them")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--code", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -321,13 +337,15 @@ def main() -> None:
         worker(args.worker, args.code)
         return
     kinds = tuple(args.kinds.split(","))
-    result = compare(args.base, args.rounds, args.seconds, args.units, kinds)
+    result = compare(args.base, args.rounds, args.seconds, args.units, kinds, serialise=not args.no_json)
     if args.json:
         print(json.dumps(result))
         return
     load = os.getloadavg()
-    print(f"base {args.base} vs this checkout; best of {args.rounds} alternating rounds of {args.seconds} CPU s; "
-          f"Python {sys.version.split()[0]}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end")
+    what = "events built, not serialised" if args.no_json else "events built and serialised (to_json)"
+    print(f"base {args.base} vs this checkout, {what}; best of {args.rounds} alternating rounds of "
+          f"{args.seconds} CPU s; Python {sys.version.split()[0]}; "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end")
     for kind, r in result.items():
         unit = UNIT_NAMES[kind]
         print(f"{kind:>4}: base {r['base']:>9,.0f} {unit}/CPU s  current {r['current']:>9,.0f} {unit}/CPU s  "
