@@ -47,18 +47,13 @@ RECEIVED = datetime(2024, 10, 16, 12, 0, tzinfo=UTC)
 # --- feeds (made by the parent, with this checkout's bench.messages) --------------------------
 
 
-def _remit_transaction(st: int, claims: int) -> str:
-    sys.path.insert(0, str(ROOT))
-    from bench.x12_835 import transaction
-
-    return transaction(st, claims)
-
-
 def make_feeds(directory: Path, units: int) -> None:
     """Write the four feeds of about ``units`` units each into ``directory``."""
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:  # run as a script: the checkout's bench package makes the feeds
+        sys.path.insert(0, str(ROOT))
     from bench.flat_csv import FIXTURES as FLAT
     from bench.messages import Feed
+    from bench.x12_835 import transaction
 
     for kind in ("adt", "dft"):
         feed = Feed(kind, 1)
@@ -75,7 +70,7 @@ def make_feeds(directory: Path, units: int) -> None:
     shutil.copy(FLAT / "billing_export.toml", directory / "billing.toml")
     isa = "ISA*00*          *00*          *ZZ*BENCHPAYER     *ZZ*BENCHHOSP      *241015*1200*^*00501*000000001*0*P*:~\n"
     per_tx = 100
-    txs = [_remit_transaction(st, per_tx) for st in range(1, max(1, units // per_tx) + 1)]
+    txs = [transaction(st, per_tx) for st in range(1, max(1, units // per_tx) + 1)]
     body = isa + "GS*HP*BENCHPAYER*BENCHHOSP*20241015*1200*1*X*005010X221A1~\n" + "".join(txs)
     body += f"GE*{len(txs)}*1~\nIEA*1*000000001~\n"
     (directory / "remit.835").write_text(body, encoding="ascii")
