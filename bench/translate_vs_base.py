@@ -334,7 +334,8 @@ def main() -> None:
     kinds = tuple(args.kinds.split(","))
     result = compare(args.base, args.rounds, args.seconds, args.units, kinds, serialise=not args.no_json)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({"base": args.base, "rounds": args.rounds, "seconds": args.seconds, "units": args.units,
+                          "serialised": not args.no_json, "kinds": result}))
         return
     load = os.getloadavg()
     what = "events built, not serialised" if args.no_json else "events built and serialised (to_json)"
