@@ -7,6 +7,7 @@ a second worker runs this checkout's code on the same inputs. Each dumps every e
 (``CloudEvent.to_json()``, what the router publishes) and every refusal (error class, reason,
 attributes), and the dumps must be equal: ADT, DFT (3 FT1), CSV rows and 835 claims of the
 benchmark feeds, and every HL7 and X12 file of the public corpus ($FICUS_CORPUS) and of fixtures/.
+A change that alters events on purpose (a new field, a new rule) moves ``BASE`` to its own commit.
 """
 
 from __future__ import annotations
