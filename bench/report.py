@@ -29,6 +29,26 @@ def _profile(rows: list[dict[str, Any]] | None, n: int = 10) -> list[str]:
     return out
 
 
+_UNITS = {"adt": "msg", "dft": "msg", "csv": "row", "835": "claim"}
+
+
+def _vs_base(vs: dict[str, Any] | None, s: Summary) -> list[str]:
+    """Issue 19's translation target: >= 2x the base commit's rate, side by side in this run."""
+    if not vs:
+        return []
+    body = [f"Against the base commit `{vs['base']}` (bench/translate_vs_base.py): its `canonical` package "
+            "(git archive) and this checkout's in two worker processes on the same feeds, alternating rounds, "
+            f"best of {vs['rounds']} rounds of {vs['seconds']} s of each worker's CPU time, every event "
+            f"{'serialised with `to_json`' if vs['serialised'] else 'built only'}. Target: 2x.", "",
+            "| feed | base | this checkout | ratio |", "|---|---|---|---|"]
+    for kind, r in vs["kinds"].items():
+        unit = _UNITS.get(kind, "unit")
+        s.add("2", f"translation against `{vs['base']}`, {kind.upper()}, per CPU second", ">= 2x",
+              f"{_n(r['current'])} vs {_n(r['base'])} {unit}/s", r["ratio"] / 2, r["ratio"] >= 2)
+        body.append(f"| {kind.upper()} | {_n(r['base'])} {unit}/s | {_n(r['current'])} {unit}/s | {r['ratio']:.2f}x |")
+    return [*body, ""]
+
+
 class Summary:
     def __init__(self) -> None:
         self.rows: list[str] = ["| # | what | target | measured | ratio | result |", "|---|---|---|---|---|---|"]
@@ -325,6 +345,7 @@ def render(res: dict[str, Any]) -> str:
             body.append(f"| {kind.upper()} | {_n(r[f'{kind}_translate'])} | {_n(r[f'{kind}_translate_json'])} | "
                         f"{_n(r[f'{kind}_hl7_parse'])} | {ev} |")
         body += ["", f"Differential test: {d['summary']} ({d['seconds']} s).", ""]
+        body += _vs_base(tr.get("vs_base"), s)
         if tr.get("profile"):
             body += ["**Why DFT misses.** The cost scales with events, not with bytes: a 3-FT1 DFT builds and "
                      "validates three pydantic events (plus the MSH/PID/PV1 work), about three times an ADT. "

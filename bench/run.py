@@ -245,6 +245,12 @@ def section_translate(c: dict[str, Any]) -> dict[str, Any]:
     diff = {"passed": test.returncode == 0, "summary": (test.stdout.strip().splitlines() or [""])[-1],
             "seconds": round(time.perf_counter() - t0, 1)}
     out: dict[str, Any] = {"rates": rates, "runs": runs, "differential_test": diff}
+    log("translate: against the base commit, side by side (bench/translate_vs_base.py)")
+    try:  # issue 19's target: >= 2x the base commit's rate, same run, same feeds
+        out["vs_base"] = run_json(["bench/translate_vs_base.py", "--json", "--rounds", str(max(3, c["reps"] + 2))],
+                                  timeout=600)
+    except Exception:  # noqa: BLE001 - no git or no base commit must not lose the other figures
+        log("translate: vs base failed: " + traceback.format_exc(limit=2))
     if min(rates["adt_translate"], rates["dft_translate"]) < TARGETS["translate_per_core"]:
         log("translate: cProfile")
         out["profile"] = profile_cmd(["-m", "bench.translate_hl7", "--only", "dft"])
