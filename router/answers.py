@@ -437,6 +437,8 @@ class Instance(Answer):
     draining: bool = Field(description="stopping: finishing work in flight")
     leases: list[str] = Field(description="the interfaces whose lease it holds (it polls them)")
     interfaces: list[str] = Field(description="the interfaces of its config")
+    received: int = Field(description="units it received since it started, all interfaces together (with "
+                          "`workers`: this worker's share)")
     health: Literal["ready", "not ready", "stale"] = Field(
         description="stale: not refreshed within cluster.lease_seconds (stopped without a clean stop, "
         "or cut off from NATS)")

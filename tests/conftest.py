@@ -308,6 +308,10 @@ def stored_vs_ledger(stored: dict[str, list[Decimal]], folded: dict[str, Any]) -
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Each parallel worker in a process group of its own: the leak check's orphans (processes
+        # of our group whose parent left it) are then this worker's, never another worker's.
+        os.setpgrp()
     config.addinivalue_line("markers", "ledger_unchecked: an integration test whose ledger is not checked "
                                        "after it (the ledger_balances fixture skips it)")
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -139,17 +140,29 @@ def test_the_walk_finds_every_command() -> None:
             "dlq list", "dlq show", "dlq replay", "replay"} <= names
 
 
-def test_every_command_with_bad_arguments_exits_2_with_one_line(tmp_path: Path) -> None:
+SHARDS = 4
+"""The cases are split in this many tests, each running its share three processes at a time:
+one process per case (a Python start each) made a single test of minutes on a busy machine."""
+
+
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_every_command_with_bad_arguments_exits_2_with_one_line(tmp_path: Path, shard: int) -> None:
     (tmp_path / "cwd").mkdir()  # no ./ficus.toml there: `run` without -c is a usage error too
-    failures = []
-    for what, argv in cases(tmp_path):
+    mine = cases(tmp_path)[shard::SHARDS]
+
+    def check(case: tuple[str, list[str]]) -> str | None:
+        what, argv = case
         result = ficus(*argv, cwd=tmp_path / "cwd")
         try:
             assert_one_line_usage_error(result, str(tmp_path))
         except AssertionError:
             tail = result.stderr.strip().splitlines()[-2:]
-            failures.append(f"ficus {' '.join(argv)}  [{what}]: exit {result.returncode}, stderr ends {tail}")
-    assert not failures, "\n\n".join(failures)
+            return f"ficus {' '.join(argv)}  [{what}]: exit {result.returncode}, stderr ends {tail}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        failures = [f for f in pool.map(check, mine) if f is not None]
+    assert mine and not failures, "\n\n".join(failures)
 
 
 def test_a_directory_as_config_says_so(tmp_path: Path) -> None:

@@ -137,7 +137,7 @@ async def test_unreadable_file_is_set_aside_and_dead_lettered(nats_server: Embed
             status, problems = await readyz(found[0])
             assert status == 503, problems
             assert any("billing" in p and "a.csv" in p and "PermissionError" in p for p in problems), problems
-            await wait_for(lambda: _dead_letters(nats_server.url), timeout=30, interval=0.2)
+            await wait_for(lambda: _dead_letters(nats_server.url), timeout=60, interval=0.2)  # 9-16 s alone
             # Dead-lettered: no longer stuck. The dead letter is published two manifest writes
             # before the file leaves the set-aside list, so wait (as the test above does).
             await wait_for(lambda: _ready(found[0]), timeout=30, interval=0.1)
