@@ -150,3 +150,23 @@ async def wait_gone(pids: list[int], timeout: float) -> bool:
             return False
         await asyncio.sleep(0.05)
     return True
+
+
+def csv_folder_interface(name: str, tmp: Path) -> str:
+    """The TOML of a folder interface (`[[interfaces]]` onwards) taking the billing CSV export
+    of fixtures/flat from `tmp/in`, archiving to `tmp/archive`, route modern, polled every 0.2 s."""
+    flat = (REPO / "fixtures/flat/billing_export.toml").read_text()
+    flat = flat.replace("[layout]", "[interfaces.flat.layout]").replace("[mapping]", "[interfaces.flat.mapping]")
+    return f"""[[interfaces]]
+name = "{name}"
+kind = "folder"
+path = "{tmp / 'in'}"
+patterns = ["*.csv"]
+poll_seconds = 0.2
+complete = "rename"
+format = "csv"
+after = "archive"
+archive_dir = "{tmp / 'archive'}"
+route = "modern"
+{flat}
+"""

@@ -31,7 +31,7 @@ import pytest
 
 from router import names
 from tests.conftest import wait_for
-from tests.ficus_proc import Ficus, free_port
+from tests.ficus_proc import Ficus, csv_folder_interface, free_port
 from tests.nats_cluster import NatsCluster, nats_cluster
 from tests.odbc_db import UsageTable, usage_table
 
@@ -59,8 +59,6 @@ def _toml(value: Any) -> str:
 
 
 def config(tmp: Path, name: str, url: str, api_port: int, db: UsageTable) -> Path:
-    flat = (REPO / "fixtures/flat/billing_export.toml").read_text()
-    flat = flat.replace("[layout]", "[interfaces.flat.layout]").replace("[mapping]", "[interfaces.flat.mapping]")
     odbc = db.interface(ODBC, poll_seconds=0.2, batch_size=200)
     clients = "\n".join(
         f'[[api.clients]]\nname = "{role}-client"\nrole = "{role}"\n'
@@ -84,19 +82,7 @@ lease_seconds = {LEASE}
 renew_seconds = {RENEW}
 [[interfaces]]
 {chr(10).join(f"{k} = {_toml(v)}" for k, v in odbc.items())}
-[[interfaces]]
-name = "{FILES}"
-kind = "folder"
-path = "{tmp / 'in'}"
-patterns = ["*.csv"]
-poll_seconds = 0.2
-complete = "rename"
-format = "csv"
-after = "archive"
-archive_dir = "{tmp / 'archive'}"
-route = "modern"
-{flat}
-""")
+{csv_folder_interface(FILES, tmp)}""")
     return conf
 
 

@@ -15,6 +15,7 @@ import pytest
 from router import names
 from router.embedded_nats import EmbeddedNats
 from tests.conftest import stream_count, wait_for
+from tests.ficus_proc import csv_folder_interface
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -30,8 +31,6 @@ def write_export(path: Path, count: int) -> None:
 
 
 def config(tmp: Path, nats_url: str) -> Path:
-    spec = (REPO / "fixtures/flat/billing_export.toml").read_text()
-    spec = spec.replace("[layout]", "[interfaces.flat.layout]").replace("[mapping]", "[interfaces.flat.mapping]")
     conf = tmp / "ficus.toml"
     conf.write_text(f"""
 state_dir = "{tmp / 'state'}"
@@ -40,19 +39,7 @@ log_level = "WARNING"
 url = "{nats_url}"
 [api]
 listen = "127.0.0.1:0"
-[[interfaces]]
-name = "billing"
-kind = "folder"
-path = "{tmp / 'in'}"
-patterns = ["*.csv"]
-poll_seconds = 0.2
-complete = "rename"
-format = "csv"
-after = "archive"
-archive_dir = "{tmp / 'archive'}"
-route = "modern"
-{spec}
-""")
+{csv_folder_interface("billing", tmp)}""")
     return conf
 
 

@@ -27,7 +27,7 @@ import pytest
 from router import names
 from router.config import ConfigError, parse_config
 from tests.conftest import process_table, wait_for
-from tests.ficus_proc import Ficus, alive, free_port, servers_on, store_url, wait_gone
+from tests.ficus_proc import Ficus, alive, csv_folder_interface, free_port, servers_on, store_url, wait_gone
 from tests.ha import check_exactly_once, dft_messages, raw_control_ids, stored_events
 from tests.mllp_client import MllpTestClient
 
@@ -41,23 +41,8 @@ CONNECTIONS, PER_CONNECTION = 16, 12
 def config(tmp: Path, *, workers: int, api_port: int, mllp_port: int, folder: bool = False) -> Path:
     files = ""
     if folder:
-        flat = (REPO / "fixtures/flat/billing_export.toml").read_text()
-        flat = flat.replace("[layout]", "[interfaces.flat.layout]").replace("[mapping]", "[interfaces.flat.mapping]")
         (tmp / "in").mkdir(exist_ok=True)
-        files = f"""
-[[interfaces]]
-name = "{FILES}"
-kind = "folder"
-path = "{tmp / 'in'}"
-patterns = ["*.csv"]
-poll_seconds = 0.2
-complete = "rename"
-format = "csv"
-after = "archive"
-archive_dir = "{tmp / 'archive'}"
-route = "modern"
-{flat}
-"""
+        files = "\n" + csv_folder_interface(FILES, tmp)
     conf = tmp / "ficus.toml"
     conf.write_text(f"""
 state_dir = "{tmp / 'state'}"
