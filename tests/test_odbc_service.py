@@ -25,6 +25,7 @@ import pytest
 from router import names
 from router.embedded_nats import EmbeddedNats
 from tests.conftest import ServiceFactory, make_config, stream_count, wait_for
+from tests.ficus_proc import fast_ingest_state, free_port
 from tests.odbc_db import COLUMNS, GOOD, UsageTable, usage_mapping, usage_table
 from tests.test_service_mllp import read_subject
 
@@ -206,7 +207,7 @@ async def test_killed_database_connection_resumes_from_the_checkpoint(
     assert keys == expected_keys(db, range(1, 21)) and len(ids) == 20
 
 
-def run_config(tmp: Path, db: UsageTable, nats_url: str) -> Path:
+def run_config(tmp: Path, db: UsageTable, nats_url: str, api_port: int = 0) -> Path:
     iface = db.interface("usage", batch_size=5000)
     mapping = iface.pop("mapping")
     lines = [f"{k} = {json.dumps(v)}" for k, v in iface.items()]
@@ -220,7 +221,7 @@ log_level = "WARNING"
 [nats]
 url = "{nats_url}"
 [api]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{api_port}"
 [[interfaces]]
 {chr(10).join(lines)}
 [interfaces.mapping]
@@ -238,7 +239,8 @@ async def test_kill_mid_batch_then_restart_publishes_each_row_once(
 ) -> None:
     rows = 40_000
     await asyncio.to_thread(db.insert_many, rows, 10_000)
-    cmd = [sys.executable, "-m", "router.cli", "run", "-c", str(run_config(tmp_path, db, nats_server.url))]
+    api_port = free_port()
+    cmd = [sys.executable, "-m", "router.cli", "run", "-c", str(run_config(tmp_path, db, nats_server.url, api_port))]
     # Logs go to files, not unread pipes: a full pipe would block the service mid-run.
     with (tmp_path / "first.log").open("wb") as errfile:
         first = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=errfile)
@@ -258,6 +260,8 @@ async def test_kill_mid_batch_then_restart_publishes_each_row_once(
         second = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=errfile)
         try:
             await wait_for(lambda: _equals(canonical(nats_server.url), rows), timeout=180, interval=0.2)
+            # The rows went as fast-ingest batches (nats-server 2.14+), not one message at a time.
+            ingest, batches = await fast_ingest_state(api_port)
         finally:
             second.send_signal(signal.SIGTERM)
             try:
@@ -271,6 +275,7 @@ async def test_kill_mid_batch_then_restart_publishes_each_row_once(
     assert len(keys) == len(ids) == rows, err.decode()[-2000:]
     assert set(keys) == set(expected_keys(db, range(1, rows + 1)))
     assert await stream_count(nats_server.url, names.STREAM_DLQ) == 0
+    assert ingest == "fast-ingest" and isinstance(batches, int) and batches > 1, (ingest, batches)
 
 
 def test_check_reports_a_missing_mapping_field_of_an_odbc_interface(tmp_path: Path) -> None:
