@@ -198,8 +198,19 @@ async def test_killed_database_connection_resumes_from_the_checkpoint(
         await asyncio.to_thread(db.kill, int(raw["rows"][0]["conn_id"]))
         await asyncio.to_thread(db.insert, 10)
         await wait_for(lambda: _equals(canonical(nats_server.url), 20), timeout=15)
-        resp = await http.get(f"{svc.api_url}/api/v1/interfaces", headers={"Authorization": "Bearer view-secret"})
-        (view,) = (await resp.json())["interfaces"]
+
+        async def interface_view() -> dict[str, Any]:
+            resp = await http.get(f"{svc.api_url}/api/v1/interfaces",
+                                  headers={"Authorization": "Bearer view-secret"})
+            (found,) = (await resp.json())["interfaces"]
+            return dict(found)
+
+        async def checkpointed() -> dict[str, Any] | None:
+            # The checkpoint follows the events' acknowledgement (and the ledger deltas after them).
+            found = await interface_view()
+            return found if found["checkpoint"] == {"last_key": 20, "last_ts": None} else None
+
+        view = await wait_for(checkpointed, timeout=10)
     assert view["poller"]["reconnects"] >= 1 and view["poller"]["connected"]
     assert view["poller"]["last_error"] and view["poller"]["last_poll_at"]
     assert view["checkpoint"] == {"last_key": 20, "last_ts": None}
