@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -316,3 +317,41 @@ fields = [{fields}]
 
 async def _equals(count: Any, want: int) -> bool:
     return bool(await count == want)
+
+
+async def test_next_batch_is_archived_and_translated_while_one_commits(
+    db: UsageTable, nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    """Pipelined commits: batch N+1 is read, archived and translated while batch N is committed,
+    and is committed only after N's checkpoint is stored (each commit starts from the one before)."""
+    cfg = make_config(nats_server.url, [db.interface("usage", batch_size=1000)], state_dir=str(tmp_path))
+    spans: list[tuple[str, float, float, Any]] = []
+    started_from: list[tuple[Any, Any]] = []
+    async with service_factory(cfg) as svc:
+        pipeline = svc.interfaces["usage"].pipeline
+        prepare_of, process_of = pipeline._prepare, pipeline.process
+
+        async def prepare(batch: Any) -> Any:
+            t = time.perf_counter()
+            out = await prepare_of(batch)
+            spans.append(("prepare", t, time.perf_counter(), batch.keys[0]))
+            return out
+
+        async def process(batch: Any, prepared: Any = None) -> Any:
+            # What is stored when a batch's commit starts: the checkpoint after the batch before it.
+            started_from.append((pipeline.checkpoint.last_key if pipeline.checkpoint else None, batch.keys[0]))
+            t = time.perf_counter()
+            stored = await process_of(batch, prepared)
+            spans.append(("process", t, time.perf_counter(), batch.keys[0]))
+            return stored
+
+        pipeline._prepare, pipeline.process = prepare, process
+        await asyncio.to_thread(db.insert_many, 4000, 1000)
+        await wait_for(lambda: _equals(canonical(nats_server.url), 4000), timeout=60)
+    keys, ids = await record_keys(nats_server.url)
+    assert len(keys) == len(ids) == 4000
+    assert all(before is None or before == first - 1 for before, first in started_from), started_from
+    # A batch prepared while another one (the batch before it) was being committed.
+    overlapped = [k for what, start, _, k in spans if what == "prepare" and any(
+        w == "process" and other != k and s < start < end for w, s, end, other in spans)]
+    assert overlapped, spans
