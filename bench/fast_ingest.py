@@ -34,6 +34,8 @@ from bench.common import PY, REPO, machine, median, nats_server, run_json
 
 TITLE = "## 11. Fast-ingest batches and pipelined commits"
 CHUNK = 500
+POOL = 300_000
+"""Messages made ready before the clock (each publisher stops early when it has sent them all)."""
 WINDOW = 500
 
 
@@ -72,12 +74,13 @@ async def _ceiling(url: str, subject: str, payload: bytes, tag: str, seconds: fl
     buf = b""
 
     def command(i: int) -> bytes:
-        hdr = f"NATS/1.0\r\nNats-Msg-Id: {tag}-{i}\r\n\r\n".encode()
+        hdr = (f"NATS/1.0\r\nNats-Msg-Id: {tag}-{i}\r\nFicus-Interface: bench\r\n"
+               "Ficus-Event-Type: org.ficus.bench\r\n\r\n").encode()
         return (f"HPUB {subject} _CEIL.{i} {len(hdr)} {len(hdr) + len(payload)}\r\n".encode() + hdr + payload
                 + b"\r\n")
 
     # Pre-encoded before the clock starts: the ceiling pays nothing per message but the server.
-    total = 300_000
+    total = POOL
     commands = [command(i) for i in range(total)]
     start = time.perf_counter()
     warm_at, stop_at = start + warmup, start + warmup + seconds
@@ -121,11 +124,15 @@ async def publish(url: str, who: str, seconds: float, warmup: float) -> dict[str
             ingest = FastIngest(nc) if who == "fast-ingest" else None
             fast = FastPublisher(nc) if who == "fast" else None
             i = counted = 0
+            # Made before the clock starts, as the ceiling's commands are: in Ficus the stage makes
+            # them in the worker thread that translated the chunk; the publisher gets them ready.
+            headers = {"Ficus-Interface": "bench", "Ficus-Event-Type": "org.ficus.bench"}
+            chunks = [[Outgoing(subject, payload, f"{tag}-{c * CHUNK + k}", headers) for k in range(CHUNK)]
+                      for c in range(POOL // CHUNK)]
             start = time.perf_counter()
             warm_at, stop_at = start + warmup, start + warmup + seconds
-            while (now := time.perf_counter()) < stop_at:
-                items = [Outgoing(subject, payload, f"{tag}-{i + k}", {"Ficus-Interface": "bench"})
-                         for k in range(CHUNK)]
+            while (now := time.perf_counter()) < stop_at and i < POOL:
+                items = chunks[i // CHUNK]
                 if ingest is not None:
                     await ingest.publish(items, 10.0)
                 else:
@@ -231,7 +238,16 @@ def section(res: dict[str, Any]) -> list[str]:
               "", "End to end is a folder interface in `modern` mode on an embedded nats-server: hash, raw copy in "
               "the object store, records translated off the loop (the next chunk while the one before is "
               "acknowledged), events and ledger deltas stored, manifest written. Translation alone reads, maps, "
-              "serialises and drops the events in one process; end to end shares the two cores with nats-server.", ""]
+              "serialises and drops the events in one process; end to end shares the two cores with nats-server.",
+              "",
+              "Where the end-to-end time goes (CSV, 100,000 records, measured beside this run with thread CPU "
+              "clocks): the worker thread spends about 2.3x the CPU of translation alone on a chunk -- the "
+              "stage's own work per record (routing by facility, ledger entry, `Record`/`Unit` objects, "
+              "`event_message`) costs about as much as mapping the record -- and the event loop about 0.6x more "
+              "(headers, HPUB commands, acks, manifest); the GIL serialises the two, and nats-server takes the "
+              "other core. Pipelining hides the round trips (batch start, commit, ledger delta, manifest), not "
+              "CPU: the 75 % target needs the stage's per-record cost cut, or more processes (workers), not a "
+              "faster publisher.", ""]
     return lines
 
 
@@ -245,14 +261,18 @@ def main() -> None:
     one.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--write", action="store_true", help="splice the section into docs/benchmarks.md")
+    parser.add_argument("--results", type=Path, help="render a saved results file instead of measuring")
     args = parser.parse_args()
     if args.cmd == "publish":
         print(json.dumps(asyncio.run(publish(args.url, args.who, args.seconds, args.warmup))))
         return
-    res = run_all(args.quick)
-    out = REPO / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    (out / f"fast-ingest-{time.strftime('%Y-%m-%d')}.json").write_text(json.dumps(res, indent=1))
+    if args.results is not None:
+        res = json.loads(args.results.read_text())
+    else:
+        res = run_all(args.quick)
+        out = REPO / "bench" / "out"
+        out.mkdir(exist_ok=True)
+        (out / f"fast-ingest-{time.strftime('%Y-%m-%d')}.json").write_text(json.dumps(res, indent=1))
     lines = section(res)
     print("\n".join(lines))
     if args.write:

@@ -43,7 +43,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
-from router.publisher import _CRLF, _HDR_LINE, _UNSAFE_SUBJECT, Item, encode_headers, supported
+from router.publisher import _CRLF, _HDR_LINE, _UNSAFE_SUBJECT, Item, _clean, encode_headers, supported
 
 FLOW = 100
 """Messages per flow ack asked of the server (it may choose fewer: 1 while other batches run
@@ -60,6 +60,20 @@ _SUFFIX = ".$FI"
 _OP_START, _OP_APPEND, _OP_COMMIT = 0, 1, 2
 
 ProcessMsg = Callable[[int, bytes, bytes, bytes, bytes], Awaitable[None]]
+
+
+_CACHED = 4096
+"""Subjects and header sets remembered at most (then forgotten all at once)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Bare:
+    """Headers alone, to encode them with router/publisher.py's rules (an empty Msg-Id first)."""
+
+    headers: dict[str, str]
+    subject: str = ""
+    payload: bytes = b""
+    msg_id: str = ""
 
 
 class Unsupported(Exception):
@@ -175,6 +189,10 @@ class FastIngest:
         self._prefix = ""
         self._sid: int | None = None
         self._lock = asyncio.Lock()
+        self._subjects: set[str] = set()
+        """Subjects already checked (the same few recur in every chunk)."""
+        self._tails: dict[tuple[tuple[str, str], ...], bytes] = {}
+        self._id_line = _HDR_LINE + msg_id_header.encode() + b": "
         self.batches = 0
         """Batches committed (a metric: shows the path is in use)."""
         self.messages = 0
@@ -229,16 +247,23 @@ class FastIngest:
         base = f"{self._prefix}{bid}.{self._flow}.fail."
         max_payload = self._nc.max_payload
         last = len(items)
+        commands: list[bytes] = []
+        send = nc._send_command
         try:
             async with asyncio.timeout(timeout) as limit:
                 for seq, item in enumerate(items, 1):
                     if seq == 2:
                         # ADR-50: the first answer says whether batches are taken, and how fast.
+                        await send(b"".join(commands))
+                        commands.clear()
                         await self._flush()
                         while not run.started and run.error is None:
                             await self._wait(run)
                         limit.reschedule(loop.time() + timeout)
-                    elif seq > 2:
+                    elif seq > 2 and seq > run.acked + run.flow * self._outstanding:
+                        # A window's commands go in one write; then wait for the server to catch up.
+                        await send(b"".join(commands))
+                        commands.clear()
                         while seq > run.acked + run.flow * self._outstanding and run.error is None:
                             await self._flush()
                             acked = run.acked
@@ -250,15 +275,16 @@ class FastIngest:
                     if fence is not None and seq % FENCE_EVERY == 1:
                         fence()
                     subject, payload = item.subject, item.payload
-                    if not subject or any(c in subject for c in _UNSAFE_SUBJECT):
-                        raise nats.errors.BadSubjectError()
-                    hdr = encode_headers(self._msg_id_header, item)
-                    if len(hdr) + len(payload) > max_payload:
+                    if subject not in self._subjects:
+                        self._check_subject(subject)
+                    hdr = self._header(item)
+                    size = len(hdr) + len(payload)
+                    if size > max_payload:
                         raise nats.errors.MaxPayloadError()
                     op = _OP_COMMIT if seq == last else (_OP_START if seq == 1 else _OP_APPEND)
-                    head = (f"HPUB {subject} {base}{seq}.{op}{_SUFFIX} {len(hdr)} "
-                            f"{len(hdr) + len(payload)}\r\n").encode()
-                    await nc._send_command(head + hdr + payload + _CRLF)
+                    commands += (f"HPUB {subject} {base}{seq}.{op}{_SUFFIX} {len(hdr)} {size}\r\n".encode(),
+                                 hdr, payload, _CRLF)
+                await send(b"".join(commands))
                 await self._flush()
                 committed = await run.final
         finally:
@@ -266,6 +292,29 @@ class FastIngest:
         self.batches += 1
         self.messages += last
         return committed
+
+    def _check_subject(self, subject: str) -> None:
+        if not subject or any(c in subject for c in _UNSAFE_SUBJECT):
+            raise nats.errors.BadSubjectError()
+        if len(self._subjects) >= _CACHED:
+            self._subjects.clear()
+        self._subjects.add(subject)
+
+    def _header(self, item: Item) -> bytes:
+        """The header block: the Msg-Id line, then the item's own headers, encoded once per
+        distinct set (a chunk's events share interface and a few event types)."""
+        msg_id = item.msg_id
+        if "\r" in msg_id or "\n" in msg_id:
+            msg_id = _clean(msg_id)
+        headers = item.headers
+        key = tuple(headers.items()) if headers else ()
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = encode_headers("x", _Bare(headers))[len(_HDR_LINE) + len("x: \r\n"):]
+            if len(self._tails) >= _CACHED:
+                self._tails.clear()
+            self._tails[key] = tail
+        return self._id_line + msg_id.encode() + _CRLF + tail
 
     async def _flush(self) -> None:
         nc: Any = self._nc
