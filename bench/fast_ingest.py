@@ -3,12 +3,14 @@
     python -m bench.fast_ingest [--quick] [--write]        # every measurement, medians of 3
     python -m bench.fast_ingest publish URL --who ceiling|fast-ingest|fast --seconds 3
 
-Publisher: the same ~1 KB CloudEvents, each with its own Nats-Msg-Id, stored in a fresh
-file stream by (a) the ceiling: a client sending pre-encoded HPUB commands, one PubAck per
-message counted but not parsed, two windows of 500 in flight (what the server accepts from
-a client that costs nothing); (b) ``FastIngest`` in batches of 500 (a file chunk); (c)
-``FastPublisher`` in batches of 500 (the one-ack-per-message path before it). Each in its own
-process against one nats-server, interleaved, three rounds.
+Publisher: the same ~1 KB CloudEvents, each with its own Nats-Msg-Id and Ficus's two headers,
+stored in a fresh file stream by (a) the ceiling: a client sending pre-encoded HPUB commands,
+one PubAck per message counted but not parsed, two windows of 500 in flight (what the server
+accepts from a client that costs nothing); (b) ``FastIngest`` in batches of 500 (a file
+chunk); (c) ``FastPublisher`` in batches of 500 (the one-ack-per-message path before it). The
+ceiling's commands and the publishers' ``Outgoing`` items are made before the clock starts
+(in Ficus the worker thread makes the items). Each in its own process against one
+nats-server, interleaved, three rounds; each stops early once its 300,000 messages are sent.
 
 Files end to end: one CSV and one 835 file through a folder interface (bench/file_pipeline.py:
 hash, raw object store, records, events acknowledged, manifest), with `nats.fast_ingest` on
@@ -240,8 +242,8 @@ def section(res: dict[str, Any]) -> list[str]:
               "acknowledged), events and ledger deltas stored, manifest written. Translation alone reads, maps, "
               "serialises and drops the events in one process; end to end shares the two cores with nats-server.",
               "",
-              "Where the end-to-end time goes (CSV, 100,000 records, measured beside this run with thread CPU "
-              "clocks): the worker thread spends about 2.3x the CPU of translation alone on a chunk -- the "
+              "Where the end-to-end time goes (CSV, 100,000 records, measured separately the same day with thread "
+              "CPU clocks): the worker thread spends about 2.3x the CPU of translation alone on a chunk -- the "
               "stage's own work per record (routing by facility, ledger entry, `Record`/`Unit` objects, "
               "`event_message`) costs about as much as mapping the record -- and the event loop about 0.6x more "
               "(headers, HPUB commands, acks, manifest); the GIL serialises the two, and nats-server takes the "
