@@ -3,6 +3,7 @@ interface in `modern` mode, through the whole pipeline (hash, raw object store, 
 events published and acknowledged, manifest), on an embedded nats-server.
 
     python -m bench.file_pipeline --size 100
+    python -m bench.file_pipeline --path export.835 --format x12-835 --fast-ingest off
 """
 
 from __future__ import annotations
@@ -40,34 +41,49 @@ def generate(path: Path, megabytes: int) -> int:
     return count
 
 
-async def run(megabytes: int) -> dict[str, object]:
+async def run(megabytes: int, source: Path | None = None, fmt: str = "csv",
+              fast_ingest: bool = True) -> dict[str, object]:
+    """One file through a folder interface; ``source``: an existing file (copied), else a
+    generated CSV of ``megabytes`` MB; ``fast_ingest``: `nats.fast_ingest`."""
     work = Path(tempfile.mkdtemp(prefix="ficus-bench-files-"))
     try:
         for d in ("in", "archive", "staging"):
             (work / d).mkdir()
-        staged = work / "staging" / "export.csv"
-        records = generate(staged, megabytes)
-        spec = tomllib.loads((REPO / "fixtures/flat/billing_export.toml").read_text())
+        suffix = "csv" if fmt == "csv" else "835"
+        staged = work / "staging" / f"export.{suffix}"
+        if source is not None:
+            shutil.copyfile(source, staged)
+            megabytes = round(staged.stat().st_size / 2**20)
+            records = 0
+        else:
+            records = generate(staged, megabytes)
+        interface: dict[str, object] = {
+            "name": "billing", "kind": "folder", "path": str(work / "in"), "patterns": [f"*.{suffix}"],
+            "poll_seconds": 0.2, "complete": "rename", "format": fmt,
+            "after": "archive", "archive_dir": str(work / "archive"), "route": "modern",
+        }
+        if fmt == "csv":
+            spec = tomllib.loads((REPO / "fixtures/flat/billing_export.toml").read_text())
+            interface["flat"] = {"layout": spec["layout"], "mapping": spec["mapping"]}
         cfg = parse_config({
             "state_dir": str(work / "state"), "log_level": "WARNING", "api": {"listen": "127.0.0.1:0"},
-            "interfaces": [{
-                "name": "billing", "kind": "folder", "path": str(work / "in"), "patterns": ["*.csv"],
-                "poll_seconds": 0.2, "complete": "rename", "format": "csv",
-                "flat": {"layout": spec["layout"], "mapping": spec["mapping"]},
-                "after": "archive", "archive_dir": str(work / "archive"), "route": "modern",
-            }],
+            "nats": {"fast_ingest": fast_ingest}, "interfaces": [interface],
         }, "bench")
         async with Service(cfg) as svc:
             stats = svc.interfaces["billing"].stats
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             start = time.perf_counter()
-            staged.rename(work / "in" / "export.csv")
+            staged.rename(work / "in" / staged.name)
             while stats.acked < 1:  # noqa: ASYNC110 - polling a counter the pipeline bumps
                 await asyncio.sleep(0.1)
             elapsed = time.perf_counter() - start
             published = stats.published
+            ingest = svc.store.ingest_mode
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return {"megabytes": megabytes, "records": records, "events": published, "seconds": round(elapsed, 1),
+        size = (work / "archive" / staged.name).stat().st_size
+        return {"megabytes": megabytes, "mb": round(size / 1e6, 1), "mb_per_s_decimal": round(size / 1e6 / elapsed, 2),
+                "ingest": ingest, "records": records, "events": published, "seconds": round(elapsed, 2),
+                "events_per_s": round(published / elapsed),
                 "records_per_s": round(records / elapsed), "mb_per_s": round(megabytes / elapsed, 2),
                 "peak_rss_mib": round(rss), "rss_before_file_mib": round(rss_before)}
     finally:
@@ -77,13 +93,17 @@ async def run(megabytes: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=100, help="MB of CSV")
-    size = parser.parse_args().size
+    parser.add_argument("--path", type=Path, help="an existing file to take instead of a generated CSV")
+    parser.add_argument("--format", default="csv", choices=["csv", "x12-835"])
+    parser.add_argument("--fast-ingest", default="on", choices=["on", "off"])
+    args = parser.parse_args()
+    work = run(args.size, args.path, args.format, args.fast_ingest == "on")
     try:  # the event loop `ficus run` uses
         import uvloop
     except ImportError:
-        print(json.dumps(asyncio.run(run(size))))
+        print(json.dumps(asyncio.run(work)))
         return
-    print(json.dumps(uvloop.run(run(size))))
+    print(json.dumps(uvloop.run(work)))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ class Readiness(Answer):
     ready: bool
     problems: list[str] = Field(description="one line per problem, `<interface>: <reason>`")
     publisher: str = Field(description="the publishing path in use: fast or publish_async")
+    ingest: str = Field(description="file chunks and row batches as JetStream fast-ingest batches: "
+                                    "fast-ingest, or off (not taken by the server, or `nats.fast_ingest = false`)")
+    ingest_batches: int = Field(description="fast-ingest batches committed since start")
 
 
 # -- status lookups (router/views.py) ------------------------------------------------------------

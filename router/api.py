@@ -387,8 +387,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     ok, problems = request.app[READY]()
     # Which publishing path the start-up self-test chose: information, never a reason to be unready.
-    publisher = request.app[STORE].publisher
-    return web.json_response({"ready": ok, "problems": problems, "publisher": publisher},
+    store = request.app[STORE]
+    return web.json_response({"ready": ok, "problems": problems, "publisher": store.publisher,
+                              "ingest": store.ingest_mode, "ingest_batches": store.ingest_batches},
                              status=200 if ok else 503)
 
 

@@ -142,6 +142,10 @@ class NatsConfig(_Model):
     duplicate_window_seconds: float = Field(default=600, gt=0)
     publish_timeout_seconds: float = Field(default=5, gt=0)
     start_timeout_seconds: float = Field(default=60, gt=0)
+    # JetStream fast-ingest batches (nats-server 2.14+, router/fast_ingest.py) for file chunks and
+    # row batches: streams of events and dead letters get `allow_batched` when the server takes
+    # it. Off: every message acknowledged on its own, as before (also the fallback on older servers).
+    fast_ingest: bool = True
     # The event index (FICUS_EVIDX, router/events_api.py): a copy of every event on a subject
     # that names interface and facility, for the API's interface and facility filters. Off by
     # default: it doubles the messages of every unit (a 50 MB 835: ingest 35 % slower, MLLP ACK

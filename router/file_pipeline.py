@@ -41,6 +41,7 @@ store by their manifest entries and yields their records as the live path builds
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -456,7 +457,10 @@ class FilePipeline:
         Reading, translating, enriching, routing and serialising a chunk runs in a worker
         thread (router/offload.py), so a big file never holds the event loop (and every MLLP
         ACK of the process) for longer than a GIL switch interval; the loop only commits each
-        chunk and advances the resume point. One chunk at a time, so records stay in order.
+        chunk and advances the resume point. Pipelined: the next chunk is translated while the
+        one before is stored and acknowledged, but chunks are committed one at a time, in order,
+        and the resume point moves past a chunk only once all of it is acknowledged (_commit);
+        a chunk translated ahead of a failed commit is dropped, cut again from the resume point.
         """
         ctx = self.stage.context(entry.raw, route)
         reference = self.stage.reference.data if self.stage.reference is not None else None
@@ -465,12 +469,18 @@ class FilePipeline:
                                sha256=entry.sha256, reference=reference, hl7=self.hl7)
             if ack is not None:  # every unit's ACK, those below the resume point too
                 units = ack.collect(units)
-            while True:
-                chunk = await _finished_first(off_loop(self._chunk, units, entry, route, entry.next_record))
-                await self._commit(entry, chunk)
-                if chunk.last:
-                    return
+            chunk = await _finished_first(off_loop(self._chunk, units, entry, route, entry.next_record))
+            while not chunk.last:
+                following = asyncio.ensure_future(off_loop(self._chunk, units, entry, route, chunk.next_record))
+                try:
+                    await self._commit(entry, chunk)
+                except BaseException:
+                    # The worker thread is reading the open file: let it finish its chunk first.
+                    await _settled(following)
+                    raise
+                chunk = await _finished_first(following)
                 gc_pause.breathe()
+            await self._commit(entry, chunk)
 
     async def _reference(self, local: Path, entry: FileEntry, route: Route) -> None:
         """Stores a GL export's lines as GL parity's reference (router/gl_export.py), 500 at a time
@@ -541,7 +551,7 @@ class FilePipeline:
         if out.records:
             with self.stats.commit_latency.timed():
                 await self.stage.commit(out, batch=f"file|{entry.sha256}|{chunk.first}|{chunk.next_record - 1}",
-                                        fence=self._fenced)
+                                        fence=self._fenced, bulk=True)
         entry.events += out.live + out.shadow
         entry.dead_letters += len(out.letters)
         entry.next_record = max(entry.next_record, chunk.next_record)
@@ -650,6 +660,15 @@ class _Chunk:
     next_record: int = 0
     last: bool = False
     """No record after this chunk."""
+
+
+async def _settled(task: asyncio.Future[T]) -> None:
+    """Waits until ``task`` is over (even when cancelled meanwhile); its outcome is dropped."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: a chunk translated ahead of a failed commit is not reported
 
 
 async def _finished_first(work: Awaitable[T]) -> T:

@@ -204,6 +204,8 @@ class OdbcPipeline:
         """Why the last poll failed (a query error, NATS away), until a poll succeeds; for readiness."""
         # The batch after the one being processed, read while it is processed (see run()).
         self._ahead: asyncio.Task[Batch | None] | None = None
+        # That batch archived and translated while the one before is committed (see run()).
+        self._next: asyncio.Task[tuple[Batch, Outcome] | None] | None = None
         self._facility_spec = next((f for f in cfg.mapping.fields if f.field == cfg.mapping.facility_field), None)
 
     def details(self) -> dict[str, Any]:
@@ -246,18 +248,20 @@ class OdbcPipeline:
                 try:
                     if self.checkpoint is None:
                         self.checkpoint = await self.checkpoints.load()
-                    batch = await self._next_batch(stopping)
+                    prepared = await self._take_next(stopping)
+                    batch = prepared[0] if prepared is not None else await self._next_batch(stopping)
                     if batch is None:
                         if not stopping.is_set():
                             self.failing = None  # a good pass: the query answered, nothing new
                         await _sleep(stopping, self.cfg.poll_seconds)
                         continue
-                    # Read the next batch on the poller's thread while this one is archived,
-                    # translated and acknowledged. It is only a read: nothing of it is
-                    # published before this batch's checkpoint is stored, and it is dropped
-                    # whenever that checkpoint is not the one it was read after.
+                    # Read the next batch on the poller's thread, then archive and translate it,
+                    # while this one is committed (pipelined). Its events are not published
+                    # before this batch's checkpoint is stored, and it is dropped whenever that
+                    # checkpoint is not the one it was read after (or this batch fails).
                     self._ahead = asyncio.create_task(self.poller.next_batch(batch.checkpoint_after))
-                    stored = await self.process(batch)
+                    self._next = asyncio.create_task(self._prepare_ahead(self._ahead, stopping))
+                    stored = await self.process(batch, prepared[1] if prepared is not None else None)
                     if stored is not batch.checkpoint_after:  # another writer's checkpoint
                         await self._drop_ahead()
                     self.checkpoint = stored
@@ -292,29 +296,56 @@ class OdbcPipeline:
             await asyncio.wait({self._ahead})
 
     async def _drop_ahead(self) -> None:
+        following, self._next = self._next, None
         ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return
-        ahead.cancel()
-        # Cancelled, finished or failed, the read is discarded (cancelling a poll is safe).
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await ahead
+        for task in (following, ahead):
+            if task is None:
+                continue
+            task.cancel()
+            # Cancelled, finished or failed, the read is discarded (cancelling a poll is safe; a
+            # batch archived ahead dedupes when read and archived again).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
-    @traced_unit("receive", lambda self, batch: (self.name, f"{self.cfg.table}: {len(batch.rows)} rows",
-                                                 {"rows": len(batch.rows)}), lambda _checkpoint: "committed")
-    async def process(self, batch: Batch) -> Checkpoint:
-        """One batch end to end; returns the checkpoint now stored. Safe to repeat after a crash."""
-        self.stats.received += len(batch.rows)
-        self.stats.last_message_at = time.time()
+    async def _take_next(self, stopping: asyncio.Event) -> tuple[Batch, Outcome] | None:
+        """The batch prepared while the one before was committed, with its outcome; None when
+        there is none (nothing was ready when it was read: :meth:`_next_batch` asks again). A
+        failure to read, archive or translate it is raised here, as the batch's own would be."""
+        following, self._next = self._next, None
+        if following is None:
+            return None
+        self._ahead = None  # consumed by the preparation
+        prepared = await _unless(stopping, following)
+        return prepared
+
+    async def _prepare_ahead(self, ahead: asyncio.Task[Batch | None],
+                             stopping: asyncio.Event) -> tuple[Batch, Outcome] | None:
+        batch = await ahead
+        if batch is None or stopping.is_set():
+            return None
+        return batch, await self._prepare(batch)
+
+    async def _prepare(self, batch: Batch) -> Outcome:
+        """Archives a batch's rows and translates them (off the loop) into an outcome to commit."""
         with gc_paused():
             route = self.stage.route()
             self._fenced()
             refs = await self._archive(batch)
             # Translating and routing a batch (up to batch_size rows) run in a worker thread
             # (router/offload.py): the loop only publishes, so MLLP ACKs never wait for a batch.
-            out = await off_loop(self._outcome, batch, refs, route)
-            with self.stats.commit_latency.timed():
-                await self.stage.commit(out, piece=PUBLISH_CHUNK, fence=self._fenced)
+            return await off_loop(self._outcome, batch, refs, route)
+
+    @traced_unit("receive", lambda self, batch: (self.name, f"{self.cfg.table}: {len(batch.rows)} rows",
+                                                 {"rows": len(batch.rows)}), lambda _checkpoint: "committed")
+    async def process(self, batch: Batch, prepared: Outcome | None = None) -> Checkpoint:
+        """One batch end to end (``prepared``: already archived and translated, by the run loop
+        while the batch before was committed); returns the checkpoint now stored. Safe to repeat
+        after a crash."""
+        self.stats.received += len(batch.rows)
+        self.stats.last_message_at = time.time()
+        out = prepared if prepared is not None else await self._prepare(batch)
+        with gc_paused(), self.stats.commit_latency.timed():
+            await self.stage.commit(out, piece=PUBLISH_CHUNK, fence=self._fenced, bulk=True)
         if out.done and self.cfg.mark_statement is not None:
             # After the acknowledgement, before the checkpoint: see the module docstring. A read
             # ahead holds the poller's thread: the mark waits for it rather than spend its query

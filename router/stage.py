@@ -47,7 +47,7 @@ from router.config import Mode
 from router.dlq import DeadLetter, Kind, money, now_iso
 from router.routes import Route, RouteTable
 from router.stats import InterfaceStats
-from router.store import Objects, Outgoing, PubAck, Store, event_message, index_message
+from router.store import INGEST, Objects, Outgoing, PubAck, Store, event_message, index_message
 from router.tracing import current_traceparent, traced
 
 log = logging.getLogger("ficus.stage")
@@ -300,7 +300,7 @@ class Stage:
     @traced("publish", lambda self, out, **_: {"interface": self.name, "events": len(out.events),
                                                "dead_letters": len(out.letters), "records": out.records})
     async def commit(self, out: Outcome, *, piece: int = PUBLISH_PIECE, batch: str = "",
-                     fence: Callable[[], None] | None = None) -> list[PubAck]:
+                     fence: Callable[[], None] | None = None, bulk: bool = False) -> list[PubAck]:
         """Stores an outcome -- events, dead letters, then ledger deltas -- and counts it.
 
         Raises StoreUnavailable with nothing counted in the stats; a retry re-publishes the same
@@ -309,8 +309,18 @@ class Stage:
         the records' ledger entries into one delta per mode: 500 records, one ledger message.
         ``fence`` (a polling interface's lease check, router/leases.py) is called before each
         piece is published and raises to stop: nothing more is published once the lease is lost.
+
+        ``bulk`` (file chunks, row batches): events and dead letters go as fast-ingest batches
+        when the store has them (router/fast_ingest.py), then the ledger deltas the same way;
+        acknowledged per batch, so nothing comes back (an empty list). Not with the key index,
+        which needs each event's sequence, nor with ``resends``.
         """
         deltas = out.deltas if out.deltas is not None else self.deltas(out, batch)
+        if bulk and not out.keyed and not out.resends and self.store.ingest_mode == INGEST:
+            await self.store.ingest([*out.events, *out.index, *out.letters], fence, piece)
+            await self.store.ingest(deltas, fence, piece)  # last: counted only once all is stored
+            self.counted(out)
+            return []
         items = [*out.events, *out.index, *out.letters]
         acks: list[PubAck] = []
         keyed: list[Outgoing] = []

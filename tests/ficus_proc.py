@@ -27,6 +27,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def fast_ingest_state(api_port: int) -> tuple[object, object]:
+    """What /readyz of a running `ficus run` says of fast-ingest batches: (path, batches committed)."""
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{api_port}/readyz", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        body = await resp.json()
+    return body.get("ingest"), body.get("ingest_batches")
+
+
 def alive(pid: int) -> bool:
     """Exists and is not a zombie (orphans are reaped late, or never, in some containers)."""
     try:

@@ -15,7 +15,7 @@ import pytest
 from router import names
 from router.embedded_nats import EmbeddedNats
 from tests.conftest import stream_count, wait_for
-from tests.ficus_proc import csv_folder_interface
+from tests.ficus_proc import csv_folder_interface, fast_ingest_state, free_port
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ def write_export(path: Path, count: int) -> None:
                      f"{(i % 500) + 10}.25,CLINIC,NORTH\n")
 
 
-def config(tmp: Path, nats_url: str) -> Path:
+def config(tmp: Path, nats_url: str, api_port: int = 0) -> Path:
     conf = tmp / "ficus.toml"
     conf.write_text(f"""
 state_dir = "{tmp / 'state'}"
@@ -38,7 +38,7 @@ log_level = "WARNING"
 [nats]
 url = "{nats_url}"
 [api]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{api_port}"
 {csv_folder_interface("billing", tmp)}""")
     return conf
 
@@ -49,7 +49,8 @@ async def test_kill_mid_file_then_restart_publishes_each_record_once(
     (tmp_path / "in").mkdir()
     staging = tmp_path / "big.csv.part"
     write_export(staging, RECORDS)
-    conf = config(tmp_path, nats_server.url)
+    api_port = free_port()
+    conf = config(tmp_path, nats_server.url, api_port)
     cmd = [sys.executable, "-m", "router.cli", "run", "-c", str(conf)]
     first = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=subprocess.DEVNULL)
     try:
@@ -70,6 +71,8 @@ async def test_kill_mid_file_then_restart_publishes_each_record_once(
         second = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=errfile)
         try:
             await wait_for(lambda: (tmp_path / "archive" / "big.csv").exists(), timeout=180, interval=0.2)
+            # The rest of the file went as fast-ingest batches (nats-server 2.14+), not one by one.
+            ingest, batches = await fast_ingest_state(api_port)
         finally:
             second.send_signal(signal.SIGTERM)
             loop = asyncio.get_running_loop()
@@ -85,6 +88,7 @@ async def test_kill_mid_file_then_restart_publishes_each_record_once(
     assert second.returncode == 0, err.decode()[-2000:]
     print(f"shutdown took {stop_seconds:.1f}s")
     assert stop_seconds < 30, f"shutdown took {stop_seconds:.1f}s"
+    assert ingest == "fast-ingest" and isinstance(batches, int) and batches > 1, (ingest, batches)
     assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == RECORDS
     assert await stream_count(nats_server.url, names.STREAM_DLQ) == 0
     ids = await _distinct_ids(nats_server.url)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import pytest
 from router import names
 from router.embedded_nats import EmbeddedNats
 from tests.conftest import ServiceFactory, make_config, stream_count, wait_for
+from tests.ficus_proc import fast_ingest_state, free_port
 from tests.odbc_db import COLUMNS, GOOD, UsageTable, usage_mapping, usage_table
 from tests.test_service_mllp import read_subject
 
@@ -197,8 +199,19 @@ async def test_killed_database_connection_resumes_from_the_checkpoint(
         await asyncio.to_thread(db.kill, int(raw["rows"][0]["conn_id"]))
         await asyncio.to_thread(db.insert, 10)
         await wait_for(lambda: _equals(canonical(nats_server.url), 20), timeout=15)
-        resp = await http.get(f"{svc.api_url}/api/v1/interfaces", headers={"Authorization": "Bearer view-secret"})
-        (view,) = (await resp.json())["interfaces"]
+
+        async def interface_view() -> dict[str, Any]:
+            resp = await http.get(f"{svc.api_url}/api/v1/interfaces",
+                                  headers={"Authorization": "Bearer view-secret"})
+            (found,) = (await resp.json())["interfaces"]
+            return dict(found)
+
+        async def checkpointed() -> dict[str, Any] | None:
+            # The checkpoint follows the events' acknowledgement (and the ledger deltas after them).
+            found = await interface_view()
+            return found if found["checkpoint"] == {"last_key": 20, "last_ts": None} else None
+
+        view = await wait_for(checkpointed, timeout=10)
     assert view["poller"]["reconnects"] >= 1 and view["poller"]["connected"]
     assert view["poller"]["last_error"] and view["poller"]["last_poll_at"]
     assert view["checkpoint"] == {"last_key": 20, "last_ts": None}
@@ -206,7 +219,7 @@ async def test_killed_database_connection_resumes_from_the_checkpoint(
     assert keys == expected_keys(db, range(1, 21)) and len(ids) == 20
 
 
-def run_config(tmp: Path, db: UsageTable, nats_url: str) -> Path:
+def run_config(tmp: Path, db: UsageTable, nats_url: str, api_port: int = 0) -> Path:
     iface = db.interface("usage", batch_size=5000)
     mapping = iface.pop("mapping")
     lines = [f"{k} = {json.dumps(v)}" for k, v in iface.items()]
@@ -220,7 +233,7 @@ log_level = "WARNING"
 [nats]
 url = "{nats_url}"
 [api]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{api_port}"
 [[interfaces]]
 {chr(10).join(lines)}
 [interfaces.mapping]
@@ -238,7 +251,8 @@ async def test_kill_mid_batch_then_restart_publishes_each_row_once(
 ) -> None:
     rows = 40_000
     await asyncio.to_thread(db.insert_many, rows, 10_000)
-    cmd = [sys.executable, "-m", "router.cli", "run", "-c", str(run_config(tmp_path, db, nats_server.url))]
+    api_port = free_port()
+    cmd = [sys.executable, "-m", "router.cli", "run", "-c", str(run_config(tmp_path, db, nats_server.url, api_port))]
     # Logs go to files, not unread pipes: a full pipe would block the service mid-run.
     with (tmp_path / "first.log").open("wb") as errfile:
         first = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=errfile)
@@ -258,6 +272,8 @@ async def test_kill_mid_batch_then_restart_publishes_each_row_once(
         second = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stderr=errfile)
         try:
             await wait_for(lambda: _equals(canonical(nats_server.url), rows), timeout=180, interval=0.2)
+            # The rows went as fast-ingest batches (nats-server 2.14+), not one message at a time.
+            ingest, batches = await fast_ingest_state(api_port)
         finally:
             second.send_signal(signal.SIGTERM)
             try:
@@ -271,6 +287,7 @@ async def test_kill_mid_batch_then_restart_publishes_each_row_once(
     assert len(keys) == len(ids) == rows, err.decode()[-2000:]
     assert set(keys) == set(expected_keys(db, range(1, rows + 1)))
     assert await stream_count(nats_server.url, names.STREAM_DLQ) == 0
+    assert ingest == "fast-ingest" and isinstance(batches, int) and batches > 1, (ingest, batches)
 
 
 def test_check_reports_a_missing_mapping_field_of_an_odbc_interface(tmp_path: Path) -> None:
@@ -300,3 +317,41 @@ fields = [{fields}]
 
 async def _equals(count: Any, want: int) -> bool:
     return bool(await count == want)
+
+
+async def test_next_batch_is_archived_and_translated_while_one_commits(
+    db: UsageTable, nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    """Pipelined commits: batch N+1 is read, archived and translated while batch N is committed,
+    and is committed only after N's checkpoint is stored (each commit starts from the one before)."""
+    cfg = make_config(nats_server.url, [db.interface("usage", batch_size=1000)], state_dir=str(tmp_path))
+    spans: list[tuple[str, float, float, Any]] = []
+    started_from: list[tuple[Any, Any]] = []
+    async with service_factory(cfg) as svc:
+        pipeline = svc.interfaces["usage"].pipeline
+        prepare_of, process_of = pipeline._prepare, pipeline.process
+
+        async def prepare(batch: Any) -> Any:
+            t = time.perf_counter()
+            out = await prepare_of(batch)
+            spans.append(("prepare", t, time.perf_counter(), batch.keys[0]))
+            return out
+
+        async def process(batch: Any, prepared: Any = None) -> Any:
+            # What is stored when a batch's commit starts: the checkpoint after the batch before it.
+            started_from.append((pipeline.checkpoint.last_key if pipeline.checkpoint else None, batch.keys[0]))
+            t = time.perf_counter()
+            stored = await process_of(batch, prepared)
+            spans.append(("process", t, time.perf_counter(), batch.keys[0]))
+            return stored
+
+        pipeline._prepare, pipeline.process = prepare, process
+        await asyncio.to_thread(db.insert_many, 4000, 1000)
+        await wait_for(lambda: _equals(canonical(nats_server.url), 4000), timeout=60)
+    keys, ids = await record_keys(nats_server.url)
+    assert len(keys) == len(ids) == 4000
+    assert all(before is None or before == first - 1 for before, first in started_from), started_from
+    # A batch prepared while another one (the batch before it) was being committed.
+    overlapped = [k for what, start, _, k in spans if what == "prepare" and any(
+        w == "process" and other != k and s < start < end for w, s, end, other in spans)]
+    assert overlapped, spans

@@ -1,7 +1,7 @@
 """JetStream behind one door: streams, KV and the object store, with Ficus's own errors.
 
 Nothing above this package imports nats-py (tests/test_store_door.py keeps it so), except
-router/publisher.py, the hot path the store drives. Errors: `StoreError` and its kinds
+router/publisher.py and router/fast_ingest.py, the hot paths the store drives. Errors: `StoreError` and its kinds
 `StoreUnavailable` (retry later), `NotFound`, `RevisionConflict`, `StoreRejected`.
 """
 
@@ -10,6 +10,8 @@ from nats.js.api import PubAck
 from router.store.core import (
     FALLBACK,
     FAST,
+    INGEST,
+    INGEST_OFF,
     Outgoing,
     Store,
     StoredMsg,
@@ -25,6 +27,8 @@ from router.store.objects import Objects
 __all__ = [
     "FALLBACK",
     "FAST",
+    "INGEST",
+    "INGEST_OFF",
     "Bucket",
     "Entry",
     "NotFound",

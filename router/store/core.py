@@ -43,6 +43,7 @@ from nats.js.api import (
 from canonical.envelope import CloudEvent
 from router import names
 from router.config import NatsConfig
+from router.fast_ingest import FastIngest, Unsupported
 from router.publisher import FastPublisher, encode_headers, supported
 from router.store import secure
 from router.store.errors import StoreRejected, StoreUnavailable, mapped
@@ -57,6 +58,16 @@ SELFTEST_SUBJECT = "ficus.selftest"
 """Where the start-up publish goes that chooses the publisher (one message kept, in memory)."""
 FAST = "fast"
 FALLBACK = "publish_async"
+INGEST = "fast-ingest"
+INGEST_OFF = "off"
+INGEST_MIN = 8
+"""Messages for one stream below which a batch is not worth its first round trip."""
+BATCHED_STREAMS = (names.STREAM_CANONICAL, names.STREAM_SHADOW, names.STREAM_EVIDX, names.STREAM_DLQ,
+                   names.STREAM_LEDGER, SELFTEST_STREAM)
+"""Streams that take fast-ingest batches (`allow_batched`) when the server and `nats.fast_ingest` allow:
+what file chunks and row batches store (router/fast_ingest.py), and the self-test's."""
+BATCHED_SINCE = (2, 14)
+"""The first nats-server version with fast-ingest batches (ADR-50)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +116,14 @@ AUDIT_DAYS = 2190.0
 """The audit trail's retention when none is given (`[audit] retention_days`): six years."""
 
 
-def stream_configs(cfg: NatsConfig, audit_days: float = AUDIT_DAYS) -> list[StreamConfig]:
-    """The streams Ficus owns, from the retention settings of the config (`audit_days`: `[audit]`)."""
+def stream_configs(cfg: NatsConfig, audit_days: float = AUDIT_DAYS, *, batched: bool = False,
+                   ) -> list[StreamConfig]:
+    """The streams Ficus owns, from the retention settings of the config (`audit_days`: `[audit]`);
+    ``batched``: the server takes fast-ingest batches, given to the BATCHED_STREAMS."""
 
     def stream(name: str, subjects: str, days: float, description: str) -> StreamConfig:
+        if batched and name in BATCHED_STREAMS:
+            return _file_stream(cfg, name, subjects, days, description, allow_batched=True)
         return _file_stream(cfg, name, subjects, days, description)
 
     return [
@@ -132,7 +147,7 @@ def stream_configs(cfg: NatsConfig, audit_days: float = AUDIT_DAYS) -> list[Stre
         StreamConfig(name=SELFTEST_STREAM, description="the publisher's start-up self-test",
                      subjects=[SELFTEST_SUBJECT], retention=RetentionPolicy.LIMITS,
                      storage=StorageType.MEMORY, discard=DiscardPolicy.OLD, max_msgs=1, max_age=DAY,
-                     num_replicas=cfg.replicas, duplicate_window=60),
+                     num_replicas=cfg.replicas, duplicate_window=60, allow_batched=True if batched else None),
     ]
 
 
@@ -278,6 +293,15 @@ class Store:
             FastPublisher(nc, names.HDR_MSG_ID) if fast and supported(nc) else None)
         self.publisher = FAST if self.fast is not None else FALLBACK
         """Which path publishes: "fast" or "publish_async" (shown by /readyz)."""
+        self.ingester: FastIngest | None = (
+            FastIngest(nc, names.HDR_MSG_ID) if cfg.fast_ingest and supported(nc) else None)
+        self.ingest_mode = INGEST_OFF
+        """Whether file chunks and row batches go as fast-ingest batches: "fast-ingest" once the
+        start-up self-test stored one, else "off" (shown by /readyz)."""
+        self._batched: set[str] = set()
+        """Streams configured with `allow_batched` by `ensure`."""
+        self._stream_of = {sc.subjects[0].removesuffix(".>"): sc.name or ""
+                           for sc in stream_configs(cfg) if sc.subjects and sc.subjects[0].endswith(".>")}
 
     @property
     def connected(self) -> bool:
@@ -291,7 +315,8 @@ class Store:
 
     async def ensure(self) -> None:
         """Creates or updates every stream and bucket, then chooses the publisher; safe at each start."""
-        for sc in stream_configs(self.cfg, self.audit_days):
+        batched = self.ingester is not None and self.server_takes_batches()
+        for sc in stream_configs(self.cfg, self.audit_days, batched=batched):
             with mapped(f"stream {sc.name}"):
                 try:
                     await self._js.add_stream(sc)
@@ -299,8 +324,43 @@ class Store:
                     # Exists with other settings (e.g. retention changed in the config).
                     await self._js.update_stream(sc)
                 await self._settled(sc.name or "")
+            if sc.allow_batched:
+                self._batched.add(sc.name or "")
         await self.kv(names.KV_ROUTES)
         await self.choose_publisher()
+        await self.choose_ingest()
+
+    @property
+    def ingest_batches(self) -> int:
+        """Fast-ingest batches committed since start (shows the path in use)."""
+        return self.ingester.batches if self.ingester is not None else 0
+
+    def server_takes_batches(self) -> bool:
+        """Whether the server we are connected to is of a version with fast-ingest batches."""
+        try:
+            version = self._nc.connected_server_version
+            return (version.major, version.minor) >= BATCHED_SINCE
+        except (AttributeError, ValueError, TypeError):
+            return False
+
+    async def choose_ingest(self) -> str:
+        """Stores a two-message fast-ingest batch on the self-test stream; keeps the path only if
+        the server committed it whole (a server, a stream or a nats-py that does not take it
+        leaves file chunks and row batches on the publisher chosen above)."""
+        self.ingest_mode = INGEST_OFF
+        if self.ingester is None or SELFTEST_STREAM not in self._batched:
+            why = "off in the config" if not self.cfg.fast_ingest else "not taken by this server"
+            log.info("ingest: %s (fast-ingest batches %s)", INGEST_OFF, why)
+            return self.ingest_mode
+        try:
+            await self.ingester.publish([self._self_test_item(), self._self_test_item()], self.timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure of the batch path is the verdict
+            self._batched.clear()
+            log.warning("ingest: %s; the fast-ingest self-test failed (%s)", INGEST_OFF, type(exc).__name__)
+            return self.ingest_mode
+        self.ingest_mode = INGEST
+        log.info("ingest: %s (self-test committed)", INGEST)
+        return self.ingest_mode
 
     async def choose_publisher(self) -> str:
         """Publishes one self-test message on the fast path and keeps it only if JetStream acked it.
@@ -413,6 +473,56 @@ class Store:
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
                 raise StoreUnavailable(f"JetStream did not acknowledge: {type(exc).__name__}") from exc
         return await self._publish_async(items)
+
+    def stream_of(self, subject: str) -> str:
+        """The stream of Ficus that takes ``subject`` ("" for none)."""
+        return self._stream_of.get(subject.split(".", 1)[0], "")
+
+    async def ingest(self, items: Sequence[Outgoing], fence: Callable[[], None] | None = None,
+                     piece: int = 50) -> None:
+        """Stores all items, as fast-ingest batches where it can (one per stream, run side by
+        side), else by `publish` in pieces; returns once every one is stored, or raises
+        StoreUnavailable (what was stored is a duplicate when sent again). ``fence`` is called
+        before every piece and every FENCE_EVERY batched messages and raises to stop."""
+        if not items:
+            return
+        if not self._nc.is_connected:
+            raise StoreUnavailable("NATS is not connected")
+        groups: dict[str, list[Outgoing]] = {}
+        for item in items:
+            groups.setdefault(self.stream_of(item.subject), []).append(item)
+        if len(groups) == 1:
+            ((stream, group),) = groups.items()
+            await self._ingest_group(stream, group, fence, piece)
+            return
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for stream, group in groups.items():
+                    tasks.create_task(self._ingest_group(stream, group, fence, piece))
+        except BaseExceptionGroup as failed:
+            # Callers know StoreUnavailable and LeaseLost, not groups: the first failure is the verdict.
+            raise failed.exceptions[0] from None
+
+    async def _ingest_group(self, stream: str, items: list[Outgoing], fence: Callable[[], None] | None,
+                            piece: int) -> None:
+        ingester = self.ingester
+        if (ingester is not None and self.ingest_mode == INGEST and stream in self._batched
+                and len(items) >= INGEST_MIN):
+            try:
+                await ingester.publish(items, self.timeout, fence)
+                return
+            except Unsupported as exc:
+                # Changed under us (a stream edited, a server downgraded): that stream goes the
+                # other way from now on; the one message the server may have kept dedupes below.
+                self._batched.discard(stream)
+                log.warning("ingest: %s no longer takes fast-ingest batches (%s); publishing one by one",
+                            stream, exc)
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                raise StoreUnavailable(f"JetStream did not store the batch: {type(exc).__name__}") from exc
+        for start in range(0, len(items), piece):
+            if fence is not None:
+                fence()
+            await self.publish(items[start: start + piece])
 
     async def _publish_async(self, items: Sequence[Outgoing]) -> list[PubAck]:
         """nats-py's own publishing path: the fallback, same outcome rules."""
