@@ -268,6 +268,16 @@ class Leases:
         if record is not None and not record.owner and record.released_from == self.instance:
             lease.not_before = time.monotonic() + self.lease_seconds
             lease.lose(f"released by {record.released_by}")
+        elif entry is not None and record is not None and record.owner == self.instance and record.released_by:
+            # A release asked through another instance: step down first, then free the record, so
+            # the next owner starts only once this one has stopped (no overlap to fence).
+            lease.not_before = time.monotonic() + self.lease_seconds
+            lease.lose(f"released by {record.released_by}")
+            now = time.time()
+            free = replace(record, owner="", released_from=self.instance, renewed_at=now,
+                           expires_at=now + self.lease_seconds)
+            with contextlib.suppress(RevisionConflict):  # else its TTL frees it
+                await self.bucket.update(lease.name, free.encode(), last=entry.revision, ttl=self.lease_seconds)
         elif record is not None and record.owner:
             lease.lose(f"taken over by {record.owner} (epoch {record.epoch})")
         else:
@@ -281,13 +291,20 @@ class Leases:
         if entry is None or record is None or not record.owner:
             return None
         now = time.time()
-        free = replace(record, owner="", released_from=record.owner, released_by=actor, renewed_at=now,
-                       expires_at=now + self.lease_seconds)
-        await self.bucket.update(name, free.encode(), last=entry.revision, ttl=self.lease_seconds)
         mine = self._leases.get(name)
         if mine is not None and record.owner == self.instance:
             mine.not_before = time.monotonic() + self.lease_seconds
             mine.lose(f"released by {actor}")
+            free = replace(record, owner="", released_from=record.owner, released_by=actor, renewed_at=now,
+                           expires_at=now + self.lease_seconds)
+            await self.bucket.update(name, free.encode(), last=entry.revision, ttl=self.lease_seconds)
+            return record
+        # Held by another instance: the request keeps its owner, so no one else takes the lease
+        # before the owner has seen it (at its next renew: it steps down, then frees the record)
+        # or, if the owner is gone, before the record expires.
+        asked = replace(record, released_from=record.owner, released_by=actor, renewed_at=now,
+                        expires_at=now + self.lease_seconds)
+        await self.bucket.update(name, asked.encode(), last=entry.revision, ttl=self.lease_seconds)
         return record
 
     async def close(self) -> None:

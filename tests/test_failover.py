@@ -332,9 +332,12 @@ async def test_ficus_leases_and_release_audited_a_viewer_refused(db: UsageTable,
         assert await held_here(a) == {ODBC}
         # node-a learns it at its next renew: from the released record, or from node-b's if node-b
         # took the interface over first (both are one step-down line).
-        log_a = (tmp_path / "node-a.log").read_text()
-        assert f"{FILES}: lease" in log_a and (
-            "released by operator-client" in log_a or "taken over by node-b" in log_a), log_a[-2000:]
+        def stepped_down() -> bool:
+            log_a = (tmp_path / "node-a.log").read_text()
+            return f"{FILES}: lease" in log_a and (
+                "released by operator-client" in log_a or "taken over by node-b" in log_a)
+
+        await wait_for(stepped_down, timeout=RENEW * 5)
         _, audit = await api(a, "GET", "/api/v1/audit?action=lease_release", "admin")
         results = [(r["actor"], r["result"], r["status"], r["interface"]) for r in audit["records"]]
         assert ("viewer-client", "refused", 403, FILES) in results
