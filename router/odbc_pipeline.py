@@ -335,8 +335,8 @@ class OdbcPipeline:
             # (router/offload.py): the loop only publishes, so MLLP ACKs never wait for a batch.
             return await off_loop(self._outcome, batch, refs, route)
 
-    @traced_unit("receive", lambda self, batch: (self.name, f"{self.cfg.table}: {len(batch.rows)} rows",
-                                                 {"rows": len(batch.rows)}), lambda _checkpoint: "committed")
+    @traced_unit("receive", lambda self, batch, *_: (self.name, f"{self.cfg.table}: {len(batch.rows)} rows",
+                                                     {"rows": len(batch.rows)}), lambda _checkpoint: "committed")
     async def process(self, batch: Batch, prepared: Outcome | None = None) -> Checkpoint:
         """One batch end to end (``prepared``: already archived and translated, by the run loop
         while the batch before was committed); returns the checkpoint now stored. Safe to repeat
