@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from types import TracebackType
 
@@ -44,11 +45,15 @@ def find_nats_server() -> str:
     return found
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago; good enough for loopback servers we start."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A port that was free a moment ago and is not one of `avoid` (ports the configuration
+    names for listeners not bound yet); good enough for loopback servers we start."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 class EmbeddedNats:
@@ -65,10 +70,11 @@ class EmbeddedNats:
         start_timeout: float = 15.0,
         restart_initial: float = 0.5,
         restart_max: float = 30.0,
+        avoid: Collection[int] = (),
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
-        self.port = port or free_port(host)
+        self.port = port or free_port(host, avoid)
         self.sync_interval = sync_interval
         self.binary = binary or find_nats_server()
         self.start_timeout = start_timeout

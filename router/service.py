@@ -33,7 +33,7 @@ from canonical.safe_text import safe_reason
 from protocols.tls import ReloadingContext
 from router import instances, names, parity, posting, views
 from router.alerts import Alerts
-from router.config import ConfigError, FicusConfig
+from router.config import ConfigError, FicusConfig, parse_hostport
 from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
 from router.instances import Registry, Siblings
 from router.interfaces import Deps, RunningInterface
@@ -247,7 +247,10 @@ def embedded_server(cfg: FicusConfig) -> EmbeddedNats:
     """The embedded nats-server of `cfg` (not started): its store under the state directory."""
     emb = cfg.nats.embedded
     store_dir = Path(emb.store_dir or Path(cfg.state_dir) / "nats")
-    return EmbeddedNats(store_dir, host=emb.host, port=emb.port, sync_interval=emb.sync_interval)
+    # A free port picked now must not be one the API or a listener will bind in a moment.
+    named = [cfg.api.listen, *(getattr(i, "listen", None) for i in cfg.interfaces)]
+    avoid = {parse_hostport(value)[1] for value in named if isinstance(value, str)}
+    return EmbeddedNats(store_dir, host=emb.host, port=emb.port, sync_interval=emb.sync_interval, avoid=avoid)
 
 
 def _bind(host: str, port: int) -> socket.socket:

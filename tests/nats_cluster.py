@@ -19,6 +19,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+from nats.js.api import StorageType, StreamConfig
 
 from router.embedded_nats import find_nats_server
 from tests.ficus_proc import alive, free_port
@@ -106,6 +107,27 @@ class NatsCluster:
         for node in self.nodes:
             await node.start()
         await self.wait_ready(timeout)
+        await self._wait_placement(timeout)
+
+    async def _wait_placement(self, timeout: float) -> None:
+        """Until a stream with one replica per node can be placed: every node has joined the
+        meta group (a busy machine forms the cluster later than each node answers)."""
+        deadline = time.monotonic() + timeout
+        nc = await nats.connect(self.url.split(","), connect_timeout=2, max_reconnect_attempts=5)
+        try:
+            js = nc.jetstream(timeout=5)
+            while True:
+                try:
+                    await js.add_stream(StreamConfig(name="PLACEMENT_PROBE", subjects=["placement.probe"],
+                                                     num_replicas=len(self.nodes), storage=StorageType.MEMORY))
+                    await js.delete_stream("PLACEMENT_PROBE")
+                    return
+                except (TimeoutError, nats.errors.Error):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no stream of {len(self.nodes)} replicas placed in {timeout} s") from None
+                    await asyncio.sleep(0.3)
+        finally:
+            await nc.close()
 
     async def wait_ready(self, timeout: float = 60.0, nodes: list[Node] | None = None) -> None:
         """Until each (running) node answers JetStream account info: the meta group has a leader."""

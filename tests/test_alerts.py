@@ -173,14 +173,14 @@ async def test_silent_feed_inside_its_schedule_and_none_outside(
                           rule("charges-silent-off-hours", "silent", interfaces=[IFACE], silent_minutes=0.02,
                                schedule={"days": others, "timezone": "UTC"})])
     async with Service(cfg) as svc:
-        await wait_for(lambda: receiver.notices("charges-silent", "firing"), timeout=20)
-        await wait_for(lambda: len(receiver.notices("charges-silent", "repeat")) == 2, timeout=20)
+        await wait_for(lambda: receiver.notices("charges-silent", "firing"), timeout=40)
+        await wait_for(lambda: len(receiver.notices("charges-silent", "repeat")) == 2, timeout=40)
         await rounds(svc, 15)  # 3 s: room for a third reminder that must not come
         assert len(receiver.notices("charges-silent", "repeat")) == 2
         port_ = svc.interfaces[IFACE].listener.port
         assert msa(await send_one(port_, simulate.dft(1)))[0] == "AA"
-        await wait_for(lambda: receiver.notices("charges-silent", "resolved"), timeout=20)
-        await wait_for(lambda: box.subjects("[Ficus RESOLVED] charges-silent:"), timeout=20)
+        await wait_for(lambda: receiver.notices("charges-silent", "resolved"), timeout=40)
+        await wait_for(lambda: box.subjects("[Ficus RESOLVED] charges-silent:"), timeout=40)
         await rounds(svc, 3)
     firing = assert_cycle(receiver, box, "charges-silent")
     assert firing["process"] == "claims-to-cash" and firing["facilities"] == ["NORTH"]
