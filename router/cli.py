@@ -116,16 +116,18 @@ async def run_service(cfg: FicusConfig, role: Role | None = None) -> None:
     worker = None if role is None else role.number
     # Of several workers, the first serves the API (its /readyz answers for the others too).
     svc = Service(cfg) if role is None else Service(cfg, api=role.number == 1, siblings=siblings(cfg, role))
+
+    def first_signal() -> None:
+        svc.draining.set()  # /readyz says "draining" from this instant, not from the next loop turn
+        svc.stopping.set()
+
+    # Before the start: a signal that arrives once /readyz answers (a balancer, a test, an
+    # operator) must find its handler, not the default action that ends the process.
+    backstop = cfg.cluster.drain_seconds + limit + Service.GRACE + 5
+    shutdown.install(asyncio.get_running_loop(), first_signal, backstop)
+    shutdown.on_hangup(asyncio.get_running_loop(), svc.reload_certificates)
     async with svc:
         freeze_heap()  # once per process: what start-up made lives as long as the process
-
-        def first_signal() -> None:
-            svc.draining.set()  # /readyz says "draining" from this instant, not from the next loop turn
-            svc.stopping.set()
-
-        backstop = cfg.cluster.drain_seconds + limit + Service.GRACE + 5
-        shutdown.install(asyncio.get_running_loop(), first_signal, backstop)
-        shutdown.on_hangup(asyncio.get_running_loop(), svc.reload_certificates)
         api = svc.api_url or "served by worker 1"
         _notice(cfg, f"running; API {api}, NATS {redact(svc.nats_url, [])}", worker=worker)
         if role is not None:

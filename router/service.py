@@ -343,6 +343,8 @@ class Service:
         certificates and the API's; files that do not load keep the old ones (logged)."""
         from router.interfaces import reload_certificates
 
+        if self._running is None:
+            return  # still starting: each certificate is read as its component starts
         reload_certificates(self.interfaces)
         if self.api_tls is not None:
             self.api_tls.reload()
