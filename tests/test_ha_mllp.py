@@ -16,6 +16,7 @@ import asyncio
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import nats
@@ -101,15 +102,9 @@ async def test_a_rolling_restart_through_haproxy_with_drain_needs_no_resend(tmp_
             haproxy(tmp_path, [a, b]) as port:
         sender = ResendingSender(port, dft_messages(5, 900, LINES), rate=15, reconnect_every=5)
         sending = asyncio.create_task(sender.run())
-        loop = asyncio.get_running_loop()
 
         async def acks_grow(by: int, timeout: float = 30) -> None:
-            target = len(sender.stats.acked) + by
-            deadline = loop.time() + timeout
-            while len(sender.stats.acked) < target:
-                assert loop.time() < deadline, f"ACKs stalled: {sender.stats}"
-                assert not sending.done(), sending.exception()
-                await asyncio.sleep(0.05)
+            await _acks_grow(sender, sending, by, timeout)
 
         try:
             await acks_grow(30)
@@ -143,12 +138,7 @@ async def test_killing_a_nats_node_during_load_loses_nothing(tmp_path: Path) -> 
         loop = asyncio.get_running_loop()
 
         async def acks_grow(by: int, timeout: float = 30) -> None:
-            target = len(sender.stats.acked) + by
-            deadline = loop.time() + timeout
-            while len(sender.stats.acked) < target:
-                assert loop.time() < deadline, f"ACKs stalled: {sender.stats}"
-                assert not sending.done(), sending.exception()
-                await asyncio.sleep(0.05)
+            await _acks_grow(sender, sending, by, timeout)
 
         try:
             await acks_grow(60)
@@ -204,3 +194,14 @@ async def test_a_route_flip_through_one_instance_is_obeyed_by_all_within_a_secon
         print("flip seen after", {k: f"{v * 1000:.0f} ms" for k, v in seen.items()})
         assert set(seen) == {i.name for i in insts}, seen
         assert max(seen.values()) < 1.0, seen
+
+
+async def _acks_grow(sender: ResendingSender, sending: asyncio.Task[Any], by: int, timeout: float) -> None:
+    """Until `by` more messages got AA (the sender still running), within `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    target = len(sender.stats.acked) + by
+    deadline = loop.time() + timeout
+    while len(sender.stats.acked) < target:
+        assert loop.time() < deadline, f"ACKs stalled: {sender.stats}"
+        assert not sending.done(), sending.exception()
+        await asyncio.sleep(0.05)
