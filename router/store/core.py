@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -39,6 +40,8 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from canonical.envelope import CloudEvent
 from router import names
@@ -52,6 +55,7 @@ from router.store.objects import Objects
 from router.store.pages import direct_page
 
 log = logging.getLogger("ficus.store")
+T = TypeVar("T")
 DAY = 86400.0
 SELFTEST_STREAM = "FICUS_SELFTEST"
 SELFTEST_SUBJECT = "ficus.selftest"
@@ -318,17 +322,20 @@ class Store:
         batched = self.ingester is not None and self.server_takes_batches()
         for sc in stream_configs(self.cfg, self.audit_days, batched=batched):
             with mapped(f"stream {sc.name}"):
-                try:
-                    await self._js.add_stream(sc)
-                except nats.js.errors.BadRequestError:
-                    # Exists with other settings (e.g. retention changed in the config).
-                    await self._js.update_stream(sc)
+                await self._patient(functools.partial(self._add_or_update, sc))
                 await self._settled(sc.name or "")
             if sc.allow_batched:
                 self._batched.add(sc.name or "")
         await self.kv(names.KV_ROUTES)
         await self.choose_publisher()
         await self.choose_ingest()
+
+    async def _add_or_update(self, sc: StreamConfig) -> None:
+        try:
+            await self._js.add_stream(sc)
+        except nats.js.errors.BadRequestError:
+            # Exists with other settings (e.g. retention changed in the config).
+            await self._js.update_stream(sc)
 
     @property
     def ingest_batches(self) -> int:
@@ -400,16 +407,40 @@ class Store:
     async def kv(self, bucket: str, history: int = 16, max_age: float | None = None) -> Bucket:
         """A KV bucket, created on first use; `max_age`: a value not written again for this many
         seconds is removed (the bucket's TTL; set when the bucket is created)."""
-        with mapped(f"bucket {bucket}"):
+        async def open_kv() -> KeyValue:
             try:
-                kv = await self._js.key_value(bucket)
+                return await self._js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
-                kv = await self._js.create_key_value(
+                return await self._js.create_key_value(
                     KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE,
                                    replicas=self.cfg.replicas, ttl=max_age)
                 )
+
+        with mapped(f"bucket {bucket}"):
+            kv = await self._patient(open_kv)
             await self._replicate(f"KV_{bucket}")
         return Bucket(kv, bucket, self._js)
+
+    async def _patient(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Runs a JetStream API call made while starting, again while it times out, for up to
+        `nats.start_timeout_seconds`.
+
+        On a cluster, instances starting together create and replicate the same streams and
+        buckets at once; the meta leader then answers some API requests after nats-py's 5 s
+        (CI: `bucket ficus-instances: TimeoutError` with three instances starting). Each step
+        is idempotent (look up, else create with the same settings), so asking again is safe.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.start_timeout_seconds
+        while True:
+            try:
+                return await op()
+            except (TimeoutError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+                # Disconnected is an outage, not a busy cluster: the caller's error at once.
+                if loop.time() >= deadline or not self._nc.is_connected:
+                    raise
+                log.info("JetStream API busy (%s); asking again", type(exc).__name__)
+                await asyncio.sleep(0.5)
 
     async def _replicate(self, stream: str) -> None:
         """Gives a bucket's stream `nats.replicas` and waits until they serve it (once per bucket
@@ -420,10 +451,11 @@ class Store:
         """
         if stream in self._replicated:
             return
-        info = await self._js.stream_info(stream)
+        info = await self._patient(lambda: self._js.stream_info(stream))
         if info.config.num_replicas != self.cfg.replicas:
             log.info("stream %s: replicas %s -> %d", stream, info.config.num_replicas, self.cfg.replicas)
-            await self._js.update_stream(dataclasses.replace(info.config, num_replicas=self.cfg.replicas))
+            config = dataclasses.replace(info.config, num_replicas=self.cfg.replicas)
+            await self._patient(lambda: self._js.update_stream(config))
         await self._settled(stream)
         self._replicated.add(stream)
 
@@ -452,14 +484,17 @@ class Store:
     async def object_store(self, bucket: str) -> Objects:
         """An object store bucket (whole raw files), created on first use."""
         with mapped(f"object store {bucket}"):
-            try:
-                obj = await self._js.object_store(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                obj = await self._js.create_object_store(
-                    bucket, config=ObjectStoreConfig(bucket=bucket, storage=StorageType.FILE,
-                                                     replicas=self.cfg.replicas))
+            obj = await self._patient(functools.partial(self._open_object_store, bucket))
             await self._replicate(f"OBJ_{bucket}")
         return Objects(obj, bucket)
+
+    async def _open_object_store(self, bucket: str) -> ObjectStore:
+        try:
+            return await self._js.object_store(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return await self._js.create_object_store(
+                bucket, config=ObjectStoreConfig(bucket=bucket, storage=StorageType.FILE,
+                                                 replicas=self.cfg.replicas))
 
     async def publish(self, items: Sequence[Outgoing]) -> list[PubAck]:
         """Stores all items; returns their acks in order or raises StoreUnavailable."""
