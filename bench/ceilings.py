@@ -188,11 +188,14 @@ def same_writes_items(kind: str, interface: str = "bench") -> tuple[list[Any], l
     return stored, [ledger.delta(interface, "modern", [entry], "0" * 32)]
 
 
-async def same_writes(port: int, url: str, kind: str, interface: str = "bench") -> None:
+async def same_writes(port: int, url: str, kind: str, interface: str = "bench", two_trips: bool = False) -> None:
     """frame -> the raw copy, the events and the ledger delta (pre-encoded, of Ficus's sizes,
     each with its own Nats-Msg-Id, to streams configured as Ficus's) published together ->
     every PubAck -> ACK. Ficus's own FastPublisher, all writes of a message in one batch: the
-    best a minimal implementation doing Ficus's writes would do."""
+    best a minimal implementation doing Ficus's writes would do.
+
+    ``two_trips``: the raw copy acknowledged first, then the rest, as Ficus must (its events
+    carry the raw copy's stream sequence): what that second round trip costs by itself."""
     import hashlib
 
     import nats
@@ -229,7 +232,11 @@ async def same_writes(port: int, url: str, kind: str, interface: str = "bench") 
                                   {**raw_headers, names.HDR_CONTROL_ID: cid.decode("ascii", "replace")})]
                 items += [Outgoing(subject, body, f"{prefix}{raw_id[:30]}{k:02d}", headers)
                           for k, (subject, body, headers, prefix) in enumerate(templates)]
-                await fp.publish(items, 5.0)  # every PubAck: all stored
+                if two_trips:
+                    await fp.publish(items[:1], 5.0)
+                    await fp.publish(items[1:], 5.0)
+                else:
+                    await fp.publish(items, 5.0)  # every PubAck: all stored
                 writer.write(SB + ACK_TEMPLATE % (cid, cid) + EB)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -262,6 +269,7 @@ def main() -> None:
     p.add_argument("port", type=int)
     p.add_argument("url")
     p.add_argument("--kind", choices=("adt", "dft"), default="dft")
+    p.add_argument("--two-trips", action="store_true", help="the raw copy acknowledged before the other writes")
     args = parser.parse_args()
     try:
         import uvloop
@@ -276,7 +284,7 @@ def main() -> None:
     elif args.cmd == "template-server":
         runner(template_server(args.port))
     elif args.cmd == "same-writes":
-        runner(same_writes(args.port, args.url, args.kind))
+        runner(same_writes(args.port, args.url, args.kind, two_trips=args.two_trips))
     else:
         runner(min_loop(args.port, args.url, args.fast))
 
