@@ -4,6 +4,7 @@
     python -m bench.ceilings hl7-server PORT                              # (b) the hl7 package's MLLP server
     python -m bench.ceilings template-server PORT                         # (b') raw template ACK server
     python -m bench.ceilings min-loop PORT NATS_URL                       # frame -> publish -> PubAck -> ACK
+    python -m bench.ceilings same-writes PORT NATS_URL --kind dft         # the same JetStream writes as Ficus
 
 The servers run until SIGTERM; bench.mllp_load drives them exactly as it drives Ficus.
 All use uvloop, as `ficus run` does.
@@ -163,6 +164,92 @@ async def min_loop(port: int, url: str, fast: bool = False) -> None:
     await nc.close()
 
 
+# -- the minimal loop with Ficus's writes per message ------------------------------------------
+
+def same_writes_items(kind: str, interface: str = "bench") -> tuple[list[Any], list[Any]]:
+    """The messages Ficus stores for one `kind` message, as templates: the events and the ledger
+    delta Ficus itself makes for a message of the benchmark feed (same subjects, headers, bytes).
+
+    Counted in the streams after a `ficus run` (bench/mllp_ratio.py --count): per ADT^A01 the
+    raw copy, 1 event and 1 ledger delta (3 writes); per DFT^P03 with 3 FT1 the raw copy,
+    3 events and 1 ledger delta (5 writes)."""
+    from datetime import UTC, datetime
+
+    from bench.messages import Feed
+    from canonical.translate import TranslationContext, translate_hl7
+    from router import ledger, names
+    from router.store import event_message
+
+    raw = Feed(kind, 1).get(0, 0)
+    ctx = TranslationContext(interface, "live", names.raw_ref(names.STREAM_RAW, 1), datetime.now(UTC))
+    events = translate_hl7(raw, "hl7v2", ctx).events
+    stored = [event_message(ev, interface) for ev in events]
+    entry = ledger.Entry(ledger.facility_of(events), "published", 1, len(events), ledger.money_of(events))
+    return stored, [ledger.delta(interface, "modern", [entry], "0" * 32)]
+
+
+async def same_writes(port: int, url: str, kind: str, interface: str = "bench", two_trips: bool = False) -> None:
+    """frame -> the raw copy, the events and the ledger delta (pre-encoded, of Ficus's sizes,
+    each with its own Nats-Msg-Id, to streams configured as Ficus's) published together ->
+    every PubAck -> ACK. Ficus's own FastPublisher, all writes of a message in one batch: the
+    best a minimal implementation doing Ficus's writes would do.
+
+    ``two_trips``: the raw copy acknowledged first, then the rest, as Ficus must (its events
+    carry the raw copy's stream sequence): what that second round trip costs by itself."""
+    import hashlib
+
+    import nats
+
+    from router import names
+    from router.config import NatsConfig
+    from router.publisher import FastPublisher
+    from router.store import Outgoing
+    from router.store.core import stream_configs
+
+    events, deltas = same_writes_items(kind, interface)
+    nc = await nats.connect(url, pending_size=8 * 1024 * 1024)
+    js = nc.jetstream()
+    wanted = {names.STREAM_RAW, names.STREAM_CANONICAL, names.STREAM_LEDGER}
+    for config in stream_configs(NatsConfig()):
+        if config.name in wanted:
+            await js.add_stream(config)
+    fp = FastPublisher(nc, names.HDR_MSG_ID)
+    await fp.start()
+    raw_subject = names.raw_subject(interface)
+    # Each write's Msg-Id made from the raw id with the length of Ficus's (event ids, "ledger-" ids).
+    templates = [(o.subject, o.payload, o.headers, o.msg_id[:-32]) for o in (*events, *deltas)]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername") or ("?", 0)
+        raw_headers = {names.HDR_PEER: f"{peername[0]}:{peername[1]}"}
+        try:
+            while True:
+                await reader.readuntil(SB)
+                payload = (await reader.readuntil(EB))[:-2]
+                cid = control_id(payload)
+                raw_id = hashlib.sha256(payload).hexdigest()[:32]
+                items = [Outgoing(raw_subject, payload, raw_id,
+                                  {**raw_headers, names.HDR_CONTROL_ID: cid.decode("ascii", "replace")})]
+                items += [Outgoing(subject, body, f"{prefix}{raw_id[:30]}{k:02d}", headers)
+                          for k, (subject, body, headers, prefix) in enumerate(templates)]
+                if two_trips:
+                    await fp.publish(items[:1], 5.0)
+                    await fp.publish(items[1:], 5.0)
+                else:
+                    await fp.publish(items, 5.0)  # every PubAck: all stored
+                writer.write(SB + ACK_TEMPLATE % (cid, cid) + EB)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await _until_term()
+    await fp.stop()
+    await nc.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -178,6 +265,11 @@ def main() -> None:
     p.add_argument("port", type=int)
     p.add_argument("url")
     p.add_argument("--fast", action="store_true", help="Ficus's FastPublisher instead of publish_async")
+    p = sub.add_parser("same-writes")
+    p.add_argument("port", type=int)
+    p.add_argument("url")
+    p.add_argument("--kind", choices=("adt", "dft"), default="dft")
+    p.add_argument("--two-trips", action="store_true", help="the raw copy acknowledged before the other writes")
     args = parser.parse_args()
     try:
         import uvloop
@@ -191,6 +283,8 @@ def main() -> None:
         runner(hl7_server(args.port))
     elif args.cmd == "template-server":
         runner(template_server(args.port))
+    elif args.cmd == "same-writes":
+        runner(same_writes(args.port, args.url, args.kind, two_trips=args.two_trips))
     else:
         runner(min_loop(args.port, args.url, args.fast))
 

@@ -98,6 +98,7 @@ class MllpPipeline:
         self.legacy = legacy
         self.stats = stats
         self.stage = Stage(cfg.name, store, routes, stats, reference=reference, timezone=cfg.timezone)
+        self._mapping = cfg.hl7_mapping  # a property of a frozen config, read per message otherwise
         self._shadow_slots = asyncio.Semaphore(shadow_concurrency)
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._ledger_tasks: set[asyncio.Task[bool]] = set()
@@ -186,7 +187,7 @@ class MllpPipeline:
             return self._record(header, raw_ref, raw_id, Refused(refusal, ERR_DUPLICATE_KEY if reused else ERR_DATA))
         ctx = self.stage.context(raw_ref, received=received)
         try:
-            result = translate_hl7(payload, self.cfg.hl7_mapping, ctx, encoding=self.cfg.encoding,
+            result = translate_hl7(payload, self._mapping, ctx, encoding=self.cfg.encoding,
                                    fallback=self.cfg.fallback_encoding, header=header)
             events = self.stage.enriched(result.events)
         except CanonicalError as exc:

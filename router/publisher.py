@@ -43,6 +43,7 @@ _CRLF = b"\r\n"
 # would break the protocol framing of this and every later command.
 _UNSAFE_SUBJECT = (" ", "\t", "\r", "\n")
 _NEWLINES = str.maketrans({"\r": None, "\n": None})
+_SAFE_SUBJECTS_MAX = 4096
 # The internals used; everything else is nats-py's public API.
 _REQUIRED = ("_process_msg", "_send_command", "_flush_pending", "_flush_queue")
 
@@ -169,6 +170,8 @@ class FastPublisher:
         # instead of an asyncio.timeout (a timer handle in the loop's heap) per publish.
         self._waiting: set[_Batch] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        # Subjects already checked: an interface publishes on a handful, thousands of times.
+        self._safe_subjects: set[str] = set()
 
     @property
     def outstanding(self) -> int:
@@ -237,12 +240,17 @@ class FastPublisher:
         batch = _Batch(len(items), loop.create_future(), loop.time() + timeout)
         pending = self._pending
         prefix = self._prefix
+        safe = self._safe_subjects
         tokens: list[int] = []
         try:
             for index, item in enumerate(items):
                 subject, payload = item.subject, item.payload
-                if not subject or any(c in subject for c in _UNSAFE_SUBJECT):
-                    raise nats.errors.BadSubjectError()
+                if subject not in safe:
+                    if not subject or any(c in subject for c in _UNSAFE_SUBJECT):
+                        raise nats.errors.BadSubjectError()
+                    if len(safe) >= _SAFE_SUBJECTS_MAX:
+                        safe.clear()
+                    safe.add(subject)
                 hdr = encode_headers(self._msg_id_header, item)
                 # The server counts headers too, and answers an oversize command by closing the connection.
                 if len(hdr) + len(payload) > max_payload:

@@ -148,28 +148,40 @@ def _code_like(value: str) -> bool:
     return len(value) <= 8 and value.isascii() and value.isalnum()
 
 
+_MSH_PARTS: dict[tuple[object, ...], tuple[str, str, str]] = {}
+_MSH_PARTS_MAX = 1024
+"""Senders (a few per interface) whose ACK MSH is cached; cleared when more come."""
+
+
 def _msh(header: MshHeader | None, d: Delimiters, stamp: str, control_id: str) -> str:
     e = escape
     if header is None:
         fields = ["MSH", d.encoding_chars, "", "", "", "", stamp, "", "ACK", e(control_id, d)]
         return d.field.join([*fields, _GENERIC_PROCESSING_ID, _GENERIC_VERSION])
-    fields = [
-        "MSH",
-        header.encoding_chars,
-        e(header.receiving_application, d),
-        e(header.receiving_facility, d),
-        e(header.sending_application, d),
-        e(header.sending_facility, d),
-        stamp,
-        "",
-        f"ACK{d.component}{e(header.trigger, d)}{d.component}ACK",
-        e(control_id, d),
-        e(header.processing_id, d),
-        e(header.version, d),
-    ]
-    if header.charset:
-        fields += ["", "", "", "", "", e(header.charset, d)]
-    return d.field.join(fields)
+    # All but MSH-7 and MSH-10 depend only on who sent what kind of message: escaped once per
+    # sender, not for every ACK (this is the ACK path of every message).
+    key = (d, header.encoding_chars, header.receiving_application, header.receiving_facility,
+           header.sending_application, header.sending_facility, header.trigger, header.processing_id,
+           header.version, header.charset)
+    parts = _MSH_PARTS.get(key)
+    if parts is None:
+        if len(_MSH_PARTS) >= _MSH_PARTS_MAX:
+            _MSH_PARTS.clear()
+        head = d.field.join([
+            "MSH",
+            header.encoding_chars,
+            e(header.receiving_application, d),
+            e(header.receiving_facility, d),
+            e(header.sending_application, d),
+            e(header.sending_facility, d),
+            "",
+        ])
+        middle = d.field.join(["", "", f"ACK{d.component}{e(header.trigger, d)}{d.component}ACK", ""])
+        rest = [e(header.processing_id, d), e(header.version, d)]
+        if header.charset:
+            rest += ["", "", "", "", "", e(header.charset, d)]
+        parts = _MSH_PARTS[key] = (head, middle, d.field + d.field.join(rest))
+    return parts[0] + stamp + parts[1] + e(control_id, d) + parts[2]
 
 
 def _msa(header: MshHeader | None, d: Delimiters, code: str, text: str) -> str:
