@@ -412,11 +412,13 @@ def _tried(what: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    """One line for a row: a child's command and the last line of its stderr (the exception)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0][:100] + (f" ... {lines[-1]}" if len(lines) > 1 else "") if lines else ""
     if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
         tail = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr)
         text = (tail.strip().splitlines() or [text])[-1]
-    return f"{type(exc).__name__}: {text}"[:200]
+    return f"{type(exc).__name__}: {text}"[:240]
 
 
 def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -137,3 +137,18 @@ def test_write_on_the_real_page_keeps_every_foreign_section(tmp_path: Path) -> N
     for title, lines in report._split(real.read_text()):
         if title is not None and title not in report.HEAD_TITLES and title != report.DETAILS_TITLE:
             assert "\n".join(lines).strip() in page.read_text()
+
+
+def test_a_failing_child_or_a_missing_module_gives_a_reason_not_an_abort() -> None:
+    from bench import run
+
+    def fails() -> dict[str, Any]:
+        raise RuntimeError("-m bench.flip failed (1): Traceback (most recent call last):\n  File x\nValueError: boom")
+
+    assert run._tried("flip", fails) == {"error": "RuntimeError: -m bench.flip failed (1): Traceback (most recent "
+                                                  "call last): ... ValueError: boom"}
+    assert run._missing("bench.no_such_bench") == "not measured: bench.no_such_bench missing"
+    assert run._missing("bench.flip") is None
+    medians = run._medians([{"x": 1.0}, {"error": "timed out after 60 s"}, {"x": 3.0}])
+    assert medians["x"] == 2.0 and medians["errors"] == ["timed out after 60 s"]
+    assert run._medians([{"error": "e"}])["error"] == "e"
