@@ -518,7 +518,7 @@ def render(res: dict[str, Any]) -> str:
     ack = sec.get("ack", {})
     if "off" in ack:
         s.rows.append(ack_summary_row(ack))
-        body += ack_under_ingest(ack)
+        body += ack_under_ingest(ack, res.get("machine"))
 
     failed = [name for name, v in sec.items() if "error" in v]
     head = [
