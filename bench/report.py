@@ -713,8 +713,8 @@ def issue19_rows(res: dict[str, Any]) -> list[Row]:
     limit = t.get("file_rss_mib", 256.0)
     for kind, label in (("csv", "CSV"), ("835", "835")):
         big = (mem or {}).get("mb")
-        size = "1 GB" if big == 1024 else (f"{big} MB, **not 1 GB** (`--quick` / `--big-mb`)" if big else "1 GB")
-        row = Row("7", f"Memory: {label} end to end, a {size} file, peak RSS", f"< {limit:g} MiB",
+        size = "1 GB file" if big in (None, 1024) else f"{big} MB file (**not 1 GB**: `--quick` / `--big-mb`)"
+        row = Row("7", f"Memory: {label} end to end, a {size}, peak RSS", f"< {limit:g} MiB",
                   ceiling="- (absolute)")
         r = (mem or {}).get(kind)
         if absent or r is None or "error" in r:

@@ -95,7 +95,7 @@ def test_errors_missing_modules_and_sections_not_run_show_in_their_rows() -> Non
     assert [r[-1] for r in rows if r[0] == "5"] == ["error: CalledProcessError: boom"] * 4
     assert [r[-1] for r in rows if r[0] == "6"] == ["not measured: section not run"]
     memory = [r for r in rows if r[0] == "7"]
-    assert memory[0][-1] == "met" and "16 MB, **not 1 GB**" in memory[0][1]
+    assert memory[0][-1] == "met" and "16 MB file (**not 1 GB**" in memory[0][1]
     assert memory[1][-1] == "error: x"
     assert len(got) == len(rows)
 
