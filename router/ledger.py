@@ -247,6 +247,30 @@ def delta(interface: str, mode: str, entries: Sequence[Entry], unit_id: str, *,
     return _delta(interface, mode, entries, "ledger-" + _digest(interface, unit_id, mode, outcomes), at)
 
 
+def unit_deltas(interface: str, counts: Iterable[tuple[str, Entry, str]]) -> list[Outgoing]:
+    """``delta(interface, mode, [entry], unit_id)`` of each (mode, entry, unit_id), the same
+    messages (one day for all: the call's), with the body of entries without money encoded
+    once: a batch of rows has few distinct bodies, and encoding each cost ~20 us per row."""
+    day = day_of()
+    subject = names.ledger_subject(interface, day)
+    bodies: dict[tuple[str, str | None, str, int, int, int, int], bytes] = {}
+    out: list[Outgoing] = []
+    for mode, entry, unit_id in counts:
+        body: bytes | None = None
+        memo = None
+        if entry.money.is_zero():
+            memo = (mode, entry.facility, entry.outcome, entry.units, entry.events, entry.agree, entry.disagree)
+            body = bodies.get(memo)
+        if body is None:
+            body = json.dumps({"v": 1, "i": interface, "d": day, "m": mode, "u": [entry.as_json()]},
+                              separators=(",", ":")).encode()
+            if memo is not None:
+                bodies[memo] = body
+        out.append(Outgoing(subject, body, "ledger-" + _digest(interface, unit_id, mode, entry.outcome),
+                            {names.HDR_INTERFACE: interface}))
+    return out
+
+
 def _delta(interface: str, mode: str, entries: Sequence[Entry], msg_id: str, at: datetime | None) -> Outgoing:
     day = day_of(at)
     body = {"v": 1, "i": interface, "d": day, "m": mode, "u": [e.as_json() for e in entries]}

@@ -56,7 +56,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -206,6 +206,8 @@ class OdbcPipeline:
         self._ahead: asyncio.Task[Batch | None] | None = None
         # That batch archived and translated while the one before is committed (see run()).
         self._next: asyncio.Task[tuple[Batch, Outcome] | None] | None = None
+        # The batch after that one, read as soon as that one was (see _prepare_ahead()).
+        self._further: asyncio.Task[Batch | None] | None = None
         self._facility_spec = next((f for f in cfg.mapping.fields if f.field == cfg.mapping.facility_field), None)
 
     def details(self) -> dict[str, Any]:
@@ -259,7 +261,13 @@ class OdbcPipeline:
                     # while this one is committed (pipelined). Its events are not published
                     # before this batch's checkpoint is stored, and it is dropped whenever that
                     # checkpoint is not the one it was read after (or this batch fails).
-                    self._ahead = asyncio.create_task(self.poller.next_batch(batch.checkpoint_after))
+                    further, self._further = self._further, None
+                    # The read after this batch, begun while it was prepared (unless a mark
+                    # statement is set); one begun after a batch not prepared ahead is not it.
+                    if further is None or prepared is None:
+                        await _discard(further)
+                        further = asyncio.create_task(self.poller.next_batch(batch.checkpoint_after))
+                    self._ahead = further
                     self._next = asyncio.create_task(self._prepare_ahead(self._ahead, stopping))
                     stored = await self.process(batch, prepared[1] if prepared is not None else None)
                     if stored is not batch.checkpoint_after:  # another writer's checkpoint
@@ -298,14 +306,9 @@ class OdbcPipeline:
     async def _drop_ahead(self) -> None:
         following, self._next = self._next, None
         ahead, self._ahead = self._ahead, None
-        for task in (following, ahead):
-            if task is None:
-                continue
-            task.cancel()
-            # Cancelled, finished or failed, the read is discarded (cancelling a poll is safe; a
-            # batch archived ahead dedupes when read and archived again).
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        further, self._further = self._further, None
+        for task in (following, ahead, further):
+            await _discard(task)
 
     async def _take_next(self, stopping: asyncio.Event) -> tuple[Batch, Outcome] | None:
         """The batch prepared while the one before was committed, with its outcome; None when
@@ -323,6 +326,11 @@ class OdbcPipeline:
         batch = await ahead
         if batch is None or stopping.is_set():
             return None
+        if self.cfg.mark_statement is None:
+            # The read after this batch starts now, while it is archived and translated, not once
+            # it is committed: the poller's thread would otherwise idle through the translation.
+            # It moves nothing either. Not with a mark statement, which must not queue behind it.
+            self._further = asyncio.create_task(self.poller.next_batch(batch.checkpoint_after))
         return batch, await self._prepare(batch)
 
     async def _prepare(self, batch: Batch) -> Outcome:
@@ -398,11 +406,11 @@ class OdbcPipeline:
         received = datetime.now(UTC)
         contexts: dict[str, TranslationContext] = {}
         records: list[Record] = []
+        facility_of = self._facility_reader(rows[0]) if rows else self._facility
         for row, key, ref in zip(rows, keys, refs, strict=True):
-            facility = self._facility(row)
+            facility = facility_of(row)
             # The unit ids of before the stage: ledger deltas and dead letters keep their Msg-Ids.
-            record = Record(f"odbc|{table}|{key}", f"{table}:{key}", facility=facility, raw=ref, tag=key,
-                            letter_id=_digest("row", self.name, table, str(key)))
+            record = Record(f"odbc|{table}|{key}", f"{table}:{key}", facility=facility, raw=ref, tag=key)
             records.append(record)
             if route is not None:
                 # Fixed here, not left to the events' facility: a reference table may rename the
@@ -417,6 +425,8 @@ class OdbcPipeline:
                 record.events = self._events(table, key_column, row, key, ctx)
             except CanonicalError as exc:
                 record.error = _located(exc, _locator(table, key_column, key))
+                # Only a dead letter needs it: a digest per row otherwise costs ~3 us for nothing.
+                record.letter_id = _digest("row", self.name, table, str(key))
                 continue
             # From the row key, not the mapping's key: two rows are never collapsed into one.
             record.msg_ids = [_digest("row", self.name, table, str(key), ev.type) for ev in record.events]
@@ -437,6 +447,34 @@ class OdbcPipeline:
         value = next(iter(row_values(row, [self._facility_spec]).values()), None)
         text = "" if value is None else str(value).strip()
         return text or None
+
+    def _facility_reader(self, first: Row) -> Callable[[Row], str | None]:
+        """:meth:`_facility` for the rows of one query result (they share their columns): the
+        column is looked up once, as ``row_values`` finds it, instead of per row (a column
+        missing from the row made ``row_values`` fold every row's names)."""
+        spec = self._facility_spec
+        if spec is None:
+            return lambda _row: None
+        wanted = spec.column or spec.field
+        column: str | None = wanted if wanted in first else None
+        if column is None:
+            folded = wanted.casefold()
+            for name in first:  # the last match wins, as in row_values' folded dict
+                if name.casefold() == folded:
+                    column = name
+        if column is None:
+            shape = first.keys()
+            return lambda row: None if row.keys() == shape else self._facility(row)
+        found = column
+
+        def facility(row: Row) -> str | None:
+            if found not in row:  # not shaped like the first row: the general lookup
+                return self._facility(row)
+            value = row[found]
+            text = "" if value is None else str(value).strip()
+            return text or None
+
+        return facility
 
     # -- replay --------------------------------------------------------------------------
 
@@ -538,6 +576,16 @@ async def _unless(stopping: asyncio.Event, work: Awaitable[T]) -> T | None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return None
+
+
+async def _discard(task: asyncio.Task[Any] | None) -> None:
+    """Cancels a read or preparation ahead; cancelled, finished or failed, it is discarded
+    (cancelling a poll is safe; a batch archived ahead dedupes when read and archived again)."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 async def _sleep(stopping: asyncio.Event, seconds: float) -> None:

@@ -63,13 +63,18 @@ def column_types(rows: Sequence[Mapping[str, object]]) -> dict[str, str]:
     return {c: _TYPE_NAMES[cls] for c, cls in seen.items() if cls in _TYPE_NAMES and c not in mixed}
 
 
+_ROW_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+"""What ``json.dumps(row, default=str, separators=...)`` does, without a new encoder per row."""
+
+
 def raw_chunks(interface: str, table: str, key_column: str, rows: Sequence[Row], keys: Sequence[Key],
                limit: int) -> tuple[list[tuple[int, int]], list[Outgoing]]:
     """The rows as chunks of at most about ``limit`` bytes: the [start, end) row range of each,
     and its message (CPU work: called in a worker thread)."""
     types = json.dumps(column_types(rows), separators=(",", ":")).encode()
     limit -= len(types)
-    encoded = [json.dumps(row, default=str, separators=(",", ":")).encode() for row in rows]
+    encode = _ROW_ENCODER.encode
+    encoded = [encode(row).encode() for row in rows]
     chunks: list[tuple[int, int]] = []
     start, size = 0, 0
     for i, row in enumerate(encoded):
