@@ -62,7 +62,7 @@ def _payload() -> bytes:
 
 
 async def _ceiling(url: str, subject: str, payload: bytes, tag: str, seconds: float,
-                   warmup: float) -> tuple[int, float]:
+                   warmup: float) -> tuple[int, float, float]:
     """Pre-encoded HPUBs, one reply each; acks counted by their MSG lines, never parsed."""
     host, port = url.removeprefix("nats://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -73,6 +73,7 @@ async def _ceiling(url: str, subject: str, payload: bytes, tag: str, seconds: fl
         pass
     sent = acked = counted = 0
     measured_from = 0.0
+    cpu_from = time.process_time()
     buf = b""
 
     def command(i: int) -> bytes:
@@ -98,9 +99,9 @@ async def _ceiling(url: str, subject: str, payload: bytes, tag: str, seconds: fl
         buf = buf[buf.rfind(b"MSG ") + 4:] if b"MSG " in buf else buf
         if now < warm_at:
             counted = acked
-            measured_from = time.perf_counter()
+            measured_from, cpu_from = time.perf_counter(), time.process_time()
     writer.close()
-    return acked - counted, time.perf_counter() - max(measured_from, warm_at)
+    return acked - counted, time.perf_counter() - max(measured_from, warm_at), time.process_time() - cpu_from
 
 
 async def publish(url: str, who: str, seconds: float, warmup: float) -> dict[str, Any]:
@@ -121,7 +122,7 @@ async def publish(url: str, who: str, seconds: float, warmup: float) -> dict[str
     tag = f"{stream}-{who}"
     try:
         if who == "ceiling":
-            done, elapsed = await _ceiling(url, subject, payload, tag, seconds, warmup)
+            done, elapsed, cpu = await _ceiling(url, subject, payload, tag, seconds, warmup)
         else:
             ingest = FastIngest(nc) if who == "fast-ingest" else None
             fast = FastPublisher(nc) if who == "fast" else None
@@ -131,7 +132,7 @@ async def publish(url: str, who: str, seconds: float, warmup: float) -> dict[str
             headers = {"Ficus-Interface": "bench", "Ficus-Event-Type": "org.ficus.bench"}
             chunks = [[Outgoing(subject, payload, f"{tag}-{c * CHUNK + k}", headers) for k in range(CHUNK)]
                       for c in range(POOL // CHUNK)]
-            start = time.perf_counter()
+            start, cpu_from = time.perf_counter(), time.process_time()
             warm_at, stop_at = start + warmup, start + warmup + seconds
             while (now := time.perf_counter()) < stop_at and i < POOL:
                 items = chunks[i // CHUNK]
@@ -142,8 +143,9 @@ async def publish(url: str, who: str, seconds: float, warmup: float) -> dict[str
                     await fast.publish(items, 10.0)
                 i += CHUNK
                 if now < warm_at:
-                    counted, start = i, time.perf_counter()
+                    counted, start, cpu_from = i, time.perf_counter(), time.process_time()
             elapsed = time.perf_counter() - max(start, warm_at)
+            cpu = time.process_time() - cpu_from
             done = i - counted
             if fast is not None:
                 await fast.stop()
@@ -152,7 +154,10 @@ async def publish(url: str, who: str, seconds: float, warmup: float) -> dict[str
         await js.delete_stream(stream)
         await nc.close()
     return {"who": who, "messages": done, "seconds": round(elapsed, 2), "msgs_per_s": round(done / elapsed),
-            "stored": stored, "payload_bytes": len(payload)}
+            "stored": stored, "payload_bytes": len(payload),
+            # The publisher process's CPU (user + system) per message while measured: what a loaded
+            # machine charges the client, beside nats-server's own share.
+            "client_cpu_us_per_msg": round(cpu / max(done, 1) * 1e6, 2)}
 
 
 def _gen(module: str, path: Path, mb: int) -> None:
