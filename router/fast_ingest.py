@@ -14,10 +14,13 @@ What the server answers on that subject, and what this module makes of it:
   messages), or an error PubAck: on a stream without ``allow_batched`` (10205), on a server
   that does not know the pattern, or a plain PubAck from a server that stored it as a normal
   publish -- all :class:`Unsupported`, and the caller publishes the lot another way (the
-  Msg-Ids make the message already stored a duplicate);
+  Msg-Ids make what the server kept as plain messages a duplicate). The first window is
+  written without waiting for that answer: the wait cost a round trip per batch, with the
+  server idle; the messages after a refused first one are refused too (an unknown batch);
 - ``{"type":"ack","seq":N,"msgs":M}``: messages up to N are stored (``gap: fail`` mode), the
   next ack comes M messages later. The writer keeps at most :data:`OUTSTANDING` windows
-  unacknowledged (flow control): it waits before running further ahead of the server;
+  unacknowledged (flow control; of the asked ``flow`` until the server says otherwise): it
+  waits before running further ahead of the server;
 - ``{"type":"gap",...}`` (a message lost on the way, a reconnect) or ``{"type":"err",...}``
   (a message refused): the batch fails at once (:class:`BatchFailed`) and nothing is
   acknowledged upstream; a retry sends the same Msg-Ids again;
