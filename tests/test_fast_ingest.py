@@ -77,7 +77,7 @@ async def test_a_message_lost_on_the_way_fails_the_batch(nats_server: EmbeddedNa
         await _stream(nc)
         ingest = FastIngest(nc)
         client: Any = nc
-        send: Callable[[bytes], Awaitable[None]] = client._send_command
+        send: Callable[[bytes, bool], Awaitable[None]] = client._send_command
 
         async def losing(cmd: bytes, priority: bool = False) -> None:
             await send(_without(cmd, b".fail.5.1.$FI "), priority)  # batch message 5 never reaches the server
