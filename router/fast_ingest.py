@@ -48,10 +48,13 @@ from nats.aio.client import Client
 
 from router.publisher import _CRLF, _HDR_LINE, _UNSAFE_SUBJECT, Item, _clean, encode_headers, supported
 
-FLOW = 100
+FLOW = 250
 """Messages per flow ack asked of the server (it may choose fewer: 1 while other batches run
-on the same stream, then doubling). Each window is what may be queued ahead of other
-publishers on the connection (MLLP ACKs wait behind it)."""
+on the same stream, then doubling up to 500 shared by the stream's batches). Each window is
+what may be queued ahead of other publishers on the connection (MLLP ACKs wait behind it):
+250 puts a 500-event file chunk in one write and three answers (start, one ack, commit); 100
+cost the client half as much CPU again per message in wake-ups, writes and acks (measured
+with bench.fast_ingest: about 2.0 against 1.35 us per message), for 300 fewer messages ahead."""
 OUTSTANDING = 2
 """Flow windows written ahead of the last ack (ADR-50: 2 keeps the server busy while the
 client waits)."""
