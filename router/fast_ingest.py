@@ -289,7 +289,8 @@ class FastIngest:
         """The HPUB commands of messages ``sent + 1`` to ``upto``, joined once. What a subject and
         header set make (checked, encoded) is remembered, and compared by value with the message
         before: a chunk's events come in runs of one interface and event type, so most messages
-        cost their numbers, their Msg-Id and the join of their payload."""
+        cost their numbers, their Msg-Id and the join of their payload. (Dicts compare equal in
+        any order: a message whose headers equal the one before's takes that one's line order.)"""
         templates = self._templates
         id_line = self._id_line
         max_payload = self._nc.max_payload
