@@ -2,6 +2,7 @@
 
     python -m bench.fast_ingest [--quick] [--write]        # every measurement, medians of 3
     python -m bench.fast_ingest publish URL --who ceiling|fast-ingest|fast --seconds 3
+    python -m bench.fast_ingest publishers [--rounds 5] [--seconds 2]   # the publishers alone
 
 Publisher: the same ~1 KB CloudEvents, each with its own Nats-Msg-Id and Ficus's two headers,
 stored in a fresh file stream by (a) the ceiling: a client sending pre-encoded HPUB commands,
@@ -23,16 +24,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import PY, REPO, machine, median, nats_server, run_json
+from bench.common import PY, REPO, Child, free_port, machine, median, nats_server, nats_server_binary, run_json
 
 TITLE = "## 13. Fast-ingest batches and pipelined commits"
 CHUNK = 500
@@ -62,7 +66,7 @@ def _payload() -> bytes:
 
 
 async def _ceiling(url: str, subject: str, payload: bytes, tag: str, seconds: float,
-                   warmup: float) -> tuple[int, float]:
+                   warmup: float) -> tuple[int, float, float]:
     """Pre-encoded HPUBs, one reply each; acks counted by their MSG lines, never parsed."""
     host, port = url.removeprefix("nats://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -73,6 +77,7 @@ async def _ceiling(url: str, subject: str, payload: bytes, tag: str, seconds: fl
         pass
     sent = acked = counted = 0
     measured_from = 0.0
+    cpu_from = time.process_time()
     buf = b""
 
     def command(i: int) -> bytes:
@@ -98,9 +103,9 @@ async def _ceiling(url: str, subject: str, payload: bytes, tag: str, seconds: fl
         buf = buf[buf.rfind(b"MSG ") + 4:] if b"MSG " in buf else buf
         if now < warm_at:
             counted = acked
-            measured_from = time.perf_counter()
+            measured_from, cpu_from = time.perf_counter(), time.process_time()
     writer.close()
-    return acked - counted, time.perf_counter() - max(measured_from, warm_at)
+    return acked - counted, time.perf_counter() - max(measured_from, warm_at), time.process_time() - cpu_from
 
 
 async def publish(url: str, who: str, seconds: float, warmup: float) -> dict[str, Any]:
@@ -121,7 +126,7 @@ async def publish(url: str, who: str, seconds: float, warmup: float) -> dict[str
     tag = f"{stream}-{who}"
     try:
         if who == "ceiling":
-            done, elapsed = await _ceiling(url, subject, payload, tag, seconds, warmup)
+            done, elapsed, cpu = await _ceiling(url, subject, payload, tag, seconds, warmup)
         else:
             ingest = FastIngest(nc) if who == "fast-ingest" else None
             fast = FastPublisher(nc) if who == "fast" else None
@@ -131,7 +136,7 @@ async def publish(url: str, who: str, seconds: float, warmup: float) -> dict[str
             headers = {"Ficus-Interface": "bench", "Ficus-Event-Type": "org.ficus.bench"}
             chunks = [[Outgoing(subject, payload, f"{tag}-{c * CHUNK + k}", headers) for k in range(CHUNK)]
                       for c in range(POOL // CHUNK)]
-            start = time.perf_counter()
+            start, cpu_from = time.perf_counter(), time.process_time()
             warm_at, stop_at = start + warmup, start + warmup + seconds
             while (now := time.perf_counter()) < stop_at and i < POOL:
                 items = chunks[i // CHUNK]
@@ -142,8 +147,9 @@ async def publish(url: str, who: str, seconds: float, warmup: float) -> dict[str
                     await fast.publish(items, 10.0)
                 i += CHUNK
                 if now < warm_at:
-                    counted, start = i, time.perf_counter()
+                    counted, start, cpu_from = i, time.perf_counter(), time.process_time()
             elapsed = time.perf_counter() - max(start, warm_at)
+            cpu = time.process_time() - cpu_from
             done = i - counted
             if fast is not None:
                 await fast.stop()
@@ -152,7 +158,10 @@ async def publish(url: str, who: str, seconds: float, warmup: float) -> dict[str
         await js.delete_stream(stream)
         await nc.close()
     return {"who": who, "messages": done, "seconds": round(elapsed, 2), "msgs_per_s": round(done / elapsed),
-            "stored": stored, "payload_bytes": len(payload)}
+            "stored": stored, "payload_bytes": len(payload),
+            # The publisher process's CPU (user + system) per message while measured: what a loaded
+            # machine charges the client, beside nats-server's own share.
+            "client_cpu_us_per_msg": round(cpu / max(done, 1) * 1e6, 2)}
 
 
 def _gen(module: str, path: Path, mb: int) -> None:
@@ -188,6 +197,52 @@ def run_all(quick: bool) -> dict[str, Any]:
     medians = {k: _medians(v) for k, v in runs.items()}
     return {"machine": machine(), "loadavg": [[round(x, 2) for x in la] for la in load], "quick": quick,
             "at": time.strftime("%Y-%m-%d %H:%M"), "variants": medians}
+
+
+@contextlib.contextmanager
+def _nats_child() -> Iterator[tuple[str, int]]:
+    """bench.common.nats_server's server, with its pid (its CPU is read around each run)."""
+    store = Path(tempfile.mkdtemp(prefix="ficus-bench-nats-"))
+    port = free_port()
+    conf = store / "nats.conf"
+    conf.write_text(f'listen: "127.0.0.1:{port}"\nmax_payload: 8MB\njetstream {{\n  store_dir: "{store}/js"\n}}\n')
+    try:
+        with Child([nats_server_binary(), "-c", str(conf)], log=store / "nats.log", ready_port=port) as child:
+            yield f"nats://127.0.0.1:{port}", child.pid
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_publishers(rounds: int, seconds: float) -> dict[str, Any]:
+    """The three publishers alone, each in its own process on one nats-server, in an order
+    reversed every round (A B C C B A ...): medians of msgs/s and each one's share of the
+    ceiling's; and, steadier on a shared machine, the CPU each message cost the publisher and
+    nats-server (the server's over the whole run, start-up and stream included, per message
+    stored) and each one's share of the ceiling's messages per CPU second."""
+    whos = ["ceiling", "fast-ingest", "fast"]
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    load = [os.getloadavg()]
+    with _nats_child() as (url, pid):
+        for rep in range(rounds):
+            for who in whos if rep % 2 == 0 else whos[::-1]:
+                before = _cpu_seconds(pid)
+                res = run_json(["-m", "bench.fast_ingest", "publish", url, "--who", who, "--seconds", str(seconds)],
+                               300)
+                res["server_cpu_us_per_msg"] = round((_cpu_seconds(pid) - before) / res["stored"] * 1e6, 2)
+                res["cpu_us_per_msg"] = round(res["server_cpu_us_per_msg"] + res["client_cpu_us_per_msg"], 2)
+                runs[who].append(res)
+    load.append(os.getloadavg())
+    medians = {who: _medians(v) for who, v in runs.items()}
+    ceiling, ceiling_cpu = medians["ceiling"]["msgs_per_s"], medians["ceiling"]["cpu_us_per_msg"]
+    return {"loadavg": [[round(x, 2) for x in la] for la in load], "rounds": rounds, "seconds": seconds,
+            "variants": medians,
+            "of_ceiling": {who: round(m["msgs_per_s"] / ceiling, 2) for who, m in medians.items()},
+            "of_ceiling_per_cpu": {who: round(ceiling_cpu / m["cpu_us_per_msg"], 2) for who, m in medians.items()}}
 
 
 def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -261,12 +316,18 @@ def main() -> None:
     one.add_argument("--who", choices=["ceiling", "fast-ingest", "fast"], required=True)
     one.add_argument("--seconds", type=float, default=3.0)
     one.add_argument("--warmup", type=float, default=0.5)
+    pubs = sub.add_parser("publishers")
+    pubs.add_argument("--rounds", type=int, default=5)
+    pubs.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--write", action="store_true", help="splice the section into docs/benchmarks.md")
     parser.add_argument("--results", type=Path, help="render a saved results file instead of measuring")
     args = parser.parse_args()
     if args.cmd == "publish":
         print(json.dumps(asyncio.run(publish(args.url, args.who, args.seconds, args.warmup))))
+        return
+    if args.cmd == "publishers":
+        print(json.dumps(run_publishers(args.rounds, args.seconds), indent=1))
         return
     if args.results is not None:
         res = json.loads(args.results.read_text())

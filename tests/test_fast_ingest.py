@@ -1,7 +1,8 @@
 """JetStream fast-ingest batches (router/fast_ingest.py, ADR-50) against a real nats-server 2.14+:
 stored whole and in order under flow control, a replayed batch committed with ``seq: 0`` and
 nothing stored twice, a lost message failing the batch, a stream without ``allow_batched``
-reported as unsupported, and the store choosing, using and falling back from the path."""
+reported as unsupported, a refused first message storing nothing of the window written behind
+it, and the store choosing, using and falling back from the path."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ async def test_a_message_lost_on_the_way_fails_the_batch(nats_server: EmbeddedNa
         await _stream(nc)
         ingest = FastIngest(nc)
         client: Any = nc
-        send: Callable[[bytes], Awaitable[None]] = client._send_command
+        send: Callable[[bytes, bool], Awaitable[None]] = client._send_command
 
         async def losing(cmd: bytes, priority: bool = False) -> None:
             await send(_without(cmd, b".fail.5.1.$FI "), priority)  # batch message 5 never reaches the server
@@ -115,7 +116,25 @@ async def test_a_stream_without_allow_batched_is_unsupported(nats_server: Embedd
         await _stream(nc, batched=False)
         with pytest.raises(Unsupported):
             await FastIngest(nc).publish(_items(50), 5)
-        assert (await nc.jetstream().stream_info("T")).state.messages == 0  # the server refused the first
+        # The first window went before the first answer: the server refused every message of it.
+        assert (await nc.jetstream().stream_info("T")).state.messages == 0
+    finally:
+        await nc.close()
+
+
+async def test_a_refused_first_message_stores_none_of_the_window_sent_behind_it(nats_server: EmbeddedNats) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().add_stream(StreamConfig(name="T", subjects=["t.>"], duplicate_window=600,
+                                                     allow_batched=True, max_msg_size=256))
+        items = _items(50)
+        too_big = Outgoing(items[0].subject, b"x" * 1000, items[0].msg_id, items[0].headers)
+        with pytest.raises(BatchFailed):
+            await FastIngest(nc).publish([too_big, *items[1:]], 5)
+        # The batch ended at its first message; the 49 behind it were refused as an unknown batch.
+        assert (await nc.jetstream().stream_info("T")).state.messages == 0
+        committed = await FastIngest(nc).publish(items, 5)
+        assert (committed.seq, committed.count) == (50, 50)
     finally:
         await nc.close()
 
