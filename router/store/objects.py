@@ -133,11 +133,15 @@ class Objects:
                     last = _in_order(last, await sent.popleft())
             while sent:
                 last = _in_order(last, await sent.popleft())
-        finally:
+        except Exception:
+            # Their outcomes first (an error is the one already raised, or moot): a purge
+            # sent while they are on the wire could be answered before they are stored.
+            await asyncio.gather(*sent, return_exceptions=True)
+            raise
+        except BaseException:
             for future in sent:
                 future.cancel()
-            # Collects their outcomes (an error is the one already raised, or moot).
-            await asyncio.gather(*sent, return_exceptions=True)
+            raise
         return total, count, digest.digest()
 
     async def _purge(self, subject: str) -> None:
