@@ -1,7 +1,7 @@
 """An object store bucket (whole raw files), Ficus types and errors only.
 
-Objects are written in JetStream's object store format (the one nats-py and the `nats`
-CLI read): the bytes as chunk messages on ``$O.<bucket>.C.<nuid>``, then one meta message
+Objects are written in JetStream's object store format (as nats-py's own ``put`` writes
+them, so its ``get`` reads them): the bytes as chunk messages on ``$O.<bucket>.C.<nuid>``, then one meta message
 on ``$O.<bucket>.M.<name>`` naming the nuid, size, chunk count and SHA-256 digest. An
 object exists once its meta message is stored, and that is written only after JetStream
 acknowledged every chunk: a crash mid-put leaves chunks no meta names (unreadable, never
