@@ -260,7 +260,8 @@ class FastPublisher:
                 head = f"HPUB {subject} {prefix}{token} {len(hdr)} {len(hdr) + len(payload)}\r\n".encode()
                 pending[token] = (batch, index)
                 tokens.append(token)
-                await nc._send_command(head + hdr + payload + _CRLF)
+                # One join: chained `+` copies a large payload once per `+` (into fresh pages).
+                await nc._send_command(b"".join((head, hdr, payload, _CRLF)))
             if nc._flush_queue is not None and nc._flush_queue.empty():
                 await nc._flush_pending()
             self._waiting.add(batch)

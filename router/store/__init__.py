@@ -12,7 +12,6 @@ from router.store.core import (
     FAST,
     INGEST,
     INGEST_OFF,
-    Outgoing,
     Store,
     StoredMsg,
     connect,
@@ -23,6 +22,7 @@ from router.store.core import (
 from router.store.errors import NotFound, RevisionConflict, StoreError, StoreRejected, StoreUnavailable
 from router.store.kv import Bucket, Entry
 from router.store.objects import Objects
+from router.store.outgoing import Outgoing
 
 __all__ = [
     "FALLBACK",

@@ -18,7 +18,7 @@ import functools
 import logging
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -52,6 +52,7 @@ from router.store import secure
 from router.store.errors import StoreRejected, StoreUnavailable, mapped
 from router.store.kv import Bucket
 from router.store.objects import Objects
+from router.store.outgoing import Outgoing
 from router.store.pages import direct_page
 
 log = logging.getLogger("ficus.store")
@@ -86,16 +87,6 @@ class StoredMsg:
     """Messages after this one still to come (a scan's; for progress)."""
     time: datetime | None = None
     """When the stream stored it (a page's or a tail's)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message to store: subject, payload, its dedupe id and extra headers."""
-
-    subject: str
-    payload: bytes
-    msg_id: str
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def event_message(event: CloudEvent, interface: str, msg_id: str | None = None) -> Outgoing:
@@ -486,7 +477,7 @@ class Store:
         with mapped(f"object store {bucket}"):
             obj = await self._patient(functools.partial(self._open_object_store, bucket))
             await self._replicate(f"OBJ_{bucket}")
-        return Objects(obj, bucket)
+        return Objects(obj, bucket, self._js, self.publish, lambda: self.max_payload)
 
     async def _open_object_store(self, bucket: str) -> ObjectStore:
         try:
