@@ -313,7 +313,11 @@ class Stage:
         if mode == "legacy":
             return False
         routed = first if first is not None else facility
-        events = _in_mode(events, mode, out.traceparent)
+        want = "shadow" if mode == "shadow" else "live"
+        for ev in events:  # _in_mode's check, inline: mostly one event, already in its mode
+            if ev.ficusmode != want or out.traceparent is not None:
+                events = _in_mode(events, mode, out.traceparent)
+                break
         message = self._message
         stored = [message(ev, ev.id) for ev in events]
         out.events += stored
@@ -333,7 +337,11 @@ class Stage:
         tally = out.tally.get(mode)
         if tally is None:
             tally = out.tally[mode] = ledger.Batch()
-        tally.add(0, routed, "published" if events else "filtered", len(events), amount, agree=agree)
+        entry = tally.entry(routed, "published" if events else "filtered")
+        entry.units += 1
+        entry.events += len(events)
+        entry.agree += agree
+        entry.money.add(amount)
         return True
 
     def _message(self, event: CloudEvent, msg_id: str) -> Outgoing:
