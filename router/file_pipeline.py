@@ -531,16 +531,23 @@ class FilePipeline:
         """
         chunk = _Chunk(next_record=start)
         out = chunk.out
+        out.tally = {}  # one ledger delta per mode for the chunk (_commit), summed as records come
+        stage, events, letters = self.stage, out.events, out.letters
         for unit in units:
             if unit.index < start:
                 continue
-            self.stage.add(out, file_record(entry.raw, entry.sha256, unit), route)
+            if unit.error is not None or not stage.add_translated(out, unit.events, unit.facility, unit.locator,
+                                                                  route):
+                stage.add(out, file_record(entry.raw, entry.sha256, unit), route)
             if chunk.first is None:
                 chunk.first = unit.index
             chunk.next_record = unit.index + 1
-            if len(out.events) >= BATCH or len(out.letters) >= BATCH or out.records >= CHUNK_RECORDS:
-                return chunk
-        chunk.last = True
+            if len(events) >= BATCH or len(letters) >= BATCH or out.records >= CHUNK_RECORDS:
+                break
+        else:
+            chunk.last = True
+        if out.records:  # made here, off the loop (Stage.prepare)
+            stage.prepare(out, _batch_id(entry, chunk))
         return chunk
 
     async def _commit(self, entry: FileEntry, chunk: _Chunk) -> None:
@@ -550,8 +557,7 @@ class FilePipeline:
         out = chunk.out
         if out.records:
             with self.stats.commit_latency.timed():
-                await self.stage.commit(out, batch=f"file|{entry.sha256}|{chunk.first}|{chunk.next_record - 1}",
-                                        fence=self._fenced, bulk=True)
+                await self.stage.commit(out, batch=_batch_id(entry, chunk), fence=self._fenced, bulk=True)
         entry.events += out.live + out.shadow
         entry.dead_letters += len(out.letters)
         entry.next_record = max(entry.next_record, chunk.next_record)
@@ -636,6 +642,12 @@ def _replay_chunk(units: Iterator[Unit], entry: FileEntry, label: str) -> Replay
 def _replay_batch(records: list[Record], entry: FileEntry, label: str, units: int) -> ReplayChunk:
     batch = f"file|{entry.sha256}|{records[0].index}|{records[-1].index}" if records else ""
     return ReplayChunk(records, units, batch, label)
+
+
+def _batch_id(entry: FileEntry, chunk: _Chunk) -> str:
+    """A chunk's ledger batch: the content and the record range, which a retry from the resume
+    point cuts again exactly."""
+    return f"file|{entry.sha256}|{chunk.first}|{chunk.next_record - 1}"
 
 
 def _delivered(route: Route) -> bool:

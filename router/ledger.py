@@ -223,6 +223,14 @@ class Batch:
         if money is not None:
             entry.money.add(money)
 
+    def entry(self, facility: str | None, outcome: Line) -> Entry:
+        """The merged entry of (facility, outcome), made empty when new: for a caller that adds
+        into it directly, a record at a time (Stage.add_translated)."""
+        entry = self._entries.get((facility, outcome))
+        if entry is None:
+            entry = self._entries[(facility, outcome)] = Entry(facility, outcome, 0)
+        return entry
+
     @property
     def entries(self) -> list[Entry]:
         """The merged entries."""
