@@ -207,6 +207,24 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
         await asyncio.sleep(interval)
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of `pid` is in the stopped state (T) by now."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return bool(states) and all(s in ("T", "t") for s in states)
+
+
+async def freeze(pid: int, timeout: float = 10.0) -> None:
+    """SIGSTOP `pid` and wait until all its threads have stopped: kill() only queues the signal,
+    and on a busy machine a nats-server thread already running could still answer a request made
+    right after it (CI: a publish meant to time out was acknowledged)."""
+    os.kill(pid, signal.SIGSTOP)
+    await wait_for(lambda: _all_threads_stopped(pid), timeout=timeout, interval=0.01)
+
+
 # -- the reconciliation ledger (router/ledger.py) ------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from router.config import NatsConfig
 from router.embedded_nats import EmbeddedNats
 from router.publisher import FastPublisher, encode_headers, supported
 from router.store import FALLBACK, FAST, Outgoing, Store, StoreUnavailable, connect
-from tests.conftest import ServiceFactory, make_config
+from tests.conftest import ServiceFactory, freeze, make_config
 from tests.test_store import opened
 
 
@@ -125,8 +125,8 @@ async def test_a_silent_server_times_out_then_acks_again(nats_server: EmbeddedNa
         await _stream(nc)
         pid = nats_server.pid
         assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
         try:
+            await freeze(pid)
             t0 = time.perf_counter()
             with pytest.raises(TimeoutError):
                 await fp.publish([Outgoing("t.a", b"1", "p1"), Outgoing("t.b", b"2", "p2")], 0.5)
