@@ -18,30 +18,19 @@ import nats
 import pytest
 
 from router import names
-from router.config import NatsConfig
 from router.embedded_nats import EmbeddedNats, find_nats_server
 from router.routes import RouteTable
 from router.stage import Stage
 from router.stats import InterfaceStats
-from router.store import Objects, Store, StoreUnavailable, connect
+from router.store import Objects, StoreUnavailable
 from router.store.objects import CHUNK_BYTES, chunk_size
 from tests.conftest import stream_count, wait_for
 from tests.ficus_proc import free_port
+from tests.test_store import opened
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = names.OBJ_RAW_FILES
-
-
-@contextlib.asynccontextmanager
-async def opened(url: str, *, fast: bool = True) -> AsyncIterator[Store]:
-    cfg = NatsConfig(url=url)
-    store = Store(await connect(cfg, [url]), cfg, fast=fast)
-    try:
-        await store.ensure()
-        yield store
-    finally:
-        await store.close()
 
 
 def write_random(path: Path, size: int) -> bytes:
