@@ -144,8 +144,10 @@ class NatsConfig(_Model):
     start_timeout_seconds: float = Field(default=60, gt=0)
     # JetStream fast-ingest batches (nats-server 2.14+, router/fast_ingest.py) for file chunks and
     # row batches: streams of events and dead letters get `allow_batched` when the server takes
-    # it. Off: every message acknowledged on its own, as before (also the fallback on older servers).
-    fast_ingest: bool = True
+    # it. Off: every message acknowledged on its own (also the fallback on older servers). Off by
+    # default: on one instance, MLLP ACKs waited behind the batches (bench.ack_under_ingest, 50 MB
+    # 835 at 200 DFT/s: ACK p50 0.9-1.5 s with it on, 12 ms off); on for file- or row-only instances.
+    fast_ingest: bool = False
     # The event index (FICUS_EVIDX, router/events_api.py): a copy of every event on a subject
     # that names interface and facility, for the API's interface and facility filters. Off by
     # default: it doubles the messages of every unit (a 50 MB 835: ingest 35 % slower, MLLP ACK

@@ -140,7 +140,7 @@ async def test_a_refused_first_message_stores_none_of_the_window_sent_behind_it(
 
 
 async def _store(url: str, **nats: Any) -> Store:
-    cfg = NatsConfig(url=url, **nats)
+    cfg = NatsConfig(url=url, **{"fast_ingest": True, **nats})
     store = Store(await connect(cfg, [url]), cfg)
     await store.ensure()
     return store

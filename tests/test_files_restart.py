@@ -37,6 +37,7 @@ state_dir = "{tmp / 'state'}"
 log_level = "WARNING"
 [nats]
 url = "{nats_url}"
+fast_ingest = true
 [api]
 listen = "127.0.0.1:{api_port}"
 {csv_folder_interface("billing", tmp)}""")
