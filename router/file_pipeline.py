@@ -132,9 +132,10 @@ class FilePipeline:
         self, cfg: FileInterfaceConfig, store: Store, routes: RouteTable, source: FileSource,
         delivery: Delivery | None, stats: InterfaceStats, manifest: Manifest, objects: Objects,
         spool_dir: Path, *, reference: ReferenceStore | None = None, acks: Delivery | None = None,
-        fence: Fence | None = None,
+        fence: Fence | None = None, pipelined: bool = True,
     ) -> None:
         self.cfg = cfg
+        self.pipelined = pipelined
         self.name = cfg.name
         self.store = store
         self.source = source
@@ -457,8 +458,9 @@ class FilePipeline:
         Reading, translating, enriching, routing and serialising a chunk runs in a worker
         thread (router/offload.py), so a big file never holds the event loop (and every MLLP
         ACK of the process) for longer than a GIL switch interval; the loop only commits each
-        chunk and advances the resume point. Pipelined: the next chunk is translated while the
-        one before is stored and acknowledged, but chunks are committed one at a time, in order,
+        chunk and advances the resume point. Pipelined (unless an MLLP listener shares the
+        process: `pipelined`): the next chunk is translated while the one before is stored and
+        acknowledged, but chunks are committed one at a time, in order,
         and the resume point moves past a chunk only once all of it is acknowledged (_commit);
         a chunk translated ahead of a failed commit is dropped, cut again from the resume point.
         """
@@ -471,6 +473,11 @@ class FilePipeline:
                 units = ack.collect(units)
             chunk = await _finished_first(off_loop(self._chunk, units, entry, route, entry.next_record))
             while not chunk.last:
+                if not self.pipelined:  # an MLLP listener shares the process: one thing at a time
+                    await self._commit(entry, chunk)
+                    chunk = await _finished_first(off_loop(self._chunk, units, entry, route, chunk.next_record))
+                    gc_pause.breathe()
+                    continue
                 following = asyncio.ensure_future(off_loop(self._chunk, units, entry, route, chunk.next_record))
                 try:
                     await self._commit(entry, chunk)

@@ -406,7 +406,8 @@ class Service:
             await leases.close()
 
         stops.on_stop("routes", "hand the leases over", hand_over)
-        deps = Deps(store, routes, reference, Path(cfg.state_dir), leases, reuse_port=cfg.workers > 1)
+        deps = Deps(store, routes, reference, Path(cfg.state_dir), leases, reuse_port=cfg.workers > 1,
+                    pipelined=not any(i.kind == "hl7-mllp" for i in cfg.interfaces))
         interfaces: dict[str, RunningInterface] = {}
         for icfg in cfg.interfaces:
             with _starting(f"interface {icfg.name} ({icfg.kind})"):
