@@ -7,6 +7,7 @@ A type name is ``org.ficus.<domain>.<entity>.<action>.v<N>``; its live subject i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -98,19 +99,15 @@ EVENT_TYPES: dict[str, EventType] = {t.name: t for t in ALL_EVENT_TYPES}
 
 def subject_for(type_name: str, mode: Mode) -> str:
     """The NATS subject of a type name (known or any well-formed one)."""
-    known = EVENT_TYPES.get(type_name) or _PARSED.get(type_name)
-    if known is not None:
-        return known.subject(mode)
+    known = EVENT_TYPES.get(type_name)
+    return (known if known is not None else _parsed(type_name)).subject(mode)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(type_name: str) -> EventType:
+    """A type name not in EVENT_TYPES (the record targets' supply usage...), parsed once, not
+    per event (a row of an odbc batch paid ~15 us for it); bounded, since names come from configs."""
     parts = type_name.split(".")
     if len(parts) != 6 or ".".join(parts[:2]) != TYPE_PREFIX or not parts[5][:1] == "v":
         raise ValueError(f"not a Ficus event type: {type_name!r}")
-    parsed = EventType(parts[2], parts[3], parts[4], int(parts[5][1:]))
-    # The record targets' types (supply usage...) are not in EVENT_TYPES: parsed once, not per
-    # event (a row of an odbc batch paid ~15 us for it); bounded, since type names come from configs.
-    if len(_PARSED) < _PARSED_MAX:
-        _PARSED[type_name] = parsed
-    return parsed.subject(mode)
-
-
-_PARSED: dict[str, EventType] = {}
-_PARSED_MAX = 1024
+    return EventType(parts[2], parts[3], parts[4], int(parts[5][1:]))

@@ -473,18 +473,17 @@ class FilePipeline:
                 units = ack.collect(units)
             chunk = await _finished_first(off_loop(self._chunk, units, entry, route, entry.next_record))
             while not chunk.last:
-                if not self.pipelined:  # an MLLP listener shares the process: one thing at a time
+                if self.pipelined:
+                    following = asyncio.ensure_future(off_loop(self._chunk, units, entry, route, chunk.next_record))
+                    try:
+                        await self._commit(entry, chunk)
+                    except BaseException:
+                        # The worker thread is reading the open file: let it finish its chunk first.
+                        await _settled(following)
+                        raise
+                else:  # an MLLP listener shares the process: one thing at a time
                     await self._commit(entry, chunk)
-                    chunk = await _finished_first(off_loop(self._chunk, units, entry, route, chunk.next_record))
-                    gc_pause.breathe()
-                    continue
-                following = asyncio.ensure_future(off_loop(self._chunk, units, entry, route, chunk.next_record))
-                try:
-                    await self._commit(entry, chunk)
-                except BaseException:
-                    # The worker thread is reading the open file: let it finish its chunk first.
-                    await _settled(following)
-                    raise
+                    following = asyncio.ensure_future(off_loop(self._chunk, units, entry, route, chunk.next_record))
                 chunk = await _finished_first(following)
                 gc_pause.breathe()
             await self._commit(entry, chunk)

@@ -23,6 +23,14 @@ pytestmark = pytest.mark.integration
 RECORDS = 6 * BATCH - 10  # six chunks of events, the last one short
 
 
+async def _ingest_export(tmp_path: Path) -> None:
+    """Drops an export of RECORDS records into the folder interface and waits until it is archived."""
+    staging = tmp_path / "big.csv.part"
+    write_export(staging, RECORDS)
+    staging.rename(tmp_path / "in" / "big.csv")
+    await wait_for(lambda: (tmp_path / "archive" / "big.csv").exists(), timeout=90, interval=0.1)
+
+
 async def test_next_chunk_translated_while_one_commits_and_resume_point_waits_for_acks(
     nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
 ) -> None:
@@ -54,10 +62,7 @@ async def test_next_chunk_translated_while_one_commits_and_resume_point_waits_fo
 
         pipeline._chunk = chunk  # type: ignore[method-assign]
         pipeline._commit = commit  # type: ignore[method-assign]
-        staging = tmp_path / "big.csv.part"
-        write_export(staging, RECORDS)
-        staging.rename(tmp_path / "in" / "big.csv")
-        await wait_for(lambda: (tmp_path / "archive" / "big.csv").exists(), timeout=90, interval=0.1)
+        await _ingest_export(tmp_path)
     assert failures == 1
     assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == RECORDS
     # Each commit started from the resume point of the chunk before it, the failed one included,
@@ -79,8 +84,8 @@ async def test_with_an_mllp_listener_in_the_process_chunks_go_in_turn(
     """Pipelining keeps JetStream and the GIL busy enough to hold MLLP ACKs (bench.ack_under_ingest:
     p99 158 ms against 37 ms in turn), so beside an MLLP listener a chunk is translated only once
     the one before is committed."""
-    cfg = make_config(nats_server.url, [folder_iface(tmp_path, complete="rename", legacy=None), {"name": "adt", "route": "modern"}],
-                      state_dir=str(tmp_path / "state"))
+    folder = folder_iface(tmp_path, complete="rename", legacy=None)
+    cfg = make_config(nats_server.url, [folder, {"name": "adt", "route": "modern"}], state_dir=str(tmp_path / "state"))
     timeline: list[tuple[str, int]] = []
     async with service_factory(cfg) as svc:
         pipeline = svc.interfaces["billing"].pipeline
@@ -97,10 +102,7 @@ async def test_with_an_mllp_listener_in_the_process_chunks_go_in_turn(
 
         pipeline._chunk = chunk  # type: ignore[method-assign]
         pipeline._commit = commit  # type: ignore[method-assign]
-        staging = tmp_path / "big.csv.part"
-        write_export(staging, RECORDS)
-        staging.rename(tmp_path / "in" / "big.csv")
-        await wait_for(lambda: (tmp_path / "archive" / "big.csv").exists(), timeout=90, interval=0.1)
+        await _ingest_export(tmp_path)
     assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == RECORDS
     expected = [("translate-start", 0)]
     for first in range(0, RECORDS, BATCH):

@@ -15,6 +15,7 @@ by the caller is first encoded with the message's declared charset (MSH-18).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import re
 import secrets
@@ -148,40 +149,31 @@ def _code_like(value: str) -> bool:
     return len(value) <= 8 and value.isascii() and value.isalnum()
 
 
-_MSH_PARTS: dict[tuple[object, ...], tuple[str, str, str]] = {}
-_MSH_PARTS_MAX = 1024
-"""Senders (a few per interface) whose ACK MSH is cached; cleared when more come."""
-
-
 def _msh(header: MshHeader | None, d: Delimiters, stamp: str, control_id: str) -> str:
     e = escape
     if header is None:
         fields = ["MSH", d.encoding_chars, "", "", "", "", stamp, "", "ACK", e(control_id, d)]
         return d.field.join([*fields, _GENERIC_PROCESSING_ID, _GENERIC_VERSION])
-    # All but MSH-7 and MSH-10 depend only on who sent what kind of message: escaped once per
-    # sender, not for every ACK (this is the ACK path of every message).
-    key = (d, header.encoding_chars, header.receiving_application, header.receiving_facility,
-           header.sending_application, header.sending_facility, header.trigger, header.processing_id,
-           header.version, header.charset)
-    parts = _MSH_PARTS.get(key)
-    if parts is None:
-        if len(_MSH_PARTS) >= _MSH_PARTS_MAX:
-            _MSH_PARTS.clear()
-        head = d.field.join([
-            "MSH",
-            header.encoding_chars,
-            e(header.receiving_application, d),
-            e(header.receiving_facility, d),
-            e(header.sending_application, d),
-            e(header.sending_facility, d),
-            "",
-        ])
-        middle = d.field.join(["", "", f"ACK{d.component}{e(header.trigger, d)}{d.component}ACK", ""])
-        rest = [e(header.processing_id, d), e(header.version, d)]
-        if header.charset:
-            rest += ["", "", "", "", "", e(header.charset, d)]
-        parts = _MSH_PARTS[key] = (head, middle, d.field + d.field.join(rest))
-    return parts[0] + stamp + parts[1] + e(control_id, d) + parts[2]
+    head, middle, rest = _msh_parts(d, header.encoding_chars, header.receiving_application, header.receiving_facility,
+                                    header.sending_application, header.sending_facility, header.trigger,
+                                    header.processing_id, header.version, header.charset)
+    return head + stamp + middle + e(control_id, d) + rest
+
+
+@functools.lru_cache(maxsize=1024)
+def _msh_parts(d: Delimiters, encoding_chars: str, receiving_application: str, receiving_facility: str,
+               sending_application: str, sending_facility: str, trigger: str, processing_id: str, version: str,
+               charset: str) -> tuple[str, str, str]:
+    """The ACK's MSH but MSH-7 and MSH-10, which depend only on who sent what kind of message:
+    escaped once per sender (a few per interface), not for every ACK."""
+    e = escape
+    head = d.field.join(["MSH", encoding_chars, e(receiving_application, d), e(receiving_facility, d),
+                         e(sending_application, d), e(sending_facility, d), ""])
+    middle = d.field.join(["", "", f"ACK{d.component}{e(trigger, d)}{d.component}ACK", ""])
+    rest = [e(processing_id, d), e(version, d)]
+    if charset:
+        rest += ["", "", "", "", "", e(charset, d)]
+    return head, middle, d.field + d.field.join(rest)
 
 
 def _msa(header: MshHeader | None, d: Delimiters, code: str, text: str) -> str:
