@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -174,10 +175,25 @@ async def _js_ready(url: str) -> bool:
 
 @contextlib.asynccontextmanager
 async def nats_cluster(root: Path, size: int = 3, sync_interval: str | None = None) -> AsyncIterator[NatsCluster]:
-    """A started cluster, stopped by PID on exit."""
-    cluster = NatsCluster(root, size, sync_interval)
+    """A started cluster, stopped by PID on exit.
+
+    Its ports are picked free and bound a moment later by the servers: a test running beside it
+    may take one in between (CI: "listen tcp ...: bind: address already in use" on a route port),
+    so a cluster that failed that way is started again on fresh ports, up to three times."""
+    for attempt in range(3):
+        cluster = NatsCluster(root, size, sync_interval)
+        try:
+            await cluster.start()
+        except RuntimeError:
+            await cluster.stop()
+            taken = any(n.log.exists() and "address already in use" in n.log.read_text(errors="replace")
+                        for n in cluster.nodes)
+            if not taken or attempt == 2:
+                raise
+            shutil.rmtree(root, ignore_errors=True)
+            continue
+        break
     try:
-        await cluster.start()
         yield cluster
     finally:
         await cluster.stop()
