@@ -186,7 +186,8 @@ async def test_sse_resumes_with_last_event_id(nats_server: EmbeddedNats, service
         async def ended() -> bool:
             return [r["result"] for r in await stream_records()] == ["started", "ok"]
 
-        await wait_for(ended, timeout=10)
+        # Seen at the server's next heartbeat write; on a loaded machine that can take a while.
+        await wait_for(ended, timeout=30)
         (started, _) = await stream_records()
         assert started["target"]["stream"] == names.STREAM_EVIDX and started["interface"] == "his-charges"
         # Disconnected; more events meanwhile, on both interfaces.
