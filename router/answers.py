@@ -313,6 +313,9 @@ class Parity(Answer):
     recent_disagreements: list[Disagreement]
     window: Window
     previous_window: PreviousWindow | None
+    instances: dict[str, int] | None = Field(
+        default=None, description="the window's samples by Ficus instance (cluster.instance): the counts above "
+                                  "are their sum, over the instances that gathered samples in this window")
 
 
 # -- the ledger -------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ from router.leases_api import get_leases, release_lease
 from router.routes import RouteError, RouteTable
 from router.sinks import SinkCollector
 from router.sinks_api import list_sinks, pause_sink, replay_sink, resume_sink
-from router.stats import ListenerCollector, StatsCollector
+from router.stats import ListenerCollector, ParityStats, StatsCollector
 from router.store import Store, StoreError
 from router.views_api import get_charges, get_claim, get_remittance, rebuild_views
 
@@ -472,7 +472,7 @@ async def set_route(request: web.Request) -> web.Response:
                                                request.app[CONFIG].posting.gate_days, routes.get(name), mode,
                                                facility)
     else:
-        verdict = parity.gate(running.cfg, routes.get(name), running.stats.parity, mode, facility)
+        verdict = parity.gate(running.cfg, routes.get(name), await _parity_of(request, name), mode, facility)
     if verdict.refusal and not force:
         return web.json_response({"error": f"flip refused: {verdict.refusal}", "parity": verdict.window}, status=409)
     forced = force and verdict.refusal is not None
@@ -561,8 +561,16 @@ async def get_parity(request: web.Request) -> web.Response:
     return web.json_response({
         "interface": name, "route": request.app[ROUTES].get(name).mode,
         "gate": running.cfg.parity_gate, "min_samples": running.cfg.parity_min_samples,
-        **running.stats.parity.as_dict(),
+        **(await _parity_of(request, name)).as_dict(),
     })
+
+
+async def _parity_of(request: web.Request, name: str) -> ParityStats:
+    """The interface's parity window over every instance of the cluster (router/parity.py)."""
+    shared = request.app[RUNNING].parity
+    if shared is None:  # a Running built without its parity (tests of the API alone)
+        return request.app[INTERFACES][name].stats.parity
+    return await shared.view(name)
 
 
 async def get_gl_parity(request: web.Request) -> web.Response:

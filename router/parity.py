@@ -5,16 +5,20 @@ overrides -- enters shadow; `tracker` sees every route change (this instance's f
 other instances' through the KV watch) and starts the window at once, so samples from an
 earlier stint in shadow, before a flip to modern and a rollback, never count toward the gate.
 
-Evidence survives restarts: each interface's window and counts live in the KV bucket
-`ficus-parity` (key = interface), saved every few seconds and restored at start, so a restart
-in the middle of a shadow period does not send the migration team back to zero samples. A
-saved window is continued only when the route is still the one it was gathered under (same
-revision); a route changed while this instance was stopped starts a new window.
+Evidence survives restarts and is shared by the instances of a cluster: each instance saves
+its window and counts in the KV bucket `ficus-parity` under its own key (`IFACE.INSTANCE`)
+every few seconds, restores its own key at start, and the gate, the API and the console judge
+the window summed over every instance that gathered samples in it (:class:`Shared`). Senders
+behind a load balancer reach any instance: evidence of one instance alone would be part of the
+traffic, and one key for all would keep only the last writer's counts. A saved window is
+continued only when the route is still the one it was gathered under (same revision); a route
+changed while this instance was stopped starts a new window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -102,35 +106,128 @@ def _describe(route: Route) -> str:
     return route.mode + (f" ({facilities})" if facilities else "")
 
 
-async def restore(kv: Bucket, stats: dict[str, InterfaceStats], routes: RouteTable,
-                  saved_changes: dict[str, int]) -> None:
-    """Seeds each interface's parity with what was saved, then follows the route changes."""
-    for name, st in stats.items():
-        entry = await kv.get(name)
-        saved = json.loads(entry.value) if entry is not None and entry.value else None
-        kept = restore_one(st.parity, saved, routes.get(name))
-        saved_changes[name] = st.parity.changes if kept else -1  # -1: saved at the next round
-    routes.on_change.append(tracker(stats))
+def key_of(iface: str, instance: str) -> str:
+    """An instance's key for an interface's window. Interface names are slugs (no dot), so
+    ``IFACE.`` starts exactly the keys of that interface; ``:`` is not a KV key character."""
+    return f"{iface}.{instance.replace(':', '=')}"
 
 
-async def save(kv: Bucket, stats: dict[str, InterfaceStats], saved: dict[str, int]) -> None:
-    """Saves the parity of interfaces that changed (a sample, a window) since `saved`."""
-    for name, st in stats.items():
-        if saved.get(name) == st.parity.changes:
+def _same_window(own: ParityStats, saved: dict[str, Any]) -> bool:
+    """True when `saved` (another instance's form) holds samples of `own`'s current window: the
+    same route change started both (revision and time), and it saw the route `own` sees."""
+    window = saved.get("window") or {}
+    flip = window.get("flip") or {}
+    own_flip = own.window_flip or {}
+    return (own.window_started_at is not None and window.get("started_at") == own.window_started_at
+            and flip.get("revision") == own_flip.get("revision")
+            and int(saved.get("route_revision", -1)) == own.route_revision)
+
+
+def merged(own: ParityStats, others: dict[str, dict[str, Any]], iface: str, instance: str) -> ParityStats:
+    """`own`'s window with the samples other instances gathered in the same window added
+    (`others`: KV key -> saved form); `instances` names each contributor's samples. Windows of
+    other instances that do not match (an older window, a route this instance has moved past)
+    are left out: never counted."""
+    out = ParityStats(samples=own.samples, agree=own.agree, disagree=own.disagree,
+                      window_started_at=own.window_started_at, window_flip=own.window_flip,
+                      previous_window=own.previous_window, route_revision=own.route_revision)
+    recent = list(own.recent)
+    out.instances = {instance: own.samples}
+    for key, saved in sorted(others.items()):
+        if not _same_window(own, saved):
             continue
+        name = "(saved before instances had keys)" if key == iface else key.removeprefix(f"{iface}.")
+        out.samples += int(saved.get("samples", 0))
+        out.agree += int(saved.get("agree", 0))
+        out.disagree += int(saved.get("disagree", 0))
+        recent.extend(saved.get("recent_disagreements", []))
+        out.instances[name] = int(saved.get("samples", 0))
+    out.recent.extend(sorted(recent, key=lambda r: float(r.get("at", 0.0))))
+    return out
+
+
+class Shared:
+    """The parity windows of every instance: this one's saved under its own key, the others'
+    read back when a window is judged or shown."""
+
+    def __init__(self, kv: Bucket, stats: dict[str, InterfaceStats], instance: str) -> None:
+        self.kv = kv
+        self.stats = stats
+        self.instance = instance
+        self.saved: dict[str, int] = {}
+        """Interface -> the `changes` count last saved (-1: save at the next round)."""
+
+    async def others(self, iface: str) -> dict[str, dict[str, Any]]:
+        """KV key -> what the other instances saved for `iface` (a key saved before instances had
+        their own, plain ``IFACE``, counts as one more instance)."""
+        own = key_of(iface, self.instance)
+        found: dict[str, dict[str, Any]] = {}
+        for key in await self.kv.keys():
+            if key != own and (key == iface or key.startswith(f"{iface}.")):
+                entry = await self.kv.get(key)
+                if entry is not None and entry.value:
+                    found[key] = json.loads(entry.value)
+        return found
+
+    async def view(self, iface: str) -> ParityStats:
+        """The interface's current window over every instance (this one's alone when NATS cannot
+        be read: the gate then judges fewer samples, never more). Keys of instances that have
+        not seen the current route and hold another window (stopped, or renamed: the default
+        name changes at each start) are removed: they can never count again."""
+        own = self.stats[iface].parity
         try:
-            await kv.put(name, json.dumps(st.parity.saved_form()).encode())
-            saved[name] = st.parity.changes
+            others = await self.others(iface)
         except StoreError as exc:
-            log.debug("parity of %s not saved: %s", name, exc.reason)
+            log.warning("parity of %s: other instances' windows not read (%s); judged on this one's",
+                        iface, exc.reason)
+            return merged(own, {}, iface, self.instance)
+        for key, saved in others.items():
+            if not _same_window(own, saved) and int(saved.get("route_revision", -1)) < own.route_revision:
+                with contextlib.suppress(StoreError):
+                    await self.kv.delete(key)
+        return merged(own, others, iface, self.instance)
+
+    async def restore(self, routes: RouteTable) -> None:
+        """Seeds each interface's parity with what this instance saved, then follows the route
+        changes. With no key of its own (a first start, or a new instance name), the window is
+        the one the other instances gather in, when they saw the current route: this instance's
+        samples then add to theirs."""
+        for name, st in self.stats.items():
+            entry = await self.kv.get(key_of(name, self.instance))
+            saved = json.loads(entry.value) if entry is not None and entry.value else None
+            route = routes.get(name)
+            if saved is None and _has_shadow(route):
+                saved = _peer_window(await self.others(name), route)
+            kept = restore_one(st.parity, saved, route)
+            self.saved[name] = st.parity.changes if kept else -1
+        routes.on_change.append(tracker(self.stats))
+
+    async def save(self) -> None:
+        """Saves the parity of interfaces that changed (a sample, a window) since the last save."""
+        for name, st in self.stats.items():
+            if self.saved.get(name) == st.parity.changes:
+                continue
+            try:
+                await self.kv.put(key_of(name, self.instance), json.dumps(st.parity.saved_form()).encode())
+                self.saved[name] = st.parity.changes
+            except StoreError as exc:
+                log.debug("parity of %s not saved: %s", name, exc.reason)
+
+    async def keep_saved(self, every: float = 5.0) -> None:
+        """Saves changed parity every few seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(every)
+            await self.save()
 
 
-async def keep_saved(kv: Bucket, stats: dict[str, InterfaceStats], saved: dict[str, int],
-                     every: float = 5.0) -> None:
-    """Saves changed parity every few seconds, until cancelled."""
-    while True:
-        await asyncio.sleep(every)
-        await save(kv, stats, saved)
+def _peer_window(others: dict[str, dict[str, Any]], route: Route) -> dict[str, Any] | None:
+    """The window other instances gather in under `route`, with no samples of this instance's:
+    what a newly started instance continues (None when no other saw this route)."""
+    for saved in others.values():
+        window = saved.get("window") or {}
+        if window.get("started_at") and int(saved.get("route_revision", -1)) == route.revision:
+            return {"window": window, "route_revision": route.revision, "previous_window": None}
+    return None
 
 
 @dataclass(frozen=True)

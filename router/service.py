@@ -131,6 +131,8 @@ class Running:
     """Set at the first SIGTERM (`Service.drain`) and at stop: `/readyz` says "draining"."""
     siblings: Siblings | None = None
     """Worker 1 of several (`workers`): the other workers' problems, added to this one's readiness."""
+    parity: parity.Shared | None = None
+    """The parity windows of every instance (router/parity.py): what the gate and the API judge."""
 
     @property
     def nats_url(self) -> str:
@@ -425,12 +427,11 @@ class Service:
                 # After intake stopped: a request in flight finishes, the rest is delivered at the next start.
                 stops.on_stop("finish", f"stop sink {sink.cfg.name}", _untimed(sink.stop))
         stats = {name: r.stats for name, r in interfaces.items()}
-        saved: dict[str, int] = {}
         with _starting("the parity windows"):
-            parity_kv = await store.kv(parity.KV_PARITY, history=1)
-            stops.on_stop("parity", "save parity", lambda _left: parity.save(parity_kv, stats, saved))
-            await parity.restore(parity_kv, stats, routes, saved)
-        stops.on_stop_task(asyncio.create_task(parity.keep_saved(parity_kv, stats, saved), name="parity-save"))
+            shared = parity.Shared(await store.kv(parity.KV_PARITY, history=1), stats, cfg.cluster.instance)
+            stops.on_stop("parity", "save parity", lambda _left: shared.save())
+            await shared.restore(routes)
+        stops.on_stop_task(asyncio.create_task(shared.keep_saved(), name="parity-save"))
         # The status lookups' views (router/views.py): a durable consumer shared by every instance.
         if cfg.views.enabled:
             stops.on_stop_task(asyncio.create_task(views.keep(views.views_of(store)), name="views"))
@@ -458,7 +459,7 @@ class Service:
             siblings = Siblings(instances_kv, self.sibling_names, cfg.cluster.lease_seconds, cfg.cluster.renew_seconds)
             stops.on_stop_task(asyncio.create_task(siblings.keep(), name="sibling-workers"))
         self._running = Running(cfg, store, routes, types.MappingProxyType(interfaces), embedded, reference,
-                                api_url, started_at, tuple(sinks), leases, self.draining, siblings)
+                                api_url, started_at, tuple(sinks), leases, self.draining, siblings, shared)
         if sock is not None:
             with _starting(f"the API on {cfg.api.listen}"):
                 await self._serve_api(self._running, sock)

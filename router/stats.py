@@ -60,6 +60,8 @@ class ParityStats:
     """The route revision this evidence is consistent with (checked at a restart)."""
     changes: int = 0
     """Bumped on every change, so the saver knows what to write."""
+    instances: dict[str, int] | None = None
+    """In a view over several instances (router/parity.py `merged`): samples by instance."""
 
     @property
     def ratio(self) -> float | None:
@@ -98,7 +100,8 @@ class ParityStats:
     def as_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "agree": self.agree, "disagree": self.disagree,
                 "ratio": self.ratio, "recent_disagreements": list(self.recent),
-                "window": self.window(), "previous_window": self.previous_window}
+                "window": self.window(), "previous_window": self.previous_window,
+                **({"instances": self.instances} if self.instances is not None else {})}
 
     def saved_form(self) -> dict[str, Any]:
         """What router/parity.py stores in KV: the window with its counts and route revision."""

@@ -33,6 +33,7 @@ from router.config import ROLES, redact
 from router.console import render
 from router.console.render import e
 from router.interfaces import RunningInterface
+from router.stats import ParityStats
 
 ALERTS_PATH = "/api/v1/alerts"
 TICK = 1.0
@@ -323,8 +324,7 @@ def _flip_html(running: RunningInterface, who: Identity, facilities: list[str]) 
                                                    facility_options=render.options(facilities))
 
 
-def _parity_html(running: RunningInterface) -> str:
-    p = running.stats.parity
+def _parity_html(running: RunningInterface, p: ParityStats) -> str:
     window = p.window()
     ratio = "-" if p.ratio is None else f"{p.ratio:.4f}"
     head = (f"<p>Current window since {e(window['started_at'] or '-')}: {e(p.samples)} samples, "
@@ -340,6 +340,14 @@ def _parity_html(running: RunningInterface) -> str:
               for d in p.recent]
     return head + render.table("Recent disagreements", ("At (UTC)", "Unit", "Legacy", "Modern", "Detail"), recent,
                                empty="no disagreement in this window")
+
+
+async def _parity_view(request: web.Request, running: RunningInterface) -> ParityStats:
+    """The interface's window over every instance (router/parity.py), as the gate judges it."""
+    from router.api import RUNNING
+
+    shared = request.app[RUNNING].parity
+    return running.stats.parity if shared is None else await shared.view(running.cfg.name)
 
 
 PARITY_DAYS = 14
@@ -414,7 +422,7 @@ async def interface_page(request: web.Request) -> web.Response:
     body = render.template("interface.html").substitute(
         kind=e(running.cfg.kind), route=e(route.mode),
         facilities=e(f"facility overrides: {overrides}" if overrides else "no facility override"),
-        flip=_flip_html(running, who, known), parity=_parity_html(running),
+        flip=_flip_html(running, who, known), parity=_parity_html(running, await _parity_view(request, running)),
         parity_days=_parity_days_html(running, view), ledger=_ledger_html(view),
         history=history)
     return _page(request, who, f"Interface {name}", f"/console/interfaces/{name}", body)
