@@ -385,7 +385,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ok, problems = request.app[READY]()
+    """Readiness of the instance; `?interface=A,B`: of those interfaces only, with the instance's
+    own problems (NATS, the embedded server, draining). A load balancer checks an MLLP backend
+    with its interface, so a failing SFTP source or database does not take the instance's MLLP
+    listeners out of the pool."""
+    only = queries.of(request, queries.ReadyQuery).names()
+    known = request.app[INTERFACES]
+    if any(name not in known for name in only):
+        return _error(404, "unknown interface")
+    ok, problems = request.app[RUNNING].ready(only=only) if only else request.app[READY]()
     # Which publishing path the start-up self-test chose: information, never a reason to be unready.
     store = request.app[STORE]
     return web.json_response({"ready": ok, "problems": problems, "publisher": store.publisher,

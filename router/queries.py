@@ -194,6 +194,20 @@ class AuditQuery(Query):
     limit: Count = Field(100, description=f"records per page (at least 1; at most {PAGE_MAX} are served)")
 
 
+class ReadyQuery(Query):
+    """GET /readyz."""
+
+    REASONS: ClassVar[dict[str, str]] = {"interface": "interface: interface names (slugs), comma-separated"}
+
+    interface: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}(,[a-z0-9][a-z0-9_-]{0,62}){0,63}$",
+        description="only these interfaces (comma-separated) and the instance's own problems (NATS, the embedded "
+                    "server, draining): what a load balancer checks for one MLLP backend; 404 for an unknown one")
+
+    def names(self) -> list[str]:
+        return self.interface.split(",") if self.interface else []
+
+
 class LedgerQuery(Query):
     """GET /api/v1/ledger/{iface}."""
 

@@ -19,7 +19,7 @@ import logging
 import socket
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -82,9 +82,10 @@ def _starting(component: str) -> Iterator[None]:
         raise StartError(component, exc) from exc
 
 
-def readiness(embedded: EmbeddedNats | None, store: Store,
-              interfaces: Mapping[str, RunningInterface]) -> tuple[bool, list[str]]:
-    """Readiness: the embedded server up, NATS connected, and every interface working.
+def readiness(embedded: EmbeddedNats | None, store: Store, interfaces: Mapping[str, RunningInterface],
+              only: Collection[str] | None = None) -> tuple[bool, list[str]]:
+    """Readiness: the embedded server up, NATS connected, and every interface working (`only`:
+    those interfaces alone, e.g. the MLLP interface a load balancer checks for its backend).
 
     One line per problem, `<interface>: <reason>` (identifiers and error classes, bounded):
     a listener not bound, a pipeline stopped or crash-looping, a source, database or legacy
@@ -97,12 +98,22 @@ def readiness(embedded: EmbeddedNats | None, store: Store,
     if not store.connected:
         problems.append("NATS not connected")
     for name, running in interfaces.items():
+        if only is not None and name not in only:
+            continue
         problem = running.problem()
         if problem is None and not running.ready():
             problem = "not running"
         if problem is not None:
             problems.append(safe_reason(f"{name}: {problem}", READY_REASON_MAX))
     return not problems, problems
+
+
+def _concerns(problem: str, only: Collection[str], interfaces: Collection[str]) -> bool:
+    """Whether a sibling worker's problem line (`worker W: <interface>: <reason>`, or a problem of
+    the worker itself such as `worker W: NATS not connected`) is about `only` or the worker."""
+    rest = problem.partition(": ")[2]
+    named = rest.partition(": ")[0]
+    return named in only or named not in interfaces
 
 
 @dataclass(frozen=True)
@@ -138,12 +149,16 @@ class Running:
     def nats_url(self) -> str:
         return self.embedded.url if self.embedded is not None else self.cfg.nats.url
 
-    def ready(self, *, siblings: bool = True) -> tuple[bool, list[str]]:
+    def ready(self, *, siblings: bool = True, only: Collection[str] | None = None) -> tuple[bool, list[str]]:
         """See `readiness`; "draining" first once the service is stopping; with `siblings`
-        (/readyz), the other workers' problems too (see `Siblings`)."""
-        ok, problems = readiness(self.embedded, self.store, self.interfaces)
+        (/readyz), the other workers' problems too (see `Siblings`); `only`: the problems of
+        those interfaces and the instance's own (NATS, the embedded server, draining)."""
+        ok, problems = readiness(self.embedded, self.store, self.interfaces, only)
         if siblings and self.siblings is not None and (others := self.siblings.problems()):
-            ok, problems = False, [*problems, *others]
+            if only is not None:
+                others = [p for p in others if _concerns(p, only, self.interfaces)]
+            if others:
+                ok, problems = False, [*problems, *others]
         if self.draining.is_set():
             return False, [DRAINING, *problems]
         return ok, problems

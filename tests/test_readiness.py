@@ -86,6 +86,19 @@ async def test_example_config_with_its_drop_folder_missing_is_not_ready_until_it
         problems = await not_ready_naming(svc.api_url, "billing-export", "cannot list", "FileNotFoundError")
         assert all(len(p) <= 400 for p in problems), problems
         assert not any(p.startswith(("his-adt", "his-charges")) for p in problems), "the MLLP interfaces are fine"
+        # A load balancer checks an MLLP backend with its interface: the folder's problem does not
+        # take the instance's MLLP listeners out of the pool (deploy/haproxy/ficus.cfg).
+        async with aiohttp.ClientSession() as http:
+            async def scoped(query: str) -> tuple[int, Any]:
+                async with http.get(f"{svc.api_url}/readyz?{query}") as resp:
+                    return resp.status, await resp.json()
+
+            status, body = await scoped("interface=his-adt,his-charges")
+            assert (status, body["ready"], body["problems"]) == (200, True, [])
+            status, body = await scoped("interface=billing-export")
+            assert status == 503 and [p.split(":")[0] for p in body["problems"]] == ["billing-export"]
+            assert (await scoped("interface=no-such-interface"))[0] == 404
+            assert (await scoped("interface=Not%20A%20Slug"))[0] == 400
         for directory in (drop, folder.archive_dir, folder.legacy):
             os.makedirs(str(directory), exist_ok=True)
         await wait_for(lambda: _is(readyz(svc.api_url), (200, [])), timeout=30, interval=0.1)
@@ -213,3 +226,13 @@ async def test_a_missing_folder_rescanned_does_not_leak_inotify_instances(tmp_pa
     finally:
         await watcher.close()
     assert _inotify_instances() == before
+
+
+def test_a_scoped_readiness_keeps_the_sibling_workers_problems_of_those_interfaces_and_their_own() -> None:
+    from router.service import _concerns
+
+    known = {"his-adt", "billing-export"}
+    assert _concerns("worker ficus-w2: his-adt: listener not bound", {"his-adt"}, known)
+    assert not _concerns("worker ficus-w2: billing-export: cannot list", {"his-adt"}, known)
+    assert _concerns("worker ficus-w2: NATS not connected", {"his-adt"}, known)
+    assert _concerns("worker ficus-w2: not ready", {"his-adt"}, known)
