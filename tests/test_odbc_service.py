@@ -90,7 +90,8 @@ async def test_100k_rows_inserted_while_polling_are_each_published_once(
             assert writer.is_alive() or await canonical(nats_server.url) < rows
         finally:
             await asyncio.to_thread(writer.join)
-        await wait_for(lambda: _equals(canonical(nats_server.url), rows), timeout=60, interval=0.2)
+        # A count, not a speed (bench/ measures that): the full suite beside benchmarks took over 60 s.
+        await wait_for(lambda: _equals(canonical(nats_server.url), rows), timeout=180, interval=0.2)
         await asyncio.sleep(1.5)  # past the safety lag: nothing more comes
         stats = svc.interfaces["usage"].stats
         assert (stats.received, stats.published, stats.dead_lettered) == (rows, rows, 0)
