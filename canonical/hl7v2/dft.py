@@ -54,7 +54,7 @@ def map_dft_p03(
             raise r.fail(f"{r.label} has no FT1 segment", "FT1", "100")
         pid = r.require("PID")
         if site is not None:
-            return _site_charges(r, pid, ft1s, site)
+            return _site_charges(r, ft1s, site)
         ids = r.identifiers(pid, msg.segment("PV1"))
         origin = r.origin(r.event_time())
         return [_charge(r, seg, i, ids, origin) for i, seg in enumerate(ft1s, 1)]
@@ -117,15 +117,12 @@ def _charge_data(r: MessageReader, index: int, ids: Identifiers, leaves: Sequenc
     return data, credited
 
 
-def _site_charges(r: MessageReader, pid: Segment, ft1s: list[Segment], site: FamilyMap) -> list[CloudEvent]:
+def _site_charges(r: MessageReader, ft1s: list[Segment], site: FamilyMap) -> list[CloudEvent]:
     """:func:`map_dft_p03` under a site map: its fields replace the built-in reads, the identifier
     check runs on what the event carries, its other fields go into ``extensions``. The charge is
     built by one function generated for the map (:func:`site_charge_code`), which reads only the
-    built-in fields the map does not replace."""
-    pv1 = r.msg.segment("PV1")
-    ids = Identifiers(pid.leaf(3), pid.leaf(18), pv1.leaf(19) if pv1 is not None else None)
-    origin = r.origin(r.event_time())
-    return site.charges(r, ft1s, ids, origin)
+    built-in fields the map does not replace (the identifiers among them)."""
+    return site.charges(r, ft1s, r.origin(r.event_time()))
 
 
 def _bad_site_type(r: MessageReader, at: str, ttype: object) -> TranslationError:
@@ -143,14 +140,17 @@ def _no_code(r: MessageReader, at: str) -> TranslationError:
 
 
 def site_charge_code(mapped: dict[str, str], extensions: str | None, leaf: Callable[[int], str],
-                     same: dict[tuple[str, int], str]) -> tuple[list[str], dict[str, object]]:
+                     same: dict[tuple[str, int], str], read: Callable[[str], str],
+                     ) -> tuple[list[str], dict[str, object]]:
     """The statements that end a site map's generated charge function, and the names they use.
 
     ``mapped``: canonical field -> the local holding the map's value; ``extensions``: the dict
     expression of the site fields (None without any); ``leaf(n)``: an expression for the plain
     FT1-n of the charge (read with the map's FT1 fields in one ``Segment.leaves`` call);
     ``same``: (converter, n) -> the local of a map field that is FT1-n through that converter,
-    the value the built-in read of FT1-n gives (a bad value already failed in the map). The
+    the value the built-in read of FT1-n gives (a bad value already failed in the map);
+    ``read(path)``: an expression for the plain field at ``path`` of the message (``PID-3``),
+    read once per message (the identifiers :meth:`MessageReader.identifiers` reads). The
     statements do what :func:`_charge` and :func:`_charge_data` do -- reads in the same order,
     the same checks and reasons, the same ChargeData keys in the same order -- except the reads
     the map replaces, which are not done at all (the map's value is the event's).
@@ -191,9 +191,9 @@ def site_charge_code(mapped: dict[str, str], extensions: str | None, leaf: Calla
         "ttype = _tt(r, ttype, at)",
         "credited = ttype in _CREDIT or (quantity is not None and quantity < 0) or (amount is not None and amount < 0)",
         "if charge_code is None and procedure_code is None:", "    raise _no_code(r, at)",
-        f"patient_id = {value('patient_id', lambda: 'ids.patient_id')}",
-        f"account_number = {value('account_number', lambda: 'ids.account_number')}",
-        f"encounter_number = {value('encounter_number', lambda: 'ids.encounter_number')}",
+        f"patient_id = {value('patient_id', lambda: read('PID-3'))}",
+        f"account_number = {value('account_number', lambda: read('PID-18'))}",
+        f"encounter_number = {value('encounter_number', lambda: read('PV1-19'))}",
         "if not (patient_id or account_number or encounter_number):", "    raise _no_id(r, at)",
     ]
     fields = {  # ChargeData, in _charge_data's order

@@ -150,17 +150,26 @@ def _by_group(name: str) -> bool:
 
 class MessageScope:
     """What a site map finds once per message: the FT1 groups, the segments read, the
-    message-level values (shared by every charge of the message)."""
+    message-level values (shared by every charge of the message). The FT1 groups are found
+    only when a segment of a group is in the message (most messages have none)."""
 
-    __slots__ = ("_end", "cache", "groups", "msg", "shared", "starts")
+    __slots__ = ("_anchored", "_end", "_starts", "cache", "groups", "msg", "shared")
 
     def __init__(self, msg: Hl7Message, anchored: bool) -> None:
         self.msg = msg
-        self.starts = msg.positions("FT1") if anchored else []
+        self._anchored = anchored
+        self._starts: list[int] | None = None
         self.cache: dict[tuple[str, int], Segment | None] = {}
         self.shared: tuple[object, ...] | None = None
         self.groups: dict[tuple[str, ...], bool] = {}
         self._end = -1
+
+    @property
+    def starts(self) -> list[int]:
+        """Where the FT1s are (none when the map reads no segment of a group)."""
+        if self._starts is None:
+            self._starts = self.msg.positions("FT1") if self._anchored else []
+        return self._starts
 
     def grouped(self, name: str, index: int) -> Segment | None:
         """Segment ``name`` of the ``index``-th FT1's group, else the one before the first FT1."""
@@ -309,6 +318,7 @@ class _Source:
         self.hoisted: dict[tuple[str, int], str] = {}
         self.anchor_fields: list[int] = []  # the charge's FT1 fields read as plain leaves, in one call
         self.batches: dict[str, list[int]] = {}  # a message segment's local -> its plain fields read, in one call
+        self.at_message = True  # writing the message function (else the item's)
 
     def ref(self, obj: object) -> str:
         name = f"_o{len(self.env)}"
@@ -322,12 +332,28 @@ class _Source:
         """An expression for the segment a path reads (a local for the message's segments)."""
         if self.family == "charge" and path.segment == "FT1" and not path.occurrence:
             return "anchor"
-        if self.per_item(path):
+        if self.per_item(path) and not self.at_message:
             return f"scope.grouped({path.segment!r}, index)"
-        key = (path.segment, path.occurrence or 1)
+        # In the message function a group's segment is the first one (read there only when
+        # none sits among the FT1 groups, so the first one is before the FT1s).
+        return self.first(path.segment, path.occurrence or 1)
+
+    def first(self, name: str, occurrence: int = 1) -> str:
+        """The local holding the message's ``occurrence``-th segment ``name`` (None when absent)."""
+        key = (name, occurrence)
         if key not in self.hoisted:
             self.hoisted[key] = f"_s{len(self.hoisted)}"
         return self.hoisted[key]
+
+    def segment_lines(self) -> list[str]:
+        """The message function's reads of its segments: the first ones in one call."""
+        firsts = [(name, var) for (name, occ), var in self.hoisted.items() if occ == 1]
+        lines = []
+        if firsts:
+            names = tuple(name for name, _ in firsts)
+            lines.append(f"{''.join(v + ', ' for _, v in firsts)}= msg.firsts({names!r})")
+        lines += [f"{var} = msg.segment({name!r}, {occ})" for (name, occ), var in self.hoisted.items() if occ != 1]
+        return lines
 
     def anchor_leaf(self, field: int) -> str:
         """An expression for the plain FT1-``field`` of the charge, read in the one ``leaves`` call."""
@@ -361,6 +387,8 @@ class _Source:
             if seg == "anchor":  # read with the charge's other plain FT1 fields: one Segment.leaves call
                 return self.anchor_leaf(path.field)
             return f"{seg}.leaf({path.field})"
+        if path.repetition == 1 and path.subcomponent == 1:
+            return f"{seg}.component_leaf({path.field}, {path.component})"
         return f"{self.ref(path)}.leaf({seg})"
 
     def rule(self, rule: Rule, var: str) -> list[str]:
@@ -448,7 +476,7 @@ _ItemFn = Callable[
 ]
 
 
-_ChargeFn = Callable[[MessageReader, "MessageScope", "Segment", int, tuple[object, ...], Any, Any], Any]
+_ChargeFn = Callable[[MessageReader, "MessageScope", "Segment", int, tuple[object, ...], Any], Any]
 
 
 def _compile(family: str, rules: list[Rule]) -> tuple[_MessageFn, _ItemFn, _ChargeFn | None, str]:
@@ -468,12 +496,16 @@ def _compile(family: str, rules: list[Rule]) -> tuple[_MessageFn, _ItemFn, _Char
         anchored = family == "charge" and any(p.segment == "FT1" and not p.occurrence for p in rule.paths)
         groups = tuple(dict.fromkeys(p.segment for p in rule.paths if src.per_item(p) and p.segment != "FT1"))
         if anchored:
+            src.at_message = False
             item_body += src.rule(rule, var)
             continue
+        src.at_message = True
         if groups:  # read per charge when in this message's FT1 groups, else once here
             if groups not in in_groups:
                 in_groups[groups] = f"_g{len(in_groups)}"
-                message_body.append(f"{in_groups[groups]} = scope.in_groups({groups!r})")
+                # Most messages have none of these segments: then no FT1 group is looked for.
+                present = " or ".join(f"{src.first(name)} is not None" for name in groups)
+                message_body.append(f"{in_groups[groups]} = ({present}) and scope.in_groups({groups!r})")
             message_body += [f"if {in_groups[groups]}:", f"    {var} = None", "else:",
                              *(f"    {line}" for line in src.rule(rule, var))]
         else:
@@ -481,11 +513,9 @@ def _compile(family: str, rules: list[Rule]) -> tuple[_MessageFn, _ItemFn, _Char
         if groups:
             # A Z-segment (or an order, an observation) inside the FT1 groups of this message is
             # read per charge; before the FT1s, or absent, it is one value for the message.
+            src.at_message = False
             item_body += [f"if {in_groups[groups]}:", *(f"    {line}" for line in src.rule(rule, var))]
-    message_vars = [names[r.name] for r in rules if not (family == "charge" and any(
-        p.segment == "FT1" and not p.occurrence for p in r.paths))]
-    batches = [f"_b{seg[2:]}" for seg in src.batches]
-    shared = message_vars + list(src.hoisted.values()) + list(in_groups.values()) + batches
+    src.at_message = True
     canon = ", ".join(f"{r.name!r}: {names[r.name]}" for r in rules if r.canonical)
     ext = ", ".join(f"{r.name!r}: {names[r.name]}" for r in rules if not r.canonical)
     item_fields = tuple(src.anchor_fields)
@@ -494,18 +524,30 @@ def _compile(family: str, rules: list[Rule]) -> tuple[_MessageFn, _ItemFn, _Char
     if family == "charge":
         from canonical.hl7v2.dft import site_charge_code  # dft reads site maps: imported when one is compiled
 
+        def builtin(path: str) -> str:
+            # A built-in read of a message segment's field (the identifiers): read in its leaves call.
+            found = src.batched(parse_path(path, path), "string")
+            assert found is not None, path
+            return found
+
         same = {key: names[r.name] for r in rules if (key := _plain_ft1(r)) is not None}
         tail, tail_env = site_charge_code({r.name: names[r.name] for r in rules if r.canonical},
-                                          "{" + ext + "}" if ext else None, src.anchor_leaf, same)
+                                          "{" + ext + "}" if ext else None, src.anchor_leaf, same, builtin)
+    item_end = [f"return {{{canon}}}, {('{' + ext + '}') if ext else 'None'}"]
+    # What the item functions use of the message function's work, passed on in one tuple.
+    used = set(re.findall(r"\b_?[vsgb]\d+\b", "\n".join(item_body + item_end + tail)))
+    message_vars = [names[r.name] for r in rules if not (family == "charge" and any(
+        p.segment == "FT1" and not p.occurrence for p in r.paths))]
+    made = message_vars + list(src.hoisted.values()) + list(in_groups.values())
+    shared = [v for v in made + [f"_b{seg[2:]}" for seg in src.batches] if v in used]
     lines = ["def message(r, scope):", "    msg = scope.msg", "    index = 0"]
-    lines += [f"    {var} = msg.segment({seg!r}, {occ})" for (seg, occ), var in src.hoisted.items()]
+    lines += [f"    {line}" for line in src.segment_lines()]
     lines += [f"    {line}" for line in src.batch_lines()]
     lines += [f"    {line}" for line in message_body]
     lines += [f"    return ({''.join(v + ', ' for v in shared)})", ""]
     for fn, params, fields, end in (
-            ("item", "r, scope, anchor, index, m", item_fields,
-             [f"return {{{canon}}}, {('{' + ext + '}') if ext else 'None'}"]),
-            ("charge", "r, scope, anchor, index, m, ids, origin", tuple(src.anchor_fields), tail)):
+            ("item", "r, scope, anchor, index, m", item_fields, item_end),
+            ("charge", "r, scope, anchor, index, m, origin", tuple(src.anchor_fields), tail)):
         if fn == "charge" and family != "charge":
             continue
         lines.append(f"def {fn}({params}):")
@@ -541,13 +583,13 @@ class FamilyMap:
         """What one message's items share (call once per message)."""
         return MessageScope(msg, self._grouped)
 
-    def charges(self, r: MessageReader, ft1s: list[Segment], ids: Any, origin: Any) -> list[Any]:
+    def charges(self, r: MessageReader, ft1s: list[Segment], origin: Any) -> list[Any]:
         """The charge events of a DFT under this (charge) map: one per FT1."""
         charge = self._charge
         assert charge is not None, "a charge map"
         scope = MessageScope(r.msg, self._grouped)
         shared = scope.shared = self._message(r, scope)
-        return [charge(r, scope, seg, i, shared, ids, origin) for i, seg in enumerate(ft1s, 1)]
+        return [charge(r, scope, seg, i, shared, origin) for i, seg in enumerate(ft1s, 1)]
 
     def values(
         self, r: MessageReader, scope: MessageScope, anchor: Segment | None = None, index: int = 0,

@@ -176,6 +176,33 @@ class Segment:
             out.append(value or None)
         return out
 
+    def component_leaf(self, field: int, component: int) -> str | None:
+        """:meth:`get` of (field, first repetition, ``component``, first subcomponent) stripped of
+        blanks; None when empty or ``""``. A site map's component path in one call."""
+        if self._shift:
+            if field < 3:  # MSH-1/MSH-2 are delimiters: no components
+                return None
+            field -= 1
+        fields = self._fields or self._split()
+        value = fields[field] if 0 < field < len(fields) else ""
+        if not value:
+            return None
+        d = self._d
+        cut = value.find(d.repetition)
+        if cut >= 0:
+            value = value[:cut]
+        parts = value.split(d.component, component)
+        if len(parts) < component:
+            return None
+        value = parts[component - 1]
+        cut = value.find(d.subcomponent)
+        if cut >= 0:
+            value = value[:cut]
+        if self._esc and d.escape in value:
+            value = unescape(value, d, self._hex)
+        value = value.strip()
+        return value if value and value != '""' else None
+
     def components(self, field: int, count: int) -> list[str]:
         """The first ``count`` components of the first repetition of a field
         (first subcomponent of each, escapes decoded), padded with ""."""
@@ -262,6 +289,28 @@ class Hl7Message:
         """One leaf value with escapes decoded, "" when absent (1-based positions)."""
         seg = self.segment(segment_name, occurrence)
         return seg.get(field, repetition, component, subcomponent) if seg else ""
+
+    def firsts(self, names: tuple[str, ...]) -> list[Segment | None]:
+        """The first segment called each of ``names`` (None for one the message lacks), in one
+        call: what a site map's generated function reads once per message."""
+        index = self._index
+        if index is None:
+            self._positions("")  # builds the index
+            index = self._index
+            assert index is not None
+        segments = self._segments
+        out: list[Segment | None] = []
+        for name in names:
+            found = index.get(name)
+            if found is None:
+                out.append(None)
+                continue
+            i = found[0]
+            seg = segments[i]
+            if seg is None:
+                seg = segments[i] = Segment(self._lines[i], self.delimiters, self._hex, name)
+            out.append(seg)
+        return out
 
     def positions(self, name: str) -> list[int]:
         """Where the segments called ``name`` are (0-based line numbers, in message order):
