@@ -60,7 +60,7 @@ from protocols.backoff import Backoff
 from router import gl_export, ledger
 from router.config import FileInterfaceConfig
 from router.dlq import DeadLetter, now_iso
-from router.file_child import ChunkTranslator, FileJob
+from router.file_child import AHEAD, ChunkTranslator, FileJob
 from router.file_units import Hl7Spec, Unit, file_units, sha256_of
 from router.gl_layout import BadLine, GlLine, LayoutError, read_lines
 from router.hl7_files import HEAD_BYTES, AckFile
@@ -501,12 +501,15 @@ class FilePipeline:
         (``translate_process``, router/file_child.py): the same chunks, committed here in order,
         the resume point advanced after each; the child is at most AHEAD chunks ahead. Any
         failure -- in the child (an exception, its death) or here -- kills the child with what it
-        cut ahead, and fails the attempt: the file is retried from its resume point."""
+        cut ahead, and fails the attempt: the file is retried from its resume point. Beside an
+        MLLP listener (not `pipelined`) the child cuts a chunk only once the one before is
+        committed, as the in-process path does there."""
         translator = self.translator
         assert translator is not None
         store_cfg = self.store.cfg
         job = FileJob(str(local), self.cfg, entry, route, ctx, reference, False, store_cfg.key_index,
-                      store_cfg.event_index, ack.mtime if ack is not None else None, current_traceparent())
+                      store_cfg.event_index, ack.mtime if ack is not None else None, current_traceparent(),
+                      ahead=AHEAD if self.pipelined else 1)
         with gc_paused() as gc_pause:
             try:
                 translator.begin(job)
