@@ -288,3 +288,30 @@ listen = "127.0.0.1:{free_port()}"
 
 async def _some(url: str, count: int) -> bool:
     return await stream_count(url, names.STREAM_CANONICAL) > count
+
+
+async def test_beside_an_mllp_listener_the_child_cuts_one_chunk_at_a_time(
+    nats_server: EmbeddedNats, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    """Where an MLLP listener shares the process (no pipelined chunks), the child is granted one
+    chunk at a time: it cuts the next only once the one before is committed, as in process."""
+    records = 3 * BATCH + 1
+    folder = folder_iface(tmp_path, complete="rename", legacy=None, translate_process=True)
+    cfg = make_config(nats_server.url, [folder, {"name": "adt", "route": "modern"}], state_dir=str(tmp_path / "state"))
+    aheads: list[int] = []
+    async with service_factory(cfg) as svc:
+        pipeline = svc.interfaces["billing"].pipeline
+        assert isinstance(pipeline, FilePipeline) and not pipeline.pipelined and pipeline.translator is not None
+        begin = pipeline.translator.begin
+
+        def begun(job: Any) -> None:
+            aheads.append(job.ahead)
+            begin(job)
+
+        pipeline.translator.begin = begun  # type: ignore[method-assign]
+        staging = tmp_path / "big.csv.part"
+        write_export(staging, records)
+        staging.rename(tmp_path / "in" / "big.csv")
+        await wait_for(lambda: (tmp_path / "archive" / "big.csv").exists(), timeout=90, interval=0.1)
+    assert aheads == [1]
+    assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == records
