@@ -315,3 +315,50 @@ async def test_beside_an_mllp_listener_the_child_cuts_one_chunk_at_a_time(
         await wait_for(lambda: (tmp_path / "archive" / "big.csv").exists(), timeout=90, interval=0.1)
     assert aheads == [1]
     assert await stream_count(nats_server.url, names.STREAM_CANONICAL) == records
+
+
+async def test_an_exception_in_the_child_fails_the_file_and_the_next_file_gets_a_new_child(tmp_path: Path) -> None:
+    """An exception in the child (here: its file is gone) comes back as ChildFailed naming its
+    type, not its text; the child is killed, and the next file is cut by a new one, whole."""
+    from datetime import UTC, datetime
+
+    from canonical.context import TranslationContext
+    from router.config import FolderInterfaceConfig
+    from router.file_child import ChildFailed, FileJob
+    from router.manifest import FileEntry
+    from router.routes import Route
+
+    iface = folder_iface(tmp_path, legacy=None)
+    cfg = make_config("nats://127.0.0.1:4222", [iface], state_dir=str(tmp_path / "state")).interfaces[0]
+    assert isinstance(cfg, FolderInterfaceConfig)
+    ctx = TranslationContext("billing", "live", "objectstore://x", datetime(2024, 3, 5, tzinfo=UTC))
+    write_export(tmp_path / "good.csv", BATCH + 3)
+
+    def job(path: Path) -> FileJob:
+        return FileJob(str(path), cfg, FileEntry("billing", path.name, 1, 1.0, "ab" * 32), Route(mode="modern"),
+                       ctx, None, False, False, False, None, None)
+
+    translator = ChunkTranslator("billing")
+    try:
+        translator.begin(job(tmp_path / "gone.csv"))
+        with pytest.raises(ChildFailed) as failed:
+            await translator.next()
+        assert failed.value.reason.startswith("translator process: FileNotFoundError"), failed.value.reason
+        assert "gone.csv" not in failed.value.reason
+        first = translator.pid
+        await translator.abandon()
+        assert first is not None and not _alive(first)
+
+        translator.begin(job(tmp_path / "good.csv"))
+        records = []
+        while True:
+            chunk, extras = await translator.next()
+            records.append(chunk.out.records)
+            if chunk.last:
+                break
+            translator.credit()
+        assert records == [BATCH, 3] and extras is None and translator.started == 2
+        assert len(chunk.out.events) == 3 and chunk.out.deltas and chunk.first == BATCH
+    finally:
+        await asyncio.to_thread(translator.close)
+    assert translator.pid is None
