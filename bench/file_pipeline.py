@@ -4,6 +4,7 @@ events published and acknowledged, manifest), on an embedded nats-server.
 
     python -m bench.file_pipeline --size 100
     python -m bench.file_pipeline --path export.835 --format x12-835 --fast-ingest off
+    python -m bench.file_pipeline --path export.csv --translate-process on
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import shutil
 import tempfile
@@ -42,9 +44,10 @@ def generate(path: Path, megabytes: int) -> int:
 
 
 async def run(megabytes: int, source: Path | None = None, fmt: str = "csv",
-              fast_ingest: bool = True) -> dict[str, object]:
+              fast_ingest: bool = True, translate_process: bool = False) -> dict[str, object]:
     """One file through a folder interface; ``source``: an existing file (copied), else a
-    generated CSV of ``megabytes`` MB; ``fast_ingest``: `nats.fast_ingest`."""
+    generated CSV of ``megabytes`` MB; ``fast_ingest``: `nats.fast_ingest`; ``translate_process``:
+    the interface's `translate_process` (chunks translated in a child process)."""
     work = Path(tempfile.mkdtemp(prefix="ficus-bench-files-"))
     try:
         for d in ("in", "archive", "staging"):
@@ -61,6 +64,7 @@ async def run(megabytes: int, source: Path | None = None, fmt: str = "csv",
             "name": "billing", "kind": "folder", "path": str(work / "in"), "patterns": [f"*.{suffix}"],
             "poll_seconds": 0.2, "complete": "rename", "format": fmt,
             "after": "archive", "archive_dir": str(work / "archive"), "route": "modern",
+            "translate_process": translate_process,
         }
         if fmt == "csv":
             spec = tomllib.loads((REPO / "fixtures/flat/billing_export.toml").read_text())
@@ -72,11 +76,15 @@ async def run(megabytes: int, source: Path | None = None, fmt: str = "csv",
         async with Service(cfg) as svc:
             stats = svc.interfaces["billing"].stats
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            cpu_start = time.process_time()
             start = time.perf_counter()
             staged.rename(work / "in" / staged.name)
             while stats.acked < 1:  # noqa: ASYNC110 - polling a counter the pipeline bumps
                 await asyncio.sleep(0.1)
             elapsed = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start
+            translator = getattr(svc.interfaces["billing"].pipeline, "translator", None)
+            child_cpu = _cpu_of(translator.pid) if translator is not None and translator.pid else 0.0
             published = stats.published
             ingest = svc.store.ingest_mode
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -85,9 +93,20 @@ async def run(megabytes: int, source: Path | None = None, fmt: str = "csv",
                 "ingest": ingest, "records": records, "events": published, "seconds": round(elapsed, 2),
                 "events_per_s": round(published / elapsed),
                 "records_per_s": round(records / elapsed), "mb_per_s": round(megabytes / elapsed, 2),
-                "peak_rss_mib": round(rss), "rss_before_file_mib": round(rss_before)}
+                "peak_rss_mib": round(rss), "rss_before_file_mib": round(rss_before),
+                "translate_process": translate_process, "cpu_s": round(cpu, 2),
+                "translator_cpu_s": round(child_cpu, 2)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) of a running process, from /proc (the translator process)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -96,8 +115,10 @@ def main() -> None:
     parser.add_argument("--path", type=Path, help="an existing file to take instead of a generated CSV")
     parser.add_argument("--format", default="csv", choices=["csv", "x12-835"])
     parser.add_argument("--fast-ingest", default="on", choices=["on", "off"])
+    parser.add_argument("--translate-process", default="off", choices=["on", "off"],
+                        help="the interface's translate_process: chunks translated in a child process")
     args = parser.parse_args()
-    work = run(args.size, args.path, args.format, args.fast_ingest == "on")
+    work = run(args.size, args.path, args.format, args.fast_ingest == "on", args.translate_process == "on")
     try:  # the event loop `ficus run` uses
         import uvloop
     except ImportError:

@@ -484,6 +484,11 @@ def section_files(c: dict[str, Any]) -> dict[str, Any]:
             "835|translate": child(["-m", "bench.x12_835", "--path", str(x12), "--mode", "ficus"]),
             "835|e2e": child(["-m", "bench.file_pipeline", "--path", str(x12), "--format", "x12-835",
                               "--fast-ingest", "on"]),
+            # The same with the interface's translate_process: chunks translated in a child process.
+            "csv|e2e-child": child(["-m", "bench.file_pipeline", "--path", str(csv), "--format", "csv",
+                                    "--fast-ingest", "on", "--translate-process", "on"]),
+            "835|e2e-child": child(["-m", "bench.file_pipeline", "--path", str(x12), "--format", "x12-835",
+                                    "--fast-ingest", "on", "--translate-process", "on"]),
         })
     load.append(_load())
     return {"variants": variants, "csv_mb": c["files_csv_mb"], "x12_mb": c["files_x12_mb"], "load": load}

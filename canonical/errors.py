@@ -18,6 +18,7 @@ a birth date, an address or free text.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 __all__ = [
     "CanonicalError",
@@ -39,6 +40,12 @@ class CanonicalError(Exception):
 
     def __str__(self) -> str:
         return self.reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as made -- its class, ``args`` and attributes -- whatever its ``__init__`` takes
+        (keyword-only arguments break the default): a file chunk's records in error go from the
+        translator process to the pipeline's (router/file_child.py)."""
+        return (_rebuilt, (type(self), self.args, self.__dict__))
 
 
 class NotHl7Error(CanonicalError, ValueError):
@@ -95,3 +102,11 @@ class TranslationError(CanonicalError, ValueError):
             amount=self.amount if self.amount is not None else amount,
             hl7_code=self.hl7_code,
         )
+
+
+def _rebuilt(cls: type[CanonicalError], args: tuple[Any, ...], state: dict[str, Any]) -> CanonicalError:
+    """A CanonicalError unpickled (:meth:`CanonicalError.__reduce__`), its ``__init__`` not called."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc

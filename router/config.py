@@ -747,6 +747,9 @@ class FileInterfaceBase(InterfaceBase, SiteMapped):
     legacy_sftp: SftpConfig | None = None
     dedupe_content: bool = True
     spool_dir: str | None = None
+    # Each file's chunks translated in a child process of the interface (router/file_child.py),
+    # this process only committing them: the two no longer share one GIL (issue 19). Off by default.
+    translate_process: bool = False
     # A file that cannot be processed (unreadable, legacy name occupied) is retried alone for
     # this long, then dead-lettered; the files behind it flow meanwhile.
     stuck_after_seconds: float = Field(default=3600, gt=0)

@@ -52,13 +52,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from canonical.context import TranslationContext
 from canonical.errors import CanonicalError
-from canonical.reference import ReferenceStore
+from canonical.reference import ReferenceData, ReferenceStore
 from legacy.file_delivery import DeliveryConflict, DeliveryError, DeliveryUnavailable
 from protocols.backoff import Backoff
 from router import gl_export, ledger
 from router.config import FileInterfaceConfig
 from router.dlq import DeadLetter, now_iso
+from router.file_child import AHEAD, ChunkTranslator, FileJob
 from router.file_units import Hl7Spec, Unit, file_units, sha256_of
 from router.gl_layout import BadLine, GlLine, LayoutError, read_lines
 from router.hl7_files import HEAD_BYTES, AckFile
@@ -69,7 +71,7 @@ from router.routes import Route, RouteTable
 from router.stage import Outcome, Record, ReplayChunk, Stage
 from router.stats import InterfaceStats
 from router.store import NotFound, Objects, Store, StoreError
-from router.tracing import span, traced_sync, traced_unit
+from router.tracing import current_traceparent, span, traced_sync, traced_unit
 from wrappers.file_source import (
     FileChanged,
     FileRef,
@@ -150,6 +152,8 @@ class FilePipeline:
         """The interface's lease (router/leases.py): checked before every publish, delivery, manifest
         write and finish action, so an instance that lost it acts on no file any more."""
         self.hl7 = Hl7Spec(cfg.hl7_mapping, cfg.encoding, cfg.fallback_encoding)
+        self.translator = ChunkTranslator(cfg.name) if cfg.translate_process else None
+        """The translator process of ``translate_process`` (router/file_child.py), else None."""
         # An 835's dead letter holds up payments, any other file's charges.
         self.stage = Stage(cfg.name, store, routes, stats, reference=reference, timezone=cfg.timezone,
                            money_format=cfg.format)
@@ -466,6 +470,9 @@ class FilePipeline:
         """
         ctx = self.stage.context(entry.raw, route)
         reference = self.stage.reference.data if self.stage.reference is not None else None
+        if self.translator is not None:
+            await self._publish_from_child(local, entry, route, ack, ctx, reference)
+            return
         with gc_paused() as gc_pause, local.open("rb") as fh:
             units = file_units(fh, self.cfg.format, self.cfg.flat, ctx, name=printable(entry.name),
                                sha256=entry.sha256, reference=reference, hl7=self.hl7)
@@ -487,6 +494,42 @@ class FilePipeline:
                 chunk = await _finished_first(following)
                 gc_pause.breathe()
             await self._commit(entry, chunk)
+
+    async def _publish_from_child(self, local: Path, entry: FileEntry, route: Route, ack: AckFile | None,
+                                  ctx: TranslationContext, reference: ReferenceData | None) -> None:
+        """:meth:`_publish` with the chunks cut in the pipeline's translator process
+        (``translate_process``, router/file_child.py): the same chunks, committed here in order,
+        the resume point advanced after each; the child is at most AHEAD chunks ahead. Any
+        failure -- in the child (an exception, its death) or here -- kills the child with what it
+        cut ahead, and fails the attempt: the file is retried from its resume point. Beside an
+        MLLP listener (not `pipelined`) the child cuts a chunk only once the one before is
+        committed, as the in-process path does there."""
+        translator = self.translator
+        assert translator is not None
+        store_cfg = self.store.cfg
+        job = FileJob(str(local), self.cfg, entry, route, ctx, reference, False, store_cfg.key_index,
+                      store_cfg.event_index, ack.mtime if ack is not None else None, current_traceparent(),
+                      ahead=AHEAD if self.pipelined else 1)
+        with gc_paused() as gc_pause:
+            try:
+                translator.begin(job)
+                while True:
+                    chunk, extras = await translator.next()
+                    await self._commit(entry, chunk)
+                    if chunk.last:
+                        break
+                    translator.credit()
+                    gc_pause.breathe()
+            except BaseException:
+                await translator.abandon()
+                raise
+        if ack is not None and extras is not None:
+            ack.first, ack.acks = extras
+
+    async def close(self) -> None:
+        """Stops the translator process, if any (at shutdown)."""
+        if self.translator is not None:
+            await asyncio.to_thread(self.translator.close)
 
     async def _reference(self, local: Path, entry: FileEntry, route: Route) -> None:
         """Stores a GL export's lines as GL parity's reference (router/gl_export.py), 500 at a time
@@ -529,32 +572,8 @@ class FilePipeline:
     @traced_sync("translate", lambda self, _units, entry, _route, start: {"interface": self.name,
                                                                          "unit": entry.sha256, "from_record": start})
     def _chunk(self, units: Iterator[Unit], entry: FileEntry, route: Route, start: int) -> _Chunk:
-        """The next records (in a worker thread), routed into one outcome: up to BATCH events or
-        dead letters, or CHUNK_RECORDS records.
-
-        The bounds are counts, never a time: a retry from the resume point must cut the same
-        chunks, since each chunk's ledger delta is identified by its record range (_commit).
-        """
-        chunk = _Chunk(next_record=start)
-        out = chunk.out
-        out.tally = {}  # one ledger delta per mode for the chunk (_commit), summed as records come
-        stage, events, letters = self.stage, out.events, out.letters
-        for unit in units:
-            if unit.index < start:
-                continue
-            if unit.error is not None or not stage.add_translated(out, unit.events, unit.facility, unit.locator,
-                                                                  route):
-                stage.add(out, file_record(entry.raw, entry.sha256, unit), route)
-            if chunk.first is None:
-                chunk.first = unit.index
-            chunk.next_record = unit.index + 1
-            if len(events) >= BATCH or len(letters) >= BATCH or out.records >= CHUNK_RECORDS:
-                break
-        else:
-            chunk.last = True
-        if out.records:  # made here, off the loop (Stage.prepare)
-            stage.prepare(out, _batch_id(entry, chunk))
-        return chunk
+        """The next records (in a worker thread), routed into one outcome (:func:`cut_chunk`)."""
+        return cut_chunk(self.stage, units, entry, route, start)
 
     async def _commit(self, entry: FileEntry, chunk: _Chunk) -> None:
         """Commits a chunk through the stage -- events, dead letters, then its ledger deltas, one
@@ -619,6 +638,37 @@ class FilePipeline:
                     gc_pause.breathe()
         finally:
             await asyncio.to_thread(local.unlink, missing_ok=True)
+
+
+def cut_chunk(stage: Stage, units: Iterator[Unit], entry: FileEntry, route: Route, start: int,
+              chunk: _Chunk | None = None) -> _Chunk:
+    """The next records, routed into one outcome: up to BATCH events or dead letters, or
+    CHUNK_RECORDS records; in the pipeline's worker thread, or in its translator process
+    (router/file_child.py), which passes the (empty) ``chunk`` to fill.
+
+    The bounds are counts, never a time: a retry from the resume point must cut the same
+    chunks, since each chunk's ledger delta is identified by its record range (_commit).
+    """
+    chunk = chunk if chunk is not None else _Chunk(next_record=start)
+    out = chunk.out
+    out.tally = {}  # one ledger delta per mode for the chunk (_commit), summed as records come
+    events, letters = out.events, out.letters
+    for unit in units:
+        if unit.index < start:
+            continue
+        if unit.error is not None or not stage.add_translated(out, unit.events, unit.facility, unit.locator,
+                                                              route):
+            stage.add(out, file_record(entry.raw, entry.sha256, unit), route)
+        if chunk.first is None:
+            chunk.first = unit.index
+        chunk.next_record = unit.index + 1
+        if len(events) >= BATCH or len(letters) >= BATCH or out.records >= CHUNK_RECORDS:
+            break
+    else:
+        chunk.last = True
+    if out.records:  # made here, off the loop (Stage.prepare)
+        stage.prepare(out, _batch_id(entry, chunk))
+    return chunk
 
 
 def file_record(raw: str, sha256: str, unit: Unit) -> Record:

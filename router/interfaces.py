@@ -329,6 +329,7 @@ async def start_files(cfg: FileInterfaceConfig, deps: Deps) -> RunningInterface:
         started.pop_all()  # the pipeline task below owns the source from here (`finish` closes it)
 
     async def close() -> None:
+        await pipeline.close()
         await source.close()
         if acks is not None:
             await acks.close()
