@@ -143,6 +143,19 @@ class Ficus:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
 
+async def terminate(proc: asyncio.subprocess.Process, timeout: float = 60) -> int:
+    """SIGTERM, then the exit code within `timeout`; killed (and reaped) if still running then,
+    whatever failed: never left behind."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 def kill_servers(store: Path) -> None:
     """SIGKILL every nats-server on the store (test cleanup: they were started by this test)."""
     for pid in servers_on(store):

@@ -30,6 +30,7 @@ from router.embedded_nats import EmbeddedNats
 from router.file_units import Hl7Spec, file_units
 from router.hl7_files import AckFile
 from tests.conftest import ServiceFactory, _read_all, assert_ledger_balances, make_config, stream_count, wait_for
+from tests.ficus_proc import terminate
 from tests.sshd import SshServer, sshd_fixture  # noqa: F401  (the sshd fixture)
 from tests.test_files_sftp import sftp_iface
 
@@ -347,13 +348,7 @@ async def test_kill_9_mid_batch_then_restart_each_message_exactly_once(nats_serv
         try:
             await wait_for(lambda: (tmp_path / "archive" / "night.hl7").exists(), timeout=180, interval=0.2)
         finally:
-            second.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(second.wait(), 60)
-            finally:
-                if second.returncode is None:  # never left running, whatever failed
-                    second.kill()
-                    await second.wait()
+            await terminate(second)
     assert second.returncode == 0, log.read_text()[-2000:]
     events, letters = await events_and_letters(nats_server.url)
     assert len(events) == len({e["id"] for e in events}) == want_events, f"{published} before the kill"

@@ -26,7 +26,7 @@ import pytest
 from router import names
 from router.embedded_nats import EmbeddedNats
 from tests.conftest import ServiceFactory, make_config, stream_count, wait_for
-from tests.ficus_proc import fast_ingest_state, free_port
+from tests.ficus_proc import fast_ingest_state, free_port, terminate
 from tests.odbc_db import COLUMNS, GOOD, UsageTable, usage_mapping, usage_table
 from tests.test_service_mllp import read_subject
 
@@ -277,13 +277,7 @@ async def test_kill_mid_batch_then_restart_publishes_each_row_once(
             # The rows went as fast-ingest batches (nats-server 2.14+), not one message at a time.
             ingest, batches = await fast_ingest_state(api_port)
         finally:
-            second.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(second.wait(), 60)
-            finally:
-                if second.returncode is None:
-                    second.kill()
-                    await second.wait()
+            await terminate(second)
     err = log.read_bytes()
     keys, ids = await record_keys(nats_server.url)
     assert len(keys) == len(ids) == rows, err.decode()[-2000:]

@@ -30,7 +30,7 @@ from router.file_child import ChunkTranslator
 from router.file_pipeline import BATCH, FilePipeline
 from router.store import StoreUnavailable
 from tests.conftest import ServiceFactory, _read_all, assert_ledger_balances, make_config, stream_count, wait_for
-from tests.ficus_proc import csv_folder_interface, free_port
+from tests.ficus_proc import csv_folder_interface, free_port, terminate
 from tests.test_files_restart import write_export
 from tests.test_files_service import folder_iface
 from tests.test_hl7_files import batch, message
@@ -269,13 +269,7 @@ listen = "127.0.0.1:{free_port()}"
             await wait_for(lambda: (tmp_path / "archive" / "big.csv").exists(), timeout=180, interval=0.2)
             children = _children(second.pid)
         finally:
-            second.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(second.wait(), 60)
-            finally:
-                if second.returncode is None:
-                    second.kill()
-                    await second.wait()
+            await terminate(second)
     err = log.read_bytes().decode(errors="replace")
     assert second.returncode == 0, err[-2000:]
     assert "translator process" in err and "started" in err, err[-2000:]
