@@ -52,7 +52,7 @@ from router.leases_api import get_leases, release_lease
 from router.routes import RouteError, RouteTable
 from router.sinks import SinkCollector
 from router.sinks_api import list_sinks, pause_sink, replay_sink, resume_sink
-from router.stats import ListenerCollector, ParityStats, StatsCollector
+from router.stats import ListenerCollector, StatsCollector
 from router.store import Store, StoreError
 from router.views_api import get_charges, get_claim, get_remittance, rebuild_views
 
@@ -393,7 +393,7 @@ async def readyz(request: web.Request) -> web.Response:
     known = request.app[INTERFACES]
     if any(name not in known for name in only):
         return _error(404, "unknown interface")
-    ok, problems = request.app[RUNNING].ready(only=only) if only else request.app[READY]()
+    ok, problems = request.app[RUNNING].ready(only=only or None)
     # Which publishing path the start-up self-test chose: information, never a reason to be unready.
     store = request.app[STORE]
     return web.json_response({"ready": ok, "problems": problems, "publisher": store.publisher,
@@ -480,7 +480,8 @@ async def set_route(request: web.Request) -> web.Response:
                                                request.app[CONFIG].posting.gate_days, routes.get(name), mode,
                                                facility)
     else:
-        verdict = parity.gate(running.cfg, routes.get(name), await _parity_of(request, name), mode, facility)
+        verdict = parity.gate(running.cfg, routes.get(name), await request.app[RUNNING].parity_of(name), mode,
+                              facility)
     if verdict.refusal and not force:
         return web.json_response({"error": f"flip refused: {verdict.refusal}", "parity": verdict.window}, status=409)
     forced = force and verdict.refusal is not None
@@ -569,16 +570,8 @@ async def get_parity(request: web.Request) -> web.Response:
     return web.json_response({
         "interface": name, "route": request.app[ROUTES].get(name).mode,
         "gate": running.cfg.parity_gate, "min_samples": running.cfg.parity_min_samples,
-        **(await _parity_of(request, name)).as_dict(),
+        **(await request.app[RUNNING].parity_of(name)).as_dict(),
     })
-
-
-async def _parity_of(request: web.Request, name: str) -> ParityStats:
-    """The interface's parity window over every instance of the cluster (router/parity.py)."""
-    shared = request.app[RUNNING].parity
-    if shared is None:  # a Running built without its parity (tests of the API alone)
-        return request.app[INTERFACES][name].stats.parity
-    return await shared.view(name)
 
 
 async def get_gl_parity(request: web.Request) -> web.Response:

@@ -81,14 +81,9 @@ def die_with_parent() -> Callable[[], None] | None:
     The kernel sends it when the *thread* that forked exits, so call the spawn from the event
     loop's thread (asyncio and uvloop both fork there), never from a worker thread.
     """
-    if not sys.platform.startswith("linux"):
+    prctl = _prctl()
+    if prctl is None:
         return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
     parent = os.getpid()
 
     def hook() -> None:  # runs in the child between fork and exec: keep it tiny
@@ -97,6 +92,29 @@ def die_with_parent() -> Callable[[], None] | None:
             os._exit(1)
 
     return hook
+
+
+def follow_parent(parent: int, sig: signal.Signals) -> None:
+    """In a child already running (started without a `preexec_fn`): `sig` when `parent` dies
+    (Linux); exits at once when it is dead already."""
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl: no signal will come
+        os._exit(1)
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
 
 
 def alive(pid: int) -> bool:

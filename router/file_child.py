@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import os
@@ -47,7 +46,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -58,7 +56,9 @@ from typing import TYPE_CHECKING, Any, cast
 from canonical.context import TranslationContext
 from canonical.reference import ReferenceData
 from router.config import FileInterfaceConfig
+from router.embedded_guard import follow_parent
 from router.manifest import FileEntry
+from router.offload import gc_paused
 from router.routes import Route
 from router.store import Outgoing
 
@@ -72,10 +72,6 @@ AHEAD = 2
 """Chunks the child may have sent that the parent has not committed yet (flow control)."""
 STOP_SECONDS = 5.0
 """How long a child asked to stop gets before it is killed."""
-GC_PAUSE_MAX_SECONDS = 30.0
-"""The child's cyclic collector is paused while it works through a file; collected at a chunk
-boundary at least this often (as router/offload.py does for the worker thread)."""
-_PR_SET_PDEATHSIG = 1
 
 
 class ChildFailed(Exception):
@@ -286,18 +282,9 @@ class _ParentGone(Exception):
     """The pipe's other end is closed (the parent died or gave up the file)."""
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL when the parent dies (Linux); the pipe's EOF covers the rest."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # died before the prctl
-        os._exit(1)
-
-
 def child_main(conn: Connection, parent: int) -> None:
     """The translator process: files, one after the other, until "stop" or EOF."""
-    _die_with_parent(parent)
+    follow_parent(parent, signal.SIGKILL)  # SIGKILL when the parent dies; the pipe's EOF covers the rest
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the parent to act on
     from router import file_pipeline  # noqa: F401 - imported once, before the first file
 
@@ -318,7 +305,6 @@ def child_main(conn: Connection, parent: int) -> None:
         except _ParentGone:
             return
         finally:
-            gc.enable()
             gc.collect()
 
 
@@ -345,10 +331,9 @@ def _translate(conn: Connection, job: FileJob, state: dict[str, Any]) -> None:
                                                     job.event_index)
     hl7 = Hl7Spec(cfg.hl7_mapping, cfg.encoding, cfg.fallback_encoding)
     credits = max(1, job.ahead)
-    gc.disable()
-    paused_at = time.monotonic()
     try:
-        with Path(job.path).open("rb") as fh:
+        # The collector paused while the file is cut, as for the in-process worker thread.
+        with gc_paused() as gc_pause, Path(job.path).open("rb") as fh:
             units = file_units(fh, cfg.format, cfg.flat, job.ctx, name=printable(entry.name), sha256=entry.sha256,
                                reference=reference, hl7=hl7)
             ack = AckFile(entry.sha256, job.ack_mtime) if job.ack_mtime is not None else None
@@ -377,9 +362,7 @@ def _translate(conn: Connection, job: FileJob, state: dict[str, Any]) -> None:
                 if chunk.last:
                     return
                 start = chunk.next_record
-                if time.monotonic() - paused_at > GC_PAUSE_MAX_SECONDS:
-                    gc.collect()
-                    paused_at = time.monotonic()
+                gc_pause.breathe()
     except _ParentGone:
         raise
     except Exception as exc:  # noqa: BLE001 - the file's own failure: sent, the parent fails its attempt

@@ -157,12 +157,13 @@ class Shared:
         self.saved: dict[str, int] = {}
         """Interface -> the `changes` count last saved (-1: save at the next round)."""
 
-    async def others(self, iface: str) -> dict[str, dict[str, Any]]:
+    async def others(self, iface: str, keys: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """KV key -> what the other instances saved for `iface` (a key saved before instances had
-        their own, plain ``IFACE``, counts as one more instance)."""
+        their own, plain ``IFACE``, counts as one more instance); `keys`: the bucket's, listed
+        already (else listed here)."""
         own = key_of(iface, self.instance)
         found: dict[str, dict[str, Any]] = {}
-        for key in await self.kv.keys():
+        for key in keys if keys is not None else await self.kv.keys():
             if key != own and (key == iface or key.startswith(f"{iface}.")):
                 entry = await self.kv.get(key)
                 if entry is not None and entry.value:
@@ -192,12 +193,14 @@ class Shared:
         changes. With no key of its own (a first start, or a new instance name), the window is
         the one the other instances gather in, when they saw the current route: this instance's
         samples then add to theirs."""
+        keys: list[str] | None = None  # the bucket's keys, listed once for every interface
         for name, st in self.stats.items():
             entry = await self.kv.get(key_of(name, self.instance))
             saved = json.loads(entry.value) if entry is not None and entry.value else None
             route = routes.get(name)
             if saved is None and _has_shadow(route):
-                saved = _peer_window(await self.others(name), route)
+                keys = keys if keys is not None else await self.kv.keys()
+                saved = _peer_window(await self.others(name, keys), route)
             kept = restore_one(st.parity, saved, route)
             self.saved[name] = st.parity.changes if kept else -1
         routes.on_change.append(tracker(self.stats))

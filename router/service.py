@@ -41,6 +41,7 @@ from router.interfaces import start as start_interface
 from router.leases import Leases
 from router.routes import RouteTable
 from router.sinks import Sink, start_sinks
+from router.stats import ParityStats
 from router.store import Store, StoreError, connect
 
 log = logging.getLogger("ficus.service")
@@ -148,6 +149,13 @@ class Running:
     @property
     def nats_url(self) -> str:
         return self.embedded.url if self.embedded is not None else self.cfg.nats.url
+
+    async def parity_of(self, name: str) -> ParityStats:
+        """The interface's parity window over every instance of the cluster (router/parity.py), as
+        the gate judges it; this instance's alone for a Running built without its parity (tests)."""
+        if self.parity is None:
+            return self.interfaces[name].stats.parity
+        return await self.parity.view(name)
 
     def ready(self, *, siblings: bool = True, only: Collection[str] | None = None) -> tuple[bool, list[str]]:
         """See `readiness`; "draining" first once the service is stopping; with `siblings`

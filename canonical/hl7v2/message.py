@@ -293,24 +293,8 @@ class Hl7Message:
     def firsts(self, names: tuple[str, ...]) -> list[Segment | None]:
         """The first segment called each of ``names`` (None for one the message lacks), in one
         call: what a site map's generated function reads once per message."""
-        index = self._index
-        if index is None:
-            self._positions("")  # builds the index
-            index = self._index
-            assert index is not None
-        segments = self._segments
-        out: list[Segment | None] = []
-        for name in names:
-            found = index.get(name)
-            if found is None:
-                out.append(None)
-                continue
-            i = found[0]
-            seg = segments[i]
-            if seg is None:
-                seg = segments[i] = Segment(self._lines[i], self.delimiters, self._hex, name)
-            out.append(seg)
-        return out
+        positions = self._positions
+        return [self._segment_at(at[0], name) if (at := positions(name)) else None for name in names]
 
     def positions(self, name: str) -> list[int]:
         """Where the segments called ``name`` are (0-based line numbers, in message order):

@@ -342,14 +342,6 @@ def _parity_html(running: RunningInterface, p: ParityStats) -> str:
                                empty="no disagreement in this window")
 
 
-async def _parity_view(request: web.Request, running: RunningInterface) -> ParityStats:
-    """The interface's window over every instance (router/parity.py), as the gate judges it."""
-    from router.api import RUNNING
-
-    shared = request.app[RUNNING].parity
-    return running.stats.parity if shared is None else await shared.view(running.cfg.name)
-
-
 PARITY_DAYS = 14
 """Days (today and the ones before it, UTC) the parity-by-day table covers."""
 
@@ -398,7 +390,7 @@ def _ledger_html(view: Mapping[str, Any] | None) -> str:
 
 async def interface_page(request: web.Request) -> web.Response:
     """GET /console/interfaces/{iface}: route switch, parity, ledger, route history."""
-    from router.api import LEDGER, ROUTES, STORE
+    from router.api import LEDGER, ROUTES, RUNNING, STORE
     from router.routes import RouteError
     from router.store import StoreError
 
@@ -422,7 +414,7 @@ async def interface_page(request: web.Request) -> web.Response:
     body = render.template("interface.html").substitute(
         kind=e(running.cfg.kind), route=e(route.mode),
         facilities=e(f"facility overrides: {overrides}" if overrides else "no facility override"),
-        flip=_flip_html(running, who, known), parity=_parity_html(running, await _parity_view(request, running)),
+        flip=_flip_html(running, who, known), parity=_parity_html(running, await request.app[RUNNING].parity_of(name)),
         parity_days=_parity_days_html(running, view), ledger=_ledger_html(view),
         history=history)
     return _page(request, who, f"Interface {name}", f"/console/interfaces/{name}", body)
