@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from canonical.schemas import asyncapi_document, default_models, default_subjects, event_schemas
 from protocols.tls import ReloadingContext, TlsFiles, peer_subject, server_context
-from router import browser, dlq, events_api, gl_parity, ledger, names, parity, queries, replay
+from router import browser, dlq, events_api, gl_parity, ledger, names, parity, queries, replay, worker_metrics
 from router.alerts_api import NatsCollector, get_alerts
 from router.audit import ACTIONS, Action, AuditTrail, AuditUnavailable, Record, result_of
 from router.auth import OPEN, Authenticator, Identity, RateLimiter, allows
@@ -402,7 +402,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[REGISTRY])
+    siblings = request.app[RUNNING].sibling_metrics
+    registry = request.app[REGISTRY]
+    # Worker 1 of several: every worker's series, labelled `worker` (router/worker_metrics.py).
+    body = await worker_metrics.gathered(registry, siblings) if siblings else generate_latest(registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -831,6 +834,19 @@ def tls_context(tls: ApiTlsConfig) -> tuple[ssl.SSLContext, ReloadingContext]:
     return front, holder
 
 
+def metrics_registry(running: Running) -> CollectorRegistry:
+    """What `/metrics` exposes of a started service (also what another worker of `workers`
+    serves worker 1 on its socket: router/worker_metrics.py)."""
+    registry = CollectorRegistry()
+    registry.register(SinkCollector(running.sinks))
+    registry.register(StatsCollector({n: r.stats for n, r in running.interfaces.items()}))
+    registry.register(ListenerCollector({n: (lambda listener=r.listener: listener.stats)
+                                         for n, r in running.interfaces.items() if r.listener is not None}))
+    registry.register(events_api.SSE_DROPPED)
+    registry.register(NatsCollector(running.store))
+    return registry
+
+
 def make_app(running: Running) -> web.Application:
     """The aiohttp application serving the started service: each resource under its own key."""
     cfg = running.cfg
@@ -863,14 +879,7 @@ def make_app(running: Running) -> web.Application:
     app.on_cleanup.append(closing)
     app[events_api.FEEDS] = set()
     app.on_shutdown.append(events_api.close_feeds)
-    registry = CollectorRegistry()
-    registry.register(SinkCollector(running.sinks))
-    registry.register(StatsCollector({n: r.stats for n, r in running.interfaces.items()}))
-    registry.register(ListenerCollector({n: (lambda listener=r.listener: listener.stats)
-                                         for n, r in running.interfaces.items() if r.listener is not None}))
-    registry.register(events_api.SSE_DROPPED)
-    registry.register(NatsCollector(running.store))
-    app[REGISTRY] = registry
+    app[REGISTRY] = metrics_registry(running)
     for method, path, handler, rule in ENDPOINTS:
         if method == "GET":
             app.router.add_get(path, handler)  # and HEAD, under the same rule

@@ -108,14 +108,19 @@ async def run_service(cfg: FicusConfig, role: Role | None = None) -> None:
     with code 1 at once, without the interpreter's teardown: an abandoned step may still hold a
     task or a thread that would make that teardown wait.
     """
-    from router import shutdown
+    from router import shutdown, worker_metrics
     from router.offload import freeze_heap
     from router.service import Service
 
     limit = cfg.shutdown_timeout_seconds
     worker = None if role is None else role.number
     # Of several workers, the first serves the API (its /readyz answers for the others too).
-    svc = Service(cfg) if role is None else Service(cfg, api=role.number == 1, siblings=siblings(cfg, role))
+    if role is None:
+        svc = Service(cfg)
+    elif role.number == 1:
+        svc = Service(cfg, siblings=siblings(cfg, role), sibling_metrics=worker_metrics.sibling_sockets(cfg.workers))
+    else:  # the API is worker 1's; this worker's metrics go to it through a socket
+        svc = Service(cfg, api=False, metrics_socket=worker_metrics.socket_name(role.number))
 
     def first_signal() -> None:
         svc.draining.set()  # /readyz says "draining" from this instant, not from the next loop turn

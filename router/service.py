@@ -31,7 +31,7 @@ from canonical.posting.rules import load_rules
 from canonical.reference import ReferenceStore
 from canonical.safe_text import safe_reason
 from protocols.tls import ReloadingContext
-from router import instances, names, parity, posting, views
+from router import instances, names, parity, posting, views, worker_metrics
 from router.alerts import Alerts
 from router.config import ConfigError, FicusConfig, parse_hostport
 from router.embedded_nats import EmbeddedNats, EmbeddedNatsError
@@ -145,6 +145,9 @@ class Running:
     """Worker 1 of several (`workers`): the other workers' problems, added to this one's readiness."""
     parity: parity.Shared | None = None
     """The parity windows of every instance (router/parity.py): what the gate and the API judge."""
+    sibling_metrics: Mapping[str, str] = field(default_factory=dict)
+    """Worker 1 of several: the other workers' metrics sockets by worker number, which its
+    `/metrics` gathers (router/worker_metrics.py); empty otherwise."""
 
     @property
     def nats_url(self) -> str:
@@ -304,11 +307,15 @@ class Service:
     GRACE = 10.0
     """What `stop` may take beyond the deadline at most: closing NATS and the server get a minimum."""
 
-    def __init__(self, cfg: FicusConfig, *, api: bool = True, siblings: Sequence[str] = ()) -> None:
+    def __init__(self, cfg: FicusConfig, *, api: bool = True, siblings: Sequence[str] = (),
+                 metrics_socket: str | None = None, sibling_metrics: Mapping[str, str] | None = None) -> None:
         self.cfg = cfg
         self.with_api = api
         self.sibling_names = list(siblings)
         """The other workers' instance names (worker 1 of `workers`): its /readyz answers for them too."""
+        self.metrics_socket = metrics_socket
+        """Another worker than the first: where it serves its metrics to worker 1 (router/worker_metrics.py)."""
+        self.sibling_metrics = dict(sibling_metrics or {})
         self.stopping = asyncio.Event()
         self.draining = asyncio.Event()
         """Set by `drain` (and `stop`): readiness false with problem "draining"."""
@@ -482,7 +489,10 @@ class Service:
             siblings = Siblings(instances_kv, self.sibling_names, cfg.cluster.lease_seconds, cfg.cluster.renew_seconds)
             stops.on_stop_task(asyncio.create_task(siblings.keep(), name="sibling-workers"))
         self._running = Running(cfg, store, routes, types.MappingProxyType(interfaces), embedded, reference,
-                                api_url, started_at, tuple(sinks), leases, self.draining, siblings, shared)
+                                api_url, started_at, tuple(sinks), leases, self.draining, siblings, shared,
+                                self.sibling_metrics)
+        if self.metrics_socket is not None:
+            await self._serve_metrics(self._running, self.metrics_socket)
         if sock is not None:
             with _starting(f"the API on {cfg.api.listen}"):
                 await self._serve_api(self._running, sock)
@@ -512,6 +522,13 @@ class Service:
         self._lifetimes.on_stop("api", "stop the API", _untimed(runner.cleanup))
         await runner.setup()
         await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+
+    async def _serve_metrics(self, running: Running, name: str) -> None:
+        from router.api import metrics_registry
+
+        with _starting("the metrics socket for worker 1"):
+            cleanup = await worker_metrics.serve(metrics_registry(running), name)
+        self._lifetimes.on_stop("api", "stop the metrics socket", _untimed(cleanup))
 
     async def _reload_reference(self, reference: ReferenceStore) -> None:
         """Picks up changed reference tables without a restart; a bad file keeps the old table."""

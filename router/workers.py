@@ -11,9 +11,10 @@ server, and its store stays locked by the supervisor), then starts worker k = 1.
   when its owner dies (the lease expires, as between hosts);
 - MLLP listeners bound with SO_REUSEPORT on the configured port: the kernel spreads the
   connections over the workers, and a dead worker's socket leaves the group with it;
-- the API on `api.listen` in worker 1 only (one /metrics, one console, no port shared by
-  accident); its `/readyz` answers for the host: its own problems and those of every other
-  worker that is up and not ready, from the registry (`instances.Siblings`).
+- the API on `api.listen` in worker 1 only (one console, no port shared by accident); its
+  `/readyz` answers for the host: its own problems and those of every other worker that is up
+  and not ready, from the registry (`instances.Siblings`); its `/metrics` every worker's
+  series, the others' read from their sockets (router/worker_metrics.py).
 
 The supervisor restarts a worker that dies (backoff with jitter), forwards SIGHUP (TLS
 certificates) and SIGTERM/SIGINT, and exits once every worker has stopped, 0 when each

@@ -20,9 +20,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import nats.js.errors
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from router import names
 from router.config import ConfigError, parse_config
@@ -94,6 +96,16 @@ async def running(tmp: Path, **kwargs: Any) -> AsyncIterator[tuple[Ficus, int]]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         await wait_gone(list(seen), 10)
+
+
+async def _metrics(api_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The API's /metrics as {(sample, sorted labels): value}."""
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{api_port}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 def descendants(pid: int) -> list[int]:
@@ -168,6 +180,14 @@ async def test_two_workers_share_the_mllp_port_store_each_message_once_and_stop_
 
         per_worker = await wait_for(spread, timeout=30, interval=0.2)
         assert set(per_worker) == {"box-w1", "box-w2"} and all(n > 0 for n in per_worker.values()), per_worker
+        # Worker 1's /metrics shows both workers' counts, each under its `worker` label.
+        metrics = await _metrics(ficus.api_port)
+        for k in ("1", "2"):
+            assert metrics[("ficus_received_total", (("interface", "his-charges"), ("worker", k)))] == \
+                per_worker[f"box-w{k}"], metrics
+            assert metrics[("ficus_acked_total", (("interface", "his-charges"), ("worker", k)))] == \
+                per_worker[f"box-w{k}"]
+            assert metrics[("ficus_worker_up", (("worker", k),))] == 1.0
         # One supervisor, two workers under it, one nats-server (started once, by the supervisor).
         workers = [p for p in descendants(ficus.proc.pid) if "--worker" in _cmdline(p)]
         servers = servers_on(tmp_path / "state" / "nats")
