@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -42,6 +42,7 @@ from router.dlq import DeadLetter
 from router.interfaces import RunningInterface
 from router.routes import RouteTable
 from router.sinks import Sink
+from router.stats import ParityStats
 from router.store import Bucket, RevisionConflict, Store, StoreError
 
 log = logging.getLogger("ficus.alerts")
@@ -210,8 +211,11 @@ class Alerts:
     """The evaluation loop's state: the figures it follows and the notices it sends."""
 
     def __init__(self, cfg: FicusConfig, store: Store, routes: RouteTable,
-                 interfaces: Mapping[str, RunningInterface], sinks: Sequence[Sink], started_at: float) -> None:
+                 interfaces: Mapping[str, RunningInterface], sinks: Sequence[Sink], started_at: float,
+                 parity_of: Callable[[str], ParityStats] | None = None) -> None:
         self.cfg = cfg
+        self.parity_of = parity_of or (lambda name: interfaces[name].stats.parity)
+        """An interface's parity window: every instance's (router/parity.py ``Shared.latest``), as the gate judges."""
         self.store = store
         self.routes = routes
         self.interfaces = interfaces
@@ -340,7 +344,7 @@ class Alerts:
         in_shadow = sorted(f for f, m in route.facilities.items() if m == "shadow")
         if route.mode != "shadow" and not in_shadow:
             return Finding(False, f"{name} is not in shadow", [name])
-        parity = self.interfaces[name].stats.parity
+        parity = self.parity_of(name)
         gate = rule.below if rule.below is not None else self.interfaces[name].cfg.parity_gate
         if parity.samples < rule.min_samples or parity.ratio is None:
             return Finding(None)

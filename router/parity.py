@@ -156,6 +156,10 @@ class Shared:
         self.instance = instance
         self.saved: dict[str, int] = {}
         """Interface -> the `changes` count last saved (-1: save at the next round)."""
+        self.routes: RouteTable | None = None
+        """Set by :meth:`restore`: the others' windows are read back only while something is in shadow."""
+        self.peers: dict[str, dict[str, dict[str, Any]]] = {}
+        """Interface -> the other instances' windows as last read (:meth:`refresh`, :meth:`view`)."""
 
     async def others(self, iface: str, keys: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """KV key -> what the other instances saved for `iface` (a key saved before instances had
@@ -186,13 +190,28 @@ class Shared:
             if not _same_window(own, saved) and int(saved.get("route_revision", -1)) < own.route_revision:
                 with contextlib.suppress(StoreError):
                     await self.kv.delete(key)
+        self.peers[iface] = others
         return merged(own, others, iface, self.instance)
+
+    def latest(self, iface: str) -> ParityStats:
+        """The window over every instance without reading NATS: this instance's samples as they
+        are now, the others' as last read (every save round, ``keep_saved``): what the console's
+        overview and the `parity` alerts show and judge, at most a round behind the gate's
+        :meth:`view`."""
+        return merged(self.stats[iface].parity, self.peers.get(iface, {}), iface, self.instance)
+
+    async def refresh(self) -> None:
+        """Reads the other instances' windows of every interface (the bucket's keys listed once)."""
+        keys = await self.kv.keys()
+        for name in self.stats:
+            self.peers[name] = await self.others(name, keys)
 
     async def restore(self, routes: RouteTable) -> None:
         """Seeds each interface's parity with what this instance saved, then follows the route
         changes. With no key of its own (a first start, or a new instance name), the window is
         the one the other instances gather in, when they saw the current route: this instance's
         samples then add to theirs."""
+        self.routes = routes
         keys: list[str] | None = None  # the bucket's keys, listed once for every interface
         for name, st in self.stats.items():
             entry = await self.kv.get(key_of(name, self.instance))
@@ -217,10 +236,18 @@ class Shared:
                 log.debug("parity of %s not saved: %s", name, exc.reason)
 
     async def keep_saved(self, every: float = 5.0) -> None:
-        """Saves changed parity every few seconds, until cancelled."""
+        """Saves changed parity every few seconds and reads the other instances' back, until cancelled."""
         while True:
             await asyncio.sleep(every)
             await self.save()
+            routes = self.routes
+            if routes is not None and not any(_has_shadow(routes.get(n)) for n in self.stats):
+                self.peers.clear()  # nothing gathers samples: no window of another instance to show
+                continue
+            try:
+                await self.refresh()
+            except StoreError as exc:
+                log.debug("parity of other instances not read: %s", exc.reason)
 
 
 def _peer_window(others: dict[str, dict[str, Any]], route: Route) -> dict[str, Any] | None:

@@ -160,6 +160,13 @@ class Running:
             return self.interfaces[name].stats.parity
         return await self.parity.view(name)
 
+    def parity_now(self, name: str) -> ParityStats:
+        """:meth:`parity_of` without reading NATS: the other instances' samples as last read
+        (every few seconds); what the console's overview shows and the `parity` alerts judge."""
+        if self.parity is None:
+            return self.interfaces[name].stats.parity
+        return self.parity.latest(name)
+
     def ready(self, *, siblings: bool = True, only: Collection[str] | None = None) -> tuple[bool, list[str]]:
         """See `readiness`; "draining" first once the service is stopping; with `siblings`
         (/readyz), the other workers' problems too (see `Siblings`); `only`: the problems of
@@ -475,7 +482,8 @@ class Service:
             stops.on_stop_task(asyncio.create_task(posting.keep(self.poster), name="posting"))
         # Alerts (router/alerts.py): every instance evaluates; each notice is sent once (KV ficus-alerts).
         if cfg.alerts:
-            self.alerts = Alerts(cfg, store, routes, types.MappingProxyType(interfaces), sinks, started_at)
+            self.alerts = Alerts(cfg, store, routes, types.MappingProxyType(interfaces), sinks, started_at,
+                                 parity_of=shared.latest)
             stops.on_stop_task(asyncio.create_task(self.alerts.run(), name="alerts"))
         sock: socket.socket | None = None
         api_url: str | None = None

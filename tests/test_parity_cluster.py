@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from legacy.simulated_engine import SimulatedEngine
 from router import parity, simulate
@@ -26,12 +27,34 @@ IFACE = "his-charges"
 
 
 @asynccontextmanager
-async def instance(nats_url: str, tmp_path: Path, name: str, engine_port: int) -> AsyncIterator[Service]:
+async def instance(nats_url: str, tmp_path: Path, name: str, engine_port: int, **extra: Any,
+                   ) -> AsyncIterator[Service]:
     cfg = make_config(nats_url, [{"name": IFACE, "mapping": "hl7v2.dft_p03", "route": "shadow",
                                   "legacy": f"mllp://127.0.0.1:{engine_port}", "parity_min_samples": 3}],
-                      state_dir=str(tmp_path / name), cluster={"instance": name})
+                      state_dir=str(tmp_path / name), cluster={"instance": name}, **extra)
     async with Service(cfg) as svc:
         yield svc
+
+
+@asynccontextmanager
+async def webhook() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A real receiver of alert notices: its URL and what it was sent."""
+    posts: list[dict[str, Any]] = []
+
+    async def take(request: web.Request) -> web.Response:
+        posts.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", take)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", posts
+    finally:
+        await runner.cleanup()
 
 
 def _port(svc: Service) -> int:
@@ -49,8 +72,15 @@ async def _parity(http: aiohttp.ClientSession, svc: Service) -> dict[str, Any]:
 
 @pytest.mark.integration
 async def test_the_gate_judges_the_samples_of_every_instance(nats_server: EmbeddedNats, tmp_path: Path) -> None:
-    async with SimulatedEngine() as engine, AsyncExitStack() as stack, aiohttp.ClientSession() as http:
-        a = await stack.enter_async_context(instance(nats_server.url, tmp_path, "ficus-a", engine.port))
+    async with SimulatedEngine() as engine, AsyncExitStack() as stack, aiohttp.ClientSession() as http, \
+            webhook() as (hook_url, notices):
+        # a judges a parity alert: below 0.9 over 3 samples or more.
+        alerting = {"evaluate_seconds": 0.2, "delivery_attempts": 1,
+                    "webhooks": [{"name": "hook", "url": hook_url, "format": "json"}]}
+        alerts = [{"name": "charges-parity", "kind": "parity", "notify": ["hook"], "interfaces": [IFACE],
+                   "min_samples": 3, "below": 0.9}]
+        a = await stack.enter_async_context(instance(nats_server.url, tmp_path, "ficus-a", engine.port,
+                                                     alerting=alerting, alerts=alerts))
         b = await stack.enter_async_context(instance(nats_server.url, tmp_path, "ficus-b", engine.port))
         # Three agreeing samples reach a; the one disagreement (the legacy engine took a message
         # Ficus cannot translate) reaches b.
@@ -75,6 +105,17 @@ async def test_the_gate_judges_the_samples_of_every_instance(nats_server: Embedd
             assert resp.status == 409, refused
         assert "parity 0.7500" in refused["error"] and "(4 samples)" in refused["error"]
         assert refused["parity"]["samples"] == 4
+        # The console's preview of that flip judges the same window, and so do its overview (the
+        # others' samples as read at a's last save round) and a's parity alert.
+        async with http.get(f"{a.api_url}/console/interfaces/{IFACE}/gate", params={"mode": "modern"}) as resp:
+            preview = await resp.text()
+        assert "The gate refuses" in preview and "0.7500" in preview, preview
+        await wait_for(lambda: a.running.parity_now(IFACE).samples == 4, timeout=30)
+        async with http.get(f"{a.api_url}/") as resp:
+            overview = await resp.text()
+        assert "0.750 (4)" in overview
+        firing = await wait_for(lambda: [n for n in notices if n.get("notice") == "firing"], timeout=30)
+        assert "0.7500 over 4 samples" in firing[0]["summary"], firing[0]
 
         # b stops; c starts under a new name (the default name changes at every start): c gathers
         # in the same window, and b's saved samples still count.

@@ -171,16 +171,18 @@ def instance_cells(view: Mapping[str, Any], this: str) -> dict[str, str]:
 
 
 def interface_cells(running: RunningInterface, mode: str, day: dict[str, Any] | str | None,
-                    rate: str, firing: int) -> dict[str, str]:
+                    rate: str, firing: int, shared: ParityStats | None = None) -> dict[str, str]:
     """One overview row as text by column (the page and the live stream show the same strings);
-    `day` is the ledger day, None while NATS is away, "" when not read this time."""
+    `day` is the ledger day, None while NATS is away, "" when not read this time; `shared` the
+    parity window over every instance (default: this instance's)."""
     st = running.stats
-    ratio = st.parity.ratio
+    window = shared if shared is not None else st.parity
+    ratio = window.ratio
     out = {
         "route": mode, "throughput": rate, "received": str(st.received),
         "published": str(st.published + st.shadow_published),
         "errors": str(st.errors + st.legacy_errors),
-        "parity": "-" if ratio is None else f"{ratio:.3f} ({st.parity.samples})",
+        "parity": "-" if ratio is None else f"{ratio:.3f} ({window.samples})",
         "alerts": str(firing) if firing else "none",
         "last_message": render.ago(st.last_message_at), "last_error": st.last_error or "",
     }
@@ -213,15 +215,17 @@ async def snapshot(request: web.Request, rates: Mapping[str, str], *, slow: bool
     now_alerts = await alerts(request) if slow else last_alerts
     now_instances = await instances_now(request) if slow else None
     routes = request.app[ROUTES]
+    running = request.app[RUNNING]
     ok, problems = request.app[READY]()
     return {
         "ready": "ready" if ok else "NOT READY: " + ", ".join(problems),
         "interfaces": {
             name: interface_cells(r, routes.mode_for(name) if not routes.get(name).facilities
                                   else f"{routes.mode_for(name)} + {len(routes.get(name).facilities)} facilities",
-                                  days.get(name, ""), rates.get(name, "-"), _firing(now_alerts, name))
+                                  days.get(name, ""), rates.get(name, "-"), _firing(now_alerts, name),
+                                  running.parity_now(name))
             for name, r in request.app[INTERFACES].items()},
-        "sinks": {str(v["name"]): _sink_cells(v) for v in (s.view() for s in request.app[RUNNING].sinks)},
+        "sinks": {str(v["name"]): _sink_cells(v) for v in (s.view() for s in running.sinks)},
         "alerts": now_alerts,
         # Read with the slow figures only (a read of JetStream); absent from the other ticks.
         **({"instances": now_instances} if slow else {}),
@@ -438,7 +442,7 @@ async def gate_fragment(request: web.Request) -> web.Response:
     """GET /console/interfaces/{iface}/gate?mode=&facility=: the gate's verdict on that flip, as
     PUT /api/v1/routes/{iface} would judge it now (router/parity.py gate), and, when it allows
     the flip, the button that confirms it (htmx swaps this into the interface page)."""
-    from router.api import ROUTES
+    from router.api import ROUTES, RUNNING
 
     if _who(request) is None:
         return _signed_out()
@@ -454,7 +458,9 @@ async def gate_fragment(request: web.Request) -> web.Response:
                 "(GET /api/v1/parity/{iface}/gl shows the days).")
         verdict: str | None = None
     else:
-        judged = parity.gate(running.cfg, routes.get(name), running.stats.parity, cast(Any, mode), facility)
+        # The window the PUT would judge: every instance's samples (router/parity.py).
+        window = await request.app[RUNNING].parity_of(name)
+        judged = parity.gate(running.cfg, routes.get(name), window, cast(Any, mode), facility)
         verdict = judged.refusal
         text = ""
     target = f"{name}" + (f" (facility {facility})" if facility else "")
