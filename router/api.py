@@ -52,7 +52,7 @@ from router.leases_api import get_leases, release_lease
 from router.routes import RouteError, RouteTable
 from router.sinks import SinkCollector
 from router.sinks_api import list_sinks, pause_sink, replay_sink, resume_sink
-from router.stats import ListenerCollector, StatsCollector
+from router.stats import InterfaceStats, ListenerCollector, StatsCollector
 from router.store import Store, StoreError
 from router.views_api import get_charges, get_claim, get_remittance, rebuild_views
 
@@ -434,11 +434,13 @@ async def logout(request: web.Request) -> web.Response:
     return resp
 
 
-def interface_view(running: RunningInterface, routes: RouteTable) -> dict[str, Any]:
-    """One interface as the API lists it: config, route, counts, lag and its kind's details."""
+def interface_view(running: RunningInterface, routes: RouteTable, stats: InterfaceStats | None = None,
+                   ) -> dict[str, Any]:
+    """One interface as the API lists it: config, route, counts, lag and its kind's details;
+    `stats`: its counts over the host's workers (default: this process's)."""
     name = running.cfg.name
     route = routes.get(name)
-    st = running.stats
+    st = stats if stats is not None else running.stats
     cfg = running.cfg
     return {
         "name": name, "kind": cfg.kind, "format": cfg.format,
@@ -455,7 +457,9 @@ def interface_view(running: RunningInterface, routes: RouteTable) -> dict[str, A
 
 async def list_interfaces(request: web.Request) -> web.Response:
     routes = request.app[ROUTES]
-    return web.json_response({"interfaces": [interface_view(r, routes) for r in request.app[INTERFACES].values()]})
+    counts = await request.app[RUNNING].host_stats()
+    return web.json_response({"interfaces": [interface_view(r, routes, counts[n])
+                                             for n, r in request.app[INTERFACES].items()]})
 
 
 async def list_routes(request: web.Request) -> web.Response:

@@ -41,7 +41,7 @@ from router.interfaces import start as start_interface
 from router.leases import Leases
 from router.routes import RouteTable
 from router.sinks import Sink, start_sinks
-from router.stats import ParityStats
+from router.stats import InterfaceStats, ParityStats
 from router.store import Store, StoreError, connect
 
 log = logging.getLogger("ficus.service")
@@ -159,6 +159,15 @@ class Running:
         if self.parity is None:
             return self.interfaces[name].stats.parity
         return await self.parity.view(name)
+
+    async def host_stats(self) -> Mapping[str, InterfaceStats]:
+        """Each interface's counters on this host: this process's, summed with the other workers'
+        (worker 1 of `workers`, router/worker_metrics.py) -- what the API's interface list and the
+        console's overview count."""
+        own = {n: r.stats for n, r in self.interfaces.items()}
+        if not self.sibling_metrics:
+            return own
+        return await worker_metrics.host_counts(own, self.sibling_metrics)
 
     def parity_now(self, name: str) -> ParityStats:
         """:meth:`parity_of` without reading NATS: the other instances' samples as last read
@@ -535,7 +544,8 @@ class Service:
         from router.api import metrics_registry
 
         with _starting("the metrics socket for worker 1"):
-            cleanup = await worker_metrics.serve(metrics_registry(running), name)
+            cleanup = await worker_metrics.serve(
+                metrics_registry(running), lambda: {n: r.stats for n, r in running.interfaces.items()}, name)
         self._lifetimes.on_stop("api", "stop the metrics socket", _untimed(cleanup))
 
     async def _reload_reference(self, reference: ReferenceStore) -> None:

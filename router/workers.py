@@ -13,8 +13,9 @@ server, and its store stays locked by the supervisor), then starts worker k = 1.
   connections over the workers, and a dead worker's socket leaves the group with it;
 - the API on `api.listen` in worker 1 only (one console, no port shared by accident); its
   `/readyz` answers for the host: its own problems and those of every other worker that is up
-  and not ready, from the registry (`instances.Siblings`); its `/metrics` every worker's
-  series, the others' read from their sockets (router/worker_metrics.py).
+  and not ready, from the registry (`instances.Siblings`); its `/metrics`, interface list and
+  console count every worker, the others' figures read from their sockets
+  (router/worker_metrics.py).
 
 The supervisor restarts a worker that dies (backoff with jitter), forwards SIGHUP (TLS
 certificates) and SIGTERM/SIGINT, and exits once every worker has stopped, 0 when each

@@ -10,6 +10,7 @@ import asyncio
 import os
 import sys
 import uuid
+from collections.abc import Callable
 
 import pytest
 import uvloop
@@ -17,16 +18,34 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.stats import InterfaceStats, StatsCollector
-from router.worker_metrics import fetch, gathered, merged, serve, sibling_sockets, socket_name
+from router.worker_metrics import (
+    combined,
+    counts_json,
+    fetch,
+    gathered,
+    host_counts,
+    merged,
+    serve,
+    sibling_sockets,
+    socket_name,
+)
 
 
-def _registry(received: int, acked: int) -> CollectorRegistry:
+def _stats(received: int, acked: int) -> InterfaceStats:
     stats = InterfaceStats()
     stats.received, stats.acked = received, acked
     stats.ack_latency.observe(0.003)
+    return stats
+
+
+def _registry(received: int, acked: int) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(StatsCollector({"his-charges": stats}))
+    registry.register(StatsCollector({"his-charges": _stats(received, acked)}))
     return registry
+
+
+def _counts(received: int, acked: int) -> Callable[[], dict[str, InterfaceStats]]:
+    return lambda: {"his-charges": _stats(received, acked)}
 
 
 def _samples(text: bytes | str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -64,7 +83,7 @@ def test_socket_names_are_per_supervisor_and_worker() -> None:
 def test_served_and_read_under_uvloop_as_ficus_run_does() -> None:
     async def roundtrip() -> str | None:
         name = f"\0ficus-metrics-test-{uuid.uuid4().hex}"
-        cleanup = await serve(_registry(3, 3), name)
+        cleanup = await serve(_registry(3, 3), _counts(3, 3), name)
         try:
             return await fetch(name)
         finally:
@@ -76,10 +95,13 @@ def test_served_and_read_under_uvloop_as_ficus_run_does() -> None:
 
 async def test_a_sibling_serves_its_registry_to_its_own_user_only() -> None:
     name = f"\0ficus-metrics-test-{uuid.uuid4().hex}"
-    cleanup = await serve(_registry(11, 10), name)
+    cleanup = await serve(_registry(11, 10), _counts(11, 10), name)
     try:
         text = await fetch(name)
         assert text is not None
+        assert await fetch(name, b"nonsense") is None
+        host = await host_counts({"his-charges": _stats(1, 1)}, {"2": name, "3": name + "-gone"})
+        assert (host["his-charges"].received, host["his-charges"].acked) == (12, 11)
         assert _samples(text)[("ficus_received_total", (("interface", "his-charges"),))] == 11.0
         # Worker 1's view: its own registry as worker 1, this one as worker 2, an absent worker 3.
         out = _samples(await gathered(_registry(1, 1), {"2": name, "3": name + "-gone"}))
@@ -94,9 +116,13 @@ async def test_a_sibling_serves_its_registry_to_its_own_user_only() -> None:
             "sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
             "os.setgid(65534); os.setuid(65534)\n"
             "sock.connect('\\0' + sys.argv[1])\n"
+            "sock.sendall(b'metrics\\n')\n"
             "data = b''\n"
-            "while chunk := sock.recv(65536):\n"
-            "    data += chunk\n"
+            "try:\n"
+            "    while chunk := sock.recv(65536):\n"
+            "        data += chunk\n"
+            "except ConnectionResetError:\n"  # closed with the request unread
+            "    pass\n"
             "print(len(data), b'received_total' in data)\n"
         )
         child = await asyncio.create_subprocess_exec(sys.executable, "-c", probe, name[1:],
@@ -111,3 +137,19 @@ async def test_a_sibling_serves_its_registry_to_its_own_user_only() -> None:
     finally:
         await cleanup()
     assert await fetch(name, timeout=1.0) is None  # stopped: nothing answers, quickly
+
+
+def test_counts_are_summed_over_the_workers_and_the_latest_message_and_error_kept() -> None:
+    one, two = _stats(5, 4), _stats(7, 6)
+    one.last_message_at, two.last_message_at = 100.0, 200.0
+    one.error("older")
+    two.error("newer")
+    two.last_error_at = (one.last_error_at or 0) + 1
+    two.in_flight = 2
+    host = combined({"his-charges": one}, [counts_json({"his-charges": two, "other": _stats(9, 9)}), None])
+    total = host["his-charges"]
+    assert (total.received, total.acked, total.errors, total.in_flight) == (12, 10, 2, 2)
+    assert total.last_message_at == 200.0 and total.last_error == "newer"
+    assert set(host) == {"his-charges"}  # only the interfaces this worker runs
+    assert total.parity is one.parity  # not summed: the parity has its own view over instances
+    assert one.received == 5  # this worker's own counters are untouched

@@ -188,6 +188,15 @@ async def test_two_workers_share_the_mllp_port_store_each_message_once_and_stop_
             assert metrics[("ficus_acked_total", (("interface", "his-charges"), ("worker", k)))] == \
                 per_worker[f"box-w{k}"]
             assert metrics[("ficus_worker_up", (("worker", k),))] == 1.0
+        # The API's interface list and the console's overview count the host: both workers.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{ficus.api_port}/api/v1/interfaces") as resp:
+                listed = {i["name"]: i for i in (await resp.json())["interfaces"]}
+            async with http.get(f"http://127.0.0.1:{ficus.api_port}/") as resp:
+                overview = await resp.text()
+        counts = listed["his-charges"]["counts"]
+        assert counts["received"] == counts["acked"] == len(replies), counts
+        assert f'data-iface="his-charges" data-field="received">{len(replies)}<' in overview
         # One supervisor, two workers under it, one nats-server (started once, by the supervisor).
         workers = [p for p in descendants(ficus.proc.pid) if "--worker" in _cmdline(p)]
         servers = servers_on(tmp_path / "state" / "nats")

@@ -33,7 +33,7 @@ from router.config import ROLES, redact
 from router.console import render
 from router.console.render import e
 from router.interfaces import RunningInterface
-from router.stats import ParityStats
+from router.stats import InterfaceStats, ParityStats
 
 ALERTS_PATH = "/api/v1/alerts"
 TICK = 1.0
@@ -171,11 +171,13 @@ def instance_cells(view: Mapping[str, Any], this: str) -> dict[str, str]:
 
 
 def interface_cells(running: RunningInterface, mode: str, day: dict[str, Any] | str | None,
-                    rate: str, firing: int, shared: ParityStats | None = None) -> dict[str, str]:
+                    rate: str, firing: int, shared: ParityStats | None = None,
+                    stats: InterfaceStats | None = None) -> dict[str, str]:
     """One overview row as text by column (the page and the live stream show the same strings);
     `day` is the ledger day, None while NATS is away, "" when not read this time; `shared` the
-    parity window over every instance (default: this instance's)."""
-    st = running.stats
+    parity window over every instance (default: this instance's); `stats` the counts over the
+    host's workers (default: this process's)."""
+    st = stats if stats is not None else running.stats
     window = shared if shared is not None else st.parity
     ratio = window.ratio
     out = {
@@ -207,8 +209,10 @@ def _sink_cells(view: Mapping[str, Any]) -> dict[str, str]:
 
 
 async def snapshot(request: web.Request, rates: Mapping[str, str], *, slow: bool,
-                   last_alerts: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """What the overview shows; `slow`: read the ledger and the alerts too (else `last_alerts`)."""
+                   last_alerts: list[dict[str, str]] | None = None,
+                   counts: Mapping[str, InterfaceStats] | None = None) -> dict[str, Any]:
+    """What the overview shows; `slow`: read the ledger and the alerts too (else `last_alerts`);
+    `counts`: the host's counts per interface, when read already (`Running.host_stats`)."""
     from router.api import INTERFACES, READY, ROUTES, RUNNING
 
     days: Mapping[str, dict[str, Any] | str | None] = await ledger_today(request) if slow else {}
@@ -216,6 +220,7 @@ async def snapshot(request: web.Request, rates: Mapping[str, str], *, slow: bool
     now_instances = await instances_now(request) if slow else None
     routes = request.app[ROUTES]
     running = request.app[RUNNING]
+    counts = counts if counts is not None else await running.host_stats()
     ok, problems = request.app[READY]()
     return {
         "ready": "ready" if ok else "NOT READY: " + ", ".join(problems),
@@ -223,7 +228,7 @@ async def snapshot(request: web.Request, rates: Mapping[str, str], *, slow: bool
             name: interface_cells(r, routes.mode_for(name) if not routes.get(name).facilities
                                   else f"{routes.mode_for(name)} + {len(routes.get(name).facilities)} facilities",
                                   days.get(name, ""), rates.get(name, "-"), _firing(now_alerts, name),
-                                  running.parity_now(name))
+                                  running.parity_now(name), counts[name])
             for name, r in request.app[INTERFACES].items()},
         "sinks": {str(v["name"]): _sink_cells(v) for v in (s.view() for s in running.sinks)},
         "alerts": now_alerts,
@@ -533,7 +538,7 @@ async def audit_page(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     """GET /console/stream (SSE): the overview's figures every second (`figures` events); the
     ledger and the alerts every SLOW_EVERY seconds. Viewer figures only: no content."""
-    from router.api import INTERFACES, _unauthorized
+    from router.api import INTERFACES, RUNNING, _unauthorized
     from router.events_api import FEEDS
 
     if _who(request) is None:
@@ -549,14 +554,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
         while not closing.is_set() and response.is_connected():
             now = time.monotonic()
             rates = {}
-            for name, running in request.app[INTERFACES].items():
+            counts = await request.app[RUNNING].host_stats()
+            for name in request.app[INTERFACES]:
                 before = last.get(name)
-                received = running.stats.received
+                received = counts[name].received
                 if before is not None and now > before[0]:
                     rates[name] = f"{(received - before[1]) * 60 / (now - before[0]):.0f}/min"
                 last[name] = (now, received)
             slow = tick % SLOW_EVERY == 0
-            snap = await snapshot(request, rates, slow=slow, last_alerts=last_alerts)
+            snap = await snapshot(request, rates, slow=slow, last_alerts=last_alerts, counts=counts)
             last_alerts = snap["alerts"]
             if not slow:
                 del snap["alerts"]
