@@ -130,7 +130,8 @@ async def views_lag(store: Any) -> int:
 
 
 async def run(megabytes: int, rate: float, baseline_seconds: float, on_loop: bool,
-              with_views: bool = False) -> dict[str, Any]:
+              with_views: bool = False, fast_ingest: bool = False, translate_process: bool = False,
+              ) -> dict[str, Any]:
     from router.config import parse_config
     from router.embedded_nats import EmbeddedNats
     from router.offload import ON_LOOP_ENV, freeze_heap
@@ -151,13 +152,13 @@ async def run(megabytes: int, rate: float, baseline_seconds: float, on_loop: boo
         mllp = free_port()
         cfg = parse_config({
             "state_dir": str(work / "state"), "log_level": "WARNING", "api": {"listen": "127.0.0.1:0"},
-            "nats": {"url": nats.url}, "views": {"enabled": with_views},
+            "nats": {"url": nats.url, "fast_ingest": fast_ingest}, "views": {"enabled": with_views},
             "interfaces": [
                 {"name": "adt", "kind": "hl7-mllp", "listen": f"127.0.0.1:{mllp}", "mapping": "hl7v2",
                  "route": "modern"},
                 {"name": "remits", "kind": "folder", "path": str(work / "in"), "patterns": ["*.835"],
                  "poll_seconds": 0.2, "complete": "rename", "format": "x12-835", "after": "archive",
-                 "archive_dir": str(work / "archive"), "route": "modern"},
+                 "archive_dir": str(work / "archive"), "route": "modern", "translate_process": translate_process},
             ],
         }, "bench")
         async with Service(cfg) as svc:
@@ -190,6 +191,7 @@ async def run(megabytes: int, rate: float, baseline_seconds: float, on_loop: boo
         samples = [tuple(s) for s in json.loads(out)]
         return {
             "translation": "on the loop" if on_loop else "off the loop", "views": with_views,
+            "fast_ingest": fast_ingest, "translate_process": translate_process,
             "views_pending_at_file_end": views_behind,
             "views_caught_up_s_after_file": round(views_end - ingest_end, 1) if with_views else None,
             "views_pending_at_end": views_left,  # not 0: the views had not caught up in VIEWS_WAIT_SECONDS
@@ -218,12 +220,16 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=15.0, help="sending with no file first")
     parser.add_argument("--on-loop", action="store_true", help="translate on the event loop (the old path)")
     parser.add_argument("--views", action="store_true", help="with the status views on ([views] enabled)")
+    parser.add_argument("--fast-ingest", choices=("on", "off"), default="off", help="nats.fast_ingest")
+    parser.add_argument("--translate-process", choices=("on", "off"), default="off",
+                        help="the folder interface's translate_process (its chunks cut in a child process)")
     parser.add_argument("--sender", type=int, metavar="PORT", help="be the sender process (internal)")
     args = parser.parse_args()
     if args.sender:
         sender_main(args.sender, args.rate)
         return
-    coro = run(args.megabytes, args.rate, args.baseline_seconds, args.on_loop, args.views)
+    coro = run(args.megabytes, args.rate, args.baseline_seconds, args.on_loop, args.views,
+               args.fast_ingest == "on", args.translate_process == "on")
     try:  # the event loop `ficus run` uses
         import uvloop
     except ImportError:

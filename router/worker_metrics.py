@@ -107,9 +107,10 @@ async def fetch(name: str, what: bytes = METRICS, timeout: float = FETCH_SECONDS
     debug: a worker restarting is normal, and ``ficus_worker_up`` says so)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(timeout)
-        sock.connect(name)  # a local socket: accepted or refused at once, or the timeout
+        # Never blocking the loop: a Unix socket connects at once, or fails at once -- refused
+        # (no such worker) or EAGAIN (its backlog full: a worker that stopped accepting).
         sock.setblocking(False)
+        sock.connect(name)
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(sock=sock)
             try:

@@ -7,7 +7,9 @@ and a client running as another user is refused by the SO_PEERCRED check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import sys
 import uuid
 from collections.abc import Callable
@@ -116,12 +118,12 @@ async def test_a_sibling_serves_its_registry_to_its_own_user_only() -> None:
             "sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
             "os.setgid(65534); os.setuid(65534)\n"
             "sock.connect('\\0' + sys.argv[1])\n"
-            "sock.sendall(b'metrics\\n')\n"
             "data = b''\n"
             "try:\n"
+            "    sock.sendall(b'metrics\\n')\n"
             "    while chunk := sock.recv(65536):\n"
             "        data += chunk\n"
-            "except ConnectionResetError:\n"  # closed with the request unread
+            "except (BrokenPipeError, ConnectionResetError):\n"  # closed on it, the request unread
             "    pass\n"
             "print(len(data), b'received_total' in data)\n"
         )
@@ -153,3 +155,28 @@ def test_counts_are_summed_over_the_workers_and_the_latest_message_and_error_kep
     assert set(host) == {"his-charges"}  # only the interfaces this worker runs
     assert total.parity is one.parity  # not summed: the parity has its own view over instances
     assert one.received == 5  # this worker's own counters are untouched
+
+
+async def test_a_worker_that_stopped_accepting_costs_worker_1_nothing() -> None:
+    """A sibling stuck with its backlog full: the read fails at once instead of blocking worker
+    1's event loop (which also answers MLLP) in a blocking connect."""
+    name = f"\0ficus-metrics-test-{uuid.uuid4().hex}"
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.bind(name)
+    stuck.listen(0)
+    queued: list[socket.socket] = []
+    try:
+        for _ in range(3):  # fill the backlog: nobody accepts
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                client.connect(name)
+            queued.append(client)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await fetch(name, timeout=30.0) is None
+        assert loop.time() - started < 5.0
+    finally:
+        for client in queued:
+            client.close()
+        stuck.close()
