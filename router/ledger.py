@@ -259,20 +259,45 @@ def unit_deltas(interface: str, counts: Iterable[tuple[str, Entry, str]]) -> lis
     """``delta(interface, mode, [entry], unit_id)`` of each (mode, entry, unit_id), the same
     messages (one day for all: the call's), with the body of entries without money encoded
     once: a batch of rows has few distinct bodies, and encoding each cost ~20 us per row."""
-    day = day_of()
-    bodies: dict[tuple[str, str | None, str, int, int, int, int], bytes] = {}
-    out: list[Outgoing] = []
+    out = UnitDeltas(interface)
     for mode, entry, unit_id in counts:
-        msg_id = "ledger-" + _digest(interface, unit_id, mode, entry.outcome)
+        out.add(mode, entry, unit_id)
+    return out.messages
+
+
+class UnitDeltas:
+    """The delta message of each unit of a batch, made as the units are counted (:func:`unit_deltas`
+    in pieces): one day for all (when made), a body per distinct entry without money."""
+
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+        self.day = day_of()
+        self.messages: list[Outgoing] = []
+        self._subject = names.ledger_subject(interface, self.day)
+        self._headers = {names.HDR_INTERFACE: interface}
+        self._bodies: dict[tuple[str, str | None, str, int, int, int, int], bytes] = {}
+
+    def add(self, mode: str, entry: Entry, unit_id: str) -> None:
+        """``delta(interface, mode, [entry], unit_id)``, appended to :attr:`messages`."""
         if not entry.money.is_zero():
-            out.append(_message(interface, day, _body(interface, day, mode, [entry]), msg_id))
-            continue
-        memo = (mode, entry.facility, entry.outcome, entry.units, entry.events, entry.agree, entry.disagree)
-        body = bodies.get(memo)
+            self._append(_body(self.interface, self.day, mode, [entry]), unit_id, mode, entry.outcome)
+            return
+        self.count(mode, unit_id, entry.facility, entry.outcome, entry.units, entry.events, entry.agree,
+                   entry.disagree)
+
+    def count(self, mode: str, unit_id: str, facility: str | None, outcome: Line, units: int = 1, events: int = 0,
+              agree: int = 0, disagree: int = 0) -> None:
+        """:meth:`add` of an entry without money, from its fields (no :class:`Entry` made)."""
+        memo = (mode, facility, outcome, units, events, agree, disagree)
+        body = self._bodies.get(memo)
         if body is None:
-            body = bodies[memo] = _body(interface, day, mode, [entry])
-        out.append(_message(interface, day, body, msg_id))
-    return out
+            entry = Entry(facility, outcome, units, events, agree=agree, disagree=disagree)
+            body = self._bodies[memo] = _body(self.interface, self.day, mode, [entry])
+        self._append(body, unit_id, mode, outcome)
+
+    def _append(self, body: bytes, unit_id: str, mode: str, outcome: str) -> None:
+        msg_id = "ledger-" + _digest(self.interface, unit_id, mode, outcome)
+        self.messages.append(Outgoing(self._subject, body, msg_id, self._headers))
 
 
 def _delta(interface: str, mode: str, entries: Sequence[Entry], msg_id: str, at: datetime | None) -> Outgoing:

@@ -66,7 +66,7 @@ from canonical.errors import CanonicalError
 from canonical.records import map_record, row_values
 from canonical.reference import ReferenceStore
 from protocols.backoff import Backoff
-from router import names
+from router import ledger, names
 from router.config import OdbcInterfaceConfig
 from router.leases import Fence, LeaseLost
 from router.odbc_raw import Row, raw_chunks, read_chunk
@@ -391,46 +391,74 @@ class OdbcPipeline:
 
     @traced_sync("translate", lambda self, batch, *_: {"interface": self.name, "rows": len(batch.rows)})
     def _outcome(self, batch: Batch, refs: list[str], route: Route) -> Outcome:
-        """The batch's records routed into an outcome (in a worker thread); ``done`` lists the
-        keys of the modern rows whose events it holds: those to mark."""
-        out = Outcome()
-        for record in self._records(self.cfg.table, self.cfg.key_column, batch.rows, batch.keys, refs, route):
+        """The batch's rows routed into an outcome (in a worker thread); ``done`` lists the keys
+        of the modern rows whose events it holds: those to mark. Each row's mode is fixed from its
+        facility column (a reference table may rename the facility in the events, and the canary
+        must route the row as its legacy check did); a legacy row is not translated.
+
+        A row that translates goes to the stage without a :class:`Record` (`Stage.add_unit`), its
+        ledger delta made as it is added: per row, those objects and a second pass over them cost
+        more than the rest of what the stage does with it."""
+        out = Outcome(unit_deltas=ledger.UnitDeltas(self.name))
+        lean = not self.store.cfg.key_index
+        table, key_column, name = self.cfg.table, self.cfg.key_column, self.name
+        received = datetime.now(UTC)
+        contexts: dict[str, TranslationContext] = {}
+        facility_of = self._facility_reader(batch.rows[0]) if batch.rows else self._facility
+        for row, key, ref in zip(batch.rows, batch.keys, refs, strict=True):
+            facility = facility_of(row)
+            mode = route.mode_for(facility)
+            record = Record(f"odbc|{table}|{key}", f"{table}:{key}", facility=facility, raw=ref, tag=key,
+                            mode=mode) if not lean or mode == "legacy" else None
+            if mode != "legacy":
+                ctx = contexts.get(ref)
+                if ctx is None:
+                    ctx = contexts[ref] = self.stage.context(ref, route, received)
+                try:
+                    events = self._events(table, key_column, row, key, ctx)
+                except CanonicalError as exc:
+                    record = Record(f"odbc|{table}|{key}", f"{table}:{key}", facility=facility, raw=ref, tag=key,
+                                    mode=mode)
+                    self._failed_row(record, exc, table, key_column, key)
+                else:
+                    # From the row key, not the mapping's key: two rows are never collapsed into one.
+                    text = str(key)
+                    ids = [_digest("row", name, table, text, ev.type) for ev in events]
+                    if record is None:
+                        self.stage.add_unit(out, f"odbc|{table}|{key}", f"{table}:{key}", events, ids, facility,
+                                            mode, key)
+                        continue
+                    record.events, record.msg_ids = events, ids
+            assert record is not None
             self.stage.add(out, record, route)
         return self.stage.prepare(out)
 
     def _records(self, table: str, key_column: str, rows: Sequence[Row], keys: Sequence[Key],
-                 refs: Sequence[str], route: Route | None) -> list[Record]:
-        """One record per row. With ``route`` (live) each row's mode is fixed from its facility
-        column and a legacy row is not translated; without (replay) every row is translated
-        and replay routes it."""
+                 refs: Sequence[str]) -> list[Record]:
+        """One record per row, every row translated, for a replay (which routes them)."""
         received = datetime.now(UTC)
         contexts: dict[str, TranslationContext] = {}
         records: list[Record] = []
         facility_of = self._facility_reader(rows[0]) if rows else self._facility
         for row, key, ref in zip(rows, keys, refs, strict=True):
-            facility = facility_of(row)
             # The unit ids of before the stage: ledger deltas and dead letters keep their Msg-Ids.
-            record = Record(f"odbc|{table}|{key}", f"{table}:{key}", facility=facility, raw=ref, tag=key)
+            record = Record(f"odbc|{table}|{key}", f"{table}:{key}", facility=facility_of(row), raw=ref, tag=key)
             records.append(record)
-            if route is not None:
-                # Fixed here, not left to the events' facility: a reference table may rename the
-                # facility, and the canary must route the row as its legacy check did.
-                record.mode = route.mode_for(facility)
-                if record.mode == "legacy":
-                    continue
             ctx = contexts.get(ref)
             if ctx is None:
-                ctx = contexts[ref] = self.stage.context(ref, route, received)
+                ctx = contexts[ref] = self.stage.context(ref, None, received)
             try:
                 record.events = self._events(table, key_column, row, key, ctx)
             except CanonicalError as exc:
-                record.error = _located(exc, _locator(table, key_column, key))
-                # Only a dead letter needs it: a digest per row otherwise costs ~3 us for nothing.
-                record.letter_id = _digest("row", self.name, table, str(key))
+                self._failed_row(record, exc, table, key_column, key)
                 continue
-            # From the row key, not the mapping's key: two rows are never collapsed into one.
             record.msg_ids = [_digest("row", self.name, table, str(key), ev.type) for ev in record.events]
         return records
+
+    def _failed_row(self, record: Record, exc: CanonicalError, table: str, key_column: str, key: Key) -> None:
+        record.error = _located(exc, _locator(table, key_column, key))
+        # Only a dead letter needs it: a digest per row otherwise costs ~3 us for nothing.
+        record.letter_id = _digest("row", self.name, table, str(key))
 
     def _events(self, table: str, key_column: str, row: Row, key: Key, ctx: TranslationContext,
                 ) -> list[CloudEvent]:
@@ -516,7 +544,7 @@ class OdbcPipeline:
             fresh = [i for i, key in enumerate(chunk.keys) if seen.first(chunk.table, key)]
             keys = [chunk.keys[i] for i in fresh]
             records += self._records(chunk.table, chunk.key_column, [chunk.rows[i] for i in fresh], keys,
-                                     [ref] * len(fresh), None)
+                                     [ref] * len(fresh))
             where += [(chunk.table, str(key)) for key in keys]
         out: list[ReplayChunk] = []
         for start in range(0, len(records), REPLAY_RECORDS):

@@ -74,6 +74,13 @@ def raw_chunks(interface: str, table: str, key_column: str, rows: Sequence[Row],
     types = json.dumps(column_types(rows), separators=(",", ":")).encode()
     limit -= len(types)
     encode = _ROW_ENCODER.encode
+    # Likely to fit in one chunk (judged by the first row, so that rows too big for one are not
+    # encoded twice): one encoder call for the whole batch, the bytes of ``b"[" + b",".join(encoded)
+    # + b"]"`` below -- when it fits, the one chunk the loop would make, for ~0.8 us a row less.
+    if rows and (len(encode(rows[0])) + 1) * len(rows) <= limit:
+        whole = encode(list(rows)).encode()
+        if len(whole) - 1 <= limit or len(rows) == 1:
+            return [(0, len(rows))], [_chunk(interface, table, key_column, keys[0], keys[-1], types, whole)]
     encoded = [encode(row).encode() for row in rows]
     chunks: list[tuple[int, int]] = []
     start, size = 0, 0
@@ -83,15 +90,19 @@ def raw_chunks(interface: str, table: str, key_column: str, rows: Sequence[Row],
             start, size = i, 0
         size += len(row) + 1
     chunks.append((start, len(encoded)))
-    items = []
-    for a, b in chunks:
-        first, last = keys[a], keys[b - 1]
-        head = json.dumps({"interface": interface, "table": table, "key_column": key_column,
-                           "first_key": first, "last_key": last}, separators=(",", ":")).encode()
-        payload = head[:-1] + b',"types":' + types + b',"rows":[' + b",".join(encoded[a:b]) + b"]}"
-        raw_id = digest("raw", interface, table, str(first), str(last))
-        items.append(Outgoing(names.raw_subject(interface), payload, raw_id, {names.HDR_INTERFACE: interface}))
+    items = [_chunk(interface, table, key_column, keys[a], keys[b - 1], types, b"[" + b",".join(encoded[a:b]) + b"]")
+             for a, b in chunks]
     return chunks, items
+
+
+def _chunk(interface: str, table: str, key_column: str, first: Key, last: Key, types: bytes,
+           rows: bytes) -> Outgoing:
+    """The message of one chunk: ``rows`` its rows' JSON array."""
+    head = json.dumps({"interface": interface, "table": table, "key_column": key_column,
+                       "first_key": first, "last_key": last}, separators=(",", ":")).encode()
+    payload = head[:-1] + b',"types":' + types + b',"rows":' + rows + b"}"
+    raw_id = digest("raw", interface, table, str(first), str(last))
+    return Outgoing(names.raw_subject(interface), payload, raw_id, {names.HDR_INTERFACE: interface})
 
 
 @dataclass

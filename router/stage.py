@@ -156,6 +156,10 @@ class Outcome:
     """Set (to an empty dict) for an outcome committed as one batch (a file chunk): each record's
     ledger entry is summed here, per mode, as it is added -- what :meth:`Stage.deltas` would merge
     ``counts`` into -- instead of a :class:`Count` per record that is kept until the commit."""
+    unit_deltas: ledger.UnitDeltas | None = None
+    """Set for an outcome whose records each get their own ledger delta, made as they are added
+    (a batch of rows, in the worker thread): what :meth:`Stage.deltas` would make of ``counts``,
+    without a :class:`Count` per record kept until then."""
     resends: bool = False
     """A duplicate PubAck of a record's delta means a re-send of a unit committed before (MLLP):
     counted once more, under ``duplicates``."""
@@ -344,6 +348,45 @@ class Stage:
         entry.money.add(amount)
         return True
 
+    def add_unit(self, out: Outcome, key: str, locator: str, events: list[CloudEvent], msg_ids: Sequence[str],
+                 facility: str | None, mode: Mode, tag: Any = None) -> None:
+        """:meth:`add` of a unit translated whole (no error) whose ``mode`` is fixed and not
+        legacy, taken by the legacy path too, into an outcome with ``unit_deltas`` (a batch of
+        rows): the same messages, counts and parity, without a :class:`Record` per unit.
+        Not for a replay, kept events or the key index: those go through :meth:`add`."""
+        assert out.unit_deltas is not None and not out.replay and not out.keep and not self.store.cfg.key_index
+        routed = facility
+        for ev in events:  # ledger.facility_of, inline (Record.routed_facility)
+            if ev.ficusfacility:
+                routed = ev.ficusfacility
+                break
+        out.records += 1
+        want = "shadow" if mode == "shadow" else "live"
+        for ev in events:  # _in_mode's check, inline: mostly one event, already in its mode
+            if ev.ficusmode != want or out.traceparent is not None:
+                events = _in_mode(events, mode, out.traceparent)
+                break
+        message = self._message
+        stored = [message(ev, msg_id) for ev, msg_id in zip(events, msg_ids, strict=True)]
+        out.events += stored
+        if self.store.cfg.event_index:
+            out.index.extend(index_message(item, self.name, routed) for item in stored)
+        amount = ledger.money_of(events)
+        out.money.add(amount)
+        agree = 0
+        if mode == "modern":
+            out.live += len(events)
+            out.done.append(tag)
+        else:
+            out.shadow += len(events)
+            out.parity.append((locator, True, True, ""))
+            agree = 1  # both paths took it (_sampled)
+        outcome: ledger.Line = "published" if events else "filtered"
+        if amount.is_zero():
+            out.unit_deltas.count(mode, key, routed, outcome, 1, len(events), agree)
+        else:
+            out.unit_deltas.add(mode, ledger.Entry(routed, outcome, 1, len(events), amount, agree), key)
+
     def _message(self, event: CloudEvent, msg_id: str) -> Outgoing:
         """``event_message(event, self.name, msg_id)``, with its subject and headers from a table
         per event type and mode instead of worked out (and a headers dict made) per event."""
@@ -434,6 +477,10 @@ class Stage:
         """The ledger delta messages of an outcome: one per record, or one per mode of a batch."""
         if out.tally is not None and not batch:
             raise ValueError("an outcome summed per batch has no delta per record")
+        if out.unit_deltas is not None:
+            if batch or out.replay:
+                raise ValueError("an outcome with a delta per record has no batch or replay delta")
+            return out.unit_deltas.messages
         if not batch:
             if out.replay:
                 return [ledger.replay_batch_delta(self.name, c.mode, [c.entry], c.key, out.replay)
@@ -499,6 +546,9 @@ class Stage:
 
 def _count(out: Outcome, key: str, mode: Mode, entry: ledger.Entry) -> None:
     """A record's ledger entry into ``out``: summed into its tally when it has one, else kept."""
+    if out.unit_deltas is not None:
+        out.unit_deltas.add(mode, entry, key)
+        return
     tally = out.tally
     if tally is None:
         out.counts.append(Count(key, mode, entry))

@@ -367,3 +367,24 @@ async def test_cli_table_and_exit_codes(nats_server: EmbeddedNats, service_facto
                 page = await resp.text()
         assert "Ledger today" in page and "1 = 1+0+0+0+0 ok" in page
     json.dumps(None)
+
+
+def test_unit_deltas_made_as_units_are_counted_are_the_delta_of_each() -> None:
+    """ledger.UnitDeltas (the odbc batch path) makes ``delta(interface, mode, [entry], unit)`` of
+    each unit: the same subject, body, Msg-Id and headers, with and without money and parity."""
+    entries = [
+        ("modern", ledger.Entry("NORTH", "published", 1, 1), "odbc|t|1"),
+        ("shadow", ledger.Entry("NORTH", "published", 1, 1, agree=1), "odbc|t|2"),
+        ("modern", ledger.Entry(None, "dead_lettered", 1, 0, ledger.Money(charges=Decimal("2.50"))), "odbc|t|3"),
+        ("modern", ledger.Entry("NORTH", "published", 1, 1), "odbc|t|4"),
+        ("modern", ledger.Entry("SOUTH", "legacy"), "odbc|t|5"),
+    ]
+    made = ledger.UnitDeltas("usage")
+    for mode, entry, unit in entries:
+        made.add(mode, entry, unit)
+    made.count("modern", "odbc|t|6", "NORTH", "published", 1, 1)
+    want = [ledger.delta("usage", mode, [entry], unit) for mode, entry, unit in entries]
+    want.append(ledger.delta("usage", "modern", [ledger.Entry("NORTH", "published", 1, 1)], "odbc|t|6"))
+    assert [(m.subject, m.payload, m.msg_id, m.headers) for m in made.messages] == [
+        (m.subject, m.payload, m.msg_id, m.headers) for m in want]
+    assert ledger.unit_deltas("usage", entries) == made.messages[:-1]

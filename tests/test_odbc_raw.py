@@ -101,3 +101,18 @@ def test_an_integral_numeric_key_of_an_old_chunk_is_the_int_the_checkpoint_holds
     old = {"interface": "usage", "table": "usage", "key_column": "id", "first_key": 17, "last_key": 17,
            "rows": [{"id": "17"}]}
     assert read_chunk(json.dumps(old).encode()).keys == [17]
+
+
+def test_a_batch_in_one_chunk_is_the_rows_encoded_one_by_one() -> None:
+    """The one-call encoding of a batch that fits (raw_chunks' fast path) stores the bytes the
+    row-by-row path stores (a limit below one row cuts a chunk per row): the same rows array."""
+    rows = [dict(ROW, id=i, item="é\u2028\"x" * i, none=None if i % 2 else i) for i in range(1, 8)]
+    keys = list(range(1, 8))
+    chunks, (item,) = raw_chunks("usage", "usage", "id", rows, keys, 1_000_000)
+    assert chunks == [(0, 7)]
+    cut, singles = raw_chunks("usage", "usage", "id", rows, keys, 10)
+    assert cut == [(i, i + 1) for i in range(7)]
+    each = [one.payload.split(b',"rows":[', 1)[1][:-2] for one in singles]
+    head, rows_json = item.payload.split(b',"rows":', 1)
+    assert rows_json == b"[" + b",".join(each) + b"]}"
+    assert head == singles[0].payload.split(b',"rows":', 1)[0].replace(b'"last_key":1', b'"last_key":7')

@@ -515,8 +515,12 @@ class Store:
         if not self._nc.is_connected:
             raise StoreUnavailable("NATS is not connected")
         groups: dict[str, list[Outgoing]] = {}
+        subject, group = None, []
         for item in items:
-            groups.setdefault(self.stream_of(item.subject), []).append(item)
+            if item.subject != subject:  # runs of one subject (a batch's events, its deltas): looked up once
+                subject = item.subject
+                group = groups.setdefault(self.stream_of(subject), [])
+            group.append(item)
         if len(groups) == 1:
             ((stream, group),) = groups.items()
             await self._ingest_group(stream, group, fence, piece)
