@@ -317,27 +317,7 @@ class Stage:
         if mode == "legacy":
             return False
         routed = first if first is not None else facility
-        want = "shadow" if mode == "shadow" else "live"
-        for ev in events:  # _in_mode's check, inline: mostly one event, already in its mode
-            if ev.ficusmode != want or out.traceparent is not None:
-                events = _in_mode(events, mode, out.traceparent)
-                break
-        message = self._message
-        stored = [message(ev, ev.id) for ev in events]
-        out.events += stored
-        if self.store.cfg.event_index:
-            out.index.extend(index_message(item, self.name, routed) for item in stored)
-        amount = ledger.money_of(events)
-        out.money.add(amount)
-        out.records += 1
-        agree = 0
-        if mode == "modern":
-            out.live += len(events)
-            out.done.append(None)
-        else:
-            out.shadow += len(events)
-            out.parity.append((locator, True, True, ""))
-            agree = 1  # both paths took it (_sampled)
+        amount, agree = self._add_whole(out, events, None, routed, mode, locator, None)
         tally = out.tally.get(mode)
         if tally is None:
             tally = out.tally[mode] = ledger.Batch()
@@ -360,32 +340,42 @@ class Stage:
             if ev.ficusfacility:
                 routed = ev.ficusfacility
                 break
-        out.records += 1
+        amount, agree = self._add_whole(out, events, msg_ids, routed, mode, locator, tag)
+        outcome: ledger.Line = "published" if events else "filtered"
+        if amount.is_zero():
+            out.unit_deltas.count(mode, key, routed, outcome, 1, len(events), agree)
+        else:
+            out.unit_deltas.add(mode, ledger.Entry(routed, outcome, 1, len(events), amount, agree), key)
+
+    def _add_whole(self, out: Outcome, events: list[CloudEvent], msg_ids: Sequence[str] | None,
+                   routed: str | None, mode: Mode, locator: str, tag: Any) -> tuple[ledger.Money, int]:
+        """What :meth:`add_translated` and :meth:`add_unit` add of a unit translated whole in
+        ``mode`` (shadow or modern): its events in that mode as messages (under ``msg_ids``, else
+        their ids) with their index copies, its money, counts and parity sample; returns its
+        money and its parity agreement (1 in shadow: both paths took it) for its ledger entry."""
         want = "shadow" if mode == "shadow" else "live"
         for ev in events:  # _in_mode's check, inline: mostly one event, already in its mode
             if ev.ficusmode != want or out.traceparent is not None:
                 events = _in_mode(events, mode, out.traceparent)
                 break
         message = self._message
-        stored = [message(ev, msg_id) for ev, msg_id in zip(events, msg_ids, strict=True)]
+        if msg_ids is None:
+            stored = [message(ev, ev.id) for ev in events]
+        else:
+            stored = [message(ev, msg_id) for ev, msg_id in zip(events, msg_ids, strict=True)]
         out.events += stored
         if self.store.cfg.event_index:
             out.index.extend(index_message(item, self.name, routed) for item in stored)
         amount = ledger.money_of(events)
         out.money.add(amount)
-        agree = 0
+        out.records += 1
         if mode == "modern":
             out.live += len(events)
             out.done.append(tag)
-        else:
-            out.shadow += len(events)
-            out.parity.append((locator, True, True, ""))
-            agree = 1  # both paths took it (_sampled)
-        outcome: ledger.Line = "published" if events else "filtered"
-        if amount.is_zero():
-            out.unit_deltas.count(mode, key, routed, outcome, 1, len(events), agree)
-        else:
-            out.unit_deltas.add(mode, ledger.Entry(routed, outcome, 1, len(events), amount, agree), key)
+            return amount, 0
+        out.shadow += len(events)
+        out.parity.append((locator, True, True, ""))
+        return amount, 1
 
     def _message(self, event: CloudEvent, msg_id: str) -> Outgoing:
         """``event_message(event, self.name, msg_id)``, with its subject and headers from a table
