@@ -67,7 +67,7 @@ from canonical.records import map_record, row_values
 from canonical.reference import ReferenceStore
 from protocols.backoff import Backoff
 from router import ledger, names
-from router.config import OdbcInterfaceConfig
+from router.config import Mode, OdbcInterfaceConfig
 from router.leases import Fence, LeaseLost
 from router.odbc_raw import Row, raw_chunks, read_chunk
 from router.odbc_raw import digest as _digest
@@ -401,35 +401,32 @@ class OdbcPipeline:
         more than the rest of what the stage does with it."""
         out = Outcome(unit_deltas=ledger.UnitDeltas(self.name))
         lean = not self.store.cfg.key_index
-        table, key_column, name = self.cfg.table, self.cfg.key_column, self.name
+        table, key_column = self.cfg.table, self.cfg.key_column
         received = datetime.now(UTC)
         contexts: dict[str, TranslationContext] = {}
         facility_of = self._facility_reader(batch.rows[0]) if batch.rows else self._facility
         for row, key, ref in zip(batch.rows, batch.keys, refs, strict=True):
             facility = facility_of(row)
             mode = route.mode_for(facility)
-            record = Record(f"odbc|{table}|{key}", f"{table}:{key}", facility=facility, raw=ref, tag=key,
-                            mode=mode) if not lean or mode == "legacy" else None
-            if mode != "legacy":
-                ctx = contexts.get(ref)
-                if ctx is None:
-                    ctx = contexts[ref] = self.stage.context(ref, route, received)
-                try:
-                    events = self._events(table, key_column, row, key, ctx)
-                except CanonicalError as exc:
-                    record = Record(f"odbc|{table}|{key}", f"{table}:{key}", facility=facility, raw=ref, tag=key,
-                                    mode=mode)
-                    self._failed_row(record, exc, table, key_column, key)
-                else:
-                    # From the row key, not the mapping's key: two rows are never collapsed into one.
-                    text = str(key)
-                    ids = [_digest("row", name, table, text, ev.type) for ev in events]
-                    if record is None:
-                        self.stage.add_unit(out, f"odbc|{table}|{key}", f"{table}:{key}", events, ids, facility,
-                                            mode, key)
-                        continue
-                    record.events, record.msg_ids = events, ids
-            assert record is not None
+            if mode == "legacy":
+                self.stage.add(out, _row_record(table, key, facility, ref, mode), route)
+                continue
+            ctx = contexts.get(ref)
+            if ctx is None:
+                ctx = contexts[ref] = self.stage.context(ref, route, received)
+            try:
+                events = self._events(table, key_column, row, key, ctx)
+            except CanonicalError as exc:
+                record = _row_record(table, key, facility, ref, mode)
+                self._failed_row(record, exc, table, key_column, key)
+                self.stage.add(out, record, route)
+                continue
+            ids = self._row_ids(table, key, events)
+            if lean:  # no Record made: per row it costs more than the rest of what the stage does
+                self.stage.add_unit(out, f"odbc|{table}|{key}", f"{table}:{key}", events, ids, facility, mode, key)
+                continue
+            record = _row_record(table, key, facility, ref, mode)
+            record.events, record.msg_ids = events, ids
             self.stage.add(out, record, route)
         return self.stage.prepare(out)
 
@@ -441,8 +438,7 @@ class OdbcPipeline:
         records: list[Record] = []
         facility_of = self._facility_reader(rows[0]) if rows else self._facility
         for row, key, ref in zip(rows, keys, refs, strict=True):
-            # The unit ids of before the stage: ledger deltas and dead letters keep their Msg-Ids.
-            record = Record(f"odbc|{table}|{key}", f"{table}:{key}", facility=facility_of(row), raw=ref, tag=key)
+            record = _row_record(table, key, facility_of(row), ref)
             records.append(record)
             ctx = contexts.get(ref)
             if ctx is None:
@@ -452,8 +448,14 @@ class OdbcPipeline:
             except CanonicalError as exc:
                 self._failed_row(record, exc, table, key_column, key)
                 continue
-            record.msg_ids = [_digest("row", self.name, table, str(key), ev.type) for ev in record.events]
+            record.msg_ids = self._row_ids(table, key, record.events)
         return records
+
+    def _row_ids(self, table: str, key: Key, events: list[CloudEvent]) -> list[str]:
+        """The Msg-Ids of a row's events: from the row key, not the mapping's key, so two rows are
+        never collapsed into one."""
+        text = str(key)
+        return [_digest("row", self.name, table, text, ev.type) for ev in events]
 
     def _failed_row(self, record: Record, exc: CanonicalError, table: str, key_column: str, key: Key) -> None:
         record.error = _located(exc, _locator(table, key_column, key))
@@ -577,6 +579,12 @@ class _Recent:
 
 def _locator(table: str, key_column: str, key: Key) -> str:
     return f"{table} row {key_column}={key}"
+
+
+def _row_record(table: str, key: Key, facility: str | None, ref: str, mode: Mode | None = None) -> Record:
+    """A row as a stage record, under the unit ids of before the stage (ledger deltas and dead
+    letters keep their Msg-Ids); ``mode`` fixed from its facility column (None: a replay routes it)."""
+    return Record(f"odbc|{table}|{key}", f"{table}:{key}", facility=facility, raw=ref, tag=key, mode=mode)
 
 
 def _located(exc: CanonicalError, locator: str) -> CanonicalError:
